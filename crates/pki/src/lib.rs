@@ -1,0 +1,22 @@
+//! weft's certificate toolkit: identity names, anchors, issuers, workload
+//! leaves, bundles and verification with reasons.
+
+pub mod bundle;
+pub mod cert;
+pub mod check;
+pub mod create;
+pub mod files;
+pub mod identity;
+pub mod info;
+pub mod key;
+pub mod verify;
+
+pub use cert::{CertError, fingerprint, load_certs, parse_certs, parse_x509};
+pub use identity::{Identity, IdentityError, SpiffeId};
+pub use key::{KeyAlgorithm, KeyError, load_key};
+pub use rcgen::KeyPair;
+pub use rustls_pki_types::CertificateDer;
+pub use verify::{Purpose, VerifiedChain, VerifyError, verify};
+
+#[cfg(test)]
+mod testutil;
