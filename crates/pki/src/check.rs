@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use crate::cert::{load_certs, parse_x509};
 use crate::info::{CertInfo, rfc3339};
 use crate::key::{KeyAlgorithm, key_matches_cert, load_key};
-use crate::verify::{Purpose, VerifyError, verify};
+use crate::verify::{Purpose, VerifyError, verify_at};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -294,7 +294,7 @@ pub fn identity_checks(
     });
 
     let name = "issuer cert is issued by the trust anchor";
-    out.push(match issued_by(m, &issuer, now) {
+    out.push(match issued_by(m) {
         Ok(()) => CheckResult::ok(name),
         Err(e) => CheckResult::fail(
             name,
@@ -363,22 +363,9 @@ pub fn identity_checks(
 }
 
 /// Whether the issuer chains to an anchor, judged apart from expiry (which the
-/// validity checks report): a lapsed issuer is re-checked inside its validity.
-fn issued_by(
-    m: &IdentityMaterial,
-    issuer: &CertInfo,
-    now: OffsetDateTime,
-) -> Result<(), VerifyError> {
-    let check = |at| verify(&m.issuer, &m.issuer_chain, &m.anchors, at, Purpose::Auto).map(|_| ());
-    match check(now) {
-        Err(VerifyError::Expired { subject, .. }) if subject == issuer.subject => {
-            check(issuer.not_after - time::Duration::seconds(1))
-        }
-        Err(VerifyError::NotYetValid { subject, .. }) if subject == issuer.subject => {
-            check(issuer.not_before + time::Duration::seconds(1))
-        }
-        other => other,
-    }
+/// validity checks report).
+fn issued_by(m: &IdentityMaterial) -> Result<(), VerifyError> {
+    verify_at(&m.issuer, &m.issuer_chain, &m.anchors, None, Purpose::Auto).map(|_| ())
 }
 
 /// Summary over a set of results.
@@ -389,5 +376,229 @@ pub fn worst(results: &[CheckResult]) -> Status {
         Status::Warning
     } else {
         Status::Success
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    fn material(anchors: Vec<CertificateDer<'static>>, issuer: &Ca) -> IdentityMaterial {
+        IdentityMaterial {
+            anchors,
+            issuer: issuer.der.clone(),
+            issuer_chain: vec![],
+            issuer_key: Some(KeyPair::try_from(issuer.key.serialize_der()).unwrap()),
+        }
+    }
+
+    fn run(m: &IdentityMaterial) -> Vec<CheckResult> {
+        identity_checks(Ok(m), now(), CheckConfig::default())
+    }
+
+    fn status_of(results: &[CheckResult], name: &str) -> Status {
+        results
+            .iter()
+            .find(|r| r.description == name)
+            .unwrap_or_else(|| panic!("no check {name:?} in {results:#?}"))
+            .result
+    }
+
+    fn only_problems(results: &[CheckResult]) -> Vec<(&str, Status)> {
+        results
+            .iter()
+            .filter(|r| r.result != Status::Success)
+            .map(|r| (r.description.as_str(), r.result))
+            .collect()
+    }
+
+    #[test]
+    fn good_material_passes_every_check() {
+        let root = root("root");
+        let issuer = sub_ca("issuer", &root, None);
+        let r = run(&material(vec![root.der.clone()], &issuer));
+        assert_eq!(only_problems(&r), vec![]);
+        assert_eq!(worst(&r), Status::Success);
+        let names: Vec<_> = r.iter().map(|r| r.description.as_str()).collect();
+        assert_eq!(
+            &names[..8],
+            &[
+                "certificate config is valid",
+                "trust anchors are using supported crypto algorithm",
+                "trust anchors are within their validity period",
+                "trust anchors are valid for at least 60 days",
+                "issuer cert is using supported crypto algorithm",
+                "issuer cert is within its validity period",
+                "issuer cert is valid for at least 60 days",
+                "issuer cert is issued by the trust anchor",
+            ]
+        );
+    }
+
+    #[test]
+    fn load_failure_fails_config_only() {
+        let r = identity_checks(
+            Err("ca.crt: the file is empty"),
+            now(),
+            CheckConfig::default(),
+        );
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].result, Status::Error);
+        assert!(r[0].error.contains("ca.crt"));
+    }
+
+    #[test]
+    fn issuer_from_another_root() {
+        let root = root("root");
+        let other = self::root("other");
+        let issuer = sub_ca("issuer", &other, None);
+        let r = run(&material(vec![root.der.clone()], &issuer));
+        assert_eq!(
+            only_problems(&r),
+            vec![("issuer cert is issued by the trust anchor", Status::Error)]
+        );
+    }
+
+    #[test]
+    fn expired_issuer_fails_validity_not_issuance() {
+        let root = root("root");
+        let mut p = ca_params("issuer", Some(0));
+        p.not_before = now() - time::Duration::days(30);
+        p.not_after = now() - time::Duration::days(1);
+        let issuer = sub_ca("issuer", &root, Some(p));
+        let r = run(&material(vec![root.der.clone()], &issuer));
+        assert_eq!(
+            only_problems(&r),
+            vec![("issuer cert is within its validity period", Status::Error)]
+        );
+    }
+
+    #[test]
+    fn mismatched_key() {
+        let root = root("root");
+        let issuer = sub_ca("issuer", &root, None);
+        let mut m = material(vec![root.der.clone()], &issuer);
+        m.issuer_key = Some(KeyPair::generate().unwrap());
+        assert_eq!(
+            only_problems(&run(&m)),
+            vec![("issuer key matches issuer certificate", Status::Error)]
+        );
+    }
+
+    #[test]
+    fn issuer_not_a_ca() {
+        let root = root("root");
+        let issuer = sub_ca("issuer", &root, Some(leaf_params("issuer")));
+        let r = run(&material(vec![root.der.clone()], &issuer));
+        assert_eq!(status_of(&r, "issuer cert is a CA"), Status::Error);
+        assert_eq!(worst(&r), Status::Error);
+    }
+
+    #[test]
+    fn p384_issuer_is_refused_rsa_anchor_accepted() {
+        let mut p = ca_params("root", Some(1));
+        let rsa =
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
+        p.not_after = now() + time::Duration::days(3650);
+        let der = p.self_signed(&rsa).unwrap().der().clone();
+        let root = Ca {
+            params: p,
+            key: rsa,
+            der,
+        };
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let params = ca_params("issuer", Some(0));
+        let der = params
+            .signed_by(&key, &root.issuer())
+            .unwrap()
+            .der()
+            .clone();
+        let issuer = Ca { params, key, der };
+        let r = run(&material(vec![root.der.clone()], &issuer));
+        assert_eq!(
+            only_problems(&r),
+            vec![(
+                "issuer cert is using supported crypto algorithm",
+                Status::Error
+            )]
+        );
+    }
+
+    #[test]
+    fn expired_anchor_beside_a_valid_one_is_a_warning() {
+        let mut p = ca_params("old-root", Some(1));
+        p.not_before = now() - time::Duration::days(400);
+        p.not_after = now() - time::Duration::days(1);
+        let old = root_from(p);
+        let new = root("new-root");
+        let issuer = sub_ca("issuer", &new, None);
+        let r = run(&material(vec![old.der.clone(), new.der.clone()], &issuer));
+        assert_eq!(
+            only_problems(&r),
+            vec![(
+                "trust anchors are within their validity period",
+                Status::Warning
+            )]
+        );
+        // With only the expired anchor it is a failure.
+        let issuer = sub_ca("issuer", &old, None);
+        let r = run(&material(vec![old.der.clone()], &issuer));
+        assert_eq!(
+            status_of(&r, "trust anchors are within their validity period"),
+            Status::Error
+        );
+    }
+
+    #[test]
+    fn expiring_soon_warns_per_window() {
+        let mut p = ca_params("root", Some(1));
+        p.not_after = now() + time::Duration::days(30);
+        let root = root_from(p);
+        let mut p = ca_params("issuer", Some(0));
+        p.not_after = now() + time::Duration::days(20);
+        let issuer = sub_ca("issuer", &root, Some(p));
+        let m = material(vec![root.der.clone()], &issuer);
+        assert_eq!(
+            only_problems(&run(&m)),
+            vec![
+                (
+                    "trust anchors are valid for at least 60 days",
+                    Status::Warning
+                ),
+                ("issuer cert is valid for at least 60 days", Status::Warning),
+            ]
+        );
+        let r = identity_checks(
+            Ok(&m),
+            now(),
+            CheckConfig {
+                expiry_warning: Duration::from_secs(10 * 86400),
+            },
+        );
+        assert_eq!(only_problems(&r), vec![]);
+        assert!(
+            r.iter()
+                .any(|c| c.description == "issuer cert is valid for at least 10 days")
+        );
+    }
+
+    #[test]
+    fn issuer_path_len_and_foreign_anchor_warn() {
+        let root = root("root");
+        let issuer = sub_ca("issuer", &root, Some(ca_params("issuer", None)));
+        // The issuer used as its own anchor: not self-signed.
+        let r = run(&material(
+            vec![root.der.clone(), issuer.der.clone()],
+            &issuer,
+        ));
+        assert_eq!(
+            only_problems(&r),
+            vec![
+                ("issuer cert has pathLen 0", Status::Warning),
+                ("trust anchors are self-signed", Status::Warning),
+            ]
+        );
+        assert_eq!(worst(&r), Status::Warning);
     }
 }

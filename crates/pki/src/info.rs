@@ -7,7 +7,9 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use crate::cert::{fingerprint, hex, parse_x509};
 use crate::key::KeyAlgorithm;
 
+/// RFC 3339 in whole seconds, as certificates hold time.
 pub fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }
