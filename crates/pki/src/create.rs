@@ -413,12 +413,10 @@ pub fn issue_workload_leaf(
     }
     params.not_before = not_before;
     params.not_after = not_after;
-    let serial = params
-        .serial_number
-        .as_ref()
-        .map(|s| crate::cert::hex(&s.to_bytes()))
-        .unwrap_or_default();
     let cert = params.signed_by(public_key, &signer.issuer()?)?;
+    let serial = parse_x509(cert.der())
+        .map(|c| crate::info::serial_hex(&c.serial.to_bytes_be()))
+        .unwrap_or_default();
     Ok(IssuedLeaf {
         der: cert.der().clone(),
         serial,
@@ -566,7 +564,8 @@ mod tests {
             parsed.public_key().raw,
             requester.subject_public_key_info().as_slice()
         );
-        assert_eq!(leaf.serial.len(), 32);
+        assert_eq!(leaf.serial, info.serial);
+        assert!(leaf.serial.len() >= 2 * 14 + 13, "{}", leaf.serial);
         verify(
             &leaf.der,
             &[issuer.cert.clone()],

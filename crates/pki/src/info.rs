@@ -112,7 +112,7 @@ impl CertInfo {
         Ok(Self {
             subject: c.subject().to_string(),
             issuer: c.issuer().to_string(),
-            serial: c.raw_serial_as_string(),
+            serial: serial_hex(&c.serial.to_bytes_be()),
             subject_alt_names: sans,
             not_before: c.validity().not_before.to_datetime(),
             not_after: c.validity().not_after.to_datetime(),
@@ -141,6 +141,16 @@ impl CertInfo {
             .find_map(|p| p.strip_prefix("CN="))
             .unwrap_or(&self.subject)
     }
+}
+
+/// A serial number as colon-separated hex, without DER's sign byte.
+pub fn serial_hex(bytes: &[u8]) -> String {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
+    bytes[start..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn describe_name(n: &GeneralName<'_>) -> String {

@@ -63,7 +63,7 @@ pub struct CreateArgs {
     pub profile: ProfileArg,
     /// End of validity: a duration from now (87600h, 365d) or an RFC 3339 time.
     /// Defaults: root-ca 10 years, intermediate-ca 1 year, leaf 24h
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub not_after: Option<String>,
     /// Start of validity: a duration from now (may be negative, -1h) or an RFC 3339 time
     #[arg(long, allow_hyphen_values = true)]

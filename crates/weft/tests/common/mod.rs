@@ -1,0 +1,138 @@
+//! Helpers shared by the end-to-end tests: run the real `weft` binary and
+//! openssl in a scratch directory.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// A refusal: the exit code, a single error line, no panic.
+    #[track_caller]
+    pub fn refused(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert!(!self.stderr.contains("panicked"), "panic: {}", self.stderr);
+        self
+    }
+}
+
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn weft(&self, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run weft");
+        Run::from(out)
+    }
+
+    pub fn openssl(&self, args: &[&str]) -> Run {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run openssl (is it installed?)");
+        Run::from(out)
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap()
+    }
+
+    pub fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The guide's two commands, with `weft certs create` for `step certificate create`.
+    pub fn guide_material(&self) {
+        self.weft(&[
+            "certs", "create", "root.linkerd.cluster.local", "ca.crt", "ca.key",
+            "--profile", "root-ca", "--no-password", "--insecure", "--not-after", "87600h",
+        ])
+        .ok();
+        self.weft(&[
+            "certs", "create", "identity.linkerd.cluster.local", "issuer.crt", "issuer.key",
+            "--profile", "intermediate-ca", "--not-after", "8760h", "--no-password", "--insecure",
+            "--ca", "ca.crt", "--ca-key", "ca.key",
+        ])
+        .ok();
+    }
+
+    /// An anchor and issuer made with openssl alone, as enterprise PKI might.
+    pub fn openssl_material(&self, prefix: &str) {
+        let ext = self.write(
+            &format!("{prefix}-ext.cnf"),
+            "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        );
+        self.openssl(&[
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", &format!("{prefix}-ca.key"), "-out", &format!("{prefix}-ca.crt"),
+            "-subj", "/CN=openssl-root", "-days", "3650",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        .ok();
+        // SEC1 ("EC PRIVATE KEY") issuer key, as step and older openssl write them.
+        self.openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{prefix}-issuer.key")]).ok();
+        self.openssl(&[
+            "req", "-new", "-key", &format!("{prefix}-issuer.key"), "-out", &format!("{prefix}-issuer.csr"),
+            "-subj", "/CN=openssl-issuer",
+        ])
+        .ok();
+        self.openssl(&[
+            "x509", "-req", "-in", &format!("{prefix}-issuer.csr"), "-CA", &format!("{prefix}-ca.crt"),
+            "-CAkey", &format!("{prefix}-ca.key"), "-CAcreateserial", "-days", "365",
+            "-out", &format!("{prefix}-issuer.crt"), "-extfile", ext.to_str().unwrap(),
+        ])
+        .ok();
+    }
+}
+
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
