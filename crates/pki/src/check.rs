@@ -114,10 +114,10 @@ impl Default for CheckConfig {
 
 fn window_name(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs % 86400 == 0 {
+    if secs.is_multiple_of(86400) {
         let days = secs / 86400;
         format!("{days} day{}", if days == 1 { "" } else { "s" })
-    } else if secs % 3600 == 0 {
+    } else if secs.is_multiple_of(3600) {
         format!("{} hours", secs / 3600)
     } else {
         format!("{secs} seconds")

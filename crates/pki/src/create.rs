@@ -491,8 +491,8 @@ mod tests {
         );
         verify(
             &leaf.cert,
-            &[issuer.cert.clone()],
-            &[root.cert.clone()],
+            std::slice::from_ref(&issuer.cert),
+            std::slice::from_ref(&root.cert),
             now(),
             Purpose::Leaf,
         )
@@ -568,8 +568,8 @@ mod tests {
         assert!(leaf.serial.len() >= 2 * 14 + 13, "{}", leaf.serial);
         verify(
             &leaf.der,
-            &[issuer.cert.clone()],
-            &[root.cert.clone()],
+            std::slice::from_ref(&issuer.cert),
+            std::slice::from_ref(&root.cert),
             now(),
             Purpose::Leaf,
         )

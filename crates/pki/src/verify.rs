@@ -318,17 +318,17 @@ mod tests {
         let l = leaf(leaf_params("web.demo"), &issuer);
         let chain = verify(
             &l,
-            &[issuer.der.clone()],
-            &[root.der.clone()],
+            std::slice::from_ref(&issuer.der),
+            std::slice::from_ref(&root.der),
             now(),
             Purpose::Leaf,
         )
         .unwrap();
         assert_eq!(chain.links.len(), 3);
         assert_eq!(chain.links[2].0, "CN=root");
-        verify(&issuer.der, &[], &[root.der.clone()], now(), Purpose::Ca).unwrap();
+        verify(&issuer.der, &[], std::slice::from_ref(&root.der), now(), Purpose::Ca).unwrap();
         // An anchor verifies as itself.
-        verify(&root.der, &[], &[root.der.clone()], now(), Purpose::Auto).unwrap();
+        verify(&root.der, &[], std::slice::from_ref(&root.der), now(), Purpose::Auto).unwrap();
     }
 
     #[test]
@@ -339,7 +339,7 @@ mod tests {
         let e = reason(verify(
             &issuer.der,
             &[],
-            &[root.der.clone()],
+            std::slice::from_ref(&root.der),
             now(),
             Purpose::Auto,
         ));
@@ -357,7 +357,7 @@ mod tests {
         let e = reason(verify(
             &issuer.der,
             &[],
-            &[root.der.clone()],
+            std::slice::from_ref(&root.der),
             now(),
             Purpose::Auto,
         ));
@@ -374,7 +374,7 @@ mod tests {
         let e = reason(verify(
             &issuer.der,
             &[],
-            &[root.der.clone()],
+            std::slice::from_ref(&root.der),
             now(),
             Purpose::Auto,
         ));
@@ -406,7 +406,7 @@ mod tests {
         let e = reason(verify(
             &issuer.der,
             &[],
-            &[root.der.clone()],
+            std::slice::from_ref(&root.der),
             now(),
             Purpose::Auto,
         ));
@@ -423,7 +423,7 @@ mod tests {
         p.not_before = now() + time::Duration::days(1);
         p.not_after = now() + time::Duration::days(2);
         let l = leaf(p, &root);
-        let e = reason(verify(&l, &[], &[root.der.clone()], now(), Purpose::Leaf));
+        let e = reason(verify(&l, &[], std::slice::from_ref(&root.der), now(), Purpose::Leaf));
         assert!(matches!(e, VerifyError::NotYetValid { .. }), "{e}");
     }
 
@@ -437,8 +437,8 @@ mod tests {
         let l = leaf(leaf_params("web"), &fake);
         let e = reason(verify(
             &l,
-            &[fake.der.clone()],
-            &[root.der.clone()],
+            std::slice::from_ref(&fake.der),
+            std::slice::from_ref(&root.der),
             now(),
             Purpose::Leaf,
         ));
@@ -450,7 +450,7 @@ mod tests {
         let e = reason(verify(
             &fake.der,
             &[],
-            &[root.der.clone()],
+            std::slice::from_ref(&root.der),
             now(),
             Purpose::Ca,
         ));
@@ -465,8 +465,8 @@ mod tests {
         // root(pathLen 0) -> mid -> leaf: one CA below root: too many.
         let e = reason(verify(
             &l,
-            &[mid.der.clone()],
-            &[root.der.clone()],
+            std::slice::from_ref(&mid.der),
+            std::slice::from_ref(&root.der),
             now(),
             Purpose::Leaf,
         ));
@@ -489,7 +489,7 @@ mod tests {
         let mut p = leaf_params("web");
         p.subject_alt_names.clear();
         let l = leaf(p, &root);
-        let e = reason(verify(&l, &[], &[root.der.clone()], now(), Purpose::Leaf));
+        let e = reason(verify(&l, &[], std::slice::from_ref(&root.der), now(), Purpose::Leaf));
         assert!(matches!(e, VerifyError::MissingSan { .. }), "{e}");
     }
 
@@ -499,7 +499,7 @@ mod tests {
         let mut p = leaf_params("web");
         p.key_usages = vec![rcgen::KeyUsagePurpose::KeyEncipherment];
         let l = leaf(p, &root);
-        let e = reason(verify(&l, &[], &[root.der.clone()], now(), Purpose::Leaf));
+        let e = reason(verify(&l, &[], std::slice::from_ref(&root.der), now(), Purpose::Leaf));
         assert!(matches!(e, VerifyError::WrongKeyUsage { .. }), "{e}");
 
         let mut p = ca_params("issuer", Some(0));
@@ -508,8 +508,8 @@ mod tests {
         let l = leaf(leaf_params("web"), &issuer);
         let e = reason(verify(
             &l,
-            &[issuer.der.clone()],
-            &[root.der.clone()],
+            std::slice::from_ref(&issuer.der),
+            std::slice::from_ref(&root.der),
             now(),
             Purpose::Leaf,
         ));
@@ -528,7 +528,7 @@ mod tests {
             reason(verify(
                 &junk,
                 &[],
-                &[root.der.clone()],
+                std::slice::from_ref(&root.der),
                 now(),
                 Purpose::Auto
             )),

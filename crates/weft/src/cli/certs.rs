@@ -209,7 +209,7 @@ fn run_create(a: CreateArgs) -> CmdResult {
         signer.as_ref(),
     )
     .map_err(Failure::input)?;
-    let cert_pem = pki::cert::to_pem(&[created.cert.clone()]);
+    let cert_pem = pki::cert::to_pem(std::slice::from_ref(&created.cert));
     write_atomic(&a.crt_file, cert_pem.as_bytes(), PUBLIC_MODE, a.force).map_err(Failure::input)?;
     if let Err(e) = write_atomic(
         &a.key_file,
