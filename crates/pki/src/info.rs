@@ -145,7 +145,10 @@ impl CertInfo {
 
 /// A serial number as colon-separated hex, without DER's sign byte.
 pub fn serial_hex(bytes: &[u8]) -> String {
-    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
+    let start = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
     bytes[start..]
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -326,9 +326,23 @@ mod tests {
         .unwrap();
         assert_eq!(chain.links.len(), 3);
         assert_eq!(chain.links[2].0, "CN=root");
-        verify(&issuer.der, &[], std::slice::from_ref(&root.der), now(), Purpose::Ca).unwrap();
+        verify(
+            &issuer.der,
+            &[],
+            std::slice::from_ref(&root.der),
+            now(),
+            Purpose::Ca,
+        )
+        .unwrap();
         // An anchor verifies as itself.
-        verify(&root.der, &[], std::slice::from_ref(&root.der), now(), Purpose::Auto).unwrap();
+        verify(
+            &root.der,
+            &[],
+            std::slice::from_ref(&root.der),
+            now(),
+            Purpose::Auto,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -423,7 +437,13 @@ mod tests {
         p.not_before = now() + time::Duration::days(1);
         p.not_after = now() + time::Duration::days(2);
         let l = leaf(p, &root);
-        let e = reason(verify(&l, &[], std::slice::from_ref(&root.der), now(), Purpose::Leaf));
+        let e = reason(verify(
+            &l,
+            &[],
+            std::slice::from_ref(&root.der),
+            now(),
+            Purpose::Leaf,
+        ));
         assert!(matches!(e, VerifyError::NotYetValid { .. }), "{e}");
     }
 
@@ -489,7 +509,13 @@ mod tests {
         let mut p = leaf_params("web");
         p.subject_alt_names.clear();
         let l = leaf(p, &root);
-        let e = reason(verify(&l, &[], std::slice::from_ref(&root.der), now(), Purpose::Leaf));
+        let e = reason(verify(
+            &l,
+            &[],
+            std::slice::from_ref(&root.der),
+            now(),
+            Purpose::Leaf,
+        ));
         assert!(matches!(e, VerifyError::MissingSan { .. }), "{e}");
     }
 
@@ -499,7 +525,13 @@ mod tests {
         let mut p = leaf_params("web");
         p.key_usages = vec![rcgen::KeyUsagePurpose::KeyEncipherment];
         let l = leaf(p, &root);
-        let e = reason(verify(&l, &[], std::slice::from_ref(&root.der), now(), Purpose::Leaf));
+        let e = reason(verify(
+            &l,
+            &[],
+            std::slice::from_ref(&root.der),
+            now(),
+            Purpose::Leaf,
+        ));
         assert!(matches!(e, VerifyError::WrongKeyUsage { .. }), "{e}");
 
         let mut p = ca_params("issuer", Some(0));

@@ -22,14 +22,22 @@ impl Run {
 
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     /// A refusal: the exit code, a single error line, no panic.
     #[track_caller]
     pub fn refused(self, code: i32) -> Self {
-        assert_eq!(self.code, code, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         assert!(!self.stderr.contains("panicked"), "panic: {}", self.stderr);
         self
     }
@@ -90,14 +98,35 @@ impl Scratch {
     /// The guide's two commands, with `weft certs create` for `step certificate create`.
     pub fn guide_material(&self) {
         self.weft(&[
-            "certs", "create", "root.linkerd.cluster.local", "ca.crt", "ca.key",
-            "--profile", "root-ca", "--no-password", "--insecure", "--not-after", "87600h",
+            "certs",
+            "create",
+            "root.linkerd.cluster.local",
+            "ca.crt",
+            "ca.key",
+            "--profile",
+            "root-ca",
+            "--no-password",
+            "--insecure",
+            "--not-after",
+            "87600h",
         ])
         .ok();
         self.weft(&[
-            "certs", "create", "identity.linkerd.cluster.local", "issuer.crt", "issuer.key",
-            "--profile", "intermediate-ca", "--not-after", "8760h", "--no-password", "--insecure",
-            "--ca", "ca.crt", "--ca-key", "ca.key",
+            "certs",
+            "create",
+            "identity.linkerd.cluster.local",
+            "issuer.crt",
+            "issuer.key",
+            "--profile",
+            "intermediate-ca",
+            "--not-after",
+            "8760h",
+            "--no-password",
+            "--insecure",
+            "--ca",
+            "ca.crt",
+            "--ca-key",
+            "ca.key",
         ])
         .ok();
     }
@@ -109,24 +138,65 @@ impl Scratch {
             "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
         );
         self.openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", &format!("{prefix}-ca.key"), "-out", &format!("{prefix}-ca.crt"),
-            "-subj", "/CN=openssl-root", "-days", "3650",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{prefix}-ca.key"),
+            "-out",
+            &format!("{prefix}-ca.crt"),
+            "-subj",
+            "/CN=openssl-root",
+            "-days",
+            "3650",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ])
         .ok();
         // SEC1 ("EC PRIVATE KEY") issuer key, as step and older openssl write them.
-        self.openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{prefix}-issuer.key")]).ok();
         self.openssl(&[
-            "req", "-new", "-key", &format!("{prefix}-issuer.key"), "-out", &format!("{prefix}-issuer.csr"),
-            "-subj", "/CN=openssl-issuer",
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &format!("{prefix}-issuer.key"),
         ])
         .ok();
         self.openssl(&[
-            "x509", "-req", "-in", &format!("{prefix}-issuer.csr"), "-CA", &format!("{prefix}-ca.crt"),
-            "-CAkey", &format!("{prefix}-ca.key"), "-CAcreateserial", "-days", "365",
-            "-out", &format!("{prefix}-issuer.crt"), "-extfile", ext.to_str().unwrap(),
+            "req",
+            "-new",
+            "-key",
+            &format!("{prefix}-issuer.key"),
+            "-out",
+            &format!("{prefix}-issuer.csr"),
+            "-subj",
+            "/CN=openssl-issuer",
+        ])
+        .ok();
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{prefix}-issuer.csr"),
+            "-CA",
+            &format!("{prefix}-ca.crt"),
+            "-CAkey",
+            &format!("{prefix}-ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "365",
+            "-out",
+            &format!("{prefix}-issuer.crt"),
+            "-extfile",
+            ext.to_str().unwrap(),
         ])
         .ok();
     }
