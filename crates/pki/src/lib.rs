@@ -9,6 +9,7 @@ pub mod files;
 pub mod identity;
 pub mod info;
 pub mod key;
+pub mod refresh;
 pub mod verify;
 
 pub use cert::{CertError, fingerprint, load_certs, parse_certs, parse_x509};

@@ -1,0 +1,159 @@
+//! Proof of identity: what a caller shows to be given a certificate.
+//!
+//! Behind one trait so a Kubernetes TokenReview verifier can stand beside the
+//! standalone one (join tokens, or the caller's still-valid leaf).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use pki::{CertificateDer, Identity, Purpose};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::reload::IssuerStatus;
+use crate::token::{TokenError, TokenVerifier};
+
+/// What a Certify caller presented.
+pub struct Proof<'a> {
+    /// The `token` field of the request (may be empty).
+    pub token: &'a [u8],
+    /// The TLS client certificate chain, if one was presented.
+    pub client_chain: Option<&'a [CertificateDer<'static>]>,
+}
+
+/// Who the proof shows the caller to be, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub identity: Identity,
+    pub kind: ProofKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProofKind {
+    Token {
+        jti: String,
+    },
+    /// Renewal with the still-valid leaf of this serial.
+    Renewal {
+        serial: String,
+    },
+}
+
+impl ProofKind {
+    /// How the audit trail and issuance record name it.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Token { jti } => format!("token:{jti}"),
+            Self::Renewal { .. } => "renewal".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    #[error(
+        "no proof of identity: send a join token (`weft token create`) or present your current weft certificate as the TLS client certificate"
+    )]
+    Missing,
+    #[error("join token refused: {0}")]
+    Token(TokenError),
+    #[error("client certificate refused: {0}; if it has expired, start again with a join token")]
+    Certificate(String),
+    #[error("the proof names {0:?}, which is not a workload identity of this mesh")]
+    NotInMesh(String),
+    #[error("no issuer is in force to judge the client certificate")]
+    NoTrust,
+}
+
+/// Turns a proof into a subject.
+pub trait ProofVerifier: Send + Sync + 'static {
+    fn verify(&self, proof: &Proof<'_>)
+    -> impl Future<Output = Result<Subject, ProofError>> + Send;
+}
+
+/// Standalone mode: join tokens from the state dir, or renewal by mTLS.
+pub struct StandaloneProofs {
+    pub tokens: TokenVerifier,
+    pub issuer: watch::Receiver<IssuerStatus>,
+    pub control_plane_ns: String,
+    pub trust_domain: String,
+}
+
+impl StandaloneProofs {
+    fn by_certificate(
+        &self,
+        chain: &[CertificateDer<'static>],
+        now: OffsetDateTime,
+    ) -> Result<Subject, ProofError> {
+        let status = self.issuer.borrow().clone();
+        let state = status.current.ok_or(ProofError::NoTrust)?;
+        let (leaf, rest) = chain
+            .split_first()
+            .ok_or_else(|| ProofError::Certificate("empty chain".into()))?;
+        let mut intermediates: Vec<CertificateDer<'static>> = rest.to_vec();
+        intermediates.extend(state.chain.iter().cloned());
+        pki::verify(leaf, &intermediates, &state.anchors, now, Purpose::Leaf)
+            .map_err(|e| ProofError::Certificate(e.to_string()))?;
+        let info = pki::info::CertInfo::from_der(leaf).map_err(ProofError::Certificate)?;
+        // The first SAN names the client, as Linkerd peers read it.
+        let first = info
+            .subject_alt_names
+            .first()
+            .and_then(|s| s.strip_prefix("DNS:"))
+            .ok_or_else(|| ProofError::Certificate("its first SAN is not a DNS identity".into()))?;
+        let identity = first
+            .parse::<Identity>()
+            .map_err(|_| ProofError::NotInMesh(first.to_string()))?;
+        Ok(Subject {
+            identity,
+            kind: ProofKind::Renewal {
+                serial: info.serial,
+            },
+        })
+    }
+
+    fn by_token(&self, token: &[u8], now: OffsetDateTime) -> Result<Subject, ProofError> {
+        let text = std::str::from_utf8(token)
+            .map_err(|_| ProofError::Token(TokenError::Malformed("not UTF-8".into())))?
+            .trim();
+        let claims = self.tokens.verify(text, now).map_err(ProofError::Token)?;
+        let (ns, sa) = claims.service_account().map_err(ProofError::Token)?;
+        let identity = Identity::new(sa, ns, &self.control_plane_ns, &self.trust_domain)
+            .map_err(|_| ProofError::NotInMesh(claims.sub.clone()))?;
+        Ok(Subject {
+            identity,
+            kind: ProofKind::Token { jti: claims.jti },
+        })
+    }
+}
+
+impl ProofVerifier for StandaloneProofs {
+    async fn verify(&self, proof: &Proof<'_>) -> Result<Subject, ProofError> {
+        let now = OffsetDateTime::now_utc();
+        // A presented leaf is the better proof: it never depends on a token
+        // that may have expired. If it fails, a token may still rescue.
+        if let Some(chain) = proof.client_chain.filter(|c| !c.is_empty()) {
+            match self.by_certificate(chain, now) {
+                Ok(s) => return Ok(s),
+                Err(e) if proof.token.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "client certificate refused; trying the token")
+                }
+            }
+        }
+        if proof.token.is_empty() {
+            return Err(ProofError::Missing);
+        }
+        self.by_token(proof.token, now)
+    }
+}
+
+/// Shared handle, so the service can be cloned per connection.
+impl<P: ProofVerifier> ProofVerifier for Arc<P> {
+    fn verify(
+        &self,
+        proof: &Proof<'_>,
+    ) -> impl Future<Output = Result<Subject, ProofError>> + Send {
+        (**self).verify(proof)
+    }
+}

@@ -1,0 +1,307 @@
+//! The control plane's state directory: the token signing key, revoked
+//! tokens, and the record of live issued certificates.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use pki::files::{KEY_MODE, PUBLIC_MODE, write_atomic};
+use serde::{Deserialize, Serialize};
+
+use crate::token::{RevokedFile, key_id, read_revoked};
+
+const MARKER: &str = "weft-state.json";
+const TOKEN_KEY: &str = "token-signing.key";
+const REVOKED: &str = "revoked.json";
+const ISSUANCES: &str = "issuances.jsonl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "{dir}: holds weft state but its token signing key {key} is missing; every token issued from it would silently stop working. Restore {key} from backup, or start over with an empty --state-dir (then issue new tokens with `weft token create`)"
+    )]
+    KeyLost { dir: PathBuf, key: PathBuf },
+    #[error(
+        "{dir}: is not empty and holds no weft state; pass an empty or new directory as --state-dir"
+    )]
+    Foreign { dir: PathBuf },
+    #[error("{path}: the token signing key cannot be used ({detail}); restore it from backup")]
+    BadKey { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
+    move |e| StateError::Io {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    format: u32,
+    token_key_sha256: String,
+}
+
+/// An opened state directory and its token signing key.
+pub struct StateDir {
+    pub path: PathBuf,
+    pub token_key: rcgen::KeyPair,
+    /// Set when this open created the directory's state.
+    pub initialised: bool,
+}
+
+impl std::fmt::Debug for StateDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDir")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateDir {
+    /// Opens `dir`, initialising it (mode 0700, new key) when absent or empty.
+    /// A directory with weft state but no key is refused: never silently
+    /// replace the key every issued token depends on.
+    pub fn open_or_init(dir: &Path) -> Result<Self, StateError> {
+        let key_path = dir.join(TOKEN_KEY);
+        let entries: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(io(dir))?;
+                Vec::new()
+            }
+            Err(e) => return Err(io(dir)(e)),
+        };
+        let ours = [MARKER, TOKEN_KEY, REVOKED, ISSUANCES];
+        let has_state = entries.iter().any(|e| ours.contains(&e.as_str()));
+        if entries.is_empty() {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(dir))?;
+            let key = rcgen::KeyPair::generate().map_err(|e| StateError::BadKey {
+                path: key_path.clone(),
+                detail: e.to_string(),
+            })?;
+            write_atomic(&key_path, key.serialize_pem().as_bytes(), KEY_MODE, false).map_err(
+                |e| StateError::Io {
+                    path: key_path.clone(),
+                    detail: e.to_string(),
+                },
+            )?;
+            let marker = Marker {
+                format: 1,
+                token_key_sha256: key_id(&key),
+            };
+            let bytes = serde_json::to_vec_pretty(&marker).unwrap_or_default();
+            write_atomic(&dir.join(MARKER), &bytes, PUBLIC_MODE, false).map_err(|e| {
+                StateError::Io {
+                    path: dir.join(MARKER),
+                    detail: e.to_string(),
+                }
+            })?;
+            return Ok(Self {
+                path: dir.to_path_buf(),
+                token_key: key,
+                initialised: true,
+            });
+        }
+        if !has_state {
+            return Err(StateError::Foreign {
+                dir: dir.to_path_buf(),
+            });
+        }
+        if !key_path.exists() {
+            return Err(StateError::KeyLost {
+                dir: dir.to_path_buf(),
+                key: key_path,
+            });
+        }
+        let key = pki::load_key(&key_path).map_err(|e| StateError::BadKey {
+            path: key_path.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            path: dir.to_path_buf(),
+            token_key: key,
+            initialised: false,
+        })
+    }
+
+    pub fn token_key_id(&self) -> String {
+        key_id(&self.token_key)
+    }
+
+    pub fn revoked_file(&self) -> PathBuf {
+        self.path.join(REVOKED)
+    }
+
+    pub fn issuances_file(&self) -> PathBuf {
+        self.path.join(ISSUANCES)
+    }
+
+    /// Adds `jti` to the revocation list (atomically), dropping expired entries.
+    pub fn revoke(&self, jti: &str, exp: Option<i64>, now: i64) -> Result<bool, StateError> {
+        let path = self.revoked_file();
+        let mut f: RevokedFile = read_revoked(&path).map_err(|detail| StateError::Io {
+            path: path.clone(),
+            detail,
+        })?;
+        f.revoked.retain(|_, e| *e > now);
+        // Unknown expiry: keep it a year, long past any join token's life.
+        let fresh = f
+            .revoked
+            .insert(jti.to_string(), exp.unwrap_or(now + 365 * 86400))
+            .is_none();
+        let bytes = serde_json::to_vec_pretty(&f).unwrap_or_default();
+        write_atomic(&path, &bytes, PUBLIC_MODE, true).map_err(|e| StateError::Io {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(fresh)
+    }
+}
+
+/// One issued certificate, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuance {
+    pub identity: String,
+    pub serial: String,
+    pub spki_sha256: String,
+    pub issuer_sha256: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+    pub not_after: i64,
+    /// "token:<jti>" or "renewal".
+    pub proof: String,
+}
+
+/// Append-only log of issuances, compacted to the live ones on open and on
+/// demand, so a restarted control plane knows which certificates are live.
+pub struct IssuanceRecord {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl IssuanceRecord {
+    pub fn open(path: PathBuf, now: i64) -> Result<Self, StateError> {
+        let rec = Self {
+            file: Mutex::new(Self::open_append(&path)?),
+            path,
+        };
+        rec.compact(now)?;
+        Ok(rec)
+    }
+
+    fn open_append(path: &Path) -> Result<std::fs::File, StateError> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io(path))
+    }
+
+    pub fn append(&self, i: &Issuance) -> Result<(), StateError> {
+        let mut line = serde_json::to_vec(i).unwrap_or_default();
+        line.push(b'\n');
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(&line).map_err(io(&self.path))
+    }
+
+    /// Every record still valid at `now`; unreadable lines are skipped.
+    pub fn live(&self, now: i64) -> Result<Vec<Issuance>, StateError> {
+        let text = std::fs::read_to_string(&self.path).map_err(io(&self.path))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Issuance>(l).ok())
+            .filter(|i| i.not_after > now)
+            .collect())
+    }
+
+    /// Rewrites the log with only the live records.
+    pub fn compact(&self, now: i64) -> Result<usize, StateError> {
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.live(now)?;
+        let mut bytes = Vec::new();
+        for i in &live {
+            bytes.extend(serde_json::to_vec(i).unwrap_or_default());
+            bytes.push(b'\n');
+        }
+        write_atomic(&self.path, &bytes, PUBLIC_MODE, true).map_err(|e| StateError::Io {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })?;
+        *f = Self::open_append(&self.path)?;
+        Ok(live.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initialises_reopens_and_refuses_a_lost_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let a = StateDir::open_or_init(&dir).unwrap();
+        assert!(a.initialised);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let kmode = std::fs::metadata(dir.join(TOKEN_KEY))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(kmode, 0o600);
+        let b = StateDir::open_or_init(&dir).unwrap();
+        assert!(!b.initialised);
+        assert_eq!(a.token_key_id(), b.token_key_id());
+
+        std::fs::remove_file(dir.join(TOKEN_KEY)).unwrap();
+        let err = StateDir::open_or_init(&dir).unwrap_err();
+        assert!(matches!(err, StateError::KeyLost { .. }), "{err}");
+
+        let foreign = tmp.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join("notes.txt"), "x").unwrap();
+        assert!(matches!(
+            StateDir::open_or_init(&foreign),
+            Err(StateError::Foreign { .. })
+        ));
+    }
+
+    #[test]
+    fn issuance_record_keeps_live_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join(ISSUANCES);
+        let rec = IssuanceRecord::open(p.clone(), 100).unwrap();
+        let mk = |serial: &str, not_after| Issuance {
+            identity: "web.demo.serviceaccount.identity.weft.cluster.local".into(),
+            serial: serial.into(),
+            spki_sha256: "ab".into(),
+            issuer_sha256: "cd".into(),
+            issued_at: 100,
+            not_after,
+            proof: "renewal".into(),
+        };
+        rec.append(&mk("01", 150)).unwrap();
+        rec.append(&mk("02", 300)).unwrap();
+        assert_eq!(rec.live(200).unwrap(), vec![mk("02", 300)]);
+        assert_eq!(rec.compact(200).unwrap(), 1);
+        rec.append(&mk("03", 400)).unwrap();
+        drop(rec);
+        let rec = IssuanceRecord::open(p, 200).unwrap();
+        let serials: Vec<_> = rec
+            .live(200)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.serial)
+            .collect();
+        assert_eq!(serials, vec!["02", "03"]);
+    }
+}

@@ -1,0 +1,314 @@
+//! Join tokens: short-lived, revocable JWTs that prove a workload's identity
+//! the first time it asks for a certificate (and after its leaf has expired).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The audience Linkerd's identity service expects of projected SA tokens.
+pub const AUDIENCE: &str = "identity.l5d.io";
+const ISSUER: &str = "weft";
+const SUB_PREFIX: &str = "system:serviceaccount:";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is not a JWT ({0}); pass the file `weft token create` wrote")]
+    Malformed(String),
+    #[error(
+        "token signature does not verify: it was not made by this control plane's key (another state dir?); create one with `weft token create`"
+    )]
+    BadSignature,
+    #[error("token audience is not {AUDIENCE}")]
+    Audience,
+    #[error(
+        "token expired at {exp} (now {now}, {skew}s skew allowed); create a new one with `weft token create`"
+    )]
+    Expired { exp: String, now: String, skew: u64 },
+    #[error("token is not valid before {nbf} (now {now}); check the clocks")]
+    NotYetValid { nbf: String, now: String },
+    #[error("token {jti} was revoked; create a new one with `weft token create`")]
+    Revoked { jti: String },
+    #[error("token subject {0:?} is not system:serviceaccount:<namespace>:<service-account>")]
+    Subject(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub jti: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+}
+
+impl Claims {
+    /// `(namespace, service account)` from `system:serviceaccount:NS:SA`.
+    pub fn service_account(&self) -> Result<(&str, &str), TokenError> {
+        self.sub
+            .strip_prefix(SUB_PREFIX)
+            .and_then(|rest| rest.split_once(':'))
+            .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains(':'))
+            .ok_or_else(|| TokenError::Subject(self.sub.clone()))
+    }
+}
+
+fn fmt_unix(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t)
+        .map(pki::info::rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// Signs join tokens with the state dir's ES256 key.
+pub struct TokenSigner {
+    key: EncodingKey,
+    kid: String,
+}
+
+impl TokenSigner {
+    pub fn new(key: &rcgen::KeyPair) -> Result<Self, String> {
+        let key_pem = key.serialize_pem();
+        Ok(Self {
+            key: EncodingKey::from_ec_pem(key_pem.as_bytes()).map_err(|e| e.to_string())?,
+            kid: key_id(key),
+        })
+    }
+
+    /// A token for `namespace/service_account`, valid from now for `ttl`.
+    pub fn create(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<(String, Claims), String> {
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti).map_err(|_| "no randomness".to_string())?;
+        let iat = now.unix_timestamp();
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: format!("{SUB_PREFIX}{namespace}:{service_account}"),
+            jti: pki::cert::hex(&jti),
+            iat,
+            nbf: iat,
+            exp: iat + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| e.to_string())?;
+        Ok((token, claims))
+    }
+}
+
+/// Names the signing key: SHA-256 of its public key.
+pub fn key_id(key: &rcgen::KeyPair) -> String {
+    use rcgen::PublicKeyData;
+    pki::cert::hex(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key.subject_public_key_info())
+            .as_ref(),
+    )
+}
+
+/// Verifies join tokens: signature, audience, time (with skew), revocation.
+pub struct TokenVerifier {
+    key: DecodingKey,
+    skew: Duration,
+    revocations: Revocations,
+}
+
+impl TokenVerifier {
+    pub fn new(
+        key: &rcgen::KeyPair,
+        skew: Duration,
+        revoked_file: PathBuf,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            key: DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())
+                .map_err(|e| e.to_string())?,
+            skew,
+            revocations: Revocations::new(revoked_file),
+        })
+    }
+
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Claims, TokenError> {
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_audience(&[AUDIENCE]);
+        // Time is judged below against the caller's clock, with the skew allowance.
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.required_spec_claims = ["aud", "sub", "exp"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &v)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::InvalidSignature | K::InvalidAlgorithm | K::InvalidEcdsaKey => {
+                        TokenError::BadSignature
+                    }
+                    K::InvalidAudience => TokenError::Audience,
+                    _ => TokenError::Malformed(e.to_string()),
+                }
+            })?
+            .claims;
+        let skew = i64::try_from(self.skew.as_secs()).unwrap_or(0);
+        let t = now.unix_timestamp();
+        if t > claims.exp + skew {
+            return Err(TokenError::Expired {
+                exp: fmt_unix(claims.exp),
+                now: pki::info::rfc3339(now),
+                skew: self.skew.as_secs(),
+            });
+        }
+        if t + skew < claims.nbf {
+            return Err(TokenError::NotYetValid {
+                nbf: fmt_unix(claims.nbf),
+                now: pki::info::rfc3339(now),
+            });
+        }
+        claims.service_account()?;
+        if self.revocations.is_revoked(&claims.jti) {
+            return Err(TokenError::Revoked { jti: claims.jti });
+        }
+        Ok(claims)
+    }
+}
+
+/// Revoked token ids, persisted as JSON in the state dir and re-read when the
+/// file changes, so `weft token revoke` takes effect without a restart.
+pub struct Revocations {
+    path: PathBuf,
+    cache: Mutex<(Option<SystemTime>, HashMap<String, i64>)>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RevokedFile {
+    /// jti → the token's expiry (unix seconds), so entries can be pruned.
+    pub revoked: HashMap<String, i64>,
+}
+
+impl Revocations {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            cache: Mutex::new((None, HashMap::new())),
+        }
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 != mtime {
+            match read_revoked(&self.path) {
+                Ok(f) => *cache = (mtime, f.revoked),
+                // Keep the last good list: a bad file never un-revokes a token.
+                Err(e) => {
+                    tracing::warn!(file = %self.path.display(), error = %e, "cannot read the revocation list; keeping the last one")
+                }
+            }
+        }
+        cache.1.contains_key(jti)
+    }
+}
+
+pub fn read_revoked(path: &Path) -> Result<RevokedFile, String> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevokedFile::default()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (TokenSigner, TokenVerifier, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let s = TokenSigner::new(&key).unwrap();
+        let v = TokenVerifier::new(
+            &key,
+            Duration::from_secs(20),
+            dir.path().join("revoked.json"),
+        )
+        .unwrap();
+        (s, v, dir)
+    }
+
+    #[test]
+    fn round_trip() {
+        let (s, v, _d) = setup();
+        let now = OffsetDateTime::now_utc();
+        let (tok, claims) = s
+            .create("demo", "web", Duration::from_secs(3600), now)
+            .unwrap();
+        let got = v.verify(&tok, now).unwrap();
+        assert_eq!(got, claims);
+        assert_eq!(got.service_account().unwrap(), ("demo", "web"));
+        assert_eq!(got.aud, AUDIENCE);
+        assert_eq!(got.jti.len(), 32);
+    }
+
+    #[test]
+    fn expiry_uses_the_skew_allowance() {
+        let (s, v, _d) = setup();
+        let now = OffsetDateTime::now_utc();
+        let (tok, _) = s
+            .create("demo", "web", Duration::from_secs(60), now)
+            .unwrap();
+        v.verify(&tok, now + time::Duration::seconds(75)).unwrap();
+        let e = v
+            .verify(&tok, now + time::Duration::seconds(81))
+            .unwrap_err();
+        assert!(matches!(e, TokenError::Expired { .. }), "{e}");
+        assert!(v.verify(&tok, now - time::Duration::seconds(60)).is_err());
+    }
+
+    #[test]
+    fn other_key_and_garbage() {
+        let (s, _, _d) = setup();
+        let (_, v2, _d2) = setup();
+        let now = OffsetDateTime::now_utc();
+        let (tok, _) = s
+            .create("demo", "web", Duration::from_secs(60), now)
+            .unwrap();
+        assert_eq!(v2.verify(&tok, now), Err(TokenError::BadSignature));
+        assert!(matches!(
+            v2.verify("garbage", now),
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(matches!(v2.verify("", now), Err(TokenError::Malformed(_))));
+    }
+
+    #[test]
+    fn revocation_is_read_live() {
+        let (s, v, d) = setup();
+        let now = OffsetDateTime::now_utc();
+        let (tok, claims) = s
+            .create("demo", "web", Duration::from_secs(60), now)
+            .unwrap();
+        v.verify(&tok, now).unwrap();
+        let mut f = RevokedFile::default();
+        f.revoked.insert(claims.jti.clone(), claims.exp);
+        std::fs::write(
+            d.path().join("revoked.json"),
+            serde_json::to_vec(&f).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v.verify(&tok, now),
+            Err(TokenError::Revoked { jti: claims.jti })
+        );
+    }
+}
