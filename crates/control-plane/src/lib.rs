@@ -1,1 +1,225 @@
+//! The weft control plane: the identity service over TLS, and admin.
 
+pub mod admin;
+pub mod config;
+pub mod own_cert;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use identity::proof::StandaloneProofs;
+use identity::state::{IssuanceRecord, StateDir, StateError};
+use identity::token::TokenVerifier;
+use identity::{CertifyConfig, IdentityService, IssuerStatus, Reloader};
+use linkerd2_proxy_api::identity::identity_server::IdentityServer;
+use pki::Identity;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+pub use config::ControlPlaneConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("--identity-trust-domain/--controller-namespace: {0}")]
+    Names(String),
+    #[error("cannot listen on {addr}: {source}; is another process using it?")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("token verifier: {0}")]
+    Token(String),
+}
+
+/// What a started control plane reports (addresses actually bound).
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub identity_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub token_key_id: String,
+    pub state_initialised: bool,
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts every part and returns once listening; the returned future runs
+/// until `shutdown` resolves.
+pub async fn start(
+    cfg: ControlPlaneConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(Started, impl std::future::Future<Output = ()>), StartError> {
+    let own_identity = Identity::control_plane(&cfg.controller_namespace, &cfg.trust_domain)
+        .map_err(|e| StartError::Names(e.to_string()))?;
+    let state = StateDir::open_or_init(&cfg.state_dir)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let record = Arc::new(IssuanceRecord::open(state.issuances_file(), now)?);
+
+    let mut registry = Registry::default();
+    let metrics = identity::metrics::IdentityMetrics::new(&mut registry);
+    let own_expiry =
+        prometheus_client::metrics::gauge::Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    registry.register(
+        "identity_self_cert_expiration_timestamp_seconds",
+        "NotAfter of the control plane's own certificate (unix seconds)",
+        own_expiry.clone(),
+    );
+    let registry = Arc::new(registry);
+
+    let (issuer_tx, issuer_rx) = watch::channel(IssuerStatus::default());
+    let (own_tx, own_rx) = watch::channel(None);
+
+    let identity_listener = TcpListener::bind(cfg.identity_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: cfg.identity_addr,
+            source,
+        })?;
+    let admin_listener =
+        TcpListener::bind(cfg.admin_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: cfg.admin_addr,
+                source,
+            })?;
+    let started = Started {
+        identity_addr: identity_listener.local_addr().unwrap_or(cfg.identity_addr),
+        admin_addr: admin_listener.local_addr().unwrap_or(cfg.admin_addr),
+        token_key_id: state.token_key_id(),
+        state_initialised: state.initialised,
+    };
+
+    let tokens = TokenVerifier::new(&state.token_key, cfg.clock_skew, state.revoked_file())
+        .map_err(StartError::Token)?;
+    let proofs = StandaloneProofs {
+        tokens,
+        issuer: issuer_rx.clone(),
+        control_plane_ns: cfg.controller_namespace.clone(),
+        trust_domain: cfg.trust_domain.clone(),
+    };
+    let svc = IdentityService::new(
+        CertifyConfig {
+            lifetime: cfg.issuance_lifetime,
+            skew: cfg.clock_skew,
+            control_plane_ns: cfg.controller_namespace.clone(),
+            trust_domain: cfg.trust_domain.clone(),
+        },
+        issuer_rx.clone(),
+        proofs,
+        metrics.clone(),
+        Some(record.clone()),
+    );
+    let tls = tls::server_config(own_rx.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
+
+    let reloader = Reloader {
+        files: cfg.issuer_files.clone(),
+        interval: cfg.reread_interval,
+        debounce: Duration::from_millis(200),
+        metrics,
+    };
+    let own_cfg = own_cert::OwnCertConfig {
+        identity: own_identity,
+        lifetime: cfg.issuance_lifetime,
+        skew: cfg.clock_skew,
+        min_refresh: cfg.min_refresh,
+    };
+    let admin_state = admin::AdminState {
+        registry,
+        issuer: issuer_rx.clone(),
+        own: own_rx.clone(),
+    };
+
+    let run = async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(reloader.run(issuer_tx));
+        tasks.spawn(own_cert::run(own_cfg, issuer_rx, own_tx));
+        tasks.spawn(admin::serve(admin_listener, admin_state));
+        tasks.spawn(track_own_expiry(own_rx, own_expiry));
+        tasks.spawn(compact_record(record));
+        let (conn_tx, conn_rx) = mpsc::channel(256);
+        tasks.spawn(accept_tls(
+            identity_listener,
+            TlsAcceptor::from(tls),
+            conn_tx,
+        ));
+        let server = tonic::transport::Server::builder()
+            .add_service(IdentityServer::new(svc))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(conn_rx),
+                shutdown,
+            );
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "identity server stopped");
+        }
+        tasks.abort_all();
+    };
+    Ok((started, run))
+}
+
+/// Accepts TCP, completes TLS off the accept loop, hands streams to tonic.
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    >,
+) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send(Ok(tls)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn track_own_expiry(
+    mut own: watch::Receiver<Option<Arc<own_cert::OwnCert>>>,
+    gauge: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+) {
+    loop {
+        let v = own
+            .borrow_and_update()
+            .as_ref()
+            .map(|o| o.not_after.unix_timestamp() as f64)
+            .unwrap_or(0.0);
+        gauge.set(v);
+        if own.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn compact_record(record: Arc<IssuanceRecord>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Err(e) = record.compact(now) {
+            tracing::warn!(error = %e, "cannot compact the issuance record");
+        }
+    }
+}

@@ -157,7 +157,8 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let me = id().to_string();
         let other = "db.demo.serviceaccount.identity.weft.cluster.local";
-        let cases: Vec<(Vec<u8>, fn(&CsrError) -> bool)> = vec![
+        type Case = (Vec<u8>, fn(&CsrError) -> bool);
+        let cases: Vec<Case> = vec![
             (vec![], |e| matches!(e, CsrError::Empty)),
             (b"garbage".to_vec(), |e| {
                 matches!(e, CsrError::Unparseable(_))

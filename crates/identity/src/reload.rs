@@ -47,12 +47,7 @@ impl Reloader {
                 _ = tick.tick() => {}
                 Some(()) = ev_rx.recv() => {
                     // Debounce: wait for the writes to settle.
-                    loop {
-                        match tokio::time::timeout(self.debounce, ev_rx.recv()).await {
-                            Ok(Some(())) => continue,
-                            _ => break,
-                        }
-                    }
+                    while let Ok(Some(())) = tokio::time::timeout(self.debounce, ev_rx.recv()).await {}
                 }
             }
             self.pass(&tx, &mut last);

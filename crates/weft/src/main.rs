@@ -25,19 +25,28 @@ enum Cmd {
     Certs(cli::certs::CertsCmd),
     /// Check identity material (anchors, issuer, key) and report problems
     Check(cli::check::CheckArgs),
+    /// Run the control plane: the identity service (Certify) and admin
+    ControlPlane(Box<cli::control_plane::ControlPlaneArgs>),
+    /// Create and revoke join tokens for workloads' first certificates
+    #[command(subcommand)]
+    Token(cli::token::TokenCmd),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One crypto provider for every TLS user in the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let result = match cli.cmd {
         Cmd::Certs(c) => cli::certs::run(c),
         Cmd::Check(c) => cli::check::run(c),
+        Cmd::ControlPlane(c) => cli::control_plane::run(*c),
+        Cmd::Token(c) => cli::token::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
-                if f.code == 1 {
+                if f.verdict {
                     println!("{}", f.message);
                 } else {
                     eprintln!("error: {}", f.message);

@@ -86,10 +86,7 @@ pub fn run(a: CheckArgs) -> CmdResult {
     }
     if failed {
         // The report above already says why; the exit code carries the verdict.
-        return Err(Failure {
-            code: 1,
-            message: String::new(),
-        });
+        return Err(Failure::invalid(""));
     }
     Ok(())
 }

@@ -2,7 +2,9 @@
 
 pub mod certs;
 pub mod check;
+pub mod control_plane;
 pub mod duration;
+pub mod token;
 
 use clap::ValueEnum;
 
@@ -19,6 +21,8 @@ pub enum Output {
 pub struct Failure {
     pub code: u8,
     pub message: String,
+    /// A verdict (e.g. "invalid: ...") goes to stdout; errors go to stderr.
+    pub verdict: bool,
 }
 
 impl Failure {
@@ -27,6 +31,7 @@ impl Failure {
         Self {
             code: 2,
             message: message.to_string(),
+            verdict: false,
         }
     }
     /// The thing checked is not valid.
@@ -34,8 +39,43 @@ impl Failure {
         Self {
             code: 1,
             message: message.to_string(),
+            verdict: true,
+        }
+    }
+    /// A failure to run (cannot bind, cannot start).
+    pub fn fatal(message: impl std::fmt::Display) -> Self {
+        Self {
+            code: 1,
+            message: message.to_string(),
+            verdict: false,
         }
     }
 }
 
 pub type CmdResult = Result<(), Failure>;
+
+/// Logs to stderr; `WEFT_LOG` (or `RUST_LOG`) sets the filter, default info.
+pub fn init_logging() {
+    let filter = std::env::var("WEFT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}

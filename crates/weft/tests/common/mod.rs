@@ -2,6 +2,9 @@
 //! openssl in a scratch directory.
 #![allow(dead_code)]
 
+pub mod certify;
+pub mod proc;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,139 @@
+//! The admin endpoint (127.0.0.1 by default): /live, /ready, /metrics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use identity::IssuerStatus;
+use prometheus_client::registry::Registry;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::own_cert::OwnCert;
+
+/// Whether the control plane can do its job, and if not, why: pure, so the
+/// verdict is tested without a server.
+pub fn readiness(
+    issuer: &IssuerStatus,
+    own: Option<&OwnCert>,
+    now: OffsetDateTime,
+) -> Result<(), String> {
+    if issuer.current.is_none() {
+        return Err(match &issuer.refused {
+            Some(why) => format!("no valid issuer: {why}"),
+            None => "no valid issuer yet".into(),
+        });
+    }
+    match own {
+        None => Err("the control plane has no certificate of its own yet".into()),
+        Some(o) if o.not_after <= now => {
+            Err("the control plane's own certificate has expired".into())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub registry: Arc<Registry>,
+    pub issuer: watch::Receiver<IssuerStatus>,
+    pub own: watch::Receiver<Option<Arc<OwnCert>>>,
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    st: AdminState,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into()));
+    }
+    Ok(match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n".into()),
+        "/ready" => {
+            let issuer = st.issuer.borrow().clone();
+            let own = st.own.borrow().clone();
+            match readiness(&issuer, own.as_deref(), OffsetDateTime::now_utc()) {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+            }
+        }
+        "/metrics" => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, &st.registry) {
+                Ok(()) => Response::builder()
+                    .header(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                    .body(Full::new(Bytes::from(out)))
+                    .unwrap_or_default(),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot encode metrics\n".into(),
+                ),
+            }
+        }
+        other => text(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint {other}; try /live, /ready or /metrics\n"),
+        ),
+    })
+}
+
+pub async fn serve(listener: TcpListener, st: AdminState) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let st = st.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
+    l.local_addr().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_without_issuer_and_says_why() {
+        let s = IssuerStatus {
+            refused: Some("issuer certificate: expired".into()),
+            ..Default::default()
+        };
+        let e = readiness(&s, None, OffsetDateTime::now_utc()).unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        assert_eq!(
+            readiness(&IssuerStatus::default(), None, OffsetDateTime::now_utc()).unwrap_err(),
+            "no valid issuer yet"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! The control plane's one configuration struct, parsed once by the CLI.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use identity::IssuerFiles;
+
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    pub issuer_files: IssuerFiles,
+    pub issuance_lifetime: Duration,
+    pub clock_skew: Duration,
+    pub trust_domain: String,
+    pub controller_namespace: String,
+    pub state_dir: PathBuf,
+    /// Resource directory (policy, workloads); used by later services.
+    pub resources: Option<PathBuf>,
+    pub identity_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// How often the issuer files are re-read even without a file event.
+    pub reread_interval: Duration,
+    /// Floor for the control plane's own certificate renewal.
+    pub min_refresh: Duration,
+}
+
+impl fmt::Display for ControlPlaneConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let row = |f: &mut fmt::Formatter<'_>, k: &str, v: &dyn fmt::Display| {
+            writeln!(f, "  {k:<32} {v}")
+        };
+        row(
+            f,
+            "identity-trust-anchors-file",
+            &self.issuer_files.anchors.display(),
+        )?;
+        row(
+            f,
+            "identity-issuer-certificate-file",
+            &self.issuer_files.certificate.display(),
+        )?;
+        // The key file's path, never its content.
+        row(
+            f,
+            "identity-issuer-key-file",
+            &self.issuer_files.key.display(),
+        )?;
+        row(
+            f,
+            "identity-issuance-lifetime",
+            &format!("{}s", self.issuance_lifetime.as_secs()),
+        )?;
+        row(
+            f,
+            "identity-clock-skew-allowance",
+            &format!("{}s", self.clock_skew.as_secs()),
+        )?;
+        row(f, "identity-trust-domain", &self.trust_domain)?;
+        row(f, "controller-namespace", &self.controller_namespace)?;
+        row(f, "state-dir", &self.state_dir.display())?;
+        row(
+            f,
+            "resources",
+            &self
+                .resources
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(none)".into()),
+        )?;
+        row(f, "identity-addr", &self.identity_addr)?;
+        row(f, "admin-addr", &self.admin_addr)?;
+        row(
+            f,
+            "reread-interval",
+            &format!("{}s", self.reread_interval.as_secs_f64()),
+        )?;
+        row(
+            f,
+            "identity-min-refresh",
+            &format!("{}s", self.min_refresh.as_secs()),
+        )
+    }
+}

@@ -1,0 +1,128 @@
+//! The control plane's own certificate: issued to itself from the issuer in
+//! force, renewed at 70% of its life like a proxy's, re-issued at once when
+//! the issuer changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use identity::{IssuerState, IssuerStatus};
+use pki::Identity;
+use pki::refresh::refresh_in;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+pub struct OwnCert {
+    pub certified: Arc<CertifiedKey>,
+    pub leaf: CertificateDer<'static>,
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+    /// The issuer generation it came from.
+    pub generation: u64,
+}
+
+impl std::fmt::Debug for OwnCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnCert")
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct OwnCertConfig {
+    pub identity: Identity,
+    pub lifetime: Duration,
+    pub skew: Duration,
+    pub min_refresh: Duration,
+}
+
+fn issue(cfg: &OwnCertConfig, issuer: &IssuerState, generation: u64) -> Result<OwnCert, String> {
+    let key = pki::KeyPair::generate().map_err(|e| e.to_string())?;
+    let now = OffsetDateTime::now_utc();
+    let leaf = pki::create::issue_workload_leaf(
+        &issuer.signer,
+        issuer.chain_not_after,
+        &key,
+        &cfg.identity,
+        now,
+        cfg.lifetime,
+        cfg.skew,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut chain = vec![leaf.der.clone()];
+    chain.extend(issuer.chain.iter().cloned());
+    let signing = crate::tls::provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            key.serialize_der(),
+        )))
+        .map_err(|e| e.to_string())?;
+    Ok(OwnCert {
+        certified: Arc::new(CertifiedKey::new(chain, signing)),
+        leaf: leaf.der,
+        serial: leaf.serial,
+        not_after: leaf.not_after,
+        generation,
+    })
+}
+
+/// Runs forever: keeps `tx` holding a valid own certificate whenever an
+/// issuer is in force.
+pub async fn run(
+    cfg: OwnCertConfig,
+    mut issuer_rx: watch::Receiver<IssuerStatus>,
+    tx: watch::Sender<Option<Arc<OwnCert>>>,
+) {
+    let mut renew_at: Option<tokio::time::Instant> = None;
+    loop {
+        let status = issuer_rx.borrow_and_update().clone();
+        let held_generation = tx.borrow().as_ref().map(|o| o.generation);
+        let due = renew_at.is_none_or(|t| tokio::time::Instant::now() >= t);
+        match &status.current {
+            Some(issuer) if due || held_generation != Some(status.generation) => {
+                match issue(&cfg, issuer, status.generation) {
+                    Ok(own) => {
+                        let wait =
+                            refresh_in(OffsetDateTime::now_utc(), own.not_after, cfg.min_refresh);
+                        tracing::info!(
+                            identity = %cfg.identity,
+                            serial = %own.serial,
+                            not_after = %pki::info::rfc3339(own.not_after),
+                            renew_in_s = wait.as_secs(),
+                            "control plane certificate issued"
+                        );
+                        renew_at = Some(tokio::time::Instant::now() + wait);
+                        tx.send_replace(Some(Arc::new(own)));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot issue the control plane's own certificate; retrying");
+                        renew_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                // Keep a still-valid certificate; drop an expired one.
+                let expired = tx
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|o| o.not_after <= OffsetDateTime::now_utc());
+                if expired {
+                    tracing::error!(
+                        "the control plane's own certificate expired and no issuer is in force"
+                    );
+                    tx.send_replace(None);
+                }
+                renew_at = None;
+            }
+        }
+        let sleep_until =
+            renew_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep_until(sleep_until) => {}
+            changed = issuer_rx.changed() => if changed.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `weft control-plane`: flags and environment into one typed config, then run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use control_plane::ControlPlaneConfig;
+use identity::IssuerFiles;
+
+use super::duration::parse_duration;
+use super::{CmdResult, Failure};
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// Trust anchor bundle (PEM), as in `linkerd install`
+    #[arg(long, env = "WEFT_IDENTITY_TRUST_ANCHORS_FILE")]
+    pub identity_trust_anchors_file: PathBuf,
+    /// Issuer certificate (PEM); watched and reloaded
+    #[arg(long, env = "WEFT_IDENTITY_ISSUER_CERTIFICATE_FILE")]
+    pub identity_issuer_certificate_file: PathBuf,
+    /// Issuer private key (PEM); watched and reloaded
+    #[arg(long, env = "WEFT_IDENTITY_ISSUER_KEY_FILE")]
+    pub identity_issuer_key_file: PathBuf,
+    /// Lifetime of issued workload certificates (24h; seconds allowed, e.g. 20s)
+    #[arg(long, env = "WEFT_IDENTITY_ISSUANCE_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub identity_issuance_lifetime: Duration,
+    /// Clock skew allowed for certificates and tokens
+    #[arg(long, env = "WEFT_IDENTITY_CLOCK_SKEW_ALLOWANCE", default_value = "20s", value_parser = parse_duration)]
+    pub identity_clock_skew_allowance: Duration,
+    #[arg(long, env = "WEFT_IDENTITY_TRUST_DOMAIN", default_value = pki::identity::DEFAULT_TRUST_DOMAIN)]
+    pub identity_trust_domain: String,
+    #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
+    pub controller_namespace: String,
+    /// State directory: token signing key, revocations, issuance record (created 0700 if absent)
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "weft-state")]
+    pub state_dir: PathBuf,
+    /// Resource directory (policy, workloads) for the services that use it
+    #[arg(long, env = "WEFT_RESOURCES")]
+    pub resources: Option<PathBuf>,
+    /// Identity gRPC listener (TLS)
+    #[arg(long, env = "WEFT_IDENTITY_ADDR", default_value = "0.0.0.0:8080")]
+    pub identity_addr: SocketAddr,
+    /// Admin listener: /live /ready /metrics
+    #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:9990")]
+    pub admin_addr: SocketAddr,
+    /// Re-read the issuer files this often even without a file event
+    #[arg(long, env = "WEFT_REREAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub reread_interval: Duration,
+    /// Floor for renewing the control plane's own certificate
+    #[arg(long, env = "WEFT_IDENTITY_MIN_REFRESH", default_value = "10s", value_parser = parse_duration)]
+    pub identity_min_refresh: Duration,
+}
+
+impl ControlPlaneArgs {
+    fn into_config(self) -> Result<ControlPlaneConfig, Failure> {
+        if self.identity_issuance_lifetime < Duration::from_secs(1) {
+            return Err(Failure::input(
+                "--identity-issuance-lifetime must be at least 1s",
+            ));
+        }
+        if self.reread_interval.is_zero() {
+            return Err(Failure::input("--reread-interval must be more than 0"));
+        }
+        Ok(ControlPlaneConfig {
+            issuer_files: IssuerFiles {
+                anchors: self.identity_trust_anchors_file,
+                certificate: self.identity_issuer_certificate_file,
+                key: self.identity_issuer_key_file,
+            },
+            issuance_lifetime: self.identity_issuance_lifetime,
+            clock_skew: self.identity_clock_skew_allowance,
+            trust_domain: self.identity_trust_domain,
+            controller_namespace: self.controller_namespace,
+            state_dir: std::path::absolute(&self.state_dir).unwrap_or(self.state_dir),
+            resources: self.resources,
+            identity_addr: self.identity_addr,
+            admin_addr: self.admin_addr,
+            reread_interval: self.reread_interval,
+            min_refresh: self.identity_min_refresh,
+        })
+    }
+}
+
+pub fn run(args: ControlPlaneArgs) -> CmdResult {
+    let cfg = args.into_config()?;
+    super::init_logging();
+    let rt = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async move {
+        eprintln!("weft control-plane starting with:\n{cfg}");
+        let (started, serve) = control_plane::start(cfg, super::shutdown_signal())
+            .await
+            .map_err(|e| match e {
+                control_plane::StartError::State(_) => Failure::input(e),
+                other => Failure::fatal(other),
+            })?;
+        eprintln!(
+            "  token signing key sha256      {}{}",
+            started.token_key_id,
+            if started.state_initialised {
+                " (new state dir initialised)"
+            } else {
+                ""
+            }
+        );
+        eprintln!("  identity listening on         {}", started.identity_addr);
+        eprintln!("  admin listening on            {}", started.admin_addr);
+        serve.await;
+        eprintln!("weft control-plane stopped");
+        Ok(())
+    })
+}
