@@ -762,3 +762,108 @@ fn lost_token_key_refuses_to_start() {
     assert!(p.output().contains("Restore"), "{}", p.output());
     let _ = CP_IDENTITY;
 }
+
+#[test]
+fn certs_request_gets_and_renews_a_certificate() {
+    let s = Scratch::new();
+    s.guide_material();
+    let cp = start_cp(&s, &[]);
+    wait_ready(&cp);
+    s.weft(&[
+        "token",
+        "create",
+        "-n",
+        "demo",
+        "--service-account",
+        "web",
+        "--state-dir",
+        "state",
+        "-o",
+        "web.token",
+    ])
+    .ok();
+    assert_eq!(common::mode(&s.path("web.token")), 0o600);
+    let addr = cp.identity.to_string();
+    let web = id("web", "demo");
+    let r = s
+        .weft(&[
+            "certs",
+            "request",
+            &web,
+            "web.crt",
+            "web.key",
+            "--control-plane",
+            &addr,
+            "--roots",
+            "ca.crt",
+            "--token-file",
+            "web.token",
+        ])
+        .ok();
+    assert!(r.stdout.contains("saved in web.crt"), "{}", r.stdout);
+    assert_eq!(common::mode(&s.path("web.key")), 0o600);
+    s.weft(&["certs", "verify", "web.crt", "--roots", "ca.crt"])
+        .ok();
+    // Renewal with the certificate alone.
+    s.weft(&[
+        "certs",
+        "request",
+        &web,
+        "web2.crt",
+        "web2.key",
+        "--control-plane",
+        &addr,
+        "--roots",
+        "ca.crt",
+        "--renew-cert",
+        "web.crt",
+        "--renew-key",
+        "web.key",
+    ])
+    .ok();
+    // Existing files are not replaced.
+    let r = s
+        .weft(&[
+            "certs",
+            "request",
+            &web,
+            "web.crt",
+            "web.key",
+            "--control-plane",
+            &addr,
+            "--roots",
+            "ca.crt",
+            "--token-file",
+            "web.token",
+        ])
+        .refused(2);
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    // Anchors that do not match the control plane: refused, naming the problem.
+    s.weft(&[
+        "certs",
+        "create",
+        "other",
+        "other.crt",
+        "other.key",
+        "--profile",
+        "root-ca",
+    ])
+    .ok();
+    let r = s
+        .weft(&[
+            "certs",
+            "request",
+            &web,
+            "x.crt",
+            "x.key",
+            "--control-plane",
+            &addr,
+            "--roots",
+            "other.crt",
+            "--token-file",
+            "web.token",
+        ])
+        .refused(1);
+    assert!(r.stderr.contains("UnknownIssuer"), "{}", r.stderr);
+    assert!(!s.path("x.key").exists());
+}

@@ -25,6 +25,9 @@ pub enum CertsCmd {
     /// Edit and list trust-anchor bundles.
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// Get a workload certificate from the control plane (Certify), for a
+    /// service on a plain host or to try the identity service by hand
+    Request(super::request::RequestArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -149,6 +152,7 @@ pub fn run(cmd: CertsCmd) -> CmdResult {
         CertsCmd::Inspect(a) => run_inspect(a),
         CertsCmd::Verify(a) => run_verify(a),
         CertsCmd::Bundle(b) => run_bundle(b),
+        CertsCmd::Request(a) => super::request::run(a),
     }
 }
 

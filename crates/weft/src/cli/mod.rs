@@ -4,6 +4,7 @@ pub mod certs;
 pub mod check;
 pub mod control_plane;
 pub mod duration;
+pub mod request;
 pub mod token;
 
 use clap::ValueEnum;

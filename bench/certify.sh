@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Certify throughput: the control plane pinned to one core (taskset -c 0), the
+# load generator on the other. Prints a table; numbers go in BENCHMARKS.md.
+#   bash bench/certify.sh [seconds] [concurrency]
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+secs="${1:-10}"
+conc="${2:-64}"
+cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p weft -p bench
+bin="$repo/target/release"
+work="$(mktemp -d)"
+cleanup() { [ -n "${cp:-}" ] && kill "$cp" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+cd "$work"
+"$bin/weft" certs create root.linkerd.cluster.local ca.crt ca.key --profile root-ca >/dev/null
+"$bin/weft" certs create identity.linkerd.cluster.local issuer.crt issuer.key --profile intermediate-ca --ca ca.crt --ca-key ca.key >/dev/null
+"$bin/weft" token create -n demo --service-account web --ttl 1h --state-dir state -o token 2>/dev/null
+WEFT_LOG=${WEFT_LOG:-info} taskset -c 0 "$bin/weft" control-plane --identity-trust-anchors-file ca.crt \
+  --identity-issuer-certificate-file issuer.crt --identity-issuer-key-file issuer.key \
+  --state-dir state --identity-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 2>cp.log &
+cp=$!
+for _ in $(seq 100); do grep -q "identity listening on" cp.log 2>/dev/null && break; sleep 0.1; done
+addr=$(grep "identity listening on" cp.log | awk '{print $NF}')
+admin=$(grep "admin listening on" cp.log | awk '{print $NF}')
+for _ in $(seq 100); do curl -sf "http://$admin/ready" >/dev/null && break; sleep 0.1; done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$cp/stat"; }
+hz=$(getconf CLK_TCK)
+printf '%-10s %6s %9s %9s %9s %8s %12s\n' mode clients "req/s" "p50 ms" "p99 ms" errors "req/cpu-s"
+for mode in new reuse; do
+  t0=$(cpu_ticks)
+  out=$(taskset -c 1 "$bin/certify_load" --addr "$addr" --anchors ca.crt --token-file token \
+        --concurrency "$conc" --seconds "$secs" --mode "$mode")
+  t1=$(cpu_ticks)
+  eval "$(echo "$out" | tr ' ' '\n' | sed 's/^/r_/')"
+  cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN{print (b-a)/hz}')
+  per=$(awk -v ok="$r_ok" -v c="$cpu" 'BEGIN{ if (c>0) printf "%.0f", ok/c; else print "n/a"}')
+  printf '%-10s %6s %9s %9s %9s %8s %12s\n' "$mode" "$conc" "$r_rate" "$r_p50_ms" "$r_p99_ms" "$r_errors" "$per"
+done
