@@ -21,8 +21,12 @@ use crate::own_cert::OwnCert;
 pub fn readiness(
     issuer: &IssuerStatus,
     own: Option<&OwnCert>,
+    resources_loaded: bool,
     now: OffsetDateTime,
 ) -> Result<(), String> {
+    if !resources_loaded {
+        return Err("the resource directory has not been read completely yet".into());
+    }
     if issuer.current.is_none() {
         return Err(match &issuer.refused {
             Some(why) => format!("no valid issuer: {why}"),
@@ -43,6 +47,7 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub issuer: watch::Receiver<IssuerStatus>,
     pub own: watch::Receiver<Option<Arc<OwnCert>>>,
+    pub index: watch::Receiver<Arc<crate::workloads::Index>>,
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -65,7 +70,8 @@ async fn handle(
         "/ready" => {
             let issuer = st.issuer.borrow().clone();
             let own = st.own.borrow().clone();
-            match readiness(&issuer, own.as_deref(), OffsetDateTime::now_utc()) {
+            let loaded = st.index.borrow().loaded;
+            match readiness(&issuer, own.as_deref(), loaded, OffsetDateTime::now_utc()) {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
                 Err(why) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -129,11 +135,27 @@ mod tests {
             refused: Some("issuer certificate: expired".into()),
             ..Default::default()
         };
-        let e = readiness(&s, None, OffsetDateTime::now_utc()).unwrap_err();
+        let e = readiness(&s, None, true, OffsetDateTime::now_utc()).unwrap_err();
         assert!(e.contains("expired"), "{e}");
         assert_eq!(
-            readiness(&IssuerStatus::default(), None, OffsetDateTime::now_utc()).unwrap_err(),
+            readiness(
+                &IssuerStatus::default(),
+                None,
+                true,
+                OffsetDateTime::now_utc()
+            )
+            .unwrap_err(),
             "no valid issuer yet"
+        );
+        assert!(
+            readiness(
+                &IssuerStatus::default(),
+                None,
+                false,
+                OffsetDateTime::now_utc()
+            )
+            .unwrap_err()
+            .contains("resource directory")
         );
     }
 }

@@ -18,6 +18,8 @@ pub struct ControlPlaneConfig {
     /// Resource directory (policy, workloads); used by later services.
     pub resources: Option<PathBuf>,
     pub identity_addr: SocketAddr,
+    /// Destination service (mTLS required).
+    pub destination_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     /// How often the issuer files are re-read even without a file event.
     pub reread_interval: Duration,
@@ -69,6 +71,7 @@ impl fmt::Display for ControlPlaneConfig {
                 .unwrap_or_else(|| "(none)".into()),
         )?;
         row(f, "identity-addr", &self.identity_addr)?;
+        row(f, "destination-addr", &self.destination_addr)?;
         row(f, "admin-addr", &self.admin_addr)?;
         row(
             f,

@@ -2,8 +2,13 @@
 
 pub mod admin;
 pub mod config;
+pub mod destination;
+pub mod index;
 pub mod own_cert;
+pub mod peer;
+pub mod resources;
 pub mod tls;
+pub mod workloads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +18,7 @@ use identity::proof::StandaloneProofs;
 use identity::state::{IssuanceRecord, StateDir, StateError};
 use identity::token::TokenVerifier;
 use identity::{CertifyConfig, IdentityService, IssuerStatus, Reloader};
+use linkerd2_proxy_api::destination::destination_server::DestinationServer;
 use linkerd2_proxy_api::identity::identity_server::IdentityServer;
 use pki::Identity;
 use prometheus_client::registry::Registry;
@@ -43,6 +49,7 @@ pub enum StartError {
 #[derive(Debug, Clone)]
 pub struct Started {
     pub identity_addr: SocketAddr,
+    pub destination_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub token_key_id: String,
     pub state_initialised: bool,
@@ -82,6 +89,12 @@ pub async fn start(
             addr: cfg.identity_addr,
             source,
         })?;
+    let destination_listener = TcpListener::bind(cfg.destination_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: cfg.destination_addr,
+            source,
+        })?;
     let admin_listener =
         TcpListener::bind(cfg.admin_addr)
             .await
@@ -91,6 +104,9 @@ pub async fn start(
             })?;
     let started = Started {
         identity_addr: identity_listener.local_addr().unwrap_or(cfg.identity_addr),
+        destination_addr: destination_listener
+            .local_addr()
+            .unwrap_or(cfg.destination_addr),
         admin_addr: admin_listener.local_addr().unwrap_or(cfg.admin_addr),
         token_key_id: state.token_key_id(),
         state_initialised: state.initialised,
@@ -130,11 +146,32 @@ pub async fn start(
         skew: cfg.clock_skew,
         min_refresh: cfg.min_refresh,
     };
+    let (index_tx, index_rx) = watch::channel(Arc::new(workloads::Index::default()));
+    let resources = cfg.resources.clone().map(|dir| resources::DirSource {
+        dir,
+        interval: cfg.reread_interval,
+        debounce: Duration::from_millis(200),
+        control_plane_ns: cfg.controller_namespace.clone(),
+        trust_domain: cfg.trust_domain.clone(),
+    });
+    if resources.is_none() {
+        // No resource directory: nothing is meshed, and that is known.
+        index_tx.send_replace(Arc::new(workloads::Index {
+            loaded: true,
+            ..Default::default()
+        }));
+    }
+    let destination = destination::DestinationService {
+        index: index_rx.clone(),
+        issuer: issuer_rx.clone(),
+    };
     let admin_state = admin::AdminState {
         registry,
         issuer: issuer_rx.clone(),
         own: own_rx.clone(),
+        index: index_rx,
     };
+    let cp_ns = cfg.controller_namespace.clone();
 
     let run = async move {
         let mut tasks = tokio::task::JoinSet::new();
@@ -143,20 +180,48 @@ pub async fn start(
         tasks.spawn(admin::serve(admin_listener, admin_state));
         tasks.spawn(track_own_expiry(own_rx, own_expiry));
         tasks.spawn(compact_record(record));
+        if let Some(source) = resources {
+            let (snap_tx, snap_rx) = watch::channel(Arc::new(resources::Snapshot::default()));
+            tasks.spawn(source.run(snap_tx));
+            tasks.spawn(feed_index(snap_rx, index_tx, cp_ns));
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
         let (conn_tx, conn_rx) = mpsc::channel(256);
         tasks.spawn(accept_tls(
             identity_listener,
-            TlsAcceptor::from(tls),
+            TlsAcceptor::from(tls.clone()),
             conn_tx,
         ));
-        let server = tonic::transport::Server::builder()
+        let identity_server = tonic::transport::Server::builder()
             .add_service(IdentityServer::new(svc))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(conn_rx),
-                shutdown,
+                stopped(stop_rx.clone()),
             );
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "identity server stopped");
+        let (dconn_tx, dconn_rx) = mpsc::channel(256);
+        tasks.spawn(accept_tls(
+            destination_listener,
+            TlsAcceptor::from(tls),
+            dconn_tx,
+        ));
+        let destination_server = tonic::transport::Server::builder()
+            .add_service(DestinationServer::new(destination))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(dconn_rx),
+                stopped(stop_rx),
+            );
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let (a, b) = tokio::join!(identity_server, destination_server);
+        for (name, r) in [("identity", a), ("destination", b)] {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "{name} server stopped");
+            }
         }
         tasks.abort_all();
     };
@@ -207,6 +272,36 @@ async fn track_own_expiry(
             .unwrap_or(0.0);
         gauge.set(v);
         if own.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Turns resource snapshots into the workload index, logging what cannot be used.
+async fn feed_index(
+    mut snaps: watch::Receiver<Arc<resources::Snapshot>>,
+    tx: watch::Sender<Arc<workloads::Index>>,
+    cp_ns: String,
+) {
+    let mut last_problems = Vec::new();
+    loop {
+        let snap = snaps.borrow_and_update().clone();
+        let objects: Vec<&resources::Object> = snap.objects.values().map(|s| &s.object).collect();
+        let (index, problems) = index::build_index(snap.loaded, objects.iter().copied(), &cp_ns);
+        if problems != last_problems {
+            for p in &problems {
+                tracing::warn!("{p}");
+            }
+            last_problems = problems;
+        }
+        tx.send_if_modified(|cur| {
+            let changed = **cur != index;
+            if changed {
+                *cur = Arc::new(index);
+            }
+            changed
+        });
+        if snaps.changed().await.is_err() {
             return;
         }
     }

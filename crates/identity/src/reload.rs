@@ -56,7 +56,20 @@ impl Reloader {
 
     fn watch_dirs(&self, ev_tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
         let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Only changes matter: inotify also reports opens and reads,
+            // including this reloader's own, which would re-trigger it forever.
+            if let Ok(ev) = res
+                && matches!(
+                    ev.kind,
+                    notify::EventKind::Create(_)
+                        | notify::EventKind::Modify(_)
+                        | notify::EventKind::Remove(_)
+                )
+                && !matches!(
+                    ev.kind,
+                    notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+                )
+            {
                 let _ = ev_tx.try_send(());
             }
         }) {

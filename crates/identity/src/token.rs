@@ -59,6 +59,17 @@ impl Claims {
     }
 }
 
+/// `(namespace, service account)` named by a token, WITHOUT verifying it:
+/// only for a proxy to learn whom it is about to claim to be. The control
+/// plane verifies every token it is shown.
+pub fn unverified_service_account(token: &str) -> Option<(String, String)> {
+    let claims: Claims = jsonwebtoken::dangerous::insecure_decode_claims(token.trim()).ok()?;
+    claims
+        .service_account()
+        .ok()
+        .map(|(ns, sa)| (ns.to_string(), sa.to_string()))
+}
+
 fn fmt_unix(t: i64) -> String {
     OffsetDateTime::from_unix_timestamp(t)
         .map(pki::info::rfc3339)
@@ -244,6 +255,24 @@ mod tests {
         )
         .unwrap();
         (s, v, dir)
+    }
+
+    #[test]
+    fn subject_without_verification() {
+        let (s, _, _d) = setup();
+        let (tok, _) = s
+            .create(
+                "demo",
+                "web",
+                Duration::from_secs(60),
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        assert_eq!(
+            unverified_service_account(&tok),
+            Some(("demo".into(), "web".into()))
+        );
+        assert_eq!(unverified_service_account("garbage"), None);
     }
 
     #[test]

@@ -27,6 +27,10 @@ enum Cmd {
     Check(cli::check::CheckArgs),
     /// Run the control plane: the identity service (Certify) and admin
     ControlPlane(Box<cli::control_plane::ControlPlaneArgs>),
+    /// Run the whole mesh on 127.0.0.1 and show a request over mutual TLS
+    Demo(cli::demo::DemoArgs),
+    /// Run the sidecar proxy for one workload
+    Proxy(Box<cli::proxy::ProxyArgs>),
     /// Create and revoke join tokens for workloads' first certificates
     #[command(subcommand)]
     Token(cli::token::TokenCmd),
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
         Cmd::Check(c) => cli::check::run(c),
         Cmd::ControlPlane(c) => cli::control_plane::run(*c),
         Cmd::Token(c) => cli::token::run(c),
+        Cmd::Proxy(c) => cli::proxy::run(*c),
+        Cmd::Demo(c) => cli::demo::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

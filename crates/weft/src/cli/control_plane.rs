@@ -41,6 +41,9 @@ pub struct ControlPlaneArgs {
     /// Identity gRPC listener (TLS)
     #[arg(long, env = "WEFT_IDENTITY_ADDR", default_value = "0.0.0.0:8080")]
     pub identity_addr: SocketAddr,
+    /// Destination gRPC listener (TLS, client certificate required)
+    #[arg(long, env = "WEFT_DESTINATION_ADDR", default_value = "0.0.0.0:8086")]
+    pub destination_addr: SocketAddr,
     /// Admin listener: /live /ready /metrics
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:9990")]
     pub admin_addr: SocketAddr,
@@ -75,6 +78,7 @@ impl ControlPlaneArgs {
             state_dir: std::path::absolute(&self.state_dir).unwrap_or(self.state_dir),
             resources: self.resources,
             identity_addr: self.identity_addr,
+            destination_addr: self.destination_addr,
             admin_addr: self.admin_addr,
             reread_interval: self.reread_interval,
             min_refresh: self.identity_min_refresh,
@@ -105,6 +109,10 @@ pub fn run(args: ControlPlaneArgs) -> CmdResult {
             }
         );
         eprintln!("  identity listening on         {}", started.identity_addr);
+        eprintln!(
+            "  destination listening on      {}",
+            started.destination_addr
+        );
         eprintln!("  admin listening on            {}", started.admin_addr);
         serve.await;
         eprintln!("weft control-plane stopped");

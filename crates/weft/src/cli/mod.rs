@@ -3,7 +3,9 @@
 pub mod certs;
 pub mod check;
 pub mod control_plane;
+pub mod demo;
 pub mod duration;
+pub mod proxy;
 pub mod request;
 pub mod token;
 

@@ -1,0 +1,99 @@
+//! Builds the destination service's workload index from resources.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::resources::Object;
+use crate::workloads::{
+    ANN_INBOUND_PORT, ANN_OPAQUE, ANN_SKIP_INBOUND, Broken, DEFAULT_OPAQUE,
+    DEFAULT_PROXY_INBOUND_PORT, Index, Workload, parse_ports,
+};
+
+/// The index, plus one line per workload that could not be used (and why).
+pub fn build_index<'a>(
+    loaded: bool,
+    objects: impl Iterator<Item = &'a Object> + Clone,
+    control_plane_ns: &str,
+) -> (Index, Vec<String>) {
+    let ns_annotations: BTreeMap<&str, &BTreeMap<String, String>> = objects
+        .clone()
+        .filter_map(|o| match o {
+            Object::Namespace(n) => Some((n.meta.name.as_str(), &n.meta.annotations)),
+            _ => None,
+        })
+        .collect();
+    let mut workloads = Vec::new();
+    let mut broken = Vec::new();
+    let mut problems = Vec::new();
+    for o in objects {
+        let Object::ExternalWorkload(w) = o else {
+            continue;
+        };
+        let ns = w.meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = format!("{ns}/{}", w.meta.name);
+        let mut refuse = |reason: String| {
+            problems.push(format!(
+                "ExternalWorkload {name}: {reason}; its addresses are refused until fixed"
+            ));
+            broken.push(Broken {
+                namespace: ns.clone(),
+                name: w.meta.name.clone(),
+                ips: w.spec.workload_ips.iter().map(|i| i.ip).collect(),
+                reason,
+            });
+        };
+        let identity = match w.identity(control_plane_ns) {
+            Ok(i) => i,
+            Err(e) => {
+                refuse(format!("spec.meshTLS.identity: {e}"));
+                continue;
+            }
+        };
+        let ann = &w.meta.annotations;
+        let ports_of = |key: &str,
+                        fallback: Option<&BTreeMap<String, String>>|
+         -> Result<Option<BTreeSet<u16>>, String> {
+            match ann.get(key).or_else(|| fallback.and_then(|f| f.get(key))) {
+                Some(v) => parse_ports(v)
+                    .map(Some)
+                    .map_err(|e| format!("annotation {key}: {e}")),
+                None => Ok(None),
+            }
+        };
+        let skip = ports_of(ANN_SKIP_INBOUND, None);
+        let opaque = ports_of(ANN_OPAQUE, ns_annotations.get(ns.as_str()).copied());
+        let proxy_port = match ann.get(ANN_INBOUND_PORT) {
+            None => Ok(DEFAULT_PROXY_INBOUND_PORT),
+            Some(v) => v
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("annotation {ANN_INBOUND_PORT}: {v:?} is not a port")),
+        };
+        match (skip, opaque, proxy_port) {
+            (Ok(skip), Ok(opaque), Ok(proxy_port)) => workloads.push(Workload {
+                namespace: ns.clone(),
+                name: w.meta.name.clone(),
+                identity,
+                ips: w.spec.workload_ips.iter().map(|i| i.ip).collect(),
+                ports: w.spec.ports.iter().map(|p| p.port).collect(),
+                skip_inbound: skip.unwrap_or_default(),
+                opaque: opaque.unwrap_or_else(|| DEFAULT_OPAQUE.iter().copied().collect()),
+                proxy_port,
+            }),
+            (a, b, c) => {
+                let reasons: Vec<String> =
+                    [a.err(), b.err(), c.err()].into_iter().flatten().collect();
+                refuse(reasons.join("; "));
+            }
+        }
+    }
+    (
+        Index {
+            loaded,
+            workloads,
+            broken,
+        },
+        problems,
+    )
+}

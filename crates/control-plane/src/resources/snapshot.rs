@@ -1,0 +1,233 @@
+//! What is in force, and the pure rule that turns one directory read into
+//! the next snapshot. Kept free of I/O and clocks so every rule is testable.
+//!
+//! The rules ("keep what is valid"):
+//! - a file that fails to parse keeps its last good version in force;
+//! - a deleted file takes its objects with it;
+//! - of two definitions of one object, the one in force stays; at cold start
+//!   the first file by path wins; the other is reported;
+//! - a directory that cannot be read changes nothing but the problems.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::problem::{Problem, Severity};
+use super::types::{ExternalWorkload, Kind, Namespace, Object, ObjectKey};
+
+/// A value and the file it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub file: PathBuf,
+    pub object: T,
+}
+
+/// What became of one file in one read of the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// Parsed: these objects (maybe none) are now the file's content.
+    Parsed {
+        objects: Vec<Object>,
+        warnings: Vec<Problem>,
+    },
+    /// Unreadable or invalid: the file's last good version stays in force.
+    Refused(Vec<Problem>),
+    /// Emptied moments ago, most likely mid-write: keep it as it was, quietly.
+    Settling,
+}
+
+/// One read of the directory: every resource file in it, or why it could not
+/// be listed. A file absent from the map has been deleted.
+pub type DirRead = Result<BTreeMap<PathBuf, FileOutcome>, Problem>;
+
+/// The resources in force, as published to the indexes.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// True once the directory has been read completely at least once;
+    /// before that an empty snapshot means "not known yet", not "nothing".
+    pub loaded: bool,
+    pub objects: BTreeMap<ObjectKey, Sourced<Object>>,
+    /// Errors and warnings, directory first, then by file.
+    pub problems: Vec<Problem>,
+    /// Bumped whenever `loaded`, `objects` or `problems` change.
+    pub generation: u64,
+    /// Per file: its last good content, kept even while it is shadowed or
+    /// refused, so it can come into force later.
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FileState {
+    /// The last content that parsed; None if it never has.
+    good: Option<Vec<Object>>,
+    problems: Vec<Problem>,
+    /// The newest content was refused.
+    refused: bool,
+}
+
+impl Snapshot {
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        self.objects.get(key).map(|s| &s.object)
+    }
+
+    /// The objects of one kind, in key order.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Sourced<Object>> {
+        self.objects
+            .range(ObjectKey::first_of(kind)..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, v)| v)
+    }
+
+    pub fn external_workloads(&self) -> impl Iterator<Item = &ExternalWorkload> {
+        self.of_kind(Kind::ExternalWorkload)
+            .filter_map(|s| match &s.object {
+                Object::ExternalWorkload(w) => Some(w),
+                _ => None,
+            })
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        let key = ObjectKey {
+            kind: Kind::Namespace,
+            namespace: None,
+            name: name.to_string(),
+        };
+        match self.get(&key)? {
+            Object::Namespace(ns) => Some(ns),
+            _ => None,
+        }
+    }
+
+    /// A namespace's annotations (its per-namespace settings), if it is defined.
+    pub fn namespace_annotations(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespace(name).map(|ns| &ns.meta.annotations)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| p.is_error())
+    }
+
+    /// Whether `file`'s last good content held any object (so an empty read
+    /// of it may be a write in progress).
+    pub(crate) fn had_objects(&self, file: &Path) -> bool {
+        self.files
+            .get(file)
+            .and_then(|f| f.good.as_ref())
+            .is_some_and(|g| !g.is_empty())
+    }
+
+    /// Whether `file`'s newest content was refused while an older good
+    /// version stays in force (for saying so in logs).
+    pub(crate) fn keeps_last_good(&self, file: &Path) -> bool {
+        self.files
+            .get(file)
+            .is_some_and(|f| f.refused && f.good.is_some())
+    }
+
+    pub(crate) fn file_count(&self) -> usize {
+        self.files.len()
+    }
+}
+
+/// The next snapshot from the previous one and a fresh read of the directory.
+pub fn merge(prev: &Snapshot, read: DirRead) -> Snapshot {
+    let (files, dir_problem) = match read {
+        Ok(outcomes) => (next_files(&prev.files, outcomes), None),
+        Err(problem) => (prev.files.clone(), Some(problem)),
+    };
+    let loaded = prev.loaded || dir_problem.is_none();
+    let (objects, duplicates) = assign(&prev.objects, &files);
+    let mut problems: Vec<Problem> = dir_problem.into_iter().collect();
+    problems.extend(files.values().flat_map(|f| f.problems.iter().cloned()));
+    problems.extend(duplicates);
+    let changed = loaded != prev.loaded || objects != prev.objects || problems != prev.problems;
+    Snapshot {
+        loaded,
+        objects,
+        problems,
+        generation: prev.generation.wrapping_add(u64::from(changed)),
+        files,
+    }
+}
+
+fn next_files(
+    prev: &BTreeMap<PathBuf, FileState>,
+    outcomes: BTreeMap<PathBuf, FileOutcome>,
+) -> BTreeMap<PathBuf, FileState> {
+    outcomes
+        .into_iter()
+        .map(|(path, outcome)| {
+            let old = prev.get(&path);
+            let state = match outcome {
+                FileOutcome::Parsed { objects, warnings } => FileState {
+                    good: Some(objects),
+                    problems: warnings,
+                    refused: false,
+                },
+                FileOutcome::Refused(problems) => FileState {
+                    good: old.and_then(|o| o.good.clone()),
+                    problems,
+                    refused: true,
+                },
+                FileOutcome::Settling => old.cloned().unwrap_or_default(),
+            };
+            (path, state)
+        })
+        .collect()
+}
+
+/// Decides which definition of each object is in force.
+fn assign(
+    prev: &BTreeMap<ObjectKey, Sourced<Object>>,
+    files: &BTreeMap<PathBuf, FileState>,
+) -> (BTreeMap<ObjectKey, Sourced<Object>>, Vec<Problem>) {
+    let by_file: BTreeMap<&Path, BTreeMap<ObjectKey, &Object>> = files
+        .iter()
+        .map(|(path, state)| {
+            let objects = state.good.iter().flatten().map(|o| (o.key(), o)).collect();
+            (path.as_path(), objects)
+        })
+        .collect();
+    let mut objects = BTreeMap::new();
+    // What is in force stays with its file while that file still defines it
+    // (perhaps changed).
+    for (key, sourced) in prev {
+        if let Some(object) = by_file
+            .get(sourced.file.as_path())
+            .and_then(|defs| defs.get(key))
+        {
+            let sourced = Sourced {
+                file: sourced.file.clone(),
+                object: (*object).clone(),
+            };
+            objects.insert(key.clone(), sourced);
+        }
+    }
+    // Then the rest, first file by path first.
+    let mut duplicates = Vec::new();
+    for (path, defs) in &by_file {
+        for (key, object) in defs {
+            match objects.get(key) {
+                Some(Sourced { file, .. }) if file.as_path() == *path => {}
+                Some(Sourced { file, .. }) => duplicates.push(Problem {
+                    severity: Severity::Error,
+                    file: path.to_path_buf(),
+                    document: None,
+                    resource: Some(key.to_string()),
+                    field: None,
+                    message: format!(
+                        "also defined in {}, which is in force; this definition is ignored until that one is removed",
+                        file.display()
+                    ),
+                }),
+                None => {
+                    let sourced = Sourced {
+                        file: path.to_path_buf(),
+                        object: (*object).clone(),
+                    };
+                    objects.insert(key.clone(), sourced);
+                }
+            }
+        }
+    }
+    (objects, duplicates)
+}

@@ -1,0 +1,385 @@
+//! The workload index behind the destination service, and the pure answer
+//! to "what is at this target?": meshed, not meshed, or a refusal.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use pki::Identity;
+
+pub const ANN_SKIP_INBOUND: &str = "config.linkerd.io/skip-inbound-ports";
+pub const ANN_OPAQUE: &str = "config.linkerd.io/opaque-ports";
+pub const ANN_INBOUND_PORT: &str = "config.linkerd.io/inbound-port";
+pub const DEFAULT_PROXY_INBOUND_PORT: u16 = 4143;
+/// Linkerd's default opaque ports (server-speaks-first protocols).
+pub const DEFAULT_OPAQUE: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+/// One meshed workload as the destination service sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub name: String,
+    pub identity: Identity,
+    pub ips: Vec<IpAddr>,
+    pub ports: BTreeSet<u16>,
+    pub skip_inbound: BTreeSet<u16>,
+    pub opaque: BTreeSet<u16>,
+    pub proxy_port: u16,
+}
+
+/// A workload whose resource could not be used: its addresses answer
+/// "unknown" (refused), never "not meshed".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Index {
+    /// False until the resource directory has been read completely once.
+    pub loaded: bool,
+    pub workloads: Vec<Workload>,
+    pub broken: Vec<Broken>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Named {
+        namespace: String,
+        name: String,
+        port: u16,
+    },
+    Addr(SocketAddr),
+}
+
+/// Parses `ns/name:port` (weft's extension) or `ip:port` / `[v6]:port`;
+/// Linkerd's `host.ns.svc.cluster.local:port` authorities are not resolved here.
+pub fn parse_target(path: &str) -> Result<Target, String> {
+    if let Ok(addr) = path.parse::<SocketAddr>() {
+        return Ok(Target::Addr(addr));
+    }
+    let bad = || format!("{path:?} is not ip:port or namespace/name:port");
+    let (wl, port) = path.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    let (ns, name) = wl
+        .split_once('/')
+        .filter(|(n, w)| !n.is_empty() && !w.is_empty() && !w.contains('/'))
+        .ok_or_else(bad)?;
+    Ok(Target::Named {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        port,
+    })
+}
+
+/// `8080,9000-9002` → {8080, 9000, 9001, 9002}.
+pub fn parse_ports(list: &str) -> Result<BTreeSet<u16>, String> {
+    let mut out = BTreeSet::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("{part:?} is not a port or a range like 9000-9010");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u16, u16) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b || a == 0 {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => {
+                out.insert(part.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Meshed {
+        addr: SocketAddr,
+        identity: Identity,
+        proxy_port: u16,
+        opaque: bool,
+    },
+    NotMeshed {
+        addr: SocketAddr,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the control plane has not finished loading its resources; retry shortly")]
+    NotLoaded,
+    #[error("no ExternalWorkload {0}/{1}; check the resource directory")]
+    NoWorkload(String, String),
+    #[error("port {port} is not a port of {ns}/{name} (its ports: {ports})")]
+    UndeclaredPort {
+        ns: String,
+        name: String,
+        port: u16,
+        ports: String,
+    },
+    #[error("{addr} is claimed by more than one workload ({0}); fix the resources so one workload owns it", .workloads.join(", "))]
+    Conflict {
+        addr: SocketAddr,
+        workloads: Vec<String>,
+    },
+    #[error("ExternalWorkload {0}/{1} has no workloadIPs")]
+    NoAddress(String, String),
+    #[error("ExternalWorkload {ns}/{name} cannot be used ({reason}); fix the resource")]
+    Broken {
+        ns: String,
+        name: String,
+        reason: String,
+    },
+}
+
+impl Index {
+    pub fn resolve(&self, target: &Target) -> Result<Answer, Refusal> {
+        if !self.loaded {
+            return Err(Refusal::NotLoaded);
+        }
+        let broken = self.broken.iter().find(|b| match target {
+            Target::Named {
+                namespace, name, ..
+            } => b.namespace == *namespace && b.name == *name,
+            Target::Addr(a) => b.ips.contains(&a.ip()),
+        });
+        if let Some(b) = broken {
+            return Err(Refusal::Broken {
+                ns: b.namespace.clone(),
+                name: b.name.clone(),
+                reason: b.reason.clone(),
+            });
+        }
+        match target {
+            Target::Named {
+                namespace,
+                name,
+                port,
+            } => {
+                let w = self
+                    .workloads
+                    .iter()
+                    .find(|w| w.namespace == *namespace && w.name == *name)
+                    .ok_or_else(|| Refusal::NoWorkload(namespace.clone(), name.clone()))?;
+                if !w.ports.contains(port) {
+                    return Err(Refusal::UndeclaredPort {
+                        ns: namespace.clone(),
+                        name: name.clone(),
+                        port: *port,
+                        ports: w
+                            .ports
+                            .iter()
+                            .map(u16::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                }
+                let ip = *w
+                    .ips
+                    .first()
+                    .ok_or_else(|| Refusal::NoAddress(namespace.clone(), name.clone()))?;
+                Ok(answer_for(w, SocketAddr::new(ip, *port)))
+            }
+            Target::Addr(addr) => {
+                let owners: Vec<&Workload> = self
+                    .workloads
+                    .iter()
+                    .filter(|w| w.ips.contains(&addr.ip()))
+                    .collect();
+                // In ports mode many workloads share 127.0.0.1; a port declared
+                // by exactly one of them picks it.
+                let owners: Vec<&Workload> = if owners.len() > 1 {
+                    owners
+                        .into_iter()
+                        .filter(|w| w.ports.contains(&addr.port()))
+                        .collect()
+                } else {
+                    owners
+                };
+                match owners.as_slice() {
+                    [] => Ok(Answer::NotMeshed { addr: *addr }),
+                    [w] => Ok(answer_for(w, *addr)),
+                    many => Err(Refusal::Conflict {
+                        addr: *addr,
+                        workloads: many
+                            .iter()
+                            .map(|w| format!("{}/{}", w.namespace, w.name))
+                            .collect(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+fn answer_for(w: &Workload, addr: SocketAddr) -> Answer {
+    if w.skip_inbound.contains(&addr.port()) {
+        return Answer::NotMeshed { addr };
+    }
+    Answer::Meshed {
+        addr,
+        identity: w.identity.clone(),
+        proxy_port: w.proxy_port,
+        opaque: w.opaque.contains(&addr.port()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wl(name: &str, ip: &str, ports: &[u16]) -> Workload {
+        Workload {
+            namespace: "demo".into(),
+            name: name.into(),
+            identity: format!("{name}.demo.serviceaccount.identity.weft.cluster.local")
+                .parse()
+                .unwrap(),
+            ips: vec![ip.parse().unwrap()],
+            ports: ports.iter().copied().collect(),
+            skip_inbound: [9999].into_iter().collect(),
+            opaque: [5432].into_iter().collect(),
+            proxy_port: 4143,
+        }
+    }
+
+    fn index() -> Index {
+        Index {
+            loaded: true,
+            workloads: vec![
+                wl("backend", "10.0.0.2", &[8080, 5432]),
+                wl("web", "10.0.0.3", &[80]),
+            ],
+            broken: vec![Broken {
+                namespace: "demo".into(),
+                name: "bad".into(),
+                ips: vec!["10.0.0.9".parse().unwrap()],
+                reason: "bad annotation".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn targets_and_port_lists() {
+        assert_eq!(
+            parse_target("10.0.0.2:8080").unwrap(),
+            Target::Addr("10.0.0.2:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse_target("demo/backend:8080").unwrap(),
+            Target::Named {
+                namespace: "demo".into(),
+                name: "backend".into(),
+                port: 8080
+            }
+        );
+        for bad in [
+            "",
+            "demo/backend",
+            "demo/backend:0",
+            "backend:8080",
+            "a/b/c:1",
+            "demo/:1",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_ports("80, 9000-9002").unwrap(),
+            [80, 9000, 9001, 9002].into_iter().collect()
+        );
+        assert!(parse_ports("9002-9000").is_err());
+        assert!(parse_ports("http").is_err());
+        assert!(parse_ports("0").is_err());
+    }
+
+    #[test]
+    fn answers() {
+        let i = index();
+        let t = |s: &str| parse_target(s).unwrap();
+        assert!(matches!(
+            i.resolve(&t("10.0.0.2:8080")),
+            Ok(Answer::Meshed {
+                opaque: false,
+                proxy_port: 4143,
+                ..
+            })
+        ));
+        // Every port of a workload IP is meshed, declared or not...
+        assert!(matches!(
+            i.resolve(&t("10.0.0.2:7777")),
+            Ok(Answer::Meshed { .. })
+        ));
+        // ...except skipped ones; opaque ports are hinted.
+        assert!(matches!(
+            i.resolve(&t("10.0.0.2:9999")),
+            Ok(Answer::NotMeshed { .. })
+        ));
+        assert!(matches!(
+            i.resolve(&t("10.0.0.2:5432")),
+            Ok(Answer::Meshed { opaque: true, .. })
+        ));
+        assert!(matches!(
+            i.resolve(&t("10.9.9.9:80")),
+            Ok(Answer::NotMeshed { .. })
+        ));
+        assert!(matches!(
+            i.resolve(&t("demo/backend:8080")),
+            Ok(Answer::Meshed { .. })
+        ));
+        assert!(matches!(
+            i.resolve(&t("demo/backend:7777")),
+            Err(Refusal::UndeclaredPort { .. })
+        ));
+        assert!(matches!(
+            i.resolve(&t("demo/nope:80")),
+            Err(Refusal::NoWorkload(..))
+        ));
+        // A broken workload's address is unknown, never "not meshed".
+        assert!(matches!(
+            i.resolve(&t("10.0.0.9:80")),
+            Err(Refusal::Broken { .. })
+        ));
+        assert!(matches!(
+            i.resolve(&t("demo/bad:80")),
+            Err(Refusal::Broken { .. })
+        ));
+        let not_loaded = Index {
+            loaded: false,
+            ..index()
+        };
+        assert_eq!(
+            not_loaded.resolve(&t("10.0.0.2:8080")),
+            Err(Refusal::NotLoaded)
+        );
+    }
+
+    #[test]
+    fn two_claims_make_it_unknown() {
+        let mut i = index();
+        i.workloads.push(wl("impostor", "10.0.0.2", &[8080]));
+        let e = i
+            .resolve(&parse_target("10.0.0.2:8080").unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(&e, Refusal::Conflict { workloads, .. } if workloads.len() == 2),
+            "{e}"
+        );
+        // Ports mode: shared 127.0.0.1, distinct ports.
+        let ports = Index {
+            loaded: true,
+            workloads: vec![wl("a", "127.0.0.1", &[7000]), wl("b", "127.0.0.1", &[8080])],
+            broken: vec![],
+        };
+        assert!(matches!(
+            ports.resolve(&parse_target("127.0.0.1:8080").unwrap()),
+            Ok(Answer::Meshed { identity, .. }) if identity.service_account() == "b"
+        ));
+    }
+}

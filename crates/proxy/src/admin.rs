@@ -1,0 +1,89 @@
+//! The proxy's admin endpoint: /live, /ready, /metrics.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cert::ProxyCert;
+
+/// Ready means: a certificate that is valid now.
+pub fn readiness(cert: Option<&ProxyCert>, now: OffsetDateTime) -> Result<(), String> {
+    match cert {
+        None => Err("no certificate yet (waiting for the identity service)".into()),
+        Some(c) if !c.is_valid(now) => Err(format!(
+            "the certificate expired at {}",
+            pki::info::rfc3339(c.not_after)
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub registry: Arc<Registry>,
+    pub cert: watch::Receiver<Option<Arc<ProxyCert>>>,
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    st: AdminState,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n".into()),
+        "/ready" => {
+            let cert = st.cert.borrow().clone();
+            match readiness(cert.as_deref(), OffsetDateTime::now_utc()) {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+            }
+        }
+        "/metrics" => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, &st.registry) {
+                Ok(()) => text(StatusCode::OK, out),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot encode metrics\n".into(),
+                ),
+            }
+        }
+        other => text(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint {other}; try /live, /ready or /metrics\n"),
+        ),
+    })
+}
+
+pub async fn serve(listener: TcpListener, st: AdminState) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let st = st.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

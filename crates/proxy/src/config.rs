@@ -1,0 +1,139 @@
+//! The proxy's one configuration struct, parsed once by the CLI.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pki::Identity;
+
+/// What to do with outbound connections to destinations that are not meshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plaintext {
+    Allow,
+    Deny,
+}
+
+/// Ports mode: a local listener forwarded to a workload's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundMapping {
+    pub listen: SocketAddr,
+    /// `ns/name:port`, resolved by the destination service.
+    pub target: String,
+}
+
+impl std::str::FromStr for OutboundMapping {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (l, t) = s.split_once('=').ok_or_else(|| {
+            format!("{s:?}: expected LISTEN=NS/NAME:PORT, e.g. 127.0.0.1:7001=demo/backend:8080")
+        })?;
+        let listen = l
+            .parse()
+            .map_err(|_| format!("{s:?}: {l:?} is not an address like 127.0.0.1:7001"))?;
+        let (wl, port) = t
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: {t:?} lacks :PORT"))?;
+        port.parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{s:?}: {port:?} is not a port"))?;
+        let (ns, name) = wl
+            .split_once('/')
+            .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+            .ok_or_else(|| format!("{s:?}: {wl:?} is not NS/NAME"))?;
+        Ok(Self {
+            listen,
+            target: format!("{ns}/{name}:{port}"),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// `ns/name` of the ExternalWorkload this proxy fronts.
+    pub workload: String,
+    pub identity: Identity,
+    pub token_file: Option<PathBuf>,
+    /// The control plane: identity service and destination service.
+    pub identity_addr: String,
+    pub destination_addr: String,
+    pub control_plane_identity: Identity,
+    /// Anchors to trust at start (and to verify the control plane with).
+    pub anchors_file: PathBuf,
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub outbound: Vec<OutboundMapping>,
+    pub detect_timeout: Duration,
+    pub discovery_timeout: Duration,
+    pub min_refresh: Duration,
+    pub plaintext: Plaintext,
+}
+
+impl fmt::Display for ProxyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let row = |f: &mut fmt::Formatter<'_>, k: &str, v: &dyn fmt::Display| {
+            writeln!(f, "  {k:<24} {v}")
+        };
+        row(f, "workload", &self.workload)?;
+        row(f, "identity", &self.identity)?;
+        row(
+            f,
+            "token-file",
+            &self
+                .token_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(none)".into()),
+        )?;
+        row(f, "identity-addr", &self.identity_addr)?;
+        row(f, "destination-addr", &self.destination_addr)?;
+        row(f, "control-plane-identity", &self.control_plane_identity)?;
+        row(f, "trust-anchors-file", &self.anchors_file.display())?;
+        row(f, "inbound-addr", &self.inbound_addr)?;
+        row(f, "admin-addr", &self.admin_addr)?;
+        for m in &self.outbound {
+            row(f, "outbound", &format!("{} -> {}", m.listen, m.target))?;
+        }
+        row(
+            f,
+            "detect-timeout",
+            &format!("{}ms", self.detect_timeout.as_millis()),
+        )?;
+        row(
+            f,
+            "discovery-timeout",
+            &format!("{}ms", self.discovery_timeout.as_millis()),
+        )?;
+        row(
+            f,
+            "identity-min-refresh",
+            &format!("{}s", self.min_refresh.as_secs()),
+        )?;
+        row(
+            f,
+            "outbound-plaintext",
+            &format!("{:?}", self.plaintext).to_lowercase(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings() {
+        let m: OutboundMapping = "127.0.0.1:7001=demo/backend:8080".parse().unwrap();
+        assert_eq!(m.target, "demo/backend:8080");
+        for bad in [
+            "x",
+            "127.0.0.1:7001=demo/backend",
+            "127.0.0.1:7001=backend:8080",
+            "nope=demo/b:1",
+            "127.0.0.1:1=demo/b:0",
+        ] {
+            assert!(bad.parse::<OutboundMapping>().is_err(), "{bad}");
+        }
+    }
+}

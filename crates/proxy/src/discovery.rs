@@ -1,0 +1,275 @@
+//! Destination lookups: meshed (with identity), not meshed, or unknown.
+//! Unknown always refuses; a cached answer survives a control-plane outage,
+//! so an existing meshed peer never silently becomes "not meshed".
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linkerd2_proxy_api::destination::destination_client::DestinationClient;
+use linkerd2_proxy_api::destination::{GetDestination, Update, tls_identity, update};
+use pki::Identity;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+
+use crate::cert::ProxyCert;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Talk mTLS to `addr` (its proxy's inbound port when `proxy_port` is
+    /// set), expecting `identity`.
+    Meshed {
+        addr: SocketAddr,
+        identity: Identity,
+        proxy_port: Option<u16>,
+    },
+    NotMeshed {
+        addr: SocketAddr,
+    },
+    Unknown(String),
+}
+
+/// One update from the destination service, judged. Anything unexpected is
+/// unknown, never "not meshed".
+pub fn decode(u: Update) -> Resolution {
+    match u.update {
+        Some(update::Update::Add(set)) => {
+            let Some(first) = set.addrs.into_iter().next() else {
+                return Resolution::Unknown("the destination has no endpoints".into());
+            };
+            let Some(addr) = first.addr.and_then(|a| SocketAddr::try_from(a).ok()) else {
+                return Resolution::Unknown(
+                    "the destination service sent an endpoint without an address".into(),
+                );
+            };
+            let identity = match first.tls_identity.and_then(|t| t.strategy) {
+                None => return Resolution::NotMeshed { addr },
+                Some(tls_identity::Strategy::DnsLikeIdentity(d)) => d.name,
+                Some(other) => {
+                    return Resolution::Unknown(format!("unsupported identity kind {other:?}"));
+                }
+            };
+            let Ok(identity) = identity.parse::<Identity>() else {
+                return Resolution::Unknown(format!(
+                    "the endpoint's identity {identity:?} is not a mesh identity"
+                ));
+            };
+            let proxy_port = first
+                .protocol_hint
+                .and_then(|h| h.opaque_transport)
+                .and_then(|o| u16::try_from(o.inbound_port).ok())
+                .filter(|p| *p != 0);
+            Resolution::Meshed {
+                addr,
+                identity,
+                proxy_port,
+            }
+        }
+        Some(update::Update::NoEndpoints(_)) => {
+            Resolution::Unknown("the destination has no endpoints".into())
+        }
+        Some(update::Update::Remove(_)) => Resolution::Unknown("the endpoint was removed".into()),
+        None => Resolution::Unknown("an empty update".into()),
+    }
+}
+
+type Slot = watch::Receiver<Option<Resolution>>;
+
+pub struct Discovery {
+    pub addr: String,
+    pub server_name: String,
+    pub anchors_pem: String,
+    pub own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    pub timeout: Duration,
+    cache: Mutex<HashMap<String, Slot>>,
+}
+
+impl Discovery {
+    pub fn new(
+        addr: String,
+        server_name: String,
+        anchors_pem: String,
+        own: watch::Receiver<Option<Arc<ProxyCert>>>,
+        timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            server_name,
+            anchors_pem,
+            own,
+            timeout,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The answer for `target` (`ns/name:port` or `ip:port`), waiting at most
+    /// the discovery timeout for a first answer.
+    pub async fn resolve(self: &Arc<Self>, target: &str) -> Resolution {
+        let mut rx = {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(target) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    cache.insert(target.to_string(), rx.clone());
+                    tokio::spawn(self.clone().follow(target.to_string(), tx));
+                    rx
+                }
+            }
+        };
+        let waited = tokio::time::timeout(self.timeout, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(r)) => r
+                .clone()
+                .unwrap_or_else(|| Resolution::Unknown("no answer".into())),
+            _ => Resolution::Unknown(format!(
+                "no answer from the destination service at {} within {}ms",
+                self.addr,
+                self.timeout.as_millis()
+            )),
+        }
+    }
+
+    /// Keeps one target's answer current for as long as the proxy runs.
+    async fn follow(self: Arc<Self>, target: String, tx: watch::Sender<Option<Resolution>>) {
+        let mut failures: u32 = 0;
+        loop {
+            match self.stream(&target, &tx).await {
+                Ok(()) => failures = 0,
+                Err(StreamEnd::Refused(why)) => {
+                    // A definitive answer from the control plane.
+                    tx.send_replace(Some(Resolution::Unknown(why)));
+                    failures = 0;
+                }
+                Err(StreamEnd::Transport(why)) => {
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(%target, error = %why, "destination stream lost; keeping the last answer");
+                }
+            }
+            let backoff = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)));
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    async fn stream(
+        &self,
+        target: &str,
+        tx: &watch::Sender<Option<Resolution>>,
+    ) -> Result<(), StreamEnd> {
+        let mut own = self.own.clone();
+        let (chain, key) = own
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| StreamEnd::Transport("no certificate".into()))?
+            .as_ref()
+            .map(|c| c.pem_pair())
+            .ok_or_else(|| StreamEnd::Transport("no certificate".into()))?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.anchors_pem))
+            .domain_name(self.server_name.clone())
+            .identity(TlsIdentity::from_pem(chain, key));
+        let channel = Endpoint::from_shared(format!("https://{}", self.addr))
+            .map_err(|e| StreamEnd::Transport(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tls_config(tls)
+            .map_err(|e| StreamEnd::Transport(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| StreamEnd::Transport(e.to_string()))?;
+        let mut stream = DestinationClient::new(channel)
+            .get(GetDestination {
+                scheme: "k8s.io".into(),
+                path: target.to_string(),
+                context_token: String::new(),
+            })
+            .await
+            .map_err(classify)?
+            .into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(u)) => {
+                    let r = decode(u);
+                    tx.send_if_modified(|cur| {
+                        let changed = cur.as_ref() != Some(&r);
+                        *cur = Some(r);
+                        changed
+                    });
+                }
+                Ok(None) => return Err(StreamEnd::Transport("stream ended".into())),
+                Err(s) => return Err(classify(s)),
+            }
+        }
+    }
+}
+
+enum StreamEnd {
+    Refused(String),
+    Transport(String),
+}
+
+fn classify(s: tonic::Status) -> StreamEnd {
+    use tonic::Code::*;
+    match s.code() {
+        InvalidArgument | NotFound | FailedPrecondition | PermissionDenied | Unauthenticated => {
+            StreamEnd::Refused(s.message().to_string())
+        }
+        _ => StreamEnd::Transport(format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linkerd2_proxy_api::destination::*;
+
+    fn add(identity: Option<&str>, proxy_port: u32) -> Update {
+        Update {
+            update: Some(update::Update::Add(WeightedAddrSet {
+                addrs: vec![WeightedAddr {
+                    addr: Some("127.0.0.1:8080".parse::<SocketAddr>().unwrap().into()),
+                    weight: 1,
+                    tls_identity: identity.map(|n| linkerd2_proxy_api::destination::TlsIdentity {
+                        strategy: Some(tls_identity::Strategy::DnsLikeIdentity(
+                            tls_identity::DnsLikeIdentity { name: n.into() },
+                        )),
+                        server_name: None,
+                    }),
+                    protocol_hint: Some(ProtocolHint {
+                        protocol: None,
+                        opaque_transport: Some(protocol_hint::OpaqueTransport {
+                            inbound_port: proxy_port,
+                        }),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn decodes_the_three_answers() {
+        let id = "web.demo.serviceaccount.identity.weft.cluster.local";
+        assert!(matches!(
+            decode(add(Some(id), 4143)),
+            Resolution::Meshed {
+                proxy_port: Some(4143),
+                ..
+            }
+        ));
+        assert!(matches!(decode(add(None, 0)), Resolution::NotMeshed { .. }));
+        assert!(matches!(
+            decode(add(Some("not an identity"), 4143)),
+            Resolution::Unknown(_)
+        ));
+        assert!(matches!(
+            decode(Update { update: None }),
+            Resolution::Unknown(_)
+        ));
+        let none = Update {
+            update: Some(update::Update::NoEndpoints(NoEndpoints { exists: false })),
+        };
+        assert!(matches!(decode(none), Resolution::Unknown(_)));
+    }
+}

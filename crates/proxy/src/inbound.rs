@@ -1,0 +1,155 @@
+//! Inbound: terminate mTLS for our own identity, read the transport header
+//! naming the application port, check it is a port of this workload, and
+//! forward to the application on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::discovery::{Discovery, Resolution};
+use crate::metrics::{ConnLabels, ProxyMetrics};
+use crate::transport_header::{self, ALPN};
+
+pub struct Inbound {
+    pub acceptor: TlsAcceptor,
+    pub workload: String,
+    pub identity: String,
+    pub discovery: Arc<Discovery>,
+    pub detect_timeout: Duration,
+    /// The proxy's own ports: never forwarded to.
+    pub own_ports: Vec<u16>,
+    pub metrics: ProxyMetrics,
+}
+
+impl Inbound {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    tokio::spawn(self.clone().handle(sock, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, sock: TcpStream, peer: SocketAddr) {
+        let refuse = |reason: &'static str, detail: String| {
+            self.metrics.refuse("inbound", reason);
+            tracing::info!(%peer, reason, "inbound connection refused: {detail}");
+        };
+        let mut tls =
+            match tokio::time::timeout(self.detect_timeout, self.acceptor.accept(sock)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    return refuse(
+                        "tls_handshake",
+                        format!(
+                            "TLS handshake failed ({e}); only TLS for {} is served here",
+                            self.identity
+                        ),
+                    );
+                }
+                Err(_) => {
+                    return refuse(
+                        "tls_timeout",
+                        format!(
+                            "no TLS handshake within {}ms",
+                            self.detect_timeout.as_millis()
+                        ),
+                    );
+                }
+            };
+        let (_, conn) = tls.get_ref();
+        let client_id = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| pki::info::CertInfo::from_der(c).ok())
+            .and_then(|i| {
+                i.subject_alt_names
+                    .first()
+                    .and_then(|s| s.strip_prefix("DNS:"))
+                    .map(str::to_string)
+            });
+        if conn.alpn_protocol() != Some(ALPN) {
+            return refuse(
+                "no_transport_header",
+                "the client did not negotiate transport.l5d.io/v1, so no port was named".into(),
+            );
+        }
+        if client_id.is_none() {
+            return refuse(
+                "no_client_identity",
+                "direct connections need a client certificate (mTLS)".into(),
+            );
+        }
+        let port = match tokio::time::timeout(self.detect_timeout, transport_header::read(&mut tls))
+            .await
+        {
+            Ok(Ok((_, port))) => port,
+            Ok(Err(e)) => return refuse("bad_transport_header", e.to_string()),
+            Err(_) => {
+                return refuse(
+                    "transport_header_timeout",
+                    "the transport header did not arrive in time".into(),
+                );
+            }
+        };
+        if self.own_ports.contains(&port) {
+            return refuse(
+                "proxy_port",
+                format!(
+                    "port {port} is the proxy's own, not a port of {}",
+                    self.workload
+                ),
+            );
+        }
+        let target = format!("{}:{port}", self.workload);
+        match self.discovery.resolve(&target).await {
+            Resolution::Meshed { .. } => {}
+            Resolution::NotMeshed { .. } => {
+                return refuse(
+                    "port_not_meshed",
+                    format!(
+                        "port {port} of {} is not meshed (skip-inbound-ports)",
+                        self.workload
+                    ),
+                );
+            }
+            Resolution::Unknown(why) => {
+                return refuse(
+                    "unknown_port",
+                    format!("port {port} is not a port of {}: {why}", self.workload),
+                );
+            }
+        }
+        let app = match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(a) => a,
+            Err(e) => {
+                return refuse(
+                    "app_unreachable",
+                    format!("the application on 127.0.0.1:{port} is not answering: {e}"),
+                );
+            }
+        };
+        let _ = app.set_nodelay(true);
+        let labels = ConnLabels {
+            direction: "inbound",
+            peer: "src",
+            tls: "true",
+            no_tls_reason: String::new(),
+            client_id: client_id.unwrap_or_default(),
+            server_id: self.identity.clone(),
+            target_port: port,
+        };
+        tracing::debug!(%peer, client_id = %labels.client_id, port, "inbound mTLS connection");
+        crate::forward::pipe(tls, app, labels, &self.metrics).await;
+    }
+}

@@ -1,0 +1,167 @@
+//! The weft proxy: gets and renews its certificate, terminates and
+//! originates mutual TLS, resolves destinations fail-closed.
+
+pub mod admin;
+pub mod cert;
+pub mod config;
+pub mod discovery;
+pub mod forward;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod tls;
+pub mod transport_header;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use identity::client::CertifyClient;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::{OutboundMapping, Plaintext, ProxyConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "{path}: {detail}; pass the trust anchor bundle (the control plane's --identity-trust-anchors-file)"
+    )]
+    Anchors { path: String, detail: String },
+    #[error("cannot listen on {addr}: {source}; is another process using it?")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub outbound_addrs: Vec<(SocketAddr, String)>,
+    /// The certificate in force, as it changes.
+    pub cert: watch::Receiver<Option<Arc<cert::ProxyCert>>>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+pub async fn start(
+    cfg: ProxyConfig,
+) -> Result<(Started, impl std::future::Future<Output = ()>), StartError> {
+    let anchors_pem =
+        std::fs::read_to_string(&cfg.anchors_file).map_err(|e| StartError::Anchors {
+            path: cfg.anchors_file.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    let anchors = pki::parse_certs(&cfg.anchors_file, anchors_pem.as_bytes()).map_err(|e| {
+        StartError::Anchors {
+            path: cfg.anchors_file.display().to_string(),
+            detail: e.to_string(),
+        }
+    })?;
+
+    let metrics = metrics::ProxyMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+
+    let (cert_tx, cert_rx) = watch::channel(None);
+    let inbound_listener = bind(cfg.inbound_addr).await?;
+    let admin_listener = bind(cfg.admin_addr).await?;
+    let mut outbound_listeners = Vec::new();
+    for m in &cfg.outbound {
+        outbound_listeners.push((bind(m.listen).await?, m.clone()));
+    }
+    let started = Started {
+        inbound_addr: inbound_listener.local_addr().unwrap_or(cfg.inbound_addr),
+        admin_addr: admin_listener.local_addr().unwrap_or(cfg.admin_addr),
+        outbound_addrs: outbound_listeners
+            .iter()
+            .map(|(l, m)| (l.local_addr().unwrap_or(m.listen), m.target.clone()))
+            .collect(),
+        cert: cert_rx.clone(),
+    };
+
+    let cert_loop = cert::CertLoop {
+        client: CertifyClient {
+            addr: cfg.identity_addr.clone(),
+            server_name: cfg.control_plane_identity.to_string(),
+            anchors_pem: anchors_pem.clone(),
+            timeout: Duration::from_secs(10),
+        },
+        identity: cfg.identity.clone(),
+        token_file: cfg.token_file.clone(),
+        min_refresh: cfg.min_refresh,
+    };
+    let discovery = discovery::Discovery::new(
+        cfg.destination_addr.clone(),
+        cfg.control_plane_identity.to_string(),
+        anchors_pem,
+        cert_rx.clone(),
+        cfg.discovery_timeout,
+    );
+    let inbound_cfg = tls::inbound_config(&anchors, cert_rx.clone(), &cfg.identity.to_string())
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let outbound_cfg = tls::outbound_config(&anchors, cert_rx.clone())
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let inbound = Arc::new(inbound::Inbound {
+        acceptor: tokio_rustls::TlsAcceptor::from(inbound_cfg),
+        workload: cfg.workload.clone(),
+        identity: cfg.identity.to_string(),
+        discovery: discovery.clone(),
+        detect_timeout: cfg.detect_timeout,
+        own_ports: vec![started.inbound_addr.port(), started.admin_addr.port()],
+        metrics: metrics.clone(),
+    });
+    let outbound = Arc::new(outbound::Outbound {
+        connector: tokio_rustls::TlsConnector::from(outbound_cfg),
+        discovery,
+        plaintext: cfg.plaintext,
+        connect_timeout: Duration::from_secs(5),
+        metrics: metrics.clone(),
+    });
+    let admin_state = admin::AdminState {
+        registry,
+        cert: cert_rx.clone(),
+    };
+
+    let run = async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(cert_loop.run(cert_tx));
+        tasks.spawn(track_cert(cert_rx, metrics));
+        tasks.spawn(admin::serve(admin_listener, admin_state));
+        tasks.spawn(inbound.serve(inbound_listener));
+        for (l, m) in outbound_listeners {
+            tasks.spawn(outbound.clone().serve(l, m));
+        }
+        while tasks.join_next().await.is_some() {}
+    };
+    Ok((started, run))
+}
+
+async fn track_cert(
+    mut rx: watch::Receiver<Option<Arc<cert::ProxyCert>>>,
+    m: metrics::ProxyMetrics,
+) {
+    loop {
+        if let Some(c) = rx.borrow_and_update().as_ref() {
+            m.cert_expiry.set(c.not_after.unix_timestamp() as f64);
+            m.cert_refresh
+                .set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
+            m.refreshes
+                .get_or_create(&metrics::ResultLabel { result: "ok" })
+                .inc();
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The proxy's Prometheus metrics, with Linkerd's names and labels.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Transport labels: `tls` is "true" or "no_identity", never "false".
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub direction: &'static str,
+    pub peer: &'static str,
+    pub tls: &'static str,
+    pub no_tls_reason: String,
+    pub client_id: String,
+    pub server_id: String,
+    pub target_port: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Default)]
+pub struct ProxyMetrics {
+    pub tcp_open: Family<ConnLabels, Counter>,
+    pub tcp_close: Family<ConnLabels, Counter>,
+    pub read_bytes: Family<ConnLabels, Counter>,
+    pub write_bytes: Family<ConnLabels, Counter>,
+    pub refused: Family<RefusedLabels, Counter>,
+    pub cert_expiry: FGauge,
+    pub cert_refresh: FGauge,
+    pub refreshes: Family<ResultLabel, Counter>,
+}
+
+impl ProxyMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register("tcp_open", "Connections opened", self.tcp_open.clone());
+        r.register("tcp_close", "Connections closed", self.tcp_close.clone());
+        r.register(
+            "tcp_read_bytes",
+            "Bytes read from the peer",
+            self.read_bytes.clone(),
+        );
+        r.register(
+            "tcp_write_bytes",
+            "Bytes written to the peer",
+            self.write_bytes.clone(),
+        );
+        r.register(
+            "tcp_refused",
+            "Connections refused by the proxy, by reason",
+            self.refused.clone(),
+        );
+        r.register(
+            "control_identity_cert_expiration_timestamp_seconds",
+            "NotAfter of the proxy's certificate (unix seconds)",
+            self.cert_expiry.clone(),
+        );
+        r.register(
+            "control_identity_cert_refresh_timestamp_seconds",
+            "When the proxy's certificate was last obtained (unix seconds)",
+            self.cert_refresh.clone(),
+        );
+        r.register(
+            "control_identity_cert_refreshes",
+            "Certificate requests by result",
+            self.refreshes.clone(),
+        );
+    }
+
+    pub fn refuse(&self, direction: &'static str, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels { direction, reason })
+            .inc();
+    }
+}

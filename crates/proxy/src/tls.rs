@@ -1,0 +1,100 @@
+//! TLS between proxies: TLS 1.3 only, hybrid post-quantum key exchange first
+//! (the provider's default order), no session resumption, the proxy's own
+//! current certificate on both sides, peers verified against the anchors.
+
+use std::sync::Arc;
+
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::sync::watch;
+
+use crate::cert::ProxyCert;
+use crate::transport_header::ALPN;
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Serves the current certificate, and only for SNI = our own identity.
+#[derive(Debug)]
+pub struct OwnServerCert {
+    pub own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    pub name: String,
+}
+
+impl ResolvesServerCert for OwnServerCert {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello.server_name() != Some(self.name.as_str()) {
+            tracing::debug!(sni = ?hello.server_name(), "TLS for another name; not ours to terminate");
+            return None;
+        }
+        self.own.borrow().as_ref().map(|c| c.certified.clone())
+    }
+}
+
+/// Presents the current certificate as a client.
+#[derive(Debug)]
+pub struct OwnClientCert {
+    pub own: watch::Receiver<Option<Arc<ProxyCert>>>,
+}
+
+impl ResolvesClientCert for OwnClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.own.borrow().as_ref().map(|c| c.certified.clone())
+    }
+    fn has_certs(&self) -> bool {
+        self.own.borrow().is_some()
+    }
+}
+
+fn roots(anchors: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, rustls::Error> {
+    let mut store = RootCertStore::empty();
+    for a in anchors {
+        store.add(a.clone())?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// Inbound: our certificate for our identity; a client certificate is asked
+/// for and, when given, must chain to the anchors (none = "no identity").
+pub fn inbound_config(
+    anchors: &[CertificateDer<'static>],
+    own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    name: &str,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(anchors)?, provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(OwnServerCert {
+            own,
+            name: name.to_string(),
+        }));
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(Arc::new(cfg))
+}
+
+/// Outbound: verify the peer chains to the anchors and carries the expected
+/// identity (the server name); present our own certificate.
+pub fn outbound_config(
+    anchors: &[CertificateDer<'static>],
+    own: watch::Receiver<Option<Arc<ProxyCert>>>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(anchors)?)
+        .with_client_cert_resolver(Arc::new(OwnClientCert { own }));
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(cfg))
+}

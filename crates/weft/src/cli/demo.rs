@@ -1,0 +1,337 @@
+//! `weft demo`: the whole mesh on 127.0.0.1 in one process, no root: a
+//! control plane with fresh development certificates, two workloads with
+//! their proxies (ports mode), and a request over mutual TLS, with the
+//! evidence printed.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use pki::create::{KeySpec, NewCert, Profile, Signer, create};
+use pki::files::{KEY_MODE, PUBLIC_MODE, write_atomic};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{CmdResult, Failure};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's directory (certificates, resources, state) afterwards
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn free_port() -> Result<u16, Failure> {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Failure::fatal(format!("no free port on 127.0.0.1: {e}")))
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
+    write_atomic(path, bytes, mode, true).map_err(Failure::fatal)
+}
+
+/// A GET over plain HTTP/1.0 (for admin endpoints): (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = StdStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+async fn wait_ready(name: &str, admin: SocketAddr) -> Result<(), Failure> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = tokio::task::spawn_blocking(move || http_get(admin, "/ready"))
+            .await
+            .ok()
+            .flatten();
+        match r {
+            Some((200, _)) => return Ok(()),
+            other if Instant::now() > deadline => {
+                let why = other.map(|(_, b)| b).unwrap_or_else(|| "no answer".into());
+                return Err(Failure::fatal(format!(
+                    "{name} did not become ready within 20s: {}",
+                    why.trim()
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The tiny backend application: answers every request with a greeting.
+async fn backend_app(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let line = req.lines().next().unwrap_or("").to_string();
+            let body = format!("hello from backend; you asked: {line}\n");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+fn workload_yaml(name: &str, app_port: u16, proxy_port: u16) -> String {
+    format!(
+        "apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: {name}
+  namespace: demo
+  labels:
+    app: {name}
+  annotations:
+    config.linkerd.io/inbound-port: \"{proxy_port}\"
+spec:
+  meshTLS:
+    identity: {name}.demo.serviceaccount.identity.weft.cluster.local
+    serverName: {name}.demo.serviceaccount.identity.weft.cluster.local
+  workloadIPs:
+  - ip: 127.0.0.1
+  ports:
+  - port: {app_port}
+    name: http
+"
+    )
+}
+
+pub fn run(args: DemoArgs) -> CmdResult {
+    if std::env::var_os("WEFT_LOG").is_none() && std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY of intent: set before any thread starts; only read by init_logging.
+        unsafe { std::env::set_var("WEFT_LOG", "warn") };
+    }
+    super::init_logging();
+    let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Failure::fatal(format!("{}: {e}", dir.display())))?;
+    let rt = tokio::runtime::Runtime::new().map_err(Failure::fatal)?;
+    let result = rt.block_on(demo(&dir));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    if args.keep {
+        println!("\nkept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn demo(dir: &Path) -> CmdResult {
+    let now = OffsetDateTime::now_utc();
+    println!("weft demo: two workloads on 127.0.0.1 talking over mutual TLS (ports mode, no root)");
+    println!(
+        "  DEVELOPMENT CERTIFICATES, NOT FOR PRODUCTION: a fresh anchor and issuer were made in {}\n",
+        dir.display()
+    );
+
+    let make = |subject: &str, profile, signer: Option<&Signer>, days: i64| {
+        create(
+            &NewCert {
+                subject: subject.into(),
+                profile,
+                sans: vec![],
+                not_before: now,
+                not_after: now + time::Duration::days(days),
+                key: KeySpec::EcdsaP256,
+            },
+            signer,
+        )
+        .map_err(Failure::fatal)
+    };
+    let root = make("root.linkerd.cluster.local", Profile::RootCa, None, 3650)?;
+    let root_pem = pki::cert::to_pem(std::slice::from_ref(&root.cert));
+    let root_fp = pki::fingerprint(&root.cert);
+    let root = Signer::new(root.cert, root.key, "ca.crt", "ca.key").map_err(Failure::fatal)?;
+    let issuer = make(
+        "identity.linkerd.cluster.local",
+        Profile::IntermediateCa,
+        Some(&root),
+        365,
+    )?;
+    let p = |n: &str| dir.join(n);
+    write(&p("ca.crt"), root_pem.as_bytes(), PUBLIC_MODE)?;
+    write(
+        &p("issuer.crt"),
+        pki::cert::to_pem(std::slice::from_ref(&issuer.cert)).as_bytes(),
+        PUBLIC_MODE,
+    )?;
+    write(
+        &p("issuer.key"),
+        issuer.key.serialize_pem().as_bytes(),
+        KEY_MODE,
+    )?;
+    println!("trust anchor   CN=root.linkerd.cluster.local      sha256 {root_fp}");
+    println!(
+        "issuer         CN=identity.linkerd.cluster.local  sha256 {}",
+        pki::fingerprint(&issuer.cert)
+    );
+
+    let (be_app, be_in, fe_in, fe_out) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let fe_app = free_port()?;
+    std::fs::create_dir_all(p("resources")).map_err(Failure::fatal)?;
+    let yaml = format!(
+        "{}---\n{}",
+        workload_yaml("frontend", fe_app, fe_in),
+        workload_yaml("backend", be_app, be_in)
+    );
+    write(&p("resources/demo.yaml"), yaml.as_bytes(), PUBLIC_MODE)?;
+
+    let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let cp_cfg = control_plane::ControlPlaneConfig {
+        issuer_files: identity::IssuerFiles {
+            anchors: p("ca.crt"),
+            certificate: p("issuer.crt"),
+            key: p("issuer.key"),
+        },
+        issuance_lifetime: Duration::from_secs(24 * 3600),
+        clock_skew: Duration::from_secs(20),
+        trust_domain: pki::identity::DEFAULT_TRUST_DOMAIN.into(),
+        controller_namespace: pki::identity::DEFAULT_CONTROL_PLANE_NS.into(),
+        state_dir: p("state"),
+        resources: Some(p("resources")),
+        identity_addr: local(0),
+        destination_addr: local(0),
+        admin_addr: local(0),
+        reread_interval: Duration::from_secs(5),
+        min_refresh: Duration::from_secs(10),
+    };
+    let (cp, cp_run) = control_plane::start(cp_cfg, std::future::pending())
+        .await
+        .map_err(Failure::fatal)?;
+    tokio::spawn(cp_run);
+    wait_ready("the control plane", cp.admin_addr).await?;
+    println!(
+        "control plane  identity {}  destination {}",
+        cp.identity_addr, cp.destination_addr
+    );
+
+    let state = identity::state::StateDir::open_or_init(&p("state")).map_err(Failure::fatal)?;
+    let signer = identity::token::TokenSigner::new(&state.token_key).map_err(Failure::fatal)?;
+    for name in ["frontend", "backend"] {
+        let (tok, _) = signer
+            .create("demo", name, Duration::from_secs(3600), now)
+            .map_err(Failure::fatal)?;
+        write(&p(&format!("{name}.token")), tok.as_bytes(), KEY_MODE)?;
+    }
+
+    let app = tokio::net::TcpListener::bind(local(be_app))
+        .await
+        .map_err(Failure::fatal)?;
+    tokio::spawn(backend_app(app));
+
+    let proxy_cfg = |name: &str,
+                     inbound: u16,
+                     outbound: Vec<proxy::OutboundMapping>|
+     -> Result<proxy::ProxyConfig, Failure> {
+        Ok(proxy::ProxyConfig {
+            workload: format!("demo/{name}"),
+            identity: pki::Identity::new(name, "demo", "weft", "cluster.local")
+                .map_err(Failure::fatal)?,
+            token_file: Some(p(&format!("{name}.token"))),
+            identity_addr: cp.identity_addr.to_string(),
+            destination_addr: cp.destination_addr.to_string(),
+            control_plane_identity: pki::Identity::control_plane("weft", "cluster.local")
+                .map_err(Failure::fatal)?,
+            anchors_file: p("ca.crt"),
+            inbound_addr: local(inbound),
+            admin_addr: local(0),
+            outbound,
+            detect_timeout: Duration::from_secs(1),
+            discovery_timeout: Duration::from_secs(3),
+            min_refresh: Duration::from_secs(10),
+            plaintext: proxy::Plaintext::Deny,
+        })
+    };
+    let (backend, be_run) = proxy::start(proxy_cfg("backend", be_in, vec![])?)
+        .await
+        .map_err(Failure::fatal)?;
+    tokio::spawn(be_run);
+    let mapping: proxy::OutboundMapping = format!("127.0.0.1:{fe_out}=demo/backend:{be_app}")
+        .parse()
+        .map_err(Failure::fatal)?;
+    let (frontend, fe_run) = proxy::start(proxy_cfg("frontend", fe_in, vec![mapping])?)
+        .await
+        .map_err(Failure::fatal)?;
+    tokio::spawn(fe_run);
+    wait_ready("the backend proxy", backend.admin_addr).await?;
+    wait_ready("the frontend proxy", frontend.admin_addr).await?;
+    for (name, started) in [("frontend", &frontend), ("backend", &backend)] {
+        let cert = started.cert.borrow().clone();
+        if let Some(c) = cert {
+            println!(
+                "{name:<14} {name}.demo.serviceaccount.identity.weft.cluster.local  certificate {} until {}",
+                c.serial,
+                pki::info::rfc3339(c.not_after)
+            );
+        }
+    }
+
+    println!(
+        "\nfrontend app -> 127.0.0.1:{fe_out} (frontend proxy) == mTLS ==> 127.0.0.1:{be_in} (backend proxy) -> backend app 127.0.0.1:{be_app}"
+    );
+    let mut s = tokio::net::TcpStream::connect(local(fe_out))
+        .await
+        .map_err(Failure::fatal)?;
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(Failure::fatal)?;
+    let mut resp = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut resp))
+        .await
+        .map_err(|_| Failure::fatal("no response from the backend within 10s"))?
+        .map_err(Failure::fatal)?;
+    let status = resp.lines().next().unwrap_or("(nothing)").to_string();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default();
+    if !status.contains("200") {
+        return Err(Failure::fatal(format!("the request failed: {status}")));
+    }
+    println!("GET /hello    {status}: {body:?}");
+
+    let admin = backend.admin_addr;
+    let metrics = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let seen = metrics
+        .lines()
+        .find(|l| l.starts_with("tcp_open_total{") && l.contains("direction=\"inbound\""))
+        .ok_or_else(|| Failure::fatal("the backend proxy recorded no inbound connection"))?;
+    let label = |k: &str| {
+        seen.split(&format!("{k}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    println!(
+        "backend proxy saw: tls={} client_id={} target_port={}",
+        label("tls"),
+        label("client_id"),
+        label("target_port")
+    );
+    Ok(())
+}

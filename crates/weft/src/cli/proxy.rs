@@ -1,0 +1,176 @@
+//! `weft proxy`: flags and `WEFT_PROXY_*` environment into one typed config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use proxy::{OutboundMapping, Plaintext, ProxyConfig};
+
+use super::duration::parse_duration;
+use super::{CmdResult, Failure};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PlaintextArg {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The ExternalWorkload this proxy fronts, as namespace/name
+    #[arg(long, env = "WEFT_PROXY_WORKLOAD")]
+    pub workload: String,
+    /// This workload's identity; default: from the token's service account
+    #[arg(long, env = "WEFT_PROXY_IDENTITY")]
+    pub identity: Option<String>,
+    /// Join token for the first certificate (read again on every try)
+    #[arg(long, env = "WEFT_PROXY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Trust anchors (bootstrap bundle), also used to verify the control plane
+    #[arg(long, env = "WEFT_PROXY_TRUST_ANCHORS_FILE")]
+    pub trust_anchors_file: PathBuf,
+    /// Control plane host; identity on :8080 and destination on :8086 unless given below
+    #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE", default_value = "127.0.0.1")]
+    pub control_plane: String,
+    #[arg(long, env = "WEFT_PROXY_IDENTITY_ADDR")]
+    pub identity_addr: Option<String>,
+    #[arg(long, env = "WEFT_PROXY_DESTINATION_ADDR")]
+    pub destination_addr: Option<String>,
+    /// The control plane's identity; default: weft-identity in this workload's mesh
+    #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE_IDENTITY")]
+    pub control_plane_identity: Option<String>,
+    #[arg(long, env = "WEFT_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
+    pub inbound_addr: SocketAddr,
+    #[arg(long, env = "WEFT_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
+    pub admin_addr: SocketAddr,
+    /// Ports mode: LISTEN=NAMESPACE/NAME:PORT, e.g. 127.0.0.1:7001=demo/backend:8080 (repeatable)
+    #[arg(long = "outbound", env = "WEFT_PROXY_OUTBOUND", value_delimiter = ',')]
+    pub outbound: Vec<OutboundMapping>,
+    #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+    #[arg(long, env = "WEFT_PROXY_DISCOVERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub discovery_timeout: Duration,
+    #[arg(long, env = "WEFT_PROXY_IDENTITY_MIN_REFRESH", default_value = "10s", value_parser = parse_duration)]
+    pub identity_min_refresh: Duration,
+    /// Whether outbound connections to unmeshed destinations may go in plaintext
+    #[arg(
+        long,
+        env = "WEFT_PROXY_OUTBOUND_PLAINTEXT",
+        value_enum,
+        default_value = "allow"
+    )]
+    pub outbound_plaintext: PlaintextArg,
+}
+
+impl ProxyArgs {
+    pub fn into_config(self) -> Result<ProxyConfig, Failure> {
+        let (ns, name) = self
+            .workload
+            .split_once('/')
+            .filter(|(n, w)| !n.is_empty() && !w.is_empty())
+            .ok_or_else(|| {
+                Failure::input(format!(
+                    "--workload {:?}: expected namespace/name",
+                    self.workload
+                ))
+            })?;
+        let identity: pki::Identity = match (&self.identity, &self.token_file) {
+            (Some(id), _) => id
+                .parse()
+                .map_err(|e| Failure::input(format!("--identity: {e}")))?,
+            (None, Some(tf)) => {
+                let tok = std::fs::read_to_string(tf)
+                    .map_err(|e| Failure::input(format!("{}: cannot read: {e}", tf.display())))?;
+                let (tns, sa) = identity::token::unverified_service_account(&tok).ok_or_else(|| {
+                    Failure::input(format!("{}: not a weft join token; create one with `weft token create`, or pass --identity", tf.display()))
+                })?;
+                pki::Identity::new(
+                    &sa,
+                    &tns,
+                    pki::identity::DEFAULT_CONTROL_PLANE_NS,
+                    pki::identity::DEFAULT_TRUST_DOMAIN,
+                )
+                .map_err(Failure::input)?
+            }
+            (None, None) => {
+                return Err(Failure::input(
+                    "pass --identity or --token-file (whose service account names the identity)",
+                ));
+            }
+        };
+        if identity.namespace() != ns {
+            return Err(Failure::input(format!(
+                "identity {identity} is in namespace {}, but --workload is in {ns}",
+                identity.namespace()
+            )));
+        }
+        let control_plane_identity = match &self.control_plane_identity {
+            Some(n) => n
+                .parse()
+                .map_err(|e| Failure::input(format!("--control-plane-identity: {e}")))?,
+            None => {
+                pki::Identity::control_plane(identity.control_plane_ns(), identity.trust_domain())
+                    .map_err(Failure::input)?
+            }
+        };
+        Ok(ProxyConfig {
+            workload: format!("{ns}/{name}"),
+            identity,
+            token_file: self.token_file,
+            identity_addr: self
+                .identity_addr
+                .unwrap_or_else(|| format!("{}:8080", self.control_plane)),
+            destination_addr: self
+                .destination_addr
+                .unwrap_or_else(|| format!("{}:8086", self.control_plane)),
+            control_plane_identity,
+            anchors_file: self.trust_anchors_file,
+            inbound_addr: self.inbound_addr,
+            admin_addr: self.admin_addr,
+            outbound: self.outbound,
+            detect_timeout: self.detect_timeout,
+            discovery_timeout: self.discovery_timeout,
+            min_refresh: self.identity_min_refresh,
+            plaintext: match self.outbound_plaintext {
+                PlaintextArg::Allow => Plaintext::Allow,
+                PlaintextArg::Deny => Plaintext::Deny,
+            },
+        })
+    }
+}
+
+/// Many connections mean many descriptors: raise the soft limit to the hard one.
+fn raise_nofile() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+}
+
+pub fn run(args: ProxyArgs) -> CmdResult {
+    let cfg = args.into_config()?;
+    super::init_logging();
+    raise_nofile();
+    let rt = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async move {
+        eprintln!("weft proxy starting with:\n{cfg}");
+        let (started, serve) = proxy::start(cfg).await.map_err(Failure::fatal)?;
+        eprintln!("  inbound listening on     {}", started.inbound_addr);
+        eprintln!("  admin listening on       {}", started.admin_addr);
+        for (a, t) in &started.outbound_addrs {
+            eprintln!("  outbound listening on    {a} -> {t}");
+        }
+        tokio::select! {
+            _ = serve => {}
+            _ = super::shutdown_signal() => {}
+        }
+        eprintln!("weft proxy stopped");
+        Ok(())
+    })
+}
