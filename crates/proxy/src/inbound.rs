@@ -124,10 +124,7 @@ impl Inbound {
                 );
             }
             Resolution::Unknown(why) => {
-                return refuse(
-                    "unknown_port",
-                    format!("port {port} is not a port of {}: {why}", self.workload),
-                );
+                return refuse("unknown_port", format!("port {port} refused: {why}"));
             }
         }
         let app = match TcpStream::connect(("127.0.0.1", port)).await {

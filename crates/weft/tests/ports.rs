@@ -1,0 +1,483 @@
+//! The data path in ports mode (one host, no root): control plane and
+//! proxies as real processes, unmodified TCP apps on both ends.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Scratch;
+use common::proc::{Proc, http_get, metric, poll};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn workload(name: &str, app_port: u16, proxy_port: u16, extra_ann: &str) -> String {
+    format!(
+        "apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: {name}
+  namespace: demo
+  annotations:
+    config.linkerd.io/inbound-port: \"{proxy_port}\"
+{extra_ann}spec:
+  meshTLS:
+    identity: {name}.demo.serviceaccount.identity.weft.cluster.local
+    serverName: {name}.demo.serviceaccount.identity.weft.cluster.local
+  workloadIPs:
+  - ip: 127.0.0.1
+  ports:
+  - port: {app_port}
+---
+"
+    )
+}
+
+/// An echo server: returns every byte, and closes its side after the peer's EOF.
+fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+struct Mesh {
+    s: Scratch,
+    cp: Option<Proc>,
+    backend: Proc,
+    frontend: Proc,
+    be_app: u16,
+    be_in: u16,
+    out: Vec<(String, SocketAddr)>,
+}
+
+fn start_proxy(
+    s: &Scratch,
+    name: &str,
+    inbound: u16,
+    cp_identity: SocketAddr,
+    cp_dest: SocketAddr,
+    outbound: &[String],
+    extra: &[&str],
+) -> Proc {
+    let token = format!("{name}.token");
+    s.weft(&[
+        "token",
+        "create",
+        "-n",
+        "demo",
+        "--service-account",
+        name,
+        "--state-dir",
+        "state",
+        "-o",
+        &token,
+    ])
+    .ok();
+    let inbound = format!("127.0.0.1:{inbound}");
+    let (ia, da) = (cp_identity.to_string(), cp_dest.to_string());
+    let workload = format!("demo/{name}");
+    let mut args = vec![
+        "proxy",
+        "--workload",
+        &workload,
+        "--token-file",
+        &token,
+        "--trust-anchors-file",
+        "ca.crt",
+        "--identity-addr",
+        &ia,
+        "--destination-addr",
+        &da,
+        "--inbound-addr",
+        &inbound,
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--discovery-timeout",
+        "2s",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect::<Vec<_>>();
+    for o in outbound {
+        args.push("--outbound".into());
+        args.push(o.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn(s.dir.path(), &refs)
+}
+
+fn up() -> Mesh {
+    let s = Scratch::new();
+    s.guide_material();
+    let be_app = echo_server();
+    let (be_in, fe_in, liar_in, fe_app) = (free_port(), free_port(), free_port(), free_port());
+    let legacy_app = echo_server();
+    std::fs::create_dir(s.path("resources")).unwrap();
+    let yaml = [
+        workload("frontend", fe_app, fe_in, ""),
+        workload("backend", be_app, be_in, ""),
+        // Claims an identity its proxy (the backend's) cannot prove.
+        workload("liar", be_app, be_in, ""),
+        workload(
+            "legacy",
+            legacy_app,
+            liar_in,
+            &format!("    config.linkerd.io/skip-inbound-ports: \"{legacy_app}\"\n"),
+        ),
+    ]
+    .concat();
+    s.write("resources/demo.yaml", yaml);
+    let cp = Proc::spawn(
+        s.dir.path(),
+        &[
+            "control-plane",
+            "--identity-trust-anchors-file",
+            "ca.crt",
+            "--identity-issuer-certificate-file",
+            "issuer.crt",
+            "--identity-issuer-key-file",
+            "issuer.key",
+            "--state-dir",
+            "state",
+            "--resources",
+            "resources",
+            "--identity-addr",
+            "127.0.0.1:0",
+            "--destination-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--reread-interval",
+            "1s",
+        ],
+    );
+    let (ia, da, admin) = (
+        cp.addr("identity listening on"),
+        cp.addr("destination listening on"),
+        cp.addr("admin listening on"),
+    );
+    poll("control plane ready", DEADLINE, || {
+        matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())
+    });
+    let backend = start_proxy(&s, "backend", be_in, ia, da, &[], &[]);
+    let targets = [
+        ("backend", format!("demo/backend:{be_app}")),
+        ("never-seen", format!("demo/frontend:{fe_app}")),
+        ("liar", format!("demo/liar:{be_app}")),
+        ("legacy", format!("demo/legacy:{legacy_app}")),
+        ("undeclared", "demo/backend:1".to_string()),
+    ];
+    let mut out = Vec::new();
+    let mut mappings = Vec::new();
+    for (name, target) in targets {
+        let port = free_port();
+        mappings.push(format!("127.0.0.1:{port}={target}"));
+        out.push((name.to_string(), SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    let frontend = start_proxy(
+        &s,
+        "frontend",
+        fe_in,
+        ia,
+        da,
+        &mappings,
+        &["--outbound-plaintext", "deny"],
+    );
+    for p in [&backend, &frontend] {
+        let a = p.addr("admin listening on");
+        poll("proxy ready", DEADLINE, || {
+            matches!(http_get(a, "/ready"), Ok((200, _))).then_some(())
+        });
+    }
+    Mesh {
+        s,
+        cp: Some(cp),
+        backend,
+        frontend,
+        be_app,
+        be_in,
+        out,
+    }
+}
+
+impl Mesh {
+    fn out(&self, name: &str) -> SocketAddr {
+        self.out.iter().find(|(n, _)| n == name).unwrap().1
+    }
+}
+
+/// Sends `data`, half-closes, reads everything back.
+fn roundtrip(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut w = s.try_clone()?;
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        let r = w.write_all(&data);
+        let _ = w.shutdown(std::net::Shutdown::Write);
+        r
+    });
+    let mut back = Vec::new();
+    s.read_to_end(&mut back)?;
+    writer.join().unwrap()?;
+    Ok(back)
+}
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn ports_mode_end_to_end() {
+    let mut m = up();
+    // Bytes arrive intact both ways through both proxies, and half-close propagates.
+    let mut data = vec![0u8; 8 * 1024 * 1024];
+    aws_lc_rs::rand::fill(&mut data).unwrap();
+    let back = roundtrip(m.out("backend"), &data).expect("echo through the mesh");
+    assert_eq!(sha256(&back), sha256(&data));
+
+    // The backend proxy saw the frontend's identity over TLS.
+    let admin = m.backend.addr("admin listening on");
+    let (_, metrics) = http_get(admin, "/metrics").unwrap();
+    let series = format!(
+        "tcp_open_total{{direction=\"inbound\",peer=\"src\",tls=\"true\",no_tls_reason=\"\",client_id=\"frontend.demo.serviceaccount.identity.weft.cluster.local\",server_id=\"backend.demo.serviceaccount.identity.weft.cluster.local\",target_port=\"{}\"}}",
+        m.be_app
+    );
+    assert!(metric(&metrics, &series).unwrap_or(0.0) >= 1.0, "{metrics}");
+
+    // A peer that cannot prove the expected identity is refused, never plaintext.
+    let r = roundtrip(m.out("liar"), b"secret");
+    assert!(
+        r.map(|b| b.is_empty()).unwrap_or(true),
+        "the liar must get nothing"
+    );
+    m.frontend.wait_for_line(
+        "expecting liar.demo.serviceaccount.identity.weft.cluster.local",
+        DEADLINE,
+    );
+
+    // Not meshed (skipped port) under --outbound-plaintext=deny: refused.
+    assert!(
+        roundtrip(m.out("legacy"), b"x")
+            .map(|b| b.is_empty())
+            .unwrap_or(true)
+    );
+    m.frontend
+        .wait_for_line("is not meshed and --outbound-plaintext=deny", DEADLINE);
+
+    // A port the workload does not declare: the destination service refuses it.
+    assert!(
+        roundtrip(m.out("undeclared"), b"x")
+            .map(|b| b.is_empty())
+            .unwrap_or(true)
+    );
+    m.frontend
+        .wait_for_line("port 1 is not a port of demo/backend", DEADLINE);
+
+    // Control plane gone: the cached meshed answer keeps working over mTLS...
+    drop(m.cp.take());
+    let back = roundtrip(m.out("backend"), b"still here").unwrap();
+    assert_eq!(back, b"still here");
+    // ...while a never-seen destination is refused (unknown), not sent in plaintext.
+    assert!(
+        roundtrip(m.out("never-seen"), b"x")
+            .map(|b| b.is_empty())
+            .unwrap_or(true)
+    );
+    m.frontend
+        .wait_for_line("no answer from the destination service", DEADLINE);
+    // And the cached one still works after that.
+    assert_eq!(roundtrip(m.out("backend"), b"again").unwrap(), b"again");
+}
+
+/// A direct client with the frontend's certificate speaks to the backend
+/// proxy: a transport header naming an undeclared port, or the proxy's own,
+/// or a garbage one, is refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_header_must_name_a_declared_port() {
+    let m = up();
+    let ia =
+        m.cp.as_ref()
+            .unwrap()
+            .addr("identity listening on")
+            .to_string();
+    let fe = "frontend.demo.serviceaccount.identity.weft.cluster.local";
+    m.s.weft(&[
+        "certs",
+        "request",
+        fe,
+        "fe.crt",
+        "fe.key",
+        "--control-plane",
+        &ia,
+        "--roots",
+        "ca.crt",
+        "--token-file",
+        "frontend.token",
+    ])
+    .ok();
+    let certs = pki::load_certs(&m.s.path("fe.crt")).unwrap();
+    let key = std::fs::read(m.s.path("fe.key")).unwrap();
+    let key =
+        <rustls::pki_types::PrivateKeyDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
+            &key,
+        )
+        .unwrap();
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        for c in pki::load_certs(&m.s.path("ca.crt")).unwrap() {
+            r.add(c).unwrap();
+        }
+        r
+    };
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"transport.l5d.io/v1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let admin_port = m.backend.addr("admin listening on").port();
+    let header = |port: i32| {
+        // protobuf: field 1 (port), varint
+        let mut body = vec![0x08];
+        let mut v = port as u64;
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                body.push(b);
+                break;
+            }
+            body.push(b | 0x80);
+        }
+        let mut out = b"transport.l5d.io/v1\r\n\r\n".to_vec();
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    };
+    let cases: Vec<(Vec<u8>, String)> = vec![
+        (header(9), "port 9 is not a port of demo/backend".into()),
+        (
+            header(i32::from(admin_port)),
+            format!("port {admin_port} is the proxy's own"),
+        ),
+        (
+            b"transport.l5d.io/v1\r\n\r\n\x00\x00\x10\x00".to_vec(),
+            "truncated".into(),
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n".to_vec(),
+            "preface is wrong".into(),
+        ),
+    ];
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (bytes, reason) in cases {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", m.be_in))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from(
+            "backend.demo.serviceaccount.identity.weft.cluster.local",
+        )
+        .unwrap();
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .expect("mTLS to the backend proxy");
+        tls.write_all(&bytes).await.unwrap();
+        let _ = tls.shutdown().await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await;
+        assert!(
+            buf.is_empty(),
+            "{reason}: got {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        m.backend.wait_for_line(&reason, DEADLINE);
+    }
+    // A correct header still works.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", m.be_in))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(
+        "backend.demo.serviceaccount.identity.weft.cluster.local",
+    )
+    .unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(&header(i32::from(m.be_app))).await.unwrap();
+    tls.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tls.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+#[test]
+fn demo_runs_and_shows_the_evidence() {
+    let s = Scratch::new();
+    // As a non-root user when we are root (CI): ports mode needs no privilege.
+    let exe = env!("CARGO_BIN_EXE_weft");
+    let out = if rustix_is_root() && std::path::Path::new("/usr/bin/setpriv").exists() {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                exe,
+                "demo",
+            ])
+            .env("TMPDIR", "/tmp")
+            .output()
+            .unwrap()
+    } else {
+        std::process::Command::new(exe)
+            .arg("demo")
+            .current_dir(s.dir.path())
+            .output()
+            .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed\n{stdout}\n{stderr}");
+    for want in [
+        "NOT FOR PRODUCTION",
+        "frontend.demo.serviceaccount.identity.weft.cluster.local  certificate",
+        "backend.demo.serviceaccount.identity.weft.cluster.local  certificate",
+        "HTTP/1.1 200 OK",
+        "hello from backend",
+        "tls=true client_id=frontend.demo.serviceaccount.identity.weft.cluster.local",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+}
+
+fn rustix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
