@@ -63,6 +63,8 @@ pub struct ProxyConfig {
     pub anchors_file: PathBuf,
     pub inbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Transparent outbound listener (connections redirected by `weft init`).
+    pub outbound_addr: Option<SocketAddr>,
     pub outbound: Vec<OutboundMapping>,
     pub detect_timeout: Duration,
     pub discovery_timeout: Duration,
@@ -92,6 +94,14 @@ impl fmt::Display for ProxyConfig {
         row(f, "trust-anchors-file", &self.anchors_file.display())?;
         row(f, "inbound-addr", &self.inbound_addr)?;
         row(f, "admin-addr", &self.admin_addr)?;
+        row(
+            f,
+            "outbound-addr",
+            &self
+                .outbound_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "(off)".into()),
+        )?;
         for m in &self.outbound {
             row(f, "outbound", &format!("{} -> {}", m.listen, m.target))?;
         }

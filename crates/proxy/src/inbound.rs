@@ -45,6 +45,34 @@ impl Inbound {
             self.metrics.refuse("inbound", reason);
             tracing::info!(%peer, reason, "inbound connection refused: {detail}");
         };
+        // Redirected by `weft init`: the original destination names the port.
+        let local = sock.local_addr().ok();
+        let redirected = crate::original_dst(&sock)
+            .filter(|d| Some(*d) != local)
+            .map(|d| d.port());
+        let start = crate::detect::peek_start(&sock, self.detect_timeout).await;
+        let ours =
+            matches!(&start, crate::detect::Start::Tls { sni: Some(n) } if *n == self.identity);
+        if !ours {
+            let Some(port) = redirected else {
+                let what = match start {
+                    crate::detect::Start::Tls { sni } => {
+                        format!("TLS for {sni:?}, not {}", self.identity)
+                    }
+                    crate::detect::Start::Silent => "nothing within the detection timeout".into(),
+                    crate::detect::Start::Closed => "a closed connection".into(),
+                    crate::detect::Start::Other => "plaintext".into(),
+                };
+                return refuse(
+                    "not_mesh_tls",
+                    format!(
+                        "got {what}; the proxy's inbound port serves only mTLS for {}",
+                        self.identity
+                    ),
+                );
+            };
+            return self.passthrough(sock, port, &start).await;
+        }
         let mut tls =
             match tokio::time::timeout(self.detect_timeout, self.acceptor.accept(sock)).await {
                 Ok(Ok(t)) => t,
@@ -148,5 +176,39 @@ impl Inbound {
         };
         tracing::debug!(%peer, client_id = %labels.client_id, port, "inbound mTLS connection");
         crate::forward::pipe(tls, app, labels, &self.metrics).await;
+    }
+
+    /// Not mTLS for us, but redirected to an application port: pass it
+    /// through untouched (policy decides later whether that is allowed).
+    async fn passthrough(&self, sock: TcpStream, port: u16, start: &crate::detect::Start) {
+        if self.own_ports.contains(&port) {
+            self.metrics.refuse("inbound", "proxy_port");
+            return;
+        }
+        let app = match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.metrics.refuse("inbound", "app_unreachable");
+                tracing::info!(
+                    port,
+                    "inbound passthrough refused: the application on 127.0.0.1:{port} is not answering: {e}"
+                );
+                return;
+            }
+        };
+        let reason = match start {
+            crate::detect::Start::Tls { .. } => "tls_for_another_name",
+            _ => "not_provided_by_remote",
+        };
+        let labels = ConnLabels {
+            direction: "inbound",
+            peer: "src",
+            tls: "no_identity",
+            no_tls_reason: reason.into(),
+            client_id: String::new(),
+            server_id: String::new(),
+            target_port: port,
+        };
+        crate::forward::pipe(sock, app, labels, &self.metrics).await;
     }
 }

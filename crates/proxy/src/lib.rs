@@ -4,9 +4,11 @@
 pub mod admin;
 pub mod cert;
 pub mod config;
+pub mod detect;
 pub mod discovery;
 pub mod forward;
 pub mod inbound;
+pub mod init;
 pub mod metrics;
 pub mod outbound;
 pub mod tls;
@@ -43,6 +45,7 @@ pub struct Started {
     pub inbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub outbound_addrs: Vec<(SocketAddr, String)>,
+    pub outbound_addr: Option<SocketAddr>,
     /// The certificate in force, as it changes.
     pub cert: watch::Receiver<Option<Arc<cert::ProxyCert>>>,
 }
@@ -76,6 +79,10 @@ pub async fn start(
     let (cert_tx, cert_rx) = watch::channel(None);
     let inbound_listener = bind(cfg.inbound_addr).await?;
     let admin_listener = bind(cfg.admin_addr).await?;
+    let transparent_listener = match cfg.outbound_addr {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
     let mut outbound_listeners = Vec::new();
     for m in &cfg.outbound {
         outbound_listeners.push((bind(m.listen).await?, m.clone()));
@@ -87,6 +94,9 @@ pub async fn start(
             .iter()
             .map(|(l, m)| (l.local_addr().unwrap_or(m.listen), m.target.clone()))
             .collect(),
+        outbound_addr: transparent_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok()),
         cert: cert_rx.clone(),
     };
 
@@ -133,18 +143,33 @@ pub async fn start(
         cert: cert_rx.clone(),
     };
 
+    let inbound_addr = started.inbound_addr;
     let run = async move {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(cert_loop.run(cert_tx));
         tasks.spawn(track_cert(cert_rx, metrics));
         tasks.spawn(admin::serve(admin_listener, admin_state));
         tasks.spawn(inbound.serve(inbound_listener));
+        if let Some(l) = transparent_listener {
+            let own: Vec<SocketAddr> = [l.local_addr().ok(), Some(inbound_addr)]
+                .into_iter()
+                .flatten()
+                .collect();
+            tasks.spawn(outbound.clone().serve_transparent(l, own));
+        }
         for (l, m) in outbound_listeners {
             tasks.spawn(outbound.clone().serve(l, m));
         }
         while tasks.join_next().await.is_some() {}
     };
     Ok((started, run))
+}
+
+/// Where a redirected connection was going (SO_ORIGINAL_DST); for a
+/// connection that was not redirected this is its own local address.
+pub fn original_dst(sock: &tokio::net::TcpStream) -> Option<SocketAddr> {
+    let r = socket2::SockRef::from(sock);
+    r.original_dst_v4().ok().and_then(|a| a.as_socket())
 }
 
 async fn track_cert(

@@ -31,7 +31,7 @@ impl Outbound {
             match listener.accept().await {
                 Ok((sock, _)) => {
                     let _ = sock.set_nodelay(true);
-                    tokio::spawn(self.clone().handle(sock, mapping.clone()));
+                    tokio::spawn(self.clone().handle_mapping(sock, mapping.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbound accept failed");
@@ -41,16 +41,62 @@ impl Outbound {
         }
     }
 
-    async fn handle(self: Arc<Self>, app: TcpStream, mapping: Arc<OutboundMapping>) {
-        let target = &mapping.target;
+    /// Transparent mode: connections redirected here by iptables; the
+    /// original destination says where they were going.
+    pub async fn serve_transparent(
+        self: Arc<Self>,
+        listener: TcpListener,
+        own: Vec<std::net::SocketAddr>,
+    ) {
+        loop {
+            match listener.accept().await {
+                Ok((sock, _)) => {
+                    let _ = sock.set_nodelay(true);
+                    let this = self.clone();
+                    let own = own.clone();
+                    tokio::spawn(async move {
+                        let local = sock.local_addr().ok();
+                        match crate::original_dst(&sock) {
+                            Some(dst) if Some(dst) != local && !own.contains(&dst) => {
+                                let target = dst.to_string();
+                                this.handle(sock, target, dst.port()).await;
+                            }
+                            Some(dst) if own.contains(&dst) => {
+                                this.metrics.refuse("outbound", "loop");
+                                tracing::warn!(%dst, "outbound connection refused: it loops back to the proxy itself; the proxy uid is not exempt: rerun `weft init --proxy-uid <uid the proxy runs as>`");
+                            }
+                            _ => {
+                                this.metrics.refuse("outbound", "no_original_dst");
+                                tracing::warn!(
+                                    "outbound connection refused: no original destination (was it redirected by `weft init`? connect to an app address, not to the proxy's outbound port)"
+                                );
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle_mapping(self: Arc<Self>, app: TcpStream, mapping: Arc<OutboundMapping>) {
+        let port = mapping
+            .target
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(0);
+        self.handle(app, mapping.target.clone(), port).await;
+    }
+
+    async fn handle(self: Arc<Self>, app: TcpStream, target: String, port: u16) {
+        let target = &target;
         let refuse = |reason: &'static str, detail: String| {
             self.metrics.refuse("outbound", reason);
             tracing::info!(%target, reason, "outbound connection refused: {detail}");
         };
-        let port = target
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .unwrap_or(0);
         match self.discovery.resolve(target).await {
             Resolution::Meshed {
                 addr,

@@ -29,6 +29,8 @@ enum Cmd {
     ControlPlane(Box<cli::control_plane::ControlPlaneArgs>),
     /// Run the whole mesh on 127.0.0.1 and show a request over mutual TLS
     Demo(cli::demo::DemoArgs),
+    /// Install (or remove, or list) the iptables rules that steer traffic through the proxy
+    Init(cli::init::InitArgs),
     /// Run the sidecar proxy for one workload
     Proxy(Box<cli::proxy::ProxyArgs>),
     /// Create and revoke join tokens for workloads' first certificates
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Cmd::Token(c) => cli::token::run(c),
         Cmd::Proxy(c) => cli::proxy::run(*c),
         Cmd::Demo(c) => cli::demo::run(c),
+        Cmd::Init(c) => cli::init::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

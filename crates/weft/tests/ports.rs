@@ -114,6 +114,8 @@ fn start_proxy(
         "127.0.0.1:0",
         "--discovery-timeout",
         "2s",
+        "--outbound-addr",
+        "off",
     ]
     .into_iter()
     .map(str::to_string)

@@ -254,6 +254,7 @@ async fn demo(dir: &Path) -> CmdResult {
             anchors_file: p("ca.crt"),
             inbound_addr: local(inbound),
             admin_addr: local(0),
+            outbound_addr: None,
             outbound,
             detect_timeout: Duration::from_secs(1),
             discovery_timeout: Duration::from_secs(3),

@@ -5,6 +5,7 @@ pub mod check;
 pub mod control_plane;
 pub mod demo;
 pub mod duration;
+pub mod init;
 pub mod proxy;
 pub mod request;
 pub mod token;

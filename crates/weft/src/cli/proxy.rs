@@ -44,6 +44,13 @@ pub struct ProxyArgs {
     pub inbound_addr: SocketAddr,
     #[arg(long, env = "WEFT_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
     pub admin_addr: SocketAddr,
+    /// Transparent outbound listener for connections redirected by `weft init`; "off" to disable
+    #[arg(
+        long,
+        env = "WEFT_PROXY_OUTBOUND_ADDR",
+        default_value = "127.0.0.1:4140"
+    )]
+    pub outbound_addr: String,
     /// Ports mode: LISTEN=NAMESPACE/NAME:PORT, e.g. 127.0.0.1:7001=demo/backend:8080 (repeatable)
     #[arg(long = "outbound", env = "WEFT_PROXY_OUTBOUND", value_delimiter = ',')]
     pub outbound: Vec<OutboundMapping>,
@@ -128,6 +135,14 @@ impl ProxyArgs {
             anchors_file: self.trust_anchors_file,
             inbound_addr: self.inbound_addr,
             admin_addr: self.admin_addr,
+            outbound_addr: match self.outbound_addr.as_str() {
+                "off" | "none" | "" => None,
+                a => Some(a.parse().map_err(|_| {
+                    Failure::input(format!(
+                        "--outbound-addr {a:?}: expected an address like 127.0.0.1:4140, or off"
+                    ))
+                })?),
+            },
             outbound: self.outbound,
             detect_timeout: self.detect_timeout,
             discovery_timeout: self.discovery_timeout,
@@ -163,6 +178,9 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         let (started, serve) = proxy::start(cfg).await.map_err(Failure::fatal)?;
         eprintln!("  inbound listening on     {}", started.inbound_addr);
         eprintln!("  admin listening on       {}", started.admin_addr);
+        if let Some(a) = started.outbound_addr {
+            eprintln!("  outbound listening on    {a} (transparent)");
+        }
         for (a, t) in &started.outbound_addrs {
             eprintln!("  outbound listening on    {a} -> {t}");
         }

@@ -1,0 +1,289 @@
+//! `weft init`: the redirect rules of Linkerd's proxy-init, as argument lists
+//! built by a pure function (tested) and applied with `iptables -w`.
+
+use std::process::Command;
+
+pub const REDIRECT_CHAIN: &str = "PROXY_INIT_REDIRECT";
+pub const OUTPUT_CHAIN: &str = "PROXY_INIT_OUTPUT";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitConfig {
+    pub inbound_port: u16,
+    pub outbound_port: u16,
+    /// The proxy's own ports (inbound, admin): never redirected inbound.
+    pub proxy_ports: Vec<u16>,
+    pub proxy_uid: u32,
+    pub skip_inbound_ports: Vec<String>,
+    pub skip_outbound_ports: Vec<String>,
+    pub skip_subnets: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("no iptables found; install the iptables package")]
+    NoIptables,
+    #[error("`{cmd}` failed: {stderr}")]
+    Failed { cmd: String, stderr: String },
+    #[error("{0:?} is not a port or port range (e.g. 8080 or 9000:9010)")]
+    BadPort(String),
+    #[error("{0:?} is not a subnet (e.g. 10.0.0.0/8)")]
+    BadSubnet(String),
+}
+
+/// Checks `8080` or `9000:9010` (iptables syntax; `-` also accepted).
+pub fn check_port_spec(s: &str) -> Result<String, InitError> {
+    let norm = s.trim().replace('-', ":");
+    let ok = match norm.split_once(':') {
+        Some((a, b)) => {
+            matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a > 0 && a <= b)
+        }
+        None => matches!(norm.parse::<u16>(), Ok(p) if p > 0),
+    };
+    if ok {
+        Ok(norm)
+    } else {
+        Err(InitError::BadPort(s.to_string()))
+    }
+}
+
+pub fn check_subnet(s: &str) -> Result<String, InitError> {
+    let (ip, len) = s
+        .trim()
+        .split_once('/')
+        .ok_or_else(|| InitError::BadSubnet(s.to_string()))?;
+    let ok = ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128);
+    if ok {
+        Ok(s.trim().to_string())
+    } else {
+        Err(InitError::BadSubnet(s.to_string()))
+    }
+}
+
+fn args(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+/// The rules to append (after the chains are created or flushed), in order.
+pub fn rules(cfg: &InitConfig) -> Vec<Vec<String>> {
+    let mut r = Vec::new();
+    let mut inbound_skips: Vec<String> = cfg.proxy_ports.iter().map(u16::to_string).collect();
+    inbound_skips.extend(cfg.skip_inbound_ports.iter().cloned());
+    for p in &inbound_skips {
+        r.push(args(&[
+            "-A",
+            REDIRECT_CHAIN,
+            "-p",
+            "tcp",
+            "--dport",
+            p,
+            "-j",
+            "RETURN",
+        ]));
+    }
+    r.push(args(&[
+        "-A",
+        REDIRECT_CHAIN,
+        "-p",
+        "tcp",
+        "-j",
+        "REDIRECT",
+        "--to-port",
+        &cfg.inbound_port.to_string(),
+    ]));
+    let uid = cfg.proxy_uid.to_string();
+    r.push(args(&[
+        "-A",
+        OUTPUT_CHAIN,
+        "-m",
+        "owner",
+        "--uid-owner",
+        &uid,
+        "-j",
+        "RETURN",
+    ]));
+    r.push(args(&["-A", OUTPUT_CHAIN, "-o", "lo", "-j", "RETURN"]));
+    for p in &cfg.skip_outbound_ports {
+        r.push(args(&[
+            "-A",
+            OUTPUT_CHAIN,
+            "-p",
+            "tcp",
+            "--dport",
+            p,
+            "-j",
+            "RETURN",
+        ]));
+    }
+    for s in &cfg.skip_subnets {
+        r.push(args(&["-A", OUTPUT_CHAIN, "-d", s, "-j", "RETURN"]));
+    }
+    r.push(args(&[
+        "-A",
+        OUTPUT_CHAIN,
+        "-p",
+        "tcp",
+        "-j",
+        "REDIRECT",
+        "--to-port",
+        &cfg.outbound_port.to_string(),
+    ]));
+    r
+}
+
+/// The jumps from the built-in chains.
+pub fn jumps() -> [Vec<String>; 2] {
+    [
+        args(&["PREROUTING", "-j", REDIRECT_CHAIN]),
+        args(&["OUTPUT", "-j", OUTPUT_CHAIN]),
+    ]
+}
+
+/// Which iptables to use: the backend that already has rules, preferring nft.
+pub fn detect_backend() -> Result<String, InitError> {
+    let count = |bin: &str| -> Option<usize> {
+        let out = Command::new(format!("{bin}-save")).output().ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("-A"))
+                .count()
+        })
+    };
+    let has = |bin: &str| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    match (
+        has("iptables-legacy")
+            .then(|| count("iptables-legacy"))
+            .flatten(),
+        has("iptables-nft"),
+    ) {
+        (Some(n), _) if n > 0 => Ok("iptables-legacy".into()),
+        (_, true) => Ok("iptables-nft".into()),
+        _ if has("iptables") => Ok("iptables".into()),
+        _ => Err(InitError::NoIptables),
+    }
+}
+
+pub struct Iptables {
+    pub bin: String,
+}
+
+impl Iptables {
+    fn nat(&self, a: &[String]) -> Result<String, InitError> {
+        let out = Command::new(&self.bin)
+            .arg("-w")
+            .args(["-t", "nat"])
+            .args(a)
+            .output()
+            .map_err(|_| InitError::NoIptables)?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(InitError::Failed {
+                cmd: format!("{} -w -t nat {}", self.bin, a.join(" ")),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    fn chain_exists(&self, chain: &str) -> bool {
+        self.nat(&args(&["-L", chain, "-n"])).is_ok()
+    }
+
+    /// Installs (or re-installs: idempotent) the chains, rules and jumps.
+    pub fn install(&self, cfg: &InitConfig) -> Result<(), InitError> {
+        for chain in [REDIRECT_CHAIN, OUTPUT_CHAIN] {
+            if self.chain_exists(chain) {
+                self.nat(&args(&["-F", chain]))?;
+            } else {
+                self.nat(&args(&["-N", chain]))?;
+            }
+        }
+        for r in rules(cfg) {
+            self.nat(&r)?;
+        }
+        for j in jumps() {
+            let mut check = vec!["-C".to_string()];
+            check.extend(j.iter().cloned());
+            if self.nat(&check).is_err() {
+                let mut add = vec!["-A".to_string()];
+                add.extend(j.iter().cloned());
+                self.nat(&add)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn uninstall(&self) -> Result<(), InitError> {
+        for j in jumps() {
+            let mut del = vec!["-D".to_string()];
+            del.extend(j.iter().cloned());
+            while self.nat(&del).is_ok() {}
+        }
+        for chain in [REDIRECT_CHAIN, OUTPUT_CHAIN] {
+            if self.chain_exists(chain) {
+                self.nat(&args(&["-F", chain]))?;
+                self.nat(&args(&["-X", chain]))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules in force, as `iptables -S` prints them.
+    pub fn list(&self) -> Result<Vec<String>, InitError> {
+        let mut out = Vec::new();
+        for chain in [REDIRECT_CHAIN, OUTPUT_CHAIN] {
+            if self.chain_exists(chain) {
+                out.extend(self.nat(&args(&["-S", chain]))?.lines().map(str::to_string));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_exempt_the_proxy_and_skips() {
+        let cfg = InitConfig {
+            inbound_port: 4143,
+            outbound_port: 4140,
+            proxy_ports: vec![4143, 4191],
+            proxy_uid: 2102,
+            skip_inbound_ports: vec!["22".into()],
+            skip_outbound_ports: vec!["443".into()],
+            skip_subnets: vec!["10.96.0.0/12".into()],
+        };
+        let r: Vec<String> = rules(&cfg).iter().map(|a| a.join(" ")).collect();
+        assert_eq!(
+            r,
+            vec![
+                "-A PROXY_INIT_REDIRECT -p tcp --dport 4143 -j RETURN",
+                "-A PROXY_INIT_REDIRECT -p tcp --dport 4191 -j RETURN",
+                "-A PROXY_INIT_REDIRECT -p tcp --dport 22 -j RETURN",
+                "-A PROXY_INIT_REDIRECT -p tcp -j REDIRECT --to-port 4143",
+                "-A PROXY_INIT_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+                "-A PROXY_INIT_OUTPUT -o lo -j RETURN",
+                "-A PROXY_INIT_OUTPUT -p tcp --dport 443 -j RETURN",
+                "-A PROXY_INIT_OUTPUT -d 10.96.0.0/12 -j RETURN",
+                "-A PROXY_INIT_OUTPUT -p tcp -j REDIRECT --to-port 4140",
+            ]
+        );
+    }
+
+    #[test]
+    fn specs() {
+        assert_eq!(check_port_spec("9000-9010").unwrap(), "9000:9010");
+        assert!(check_port_spec("0").is_err());
+        assert!(check_port_spec("90:80").is_err());
+        assert!(check_port_spec("http").is_err());
+        assert!(check_subnet("10.0.0.0/8").is_ok());
+        assert!(check_subnet("10.0.0.0").is_err());
+    }
+}
