@@ -258,3 +258,20 @@ pub fn executable_copy(bin: &Path, dir: &Path, uid: u32) -> Result<PathBuf> {
     std::os::unix::fs::chown(&dest, Some(uid), Some(uid))?;
     Ok(dest)
 }
+
+/// Runs `f` on a thread that has entered `ns`'s network namespace, so the
+/// sockets it makes live there (an unmodified app inside the pod).
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .with_context(|| format!("setns {path}"))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread in {ns} panicked"))?
+}

@@ -14,14 +14,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(cwd: &std::path::Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(args)
-            .current_dir(cwd)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+        cmd.args(args).current_dir(cwd);
+        Self::spawn_cmd(cmd)
+    }
+
+    /// Any command (e.g. weft inside a network namespace, as another user).
+    pub fn spawn_cmd(mut cmd: Command) -> Self {
+        let mut child = cmd
             .env("WEFT_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn weft");
+            .expect("spawn");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let err = child.stderr.take().unwrap();
         let sink = lines.clone();
