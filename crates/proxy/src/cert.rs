@@ -18,6 +18,8 @@ use tokio::sync::watch;
 pub struct ProxyCert {
     pub certified: Arc<CertifiedKey>,
     pub serial: String,
+    /// SHA-256 of the public key: a new one on every renewal.
+    pub spki: String,
     pub not_after: OffsetDateTime,
     chain_pem: String,
     key_pem: String,
@@ -41,9 +43,11 @@ impl ProxyCert {
             .key_provider
             .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)))
             .map_err(|e| e.to_string())?;
+        let spki = pki::cert::spki_hash(&c.leaf)?;
         Ok(Self {
             certified: Arc::new(CertifiedKey::new(chain.clone(), signing)),
             serial: c.serial,
+            spki,
             not_after: c.not_after,
             chain_pem: pki::cert::to_pem(&chain),
             key_pem: c.key.serialize_pem(),
@@ -93,6 +97,7 @@ impl CertLoop {
                     tracing::info!(
                         identity = %self.identity,
                         serial = %cert.serial,
+                        spki = %cert.spki,
                         not_after = %pki::info::rfc3339(cert.not_after),
                         renew_in_s = wait.as_secs(),
                         proof = if current.is_some() { "renewal" } else { "token" },

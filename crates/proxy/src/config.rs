@@ -70,6 +70,8 @@ pub struct ProxyConfig {
     pub discovery_timeout: Duration,
     pub min_refresh: Duration,
     pub plaintext: Plaintext,
+    /// How long SIGTERM waits for connections in flight.
+    pub shutdown_grace: Duration,
 }
 
 impl fmt::Display for ProxyConfig {

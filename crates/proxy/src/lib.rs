@@ -58,6 +58,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 pub async fn start(
     cfg: ProxyConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(Started, impl std::future::Future<Output = ()>), StartError> {
     let anchors_pem =
         std::fs::read_to_string(&cfg.anchors_file).map_err(|e| StartError::Anchors {
@@ -144,23 +145,42 @@ pub async fn start(
     };
 
     let inbound_addr = started.inbound_addr;
+    let grace = cfg.shutdown_grace;
+    let active = metrics.active.clone();
     let run = async move {
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(cert_loop.run(cert_tx));
-        tasks.spawn(track_cert(cert_rx, metrics));
-        tasks.spawn(admin::serve(admin_listener, admin_state));
-        tasks.spawn(inbound.serve(inbound_listener));
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(cert_loop.run(cert_tx));
+        background.spawn(track_cert(cert_rx, metrics));
+        background.spawn(admin::serve(admin_listener, admin_state));
+        let mut listeners = tokio::task::JoinSet::new();
+        listeners.spawn(inbound.serve(inbound_listener));
         if let Some(l) = transparent_listener {
             let own: Vec<SocketAddr> = [l.local_addr().ok(), Some(inbound_addr)]
                 .into_iter()
                 .flatten()
                 .collect();
-            tasks.spawn(outbound.clone().serve_transparent(l, own));
+            listeners.spawn(outbound.clone().serve_transparent(l, own));
         }
         for (l, m) in outbound_listeners {
-            tasks.spawn(outbound.clone().serve(l, m));
+            listeners.spawn(outbound.clone().serve(l, m));
         }
-        while tasks.join_next().await.is_some() {}
+        shutdown.await;
+        // Stop accepting; let connections in flight finish, up to the grace period.
+        listeners.abort_all();
+        while listeners.join_next().await.is_some() {}
+        let n = active.count();
+        tracing::info!(
+            connections = n,
+            grace_s = grace.as_secs(),
+            "shutting down: draining connections in flight"
+        );
+        if tokio::time::timeout(grace, active.drained()).await.is_err() {
+            tracing::warn!(
+                connections = active.count(),
+                "grace period over; closing the connections still open"
+            );
+        }
+        background.abort_all();
     };
     Ok((started, run))
 }

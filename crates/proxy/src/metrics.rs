@@ -33,6 +33,43 @@ pub struct RefusedLabels {
 
 type FGauge = Gauge<f64, AtomicU64>;
 
+/// Connections in flight, so shutdown can drain them.
+#[derive(Default, Debug)]
+pub struct Active {
+    n: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+pub struct ActiveGuard(std::sync::Arc<Active>);
+
+impl Active {
+    pub fn enter(self: &std::sync::Arc<Self>) -> ActiveGuard {
+        self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ActiveGuard(self.clone())
+    }
+    pub fn count(&self) -> usize {
+        self.n.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// Resolves once no connection is in flight.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct ProxyMetrics {
     pub tcp_open: Family<ConnLabels, Counter>,
@@ -43,6 +80,7 @@ pub struct ProxyMetrics {
     pub cert_expiry: FGauge,
     pub cert_refresh: FGauge,
     pub refreshes: Family<ResultLabel, Counter>,
+    pub active: std::sync::Arc<Active>,
 }
 
 impl ProxyMetrics {

@@ -84,109 +84,141 @@ fn tool(name: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn transparent_mtls_between_pods() {
-    if !have_root("transparent_mtls_between_pods") {
-        return;
-    }
-    for t in ["iptables", "tcpdump", "setpriv", "ip"] {
-        assert!(tool(t), "{t} is needed (CI installs it in .ci/run)");
-    }
-    let s = Scratch::new();
-    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    s.guide_material();
-    let mut bed = Bed::new(s.dir.path()).unwrap();
-    for p in ["cp", "a", "b", "c"] {
-        bed.pod(p).unwrap();
-    }
-    let (cp_ip, a_ip, b_ip, c_ip) = (
-        bed.by_name("cp").ip,
-        bed.by_name("a").ip,
-        bed.by_name("b").ip,
-        bed.by_name("c").ip,
-    );
-    std::fs::create_dir(s.path("resources")).unwrap();
-    s.write(
-        "resources/demo.yaml",
-        [workload("a", a_ip, 9), workload("b", b_ip, 8080)].concat(),
-    );
+/// Control plane in pod `cp`, meshed pods `a` and `b` (proxies as uid 2102
+/// after `weft init`), unmeshed pod `c`. Fields drop in order: processes
+/// first, then the bed, then the files.
+struct NetMesh {
+    proxies: Vec<(String, Option<Proc>)>,
+    _cp: Proc,
+    bed: Bed,
+    bin: std::path::PathBuf,
+    cp_ip: std::net::Ipv4Addr,
+    s: Scratch,
+}
 
-    let weft = env!("CARGO_BIN_EXE_weft");
-    let mut cp_cmd = bed.by_name("cp").cmd(weft);
-    cp_cmd.current_dir(s.dir.path()).args([
-        "control-plane",
-        "--identity-trust-anchors-file",
-        "ca.crt",
-        "--identity-issuer-certificate-file",
-        "issuer.crt",
-        "--identity-issuer-key-file",
-        "issuer.key",
-        "--state-dir",
-        "state",
-        "--resources",
-        "resources",
-        "--identity-addr",
-        "0.0.0.0:8080",
-        "--destination-addr",
-        "0.0.0.0:8086",
-        "--admin-addr",
-        "127.0.0.1:9990",
-        "--reread-interval",
-        "1s",
-    ]);
-    let cp = Proc::spawn_cmd(cp_cmd);
-    let cp_ns = bed.by_name("cp").ns.clone();
-    poll("control plane ready", DEADLINE, || {
-        matches!(
-            get_in(&cp_ns, "127.0.0.1:9990".parse().unwrap(), "/ready"),
-            Some((200, _))
-        )
-        .then_some(())
-    });
-
-    // The proxy runs as an unprivileged uid, from a copy it can execute,
-    // with its token and the anchors readable by it.
-    let bin =
-        testbed::executable_copy(std::path::Path::new(weft), s.dir.path(), PROXY_UID).unwrap();
-    let mut proxies = Vec::new();
-    for name in ["a", "b"] {
-        let token = format!("{name}.token");
-        s.weft(&[
-            "token",
-            "create",
-            "-n",
-            "demo",
-            "--service-account",
-            name,
+impl NetMesh {
+    fn up(b_ports: &[u16], lifetime: &str) -> Self {
+        for t in ["iptables", "tcpdump", "setpriv", "ip"] {
+            assert!(tool(t), "{t} is needed (CI installs it in .ci/run)");
+        }
+        testbed::raise_nofile();
+        let s = Scratch::new();
+        std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        s.guide_material();
+        let mut bed = Bed::new(s.dir.path()).unwrap();
+        for p in ["cp", "a", "b", "c"] {
+            bed.pod(p).unwrap();
+        }
+        let (cp_ip, a_ip, b_ip) = (
+            bed.by_name("cp").ip,
+            bed.by_name("a").ip,
+            bed.by_name("b").ip,
+        );
+        std::fs::create_dir(s.path("resources")).unwrap();
+        let b: String = workload("b", b_ip, b_ports[0]);
+        let b = b.replace(
+            &format!("  - port: {}\n", b_ports[0]),
+            &b_ports
+                .iter()
+                .map(|p| format!("  - port: {p}\n"))
+                .collect::<String>(),
+        );
+        s.write("resources/demo.yaml", [workload("a", a_ip, 9), b].concat());
+        let weft = env!("CARGO_BIN_EXE_weft");
+        let mut cp_cmd = bed.by_name("cp").cmd(weft);
+        cp_cmd.current_dir(s.dir.path()).args([
+            "control-plane",
+            "--identity-trust-anchors-file",
+            "ca.crt",
+            "--identity-issuer-certificate-file",
+            "issuer.crt",
+            "--identity-issuer-key-file",
+            "issuer.key",
             "--state-dir",
             "state",
-            "-o",
-            &token,
-        ])
-        .ok();
-        std::os::unix::fs::chown(s.path(&token), Some(PROXY_UID), Some(PROXY_UID)).unwrap();
-        let pod = bed.by_name(name);
-        testbed::run(
-            pod.cmd(weft)
-                .args(["init", "--proxy-uid", &PROXY_UID.to_string()]),
-        )
-        .unwrap();
-        let mut cmd = pod.cmd_as(PROXY_UID, &bin);
-        cmd.current_dir(s.dir.path()).args([
+            "--resources",
+            "resources",
+            "--identity-addr",
+            "0.0.0.0:8080",
+            "--destination-addr",
+            "0.0.0.0:8086",
+            "--admin-addr",
+            "127.0.0.1:9990",
+            "--reread-interval",
+            "1s",
+            "--identity-issuance-lifetime",
+            lifetime,
+        ]);
+        let cp = Proc::spawn_cmd(cp_cmd);
+        let cp_ns = bed.by_name("cp").ns.clone();
+        poll("control plane ready", DEADLINE, || {
+            matches!(
+                get_in(&cp_ns, "127.0.0.1:9990".parse().unwrap(), "/ready"),
+                Some((200, _))
+            )
+            .then_some(())
+        });
+        let bin =
+            testbed::executable_copy(std::path::Path::new(weft), s.dir.path(), PROXY_UID).unwrap();
+        let mut m = NetMesh {
+            proxies: Vec::new(),
+            _cp: cp,
+            bed,
+            bin,
+            cp_ip,
+            s,
+        };
+        for name in ["a", "b"] {
+            let token = format!("{name}.token");
+            m.s.weft(&[
+                "token",
+                "create",
+                "-n",
+                "demo",
+                "--service-account",
+                name,
+                "--state-dir",
+                "state",
+                "-o",
+                &token,
+            ])
+            .ok();
+            std::os::unix::fs::chown(m.s.path(&token), Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+            testbed::run(m.bed.by_name(name).cmd(weft).args([
+                "init",
+                "--proxy-uid",
+                &PROXY_UID.to_string(),
+            ]))
+            .unwrap();
+            let p = m.start_proxy(name);
+            m.proxies.push((name.to_string(), Some(p)));
+        }
+        for name in ["a", "b"] {
+            m.wait_ready(name);
+        }
+        m
+    }
+
+    fn start_proxy(&self, name: &str) -> Proc {
+        let mut cmd = self.bed.by_name(name).cmd_as(PROXY_UID, &self.bin);
+        cmd.current_dir(self.s.dir.path()).args([
             "proxy",
             "--workload",
             &format!("demo/{name}"),
             "--token-file",
-            &s.path(&token).display().to_string(),
+            &self.s.path(&format!("{name}.token")).display().to_string(),
             "--trust-anchors-file",
-            &s.path("ca.crt").display().to_string(),
+            &self.s.path("ca.crt").display().to_string(),
             "--control-plane",
-            &cp_ip.to_string(),
+            &self.cp_ip.to_string(),
+            "--shutdown-grace-period",
+            "20s",
         ]);
-        proxies.push(Proc::spawn_cmd(cmd));
+        Proc::spawn_cmd(cmd)
     }
-    for name in ["a", "b"] {
-        let ns = bed.by_name(name).ns.clone();
+
+    fn wait_ready(&self, name: &str) {
+        let ns = self.ns(name);
         poll(&format!("proxy {name} ready"), DEADLINE, || {
             matches!(
                 get_in(&ns, "127.0.0.1:4191".parse().unwrap(), "/ready"),
@@ -195,20 +227,275 @@ fn transparent_mtls_between_pods() {
             .then_some(())
         });
     }
-    let listed = testbed::run(bed.by_name("a").cmd(weft).args(["init", "--list"])).unwrap();
+
+    fn ns(&self, name: &str) -> String {
+        self.bed.by_name(name).ns.clone()
+    }
+
+    fn addr(&self, name: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(self.bed.by_name(name).ip.into(), port)
+    }
+
+    fn proxy(&mut self, name: &str) -> &mut Option<Proc> {
+        &mut self.proxies.iter_mut().find(|(n, _)| n == name).unwrap().1
+    }
+
+    fn metrics(&self, name: &str) -> String {
+        get_in(
+            &self.ns(name),
+            "127.0.0.1:4191".parse().unwrap(),
+            "/metrics",
+        )
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+    }
+}
+
+/// A server in `ns` on `port` that greets first, then echoes.
+fn greeter_in(ns: &str, port: u16) {
+    let l = in_ns(ns, move || TcpListener::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.write_all(b"HELLO FROM THE SERVER\n");
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+}
+
+fn read_greeting_in(ns: &str, to: SocketAddr) -> std::io::Result<String> {
+    in_ns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut buf = [0u8; 22];
+        s.read_exact(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).to_string())
+    })
+    .unwrap()
+}
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn big_transfers_many_connections_servers_that_speak_first() {
+    if !have_root("big_transfers_many_connections_servers_that_speak_first") {
+        return;
+    }
+    let m = NetMesh::up(&[8080, 8081], "24h");
+    echo_in(&m.ns("b"), 8080);
+    greeter_in(&m.ns("b"), 8081);
+
+    // 100 MB each way, intact, and half-close propagates (the echo closes
+    // only after our EOF reached it through both proxies).
+    let mut data = vec![0u8; 100 * 1024 * 1024];
+    aws_lc_rs::rand::fill(&mut data).unwrap();
+    let want = sha256(&data);
+    let back = roundtrip_in(&m.ns("a"), m.addr("b", 8080), data).expect("100 MB through the mesh");
+    assert_eq!(back.len(), 100 * 1024 * 1024);
+    assert_eq!(sha256(&back), want);
+
+    // 1,000 concurrent connections.
+    let to = m.addr("b", 8080);
+    let ok = in_ns(&m.ns("a"), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut conns = Vec::new();
+            for _ in 0..1000 {
+                conns.push(tokio::net::TcpStream::connect(to).await.expect("connect"));
+            }
+            let mut tasks = Vec::new();
+            for (i, mut c) in conns.into_iter().enumerate() {
+                tasks.push(tokio::spawn(async move {
+                    let msg = format!("connection {i}");
+                    c.write_all(msg.as_bytes()).await?;
+                    c.shutdown().await?;
+                    let mut back = String::new();
+                    c.read_to_string(&mut back).await?;
+                    Ok::<bool, std::io::Error>(back == msg)
+                }));
+            }
+            let mut ok = 0;
+            for t in tasks {
+                if let Ok(Ok(true)) = t.await {
+                    ok += 1;
+                }
+            }
+            ok
+        })
+    })
+    .unwrap();
+    assert_eq!(
+        ok, 1000,
+        "all 1,000 concurrent connections carried their bytes"
+    );
+
+    // A server that speaks first works meshed (through both proxies)...
+    assert_eq!(
+        read_greeting_in(&m.ns("a"), m.addr("b", 8081)).unwrap(),
+        "HELLO FROM THE SERVER\n"
+    );
+    // ...and unmeshed (the inbound proxy waits out detection, then passes through).
+    assert_eq!(
+        read_greeting_in(&m.ns("c"), m.addr("b", 8081)).unwrap(),
+        "HELLO FROM THE SERVER\n"
+    );
+}
+
+#[test]
+fn sigterm_drains_kill_fails_closed_restart_gets_a_fresh_key() {
+    if !have_root("sigterm_drains_kill_fails_closed_restart_gets_a_fresh_key") {
+        return;
+    }
+    let mut m = NetMesh::up(&[8080], "24h");
+    echo_in(&m.ns("b"), 8080);
+    let to = m.addr("b", 8080);
+    // The key of the certificate a proxy process obtained (from its log).
+    let spki = |p: &Proc| -> String {
+        let line = p.wait_for_line("certificate obtained", DEADLINE);
+        line.split("spki=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = spki(m.proxy("a").as_ref().unwrap());
+    assert_eq!(first.len(), 64);
+
+    // 20 transfers in flight, then SIGTERM a's proxy: every one completes intact.
+    let ns = m.ns("a");
+    let in_flight = in_ns(&ns, move || {
+        (0..20)
+            .map(|i| {
+                let mut s = TcpStream::connect(to).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                s.write_all(format!("start {i} ").as_bytes()).unwrap();
+                let mut got = [0u8; 8];
+                let _ = s.read(&mut got);
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .unwrap();
+    let pid = m.proxy("a").as_ref().unwrap().child.id();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    m.proxy("a")
+        .as_ref()
+        .unwrap()
+        .wait_for_line("draining connections in flight", DEADLINE);
+    for (i, mut s) in in_flight.into_iter().enumerate() {
+        let tail = vec![i as u8; 256 * 1024];
+        s.write_all(&tail).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        assert!(
+            back.ends_with(&tail),
+            "connection {i} lost data during the drain"
+        );
+    }
+    assert_eq!(
+        m.proxy("a").as_mut().unwrap().wait_exit(DEADLINE),
+        Some(0),
+        "the proxy exits after draining"
+    );
+
+    // No proxy, rules still in place: a's new connections are refused, and
+    // nothing crosses the wire in plaintext.
+    let pcap = m.s.path("down.pcap");
+    let mut dump = m.bed.fabric_cmd("tcpdump");
+    dump.args([
+        "-i",
+        m.bed.link_of("a"),
+        "--immediate-mode",
+        "-Z",
+        "root",
+        "-U",
+        "-w",
+        &pcap.display().to_string(),
+        "tcp",
+    ]);
+    let mut dump = Proc::spawn_cmd(dump);
+    dump.wait_for_line("listening on", DEADLINE);
+    let r = roundtrip_in(&m.ns("a"), to, b"SECRET-WHILE-DOWN".to_vec());
+    assert!(
+        r.is_err() || r.as_ref().unwrap().is_empty(),
+        "a connection got through without the proxy: {r:?}"
+    );
+    // Same after kill -9 of a fresh proxy.
+    *m.proxy("a") = Some(m.start_proxy("a"));
+    m.wait_ready("a");
+    let second = spki(m.proxy("a").as_ref().unwrap());
+    assert_ne!(first, second, "a restarted proxy uses a fresh key");
+    let pid = m.proxy("a").as_ref().unwrap().child.id();
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let _ = m.proxy("a").as_mut().unwrap().wait_exit(DEADLINE);
+    let r = roundtrip_in(&m.ns("a"), to, b"SECRET-WHILE-DOWN".to_vec());
+    assert!(
+        r.is_err() || r.as_ref().unwrap().is_empty(),
+        "a connection got through after kill -9: {r:?}"
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &dump.child.id().to_string()])
+        .status();
+    let _ = dump.wait_exit(DEADLINE);
+    let captured = std::fs::read(&pcap).unwrap_or_default();
+    assert!(
+        !captured.windows(17).any(|w| w == b"SECRET-WHILE-DOWN"),
+        "plaintext crossed the wire"
+    );
+
+    // Restarted: a fresh certificate (new key), and traffic flows again.
+    *m.proxy("a") = Some(m.start_proxy("a"));
+    m.wait_ready("a");
+    assert_eq!(
+        roundtrip_in(&m.ns("a"), to, b"back".to_vec()).unwrap(),
+        b"back"
+    );
+    let third = spki(m.proxy("a").as_ref().unwrap());
+    assert!(
+        third != first && third != second,
+        "a fresh key after kill -9 too"
+    );
+}
+
+#[test]
+fn transparent_mtls_between_pods() {
+    if !have_root("transparent_mtls_between_pods") {
+        return;
+    }
+    let m = NetMesh::up(&[8080], "24h");
+    let weft = env!("CARGO_BIN_EXE_weft");
+    let listed = testbed::run(m.bed.by_name("a").cmd(weft).args(["init", "--list"])).unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(listed.contains("--uid-owner 2102"), "{listed}");
     assert!(listed.contains("not protected by the mesh"), "{listed}");
 
-    echo_in(&bed.by_name("b").ns, 8080);
-    echo_in(&bed.by_name("c").ns, 8080);
+    echo_in(&m.ns("b"), 8080);
+    echo_in(&m.ns("c"), 8080);
 
     // A capture on a's link while a talks to b.
-    let pcap = s.path("a.pcap");
-    let mut dump = bed.fabric_cmd("tcpdump");
+    let pcap = m.s.path("a.pcap");
+    let mut dump = m.bed.fabric_cmd("tcpdump");
     dump.args([
         "-i",
-        bed.link_of("a"),
+        m.bed.link_of("a"),
         "--immediate-mode",
         "-Z",
         "root",
@@ -225,12 +512,8 @@ fn transparent_mtls_between_pods() {
     let marker = format!("PLAINTEXT-MARKER-{}", std::process::id());
     let mut data = marker.clone().into_bytes().repeat(1000);
     data.extend_from_slice(marker.as_bytes());
-    let back = roundtrip_in(
-        &bed.by_name("a").ns,
-        SocketAddr::new(b_ip.into(), 8080),
-        data.clone(),
-    )
-    .expect("a reaches b through both proxies");
+    let back = roundtrip_in(&m.ns("a"), m.addr("b", 8080), data.clone())
+        .expect("a reaches b through both proxies");
     assert_eq!(back, data, "bytes intact");
 
     // Let the capture catch up before stopping it.
@@ -261,8 +544,7 @@ fn transparent_mtls_between_pods() {
     );
 
     // b's proxy saw a's identity.
-    let b_ns = bed.by_name("b").ns.clone();
-    let (_, metrics) = get_in(&b_ns, "127.0.0.1:4191".parse().unwrap(), "/metrics").unwrap();
+    let metrics = m.metrics("b");
     assert!(
         metrics.contains("client_id=\"a.demo.serviceaccount.identity.weft.cluster.local\"")
             && metrics.contains("tls=\"true\""),
@@ -270,44 +552,32 @@ fn transparent_mtls_between_pods() {
     );
 
     // An unmeshed pod reaches b in plaintext (passthrough), counted as such.
-    let back = roundtrip_in(
-        &bed.by_name("c").ns,
-        SocketAddr::new(b_ip.into(), 8080),
-        b"from c".to_vec(),
-    )
-    .unwrap();
+    let back = roundtrip_in(&m.ns("c"), m.addr("b", 8080), b"from c".to_vec()).unwrap();
     assert_eq!(back, b"from c");
-    let (_, metrics) = get_in(&b_ns, "127.0.0.1:4191".parse().unwrap(), "/metrics").unwrap();
+    let metrics = m.metrics("b");
     assert!(
         metrics.contains("tls=\"no_identity\",no_tls_reason=\"not_provided_by_remote\""),
         "{metrics}"
     );
 
     // a reaches an unmeshed server (in c) in plaintext.
-    let back = roundtrip_in(
-        &bed.by_name("a").ns,
-        SocketAddr::new(c_ip.into(), 8080),
-        b"to c".to_vec(),
-    )
-    .unwrap();
+    let back = roundtrip_in(&m.ns("a"), m.addr("c", 8080), b"to c".to_vec()).unwrap();
     assert_eq!(back, b"to c");
 
     // weft init is idempotent and removable.
-    testbed::run(
-        bed.by_name("a")
-            .cmd(weft)
-            .args(["init", "--proxy-uid", &PROXY_UID.to_string()]),
-    )
+    testbed::run(m.bed.by_name("a").cmd(weft).args([
+        "init",
+        "--proxy-uid",
+        &PROXY_UID.to_string(),
+    ]))
     .unwrap();
-    let again = testbed::run(bed.by_name("a").cmd(weft).args(["init", "--list"])).unwrap();
+    let again = testbed::run(m.bed.by_name("a").cmd(weft).args(["init", "--list"])).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&again.stdout),
         listed,
         "re-running init changes nothing"
     );
-    drop(proxies);
-    drop(cp);
-    testbed::run(bed.by_name("a").cmd(weft).args(["init", "--uninstall"])).unwrap();
-    let gone = testbed::run(bed.by_name("a").cmd(weft).args(["init", "--list"])).unwrap();
+    testbed::run(m.bed.by_name("a").cmd(weft).args(["init", "--uninstall"])).unwrap();
+    let gone = testbed::run(m.bed.by_name("a").cmd(weft).args(["init", "--list"])).unwrap();
     assert!(String::from_utf8_lossy(&gone.stdout).contains("no weft redirect rules"));
 }

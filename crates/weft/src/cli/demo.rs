@@ -260,18 +260,23 @@ async fn demo(dir: &Path) -> CmdResult {
             discovery_timeout: Duration::from_secs(3),
             min_refresh: Duration::from_secs(10),
             plaintext: proxy::Plaintext::Deny,
+            shutdown_grace: Duration::from_secs(1),
         })
     };
-    let (backend, be_run) = proxy::start(proxy_cfg("backend", be_in, vec![])?)
-        .await
-        .map_err(Failure::fatal)?;
+    let (backend, be_run) =
+        proxy::start(proxy_cfg("backend", be_in, vec![])?, std::future::pending())
+            .await
+            .map_err(Failure::fatal)?;
     tokio::spawn(be_run);
     let mapping: proxy::OutboundMapping = format!("127.0.0.1:{fe_out}=demo/backend:{be_app}")
         .parse()
         .map_err(Failure::fatal)?;
-    let (frontend, fe_run) = proxy::start(proxy_cfg("frontend", fe_in, vec![mapping])?)
-        .await
-        .map_err(Failure::fatal)?;
+    let (frontend, fe_run) = proxy::start(
+        proxy_cfg("frontend", fe_in, vec![mapping])?,
+        std::future::pending(),
+    )
+    .await
+    .map_err(Failure::fatal)?;
     tokio::spawn(fe_run);
     wait_ready("the backend proxy", backend.admin_addr).await?;
     wait_ready("the frontend proxy", frontend.admin_addr).await?;

@@ -60,6 +60,9 @@ pub struct ProxyArgs {
     pub discovery_timeout: Duration,
     #[arg(long, env = "WEFT_PROXY_IDENTITY_MIN_REFRESH", default_value = "10s", value_parser = parse_duration)]
     pub identity_min_refresh: Duration,
+    /// On SIGTERM, how long to let connections in flight finish
+    #[arg(long, env = "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace_period: Duration,
     /// Whether outbound connections to unmeshed destinations may go in plaintext
     #[arg(
         long,
@@ -147,6 +150,7 @@ impl ProxyArgs {
             detect_timeout: self.detect_timeout,
             discovery_timeout: self.discovery_timeout,
             min_refresh: self.identity_min_refresh,
+            shutdown_grace: self.shutdown_grace_period,
             plaintext: match self.outbound_plaintext {
                 PlaintextArg::Allow => Plaintext::Allow,
                 PlaintextArg::Deny => Plaintext::Deny,
@@ -175,7 +179,9 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
         eprintln!("weft proxy starting with:\n{cfg}");
-        let (started, serve) = proxy::start(cfg).await.map_err(Failure::fatal)?;
+        let (started, serve) = proxy::start(cfg, super::shutdown_signal())
+            .await
+            .map_err(Failure::fatal)?;
         eprintln!("  inbound listening on     {}", started.inbound_addr);
         eprintln!("  admin listening on       {}", started.admin_addr);
         if let Some(a) = started.outbound_addr {
@@ -184,10 +190,7 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         for (a, t) in &started.outbound_addrs {
             eprintln!("  outbound listening on    {a} -> {t}");
         }
-        tokio::select! {
-            _ = serve => {}
-            _ = super::shutdown_signal() => {}
-        }
+        serve.await;
         eprintln!("weft proxy stopped");
         Ok(())
     })
