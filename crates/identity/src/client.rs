@@ -167,3 +167,95 @@ fn describe(e: &tonic::transport::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pki::create::{KeySpec, NewCert, Profile, Signer, create, issue_workload_leaf};
+
+    fn ca(subject: &str, signer: Option<&Signer>, days: (i64, i64)) -> Signer {
+        let now = OffsetDateTime::now_utc();
+        let c = create(
+            &NewCert {
+                subject: subject.into(),
+                profile: if signer.is_some() {
+                    Profile::IntermediateCa
+                } else {
+                    Profile::RootCa
+                },
+                sans: vec![],
+                not_before: now + time::Duration::days(days.0),
+                not_after: now + time::Duration::days(days.1),
+                key: KeySpec::EcdsaP256,
+            },
+            signer,
+        )
+        .unwrap();
+        Signer::new(c.cert, c.key, "c", "k").unwrap()
+    }
+
+    fn id(sa: &str) -> Identity {
+        format!("{sa}.demo.serviceaccount.identity.weft.cluster.local")
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn judges_what_the_control_plane_sent() {
+        let now = OffsetDateTime::now_utc();
+        let root = ca("root", None, (-1, 3650));
+        let issuer = ca("issuer", Some(&root), (-1, 365));
+        let key = KeyPair::generate().unwrap();
+        let day = std::time::Duration::from_secs(86400);
+        let skew = std::time::Duration::from_secs(20);
+        let anchors = [root.cert.clone()];
+        let chain = [issuer.cert.clone()];
+        let good = issue_workload_leaf(&issuer, issuer.not_after, &key, &id("web"), now, day, skew)
+            .unwrap();
+        check_response(&good.der, &chain, &anchors, &id("web"), &key, now).unwrap();
+
+        // Another identity.
+        let other = issue_workload_leaf(&issuer, issuer.not_after, &key, &id("db"), now, day, skew)
+            .unwrap();
+        let e = check_response(&other.der, &chain, &anchors, &id("web"), &key, now).unwrap_err();
+        assert!(e.to_string().contains("expected DNS:web."), "{e}");
+        // Not our key.
+        let theirs = KeyPair::generate().unwrap();
+        let e = check_response(&good.der, &chain, &anchors, &id("web"), &theirs, now).unwrap_err();
+        assert!(e.to_string().contains("public key"), "{e}");
+        // Chained to a foreign anchor.
+        let foreign_root = ca("root", None, (-1, 3650));
+        let foreign = ca("issuer", Some(&foreign_root), (-1, 365));
+        let f = issue_workload_leaf(
+            &foreign,
+            foreign.not_after,
+            &key,
+            &id("web"),
+            now,
+            day,
+            skew,
+        )
+        .unwrap();
+        let e = check_response(
+            &f.der,
+            std::slice::from_ref(&foreign.cert),
+            &anchors,
+            &id("web"),
+            &key,
+            now,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ClientError::BadResponse(_)), "{e}");
+        // Already expired.
+        let e = check_response(
+            &good.der,
+            &chain,
+            &anchors,
+            &id("web"),
+            &key,
+            now + time::Duration::days(2),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+    }
+}

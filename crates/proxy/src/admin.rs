@@ -73,17 +73,34 @@ async fn handle(
     })
 }
 
-pub async fn serve(listener: TcpListener, st: AdminState) {
+/// Serves plain HTTP, and HTTPS with the proxy's live certificate when the
+/// SNI is the proxy's own identity, so `openssl s_client -connect POD:4191
+/// -servername <identity>` shows the chain in use.
+pub async fn serve(
+    listener: TcpListener,
+    st: AdminState,
+    tls: Option<(tokio_rustls::TlsAcceptor, String)>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let st = st.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            if let Some((acceptor, name)) = tls {
+                let start =
+                    crate::detect::peek_start(&stream, std::time::Duration::from_secs(1)).await;
+                if matches!(&start, crate::detect::Start::Tls { sni: Some(n) } if *n == name) {
+                    if let Ok(t) = acceptor.accept(stream).await {
+                        let _ = http.serve_connection(TokioIo::new(t), svc).await;
+                    }
+                    return;
+                }
+            }
+            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

@@ -13,6 +13,8 @@ pub enum Start {
     Other,
     /// Nothing within the detection timeout (e.g. a server that speaks first).
     Silent,
+    /// The start of a TLS ClientHello that never completed in time.
+    Incomplete,
     /// The peer closed before sending anything.
     Closed,
 }
@@ -55,7 +57,7 @@ pub async fn peek_start(sock: &TcpStream, timeout: Duration) -> Start {
         }
         // A ClientHello split over segments: wait briefly for the rest.
         if tokio::time::Instant::now() >= deadline {
-            return Start::Other;
+            return Start::Incomplete;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

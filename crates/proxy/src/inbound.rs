@@ -60,6 +60,9 @@ impl Inbound {
                         format!("TLS for {sni:?}, not {}", self.identity)
                     }
                     crate::detect::Start::Silent => "nothing within the detection timeout".into(),
+                    crate::detect::Start::Incomplete => {
+                        "an incomplete TLS ClientHello (stalled mid-handshake)".into()
+                    }
                     crate::detect::Start::Closed => "a closed connection".into(),
                     crate::detect::Start::Other => "plaintext".into(),
                 };

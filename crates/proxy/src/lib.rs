@@ -146,12 +146,21 @@ pub async fn start(
 
     let inbound_addr = started.inbound_addr;
     let grace = cfg.shutdown_grace;
+    let identity_name = cfg.identity.to_string();
+    let admin_tls = tokio_rustls::TlsAcceptor::from(
+        tls::admin_config(cert_rx.clone(), &identity_name)
+            .map_err(|e| StartError::Tls(e.to_string()))?,
+    );
     let active = metrics.active.clone();
     let run = async move {
         let mut background = tokio::task::JoinSet::new();
         background.spawn(cert_loop.run(cert_tx));
         background.spawn(track_cert(cert_rx, metrics));
-        background.spawn(admin::serve(admin_listener, admin_state));
+        background.spawn(admin::serve(
+            admin_listener,
+            admin_state,
+            Some((admin_tls, identity_name)),
+        ));
         let mut listeners = tokio::task::JoinSet::new();
         listeners.spawn(inbound.serve(inbound_listener));
         if let Some(l) = transparent_listener {

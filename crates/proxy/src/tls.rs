@@ -98,3 +98,21 @@ pub fn outbound_config(
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }
+
+/// The admin port's TLS: our certificate for our name, no client certificate.
+pub fn admin_config(
+    own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    name: &str,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(OwnServerCert {
+            own,
+            name: name.to_string(),
+        }));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(Arc::new(cfg))
+}

@@ -97,7 +97,7 @@ struct NetMesh {
 }
 
 impl NetMesh {
-    fn up(b_ports: &[u16], lifetime: &str) -> Self {
+    fn up(b_ports: &[u16], cp_extra: &[&str]) -> Self {
         for t in ["iptables", "tcpdump", "setpriv", "ip"] {
             assert!(tool(t), "{t} is needed (CI installs it in .ci/run)");
         }
@@ -146,9 +146,8 @@ impl NetMesh {
             "127.0.0.1:9990",
             "--reread-interval",
             "1s",
-            "--identity-issuance-lifetime",
-            lifetime,
         ]);
+        cp_cmd.args(cp_extra);
         let cp = Proc::spawn_cmd(cp_cmd);
         let cp_ns = bed.by_name("cp").ns.clone();
         poll("control plane ready", DEADLINE, || {
@@ -290,7 +289,7 @@ fn big_transfers_many_connections_servers_that_speak_first() {
     if !have_root("big_transfers_many_connections_servers_that_speak_first") {
         return;
     }
-    let m = NetMesh::up(&[8080, 8081], "24h");
+    let m = NetMesh::up(&[8080, 8081], &[]);
     echo_in(&m.ns("b"), 8080);
     greeter_in(&m.ns("b"), 8081);
 
@@ -359,7 +358,7 @@ fn sigterm_drains_kill_fails_closed_restart_gets_a_fresh_key() {
     if !have_root("sigterm_drains_kill_fails_closed_restart_gets_a_fresh_key") {
         return;
     }
-    let mut m = NetMesh::up(&[8080], "24h");
+    let mut m = NetMesh::up(&[8080], &[]);
     echo_in(&m.ns("b"), 8080);
     let to = m.addr("b", 8080);
     // The key of the certificate a proxy process obtained (from its log).
@@ -480,7 +479,7 @@ fn transparent_mtls_between_pods() {
     if !have_root("transparent_mtls_between_pods") {
         return;
     }
-    let m = NetMesh::up(&[8080], "24h");
+    let m = NetMesh::up(&[8080], &[]);
     let weft = env!("CARGO_BIN_EXE_weft");
     let listed = testbed::run(m.bed.by_name("a").cmd(weft).args(["init", "--list"])).unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
@@ -580,4 +579,59 @@ fn transparent_mtls_between_pods() {
     testbed::run(m.bed.by_name("a").cmd(weft).args(["init", "--uninstall"])).unwrap();
     let gone = testbed::run(m.bed.by_name("a").cmd(weft).args(["init", "--list"])).unwrap();
     assert!(String::from_utf8_lossy(&gone.stdout).contains("no weft redirect rules"));
+}
+
+#[test]
+fn long_lived_connection_survives_three_renewals() {
+    if !have_root("long_lived_connection_survives_three_renewals") {
+        return;
+    }
+    let m = NetMesh::up(
+        &[8080],
+        &[
+            "--identity-issuance-lifetime",
+            "20s",
+            "--identity-clock-skew-allowance",
+            "2s",
+        ],
+    );
+    echo_in(&m.ns("b"), 8080);
+    let to = m.addr("b", 8080);
+    let mut conn = in_ns(&m.ns("a"), move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(10))
+    })
+    .unwrap()
+    .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let renewals = |name: &str| {
+        let p = m
+            .proxies
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .as_ref()
+            .unwrap();
+        p.output().matches("certificate obtained").count()
+    };
+    let mut i = 0u32;
+    poll(
+        "three renewals on both proxies while the connection is open",
+        Duration::from_secs(120),
+        || {
+            i += 1;
+            let msg = format!("ping {i}\n");
+            conn.write_all(msg.as_bytes()).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            conn.read_exact(&mut back)
+                .expect("the long-lived connection keeps working");
+            assert_eq!(back, msg.as_bytes());
+            (renewals("a") >= 4 && renewals("b") >= 4).then_some(())
+        },
+    );
+    conn.write_all(b"still alive\n").unwrap();
+    let mut back = [0u8; 12];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still alive\n");
 }

@@ -270,6 +270,30 @@ fn ports_mode_end_to_end() {
     );
     assert!(metric(&metrics, &series).unwrap_or(0.0) >= 1.0, "{metrics}");
 
+    // The admin port shows the live chain over TLS for SNI = the proxy's identity.
+    let sc = m.s.openssl(&[
+        "s_client",
+        "-connect",
+        &admin.to_string(),
+        "-servername",
+        "backend.demo.serviceaccount.identity.weft.cluster.local",
+        "-showcerts",
+    ]);
+    assert!(
+        sc.stdout
+            .contains("CN = backend.demo.serviceaccount.identity.weft.cluster.local"),
+        "{}\n{}",
+        sc.stdout,
+        sc.stderr
+    );
+    assert!(
+        sc.stdout.contains("CN = identity.linkerd.cluster.local"),
+        "{}",
+        sc.stdout
+    );
+    // Plain HTTP still answers on the same port.
+    assert!(matches!(http_get(admin, "/live"), Ok((200, _))));
+
     // A peer that cannot prove the expected identity is refused, never plaintext.
     let r = roundtrip(m.out("liar"), b"secret");
     assert!(
@@ -482,4 +506,154 @@ fn rustix_is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
+}
+
+/// Things that are not mTLS for the backend, sent straight to its proxy:
+/// each refused with a logged reason, and the proxy keeps serving.
+#[test]
+fn inbound_refuses_bad_input_with_a_reason() {
+    let m = up();
+    let inbound = SocketAddr::from(([127, 0, 0, 1], m.be_in));
+    let send = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(inbound).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        buf
+    };
+    assert!(send(b"garbage that is not TLS\r\n").is_empty());
+    m.backend.wait_for_line(
+        "got plaintext; the proxy's inbound port serves only mTLS",
+        DEADLINE,
+    );
+    // Half-open: connected, silent.
+    {
+        let mut s = TcpStream::connect(inbound).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "closed by the proxy");
+    }
+    m.backend
+        .wait_for_line("nothing within the detection timeout", DEADLINE);
+    // Stalls mid-handshake: the start of a ClientHello, then nothing.
+    {
+        let mut s = TcpStream::connect(inbound).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+    }
+    m.backend
+        .wait_for_line("incomplete TLS ClientHello", DEADLINE);
+    // TLS for another name.
+    let s2 = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    s2.block_on(async {
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(inbound).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("someone-else.example").unwrap();
+        assert!(
+            tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .is_err()
+        );
+    });
+    m.backend
+        .wait_for_line("got TLS for Some(\"someone-else.example\")", DEADLINE);
+    // Still serving.
+    assert_eq!(
+        roundtrip(m.out("backend"), b"after all that").unwrap(),
+        b"after all that"
+    );
+}
+
+/// Leaf and token both expired, control plane gone: not ready, and the log
+/// says what to run.
+#[test]
+fn expired_leaf_and_token_make_the_proxy_unready() {
+    let s = Scratch::new();
+    s.guide_material();
+    std::fs::create_dir(s.path("resources")).unwrap();
+    let (app, inbound) = (free_port(), free_port());
+    s.write("resources/demo.yaml", workload("lonely", app, inbound, ""));
+    let cp = Proc::spawn(
+        s.dir.path(),
+        &[
+            "control-plane",
+            "--identity-trust-anchors-file",
+            "ca.crt",
+            "--identity-issuer-certificate-file",
+            "issuer.crt",
+            "--identity-issuer-key-file",
+            "issuer.key",
+            "--state-dir",
+            "state",
+            "--resources",
+            "resources",
+            "--identity-addr",
+            "127.0.0.1:0",
+            "--destination-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--identity-issuance-lifetime",
+            "3s",
+            "--identity-clock-skew-allowance",
+            "0s",
+        ],
+    );
+    let (ia, da) = (
+        cp.addr("identity listening on"),
+        cp.addr("destination listening on"),
+    );
+    let proxy = start_proxy(&s, "lonely", inbound, ia, da, &[], &[]);
+    let admin = proxy.addr("admin listening on");
+    poll("proxy ready", DEADLINE, || {
+        matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())
+    });
+    // The token the proxy will fall back on expires too.
+    s.weft(&[
+        "token",
+        "create",
+        "-n",
+        "demo",
+        "--service-account",
+        "lonely",
+        "--ttl",
+        "1s",
+        "--state-dir",
+        "state",
+        "-o",
+        "lonely.token",
+        "--force",
+    ])
+    .ok();
+    drop(cp);
+    let body = poll(
+        "not ready once the leaf expired",
+        DEADLINE,
+        || match http_get(admin, "/ready") {
+            Ok((503, b)) => Some(b),
+            _ => None,
+        },
+    );
+    assert!(
+        body.contains("expired") || body.contains("no certificate"),
+        "{body}"
+    );
+    proxy.wait_for_line(
+        "weft token create --namespace demo --service-account lonely",
+        DEADLINE,
+    );
 }
