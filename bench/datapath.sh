@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Data-path smoke benchmark (ports mode, no root): the weft proxy pair beside
+# a direct connection to the same echo server. Prints one table.
+#   bash bench/datapath.sh [seconds]
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+secs="${1:-5}"
+cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p weft -p bench
+bin="$repo/target/release"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+cd "$work"
+free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_line() { for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "timeout waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1; }
+
+"$bin/weft" certs create root.linkerd.cluster.local ca.crt ca.key --profile root-ca >/dev/null
+"$bin/weft" certs create identity.linkerd.cluster.local issuer.crt issuer.key --profile intermediate-ca --ca ca.crt --ca-key ca.key >/dev/null
+echo_port=$(free); fe_in=$(free); be_in=$(free); fe_out=$(free)
+"$bin/tcp_load" echo --listen "127.0.0.1:$echo_port" > echo.log & pids+=($!)
+mkdir resources
+for w in "frontend 9 $fe_in" "backend $echo_port $be_in"; do
+  set -- $w
+  cat >> resources/bench.yaml <<YAML
+apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: $1
+  namespace: bench
+  annotations:
+    config.linkerd.io/inbound-port: "$3"
+spec:
+  meshTLS:
+    identity: $1.bench.serviceaccount.identity.weft.cluster.local
+    serverName: $1.bench.serviceaccount.identity.weft.cluster.local
+  workloadIPs:
+  - ip: 127.0.0.1
+  ports:
+  - port: $2
+---
+YAML
+done
+WEFT_LOG=warn "$bin/weft" control-plane --identity-trust-anchors-file ca.crt --identity-issuer-certificate-file issuer.crt \
+  --identity-issuer-key-file issuer.key --state-dir state --resources resources --identity-addr 127.0.0.1:0 \
+  --destination-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 2> cp.log & pids+=($!)
+wait_line cp.log "destination listening on"
+ia=$(grep "identity listening on" cp.log | awk '{print $NF}')
+da=$(grep "destination listening on" cp.log | awk '{print $NF}')
+for w in frontend backend; do "$bin/weft" token create -n bench --service-account $w --state-dir state -o $w.token 2>/dev/null; done
+WEFT_LOG=warn "$bin/weft" proxy --workload bench/backend --token-file backend.token --trust-anchors-file ca.crt \
+  --identity-addr "$ia" --destination-addr "$da" --inbound-addr "127.0.0.1:$be_in" --admin-addr 127.0.0.1:0 --outbound-addr off 2> be.log & be=$!; pids+=($be)
+WEFT_LOG=warn "$bin/weft" proxy --workload bench/frontend --token-file frontend.token --trust-anchors-file ca.crt \
+  --identity-addr "$ia" --destination-addr "$da" --inbound-addr "127.0.0.1:$fe_in" --admin-addr 127.0.0.1:0 --outbound-addr off \
+  --outbound "127.0.0.1:$fe_out=bench/backend:$echo_port" 2> fe.log & fe=$!; pids+=($fe)
+wait_line be.log "admin listening on"; wait_line fe.log "admin listening on"
+for log in be.log fe.log; do
+  admin=$(grep "admin listening on" $log | awk '{print $NF}')
+  for _ in $(seq 200); do curl -sf "http://$admin/ready" >/dev/null && break; sleep 0.05; done
+done
+# Warm the destination cache.
+"$bin/tcp_load" rr --addr "127.0.0.1:$fe_out" --connections 1 --seconds 1 >/dev/null
+
+kv() { echo "$1" | tr ' ' '\n' | grep "^$2=" | cut -d= -f2; }
+printf '%-8s %12s %9s %9s %10s %12s\n' path "rr req/s" "p50 ms" "p99 ms" "bulk MB/s" "new conn/s"
+for path in direct weft; do
+  if [ $path = direct ]; then addr="127.0.0.1:$echo_port"; else addr="127.0.0.1:$fe_out"; fi
+  rr=$("$bin/tcp_load" rr --addr "$addr" --connections 16 --seconds "$secs")
+  bulk=$("$bin/tcp_load" bulk --addr "$addr" --megabytes 512)
+  cps=$("$bin/tcp_load" connect --addr "$addr" --concurrency 16 --seconds "$secs")
+  printf '%-8s %12s %9s %9s %10s %12s\n' $path "$(kv "$rr" rps)" "$(kv "$rr" p50_ms)" "$(kv "$rr" p99_ms)" "$(kv "$bulk" mb_s)" "$(kv "$cps" cps)"
+done
+echo
+printf 'peak RSS: frontend proxy %s kB, backend proxy %s kB\n' "$(awk '/VmHWM/{print $2}' /proc/$fe/status)" "$(awk '/VmHWM/{print $2}' /proc/$be/status)"

@@ -1,0 +1,176 @@
+//! TCP load for the data-path smoke benchmark (bench/datapath.sh): an echo
+//! server, and three loads against any address: keep-alive request/response,
+//! bulk transfer, new connection per request. Prints one line of results.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Echo every byte back
+    Echo {
+        #[arg(long)]
+        listen: String,
+    },
+    /// Keep-alive: 64-byte request, 64-byte response, on N connections
+    Rr {
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// One connection, MB each way
+    Bulk {
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value_t = 512)]
+        megabytes: usize,
+    },
+    /// A new connection per 64-byte exchange, N at a time
+    Connect {
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
+fn pct(v: &mut [Duration], q: f64) -> f64 {
+    v.sort();
+    v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1)))
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::Echo { listen } => {
+            let l = TcpListener::bind(&listen).await?;
+            println!("listening on {}", l.local_addr()?);
+            loop {
+                let (mut s, _) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        }
+        Cmd::Rr {
+            addr,
+            connections,
+            seconds,
+        } => {
+            let end = Instant::now() + Duration::from_secs(seconds);
+            let addr = Arc::new(addr);
+            let mut tasks = Vec::new();
+            for _ in 0..connections {
+                let addr = addr.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut s = TcpStream::connect(addr.as_str()).await?;
+                    s.set_nodelay(true)?;
+                    let req = [7u8; 64];
+                    let mut resp = [0u8; 64];
+                    let mut lat = Vec::new();
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        s.write_all(&req).await?;
+                        s.read_exact(&mut resp).await?;
+                        lat.push(t.elapsed());
+                    }
+                    Ok::<_, std::io::Error>(lat)
+                }));
+            }
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.extend(t.await??);
+            }
+            let n = lat.len();
+            println!(
+                "rps={:.0} p50_ms={:.3} p99_ms={:.3}",
+                n as f64 / seconds as f64,
+                pct(&mut lat, 0.5),
+                pct(&mut lat, 0.99)
+            );
+        }
+        Cmd::Bulk { addr, megabytes } => {
+            let s = TcpStream::connect(&addr).await?;
+            let (mut r, mut w) = s.into_split();
+            let total = megabytes * 1024 * 1024;
+            let t = Instant::now();
+            let writer = tokio::spawn(async move {
+                let chunk = vec![1u8; 64 * 1024];
+                let mut sent = 0;
+                while sent < total {
+                    w.write_all(&chunk).await?;
+                    sent += chunk.len();
+                }
+                w.shutdown().await?;
+                Ok::<_, std::io::Error>(())
+            });
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            while got < total {
+                let n = r.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            writer.await??;
+            let secs = t.elapsed().as_secs_f64();
+            println!("mb_s={:.0}", (got as f64 / 1048576.0) / secs);
+        }
+        Cmd::Connect {
+            addr,
+            concurrency,
+            seconds,
+        } => {
+            let end = Instant::now() + Duration::from_secs(seconds);
+            let addr = Arc::new(addr);
+            let mut tasks = Vec::new();
+            for _ in 0..concurrency {
+                let addr = addr.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0u64;
+                    let mut errors = 0u64;
+                    while Instant::now() < end {
+                        let r: std::io::Result<()> = async {
+                            let mut s = TcpStream::connect(addr.as_str()).await?;
+                            s.write_all(&[9u8; 64]).await?;
+                            let mut b = [0u8; 64];
+                            s.read_exact(&mut b).await?;
+                            Ok(())
+                        }
+                        .await;
+                        if r.is_ok() { n += 1 } else { errors += 1 }
+                    }
+                    (n, errors)
+                }));
+            }
+            let (mut n, mut e) = (0, 0);
+            for t in tasks {
+                let (a, b) = t.await?;
+                n += a;
+                e += b;
+            }
+            println!("cps={:.0} errors={e}", n as f64 / seconds as f64);
+        }
+    }
+    Ok(())
+}
