@@ -88,8 +88,26 @@ impl CertifyClient {
             .tls_config(tls)
             .map_err(|e| connect_err(e.to_string()))?
             .connect()
-            .await
-            .map_err(|e| connect_err(describe(&e)))?;
+            .await;
+        let channel = match channel {
+            Ok(c) => c,
+            Err(e) => {
+                let mut detail = describe(&e);
+                // A chain we cannot verify: name the anchor it needs.
+                if (detail.contains("UnknownIssuer") || detail.contains("invalid peer certificate"))
+                    && let Some(chain) =
+                        crate::probe::server_chain(&self.addr, &self.server_name).await
+                {
+                    let anchors = pki::parse_certs(
+                        std::path::Path::new("anchors"),
+                        self.anchors_pem.as_bytes(),
+                    )
+                    .unwrap_or_default();
+                    detail = format!("{detail}; {}", crate::probe::explain(&chain, &anchors));
+                }
+                return Err(connect_err(detail));
+            }
+        };
         let resp = IdentityClient::new(channel)
             .certify(CertifyRequest {
                 identity: name,

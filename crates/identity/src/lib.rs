@@ -5,6 +5,7 @@ pub mod client;
 pub mod csr;
 pub mod issuer;
 pub mod metrics;
+pub mod probe;
 pub mod proof;
 pub mod reload;
 pub mod service;

@@ -66,15 +66,24 @@ impl ProxyCert {
 
 pub struct CertLoop {
     pub client: CertifyClient,
+    /// Re-read before every try, so a corrected anchors file is picked up.
+    pub anchors_file: Option<PathBuf>,
     pub identity: Identity,
     pub token_file: Option<PathBuf>,
     pub min_refresh: Duration,
 }
 
 impl CertLoop {
-    pub async fn run(self, tx: watch::Sender<Option<Arc<ProxyCert>>>) {
+    pub async fn run(mut self, tx: watch::Sender<Option<Arc<ProxyCert>>>) {
         let mut failures: u32 = 0;
         loop {
+            if let Some(pem) = self
+                .anchors_file
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+            {
+                self.client.anchors_pem = pem;
+            }
             let now = OffsetDateTime::now_utc();
             let current = tx.borrow().clone().filter(|c| c.is_valid(now));
             // The token is read afresh each time: it may have been replaced.

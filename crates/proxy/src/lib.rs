@@ -108,6 +108,7 @@ pub async fn start(
             anchors_pem: anchors_pem.clone(),
             timeout: Duration::from_secs(10),
         },
+        anchors_file: Some(cfg.anchors_file.clone()),
         identity: cfg.identity.clone(),
         token_file: cfg.token_file.clone(),
         min_refresh: cfg.min_refresh,

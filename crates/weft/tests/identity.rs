@@ -869,5 +869,12 @@ fn certs_request_gets_and_renews_a_certificate() {
         ])
         .refused(1);
     assert!(r.stderr.contains("UnknownIssuer"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("the control plane's chain needs the anchor CN=root.linkerd.cluster.local")
+            && r.stderr.contains("the anchors file holds CN=other"),
+        "{}",
+        r.stderr
+    );
     assert!(!s.path("x.key").exists());
 }
