@@ -89,7 +89,8 @@ fn tool(name: &str) -> bool {
 /// first, then the bed, then the files.
 struct NetMesh {
     proxies: Vec<(String, Option<Proc>)>,
-    _cp: Proc,
+    cp: Option<Proc>,
+    cp_extra: Vec<String>,
     bed: Bed,
     bin: std::path::PathBuf,
     cp_ip: std::net::Ipv4Addr,
@@ -125,48 +126,18 @@ impl NetMesh {
         );
         s.write("resources/demo.yaml", [workload("a", a_ip, 9), b].concat());
         let weft = env!("CARGO_BIN_EXE_weft");
-        let mut cp_cmd = bed.by_name("cp").cmd(weft);
-        cp_cmd.current_dir(s.dir.path()).args([
-            "control-plane",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--state-dir",
-            "state",
-            "--resources",
-            "resources",
-            "--identity-addr",
-            "0.0.0.0:8080",
-            "--destination-addr",
-            "0.0.0.0:8086",
-            "--admin-addr",
-            "127.0.0.1:9990",
-            "--reread-interval",
-            "1s",
-        ]);
-        cp_cmd.args(cp_extra);
-        let cp = Proc::spawn_cmd(cp_cmd);
-        let cp_ns = bed.by_name("cp").ns.clone();
-        poll("control plane ready", DEADLINE, || {
-            matches!(
-                get_in(&cp_ns, "127.0.0.1:9990".parse().unwrap(), "/ready"),
-                Some((200, _))
-            )
-            .then_some(())
-        });
         let bin =
             testbed::executable_copy(std::path::Path::new(weft), s.dir.path(), PROXY_UID).unwrap();
         let mut m = NetMesh {
             proxies: Vec::new(),
-            _cp: cp,
+            cp: None,
+            cp_extra: cp_extra.iter().map(|s| s.to_string()).collect(),
             bed,
             bin,
             cp_ip,
             s,
         };
+        m.cp = Some(m.start_cp());
         for name in ["a", "b"] {
             let token = format!("{name}.token");
             m.s.weft(&[
@@ -198,7 +169,49 @@ impl NetMesh {
         m
     }
 
+    /// Starts the control plane (same state dir every time) and waits until ready.
+    fn start_cp(&self) -> Proc {
+        let mut cmd = self.bed.by_name("cp").cmd(env!("CARGO_BIN_EXE_weft"));
+        cmd.current_dir(self.s.dir.path())
+            .args([
+                "control-plane",
+                "--identity-trust-anchors-file",
+                "ca.crt",
+                "--identity-issuer-certificate-file",
+                "issuer.crt",
+                "--identity-issuer-key-file",
+                "issuer.key",
+                "--state-dir",
+                "state",
+                "--resources",
+                "resources",
+                "--identity-addr",
+                "0.0.0.0:8080",
+                "--destination-addr",
+                "0.0.0.0:8086",
+                "--admin-addr",
+                "127.0.0.1:9990",
+                "--reread-interval",
+                "1s",
+            ])
+            .args(&self.cp_extra);
+        let cp = Proc::spawn_cmd(cmd);
+        let ns = self.ns("cp");
+        poll("control plane ready", DEADLINE, || {
+            matches!(
+                get_in(&ns, "127.0.0.1:9990".parse().unwrap(), "/ready"),
+                Some((200, _))
+            )
+            .then_some(())
+        });
+        cp
+    }
+
     fn start_proxy(&self, name: &str) -> Proc {
+        self.start_proxy_with(name, &[])
+    }
+
+    fn start_proxy_with(&self, name: &str, extra: &[&str]) -> Proc {
         let mut cmd = self.bed.by_name(name).cmd_as(PROXY_UID, &self.bin);
         cmd.current_dir(self.s.dir.path()).args([
             "proxy",
@@ -213,6 +226,7 @@ impl NetMesh {
             "--shutdown-grace-period",
             "20s",
         ]);
+        cmd.args(extra);
         Proc::spawn_cmd(cmd)
     }
 
@@ -634,4 +648,83 @@ fn long_lived_connection_survives_three_renewals() {
     let mut back = [0u8; 12];
     conn.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"still alive\n");
+}
+
+#[test]
+fn control_plane_restart_under_traffic_and_plaintext_deny() {
+    if !have_root("control_plane_restart_under_traffic_and_plaintext_deny") {
+        return;
+    }
+    let mut m = NetMesh::up(&[8080], &[]);
+    echo_in(&m.ns("b"), 8080);
+    echo_in(&m.ns("c"), 8080);
+    let pcap = m.s.path("restart.pcap");
+    let mut dump = m.bed.fabric_cmd("tcpdump");
+    dump.args([
+        "-i",
+        m.bed.link_of("a"),
+        "--immediate-mode",
+        "-Z",
+        "root",
+        "-U",
+        "-s",
+        "0",
+        "-w",
+        &pcap.display().to_string(),
+        "tcp",
+    ]);
+    let mut dump = Proc::spawn_cmd(dump);
+    dump.wait_for_line("listening on", DEADLINE);
+
+    // Traffic from a to b before, during and after a control-plane restart:
+    // every exchange is over mTLS and none fails (b stays a known meshed peer).
+    let marker = b"RESTART-MARKER-PLAINTEXT".to_vec();
+    let (ns_a, to) = (m.ns("a"), m.addr("b", 8080));
+    let exchange = |n: usize| {
+        for _ in 0..n {
+            assert_eq!(roundtrip_in(&ns_a, to, marker.clone()).unwrap(), marker);
+        }
+    };
+    exchange(5);
+    drop(m.cp.take());
+    exchange(5);
+    m.cp = Some(m.start_cp());
+    exchange(5);
+    let metrics = m.metrics("a");
+    assert!(
+        !metrics.contains("tls=\"no_identity\""),
+        "a sent something in plaintext: {metrics}"
+    );
+
+    poll("the capture to catch up", DEADLINE, || {
+        (std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0) > 5000).then_some(())
+    });
+    let _ = Command::new("kill")
+        .args(["-INT", &dump.child.id().to_string()])
+        .status();
+    let _ = dump.wait_exit(DEADLINE);
+    let captured = std::fs::read(&pcap).unwrap();
+    assert!(
+        !captured.windows(marker.len()).any(|w| w == &marker[..]),
+        "plaintext crossed the wire"
+    );
+
+    // --outbound-plaintext=deny: a's connection to the unmeshed server in c is refused...
+    drop(m.proxy("a").take());
+    *m.proxy("a") = Some(m.start_proxy_with("a", &["--outbound-plaintext", "deny"]));
+    m.wait_ready("a");
+    let r = roundtrip_in(&m.ns("a"), m.addr("c", 8080), b"to c".to_vec());
+    assert!(
+        r.map(|b| b.is_empty()).unwrap_or(true),
+        "plaintext to an unmeshed server must be refused"
+    );
+    m.proxy("a")
+        .as_ref()
+        .unwrap()
+        .wait_for_line("is not meshed and --outbound-plaintext=deny", DEADLINE);
+    // ...while meshed traffic flows.
+    assert_eq!(
+        roundtrip_in(&m.ns("a"), m.addr("b", 8080), b"ok".to_vec()).unwrap(),
+        b"ok"
+    );
 }
