@@ -29,9 +29,10 @@ fn status_of(r: Refusal) -> Status {
         Refusal::NoWorkload(..) | Refusal::UndeclaredPort { .. } => {
             Status::not_found(r.to_string())
         }
-        Refusal::Conflict { .. } | Refusal::NoAddress(..) | Refusal::Broken { .. } => {
-            Status::failed_precondition(r.to_string())
-        }
+        Refusal::Conflict { .. }
+        | Refusal::NoAddress(..)
+        | Refusal::Broken { .. }
+        | Refusal::Degraded { .. } => Status::failed_precondition(r.to_string()),
     }
 }
 

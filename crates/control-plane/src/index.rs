@@ -9,9 +9,17 @@ use crate::workloads::{
 };
 
 /// The index, plus one line per workload that could not be used (and why).
+/// A resource file refused with no good version in force: what it claims,
+/// read leniently (None: not even YAML).
+pub struct RefusedFile {
+    pub file: std::path::PathBuf,
+    pub claims: Option<Vec<(String, std::net::IpAddr)>>,
+}
+
 pub fn build_index<'a>(
     loaded: bool,
     objects: impl Iterator<Item = &'a Object> + Clone,
+    refused: &[RefusedFile],
     control_plane_ns: &str,
 ) -> (Index, Vec<String>) {
     let ns_annotations: BTreeMap<&str, &BTreeMap<String, String>> = objects
@@ -88,12 +96,93 @@ pub fn build_index<'a>(
             }
         }
     }
+    // Files refused before they ever loaded: the addresses they claim are
+    // unknown (refused), never "not meshed"; unreadable ones make every
+    // address no workload owns unknown.
+    let mut degraded = None;
+    for r in refused {
+        match &r.claims {
+            Some(claims) => {
+                for (name, ip) in claims {
+                    if workloads.iter().any(|w| w.ips.contains(ip)) {
+                        continue;
+                    }
+                    let (ns, n) = name.split_once('/').unwrap_or(("default", name));
+                    broken.push(Broken {
+                        namespace: ns.to_string(),
+                        name: n.to_string(),
+                        ips: vec![*ip],
+                        reason: format!("{} was refused and has never loaded", r.file.display()),
+                    });
+                }
+            }
+            None => {
+                degraded = Some(format!(
+                    "{} cannot be read as YAML and has never loaded",
+                    r.file.display()
+                ));
+            }
+        }
+    }
     (
         Index {
             loaded,
             workloads,
             broken,
+            degraded,
         },
         problems,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workloads::{Refusal, parse_target};
+
+    #[test]
+    fn a_file_refused_at_cold_start_makes_its_addresses_unknown() {
+        let typo = "apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: backend
+  namespace: demo
+spec:
+  meshTLS:
+    identty: backend.demo.serviceaccount.identity.weft.cluster.local
+  workloadIPs:
+  - ip: 10.0.0.7
+";
+        assert!(crate::resources::parse_file(std::path::Path::new("b.yaml"), typo).is_err());
+        let claims = crate::resources::claimed_addresses(typo);
+        assert_eq!(
+            claims,
+            Some(vec![(
+                "demo/backend".to_string(),
+                "10.0.0.7".parse().unwrap()
+            )])
+        );
+        let refused = [RefusedFile {
+            file: "b.yaml".into(),
+            claims,
+        }];
+        let (index, _) = build_index(true, std::iter::empty(), &refused, "weft");
+        let r = index.resolve(&parse_target("10.0.0.7:8080").unwrap());
+        assert!(matches!(r, Err(Refusal::Broken { .. })), "{r:?}");
+        // Other addresses are still known to be unmeshed.
+        assert!(
+            index
+                .resolve(&parse_target("10.0.0.8:8080").unwrap())
+                .is_ok()
+        );
+
+        // Not even YAML: every address no workload owns is unknown.
+        let garbage = [RefusedFile {
+            file: "g.yaml".into(),
+            claims: crate::resources::claimed_addresses("key: [unclosed"),
+        }];
+        let (index, _) = build_index(true, std::iter::empty(), &garbage, "weft");
+        let r = index.resolve(&parse_target("10.0.0.8:8080").unwrap());
+        assert!(matches!(r, Err(Refusal::Degraded { .. })), "{r:?}");
+    }
 }

@@ -196,6 +196,8 @@ pub async fn start(
             conn_tx,
         ));
         let identity_server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .add_service(IdentityServer::new(svc))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(conn_rx),
@@ -208,6 +210,8 @@ pub async fn start(
             dconn_tx,
         ));
         let destination_server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .add_service(DestinationServer::new(destination))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(dconn_rx),
@@ -287,7 +291,23 @@ async fn feed_index(
     loop {
         let snap = snaps.borrow_and_update().clone();
         let objects: Vec<&resources::Object> = snap.objects.values().map(|s| &s.object).collect();
-        let (index, problems) = index::build_index(snap.loaded, objects.iter().copied(), &cp_ns);
+        let in_force: std::collections::BTreeSet<&std::path::Path> =
+            snap.objects.values().map(|s| s.file.as_path()).collect();
+        let refused: Vec<index::RefusedFile> = snap
+            .errors()
+            .map(|p| p.file.clone())
+            .filter(|f| f.is_file() && !in_force.contains(f.as_path()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|file| index::RefusedFile {
+                claims: std::fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|t| resources::claimed_addresses(&t)),
+                file,
+            })
+            .collect();
+        let (index, problems) =
+            index::build_index(snap.loaded, objects.iter().copied(), &refused, &cp_ns);
         if problems != last_problems {
             for p in &problems {
                 tracing::warn!("{p}");

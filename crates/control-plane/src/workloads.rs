@@ -42,6 +42,9 @@ pub struct Index {
     pub loaded: bool,
     pub workloads: Vec<Workload>,
     pub broken: Vec<Broken>,
+    /// Set while a resource file that never loaded cannot even be read: an
+    /// address no workload owns might be described there, so it is unknown.
+    pub degraded: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +140,8 @@ pub enum Refusal {
         name: String,
         reason: String,
     },
+    #[error("{addr} is not a known workload address, and {reason}; fix that file")]
+    Degraded { addr: SocketAddr, reason: String },
 }
 
 impl Index {
@@ -195,7 +200,12 @@ impl Index {
                     .collect();
                 // In ports mode many workloads share 127.0.0.1; a port declared
                 // by exactly one of them picks it.
-                let owners: Vec<&Workload> = if owners.len() > 1 {
+                let shared = owners.len() > 1;
+                let names: Vec<String> = owners
+                    .iter()
+                    .map(|w| format!("{}/{}", w.namespace, w.name))
+                    .collect();
+                let owners: Vec<&Workload> = if shared {
                     owners
                         .into_iter()
                         .filter(|w| w.ports.contains(&addr.port()))
@@ -204,7 +214,19 @@ impl Index {
                     owners
                 };
                 match owners.as_slice() {
-                    [] => Ok(Answer::NotMeshed { addr: *addr }),
+                    // A shared address whose port no owner declares: whose it
+                    // is is unknown, and unknown is never "not meshed".
+                    [] if shared => Err(Refusal::Conflict {
+                        addr: *addr,
+                        workloads: names,
+                    }),
+                    [] => match &self.degraded {
+                        Some(reason) => Err(Refusal::Degraded {
+                            addr: *addr,
+                            reason: reason.clone(),
+                        }),
+                        None => Ok(Answer::NotMeshed { addr: *addr }),
+                    },
                     [w] => Ok(answer_for(w, *addr)),
                     many => Err(Refusal::Conflict {
                         addr: *addr,
@@ -263,6 +285,7 @@ mod tests {
                 ips: vec!["10.0.0.9".parse().unwrap()],
                 reason: "bad annotation".into(),
             }],
+            degraded: None,
         }
     }
 
@@ -358,6 +381,19 @@ mod tests {
             not_loaded.resolve(&t("10.0.0.2:8080")),
             Err(Refusal::NotLoaded)
         );
+        // While an unreadable file may describe an address, it is unknown.
+        let degraded = Index {
+            degraded: Some("x.yaml is not YAML".into()),
+            ..index()
+        };
+        assert!(matches!(
+            degraded.resolve(&t("10.9.9.9:80")),
+            Err(Refusal::Degraded { .. })
+        ));
+        assert!(matches!(
+            degraded.resolve(&t("10.0.0.2:8080")),
+            Ok(Answer::Meshed { .. })
+        ));
     }
 
     #[test]
@@ -376,7 +412,12 @@ mod tests {
             loaded: true,
             workloads: vec![wl("a", "127.0.0.1", &[7000]), wl("b", "127.0.0.1", &[8080])],
             broken: vec![],
+            degraded: None,
         };
+        assert!(matches!(
+            ports.resolve(&parse_target("127.0.0.1:9999").unwrap()),
+            Err(Refusal::Conflict { .. })
+        ));
         assert!(matches!(
             ports.resolve(&parse_target("127.0.0.1:8080").unwrap()),
             Ok(Answer::Meshed { identity, .. }) if identity.service_account() == "b"

@@ -47,7 +47,11 @@ impl Reloader {
                 _ = tick.tick() => {}
                 Some(()) = ev_rx.recv() => {
                     // Debounce: wait for the writes to settle.
-                    while let Ok(Some(())) = tokio::time::timeout(self.debounce, ev_rx.recv()).await {}
+                    // Debounce, but never for longer than the re-read interval.
+                    let cap = tokio::time::Instant::now() + self.interval;
+                    while tokio::time::Instant::now() < cap
+                        && let Ok(Some(())) = tokio::time::timeout(self.debounce, ev_rx.recv()).await
+                    {}
                 }
             }
             self.pass(&tx, &mut last);
@@ -55,10 +59,27 @@ impl Reloader {
     }
 
     fn watch_dirs(&self, ev_tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        let names: Vec<String> = [
+            &self.files.anchors,
+            &self.files.certificate,
+            &self.files.key,
+        ]
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
         let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Only changes matter: inotify also reports opens and reads,
             // including this reloader's own, which would re-trigger it forever.
+            // And only our three files (or temp files named after them): a
+            // busy neighbour in the same directory must not hold reloads off.
             if let Ok(ev) = res
+                && ev.paths.iter().any(|p| {
+                    p.file_name().is_some_and(|n| {
+                        names
+                            .iter()
+                            .any(|f| n.to_string_lossy().contains(f.as_str()))
+                    })
+                })
                 && matches!(
                     ev.kind,
                     notify::EventKind::Create(_)

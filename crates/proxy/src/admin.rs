@@ -83,6 +83,8 @@ pub async fn serve(
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // e.g. out of descriptors: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let st = st.clone();
@@ -94,7 +96,12 @@ pub async fn serve(
                 let start =
                     crate::detect::peek_start(&stream, std::time::Duration::from_secs(1)).await;
                 if matches!(&start, crate::detect::Start::Tls { sni: Some(n) } if *n == name) {
-                    if let Ok(t) = acceptor.accept(stream).await {
+                    if let Ok(Ok(t)) = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         let _ = http.serve_connection(TokioIo::new(t), svc).await;
                     }
                     return;

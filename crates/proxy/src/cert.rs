@@ -87,7 +87,16 @@ impl CertLoop {
             let now = OffsetDateTime::now_utc();
             let current = tx.borrow().clone().filter(|c| c.is_valid(now));
             // The token is read afresh each time: it may have been replaced.
-            let token = self.token_file.as_ref().and_then(|p| std::fs::read(p).ok());
+            let token = match &self.token_file {
+                None => None,
+                Some(p) => match std::fs::read(p) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::warn!(file = %p.display(), error = %e, "cannot read the token file");
+                        None
+                    }
+                },
+            };
             let creds = Credentials {
                 token: token.as_deref().map(<[u8]>::trim_ascii),
                 current: current.as_ref().map(|c| c.pem_pair()),
@@ -136,9 +145,11 @@ impl CertLoop {
                             tracing::error!(
                                 error = %e,
                                 retry_in_s = wait.as_secs(),
-                                "no valid certificate and the identity service refused or is unreachable; if the token has expired, create one with `weft token create --namespace {} --service-account {} -o <token file> --force` and it is picked up on the next try",
+                            "no valid certificate and the identity service refused or is unreachable; if the token has expired, create one with `weft token create --namespace {} --service-account {} -o {} --force`; {}",
                                 self.identity.namespace(),
-                                self.identity.service_account()
+                                self.identity.service_account(),
+                                self.token_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<token file>".into()),
+                                if self.token_file.is_some() { "the file is read again on the next try" } else { "then restart the proxy with --token-file" }
                             );
                             // An expired certificate is no certificate.
                             tx.send_if_modified(|c| c.take().is_some());

@@ -30,9 +30,14 @@ pub fn judge(buf: &[u8]) -> Option<Start> {
         return Some(Start::Other);
     }
     let mut acceptor = rustls::server::Acceptor::default();
+    // rustls takes at most a few KB per call: feed all of it.
     let mut rd = buf;
-    if acceptor.read_tls(&mut rd).is_err() {
-        return Some(Start::Other);
+    while !rd.is_empty() {
+        match acceptor.read_tls(&mut rd) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return Some(Start::Other),
+        }
     }
     match acceptor.accept() {
         Ok(Some(accepted)) => Some(Start::Tls {

@@ -74,7 +74,16 @@ pub fn decode(u: Update) -> Resolution {
     }
 }
 
-type Slot = watch::Receiver<Option<Resolution>>;
+/// A followed target: its answer, the task keeping it current, last use.
+struct Slot {
+    rx: watch::Receiver<Option<Resolution>>,
+    task: tokio::task::AbortHandle,
+    used: std::time::Instant,
+}
+
+/// Targets followed at once; the least recently used is dropped beyond this,
+/// so a peer naming many ports or addresses cannot grow the proxy unbounded.
+const MAX_TARGETS: usize = 4096;
 
 pub struct Discovery {
     pub addr: String,
@@ -108,12 +117,32 @@ impl Discovery {
     pub async fn resolve(self: &Arc<Self>, target: &str) -> Resolution {
         let mut rx = {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.get(target) {
-                Some(rx) => rx.clone(),
+            match cache.get_mut(target) {
+                Some(slot) => {
+                    slot.used = std::time::Instant::now();
+                    slot.rx.clone()
+                }
                 None => {
+                    if cache.len() >= MAX_TARGETS
+                        && let Some(oldest) = cache
+                            .iter()
+                            .min_by_key(|(_, s)| s.used)
+                            .map(|(k, _)| k.clone())
+                        && let Some(old) = cache.remove(&oldest)
+                    {
+                        old.task.abort();
+                    }
                     let (tx, rx) = watch::channel(None);
-                    cache.insert(target.to_string(), rx.clone());
-                    tokio::spawn(self.clone().follow(target.to_string(), tx));
+                    let task =
+                        tokio::spawn(self.clone().follow(target.to_string(), tx)).abort_handle();
+                    cache.insert(
+                        target.to_string(),
+                        Slot {
+                            rx: rx.clone(),
+                            task,
+                            used: std::time::Instant::now(),
+                        },
+                    );
                     rx
                 }
             }
@@ -138,16 +167,16 @@ impl Discovery {
             match self.stream(&target, &tx).await {
                 Ok(()) => failures = 0,
                 Err(StreamEnd::Refused(why)) => {
-                    // A definitive answer from the control plane.
+                    // A definitive answer; ask again later, backing off.
                     tx.send_replace(Some(Resolution::Unknown(why)));
-                    failures = 0;
+                    failures = failures.saturating_add(1);
                 }
                 Err(StreamEnd::Transport(why)) => {
                     failures = failures.saturating_add(1);
                     tracing::debug!(%target, error = %why, "destination stream lost; keeping the last answer");
                 }
             }
-            let backoff = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)));
+            let backoff = Duration::from_millis(100u64.saturating_mul(1 << failures.min(7)));
             tokio::time::sleep(backoff).await;
         }
     }
@@ -172,6 +201,10 @@ impl Discovery {
         let channel = Endpoint::from_shared(format!("https://{}", self.addr))
             .map_err(|e| StreamEnd::Transport(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
+            // A control plane that vanished without a reset is noticed.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
             .tls_config(tls)
             .map_err(|e| StreamEnd::Transport(e.to_string()))?
             .connect()

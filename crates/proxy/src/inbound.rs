@@ -21,6 +21,9 @@ pub struct Inbound {
     pub detect_timeout: Duration,
     /// The proxy's own ports: never forwarded to.
     pub own_ports: Vec<u16>,
+    /// Transparent mode (`weft init` redirects): non-mesh traffic that was
+    /// redirected passes through. In ports mode nothing but mTLS is served.
+    pub transparent: bool,
     pub metrics: ProxyMetrics,
 }
 
@@ -54,7 +57,7 @@ impl Inbound {
         let ours =
             matches!(&start, crate::detect::Start::Tls { sni: Some(n) } if *n == self.identity);
         if !ours {
-            let Some(port) = redirected else {
+            let Some(port) = redirected.filter(|_| self.transparent) else {
                 let what = match start {
                     crate::detect::Start::Tls { sni } => {
                         format!("TLS for {sni:?}, not {}", self.identity)

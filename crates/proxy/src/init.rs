@@ -26,7 +26,7 @@ pub enum InitError {
     Failed { cmd: String, stderr: String },
     #[error("{0:?} is not a port or port range (e.g. 8080 or 9000:9010)")]
     BadPort(String),
-    #[error("{0:?} is not a subnet (e.g. 10.0.0.0/8)")]
+    #[error("{0:?} is not an IPv4 subnet (e.g. 10.0.0.0/8)")]
     BadSubnet(String),
 }
 
@@ -51,7 +51,8 @@ pub fn check_subnet(s: &str) -> Result<String, InitError> {
         .trim()
         .split_once('/')
         .ok_or_else(|| InitError::BadSubnet(s.to_string()))?;
-    let ok = ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128);
+    // IPv4 only: the rules are installed with iptables, not ip6tables.
+    let ok = ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32);
     if ok {
         Ok(s.trim().to_string())
     } else {
@@ -285,5 +286,7 @@ mod tests {
         assert!(check_port_spec("http").is_err());
         assert!(check_subnet("10.0.0.0/8").is_ok());
         assert!(check_subnet("10.0.0.0").is_err());
+        assert!(check_subnet("10.0.0.0/64").is_err());
+        assert!(check_subnet("fd00::/8").is_err());
     }
 }

@@ -130,7 +130,12 @@ pub async fn start(
         identity: cfg.identity.to_string(),
         discovery: discovery.clone(),
         detect_timeout: cfg.detect_timeout,
-        own_ports: vec![started.inbound_addr.port(), started.admin_addr.port()],
+        own_ports: [started.inbound_addr.port(), started.admin_addr.port()]
+            .into_iter()
+            .chain(started.outbound_addr.map(|a| a.port()))
+            .chain(started.outbound_addrs.iter().map(|(a, _)| a.port()))
+            .collect(),
+        transparent: cfg.outbound_addr.is_some(),
         metrics: metrics.clone(),
     });
     let outbound = Arc::new(outbound::Outbound {

@@ -13,7 +13,7 @@ mod snapshot;
 mod source;
 mod types;
 
-pub use parse::{lint, parse_file};
+pub use parse::{claimed_addresses, lint, parse_file};
 pub use problem::{Problem, Severity};
 pub use snapshot::{DirRead, FileOutcome, Snapshot, Sourced, merge};
 pub use source::{DirSource, is_resource_file};

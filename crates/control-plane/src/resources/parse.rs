@@ -108,6 +108,38 @@ pub fn lint(
     warnings
 }
 
+/// The addresses ExternalWorkload documents in `text` claim, read leniently
+/// (for a file that was refused as a whole): `(namespace/name, ip)`. None when
+/// the text is not even YAML.
+pub fn claimed_addresses(text: &str) -> Option<Vec<(String, std::net::IpAddr)>> {
+    let docs = read_documents(text).ok()?;
+    let mut out = Vec::new();
+    for d in docs {
+        if d.get("kind").and_then(Value::as_str) != Some("ExternalWorkload") {
+            continue;
+        }
+        let meta = d.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let ns = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let ips = d
+            .get("spec")
+            .and_then(|s| s.get("workloadIPs"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w.get("ip").and_then(Value::as_str))
+            .filter_map(|ip| ip.trim().parse().ok());
+        out.extend(ips.map(|ip| (format!("{ns}/{name}"), ip)));
+    }
+    Some(out)
+}
+
 /// Splits the YAML stream into documents, empty ones skipped. Never panics:
 /// a panic inside the YAML library on hostile input is caught and reported.
 fn read_documents(text: &str) -> Result<Vec<Value>, String> {
