@@ -116,6 +116,7 @@ pub async fn start(
         .map_err(StartError::Token)?;
     let proofs = StandaloneProofs {
         tokens,
+        record: Some(record.clone()),
         issuer: issuer_rx.clone(),
         control_plane_ns: cfg.controller_namespace.clone(),
         trust_domain: cfg.trust_domain.clone(),

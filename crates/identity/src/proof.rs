@@ -33,8 +33,10 @@ pub enum ProofKind {
     Token {
         jti: String,
     },
-    /// Renewal with the still-valid leaf of this serial.
+    /// Renewal with the still-valid leaf of this serial, descended from the
+    /// token `origin` (when the issuance record knows it).
     Renewal {
+        origin: Option<String>,
         serial: String,
     },
 }
@@ -63,6 +65,10 @@ pub enum ProofError {
     NotInMesh(String),
     #[error("no issuer is in force to judge the client certificate")]
     NoTrust,
+    #[error(
+        "the client certificate descends from join token {0}, which was revoked; create a new token with `weft token create` and start again with it"
+    )]
+    RevokedOrigin(String),
 }
 
 /// Turns a proof into a subject.
@@ -74,6 +80,8 @@ pub trait ProofVerifier: Send + Sync + 'static {
 /// Standalone mode: join tokens from the state dir, or renewal by mTLS.
 pub struct StandaloneProofs {
     pub tokens: TokenVerifier,
+    /// Traces renewals back to their token, so revocation ends the line.
+    pub record: Option<std::sync::Arc<crate::state::IssuanceRecord>>,
     pub issuer: watch::Receiver<IssuerStatus>,
     pub control_plane_ns: String,
     pub trust_domain: String,
@@ -107,6 +115,7 @@ impl StandaloneProofs {
         Ok(Subject {
             identity,
             kind: ProofKind::Renewal {
+                origin: self.record.as_ref().and_then(|r| r.origin_of(&info.serial)),
                 serial: info.serial,
             },
         })
@@ -133,7 +142,13 @@ impl ProofVerifier for StandaloneProofs {
         // A presented leaf is the better proof: it never depends on a token
         // that may have expired. If it fails, a token may still rescue.
         if let Some(chain) = proof.client_chain.filter(|c| !c.is_empty()) {
-            match self.by_certificate(chain, now) {
+            let by_cert = self.by_certificate(chain, now).and_then(|s| match &s.kind {
+                ProofKind::Renewal {
+                    origin: Some(jti), ..
+                } if self.tokens.is_revoked(jti) => Err(ProofError::RevokedOrigin(jti.clone())),
+                _ => Ok(s),
+            });
+            match by_cert {
                 Ok(s) => return Ok(s),
                 Err(e) if proof.token.is_empty() => return Err(e),
                 Err(e) => {

@@ -149,6 +149,12 @@ impl<P: ProofVerifier> IdentityService<P> {
                 issuer_sha256: issuer.issuer_fingerprint.clone(),
                 issued_at: now.unix_timestamp(),
                 not_after: leaf.not_after.unix_timestamp(),
+                origin: match &subject.kind {
+                    crate::proof::ProofKind::Token { jti } => jti.clone(),
+                    crate::proof::ProofKind::Renewal { origin, .. } => {
+                        origin.clone().unwrap_or_default()
+                    }
+                },
                 proof,
             };
             if let Err(e) = record.append(&entry) {

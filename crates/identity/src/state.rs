@@ -178,6 +178,10 @@ pub struct Issuance {
     pub not_after: i64,
     /// "token:<jti>" or "renewal".
     pub proof: String,
+    /// The join token this certificate descends from (through renewals), so
+    /// revoking the token ends the line.
+    #[serde(default)]
+    pub origin: String,
 }
 
 /// Append-only log of issuances, compacted to the live ones on open and on
@@ -185,6 +189,8 @@ pub struct Issuance {
 pub struct IssuanceRecord {
     path: PathBuf,
     file: Mutex<std::fs::File>,
+    /// serial → origin token id, for live certificates.
+    origins: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl IssuanceRecord {
@@ -192,6 +198,7 @@ impl IssuanceRecord {
         let rec = Self {
             file: Mutex::new(Self::open_append(&path)?),
             path,
+            origins: Mutex::new(std::collections::HashMap::new()),
         };
         rec.compact(now)?;
         Ok(rec)
@@ -205,7 +212,21 @@ impl IssuanceRecord {
             .map_err(io(path))
     }
 
+    /// The token a live certificate descends from, if recorded.
+    pub fn origin_of(&self, serial: &str) -> Option<String> {
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(serial)
+            .filter(|o| !o.is_empty())
+            .cloned()
+    }
+
     pub fn append(&self, i: &Issuance) -> Result<(), StateError> {
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(i.serial.clone(), i.origin.clone());
         let mut line = serde_json::to_vec(i).unwrap_or_default();
         line.push(b'\n');
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
@@ -236,6 +257,10 @@ impl IssuanceRecord {
             detail: e.to_string(),
         })?;
         *f = Self::open_append(&self.path)?;
+        *self.origins.lock().unwrap_or_else(|e| e.into_inner()) = live
+            .iter()
+            .map(|i| (i.serial.clone(), i.origin.clone()))
+            .collect();
         Ok(live.len())
     }
 }
@@ -288,6 +313,7 @@ mod tests {
             issued_at: 100,
             not_after,
             proof: "renewal".into(),
+            origin: "jti1".into(),
         };
         rec.append(&mk("01", 150)).unwrap();
         rec.append(&mk("02", 300)).unwrap();
@@ -303,5 +329,7 @@ mod tests {
             .map(|i| i.serial)
             .collect();
         assert_eq!(serials, vec!["02", "03"]);
+        assert_eq!(rec.origin_of("02").as_deref(), Some("jti1"));
+        assert_eq!(rec.origin_of("01"), None);
     }
 }

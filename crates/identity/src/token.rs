@@ -148,6 +148,10 @@ impl TokenVerifier {
         })
     }
 
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revocations.is_revoked(jti)
+    }
+
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Claims, TokenError> {
         let mut v = Validation::new(Algorithm::ES256);
         v.set_audience(&[AUDIENCE]);

@@ -878,3 +878,56 @@ fn certs_request_gets_and_renews_a_certificate() {
     );
     assert!(!s.path("x.key").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_ends_renewals_from_it() {
+    let s = Scratch::new();
+    s.guide_material();
+    let cp = start_cp(&s, &[]);
+    wait_ready(&cp);
+    let created = s
+        .weft(&[
+            "token",
+            "create",
+            "-n",
+            "demo",
+            "--service-account",
+            "web",
+            "--state-dir",
+            "state",
+        ])
+        .ok();
+    let tok = created.stdout.trim().to_string();
+    let jti = created
+        .stderr
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let proxy = FakeProxy::new(&id("web", "demo"));
+    let first = proxy
+        .certify(cp.identity, &cp.anchors, &tok, None)
+        .await
+        .unwrap();
+    // A renewal from it works, and the renewed certificate renews too.
+    let second = proxy
+        .certify(cp.identity, &cp.anchors, "", Some(proxy.client_pem(&first)))
+        .await
+        .unwrap();
+    s.weft(&["token", "revoke", &jti, "--state-dir", "state"])
+        .ok();
+    for resp in [&first, &second] {
+        let e = proxy
+            .certify(cp.identity, &cp.anchors, "", Some(proxy.client_pem(resp)))
+            .await
+            .expect_err("renewal from a revoked token's line");
+        assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+        assert!(
+            e.message().contains(&format!(
+                "descends from join token {jti}, which was revoked"
+            )),
+            "{}",
+            e.message()
+        );
+    }
+}
