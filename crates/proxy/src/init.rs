@@ -131,6 +131,32 @@ pub fn rules(cfg: &InitConfig) -> Vec<Vec<String>> {
     r
 }
 
+/// The nat-table transaction for `iptables-restore --noflush`: declaring the
+/// chains creates them or empties them, then the rules, then any missing jump.
+pub fn restore_script(
+    cfg: &InitConfig,
+    add_prerouting_jump: bool,
+    add_output_jump: bool,
+) -> String {
+    let mut out = String::from("*nat\n");
+    out.push_str(&format!(
+        ":{REDIRECT_CHAIN} - [0:0]\n:{OUTPUT_CHAIN} - [0:0]\n"
+    ));
+    for r in rules(cfg) {
+        out.push_str(&r.join(" "));
+        out.push('\n');
+    }
+    let [pre, outj] = jumps();
+    if add_prerouting_jump {
+        out.push_str(&format!("-A {}\n", pre.join(" ")));
+    }
+    if add_output_jump {
+        out.push_str(&format!("-A {}\n", outj.join(" ")));
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
 /// The jumps from the built-in chains.
 pub fn jumps() -> [Vec<String>; 2] {
     [
@@ -195,26 +221,37 @@ impl Iptables {
         self.nat(&args(&["-L", chain, "-n"])).is_ok()
     }
 
-    /// Installs (or re-installs: idempotent) the chains, rules and jumps.
+    /// Installs (or re-installs: idempotent) the chains, rules and jumps in
+    /// one `iptables-restore --noflush` transaction: there is never a moment
+    /// with half the rules, so a failure cannot leave traffic unredirected.
     pub fn install(&self, cfg: &InitConfig) -> Result<(), InitError> {
-        for chain in [REDIRECT_CHAIN, OUTPUT_CHAIN] {
-            if self.chain_exists(chain) {
-                self.nat(&args(&["-F", chain]))?;
-            } else {
-                self.nat(&args(&["-N", chain]))?;
-            }
-        }
-        for r in rules(cfg) {
-            self.nat(&r)?;
-        }
-        for j in jumps() {
+        let [pre, out] = jumps();
+        let has = |j: &[String]| {
             let mut check = vec!["-C".to_string()];
             check.extend(j.iter().cloned());
-            if self.nat(&check).is_err() {
-                let mut add = vec!["-A".to_string()];
-                add.extend(j.iter().cloned());
-                self.nat(&add)?;
-            }
+            self.nat(&check).is_ok()
+        };
+        let script = restore_script(cfg, !has(&pre), !has(&out));
+        let restore = format!("{}-restore", self.bin);
+        let mut child = Command::new(&restore)
+            .args(["-w", "--noflush"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|_| InitError::NoIptables)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|_| InitError::NoIptables)?;
+        if !out.status.success() {
+            return Err(InitError::Failed {
+                cmd: format!("{restore} -w --noflush"),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
         Ok(())
     }
@@ -276,6 +313,27 @@ mod tests {
                 "-A PROXY_INIT_OUTPUT -p tcp -j REDIRECT --to-port 4140",
             ]
         );
+    }
+
+    #[test]
+    fn one_transaction() {
+        let cfg = InitConfig {
+            inbound_port: 4143,
+            outbound_port: 4140,
+            proxy_ports: vec![4143],
+            proxy_uid: 7,
+            skip_inbound_ports: vec![],
+            skip_outbound_ports: vec![],
+            skip_subnets: vec![],
+        };
+        let s = restore_script(&cfg, true, false);
+        assert!(
+            s.starts_with("*nat\n:PROXY_INIT_REDIRECT - [0:0]\n:PROXY_INIT_OUTPUT - [0:0]\n"),
+            "{s}"
+        );
+        assert!(s.contains("-A PREROUTING -j PROXY_INIT_REDIRECT\n"), "{s}");
+        assert!(!s.contains("-A OUTPUT -j"), "{s}");
+        assert!(s.ends_with("COMMIT\n"));
     }
 
     #[test]
