@@ -10,7 +10,6 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let _in_flight = m.active.enter();
     m.tcp_open.get_or_create(&labels).inc();
     match tokio::io::copy_bidirectional(&mut a, &mut b).await {
         Ok((from_a, from_b)) => {

@@ -44,6 +44,8 @@ impl Inbound {
     }
 
     async fn handle(self: Arc<Self>, sock: TcpStream, peer: SocketAddr) {
+        // Counted from accept, so a drain also waits for handshakes in progress.
+        let _in_flight = self.metrics.active.enter();
         let refuse = |reason: &'static str, detail: String| {
             self.metrics.refuse("inbound", reason);
             tracing::info!(%peer, reason, "inbound connection refused: {detail}");

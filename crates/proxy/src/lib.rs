@@ -122,7 +122,9 @@ pub async fn start(
     );
     let inbound_cfg = tls::inbound_config(&anchors, cert_rx.clone(), &cfg.identity.to_string())
         .map_err(|e| StartError::Tls(e.to_string()))?;
-    let outbound_cfg = tls::outbound_config(&anchors, cert_rx.clone())
+    let outbound_cfg = tls::outbound_config(&anchors, cert_rx.clone(), true)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let outbound_plain = tls::outbound_config(&anchors, cert_rx.clone(), false)
         .map_err(|e| StartError::Tls(e.to_string()))?;
     let inbound = Arc::new(inbound::Inbound {
         acceptor: tokio_rustls::TlsAcceptor::from(inbound_cfg),
@@ -140,6 +142,7 @@ pub async fn start(
     });
     let outbound = Arc::new(outbound::Outbound {
         connector: tokio_rustls::TlsConnector::from(outbound_cfg),
+        connector_plain: tokio_rustls::TlsConnector::from(outbound_plain),
         discovery,
         plaintext: cfg.plaintext,
         connect_timeout: Duration::from_secs(5),

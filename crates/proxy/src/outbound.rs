@@ -17,7 +17,10 @@ use crate::metrics::{ConnLabels, ProxyMetrics};
 use crate::transport_header;
 
 pub struct Outbound {
+    /// Offers ALPN transport.l5d.io/v1: used when a transport header follows.
     pub connector: TlsConnector,
+    /// No ALPN: for a peer reached on its original port without a header.
+    pub connector_plain: TlsConnector,
     pub discovery: Arc<Discovery>,
     pub plaintext: Plaintext,
     pub connect_timeout: Duration,
@@ -92,6 +95,7 @@ impl Outbound {
     }
 
     async fn handle(self: Arc<Self>, app: TcpStream, target: String, port: u16) {
+        let _in_flight = self.metrics.active.enter();
         let target = &target;
         let refuse = |reason: &'static str, detail: String| {
             self.metrics.refuse("outbound", reason);
@@ -128,7 +132,12 @@ impl Outbound {
                 };
                 let mut tls = match tokio::time::timeout(
                     self.connect_timeout,
-                    self.connector.connect(name, tcp),
+                    if proxy_port.is_some() {
+                        &self.connector
+                    } else {
+                        &self.connector_plain
+                    }
+                    .connect(name, tcp),
                 )
                 .await
                 {

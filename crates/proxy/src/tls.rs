@@ -89,12 +89,15 @@ pub fn inbound_config(
 pub fn outbound_config(
     anchors: &[CertificateDer<'static>],
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    with_header: bool,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(anchors)?)
         .with_client_cert_resolver(Arc::new(OwnClientCert { own }));
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    if with_header {
+        cfg.alpn_protocols = vec![ALPN.to_vec()];
+    }
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }
