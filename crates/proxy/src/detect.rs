@@ -21,6 +21,87 @@ pub enum Start {
 
 const MAX_HELLO: usize = 16 * 1024;
 
+/// The application protocol on a (decrypted) stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Opaque,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Http1 => "http/1",
+            Self::Http2 => "h2",
+            Self::Opaque => "opaque",
+        }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Classifies the first bytes of a stream; None: not enough yet.
+pub fn classify(buf: &[u8]) -> Option<Protocol> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return (buf.len() >= H2_PREFACE.len()).then_some(Protocol::Http2);
+    }
+    // HTTP/1: METHOD SP target SP HTTP/1.x CRLF, within the first line.
+    let line_end = buf.windows(2).position(|w| w == b"\r\n");
+    let method_ok = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line);
+        let mut parts = text.split(' ');
+        let m = parts.next().unwrap_or("");
+        METHODS.contains(&m)
+            && parts.next().is_some_and(|t| !t.is_empty())
+            && parts.next().is_some_and(|v| v.starts_with("HTTP/1."))
+    };
+    match line_end {
+        Some(end) => Some(if method_ok(&buf[..end]) {
+            Protocol::Http1
+        } else {
+            Protocol::Opaque
+        }),
+        None if buf.len() >= 8192 => Some(Protocol::Opaque),
+        // A prefix of a method name may still become HTTP/1.
+        None => {
+            let first = buf.split(|b| *b == b' ').next().unwrap_or(buf);
+            let could = METHODS
+                .iter()
+                .any(|m| m.as_bytes().starts_with(first) || first == m.as_bytes());
+            if could { None } else { Some(Protocol::Opaque) }
+        }
+    }
+}
+
+/// Reads from `r` until the protocol is known or `timeout` passes (opaque);
+/// returns the bytes read, to be replayed.
+pub async fn detect_protocol<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    timeout: Duration,
+) -> (Protocol, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return (Protocol::Opaque, buf),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(p) = classify(&buf) {
+            return (p, buf);
+        }
+    }
+}
+
 /// Judges the first bytes of a peeked buffer. `None`: need more bytes.
 pub fn judge(buf: &[u8]) -> Option<Start> {
     if buf.is_empty() {
@@ -71,6 +152,28 @@ pub async fn peek_start(sock: &TcpStream, timeout: Duration) -> Start {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classifies_protocols() {
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Some(Protocol::Http1)
+        );
+        assert_eq!(classify(b"POST /a HTTP/1.0\r\n"), Some(Protocol::Http1));
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"GET / HTT"), None);
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Protocol::Http2)
+        );
+        assert_eq!(classify(b"PRI * HTTP/2"), None);
+        assert_eq!(classify(b"\x00\x01binary"), Some(Protocol::Opaque));
+        assert_eq!(
+            classify(b"GET nothing-like-http\r\n"),
+            Some(Protocol::Opaque)
+        );
+        assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Protocol::Opaque));
+    }
 
     #[test]
     fn judges_first_bytes() {

@@ -23,6 +23,8 @@ pub enum Resolution {
         addr: SocketAddr,
         identity: Identity,
         proxy_port: Option<u16>,
+        /// The port is opaque: no protocol detection.
+        opaque: bool,
     },
     NotMeshed {
         addr: SocketAddr,
@@ -55,6 +57,10 @@ pub fn decode(u: Update) -> Resolution {
                     "the endpoint's identity {identity:?} is not a mesh identity"
                 ));
             };
+            let opaque = matches!(
+                first.protocol_hint.as_ref().and_then(|h| h.protocol),
+                Some(linkerd2_proxy_api::destination::protocol_hint::Protocol::Opaque(_))
+            );
             let proxy_port = first
                 .protocol_hint
                 .and_then(|h| h.opaque_transport)
@@ -64,6 +70,7 @@ pub fn decode(u: Update) -> Resolution {
                 addr,
                 identity,
                 proxy_port,
+                opaque,
             }
         }
         Some(update::Update::NoEndpoints(_)) => {

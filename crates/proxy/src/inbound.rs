@@ -148,8 +148,8 @@ impl Inbound {
             );
         }
         let target = format!("{}:{port}", self.workload);
-        match self.discovery.resolve(&target).await {
-            Resolution::Meshed { .. } => {}
+        let opaque = match self.discovery.resolve(&target).await {
+            Resolution::Meshed { opaque, .. } => opaque,
             Resolution::NotMeshed { .. } => {
                 return refuse(
                     "port_not_meshed",
@@ -162,7 +162,15 @@ impl Inbound {
             Resolution::Unknown(why) => {
                 return refuse("unknown_port", format!("port {port} refused: {why}"));
             }
-        }
+        };
+        // Protocol detection on the decrypted stream; opaque ports skip it,
+        // and a client that says nothing (server speaks first) is opaque.
+        let (protocol, prefix) = if opaque {
+            (crate::detect::Protocol::Opaque, Vec::new())
+        } else {
+            crate::detect::detect_protocol(&mut tls, self.detect_timeout).await
+        };
+        let tls = crate::prefixed::Prefixed::new(prefix, tls);
         let app = match TcpStream::connect(("127.0.0.1", port)).await {
             Ok(a) => a,
             Err(e) => {
@@ -181,8 +189,9 @@ impl Inbound {
             client_id: client_id.unwrap_or_default(),
             server_id: self.identity.clone(),
             target_port: port,
+            protocol: protocol.label(),
         };
-        tracing::debug!(%peer, client_id = %labels.client_id, port, "inbound mTLS connection");
+        tracing::debug!(%peer, client_id = %labels.client_id, port, protocol = protocol.label(), "inbound mTLS connection");
         crate::forward::pipe(tls, app, labels, &self.metrics).await;
     }
 
@@ -216,6 +225,7 @@ impl Inbound {
             client_id: String::new(),
             server_id: String::new(),
             target_port: port,
+            protocol: "opaque",
         };
         crate::forward::pipe(sock, app, labels, &self.metrics).await;
     }

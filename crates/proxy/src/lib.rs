@@ -11,6 +11,7 @@ pub mod inbound;
 pub mod init;
 pub mod metrics;
 pub mod outbound;
+pub mod prefixed;
 pub mod tls;
 pub mod transport_header;
 

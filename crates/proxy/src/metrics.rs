@@ -18,6 +18,8 @@ pub struct ConnLabels {
     pub client_id: String,
     pub server_id: String,
     pub target_port: u16,
+    /// "http/1", "h2" or "opaque" (inbound, after detection).
+    pub protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -106,6 +106,7 @@ impl Outbound {
                 addr,
                 identity,
                 proxy_port,
+                ..
             } => {
                 let dial = std::net::SocketAddr::new(addr.ip(), proxy_port.unwrap_or(addr.port()));
                 let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dial))
@@ -167,6 +168,7 @@ impl Outbound {
                     client_id: String::new(),
                     server_id: identity.to_string(),
                     target_port: port,
+                    protocol: "opaque",
                 };
                 crate::forward::pipe(tls, app, labels, &self.metrics).await;
             }
@@ -199,6 +201,7 @@ impl Outbound {
                     client_id: String::new(),
                     server_id: String::new(),
                     target_port: addr.port(),
+                    protocol: "opaque",
                 };
                 crate::forward::pipe(up, app, labels, &self.metrics).await;
             }

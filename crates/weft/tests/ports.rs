@@ -265,7 +265,7 @@ fn ports_mode_end_to_end() {
     let admin = m.backend.addr("admin listening on");
     let (_, metrics) = http_get(admin, "/metrics").unwrap();
     let series = format!(
-        "tcp_open_total{{direction=\"inbound\",peer=\"src\",tls=\"true\",no_tls_reason=\"\",client_id=\"frontend.demo.serviceaccount.identity.weft.cluster.local\",server_id=\"backend.demo.serviceaccount.identity.weft.cluster.local\",target_port=\"{}\"}}",
+        "tcp_open_total{{direction=\"inbound\",peer=\"src\",tls=\"true\",no_tls_reason=\"\",client_id=\"frontend.demo.serviceaccount.identity.weft.cluster.local\",server_id=\"backend.demo.serviceaccount.identity.weft.cluster.local\",target_port=\"{}\",protocol=\"opaque\"}}",
         m.be_app
     );
     assert!(metric(&metrics, &series).unwrap_or(0.0) >= 1.0, "{metrics}");
@@ -496,7 +496,7 @@ fn demo_runs_and_shows_the_evidence() {
         "backend.demo.serviceaccount.identity.weft.cluster.local  certificate",
         "HTTP/1.1 200 OK",
         "hello from backend",
-        "tls=true client_id=frontend.demo.serviceaccount.identity.weft.cluster.local",
+        "tls=true client_id=frontend.demo.serviceaccount.identity.weft.cluster.local protocol=http/1",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
     }

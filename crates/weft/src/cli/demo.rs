@@ -334,9 +334,10 @@ async fn demo(dir: &Path) -> CmdResult {
             .to_string()
     };
     println!(
-        "backend proxy saw: tls={} client_id={} target_port={}",
+        "backend proxy saw: tls={} client_id={} protocol={} target_port={}",
         label("tls"),
         label("client_id"),
+        label("protocol"),
         label("target_port")
     );
     Ok(())
