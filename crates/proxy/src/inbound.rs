@@ -149,6 +149,17 @@ impl Inbound {
         }
         let target = format!("{}:{port}", self.workload);
         let opaque = match self.discovery.resolve(&target).await {
+            // The workload's resource must name this proxy's identity: a proxy
+            // started for the wrong workload serves nothing.
+            Resolution::Meshed { identity, .. } if identity.to_string() != self.identity => {
+                return refuse(
+                    "identity_mismatch",
+                    format!(
+                        "ExternalWorkload {} declares identity {identity}, but this proxy is {}; fix --workload or the resource",
+                        self.workload, self.identity
+                    ),
+                );
+            }
             Resolution::Meshed { opaque, .. } => opaque,
             Resolution::NotMeshed { .. } => {
                 return refuse(
@@ -190,6 +201,7 @@ impl Inbound {
             server_id: self.identity.clone(),
             target_port: port,
             protocol: protocol.label(),
+            dst: String::new(),
         };
         tracing::debug!(%peer, client_id = %labels.client_id, port, protocol = protocol.label(), "inbound mTLS connection");
         crate::forward::pipe(tls, app, labels, &self.metrics).await;
@@ -226,6 +238,7 @@ impl Inbound {
             server_id: String::new(),
             target_port: port,
             protocol: "opaque",
+            dst: String::new(),
         };
         crate::forward::pipe(sock, app, labels, &self.metrics).await;
     }

@@ -20,6 +20,9 @@ pub struct ConnLabels {
     pub target_port: u16,
     /// "http/1", "h2" or "opaque" (inbound, after detection).
     pub protocol: &'static str,
+    /// The destination address, for plaintext outbound connections only, so
+    /// every unprotected destination is counted by name.
+    pub dst: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -169,6 +169,7 @@ impl Outbound {
                     server_id: identity.to_string(),
                     target_port: port,
                     protocol: "opaque",
+                    dst: String::new(),
                 };
                 crate::forward::pipe(tls, app, labels, &self.metrics).await;
             }
@@ -202,6 +203,7 @@ impl Outbound {
                     server_id: String::new(),
                     target_port: addr.port(),
                     protocol: "opaque",
+                    dst: addr.to_string(),
                 };
                 crate::forward::pipe(up, app, labels, &self.metrics).await;
             }

@@ -576,6 +576,15 @@ fn transparent_mtls_between_pods() {
     // a reaches an unmeshed server (in c) in plaintext.
     let back = roundtrip_in(&m.ns("a"), m.addr("c", 8080), b"to c".to_vec()).unwrap();
     assert_eq!(back, b"to c");
+    // Counted per destination, as plaintext.
+    let metrics = m.metrics("a");
+    let dst = format!("dst=\"{}\"", m.addr("c", 8080));
+    assert!(
+        metrics.lines().any(|l| l.starts_with("tcp_open_total")
+            && l.contains(&dst)
+            && l.contains("tls=\"no_identity\"")),
+        "{metrics}"
+    );
 
     // weft init is idempotent and removable.
     testbed::run(m.bed.by_name("a").cmd(weft).args([

@@ -265,7 +265,7 @@ fn ports_mode_end_to_end() {
     let admin = m.backend.addr("admin listening on");
     let (_, metrics) = http_get(admin, "/metrics").unwrap();
     let series = format!(
-        "tcp_open_total{{direction=\"inbound\",peer=\"src\",tls=\"true\",no_tls_reason=\"\",client_id=\"frontend.demo.serviceaccount.identity.weft.cluster.local\",server_id=\"backend.demo.serviceaccount.identity.weft.cluster.local\",target_port=\"{}\",protocol=\"opaque\"}}",
+        "tcp_open_total{{direction=\"inbound\",peer=\"src\",tls=\"true\",no_tls_reason=\"\",client_id=\"frontend.demo.serviceaccount.identity.weft.cluster.local\",server_id=\"backend.demo.serviceaccount.identity.weft.cluster.local\",target_port=\"{}\",protocol=\"opaque\",dst=\"\"}}",
         m.be_app
     );
     assert!(metric(&metrics, &series).unwrap_or(0.0) >= 1.0, "{metrics}");
@@ -305,7 +305,7 @@ fn ports_mode_end_to_end() {
         DEADLINE,
     );
 
-    // Not meshed (skipped port) under --outbound-plaintext=deny: refused.
+    // Not meshed (skipped port) under --outbound-plaintext=deny: refused, and counted.
     assert!(
         roundtrip(m.out("legacy"), b"x")
             .map(|b| b.is_empty())
