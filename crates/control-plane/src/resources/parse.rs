@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::de::{FieldError, child_path, from_value, type_name};
+use super::policy_check;
 use super::problem::{Problem, Severity};
 use super::types::{
     ExternalWorkload, ExternalWorkloadSpec, Kind, Meta, Namespace, Object, ObjectKey,
@@ -242,6 +243,19 @@ impl Doc<'_> {
                         Some(Object::ExternalWorkload(ExternalWorkload { meta, spec }))
                     }
                     _ => None,
+                }
+            }
+            _ => {
+                let path = child_path(base, "spec");
+                match policy_check::read_spec(kind, map.get("spec"), &path) {
+                    Some(Ok(spec)) => meta.map(|meta| spec.into_object(meta)),
+                    Some(Err(errors)) => {
+                        errors
+                            .into_iter()
+                            .for_each(|e| self.field_error(resource, e));
+                        None
+                    }
+                    None => None,
                 }
             }
         };

@@ -2,8 +2,9 @@
 //! so a manifest written for Linkerd (or `kubectl get -o yaml` output) loads
 //! unchanged.
 //!
-//! Adding a kind: a [`Kind`] variant (name, apiVersion, scope), an [`Object`]
-//! variant, and one arm in `parse::build_object`.
+//! Adding a kind: a [`Kind`] variant (name, apiVersions, scope), an [`Object`]
+//! variant, and either an arm in `Doc::parse` (in `parse`) or, for a policy
+//! kind, a `PolicySpec` variant and check in `policy_check`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,29 +13,71 @@ use std::net::IpAddr;
 use pki::{Identity, IdentityError, SpiffeId};
 use serde::Deserialize;
 
+use super::policy::{
+    AuthorizationPolicy, HttpRoute, MeshTlsAuthentication, NetworkAuthentication, Server,
+};
+
 /// Every kind weft understands, in the order objects sort.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Namespace,
     ExternalWorkload,
+    Server,
+    AuthorizationPolicy,
+    MeshTlsAuthentication,
+    NetworkAuthentication,
+    HttpRoute,
 }
 
 impl Kind {
-    pub const ALL: &'static [Kind] = &[Kind::Namespace, Kind::ExternalWorkload];
+    pub const ALL: &'static [Kind] = &[
+        Kind::Namespace,
+        Kind::ExternalWorkload,
+        Kind::Server,
+        Kind::AuthorizationPolicy,
+        Kind::MeshTlsAuthentication,
+        Kind::NetworkAuthentication,
+        Kind::HttpRoute,
+    ];
 
     /// The Kubernetes `kind`.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Namespace => "Namespace",
             Kind::ExternalWorkload => "ExternalWorkload",
+            Kind::Server => "Server",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::MeshTlsAuthentication => "MeshTLSAuthentication",
+            Kind::NetworkAuthentication => "NetworkAuthentication",
+            Kind::HttpRoute => "HTTPRoute",
         }
     }
 
-    /// The one `apiVersion` accepted for this kind.
+    /// The `apiVersion` to write for this kind (the first of
+    /// [`Kind::api_versions`]).
     pub fn api_version(self) -> &'static str {
+        self.api_versions()[0]
+    }
+
+    /// Every `apiVersion` accepted for this kind, preferred first.
+    pub fn api_versions(self) -> &'static [&'static str] {
         match self {
-            Kind::Namespace => "v1",
-            Kind::ExternalWorkload => "workload.linkerd.io/v1beta1",
+            Kind::Namespace => &["v1"],
+            Kind::ExternalWorkload => &["workload.linkerd.io/v1beta1"],
+            Kind::Server => &[
+                "policy.linkerd.io/v1beta3",
+                "policy.linkerd.io/v1beta2",
+                "policy.linkerd.io/v1beta1",
+            ],
+            Kind::AuthorizationPolicy
+            | Kind::MeshTlsAuthentication
+            | Kind::NetworkAuthentication => &["policy.linkerd.io/v1alpha1"],
+            Kind::HttpRoute => &[
+                "policy.linkerd.io/v1beta3",
+                "policy.linkerd.io/v1beta2",
+                "policy.linkerd.io/v1beta1",
+                "gateway.networking.k8s.io/v1beta1",
+            ],
         }
     }
 
@@ -42,14 +85,19 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         match self {
             Kind::Namespace => false,
-            Kind::ExternalWorkload => true,
+            Kind::ExternalWorkload
+            | Kind::Server
+            | Kind::AuthorizationPolicy
+            | Kind::MeshTlsAuthentication
+            | Kind::NetworkAuthentication
+            | Kind::HttpRoute => true,
         }
     }
 
     /// The kind a document declares, or why it is not one weft reads.
     pub fn resolve(api_version: &str, kind: &str) -> Result<Kind, String> {
         match Kind::ALL.iter().find(|k| k.name() == kind) {
-            Some(k) if k.api_version() == api_version => Ok(*k),
+            Some(k) if k.api_versions().contains(&api_version) => Ok(*k),
             Some(k) => Err(format!(
                 "apiVersion {api_version:?} is not supported for {kind}; use apiVersion: {}",
                 k.api_version()
@@ -119,6 +167,11 @@ pub struct Meta {
 pub enum Object {
     Namespace(Namespace),
     ExternalWorkload(ExternalWorkload),
+    Server(Server),
+    AuthorizationPolicy(AuthorizationPolicy),
+    MeshTlsAuthentication(MeshTlsAuthentication),
+    NetworkAuthentication(NetworkAuthentication),
+    HttpRoute(HttpRoute),
 }
 
 impl Object {
@@ -126,6 +179,11 @@ impl Object {
         match self {
             Object::Namespace(_) => Kind::Namespace,
             Object::ExternalWorkload(_) => Kind::ExternalWorkload,
+            Object::Server(_) => Kind::Server,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::MeshTlsAuthentication(_) => Kind::MeshTlsAuthentication,
+            Object::NetworkAuthentication(_) => Kind::NetworkAuthentication,
+            Object::HttpRoute(_) => Kind::HttpRoute,
         }
     }
 
@@ -133,6 +191,11 @@ impl Object {
         match self {
             Object::Namespace(o) => &o.meta,
             Object::ExternalWorkload(o) => &o.meta,
+            Object::Server(o) => &o.meta,
+            Object::AuthorizationPolicy(o) => &o.meta,
+            Object::MeshTlsAuthentication(o) => &o.meta,
+            Object::NetworkAuthentication(o) => &o.meta,
+            Object::HttpRoute(o) => &o.meta,
         }
     }
 
