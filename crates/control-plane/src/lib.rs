@@ -8,6 +8,7 @@ pub mod own_cert;
 pub mod peer;
 pub mod resources;
 pub mod tls;
+pub mod translate;
 pub mod workloads;
 
 use std::net::SocketAddr;

@@ -1,0 +1,509 @@
+//! Policy resources → linkerd2-proxy-api `inbound::Server` for one workload
+//! port: the messages the proxy enforces and `weft policy explain` judges.
+//!
+//! Fail closed: a reference that does not resolve drops its authorization
+//! (it grants nothing) and is reported; an unreadable default is `deny`.
+
+use std::collections::HashMap;
+
+use linkerd2_proxy_api::http_route::{
+    HeaderMatch, HttpRouteMatch, PathMatch, header_match, path_match,
+};
+use linkerd2_proxy_api::inbound::{
+    Authn, Authz, HttpRoute, Identity as ApiIdentity, IdentitySuffix, Network, ProxyProtocol,
+    Server, authn, http_route, proxy_protocol,
+};
+use linkerd2_proxy_api::meta::{Metadata, metadata};
+
+use crate::resources::{
+    AuthenticationKind, AuthorizationPolicy, Cidr, DefaultPolicy, ExternalWorkload,
+    IdentityRefKind, Kind, Object, PathMatchType, ProxyProtocol as ResProtocol, ServerPort,
+    Snapshot, TargetKind,
+};
+
+pub const ANN_DEFAULT_POLICY: &str = "config.linkerd.io/default-inbound-policy";
+
+/// Linkerd's default cluster networks.
+pub const DEFAULT_CLUSTER_NETWORKS: &str =
+    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
+
+#[derive(Debug, Clone)]
+pub struct PolicyDefaults {
+    pub default_policy: DefaultPolicy,
+    pub cluster_networks: Vec<Cidr>,
+    pub control_plane_ns: String,
+    pub trust_domain: String,
+    pub detect_timeout: std::time::Duration,
+}
+
+pub struct Translated {
+    pub server: Server,
+    /// What could not be used, and was therefore not granted.
+    pub problems: Vec<String>,
+}
+
+pub fn parse_default(s: &str) -> Option<DefaultPolicy> {
+    Some(match s.trim() {
+        "all-unauthenticated" => DefaultPolicy::AllUnauthenticated,
+        "all-authenticated" => DefaultPolicy::AllAuthenticated,
+        "cluster-unauthenticated" => DefaultPolicy::ClusterUnauthenticated,
+        "cluster-authenticated" => DefaultPolicy::ClusterAuthenticated,
+        "deny" => DefaultPolicy::Deny,
+        "audit" => DefaultPolicy::Audit,
+        _ => return None,
+    })
+}
+
+pub fn default_name(p: DefaultPolicy) -> &'static str {
+    match p {
+        DefaultPolicy::AllUnauthenticated => "all-unauthenticated",
+        DefaultPolicy::AllAuthenticated => "all-authenticated",
+        DefaultPolicy::ClusterUnauthenticated => "cluster-unauthenticated",
+        DefaultPolicy::ClusterAuthenticated => "cluster-authenticated",
+        DefaultPolicy::Deny => "deny",
+        DefaultPolicy::Audit => "audit",
+    }
+}
+
+fn net(c: &Cidr) -> Option<linkerd2_proxy_api::net::IpNetwork> {
+    ipnet::IpNet::new(c.addr(), c.prefix_len())
+        .ok()
+        .map(Into::into)
+}
+
+fn all_networks() -> Vec<Network> {
+    ["0.0.0.0/0", "::/0"]
+        .iter()
+        .filter_map(|s| s.parse::<ipnet::IpNet>().ok())
+        .map(|n| Network {
+            net: Some(n.into()),
+            except: vec![],
+        })
+        .collect()
+}
+
+fn unauthenticated() -> Authn {
+    Authn {
+        permit: Some(authn::Permit::Unauthenticated(
+            authn::PermitUnauthenticated {},
+        )),
+    }
+}
+
+fn mesh(identities: Vec<String>, suffixes: Vec<Vec<String>>) -> Authn {
+    Authn {
+        permit: Some(authn::Permit::MeshTls(authn::PermitMeshTls {
+            clients: Some(authn::permit_mesh_tls::Clients::Identities(
+                authn::permit_mesh_tls::PermitClientIdentities {
+                    identities: identities
+                        .into_iter()
+                        .map(|name| ApiIdentity { name })
+                        .collect(),
+                    suffixes: suffixes
+                        .into_iter()
+                        .map(|parts| IdentitySuffix { parts })
+                        .collect(),
+                },
+            )),
+        })),
+    }
+}
+
+fn resource_meta(kind: &str, name: &str, namespace: &str) -> Option<Metadata> {
+    Some(Metadata {
+        kind: Some(metadata::Kind::Resource(
+            linkerd2_proxy_api::meta::Resource {
+                group: "policy.linkerd.io".into(),
+                kind: kind.into(),
+                name: name.into(),
+                namespace: namespace.into(),
+                ..Default::default()
+            },
+        )),
+    })
+}
+
+/// The authorizations a default policy grants.
+pub fn default_authorizations(p: DefaultPolicy, d: &PolicyDefaults) -> Vec<Authz> {
+    let cluster: Vec<Network> = d
+        .cluster_networks
+        .iter()
+        .filter_map(net)
+        .map(|n| Network {
+            net: Some(n),
+            except: vec![],
+        })
+        .collect();
+    let (networks, authentication) = match p {
+        DefaultPolicy::AllUnauthenticated | DefaultPolicy::Audit => {
+            (all_networks(), unauthenticated())
+        }
+        DefaultPolicy::AllAuthenticated => (all_networks(), mesh(vec![], vec![vec![]])),
+        DefaultPolicy::ClusterUnauthenticated => (cluster, unauthenticated()),
+        DefaultPolicy::ClusterAuthenticated => (cluster, mesh(vec![], vec![vec![]])),
+        DefaultPolicy::Deny => return vec![],
+    };
+    vec![Authz {
+        networks,
+        authentication: Some(authentication),
+        metadata: Some(Metadata {
+            kind: Some(metadata::Kind::Default(default_name(p).into())),
+        }),
+        ..Default::default()
+    }]
+}
+
+fn default_route(authorizations: Vec<Authz>) -> HttpRoute {
+    HttpRoute {
+        metadata: Some(Metadata {
+            kind: Some(metadata::Kind::Default("default".into())),
+        }),
+        authorizations,
+        rules: vec![http_route::Rule {
+            matches: vec![HttpRouteMatch {
+                path: Some(PathMatch {
+                    kind: Some(path_match::Kind::Prefix("/".into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn labels(kind: &str, name: &str) -> HashMap<String, String> {
+    [
+        ("kind".to_string(), kind.to_string()),
+        ("name".to_string(), name.to_string()),
+    ]
+    .into()
+}
+
+fn detect(d: &PolicyDefaults, routes: Vec<HttpRoute>) -> ProxyProtocol {
+    ProxyProtocol {
+        kind: Some(proxy_protocol::Kind::Detect(proxy_protocol::Detect {
+            timeout: prost_types::Duration::try_from(d.detect_timeout).ok(),
+            http_routes: routes,
+            http_local_rate_limit: None,
+        })),
+    }
+}
+
+/// The default that applies to a workload: its annotation, else its
+/// namespace's, else the cluster-wide one. An unreadable value is `deny`.
+pub fn effective_default(
+    snap: &Snapshot,
+    w: &ExternalWorkload,
+    d: &PolicyDefaults,
+    problems: &mut Vec<String>,
+) -> DefaultPolicy {
+    let ns = w.meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let from = |ann: Option<&String>, whose: &str, problems: &mut Vec<String>| {
+        ann.map(|v| {
+            parse_default(v).unwrap_or_else(|| {
+                problems.push(format!("{whose} annotation {ANN_DEFAULT_POLICY}: {v:?} is not a default policy; using deny"));
+                DefaultPolicy::Deny
+            })
+        })
+    };
+    from(
+        w.meta.annotations.get(ANN_DEFAULT_POLICY),
+        &format!("ExternalWorkload {ns}/{}", w.meta.name),
+        problems,
+    )
+    .or_else(|| {
+        from(
+            snap.namespace_annotations(&ns)
+                .and_then(|a| a.get(ANN_DEFAULT_POLICY)),
+            &format!("Namespace {ns}"),
+            problems,
+        )
+    })
+    .unwrap_or(d.default_policy)
+}
+
+/// One AuthorizationPolicy as an Authz, or why it grants nothing.
+fn authz_for(
+    p: &AuthorizationPolicy,
+    snap: &Snapshot,
+    d: &PolicyDefaults,
+) -> Result<Authz, String> {
+    let ns = p.meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let mut networks = all_networks();
+    let mut authentication = unauthenticated();
+    for r in &p.spec.required_authentication_refs {
+        let rns = r.namespace.clone().unwrap_or_else(|| ns.clone());
+        let find = |kind: Kind| {
+            snap.of_kind(kind).map(|s| &s.object).find(|o| {
+                o.meta().name == r.name && o.meta().namespace.as_deref() == Some(rns.as_str())
+            })
+        };
+        let dangling = |what: &str| {
+            format!(
+                "spec.requiredAuthenticationRefs: {what} {rns}/{} does not exist, so the policy grants nothing",
+                r.name
+            )
+        };
+        match r.kind {
+            AuthenticationKind::NetworkAuthentication => {
+                let Some(Object::NetworkAuthentication(n)) = find(Kind::NetworkAuthentication)
+                else {
+                    return Err(dangling("NetworkAuthentication"));
+                };
+                networks = n
+                    .spec
+                    .networks
+                    .iter()
+                    .map(|x| Network {
+                        net: net(&x.cidr),
+                        except: x.except.iter().filter_map(net).collect(),
+                    })
+                    .collect();
+            }
+            AuthenticationKind::ServiceAccount => {
+                let id = pki::Identity::new(&r.name, &rns, &d.control_plane_ns, &d.trust_domain)
+                    .map_err(|e| e.to_string())?;
+                authentication = mesh(vec![id.to_string()], vec![]);
+            }
+            AuthenticationKind::MeshTlsAuthentication => {
+                let Some(Object::MeshTlsAuthentication(m)) = find(Kind::MeshTlsAuthentication)
+                else {
+                    return Err(dangling("MeshTLSAuthentication"));
+                };
+                let (mut ids, mut suffixes) = (Vec::new(), Vec::new());
+                for i in &m.spec.identities {
+                    if i == "*" {
+                        suffixes.push(vec![]);
+                    } else if let Some(rest) = i.strip_prefix("*.") {
+                        suffixes.push(rest.split('.').map(str::to_string).collect());
+                    } else if i.starts_with("spiffe://") {
+                        match i
+                            .parse::<pki::SpiffeId>()
+                            .ok()
+                            .and_then(|s| s.to_identity(&d.control_plane_ns).ok())
+                        {
+                            Some(id) => ids.push(id.to_string()),
+                            // A foreign SPIFFE ID can match no mesh identity.
+                            None => ids.push(i.clone()),
+                        }
+                    } else {
+                        ids.push(i.clone());
+                    }
+                }
+                let mns = m.meta.namespace.clone().unwrap_or_else(|| "default".into());
+                for ir in &m.spec.identity_refs {
+                    let irns = ir.namespace.clone().unwrap_or_else(|| mns.clone());
+                    match ir.kind {
+                        IdentityRefKind::ServiceAccount => {
+                            let id = pki::Identity::new(
+                                &ir.name,
+                                &irns,
+                                &d.control_plane_ns,
+                                &d.trust_domain,
+                            )
+                            .map_err(|e| e.to_string())?;
+                            ids.push(id.to_string());
+                        }
+                        IdentityRefKind::Namespace => {
+                            let mut parts = vec![
+                                ir.name.clone(),
+                                "serviceaccount".into(),
+                                "identity".into(),
+                                d.control_plane_ns.clone(),
+                            ];
+                            parts.extend(d.trust_domain.split('.').map(str::to_string));
+                            suffixes.push(parts);
+                        }
+                    }
+                }
+                authentication = mesh(ids, suffixes);
+            }
+        }
+    }
+    Ok(Authz {
+        networks,
+        authentication: Some(authentication),
+        metadata: resource_meta("AuthorizationPolicy", &p.meta.name, &ns),
+        ..Default::default()
+    })
+}
+
+/// The inbound::Server for `port` of workload `w`.
+pub fn translate(
+    snap: &Snapshot,
+    w: &ExternalWorkload,
+    port: u16,
+    d: &PolicyDefaults,
+) -> Translated {
+    let mut problems = Vec::new();
+    let ns = w.meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let port_name = w
+        .spec
+        .ports
+        .iter()
+        .find(|p| p.port == port)
+        .and_then(|p| p.name.clone());
+    let mut servers: Vec<&crate::resources::Server> = snap
+        .of_kind(Kind::Server)
+        .filter_map(|s| match &s.object {
+            Object::Server(s) => Some(s),
+            _ => None,
+        })
+        .filter(|s| s.meta.namespace.as_deref() == Some(ns.as_str()))
+        .filter(|s| {
+            let sel = s
+                .spec
+                .external_workload_selector
+                .as_ref()
+                .or(s.spec.pod_selector.as_ref());
+            sel.is_some_and(|sel| sel.matches(&w.meta.labels))
+        })
+        .filter(|s| match &s.spec.port {
+            ServerPort::Number(n) => *n == port,
+            ServerPort::Name(n) => port_name.as_deref() == Some(n.as_str()),
+        })
+        .collect();
+    servers.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    let Some(server) = servers.first().copied() else {
+        let p = effective_default(snap, w, d, &mut problems);
+        let authz = default_authorizations(p, d);
+        return Translated {
+            server: Server {
+                protocol: Some(detect(d, vec![default_route(authz.clone())])),
+                authorizations: authz,
+                labels: labels("default", default_name(p)),
+                ..Default::default()
+            },
+            problems,
+        };
+    };
+    if servers.len() > 1 {
+        let names: Vec<&str> = servers.iter().map(|s| s.meta.name.as_str()).collect();
+        problems.push(format!(
+            "Servers {} all select {ns}/{} port {port}; {} is in force (first by name)",
+            names.join(", "),
+            w.meta.name,
+            server.meta.name
+        ));
+    }
+    let policies: Vec<&AuthorizationPolicy> = snap
+        .of_kind(Kind::AuthorizationPolicy)
+        .filter_map(|s| match &s.object {
+            Object::AuthorizationPolicy(p) if p.meta.namespace.as_deref() == Some(ns.as_str()) => {
+                Some(p)
+            }
+            _ => None,
+        })
+        .collect();
+    let mut server_authz = Vec::new();
+    let mut route_authz: HashMap<String, Vec<Authz>> = HashMap::new();
+    for p in &policies {
+        let t = &p.spec.target_ref;
+        let applies = match t.kind {
+            TargetKind::Server => t.name == server.meta.name,
+            TargetKind::Namespace => t.name == ns,
+            TargetKind::HttpRoute => true,
+        };
+        if !applies {
+            continue;
+        }
+        match authz_for(p, snap, d) {
+            Ok(a) if t.kind == TargetKind::HttpRoute => {
+                route_authz.entry(t.name.clone()).or_default().push(a)
+            }
+            Ok(a) => server_authz.push(a),
+            Err(why) => problems.push(format!("AuthorizationPolicy {ns}/{}: {why}", p.meta.name)),
+        }
+    }
+    if let Some(fallback) = server.spec.access_policy {
+        server_authz.extend(default_authorizations(fallback, d));
+    }
+    let mut routes: Vec<HttpRoute> = snap
+        .of_kind(Kind::HttpRoute)
+        .filter_map(|s| match &s.object {
+            Object::HttpRoute(r) if r.meta.namespace.as_deref() == Some(ns.as_str()) => Some(r),
+            _ => None,
+        })
+        .filter(|r| r.spec.parent_refs.iter().any(|p| p.name == server.meta.name && p.kind.as_deref().is_none_or(|k| k == "Server")))
+        .map(|r| {
+            let mut authorizations = server_authz.clone();
+            authorizations.extend(route_authz.get(&r.meta.name).cloned().unwrap_or_default());
+            HttpRoute {
+                metadata: resource_meta("HTTPRoute", &r.meta.name, &ns),
+                authorizations,
+                rules: r
+                    .spec
+                    .rules
+                    .iter()
+                    .map(|rule| http_route::Rule {
+                        matches: rule
+                            .matches
+                            .iter()
+                            .map(|m| HttpRouteMatch {
+                                path: m.path.as_ref().map(|p| PathMatch {
+                                    kind: Some(match p.kind {
+                                        PathMatchType::Exact => path_match::Kind::Exact(p.value.clone()),
+                                        PathMatchType::PathPrefix => path_match::Kind::Prefix(p.value.clone()),
+                                        PathMatchType::RegularExpression => path_match::Kind::Regex(p.value.clone()),
+                                    }),
+                                }),
+                                headers: m
+                                    .headers
+                                    .iter()
+                                    .map(|h| HeaderMatch {
+                                        name: h.name.clone(),
+                                        value: Some(header_match::Value::Exact(h.value.clone().into_bytes())),
+                                    })
+                                    .collect(),
+                                method: m.method.as_ref().map(|m| linkerd2_proxy_api::http_types::HttpMethod {
+                                    r#type: Some(linkerd2_proxy_api::http_types::http_method::Type::Unregistered(m.clone())),
+                                }),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    if routes.is_empty() {
+        routes.push(default_route(server_authz.clone()));
+    }
+    let protocol = match server.spec.proxy_protocol {
+        ResProtocol::Unknown => detect(d, routes),
+        ResProtocol::Http1 => ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Http1(proxy_protocol::Http1 {
+                routes,
+                local_rate_limit: None,
+            })),
+        },
+        ResProtocol::Http2 | ResProtocol::Grpc => ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Http2(proxy_protocol::Http2 {
+                routes,
+                local_rate_limit: None,
+            })),
+        },
+        ResProtocol::Opaque => ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Opaque(proxy_protocol::Opaque {})),
+        },
+        ResProtocol::Tls => ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Tls(proxy_protocol::Tls {})),
+        },
+    };
+    Translated {
+        server: Server {
+            protocol: Some(protocol),
+            authorizations: server_authz,
+            labels: labels("server", &server.meta.name),
+            ..Default::default()
+        },
+        problems,
+    }
+}
+
+#[cfg(test)]
+#[path = "translate_tests.rs"]
+mod tests;

@@ -1,0 +1,335 @@
+//! Resources → inbound::Server → verdict, with the same evaluator the proxy
+//! and `weft policy explain` use.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use policy::{Client, Request, authorize_connection, authorize_request};
+
+use super::*;
+use crate::resources::{FileOutcome, merge, parse_file};
+
+const GUIDE: &str = include_str!("../../weft/tests/fixtures/guide/policy.yaml");
+
+fn workloads(extra_ann: &str) -> String {
+    format!(
+        "apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: backend
+  namespace: demo
+  labels:
+    app: backend
+{extra_ann}spec:
+  meshTLS:
+    identity: backend.demo.serviceaccount.identity.weft.cluster.local
+    serverName: backend.demo.serviceaccount.identity.weft.cluster.local
+  workloadIPs:
+  - ip: 10.0.0.2
+  ports:
+  - port: 8080
+    name: http
+  - port: 9090
+"
+    )
+}
+
+fn snapshot(files: &[&str]) -> Snapshot {
+    let mut read = BTreeMap::new();
+    for (i, text) in files.iter().enumerate() {
+        let path = PathBuf::from(format!("f{i}.yaml"));
+        let objects = parse_file(&path, text).unwrap_or_else(|p| panic!("{p:?}"));
+        read.insert(
+            path,
+            FileOutcome::Parsed {
+                objects,
+                warnings: vec![],
+            },
+        );
+    }
+    merge(&Snapshot::default(), Ok(read))
+}
+
+fn defaults(p: DefaultPolicy) -> PolicyDefaults {
+    PolicyDefaults {
+        default_policy: p,
+        cluster_networks: DEFAULT_CLUSTER_NETWORKS
+            .split(',')
+            .map(|c| c.parse().unwrap())
+            .collect(),
+        control_plane_ns: "weft".into(),
+        trust_domain: "cluster.local".into(),
+        detect_timeout: std::time::Duration::from_secs(10),
+    }
+}
+
+fn backend(s: &Snapshot) -> ExternalWorkload {
+    s.external_workloads()
+        .find(|w| w.meta.name == "backend")
+        .unwrap()
+        .clone()
+}
+
+const FRONTEND: &str = "frontend.demo.serviceaccount.identity.weft.cluster.local";
+const OTHER: &str = "other.demo.serviceaccount.identity.weft.cluster.local";
+
+fn meshed(id: &str) -> Client {
+    Client {
+        identity: Some(id.into()),
+        tls: true,
+        ip: "10.0.0.9".parse().unwrap(),
+    }
+}
+
+fn unmeshed(ip: &str) -> Client {
+    Client {
+        identity: None,
+        tls: false,
+        ip: ip.parse().unwrap(),
+    }
+}
+
+fn verdict(
+    files: &[&str],
+    port: u16,
+    c: &Client,
+    d: DefaultPolicy,
+) -> (bool, Vec<String>, Vec<String>) {
+    let s = snapshot(files);
+    let t = translate(&s, &backend(&s), port, &defaults(d));
+    let v = authorize_connection(&t.server, c);
+    (v.allowed, v.reasons, t.problems)
+}
+
+#[test]
+fn the_guides_policy() {
+    let w = workloads("");
+    let files = [GUIDE, w.as_str()];
+    let (ok, reasons, problems) = verdict(
+        &files,
+        8080,
+        &meshed(FRONTEND),
+        DefaultPolicy::AllUnauthenticated,
+    );
+    assert!(ok, "{reasons:?}");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("backend-allow-frontend allows")),
+        "{reasons:?}"
+    );
+    assert!(
+        !verdict(
+            &files,
+            8080,
+            &meshed(OTHER),
+            DefaultPolicy::AllUnauthenticated
+        )
+        .0
+    );
+    assert!(
+        !verdict(
+            &files,
+            8080,
+            &unmeshed("10.0.0.9"),
+            DefaultPolicy::AllUnauthenticated
+        )
+        .0
+    );
+    // A port without a Server follows the default.
+    assert!(
+        verdict(
+            &files,
+            9090,
+            &unmeshed("10.0.0.9"),
+            DefaultPolicy::AllUnauthenticated
+        )
+        .0
+    );
+    assert!(!verdict(&files, 9090, &unmeshed("10.0.0.9"), DefaultPolicy::Deny).0);
+}
+
+#[test]
+fn defaults_and_their_overrides() {
+    let w = workloads("");
+    let cases = [
+        (
+            DefaultPolicy::AllUnauthenticated,
+            unmeshed("192.0.2.1"),
+            true,
+        ),
+        (DefaultPolicy::AllAuthenticated, unmeshed("10.0.0.9"), false),
+        (DefaultPolicy::AllAuthenticated, meshed(OTHER), true),
+        (
+            DefaultPolicy::ClusterUnauthenticated,
+            unmeshed("10.1.2.3"),
+            true,
+        ),
+        (
+            DefaultPolicy::ClusterUnauthenticated,
+            unmeshed("192.0.2.1"),
+            false,
+        ),
+        (DefaultPolicy::ClusterAuthenticated, meshed(OTHER), true),
+        (
+            DefaultPolicy::ClusterAuthenticated,
+            unmeshed("10.1.2.3"),
+            false,
+        ),
+        (DefaultPolicy::Deny, meshed(FRONTEND), false),
+        (DefaultPolicy::Audit, unmeshed("192.0.2.1"), true),
+    ];
+    for (d, c, want) in cases {
+        assert_eq!(verdict(&[w.as_str()], 9090, &c, d).0, want, "{d:?} {c:?}");
+    }
+    // The namespace annotation beats the cluster default; the workload's beats both.
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n  annotations:\n    config.linkerd.io/default-inbound-policy: deny\n";
+    assert!(
+        !verdict(
+            &[w.as_str(), ns],
+            9090,
+            &unmeshed("10.0.0.9"),
+            DefaultPolicy::AllUnauthenticated
+        )
+        .0
+    );
+    let wl = workloads(
+        "  annotations:\n    config.linkerd.io/default-inbound-policy: all-unauthenticated\n",
+    );
+    assert!(
+        verdict(
+            &[wl.as_str(), ns],
+            9090,
+            &unmeshed("10.0.0.9"),
+            DefaultPolicy::Deny
+        )
+        .0
+    );
+    // An unreadable value is deny, and said.
+    let bad = workloads(
+        "  annotations:\n    config.linkerd.io/default-inbound-policy: allow-everything\n",
+    );
+    let (ok, _, problems) = verdict(
+        &[bad.as_str()],
+        9090,
+        &unmeshed("10.0.0.9"),
+        DefaultPolicy::AllUnauthenticated,
+    );
+    assert!(
+        !ok && problems[0].contains("not a default policy"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn dangling_references_grant_nothing() {
+    let w = workloads("");
+    // The guide's policy without its MeshTLSAuthentication (as the guide itself ships it).
+    let without: String = GUIDE.split("---").take(2).collect::<Vec<_>>().join("---");
+    let (ok, _, problems) = verdict(
+        &[without.as_str(), w.as_str()],
+        8080,
+        &meshed(FRONTEND),
+        DefaultPolicy::AllUnauthenticated,
+    );
+    assert!(!ok);
+    assert!(
+        problems[0].contains("MeshTLSAuthentication demo/frontend-sa does not exist"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn network_service_account_and_namespace_refs() {
+    let w = workloads("");
+    let server = "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata:\n  name: s\n  namespace: demo\nspec:\n  podSelector:\n    matchLabels:\n      app: backend\n  port: http\n";
+    let policy = |refs: &str| {
+        format!(
+            "apiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: demo\nspec:\n  targetRef:\n    group: policy.linkerd.io\n    kind: Server\n    name: s\n  requiredAuthenticationRefs:\n{refs}"
+        )
+    };
+    let nets = "apiVersion: policy.linkerd.io/v1alpha1\nkind: NetworkAuthentication\nmetadata:\n  name: office\n  namespace: demo\nspec:\n  networks:\n  - cidr: 10.0.0.0/8\n    except:\n    - 10.9.0.0/16\n";
+    let net_policy =
+        policy("  - group: policy.linkerd.io\n    kind: NetworkAuthentication\n    name: office\n");
+    let files = [w.as_str(), server, nets, net_policy.as_str()];
+    assert!(verdict(&files, 8080, &unmeshed("10.1.1.1"), DefaultPolicy::Deny).0);
+    assert!(!verdict(&files, 8080, &unmeshed("10.9.1.1"), DefaultPolicy::Deny).0);
+    assert!(!verdict(&files, 8080, &unmeshed("192.0.2.1"), DefaultPolicy::Deny).0);
+
+    let sa_policy = policy("  - kind: ServiceAccount\n    name: frontend\n");
+    let files = [w.as_str(), server, sa_policy.as_str()];
+    assert!(verdict(&files, 8080, &meshed(FRONTEND), DefaultPolicy::Deny).0);
+    assert!(!verdict(&files, 8080, &meshed(OTHER), DefaultPolicy::Deny).0);
+
+    let mtls = "apiVersion: policy.linkerd.io/v1alpha1\nkind: MeshTLSAuthentication\nmetadata:\n  name: whole-ns\n  namespace: demo\nspec:\n  identityRefs:\n  - kind: Namespace\n    name: demo\n";
+    let ns_policy = policy(
+        "  - group: policy.linkerd.io\n    kind: MeshTLSAuthentication\n    name: whole-ns\n",
+    );
+    let files = [w.as_str(), server, mtls, ns_policy.as_str()];
+    assert!(verdict(&files, 8080, &meshed(OTHER), DefaultPolicy::Deny).0);
+    assert!(
+        !verdict(
+            &files,
+            8080,
+            &meshed("web.prod.serviceaccount.identity.weft.cluster.local"),
+            DefaultPolicy::Deny
+        )
+        .0
+    );
+
+    let spiffe = "apiVersion: policy.linkerd.io/v1alpha1\nkind: MeshTLSAuthentication\nmetadata:\n  name: sp\n  namespace: demo\nspec:\n  identities:\n  - spiffe://cluster.local/ns/demo/sa/frontend\n";
+    let sp_policy =
+        policy("  - group: policy.linkerd.io\n    kind: MeshTLSAuthentication\n    name: sp\n");
+    let files = [w.as_str(), server, spiffe, sp_policy.as_str()];
+    assert!(
+        verdict(&files, 8080, &meshed(FRONTEND), DefaultPolicy::Deny).0,
+        "SPIFFE ID translated to the DNS identity"
+    );
+}
+
+#[test]
+fn conflicting_servers_keep_the_first_by_name() {
+    let w = workloads("");
+    let two: String = GUIDE.replacen("name: backend-server\n", "name: aaa-server\n", 1);
+    let (ok, _, problems) = verdict(
+        &[GUIDE, two.as_str(), w.as_str()],
+        8080,
+        &meshed(FRONTEND),
+        DefaultPolicy::AllUnauthenticated,
+    );
+    // aaa-server is in force and nothing authorizes it: denied, never the default.
+    assert!(!ok);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("aaa-server is in force")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn route_scoped_authorization() {
+    let w = workloads("");
+    let server = "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata:\n  name: s\n  namespace: demo\nspec:\n  podSelector:\n    matchLabels:\n      app: backend\n  port: 8080\n  proxyProtocol: HTTP/1\n";
+    let route = "apiVersion: policy.linkerd.io/v1beta3\nkind: HTTPRoute\nmetadata:\n  name: api\n  namespace: demo\nspec:\n  parentRefs:\n  - name: s\n    kind: Server\n    group: policy.linkerd.io\n  rules:\n  - matches:\n    - path:\n        type: PathPrefix\n        value: /api\n      method: GET\n";
+    let policy = "apiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: api-frontend\n  namespace: demo\nspec:\n  targetRef:\n    group: policy.linkerd.io\n    kind: HTTPRoute\n    name: api\n  requiredAuthenticationRefs:\n  - kind: ServiceAccount\n    name: frontend\n";
+    let s = snapshot(&[w.as_str(), server, route, policy]);
+    let t = translate(
+        &s,
+        &backend(&s),
+        8080,
+        &defaults(DefaultPolicy::AllUnauthenticated),
+    );
+    let req = |m: &str, p: &str| Request {
+        method: m.into(),
+        path: p.into(),
+        headers: vec![],
+    };
+    let v = authorize_request(&t.server, &meshed(FRONTEND), &req("GET", "/api/items"));
+    assert!(v.allowed, "{:?}", v.reasons);
+    assert_eq!(v.route.unwrap().name, "api");
+    assert!(!authorize_request(&t.server, &meshed(OTHER), &req("GET", "/api/items")).allowed);
+    assert!(!authorize_request(&t.server, &meshed(FRONTEND), &req("POST", "/api/items")).allowed);
+    assert!(!authorize_request(&t.server, &meshed(FRONTEND), &req("GET", "/admin")).allowed);
+}
