@@ -36,6 +36,69 @@ pub struct PolicyDefaults {
     pub detect_timeout: std::time::Duration,
 }
 
+/// Resource files refused before they ever loaded, as far as policy goes: a
+/// Server they might define is missing, and the default must not stand in
+/// for it (that would widen access).
+#[derive(Debug, Clone, Default)]
+pub struct Unsettled {
+    /// Namespaces a refused file may define Servers (or unknown kinds) in.
+    pub namespaces: std::collections::BTreeSet<String>,
+    /// A refused file is not even YAML: any namespace may be affected.
+    pub all: bool,
+    pub files: Vec<String>,
+}
+
+impl Unsettled {
+    /// Reads the refused files of `snap` that have nothing in force.
+    pub fn of(snap: &Snapshot) -> Self {
+        let in_force: std::collections::BTreeSet<&std::path::Path> =
+            snap.objects.values().map(|s| s.file.as_path()).collect();
+        let mut u = Self::default();
+        let files: std::collections::BTreeSet<std::path::PathBuf> = snap
+            .errors()
+            .map(|p| p.file.clone())
+            .filter(|f| f.is_file() && !in_force.contains(f.as_path()))
+            .collect();
+        for f in files {
+            match std::fs::read_to_string(&f)
+                .ok()
+                .and_then(|t| crate::resources::claimed_kinds(&t))
+            {
+                Some(kinds) => {
+                    let mut hit = false;
+                    for (kind, ns) in kinds {
+                        // Anything that is not plainly another kind might be a Server.
+                        if !matches!(
+                            kind.as_str(),
+                            "ExternalWorkload"
+                                | "Namespace"
+                                | "MeshTLSAuthentication"
+                                | "NetworkAuthentication"
+                                | "AuthorizationPolicy"
+                                | "HTTPRoute"
+                        ) {
+                            u.namespaces.insert(ns);
+                            hit = true;
+                        }
+                    }
+                    if hit {
+                        u.files.push(f.display().to_string());
+                    }
+                }
+                None => {
+                    u.all = true;
+                    u.files.push(f.display().to_string());
+                }
+            }
+        }
+        u
+    }
+
+    fn covers(&self, ns: &str) -> bool {
+        self.all || self.namespaces.contains(ns)
+    }
+}
+
 pub struct Translated {
     pub server: Server,
     /// What could not be used, and was therefore not granted.
@@ -335,6 +398,7 @@ pub fn translate(
     w: &ExternalWorkload,
     port: u16,
     d: &PolicyDefaults,
+    unsettled: &Unsettled,
 ) -> Translated {
     let mut problems = Vec::new();
     let ns = w.meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -366,6 +430,22 @@ pub fn translate(
         .collect();
     servers.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
     let Some(server) = servers.first().copied() else {
+        if unsettled.covers(&ns) {
+            problems.push(format!(
+                "{} could not be loaded and may define a Server for {ns}/{} port {port}; denying instead of applying the default until it is fixed",
+                unsettled.files.join(", "),
+                w.meta.name
+            ));
+            return Translated {
+                server: Server {
+                    protocol: Some(detect(d, vec![default_route(vec![])])),
+                    authorizations: vec![],
+                    labels: labels("default", "deny"),
+                    ..Default::default()
+                },
+                problems,
+            };
+        }
         let p = effective_default(snap, w, d, &mut problems);
         let authz = default_authorizations(p, d);
         return Translated {

@@ -96,7 +96,7 @@ fn verdict(
     d: DefaultPolicy,
 ) -> (bool, Vec<String>, Vec<String>) {
     let s = snapshot(files);
-    let t = translate(&s, &backend(&s), port, &defaults(d));
+    let t = translate(&s, &backend(&s), port, &defaults(d), &Unsettled::default());
     let v = authorize_connection(&t.server, c);
     (v.allowed, v.reasons, t.problems)
 }
@@ -320,6 +320,7 @@ fn route_scoped_authorization() {
         &backend(&s),
         8080,
         &defaults(DefaultPolicy::AllUnauthenticated),
+        &Unsettled::default(),
     );
     let req = |m: &str, p: &str| Request {
         method: m.into(),
@@ -332,4 +333,41 @@ fn route_scoped_authorization() {
     assert!(!authorize_request(&t.server, &meshed(OTHER), &req("GET", "/api/items")).allowed);
     assert!(!authorize_request(&t.server, &meshed(FRONTEND), &req("POST", "/api/items")).allowed);
     assert!(!authorize_request(&t.server, &meshed(FRONTEND), &req("GET", "/admin")).allowed);
+}
+
+#[test]
+fn an_unloadable_server_file_denies_instead_of_the_default() {
+    let w = workloads("");
+    let s = snapshot(&[w.as_str()]);
+    let unsettled = Unsettled {
+        namespaces: ["demo".to_string()].into(),
+        all: false,
+        files: vec!["policy.yaml".into()],
+    };
+    let t = translate(
+        &s,
+        &backend(&s),
+        8080,
+        &defaults(DefaultPolicy::AllUnauthenticated),
+        &unsettled,
+    );
+    assert!(!authorize_connection(&t.server, &unmeshed("10.0.0.9")).allowed);
+    assert!(
+        t.problems[0].contains("denying instead of applying the default"),
+        "{:?}",
+        t.problems
+    );
+    // Another namespace is unaffected.
+    let other = Unsettled {
+        namespaces: ["prod".to_string()].into(),
+        ..unsettled
+    };
+    let t = translate(
+        &s,
+        &backend(&s),
+        8080,
+        &defaults(DefaultPolicy::AllUnauthenticated),
+        &other,
+    );
+    assert!(authorize_connection(&t.server, &unmeshed("10.0.0.9")).allowed);
 }

@@ -31,6 +31,9 @@ enum Cmd {
     Demo(cli::demo::DemoArgs),
     /// Install (or remove, or list) the iptables rules that steer traffic through the proxy
     Init(cli::init::InitArgs),
+    /// Authorization policy tools
+    #[command(subcommand)]
+    Policy(cli::policy::PolicyCmd),
     /// Run the sidecar proxy for one workload
     Proxy(Box<cli::proxy::ProxyArgs>),
     /// Create and revoke join tokens for workloads' first certificates
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Cmd::Proxy(c) => cli::proxy::run(*c),
         Cmd::Demo(c) => cli::demo::run(c),
         Cmd::Init(c) => cli::init::run(c),
+        Cmd::Policy(c) => cli::policy::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

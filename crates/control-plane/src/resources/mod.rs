@@ -16,7 +16,7 @@ mod snapshot;
 mod source;
 mod types;
 
-pub use parse::{claimed_addresses, lint, parse_file};
+pub use parse::{claimed_addresses, claimed_kinds, lint, parse_file};
 pub use policy::{
     AuthenticationKind, AuthenticationRef, AuthorizationPolicy, AuthorizationPolicySpec, Cidr,
     DefaultPolicy, HeaderMatch, HeaderMatchType, HttpRoute, HttpRouteFilter, HttpRouteMatch,

@@ -141,6 +141,30 @@ pub fn claimed_addresses(text: &str) -> Option<Vec<(String, std::net::IpAddr)>> 
     Some(out)
 }
 
+/// `(kind, namespace)` of every document in `text`, read leniently (for a
+/// refused file). None when the text is not even YAML.
+pub fn claimed_kinds(text: &str) -> Option<Vec<(String, String)>> {
+    let docs = read_documents(text).ok()?;
+    Some(
+        docs.iter()
+            .map(|d| {
+                let kind = d
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let ns = d
+                    .get("metadata")
+                    .and_then(|m| m.get("namespace"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default")
+                    .to_string();
+                (kind, ns)
+            })
+            .collect(),
+    )
+}
+
 /// Splits the YAML stream into documents, empty ones skipped. Never panics:
 /// a panic inside the YAML library on hostile input is caught and reported.
 fn read_documents(text: &str) -> Result<Vec<Value>, String> {

@@ -6,6 +6,7 @@ pub mod control_plane;
 pub mod demo;
 pub mod duration;
 pub mod init;
+pub mod policy;
 pub mod proxy;
 pub mod request;
 pub mod token;

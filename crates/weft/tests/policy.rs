@@ -1,0 +1,201 @@
+//! `weft policy explain` over the guide's manifests: verdicts, reasons, exit codes.
+
+mod common;
+
+use common::Scratch;
+
+const FE: &str = "frontend.demo.serviceaccount.identity.weft.cluster.local";
+
+fn setup() -> Scratch {
+    let s = Scratch::new();
+    std::fs::create_dir(s.path("res")).unwrap();
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/guide/policy.yaml"
+    ))
+    .unwrap();
+    s.write("res/policy.yaml", guide);
+    s.write(
+        "res/workloads.yaml",
+        "apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: backend
+  namespace: demo
+  labels:
+    app: backend
+spec:
+  meshTLS:
+    identity: backend.demo.serviceaccount.identity.weft.cluster.local
+    serverName: backend.demo.serviceaccount.identity.weft.cluster.local
+  workloadIPs:
+  - ip: 10.0.0.2
+  ports:
+  - port: 8080
+  - port: 9090
+",
+    );
+    s
+}
+
+fn explain(s: &Scratch, from: &str, to: &str, extra: &[&str]) -> common::Run {
+    let mut args = vec![
+        "policy",
+        "explain",
+        "--resources",
+        "res",
+        "--from",
+        from,
+        "--to",
+        to,
+    ];
+    args.extend_from_slice(extra);
+    s.weft(&args)
+}
+
+#[test]
+fn verdicts_and_exit_codes() {
+    let s = setup();
+    let r = explain(&s, FE, "demo/backend:8080", &[]).ok();
+    assert!(r.stdout.starts_with("ALLOWED"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("authorizationpolicy:backend-allow-frontend allows"),
+        "{}",
+        r.stdout
+    );
+
+    let r = explain(
+        &s,
+        "other.demo.serviceaccount.identity.weft.cluster.local",
+        "demo/backend:8080",
+        &[],
+    )
+    .refused(1);
+    assert!(
+        r.stdout.starts_with("DENIED") && r.stdout.contains("is not among its identities"),
+        "{}",
+        r.stdout
+    );
+    explain(&s, "unmeshed", "demo/backend:8080", &[]).refused(1);
+    // No Server on 9090: the default decides.
+    explain(&s, "unmeshed", "demo/backend:9090", &[]).ok();
+    explain(
+        &s,
+        "unmeshed",
+        "demo/backend:9090",
+        &["--default-inbound-policy", "deny"],
+    )
+    .refused(1);
+    let r = explain(
+        &s,
+        "10.9.9.9",
+        "demo/backend:9090",
+        &[
+            "--default-inbound-policy",
+            "cluster-unauthenticated",
+            "-o",
+            "json",
+        ],
+    )
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["server"], "default:cluster-unauthenticated");
+    explain(
+        &s,
+        "192.0.2.1",
+        "demo/backend:9090",
+        &["--default-inbound-policy", "cluster-unauthenticated"],
+    )
+    .refused(1);
+}
+
+#[test]
+fn bad_resources_never_widen_access() {
+    let s = setup();
+    // Deleting the MeshTLSAuthentication denies frontend, and says why.
+    let guide = s.read("res/policy.yaml");
+    let without: String = guide.split("---").take(2).collect::<Vec<_>>().join("---");
+    s.write("res/policy.yaml", without);
+    let r = explain(&s, FE, "demo/backend:8080", &[]).refused(1);
+    assert!(
+        r.stdout
+            .contains("MeshTLSAuthentication demo/frontend-sa does not exist"),
+        "{}",
+        r.stdout
+    );
+
+    // A policy with two identity refs is refused as a whole, named with its field.
+    s.write(
+        "res/policy.yaml",
+        format!(
+            "{}---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: two-ids
+  namespace: demo
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: Server
+    name: backend-server
+  requiredAuthenticationRefs:
+  - kind: ServiceAccount
+    name: a
+  - kind: ServiceAccount
+    name: b
+",
+            guide
+        ),
+    );
+    // The whole file (with the Server) is refused: frontend loses its
+    // authorization too, and the default does NOT stand in for the Server.
+    let r = explain(&s, FE, "demo/backend:8080", &[]).refused(1);
+    assert!(
+        r.stdout.contains("denying instead of applying the default"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("policy.yaml") && r.stdout.contains("spec.requiredAuthenticationRefs"),
+        "{}",
+        r.stdout
+    );
+    // Garbage YAML and an unknown kind are reported too; nothing widens.
+    s.write("res/junk.yaml", "kind: [not yaml");
+    s.write(
+        "res/unknown.yaml",
+        "apiVersion: example.com/v1\nkind: Gizmo\nmetadata:\n  name: g\n",
+    );
+    let r = explain(&s, "unmeshed", "demo/backend:8080", &[]).refused(1);
+    assert!(
+        r.stdout.contains("junk.yaml") && r.stdout.contains("unknown.yaml"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn bad_input_exits_2() {
+    let s = setup();
+    for (from, to, extra) in [
+        ("nobody", "demo/backend:8080", vec![]),
+        (FE, "backend:8080", vec![]),
+        (FE, "demo/missing:8080", vec![]),
+        (
+            FE,
+            "demo/backend:8080",
+            vec!["--default-inbound-policy", "allow-all"],
+        ),
+        (FE, "demo/backend:8080", vec!["--resources", "nope"]),
+    ] {
+        let r = explain(&s, from, to, &extra).refused(2);
+        assert!(
+            r.stderr.starts_with("error: "),
+            "{from} {to} {extra:?}: {}",
+            r.stderr
+        );
+    }
+}
