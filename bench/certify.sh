@@ -17,7 +17,7 @@ cd "$work"
 "$bin/weft" token create -n demo --service-account web --ttl 1h --state-dir state -o token 2>/dev/null
 WEFT_LOG=${WEFT_LOG:-info} taskset -c 0 "$bin/weft" control-plane --identity-trust-anchors-file ca.crt \
   --identity-issuer-certificate-file issuer.crt --identity-issuer-key-file issuer.key \
-  --state-dir state --identity-addr 127.0.0.1:0 --destination-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 2>cp.log &
+  --state-dir state --identity-addr 127.0.0.1:0 --destination-addr 127.0.0.1:0 --policy-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 2>cp.log &
 cp=$!
 for _ in $(seq 100); do grep -q "identity listening on" cp.log 2>/dev/null && break; sleep 0.1; done
 addr=$(grep "identity listening on" cp.log | awk '{print $NF}')

@@ -43,7 +43,7 @@ YAML
 done
 WEFT_LOG=warn "$bin/weft" control-plane --identity-trust-anchors-file ca.crt --identity-issuer-certificate-file issuer.crt \
   --identity-issuer-key-file issuer.key --state-dir state --resources resources --identity-addr 127.0.0.1:0 \
-  --destination-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 2> cp.log & pids+=($!)
+  --destination-addr 127.0.0.1:0 --policy-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 2> cp.log & pids+=($!)
 wait_line cp.log "destination listening on"
 ia=$(grep "identity listening on" cp.log | awk '{print $NF}')
 da=$(grep "destination listening on" cp.log | awk '{print $NF}')

@@ -20,6 +20,10 @@ pub struct ControlPlaneConfig {
     pub identity_addr: SocketAddr,
     /// Destination service (mTLS required).
     pub destination_addr: SocketAddr,
+    /// Inbound policy service (mTLS required).
+    pub policy_addr: SocketAddr,
+    /// Default inbound policy, cluster networks and the like.
+    pub policy: crate::translate::PolicyDefaults,
     pub admin_addr: SocketAddr,
     /// How often the issuer files are re-read even without a file event.
     pub reread_interval: Duration,
@@ -72,6 +76,23 @@ impl fmt::Display for ControlPlaneConfig {
         )?;
         row(f, "identity-addr", &self.identity_addr)?;
         row(f, "destination-addr", &self.destination_addr)?;
+        row(f, "policy-addr", &self.policy_addr)?;
+        row(
+            f,
+            "default-inbound-policy",
+            &crate::translate::default_name(self.policy.default_policy),
+        )?;
+        row(
+            f,
+            "cluster-networks",
+            &self
+                .policy
+                .cluster_networks
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        )?;
         row(f, "admin-addr", &self.admin_addr)?;
         row(
             f,

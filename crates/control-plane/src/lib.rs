@@ -6,6 +6,7 @@ pub mod destination;
 pub mod index;
 pub mod own_cert;
 pub mod peer;
+pub mod policy_service;
 pub mod resources;
 pub mod tls;
 pub mod translate;
@@ -21,6 +22,7 @@ use identity::token::TokenVerifier;
 use identity::{CertifyConfig, IdentityService, IssuerStatus, Reloader};
 use linkerd2_proxy_api::destination::destination_server::DestinationServer;
 use linkerd2_proxy_api::identity::identity_server::IdentityServer;
+use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer;
 use pki::Identity;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -50,6 +52,7 @@ pub enum StartError {
 #[derive(Debug, Clone)]
 pub struct Started {
     pub identity_addr: SocketAddr,
+    pub policy_addr: SocketAddr,
     pub destination_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub token_key_id: String,
@@ -90,6 +93,13 @@ pub async fn start(
             addr: cfg.identity_addr,
             source,
         })?;
+    let policy_listener =
+        TcpListener::bind(cfg.policy_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: cfg.policy_addr,
+                source,
+            })?;
     let destination_listener = TcpListener::bind(cfg.destination_addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -105,6 +115,7 @@ pub async fn start(
             })?;
     let started = Started {
         identity_addr: identity_listener.local_addr().unwrap_or(cfg.identity_addr),
+        policy_addr: policy_listener.local_addr().unwrap_or(cfg.policy_addr),
         destination_addr: destination_listener
             .local_addr()
             .unwrap_or(cfg.destination_addr),
@@ -156,13 +167,18 @@ pub async fn start(
         control_plane_ns: cfg.controller_namespace.clone(),
         trust_domain: cfg.trust_domain.clone(),
     });
-    if resources.is_none() {
-        // No resource directory: nothing is meshed, and that is known.
-        index_tx.send_replace(Arc::new(workloads::Index {
-            loaded: true,
-            ..Default::default()
-        }));
-    }
+    // With no resource directory, nothing is meshed, and that is known.
+    let initial = if resources.is_none() {
+        resources::merge(&resources::Snapshot::default(), Ok(Default::default()))
+    } else {
+        resources::Snapshot::default()
+    };
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(initial));
+    let policy = policy_service::PolicyService {
+        snapshot: snap_rx.clone(),
+        issuer: issuer_rx.clone(),
+        defaults: cfg.policy.clone(),
+    };
     let destination = destination::DestinationService {
         index: index_rx.clone(),
         issuer: issuer_rx.clone(),
@@ -183,10 +199,9 @@ pub async fn start(
         tasks.spawn(track_own_expiry(own_rx, own_expiry));
         tasks.spawn(compact_record(record));
         if let Some(source) = resources {
-            let (snap_tx, snap_rx) = watch::channel(Arc::new(resources::Snapshot::default()));
             tasks.spawn(source.run(snap_tx));
-            tasks.spawn(feed_index(snap_rx, index_tx, cp_ns));
         }
+        tasks.spawn(feed_index(snap_rx, index_tx, cp_ns));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -206,6 +221,7 @@ pub async fn start(
                 stopped(stop_rx.clone()),
             );
         let (dconn_tx, dconn_rx) = mpsc::channel(256);
+        let policy_tls = tls.clone();
         tasks.spawn(accept_tls(
             destination_listener,
             TlsAcceptor::from(tls),
@@ -217,14 +233,28 @@ pub async fn start(
             .add_service(DestinationServer::new(destination))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(dconn_rx),
-                stopped(stop_rx),
+                stopped(stop_rx.clone()),
+            );
+        let (pconn_tx, pconn_rx) = mpsc::channel(256);
+        tasks.spawn(accept_tls(
+            policy_listener,
+            TlsAcceptor::from(policy_tls),
+            pconn_tx,
+        ));
+        let policy_server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(InboundServerPoliciesServer::new(policy))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(pconn_rx),
+                stopped(stop_rx.clone()),
             );
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let (a, b) = tokio::join!(identity_server, destination_server);
-        for (name, r) in [("identity", a), ("destination", b)] {
+        let (a, b, c) = tokio::join!(identity_server, destination_server, policy_server);
+        for (name, r) in [("identity", a), ("destination", b), ("policy", c)] {
             if let Err(e) = r {
                 tracing::error!(error = %e, "{name} server stopped");
             }

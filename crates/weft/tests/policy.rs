@@ -199,3 +199,156 @@ fn bad_input_exits_2() {
         );
     }
 }
+
+/// WatchPort serves the translated policy to the workload's own proxy only,
+/// and streams changes as the resource files change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_port_streams_live_policy_to_the_workload_only() {
+    use linkerd2_proxy_api::inbound::PortSpec;
+    use linkerd2_proxy_api::inbound::inbound_server_policies_client::InboundServerPoliciesClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let s = setup();
+    s.guide_material();
+    s.write(
+        "res/frontend.yaml",
+        "apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: frontend
+  namespace: demo
+spec:
+  meshTLS:
+    identity: frontend.demo.serviceaccount.identity.weft.cluster.local
+    serverName: frontend.demo.serviceaccount.identity.weft.cluster.local
+  workloadIPs:
+  - ip: 10.0.0.3
+  ports:
+  - port: 7000
+",
+    );
+    let cp = common::proc::Proc::spawn(
+        s.dir.path(),
+        &[
+            "control-plane",
+            "--identity-trust-anchors-file",
+            "ca.crt",
+            "--identity-issuer-certificate-file",
+            "issuer.crt",
+            "--identity-issuer-key-file",
+            "issuer.key",
+            "--state-dir",
+            "state",
+            "--resources",
+            "res",
+            "--identity-addr",
+            "127.0.0.1:0",
+            "--destination-addr",
+            "127.0.0.1:0",
+            "--policy-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--reread-interval",
+            "1s",
+        ],
+    );
+    let ia = cp.addr("identity listening on").to_string();
+    let pa = cp.addr("policy listening on");
+    for sa in ["backend", "frontend"] {
+        let tok = format!("{sa}.token");
+        s.weft(&[
+            "token",
+            "create",
+            "-n",
+            "demo",
+            "--service-account",
+            sa,
+            "--state-dir",
+            "state",
+            "-o",
+            &tok,
+        ])
+        .ok();
+        let id = format!("{sa}.demo.serviceaccount.identity.weft.cluster.local");
+        s.weft(&[
+            "certs",
+            "request",
+            &id,
+            &format!("{sa}.crt"),
+            &format!("{sa}.key"),
+            "--control-plane",
+            &ia,
+            "--roots",
+            "ca.crt",
+            "--token-file",
+            &tok,
+        ])
+        .ok();
+    }
+    let client = |sa: &str| {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(s.read("ca.crt")))
+            .domain_name("weft-identity.weft.serviceaccount.identity.weft.cluster.local")
+            .identity(Identity::from_pem(
+                s.read(&format!("{sa}.crt")),
+                s.read(&format!("{sa}.key")),
+            ));
+        Endpoint::from_shared(format!("https://{pa}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+    };
+    let spec = PortSpec {
+        workload: r#"{"ns":"demo","external_workload":"backend"}"#.into(),
+        port: 8080,
+    };
+    // Another workload's proxy may not read backend's policy.
+    let mut fe = InboundServerPoliciesClient::new(client("frontend").connect().await.unwrap());
+    let e = fe.get_port(spec.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{}", e.message());
+
+    let mut be = InboundServerPoliciesClient::new(client("backend").connect().await.unwrap());
+    let mut stream = be.watch_port(spec).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(
+        first.labels.get("name").map(String::as_str),
+        Some("backend-server")
+    );
+    let fe_client = policy::Client {
+        identity: Some(FE.into()),
+        tls: true,
+        ip: "10.0.0.3".parse().unwrap(),
+    };
+    assert!(policy::authorize_connection(&first, &fe_client).allowed);
+
+    // Delete the MeshTLSAuthentication: the stream delivers a policy that denies frontend.
+    let guide = s.read("res/policy.yaml");
+    let without: String = guide.split("---").take(2).collect::<Vec<_>>().join("---");
+    s.write("res/policy.yaml", without);
+    let next = tokio::time::timeout(std::time::Duration::from_secs(30), stream.message())
+        .await
+        .expect("an update within 30s")
+        .unwrap()
+        .unwrap();
+    assert!(!policy::authorize_connection(&next, &fe_client).allowed);
+    // Delete the Server: the port reopens to the default.
+    s.write("res/policy.yaml", "");
+    let mut last = next;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while last.labels.get("kind").map(String::as_str) != Some("default") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no default policy within 30s"
+        );
+        last = tokio::time::timeout(std::time::Duration::from_secs(30), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        last.labels.get("name").map(String::as_str),
+        Some("all-unauthenticated")
+    );
+}

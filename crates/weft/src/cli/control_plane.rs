@@ -44,6 +44,19 @@ pub struct ControlPlaneArgs {
     /// Destination gRPC listener (TLS, client certificate required)
     #[arg(long, env = "WEFT_DESTINATION_ADDR", default_value = "0.0.0.0:8086")]
     pub destination_addr: SocketAddr,
+    /// Inbound policy gRPC listener (TLS, client certificate required)
+    #[arg(long, env = "WEFT_POLICY_ADDR", default_value = "0.0.0.0:8090")]
+    pub policy_addr: SocketAddr,
+    /// The default inbound policy for ports no Server selects
+    #[arg(
+        long,
+        env = "WEFT_DEFAULT_INBOUND_POLICY",
+        default_value = "all-unauthenticated"
+    )]
+    pub default_inbound_policy: String,
+    /// Networks the cluster-* default policies admit
+    #[arg(long, env = "WEFT_CLUSTER_NETWORKS", default_value = control_plane::translate::DEFAULT_CLUSTER_NETWORKS, value_delimiter = ',')]
+    pub cluster_networks: Vec<String>,
     /// Admin listener: /live /ready /metrics
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:9990")]
     pub admin_addr: SocketAddr,
@@ -73,12 +86,29 @@ impl ControlPlaneArgs {
             },
             issuance_lifetime: self.identity_issuance_lifetime,
             clock_skew: self.identity_clock_skew_allowance,
-            trust_domain: self.identity_trust_domain,
-            controller_namespace: self.controller_namespace,
+            trust_domain: self.identity_trust_domain.clone(),
+            controller_namespace: self.controller_namespace.clone(),
             state_dir: std::path::absolute(&self.state_dir).unwrap_or(self.state_dir),
             resources: self.resources,
             identity_addr: self.identity_addr,
             destination_addr: self.destination_addr,
+            policy_addr: self.policy_addr,
+            policy: control_plane::translate::PolicyDefaults {
+                default_policy: control_plane::translate::parse_default(&self.default_inbound_policy).ok_or_else(|| {
+                    Failure::input(format!(
+                        "--default-inbound-policy {:?}: expected all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny or audit",
+                        self.default_inbound_policy
+                    ))
+                })?,
+                cluster_networks: self
+                    .cluster_networks
+                    .iter()
+                    .map(|c| c.parse().map_err(|e| Failure::input(format!("--cluster-networks {c:?}: {e}"))))
+                    .collect::<Result<_, _>>()?,
+                control_plane_ns: self.controller_namespace.clone(),
+                trust_domain: self.identity_trust_domain.clone(),
+                detect_timeout: Duration::from_secs(10),
+            },
             admin_addr: self.admin_addr,
             reread_interval: self.reread_interval,
             min_refresh: self.identity_min_refresh,
@@ -113,6 +143,7 @@ pub fn run(args: ControlPlaneArgs) -> CmdResult {
             "  destination listening on      {}",
             started.destination_addr
         );
+        eprintln!("  policy listening on           {}", started.policy_addr);
         eprintln!("  admin listening on            {}", started.admin_addr);
         serve.await;
         eprintln!("weft control-plane stopped");

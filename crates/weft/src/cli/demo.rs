@@ -210,6 +210,15 @@ async fn demo(dir: &Path) -> CmdResult {
         resources: Some(p("resources")),
         identity_addr: local(0),
         destination_addr: local(0),
+        policy_addr: local(0),
+        policy: control_plane::translate::PolicyDefaults {
+            default_policy: control_plane::translate::parse_default("all-unauthenticated")
+                .ok_or_else(|| Failure::fatal("default policy"))?,
+            cluster_networks: vec![],
+            control_plane_ns: pki::identity::DEFAULT_CONTROL_PLANE_NS.into(),
+            trust_domain: pki::identity::DEFAULT_TRUST_DOMAIN.into(),
+            detect_timeout: Duration::from_secs(10),
+        },
         admin_addr: local(0),
         reread_interval: Duration::from_secs(5),
         min_refresh: Duration::from_secs(10),

@@ -1,0 +1,161 @@
+//! `io.linkerd.proxy.inbound.InboundServerPolicies`: GetPort and WatchPort,
+//! mTLS required, the workload named as `{"ns":..,"external_workload":..}`
+//! and matching the caller's identity. A port without a Server gets the
+//! default-policy Server, never an error.
+
+use std::sync::Arc;
+
+use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPolicies;
+use linkerd2_proxy_api::inbound::{PortSpec, Server};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use identity::IssuerStatus;
+
+use crate::resources::Snapshot;
+use crate::translate::{PolicyDefaults, Unsettled, translate};
+
+pub struct PolicyService {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub issuer: watch::Receiver<IssuerStatus>,
+    pub defaults: PolicyDefaults,
+}
+
+/// `{"ns":"demo","external_workload":"backend"}` → ("demo", "backend").
+pub fn parse_workload(s: &str) -> Result<(String, String), String> {
+    let v: serde_json::Value = serde_json::from_str(s)
+        .map_err(|_| format!("workload {s:?} is not JSON; expected {{\"ns\":\"<namespace>\",\"external_workload\":\"<name>\"}}"))?;
+    let get = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+    };
+    match (get("ns"), get("external_workload")) {
+        (Some(ns), Some(name)) => Ok((ns, name)),
+        _ => Err(format!(
+            "workload {s:?} lacks \"ns\" or \"external_workload\""
+        )),
+    }
+}
+
+impl PolicyService {
+    fn resolve(
+        &self,
+        snap: &Snapshot,
+        ns: &str,
+        name: &str,
+        port: u16,
+        caller: &pki::Identity,
+    ) -> Result<Server, Status> {
+        if !snap.loaded {
+            return Err(Status::unavailable(
+                "the control plane has not finished loading its resources; retry shortly",
+            ));
+        }
+        let w = snap
+            .external_workloads()
+            .find(|w| w.meta.name == name && w.meta.namespace.as_deref() == Some(ns))
+            .ok_or_else(|| Status::not_found(format!("no ExternalWorkload {ns}/{name}")))?;
+        let declared = w
+            .identity(&self.defaults.control_plane_ns)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        if declared != *caller {
+            return Err(Status::permission_denied(format!(
+                "{caller} may not read the policy of {ns}/{name}, whose identity is {declared}"
+            )));
+        }
+        let t = translate(snap, w, port, &self.defaults, &Unsettled::of(snap));
+        for p in &t.problems {
+            tracing::warn!(workload = %format!("{ns}/{name}"), port, "{p}");
+        }
+        Ok(t.server)
+    }
+
+    fn spec(
+        &self,
+        req: &Request<PortSpec>,
+    ) -> Result<(String, String, u16, pki::Identity), Status> {
+        let caller = crate::peer::authenticated(req, &self.issuer)?;
+        let spec = req.get_ref();
+        let (ns, name) = parse_workload(&spec.workload).map_err(Status::invalid_argument)?;
+        let port = u16::try_from(spec.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("port {} is not a TCP port", spec.port))
+            })?;
+        Ok((ns, name, port, caller))
+    }
+}
+
+#[tonic::async_trait]
+impl InboundServerPolicies for PolicyService {
+    async fn get_port(&self, req: Request<PortSpec>) -> Result<Response<Server>, Status> {
+        let (ns, name, port, caller) = self.spec(&req)?;
+        let snap = self.snapshot.borrow().clone();
+        self.resolve(&snap, &ns, &name, port, &caller)
+            .map(Response::new)
+    }
+
+    type WatchPortStream = ReceiverStream<Result<Server, Status>>;
+
+    async fn watch_port(
+        &self,
+        req: Request<PortSpec>,
+    ) -> Result<Response<Self::WatchPortStream>, Status> {
+        let (ns, name, port, caller) = self.spec(&req)?;
+        let mut rx = self.snapshot.clone();
+        let first = self.resolve(&rx.borrow_and_update().clone(), &ns, &name, port, &caller)?;
+        let (tx, out) = mpsc::channel(4);
+        let this = PolicyService {
+            snapshot: self.snapshot.clone(),
+            issuer: self.issuer.clone(),
+            defaults: self.defaults.clone(),
+        };
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+                let snap = rx.borrow_and_update().clone();
+                match this.resolve(&snap, &ns, &name, port, &caller) {
+                    Ok(s) if s == last => {}
+                    Ok(s) => {
+                        last = s;
+                        if tx.send(Ok(last.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_names() {
+        assert_eq!(
+            parse_workload(r#"{"ns":"demo","external_workload":"backend"}"#).unwrap(),
+            ("demo".to_string(), "backend".to_string())
+        );
+        assert!(parse_workload("demo:backend").is_err());
+        assert!(parse_workload(r#"{"ns":"demo"}"#).is_err());
+        assert!(parse_workload(r#"{"ns":"","external_workload":"x"}"#).is_err());
+    }
+}
