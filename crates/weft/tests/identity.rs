@@ -23,29 +23,9 @@ struct Cp {
 }
 
 fn start_cp(s: &Scratch, extra: &[&str]) -> Cp {
-    let mut args = vec![
-        "control-plane",
-        "--identity-trust-anchors-file",
-        "ca.crt",
-        "--identity-issuer-certificate-file",
-        "issuer.crt",
-        "--identity-issuer-key-file",
-        "issuer.key",
-        "--state-dir",
-        "state",
-        "--identity-addr",
-        "127.0.0.1:0",
-        "--destination-addr",
-        "127.0.0.1:0",
-        "--policy-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--reread-interval",
-        "1s",
-    ];
+    let mut args = vec!["--reread-interval", "1s"];
     args.extend_from_slice(extra);
-    let proc = Proc::spawn(s.dir.path(), &args);
+    let proc = s.control_plane(&args);
     let identity = proc.addr("identity listening on");
     let admin = proc.addr("admin listening on");
     Cp {
@@ -743,28 +723,7 @@ fn lost_token_key_refuses_to_start() {
         wait_ready(&cp);
     }
     std::fs::remove_file(s.path("state/token-signing.key")).unwrap();
-    let mut p = Proc::spawn(
-        s.dir.path(),
-        &[
-            "control-plane",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--state-dir",
-            "state",
-            "--identity-addr",
-            "127.0.0.1:0",
-            "--destination-addr",
-            "127.0.0.1:0",
-            "--policy-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ],
-    );
+    let mut p = s.control_plane(&[]);
     assert_eq!(p.wait_exit(DEADLINE), Some(2));
     assert!(p.output().contains("token signing key"), "{}", p.output());
     assert!(p.output().contains("Restore"), "{}", p.output());

@@ -227,32 +227,7 @@ spec:
   - port: 7000
 ",
     );
-    let cp = common::proc::Proc::spawn(
-        s.dir.path(),
-        &[
-            "control-plane",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--state-dir",
-            "state",
-            "--resources",
-            "res",
-            "--identity-addr",
-            "127.0.0.1:0",
-            "--destination-addr",
-            "127.0.0.1:0",
-            "--policy-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--reread-interval",
-            "1s",
-        ],
-    );
+    let cp = s.control_plane(&["--resources", "res", "--reread-interval", "1s"]);
     let ia = cp.addr("identity listening on").to_string();
     let pa = cp.addr("policy listening on");
     for sa in ["backend", "frontend"] {

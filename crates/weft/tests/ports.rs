@@ -150,32 +150,7 @@ fn up() -> Mesh {
     ]
     .concat();
     s.write("resources/demo.yaml", yaml);
-    let cp = Proc::spawn(
-        s.dir.path(),
-        &[
-            "control-plane",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--state-dir",
-            "state",
-            "--resources",
-            "resources",
-            "--identity-addr",
-            "127.0.0.1:0",
-            "--destination-addr",
-            "127.0.0.1:0",
-            "--policy-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--reread-interval",
-            "1s",
-        ],
-    );
+    let cp = s.control_plane(&["--resources", "resources", "--reread-interval", "1s"]);
     let (ia, da, admin) = (
         cp.addr("identity listening on"),
         cp.addr("destination listening on"),
@@ -589,34 +564,14 @@ fn expired_leaf_and_token_make_the_proxy_unready() {
     std::fs::create_dir(s.path("resources")).unwrap();
     let (app, inbound) = (free_port(), free_port());
     s.write("resources/demo.yaml", workload("lonely", app, inbound, ""));
-    let cp = Proc::spawn(
-        s.dir.path(),
-        &[
-            "control-plane",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--state-dir",
-            "state",
-            "--resources",
-            "resources",
-            "--identity-addr",
-            "127.0.0.1:0",
-            "--destination-addr",
-            "127.0.0.1:0",
-            "--policy-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--identity-issuance-lifetime",
-            "3s",
-            "--identity-clock-skew-allowance",
-            "0s",
-        ],
-    );
+    let cp = s.control_plane(&[
+        "--resources",
+        "resources",
+        "--identity-issuance-lifetime",
+        "3s",
+        "--identity-clock-skew-allowance",
+        "0s",
+    ]);
     let (ia, da) = (
         cp.addr("identity listening on"),
         cp.addr("destination listening on"),

@@ -98,6 +98,32 @@ impl Scratch {
         v
     }
 
+    /// `weft control-plane` on loopback (every listener on an ephemeral port)
+    /// with the guide's material in this directory, plus `extra` flags.
+    pub fn control_plane(&self, extra: &[&str]) -> proc::Proc {
+        let mut args = vec![
+            "control-plane",
+            "--identity-trust-anchors-file",
+            "ca.crt",
+            "--identity-issuer-certificate-file",
+            "issuer.crt",
+            "--identity-issuer-key-file",
+            "issuer.key",
+            "--state-dir",
+            "state",
+            "--identity-addr",
+            "127.0.0.1:0",
+            "--destination-addr",
+            "127.0.0.1:0",
+            "--policy-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        proc::Proc::spawn(self.dir.path(), &args)
+    }
+
     /// The guide's two commands, with `weft certs create` for `step certificate create`.
     pub fn guide_material(&self) {
         self.weft(&[
