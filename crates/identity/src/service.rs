@@ -142,10 +142,7 @@ impl<P: ProofVerifier> IdentityService<P> {
             let entry = Issuance {
                 identity: identity.to_string(),
                 serial: leaf.serial.clone(),
-                spki_sha256: pki::cert::hex(
-                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, csr.public_key_der())
-                        .as_ref(),
-                ),
+                spki_sha256: pki::cert::sha256_hex(csr.public_key_der()),
                 issuer_sha256: issuer.issuer_fingerprint.clone(),
                 issued_at: now.unix_timestamp(),
                 not_after: leaf.not_after.unix_timestamp(),

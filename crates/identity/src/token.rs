@@ -121,10 +121,7 @@ impl TokenSigner {
 /// Names the signing key: SHA-256 of its public key.
 pub fn key_id(key: &rcgen::KeyPair) -> String {
     use rcgen::PublicKeyData;
-    pki::cert::hex(
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key.subject_public_key_info())
-            .as_ref(),
-    )
+    pki::cert::sha256_hex(&key.subject_public_key_info())
 }
 
 /// Verifies join tokens: signature, audience, time (with skew), revocation.

@@ -43,17 +43,17 @@ pub fn parse_x509<'a>(der: &'a [u8]) -> Result<X509Certificate<'a>, String> {
 
 /// SHA-256 of the DER encoding, lower-case hex: how weft names a certificate.
 pub fn fingerprint(der: &[u8]) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
+    sha256_hex(der)
+}
+
+/// SHA-256 of any bytes, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
 }
 
 /// SHA-256 of the SubjectPublicKeyInfo: names a key across re-issued certificates.
 pub fn spki_hash(der: &[u8]) -> Result<String, String> {
-    let cert = parse_x509(der)?;
-    Ok(hex(aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        cert.public_key().raw,
-    )
-    .as_ref()))
+    Ok(sha256_hex(parse_x509(der)?.public_key().raw))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -126,11 +126,7 @@ impl CertInfo {
             authority_key_id: akid,
             self_signed,
             sha256_fingerprint: fingerprint(der),
-            spki_sha256: hex(aws_lc_rs::digest::digest(
-                &aws_lc_rs::digest::SHA256,
-                c.public_key().raw,
-            )
-            .as_ref()),
+            spki_sha256: crate::cert::sha256_hex(c.public_key().raw),
         })
     }
 

@@ -264,6 +264,55 @@ impl NetMesh {
     }
 }
 
+/// tcpdump on a pod's link in the fabric namespace, writing to a file.
+struct Capture {
+    proc: Proc,
+    file: std::path::PathBuf,
+}
+
+impl NetMesh {
+    /// Starts capturing on `pod`'s link and waits until tcpdump listens.
+    fn capture(&self, pod: &str, file: &str) -> Capture {
+        let file = self.s.path(file);
+        let mut cmd = self.bed.fabric_cmd("tcpdump");
+        cmd.args([
+            "-i",
+            self.bed.link_of(pod),
+            "--immediate-mode",
+            "-Z",
+            "root",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(&file)
+        .arg("tcp");
+        let proc = Proc::spawn_cmd(cmd);
+        proc.wait_for_line("listening on", DEADLINE);
+        Capture { proc, file }
+    }
+}
+
+impl Capture {
+    /// Waits until the file holds more than `min_bytes` (the exchange caught
+    /// up), stops tcpdump and returns what it captured.
+    fn stop(mut self, min_bytes: u64) -> Vec<u8> {
+        poll("the capture to catch up", DEADLINE, || {
+            (std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0) > min_bytes).then_some(())
+        });
+        let _ = Command::new("kill")
+            .args(["-INT", &self.proc.child.id().to_string()])
+            .status();
+        assert!(
+            self.proc.wait_exit(DEADLINE).is_some(),
+            "tcpdump stops: {}",
+            self.proc.output()
+        );
+        std::fs::read(&self.file).unwrap_or_default()
+    }
+}
+
 /// A server in `ns` on `port` that greets first, then echoes.
 fn greeter_in(ns: &str, port: u16) {
     let l = in_ns(ns, move || TcpListener::bind(("0.0.0.0", port)))
@@ -429,21 +478,7 @@ fn sigterm_drains_kill_fails_closed_restart_gets_a_fresh_key() {
 
     // No proxy, rules still in place: a's new connections are refused, and
     // nothing crosses the wire in plaintext.
-    let pcap = m.s.path("down.pcap");
-    let mut dump = m.bed.fabric_cmd("tcpdump");
-    dump.args([
-        "-i",
-        m.bed.link_of("a"),
-        "--immediate-mode",
-        "-Z",
-        "root",
-        "-U",
-        "-w",
-        &pcap.display().to_string(),
-        "tcp",
-    ]);
-    let mut dump = Proc::spawn_cmd(dump);
-    dump.wait_for_line("listening on", DEADLINE);
+    let dump = m.capture("a", "down.pcap");
     let r = roundtrip_in(&m.ns("a"), to, b"SECRET-WHILE-DOWN".to_vec());
     assert!(
         r.is_err() || r.as_ref().unwrap().is_empty(),
@@ -464,11 +499,7 @@ fn sigterm_drains_kill_fails_closed_restart_gets_a_fresh_key() {
         r.is_err() || r.as_ref().unwrap().is_empty(),
         "a connection got through after kill -9: {r:?}"
     );
-    let _ = Command::new("kill")
-        .args(["-INT", &dump.child.id().to_string()])
-        .status();
-    let _ = dump.wait_exit(DEADLINE);
-    let captured = std::fs::read(&pcap).unwrap_or_default();
+    let captured = dump.stop(0);
     assert!(
         !captured.windows(17).any(|w| w == b"SECRET-WHILE-DOWN"),
         "plaintext crossed the wire"
@@ -504,23 +535,7 @@ fn transparent_mtls_between_pods() {
     echo_in(&m.ns("c"), 8080);
 
     // A capture on a's link while a talks to b.
-    let pcap = m.s.path("a.pcap");
-    let mut dump = m.bed.fabric_cmd("tcpdump");
-    dump.args([
-        "-i",
-        m.bed.link_of("a"),
-        "--immediate-mode",
-        "-Z",
-        "root",
-        "-U",
-        "-s",
-        "0",
-        "-w",
-        &pcap.display().to_string(),
-        "tcp",
-    ]);
-    let mut dump = Proc::spawn_cmd(dump);
-    dump.wait_for_line("listening on", DEADLINE);
+    let dump = m.capture("a", "a.pcap");
 
     let marker = format!("PLAINTEXT-MARKER-{}", std::process::id());
     let mut data = marker.clone().into_bytes().repeat(1000);
@@ -529,21 +544,11 @@ fn transparent_mtls_between_pods() {
         .expect("a reaches b through both proxies");
     assert_eq!(back, data, "bytes intact");
 
-    // Let the capture catch up before stopping it.
-    poll("the capture to hold the exchange", DEADLINE, || {
-        (std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0) > 2 * data.len() as u64 / 3)
-            .then_some(())
-    });
-    let _ = Command::new("kill")
-        .args(["-INT", &dump.child.id().to_string()])
-        .status();
-    assert!(dump.wait_exit(DEADLINE).is_some(), "tcpdump stops");
-    let captured = std::fs::read(&pcap).unwrap();
+    let captured = dump.stop(2 * data.len() as u64 / 3);
     assert!(
         captured.len() > 1000,
-        "the capture saw the traffic ({} bytes): {}",
-        captured.len(),
-        dump.output()
+        "the capture saw the traffic ({} bytes)",
+        captured.len()
     );
     assert!(
         !captured
@@ -667,23 +672,7 @@ fn control_plane_restart_under_traffic_and_plaintext_deny() {
     let mut m = NetMesh::up(&[8080], &[]);
     echo_in(&m.ns("b"), 8080);
     echo_in(&m.ns("c"), 8080);
-    let pcap = m.s.path("restart.pcap");
-    let mut dump = m.bed.fabric_cmd("tcpdump");
-    dump.args([
-        "-i",
-        m.bed.link_of("a"),
-        "--immediate-mode",
-        "-Z",
-        "root",
-        "-U",
-        "-s",
-        "0",
-        "-w",
-        &pcap.display().to_string(),
-        "tcp",
-    ]);
-    let mut dump = Proc::spawn_cmd(dump);
-    dump.wait_for_line("listening on", DEADLINE);
+    let dump = m.capture("a", "restart.pcap");
 
     // Traffic from a to b before, during and after a control-plane restart:
     // every exchange is over mTLS and none fails (b stays a known meshed peer).
@@ -705,14 +694,7 @@ fn control_plane_restart_under_traffic_and_plaintext_deny() {
         "a sent something in plaintext: {metrics}"
     );
 
-    poll("the capture to catch up", DEADLINE, || {
-        (std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0) > 5000).then_some(())
-    });
-    let _ = Command::new("kill")
-        .args(["-INT", &dump.child.id().to_string()])
-        .status();
-    let _ = dump.wait_exit(DEADLINE);
-    let captured = std::fs::read(&pcap).unwrap();
+    let captured = dump.stop(5000);
     assert!(
         !captured.windows(marker.len()).any(|w| w == &marker[..]),
         "plaintext crossed the wire"
