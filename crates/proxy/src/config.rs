@@ -58,6 +58,8 @@ pub struct ProxyConfig {
     /// The control plane: identity service and destination service.
     pub identity_addr: String,
     pub destination_addr: String,
+    /// The policy service (InboundServerPolicies).
+    pub policy_addr: String,
     pub control_plane_identity: Identity,
     /// Anchors to trust at start (and to verify the control plane with).
     pub anchors_file: PathBuf,
@@ -92,6 +94,7 @@ impl fmt::Display for ProxyConfig {
         )?;
         row(f, "identity-addr", &self.identity_addr)?;
         row(f, "destination-addr", &self.destination_addr)?;
+        row(f, "policy-addr", &self.policy_addr)?;
         row(f, "control-plane-identity", &self.control_plane_identity)?;
         row(f, "trust-anchors-file", &self.anchors_file.display())?;
         row(f, "inbound-addr", &self.inbound_addr)?;

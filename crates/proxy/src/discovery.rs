@@ -11,9 +11,8 @@ use linkerd2_proxy_api::destination::destination_client::DestinationClient;
 use linkerd2_proxy_api::destination::{GetDestination, Update, tls_identity, update};
 use pki::Identity;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 
-use crate::cert::ProxyCert;
+use crate::control::ControlPlane;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
@@ -94,26 +93,16 @@ const MAX_TARGETS: usize = 4096;
 
 pub struct Discovery {
     pub addr: String,
-    pub server_name: String,
-    pub anchors_pem: String,
-    pub own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    pub control: ControlPlane,
     pub timeout: Duration,
     cache: Mutex<HashMap<String, Slot>>,
 }
 
 impl Discovery {
-    pub fn new(
-        addr: String,
-        server_name: String,
-        anchors_pem: String,
-        own: watch::Receiver<Option<Arc<ProxyCert>>>,
-        timeout: Duration,
-    ) -> Arc<Self> {
+    pub fn new(addr: String, control: ControlPlane, timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             addr,
-            server_name,
-            anchors_pem,
-            own,
+            control,
             timeout,
             cache: Mutex::new(HashMap::new()),
         })
@@ -183,8 +172,7 @@ impl Discovery {
                     tracing::debug!(%target, error = %why, "destination stream lost; keeping the last answer");
                 }
             }
-            let backoff = Duration::from_millis(100u64.saturating_mul(1 << failures.min(7)));
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(crate::control::backoff(failures)).await;
         }
     }
 
@@ -193,30 +181,11 @@ impl Discovery {
         target: &str,
         tx: &watch::Sender<Option<Resolution>>,
     ) -> Result<(), StreamEnd> {
-        let mut own = self.own.clone();
-        let (chain, key) = own
-            .wait_for(Option::is_some)
+        let channel = self
+            .control
+            .channel(&self.addr)
             .await
-            .map_err(|_| StreamEnd::Transport("no certificate".into()))?
-            .as_ref()
-            .map(|c| c.pem_pair())
-            .ok_or_else(|| StreamEnd::Transport("no certificate".into()))?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.anchors_pem))
-            .domain_name(self.server_name.clone())
-            .identity(TlsIdentity::from_pem(chain, key));
-        let channel = Endpoint::from_shared(format!("https://{}", self.addr))
-            .map_err(|e| StreamEnd::Transport(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            // A control plane that vanished without a reset is noticed.
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .tls_config(tls)
-            .map_err(|e| StreamEnd::Transport(e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| StreamEnd::Transport(e.to_string()))?;
+            .map_err(StreamEnd::Transport)?;
         let mut stream = DestinationClient::new(channel)
             .get(GetDestination {
                 scheme: "k8s.io".into(),
@@ -249,12 +218,10 @@ enum StreamEnd {
 }
 
 fn classify(s: tonic::Status) -> StreamEnd {
-    use tonic::Code::*;
-    match s.code() {
-        InvalidArgument | NotFound | FailedPrecondition | PermissionDenied | Unauthenticated => {
-            StreamEnd::Refused(s.message().to_string())
-        }
-        _ => StreamEnd::Transport(format!("{:?}: {}", s.code(), s.message())),
+    if crate::control::is_refusal(&s) {
+        StreamEnd::Refused(s.message().to_string())
+    } else {
+        StreamEnd::Transport(format!("{:?}: {}", s.code(), s.message()))
     }
 }
 

@@ -1,16 +1,22 @@
 //! Inbound: terminate mTLS for our own identity, read the transport header
-//! naming the application port, check it is a port of this workload, and
-//! forward to the application on 127.0.0.1.
+//! naming the application port, check it is a port of this workload, apply
+//! the port's authorization policy, and forward to the application on
+//! 127.0.0.1.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use policy::Client;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::authz::{self, Scene};
+use crate::detect::Protocol;
 use crate::discovery::{Discovery, Resolution};
 use crate::metrics::{ConnLabels, ProxyMetrics};
+use crate::policies::{Policies, Source};
 use crate::transport_header::{self, ALPN};
 
 pub struct Inbound {
@@ -18,6 +24,7 @@ pub struct Inbound {
     pub workload: String,
     pub identity: String,
     pub discovery: Arc<Discovery>,
+    pub policies: Arc<Policies>,
     pub detect_timeout: Duration,
     /// The proxy's own ports: never forwarded to.
     pub own_ports: Vec<u16>,
@@ -79,7 +86,7 @@ impl Inbound {
                     ),
                 );
             };
-            return self.passthrough(sock, port, &start).await;
+            return self.passthrough(sock, peer, port, &start).await;
         }
         let mut tls =
             match tokio::time::timeout(self.detect_timeout, self.acceptor.accept(sock)).await {
@@ -174,57 +181,39 @@ impl Inbound {
                 return refuse("unknown_port", format!("port {port} refused: {why}"));
             }
         };
-        // Protocol detection on the decrypted stream; opaque ports skip it,
-        // and a client that says nothing (server speaks first) is opaque.
-        let (protocol, prefix) = if opaque {
-            (crate::detect::Protocol::Opaque, Vec::new())
-        } else {
-            crate::detect::detect_protocol(&mut tls, self.detect_timeout).await
-        };
-        let tls = crate::prefixed::Prefixed::new(prefix, tls);
-        let app = match TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(a) => a,
-            Err(e) => {
-                return refuse(
-                    "app_unreachable",
-                    format!("the application on 127.0.0.1:{port} is not answering: {e}"),
-                );
-            }
-        };
-        let _ = app.set_nodelay(true);
         let labels = ConnLabels {
             direction: "inbound",
             peer: "src",
             tls: "true",
             no_tls_reason: String::new(),
-            client_id: client_id.unwrap_or_default(),
+            client_id: client_id.clone().unwrap_or_default(),
             server_id: self.identity.clone(),
             target_port: port,
-            protocol: protocol.label(),
+            protocol: "opaque",
             dst: String::new(),
         };
-        tracing::debug!(%peer, client_id = %labels.client_id, port, protocol = protocol.label(), "inbound mTLS connection");
-        crate::forward::pipe(tls, app, labels, &self.metrics).await;
+        let client = Client {
+            identity: client_id,
+            tls: true,
+            ip: peer.ip(),
+        };
+        self.serve_port(tls, peer, port, client, opaque, labels)
+            .await;
     }
 
-    /// Not mTLS for us, but redirected to an application port: pass it
-    /// through untouched (policy decides later whether that is allowed).
-    async fn passthrough(&self, sock: TcpStream, port: u16, start: &crate::detect::Start) {
+    /// Not mTLS for us, but redirected to an application port: judged by
+    /// policy as an unauthenticated client (Linkerd's default allows it).
+    async fn passthrough(
+        &self,
+        sock: TcpStream,
+        peer: SocketAddr,
+        port: u16,
+        start: &crate::detect::Start,
+    ) {
         if self.own_ports.contains(&port) {
             self.metrics.refuse("inbound", "proxy_port");
             return;
         }
-        let app = match TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(a) => a,
-            Err(e) => {
-                self.metrics.refuse("inbound", "app_unreachable");
-                tracing::info!(
-                    port,
-                    "inbound passthrough refused: the application on 127.0.0.1:{port} is not answering: {e}"
-                );
-                return;
-            }
-        };
         let reason = match start {
             crate::detect::Start::Tls { .. } => "tls_for_another_name",
             _ => "not_provided_by_remote",
@@ -240,6 +229,102 @@ impl Inbound {
             protocol: "opaque",
             dst: String::new(),
         };
-        crate::forward::pipe(sock, app, labels, &self.metrics).await;
+        let client = Client {
+            identity: None,
+            tls: false,
+            ip: peer.ip(),
+        };
+        // TLS for another name is never HTTP we could read: opaque.
+        let opaque = matches!(start, crate::detect::Start::Tls { .. });
+        self.serve_port(sock, peer, port, client, opaque, labels)
+            .await;
+    }
+
+    /// Applies the port's policy: per connection when opaque, per request
+    /// when HTTP is detected.
+    async fn serve_port<S>(
+        &self,
+        mut io: S,
+        peer: SocketAddr,
+        port: u16,
+        client: Client,
+        opaque_hint: bool,
+        mut labels: ConnLabels,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (server, source, mut rx) = self.policies.port(port).await;
+        if source != Source::ControlPlane {
+            tracing::warn!(
+                port,
+                server = %policy::server_name(&server),
+                "no policy from the control plane within {}ms; using {source:?}",
+                self.policies.timeout.as_millis()
+            );
+        }
+        let scene = Scene {
+            metrics: &self.metrics,
+            client: &client,
+            peer,
+            port,
+        };
+        let (protocol, prefix) = match authz::mode(&server, opaque_hint) {
+            authz::Mode::Opaque => (Protocol::Opaque, Vec::new()),
+            // A client that says nothing (server speaks first) is opaque.
+            authz::Mode::Detect => {
+                crate::detect::detect_protocol(&mut io, self.detect_timeout).await
+            }
+        };
+        let io = crate::prefixed::Prefixed::new(prefix, io);
+        labels.protocol = protocol.label();
+        tracing::debug!(%peer, client = authz::client_name(&client), port, protocol = protocol.label(), "inbound connection");
+        if protocol != Protocol::Opaque {
+            self.metrics.tcp_open.get_or_create(&labels).inc();
+            let conn = crate::http::HttpConn {
+                policy: rx,
+                initial: server,
+                client: client.clone(),
+                peer,
+                port,
+                metrics: self.metrics.clone(),
+            };
+            crate::http::serve(io, protocol, conn).await;
+            self.metrics.tcp_close.get_or_create(&labels).inc();
+            return;
+        }
+        let v = policy::authorize_connection(&server, &client);
+        scene.tcp(&server, &v);
+        if !v.allowed {
+            self.metrics.refuse("inbound", "unauthorized");
+            return;
+        }
+        let app = match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.metrics.refuse("inbound", "app_unreachable");
+                tracing::info!(%peer, port, "inbound connection refused: the application on 127.0.0.1:{port} is not answering: {e}");
+                return;
+            }
+        };
+        let _ = app.set_nodelay(true);
+        // A policy change that no longer allows this client closes it.
+        let revoked = async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                let now = rx.borrow_and_update().clone();
+                if let Some(s) = now {
+                    let v = policy::authorize_connection(&s, &client);
+                    if !v.allowed {
+                        scene.tcp(&s, &v);
+                        return;
+                    }
+                }
+            }
+        };
+        if crate::forward::pipe_until(io, app, labels, &self.metrics, revoked).await {
+            tracing::info!(%peer, port, client = authz::client_name(&client), "closed an open connection: the policy changed and no longer allows it");
+        }
     }
 }

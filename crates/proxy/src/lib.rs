@@ -2,15 +2,19 @@
 //! originates mutual TLS, resolves destinations fail-closed.
 
 pub mod admin;
+pub mod authz;
 pub mod cert;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod discovery;
 pub mod forward;
+pub mod http;
 pub mod inbound;
 pub mod init;
 pub mod metrics;
 pub mod outbound;
+pub mod policies;
 pub mod prefixed;
 pub mod tls;
 pub mod transport_header;
@@ -114,11 +118,20 @@ pub async fn start(
         token_file: cfg.token_file.clone(),
         min_refresh: cfg.min_refresh,
     };
+    let control = control::ControlPlane {
+        server_name: cfg.control_plane_identity.to_string(),
+        anchors_pem,
+        own: cert_rx.clone(),
+    };
     let discovery = discovery::Discovery::new(
         cfg.destination_addr.clone(),
-        cfg.control_plane_identity.to_string(),
-        anchors_pem,
-        cert_rx.clone(),
+        control.clone(),
+        cfg.discovery_timeout,
+    );
+    let policies = policies::Policies::new(
+        cfg.policy_addr.clone(),
+        control,
+        &cfg.workload,
         cfg.discovery_timeout,
     );
     let inbound_cfg = tls::inbound_config(&anchors, cert_rx.clone(), &cfg.identity.to_string())
@@ -132,6 +145,7 @@ pub async fn start(
         workload: cfg.workload.clone(),
         identity: cfg.identity.to_string(),
         discovery: discovery.clone(),
+        policies,
         detect_timeout: cfg.detect_timeout,
         own_ports: [started.inbound_addr.port(), started.admin_addr.port()]
             .into_iter()

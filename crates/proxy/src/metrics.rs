@@ -36,6 +36,16 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// Which policy decided: Linkerd's authorization labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub srv_kind: String,
+    pub srv_name: String,
+    pub authz_kind: String,
+    pub authz_name: String,
+    pub route_name: String,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
 
 /// Connections in flight, so shutdown can drain them.
@@ -85,6 +95,10 @@ pub struct ProxyMetrics {
     pub cert_expiry: FGauge,
     pub cert_refresh: FGauge,
     pub refreshes: Family<ResultLabel, Counter>,
+    pub tcp_authz_allow: Family<AuthzLabels, Counter>,
+    pub tcp_authz_deny: Family<AuthzLabels, Counter>,
+    pub http_authz_allow: Family<AuthzLabels, Counter>,
+    pub http_authz_deny: Family<AuthzLabels, Counter>,
     pub active: std::sync::Arc<Active>,
 }
 
@@ -121,6 +135,26 @@ impl ProxyMetrics {
             "control_identity_cert_refreshes",
             "Certificate requests by result",
             self.refreshes.clone(),
+        );
+        r.register(
+            "inbound_tcp_authz_allow",
+            "Inbound connections allowed by policy",
+            self.tcp_authz_allow.clone(),
+        );
+        r.register(
+            "inbound_tcp_authz_deny",
+            "Inbound connections denied by policy",
+            self.tcp_authz_deny.clone(),
+        );
+        r.register(
+            "inbound_http_authz_allow",
+            "Inbound HTTP requests allowed by policy",
+            self.http_authz_allow.clone(),
+        );
+        r.register(
+            "inbound_http_authz_deny",
+            "Inbound HTTP requests denied by policy",
+            self.http_authz_deny.clone(),
         );
     }
 

@@ -9,39 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Scratch;
+use common::mesh::{free_port, start_proxy, workload};
 use common::proc::{Proc, http_get, metric, poll};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn workload(name: &str, app_port: u16, proxy_port: u16, extra_ann: &str) -> String {
-    format!(
-        "apiVersion: workload.linkerd.io/v1beta1
-kind: ExternalWorkload
-metadata:
-  name: {name}
-  namespace: demo
-  annotations:
-    config.linkerd.io/inbound-port: \"{proxy_port}\"
-{extra_ann}spec:
-  meshTLS:
-    identity: {name}.demo.serviceaccount.identity.weft.cluster.local
-    serverName: {name}.demo.serviceaccount.identity.weft.cluster.local
-  workloadIPs:
-  - ip: 127.0.0.1
-  ports:
-  - port: {app_port}
----
-"
-    )
-}
 
 /// An echo server: returns every byte, and closes its side after the peer's EOF.
 fn echo_server() -> u16 {
@@ -70,65 +41,6 @@ struct Mesh {
     out: Vec<(String, SocketAddr)>,
 }
 
-fn start_proxy(
-    s: &Scratch,
-    name: &str,
-    inbound: u16,
-    cp_identity: SocketAddr,
-    cp_dest: SocketAddr,
-    outbound: &[String],
-    extra: &[&str],
-) -> Proc {
-    let token = format!("{name}.token");
-    s.weft(&[
-        "token",
-        "create",
-        "-n",
-        "demo",
-        "--service-account",
-        name,
-        "--state-dir",
-        "state",
-        "-o",
-        &token,
-    ])
-    .ok();
-    let inbound = format!("127.0.0.1:{inbound}");
-    let (ia, da) = (cp_identity.to_string(), cp_dest.to_string());
-    let workload = format!("demo/{name}");
-    let mut args = vec![
-        "proxy",
-        "--workload",
-        &workload,
-        "--token-file",
-        &token,
-        "--trust-anchors-file",
-        "ca.crt",
-        "--identity-addr",
-        &ia,
-        "--destination-addr",
-        &da,
-        "--inbound-addr",
-        &inbound,
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--discovery-timeout",
-        "2s",
-        "--outbound-addr",
-        "off",
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect::<Vec<_>>();
-    for o in outbound {
-        args.push("--outbound".into());
-        args.push(o.clone());
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Proc::spawn(s.dir.path(), &refs)
-}
-
 fn up() -> Mesh {
     let s = Scratch::new();
     s.guide_material();
@@ -151,15 +63,11 @@ fn up() -> Mesh {
     .concat();
     s.write("resources/demo.yaml", yaml);
     let cp = s.control_plane(&["--resources", "resources", "--reread-interval", "1s"]);
-    let (ia, da, admin) = (
-        cp.addr("identity listening on"),
-        cp.addr("destination listening on"),
-        cp.addr("admin listening on"),
-    );
+    let admin = cp.addr("admin listening on");
     poll("control plane ready", DEADLINE, || {
         matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())
     });
-    let backend = start_proxy(&s, "backend", be_in, ia, da, &[], &[]);
+    let backend = start_proxy(&s, "backend", be_in, &cp, &[], &[]);
     let targets = [
         ("backend", format!("demo/backend:{be_app}")),
         ("never-seen", format!("demo/frontend:{fe_app}")),
@@ -178,8 +86,7 @@ fn up() -> Mesh {
         &s,
         "frontend",
         fe_in,
-        ia,
-        da,
+        &cp,
         &mappings,
         &["--outbound-plaintext", "deny"],
     );
@@ -572,11 +479,7 @@ fn expired_leaf_and_token_make_the_proxy_unready() {
         "--identity-clock-skew-allowance",
         "0s",
     ]);
-    let (ia, da) = (
-        cp.addr("identity listening on"),
-        cp.addr("destination listening on"),
-    );
-    let proxy = start_proxy(&s, "lonely", inbound, ia, da, &[], &[]);
+    let proxy = start_proxy(&s, "lonely", inbound, &cp, &[], &[]);
     let admin = proxy.addr("admin listening on");
     poll("proxy ready", DEADLINE, || {
         matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())

@@ -258,6 +258,7 @@ async fn demo(dir: &Path) -> CmdResult {
             token_file: Some(p(&format!("{name}.token"))),
             identity_addr: cp.identity_addr.to_string(),
             destination_addr: cp.destination_addr.to_string(),
+            policy_addr: cp.policy_addr.to_string(),
             control_plane_identity: pki::Identity::control_plane("weft", "cluster.local")
                 .map_err(Failure::fatal)?,
             anchors_file: p("ca.crt"),

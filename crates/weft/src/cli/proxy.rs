@@ -30,13 +30,15 @@ pub struct ProxyArgs {
     /// Trust anchors (bootstrap bundle), also used to verify the control plane
     #[arg(long, env = "WEFT_PROXY_TRUST_ANCHORS_FILE")]
     pub trust_anchors_file: PathBuf,
-    /// Control plane host; identity on :8080 and destination on :8086 unless given below
+    /// Control plane host; identity on :8080, destination on :8086 and policy on :8090 unless given below
     #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE", default_value = "127.0.0.1")]
     pub control_plane: String,
     #[arg(long, env = "WEFT_PROXY_IDENTITY_ADDR")]
     pub identity_addr: Option<String>,
     #[arg(long, env = "WEFT_PROXY_DESTINATION_ADDR")]
     pub destination_addr: Option<String>,
+    #[arg(long, env = "WEFT_PROXY_POLICY_ADDR")]
+    pub policy_addr: Option<String>,
     /// The control plane's identity; default: weft-identity in this workload's mesh
     #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE_IDENTITY")]
     pub control_plane_identity: Option<String>,
@@ -56,6 +58,7 @@ pub struct ProxyArgs {
     pub outbound: Vec<OutboundMapping>,
     #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
+    /// How long a new destination or port waits for the control plane's first answer
     #[arg(long, env = "WEFT_PROXY_DISCOVERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub discovery_timeout: Duration,
     #[arg(long, env = "WEFT_PROXY_IDENTITY_MIN_REFRESH", default_value = "10s", value_parser = parse_duration)]
@@ -134,6 +137,9 @@ impl ProxyArgs {
             destination_addr: self
                 .destination_addr
                 .unwrap_or_else(|| format!("{}:8086", self.control_plane)),
+            policy_addr: self
+                .policy_addr
+                .unwrap_or_else(|| format!("{}:8090", self.control_plane)),
             control_plane_identity,
             anchors_file: self.trust_anchors_file,
             inbound_addr: self.inbound_addr,

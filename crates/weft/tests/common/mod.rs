@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certify;
+pub mod mesh;
 pub mod proc;
 
 use std::path::{Path, PathBuf};

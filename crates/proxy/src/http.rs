@@ -1,0 +1,383 @@
+//! Detected HTTP on an inbound connection: every request is judged by the
+//! policy in force at that moment, then forwarded to the application on
+//! 127.0.0.1 in the HTTP version the client spoke. Bodies stream through
+//! (never buffered); HTTP/1 upgrades and CONNECT become tunnels.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use linkerd2_proxy_api::inbound::Server;
+use policy::{Client, Verdict};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::authz::Scene;
+use crate::detect::Protocol;
+use crate::metrics::ProxyMetrics;
+use crate::policies::PolicyRx;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
+pub const PROXY_ERROR: HeaderName = HeaderName::from_static("l5d-proxy-error");
+
+/// One inbound HTTP connection's context.
+pub struct HttpConn {
+    /// The policy as it changes; `initial` until the first arrives.
+    pub policy: PolicyRx,
+    pub initial: Arc<Server>,
+    pub client: Client,
+    pub peer: SocketAddr,
+    pub port: u16,
+    pub metrics: ProxyMetrics,
+}
+
+impl HttpConn {
+    fn server(&self) -> Arc<Server> {
+        self.policy
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| self.initial.clone())
+    }
+
+    /// The verdict for one request, counted and (if denied) audited.
+    fn judge<B>(&self, req: &Request<B>) -> Verdict {
+        let server = self.server();
+        let r = policy::Request {
+            method: req.method().as_str().to_string(),
+            path: req.uri().path().to_string(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        };
+        let v = policy::authorize_request(&server, &self.client, &r);
+        let scene = Scene {
+            metrics: &self.metrics,
+            client: &self.client,
+            peer: self.peer,
+            port: self.port,
+        };
+        scene.http(&server, &v, &format!("{} {}", r.method, r.path));
+        v
+    }
+}
+
+/// Serves HTTP/1 or HTTP/2 on `io` until the client is done.
+pub async fn serve<S>(io: S, protocol: Protocol, conn: HttpConn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let result = match protocol {
+        Protocol::Http2 => {
+            let up = Arc::new(Mutex::new(None));
+            let svc =
+                hyper::service::service_fn(move |req| h2_request(conn.clone(), up.clone(), req));
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(io), svc)
+                .await
+        }
+        _ => {
+            let up = Arc::new(Mutex::new(None));
+            let svc =
+                hyper::service::service_fn(move |req| h1_request(conn.clone(), up.clone(), req));
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades()
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "inbound HTTP connection ended with an error");
+    }
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A header-safe rendering: visible ASCII and spaces only.
+fn header_text(s: &str) -> HeaderValue {
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if (' '..='~').contains(&c) && c != '%' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("denied"))
+}
+
+fn full(
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: String,
+) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().extend(headers);
+    resp
+}
+
+/// An error the proxy answers itself, naming the reason in
+/// `l5d-proxy-error`; for gRPC a trailers-only response with `grpc_status`.
+fn error_response(
+    grpc: bool,
+    status: StatusCode,
+    grpc_status: &'static str,
+    msg: &str,
+) -> Response<Body> {
+    let mut headers = vec![(PROXY_ERROR, header_text(msg))];
+    if grpc {
+        headers.extend([
+            (
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            ),
+            (
+                HeaderName::from_static("grpc-status"),
+                HeaderValue::from_static(grpc_status),
+            ),
+            (HeaderName::from_static("grpc-message"), header_text(msg)),
+        ]);
+        return full(StatusCode::OK, headers, String::new());
+    }
+    headers.push((
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    ));
+    full(status, headers, format!("{msg}\n"))
+}
+
+/// A denied request: 403, or gRPC PERMISSION_DENIED (7).
+pub fn denied<B>(req: &Request<B>, v: &Verdict) -> Response<Body> {
+    let reason = v.reasons.last().map(String::as_str).unwrap_or("denied");
+    let msg = format!("unauthorized request on this port: {reason}");
+    error_response(is_grpc(req), StatusCode::FORBIDDEN, "7", &msg)
+}
+
+/// The application did not answer: 502, or gRPC UNAVAILABLE (14).
+fn unavailable(grpc: bool, port: u16, e: impl std::fmt::Display) -> Response<Body> {
+    let msg = format!("the application on 127.0.0.1:{port} did not answer: {e}");
+    tracing::info!(port, "inbound request failed: {msg}");
+    error_response(grpc, StatusCode::BAD_GATEWAY, "14", &msg)
+}
+
+/// The application sees only the identity the proxy verified.
+fn set_client_id<B>(req: &mut Request<B>, c: &Client) {
+    req.headers_mut().remove(&CLIENT_ID);
+    if let Some(id) = c.identity.as_deref()
+        && let Ok(v) = HeaderValue::from_str(id)
+    {
+        req.headers_mut().insert(CLIENT_ID, v);
+    }
+}
+
+async fn app(port: u16) -> std::io::Result<TokioIo<TcpStream>> {
+    let s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let _ = s.set_nodelay(true);
+    Ok(TokioIo::new(s))
+}
+
+type H1Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+type H2Sender = hyper::client::conn::http2::SendRequest<Incoming>;
+
+async fn h1_request(
+    conn: Arc<HttpConn>,
+    upstream: Arc<Mutex<Option<H1Sender>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let v = conn.judge(&req);
+    if !v.allowed {
+        return Ok(denied(&req, &v));
+    }
+    set_client_id(&mut req, &conn.client);
+    let grpc = is_grpc(&req);
+    let tunnel =
+        req.method() == Method::CONNECT || req.headers().contains_key(hyper::header::UPGRADE);
+    let down = tunnel.then(|| hyper::upgrade::on(&mut req));
+    // HTTP/1 serves one request at a time, so one upstream connection suffices;
+    // it is opened when needed and again after the application closed it.
+    let mut slot = upstream.lock().await;
+    if slot.as_ref().is_none_or(|s| s.is_closed()) {
+        let io = match app(conn.port).await {
+            Ok(io) => io,
+            Err(e) => return Ok(unavailable(grpc, conn.port, e)),
+        };
+        match hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+        {
+            Ok((sender, c)) => {
+                tokio::spawn(c.with_upgrades());
+                *slot = Some(sender);
+            }
+            Err(e) => return Ok(unavailable(grpc, conn.port, e)),
+        }
+    }
+    let Some(sender) = slot.as_mut() else {
+        return Ok(unavailable(grpc, conn.port, "no connection"));
+    };
+    if let Err(e) = sender.ready().await {
+        *slot = None;
+        return Ok(unavailable(grpc, conn.port, e));
+    }
+    let is_connect = req.method() == Method::CONNECT;
+    match sender.send_request(req).await {
+        Ok(mut resp) => {
+            let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                || (is_connect && resp.status().is_success());
+            if upgraded && let Some(down) = down {
+                let up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(splice(down, up));
+                *slot = None;
+            }
+            Ok(resp.map(BodyExt::boxed))
+        }
+        Err(e) => {
+            *slot = None;
+            Ok(unavailable(grpc, conn.port, e))
+        }
+    }
+}
+
+async fn h2_request(
+    conn: Arc<HttpConn>,
+    upstream: Arc<Mutex<Option<H2Sender>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let v = conn.judge(&req);
+    if !v.allowed {
+        return Ok(denied(&req, &v));
+    }
+    set_client_id(&mut req, &conn.client);
+    let grpc = is_grpc(&req);
+    // HTTP/2 multiplexes: one upstream connection, shared by every stream.
+    let mut sender = {
+        let mut slot = upstream.lock().await;
+        if slot.as_ref().is_none_or(|s| s.is_closed()) {
+            let io = match app(conn.port).await {
+                Ok(io) => io,
+                Err(e) => return Ok(unavailable(grpc, conn.port, e)),
+            };
+            match hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+            {
+                Ok((sender, c)) => {
+                    tokio::spawn(c);
+                    *slot = Some(sender);
+                }
+                Err(e) => return Ok(unavailable(grpc, conn.port, e)),
+            }
+        }
+        match slot.clone() {
+            Some(s) => s,
+            None => return Ok(unavailable(grpc, conn.port, "no connection")),
+        }
+    };
+    if let Err(e) = sender.ready().await {
+        return Ok(unavailable(grpc, conn.port, e));
+    }
+    match sender.send_request(req).await {
+        Ok(resp) => Ok(resp.map(BodyExt::boxed)),
+        Err(e) => Ok(unavailable(grpc, conn.port, e)),
+    }
+}
+
+/// After an upgrade or CONNECT: bytes both ways until either side is done.
+async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(down, up) {
+        Ok((d, u)) => {
+            let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict() -> Verdict {
+        Verdict {
+            allowed: false,
+            authz: None,
+            route: None,
+            reasons: vec![
+                "server server:web".into(),
+                "no authorization applies, so it is denied".into(),
+            ],
+        }
+    }
+
+    #[test]
+    fn denials_name_the_reason() {
+        let req = Request::builder().uri("/x").body(()).unwrap();
+        let r = denied(&req, &verdict());
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let e = r.headers().get(&PROXY_ERROR).unwrap().to_str().unwrap();
+        assert!(e.contains("no authorization applies"), "{e}");
+
+        let grpc = Request::builder()
+            .header("content-type", "application/grpc+proto")
+            .body(())
+            .unwrap();
+        let r = denied(&grpc, &verdict());
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers().get("grpc-status").unwrap(), "7");
+    }
+
+    #[test]
+    fn client_id_is_replaced_not_trusted() {
+        let mut req = Request::builder()
+            .header("l5d-client-id", "forged.example")
+            .body(())
+            .unwrap();
+        let c = Client {
+            identity: Some("web.demo.serviceaccount.identity.weft.cluster.local".into()),
+            tls: true,
+            ip: "127.0.0.1".parse().unwrap(),
+        };
+        set_client_id(&mut req, &c);
+        assert_eq!(
+            req.headers()
+                .get_all("l5d-client-id")
+                .iter()
+                .collect::<Vec<_>>(),
+            vec!["web.demo.serviceaccount.identity.weft.cluster.local"]
+        );
+        let anon = Client {
+            identity: None,
+            tls: false,
+            ..c
+        };
+        set_client_id(&mut req, &anon);
+        assert!(req.headers().get("l5d-client-id").is_none());
+    }
+
+    #[test]
+    fn header_text_is_safe() {
+        assert_eq!(header_text("a\nb%c é"), "a?b?c ?");
+    }
+}

@@ -1,0 +1,220 @@
+//! Inbound policy from the control plane: one `WatchPort` stream per port of
+//! this workload, kept current for as long as the proxy runs.
+//!
+//! A new port waits briefly for its first policy, then uses the last default
+//! the control plane sent for this workload, else denies. A stream that drops
+//! keeps the last policy in force; a refusal (the workload is unknown or not
+//! ours) replaces it with a denial: never "allow" on an error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use linkerd2_proxy_api::inbound::inbound_server_policies_client::InboundServerPoliciesClient;
+use linkerd2_proxy_api::inbound::{PortSpec, Server, proxy_protocol};
+use tokio::sync::watch;
+
+use crate::control::ControlPlane;
+
+pub type PolicyRx = watch::Receiver<Option<Arc<Server>>>;
+
+/// Ports followed at once; the least recently used beyond this is dropped.
+const MAX_PORTS: usize = 1024;
+
+struct Slot {
+    rx: PolicyRx,
+    task: tokio::task::AbortHandle,
+    used: Instant,
+}
+
+/// How the policy in force for a connection was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    ControlPlane,
+    /// No answer in time: the last default the control plane sent.
+    LastDefault,
+    /// No answer in time and no default known.
+    Deny,
+}
+
+pub struct Policies {
+    pub addr: String,
+    pub control: ControlPlane,
+    /// `{"ns":..,"external_workload":..}`
+    pub workload: String,
+    pub timeout: Duration,
+    ports: Mutex<HashMap<u16, Slot>>,
+    last_default: Mutex<Option<Arc<Server>>>,
+}
+
+/// The server that denies everything, labelled so metrics say why.
+pub fn deny_server(why: &str) -> Server {
+    Server {
+        // Detect, so an HTTP client gets a 403 naming the reason.
+        protocol: Some(linkerd2_proxy_api::inbound::ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Detect(
+                proxy_protocol::Detect::default(),
+            )),
+        }),
+        authorizations: vec![],
+        labels: [
+            ("kind".to_string(), "default".to_string()),
+            ("name".to_string(), "deny".to_string()),
+            ("reason".to_string(), why.to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// Whether a server is a default (no Server resource selects the port).
+pub fn is_default(s: &Server) -> bool {
+    s.labels.get("kind").map(String::as_str) != Some("server")
+}
+
+impl Policies {
+    pub fn new(
+        addr: String,
+        control: ControlPlane,
+        workload: &str,
+        timeout: Duration,
+    ) -> Arc<Self> {
+        let (ns, name) = workload.split_once('/').unwrap_or(("", workload));
+        Arc::new(Self {
+            addr,
+            control,
+            workload: serde_json::json!({"ns": ns, "external_workload": name}).to_string(),
+            timeout,
+            ports: Mutex::new(HashMap::new()),
+            last_default: Mutex::new(None),
+        })
+    }
+
+    /// The policy for `port` now, where it came from, and a receiver that
+    /// sees every later change (to re-judge open connections).
+    pub async fn port(self: &Arc<Self>, port: u16) -> (Arc<Server>, Source, PolicyRx) {
+        let mut rx = self.follow_port(port);
+        let first = tokio::time::timeout(self.timeout, rx.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|s| s.clone()));
+        if let Some(s) = first {
+            return (s, Source::ControlPlane, rx);
+        }
+        let fallback = self
+            .last_default
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match fallback {
+            Some(s) => (s, Source::LastDefault, rx),
+            None => (
+                Arc::new(deny_server("no policy from the control plane yet")),
+                Source::Deny,
+                rx,
+            ),
+        }
+    }
+
+    fn follow_port(self: &Arc<Self>, port: u16) -> PolicyRx {
+        let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = ports.get_mut(&port) {
+            slot.used = Instant::now();
+            return slot.rx.clone();
+        }
+        if ports.len() >= MAX_PORTS
+            && let Some(oldest) = ports.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k)
+            && let Some(old) = ports.remove(&oldest)
+        {
+            old.task.abort();
+        }
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::spawn(self.clone().follow(port, tx)).abort_handle();
+        ports.insert(
+            port,
+            Slot {
+                rx: rx.clone(),
+                task,
+                used: Instant::now(),
+            },
+        );
+        rx
+    }
+
+    async fn follow(self: Arc<Self>, port: u16, tx: watch::Sender<Option<Arc<Server>>>) {
+        let mut failures: u32 = 0;
+        loop {
+            match self.stream(port, &tx).await {
+                Ok(()) => failures = 0,
+                Err(End::Refused(why)) => {
+                    tracing::warn!(
+                        port,
+                        "the control plane refused this port's policy: {why}; denying"
+                    );
+                    tx.send_replace(Some(Arc::new(deny_server(&why))));
+                    failures = failures.saturating_add(1);
+                }
+                Err(End::Transport(why)) => {
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(port, error = %why, "policy stream lost; keeping the last policy");
+                }
+            }
+            tokio::time::sleep(crate::control::backoff(failures)).await;
+        }
+    }
+
+    async fn stream(&self, port: u16, tx: &watch::Sender<Option<Arc<Server>>>) -> Result<(), End> {
+        let channel = self
+            .control
+            .channel(&self.addr)
+            .await
+            .map_err(End::Transport)?;
+        let mut stream = InboundServerPoliciesClient::new(channel)
+            .watch_port(PortSpec {
+                workload: self.workload.clone(),
+                port: u32::from(port),
+            })
+            .await
+            .map_err(End::from)?
+            .into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(server)) => {
+                    if is_default(&server) {
+                        *self.last_default.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Arc::new(server.clone()));
+                    }
+                    tx.send_if_modified(|cur| {
+                        let changed = cur.as_deref() != Some(&server);
+                        if changed {
+                            tracing::info!(
+                                port,
+                                server = %policy::server_name(&server),
+                                "inbound policy updated"
+                            );
+                            *cur = Some(Arc::new(server));
+                        }
+                        changed
+                    });
+                }
+                Ok(None) => return Err(End::Transport("stream ended".into())),
+                Err(s) => return Err(End::from(s)),
+            }
+        }
+    }
+}
+
+enum End {
+    Refused(String),
+    Transport(String),
+}
+
+impl From<tonic::Status> for End {
+    fn from(s: tonic::Status) -> Self {
+        if crate::control::is_refusal(&s) {
+            End::Refused(s.message().to_string())
+        } else {
+            End::Transport(format!("{:?}: {}", s.code(), s.message()))
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Ports-mode meshes on loopback: resource YAML, free ports, and `weft proxy`
+//! processes wired to a control plane started by `Scratch::control_plane`.
+
+use std::net::TcpListener;
+
+use super::Scratch;
+use super::proc::Proc;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An ExternalWorkload in namespace demo on 127.0.0.1, its proxy's inbound
+/// port named by annotation; `extra_ann` lines go under annotations.
+pub fn workload(name: &str, app_port: u16, proxy_port: u16, extra_ann: &str) -> String {
+    format!(
+        "apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: {name}
+  namespace: demo
+  labels:
+    app: {name}
+  annotations:
+    config.linkerd.io/inbound-port: \"{proxy_port}\"
+{extra_ann}spec:
+  meshTLS:
+    identity: {name}.demo.serviceaccount.identity.weft.cluster.local
+    serverName: {name}.demo.serviceaccount.identity.weft.cluster.local
+  workloadIPs:
+  - ip: 127.0.0.1
+  ports:
+  - port: {app_port}
+---
+"
+    )
+}
+
+/// `weft proxy` for `demo/<name>` with a fresh join token, inbound on
+/// `inbound`, ports mode (`outbound` mappings), talking to `cp`.
+pub fn start_proxy(
+    s: &Scratch,
+    name: &str,
+    inbound: u16,
+    cp: &Proc,
+    outbound: &[String],
+    extra: &[&str],
+) -> Proc {
+    let token = format!("{name}.token");
+    s.weft(&[
+        "token",
+        "create",
+        "-n",
+        "demo",
+        "--service-account",
+        name,
+        "--state-dir",
+        "state",
+        "-o",
+        &token,
+    ])
+    .ok();
+    let inbound = format!("127.0.0.1:{inbound}");
+    let ia = cp.addr("identity listening on").to_string();
+    let da = cp.addr("destination listening on").to_string();
+    let pa = cp.addr("policy listening on").to_string();
+    let workload = format!("demo/{name}");
+    let mut args = vec![
+        "proxy",
+        "--workload",
+        &workload,
+        "--token-file",
+        &token,
+        "--trust-anchors-file",
+        "ca.crt",
+        "--identity-addr",
+        &ia,
+        "--destination-addr",
+        &da,
+        "--policy-addr",
+        &pa,
+        "--inbound-addr",
+        &inbound,
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--discovery-timeout",
+        "2s",
+        "--outbound-addr",
+        "off",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect::<Vec<_>>();
+    for o in outbound {
+        args.push("--outbound".into());
+        args.push(o.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn(s.dir.path(), &refs)
+}
