@@ -378,9 +378,13 @@ fn demo_runs_and_shows_the_evidence() {
         "NOT FOR PRODUCTION",
         "frontend.demo.serviceaccount.identity.weft.cluster.local  certificate",
         "backend.demo.serviceaccount.identity.weft.cluster.local  certificate",
-        "HTTP/1.1 200 OK",
-        "hello from backend",
+        "frontend GET /hello  HTTP/1.1 200 OK",
+        "hello frontend.demo.serviceaccount.identity.weft.cluster.local",
+        "intruder GET /hello  HTTP/1.1 403 Forbidden  l5d-proxy-error: unauthorized request",
+        "intruder.demo.serviceaccount.identity.weft.cluster.local is not among its identities",
         "tls=true client_id=frontend.demo.serviceaccount.identity.weft.cluster.local protocol=http/1",
+        "inbound_http_authz_allow_total{srv_kind=\"server\",srv_name=\"backend-server\",authz_kind=\"authorizationpolicy\",authz_name=\"backend-allow-frontend\"",
+        "inbound_http_authz_deny_total{srv_kind=\"server\",srv_name=\"backend-server\"",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
     }

@@ -1,7 +1,7 @@
 //! `weft demo`: the whole mesh on 127.0.0.1 in one process, no root: a
-//! control plane with fresh development certificates, two workloads with
-//! their proxies (ports mode), and a request over mutual TLS, with the
-//! evidence printed.
+//! control plane with fresh development certificates, three workloads with
+//! their proxies (ports mode), the guide's policy allowing only frontend to
+//! call backend, and the requests that show it, with the evidence printed.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
@@ -71,7 +71,7 @@ async fn wait_ready(name: &str, admin: SocketAddr) -> Result<(), Failure> {
     }
 }
 
-/// The tiny backend application: answers every request with a greeting.
+/// The tiny backend application: greets the caller the proxy vouched for.
 async fn backend_app(listener: tokio::net::TcpListener) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
@@ -82,7 +82,16 @@ async fn backend_app(listener: tokio::net::TcpListener) {
             let n = s.read(&mut buf).await.unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]);
             let line = req.lines().next().unwrap_or("").to_string();
-            let body = format!("hello from backend; you asked: {line}\n");
+            // The proxy vouches for the caller in l5d-client-id.
+            let caller = req
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("l5d-client-id"))
+                        .map(|(_, v)| v.trim().to_string())
+                })
+                .unwrap_or_else(|| "an unknown client".into());
+            let body = format!("hello {caller}; you asked: {line}\n");
             let resp = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
@@ -90,6 +99,72 @@ async fn backend_app(listener: tokio::net::TcpListener) {
             let _ = s.write_all(resp.as_bytes()).await;
         });
     }
+}
+
+/// The guide's policy (step 12): backend's port serves frontend only.
+fn policy_yaml(port: u16) -> String {
+    format!(
+        "apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata:
+  name: backend-server
+  namespace: demo
+spec:
+  podSelector:
+    matchLabels:
+      app: backend
+  port: {port}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: backend-allow-frontend
+  namespace: demo
+spec:
+  targetRef:
+    group: policy.linkerd.io
+    kind: Server
+    name: backend-server
+  requiredAuthenticationRefs:
+  - name: frontend-sa
+    kind: MeshTLSAuthentication
+    group: policy.linkerd.io
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata:
+  name: frontend-sa
+  namespace: demo
+spec:
+  identityRefs:
+  - kind: ServiceAccount
+    name: frontend
+"
+    )
+}
+
+/// GET /hello through a proxy's outbound listener: status line, the
+/// `l5d-proxy-error` header if any, body.
+async fn get_hello(addr: SocketAddr) -> Result<(String, Option<String>, String), Failure> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(Failure::fatal)?;
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(Failure::fatal)?;
+    let mut resp = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut resp))
+        .await
+        .map_err(|_| Failure::fatal("no response from the backend within 10s"))?
+        .map_err(Failure::fatal)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head.lines().next().unwrap_or("(nothing)").to_string();
+    let error = head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("l5d-proxy-error"))
+            .map(|(_, v)| v.trim().to_string())
+    });
+    Ok((status, error, body.trim().to_string()))
 }
 
 fn workload_yaml(name: &str, app_port: u16, proxy_port: u16) -> String {
@@ -137,7 +212,9 @@ pub fn run(args: DemoArgs) -> CmdResult {
 
 async fn demo(dir: &Path) -> CmdResult {
     let now = OffsetDateTime::now_utc();
-    println!("weft demo: two workloads on 127.0.0.1 talking over mutual TLS (ports mode, no root)");
+    println!(
+        "weft demo: three workloads on 127.0.0.1 talking over mutual TLS, one not allowed (ports mode, no root)"
+    );
     println!(
         "  DEVELOPMENT CERTIFICATES, NOT FOR PRODUCTION: a fresh anchor and issuer were made in {}\n",
         dir.display()
@@ -186,14 +263,20 @@ async fn demo(dir: &Path) -> CmdResult {
     );
 
     let (be_app, be_in, fe_in, fe_out) = (free_port()?, free_port()?, free_port()?, free_port()?);
-    let fe_app = free_port()?;
+    let (fe_app, in_app, in_in, in_out) = (free_port()?, free_port()?, free_port()?, free_port()?);
     std::fs::create_dir_all(p("resources")).map_err(Failure::fatal)?;
     let yaml = format!(
-        "{}---\n{}",
+        "{}---\n{}---\n{}",
         workload_yaml("frontend", fe_app, fe_in),
-        workload_yaml("backend", be_app, be_in)
+        workload_yaml("backend", be_app, be_in),
+        workload_yaml("intruder", in_app, in_in)
     );
     write(&p("resources/demo.yaml"), yaml.as_bytes(), PUBLIC_MODE)?;
+    write(
+        &p("resources/policy.yaml"),
+        policy_yaml(be_app).as_bytes(),
+        PUBLIC_MODE,
+    )?;
 
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let cp_cfg = control_plane::ControlPlaneConfig {
@@ -235,7 +318,7 @@ async fn demo(dir: &Path) -> CmdResult {
 
     let state = identity::state::StateDir::open_or_init(&p("state")).map_err(Failure::fatal)?;
     let signer = identity::token::TokenSigner::new(&state.token_key).map_err(Failure::fatal)?;
-    for name in ["frontend", "backend"] {
+    for name in ["frontend", "backend", "intruder"] {
         let (tok, _) = signer
             .create("demo", name, Duration::from_secs(3600), now)
             .map_err(Failure::fatal)?;
@@ -288,9 +371,24 @@ async fn demo(dir: &Path) -> CmdResult {
     .await
     .map_err(Failure::fatal)?;
     tokio::spawn(fe_run);
+    let mapping: proxy::OutboundMapping = format!("127.0.0.1:{in_out}=demo/backend:{be_app}")
+        .parse()
+        .map_err(Failure::fatal)?;
+    let (intruder, in_run) = proxy::start(
+        proxy_cfg("intruder", in_in, vec![mapping])?,
+        std::future::pending(),
+    )
+    .await
+    .map_err(Failure::fatal)?;
+    tokio::spawn(in_run);
     wait_ready("the backend proxy", backend.admin_addr).await?;
     wait_ready("the frontend proxy", frontend.admin_addr).await?;
-    for (name, started) in [("frontend", &frontend), ("backend", &backend)] {
+    wait_ready("the intruder proxy", intruder.admin_addr).await?;
+    for (name, started) in [
+        ("frontend", &frontend),
+        ("backend", &backend),
+        ("intruder", &intruder),
+    ] {
         let cert = started.cert.borrow().clone();
         if let Some(c) = cert {
             println!(
@@ -304,26 +402,24 @@ async fn demo(dir: &Path) -> CmdResult {
     println!(
         "\nfrontend app -> 127.0.0.1:{fe_out} (frontend proxy) == mTLS ==> 127.0.0.1:{be_in} (backend proxy) -> backend app 127.0.0.1:{be_app}"
     );
-    let mut s = tokio::net::TcpStream::connect(local(fe_out))
-        .await
-        .map_err(Failure::fatal)?;
-    s.write_all(b"GET /hello HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
-        .await
-        .map_err(Failure::fatal)?;
-    let mut resp = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut resp))
-        .await
-        .map_err(|_| Failure::fatal("no response from the backend within 10s"))?
-        .map_err(Failure::fatal)?;
-    let status = resp.lines().next().unwrap_or("(nothing)").to_string();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim().to_string())
-        .unwrap_or_default();
-    if !status.contains("200") {
+    println!(
+        "policy: Server backend-server (port {be_app}) + AuthorizationPolicy backend-allow-frontend: only frontend may call backend"
+    );
+    let (status, _, body) = get_hello(local(fe_out)).await?;
+    if !status.contains(" 200 ") {
         return Err(Failure::fatal(format!("the request failed: {status}")));
     }
-    println!("GET /hello    {status}: {body:?}");
+    println!("frontend GET /hello  {status}: {body:?}");
+    let (status, error, _) = get_hello(local(in_out)).await?;
+    if !status.contains(" 403 ") {
+        return Err(Failure::fatal(format!(
+            "the intruder was not refused: {status}"
+        )));
+    }
+    println!(
+        "intruder GET /hello  {status}  l5d-proxy-error: {}",
+        error.unwrap_or_default()
+    );
 
     let admin = backend.admin_addr;
     let metrics = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
@@ -334,7 +430,11 @@ async fn demo(dir: &Path) -> CmdResult {
         .unwrap_or_default();
     let seen = metrics
         .lines()
-        .find(|l| l.starts_with("tcp_open_total{") && l.contains("direction=\"inbound\""))
+        .find(|l| {
+            l.starts_with("tcp_open_total{")
+                && l.contains("direction=\"inbound\"")
+                && l.contains("client_id=\"frontend.")
+        })
         .ok_or_else(|| Failure::fatal("the backend proxy recorded no inbound connection"))?;
     let label = |k: &str| {
         seen.split(&format!("{k}=\""))
@@ -350,5 +450,11 @@ async fn demo(dir: &Path) -> CmdResult {
         label("protocol"),
         label("target_port")
     );
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("inbound_http_authz_"))
+    {
+        println!("  {l}");
+    }
     Ok(())
 }
