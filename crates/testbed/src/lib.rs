@@ -4,6 +4,8 @@
 //! namespace is named `weft-<pid>-<n>-...`, and namespaces left by dead
 //! processes are swept when a bed starts. Dropping the bed removes it all.
 
+pub mod http_app;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

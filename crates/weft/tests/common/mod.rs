@@ -4,6 +4,7 @@
 
 pub mod certify;
 pub mod mesh;
+pub mod netmesh;
 pub mod proc;
 
 use std::path::{Path, PathBuf};
