@@ -67,17 +67,18 @@ impl StateDir {
     /// replace the key every issued token depends on.
     pub fn open_or_init(dir: &Path) -> Result<Self, StateError> {
         let key_path = dir.join(TOKEN_KEY);
-        let entries: Vec<String> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).map_err(io(dir))?;
-                Vec::new()
-            }
-            Err(e) => return Err(io(dir)(e)),
-        };
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        // Two processes (a control plane and `weft token create`) may open a
+        // new directory at once: only one may create the key.
+        let lock = std::fs::File::open(dir).map_err(io(dir))?;
+        lock.lock().map_err(io(dir))?;
+        let entries: Vec<String> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         let ours = [MARKER, TOKEN_KEY, REVOKED, ISSUANCES];
         let has_state = entries.iter().any(|e| ours.contains(&e.as_str()));
         if entries.is_empty() {

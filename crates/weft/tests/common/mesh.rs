@@ -50,6 +50,9 @@ pub fn start_proxy(
     outbound: &[String],
     extra: &[&str],
 ) -> Proc {
+    let ia = cp.addr("identity listening on").to_string();
+    let da = cp.addr("destination listening on").to_string();
+    let pa = cp.addr("policy listening on").to_string();
     let token = format!("{name}.token");
     s.weft(&[
         "token",
@@ -65,9 +68,6 @@ pub fn start_proxy(
     ])
     .ok();
     let inbound = format!("127.0.0.1:{inbound}");
-    let ia = cp.addr("identity listening on").to_string();
-    let da = cp.addr("destination listening on").to_string();
-    let pa = cp.addr("policy listening on").to_string();
     let workload = format!("demo/{name}");
     let mut args = vec![
         "proxy",
