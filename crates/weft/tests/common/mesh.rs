@@ -17,6 +17,15 @@ pub fn free_port() -> u16 {
 /// An ExternalWorkload in namespace demo on 127.0.0.1, its proxy's inbound
 /// port named by annotation; `extra_ann` lines go under annotations.
 pub fn workload(name: &str, app_port: u16, proxy_port: u16, extra_ann: &str) -> String {
+    workload_ports(name, &[app_port], proxy_port, extra_ann)
+}
+
+/// As `workload`, declaring several application ports.
+pub fn workload_ports(name: &str, app_ports: &[u16], proxy_port: u16, extra_ann: &str) -> String {
+    let ports: String = app_ports
+        .iter()
+        .map(|p| format!("  - port: {p}\n"))
+        .collect();
     format!(
         "apiVersion: workload.linkerd.io/v1beta1
 kind: ExternalWorkload
@@ -34,8 +43,7 @@ metadata:
   workloadIPs:
   - ip: 127.0.0.1
   ports:
-  - port: {app_port}
----
+{ports}---
 "
     )
 }
