@@ -169,8 +169,10 @@ fn explain(a: ExplainArgs) -> CmdResult {
     };
     let t = translate(&snap, w, port, &d, &Unsettled::of(&snap));
     problems.extend(t.problems);
-    let v = match &a.path {
-        Some(path) => policy::authorize_request(
+    // An opaque port's requests are never seen: the proxy judges the connection.
+    let opaque = proxy::authz::mode(&t.server, false) == proxy::authz::Mode::Opaque;
+    let mut v = match &a.path {
+        Some(path) if !opaque => policy::authorize_request(
             &t.server,
             &client,
             &policy::Request {
@@ -179,8 +181,14 @@ fn explain(a: ExplainArgs) -> CmdResult {
                 headers: vec![],
             },
         ),
-        None => policy::authorize_connection(&t.server, &client),
+        _ => policy::authorize_connection(&t.server, &client),
     };
+    if opaque && a.path.is_some() {
+        v.reasons.insert(
+            1,
+            "the port is opaque: requests are not inspected, so the connection is judged".into(),
+        );
+    }
     let client_desc = match &client.identity {
         Some(id) => format!("{id} (mTLS) at {}", client.ip),
         None => format!("unmeshed client at {}", client.ip),
