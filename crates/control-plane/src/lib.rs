@@ -178,6 +178,8 @@ pub async fn start(
         snapshot: snap_rx.clone(),
         issuer: issuer_rx.clone(),
         defaults: cfg.policy.clone(),
+        in_force: Default::default(),
+        unsettled: Default::default(),
     };
     let destination = destination::DestinationService {
         index: index_rx.clone(),

@@ -3,7 +3,8 @@
 //! and matching the caller's identity. A port without a Server gets the
 //! default-policy Server, never an error.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPolicies;
 use linkerd2_proxy_api::inbound::{PortSpec, Server};
@@ -14,13 +15,20 @@ use tonic::{Request, Response, Status};
 use identity::IssuerStatus;
 
 use crate::resources::Snapshot;
-use crate::translate::{PolicyDefaults, Unsettled, translate};
+use crate::translate::{PolicyDefaults, Unsettled, translate_keeping};
 
 pub struct PolicyService {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub issuer: watch::Receiver<IssuerStatus>,
     pub defaults: PolicyDefaults,
+    /// The Server serving each (namespace, workload, port), so a conflicting
+    /// Server that appears later does not take the port over.
+    pub in_force: InForce,
+    /// `Unsettled::of` reads files: once per snapshot, not per stream.
+    pub unsettled: Arc<Mutex<Option<(Arc<Snapshot>, Arc<Unsettled>)>>>,
 }
+
+pub type InForce = Arc<Mutex<HashMap<(String, String, u16), String>>>;
 
 /// `{"ns":"demo","external_workload":"backend"}` → ("demo", "backend").
 pub fn parse_workload(s: &str) -> Result<(String, String), String> {
@@ -41,9 +49,21 @@ pub fn parse_workload(s: &str) -> Result<(String, String), String> {
 }
 
 impl PolicyService {
+    fn unsettled(&self, snap: &Arc<Snapshot>) -> Arc<Unsettled> {
+        let mut cache = self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.as_ref() {
+            Some((s, u)) if Arc::ptr_eq(s, snap) => u.clone(),
+            _ => {
+                let u = Arc::new(Unsettled::of(snap));
+                *cache = Some((snap.clone(), u.clone()));
+                u
+            }
+        }
+    }
+
     fn resolve(
         &self,
-        snap: &Snapshot,
+        snap: &Arc<Snapshot>,
         ns: &str,
         name: &str,
         port: u16,
@@ -66,7 +86,24 @@ impl PolicyService {
                 "{caller} may not read the policy of {ns}/{name}, whose identity is {declared}"
             )));
         }
-        let t = translate(snap, w, port, &self.defaults, &Unsettled::of(snap));
+        let unsettled = self.unsettled(snap);
+        let key = (ns.to_string(), name.to_string(), port);
+        let mut in_force = self.in_force.lock().unwrap_or_else(|e| e.into_inner());
+        let t = translate_keeping(
+            snap,
+            w,
+            port,
+            &self.defaults,
+            &unsettled,
+            in_force.get(&key).map(String::as_str),
+        );
+        if t.server.labels.get("kind").map(String::as_str) == Some("server")
+            && let Some(name) = t.server.labels.get("name")
+        {
+            in_force.insert(key, name.clone());
+        } else {
+            in_force.remove(&key);
+        }
         for p in &t.problems {
             tracing::warn!(workload = %format!("{ns}/{name}"), port, "{p}");
         }
@@ -113,6 +150,8 @@ impl InboundServerPolicies for PolicyService {
             snapshot: self.snapshot.clone(),
             issuer: self.issuer.clone(),
             defaults: self.defaults.clone(),
+            in_force: self.in_force.clone(),
+            unsettled: self.unsettled.clone(),
         };
         tokio::spawn(async move {
             let mut last = first;

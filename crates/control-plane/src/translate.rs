@@ -392,13 +392,28 @@ fn authz_for(
     })
 }
 
-/// The inbound::Server for `port` of workload `w`.
+/// The inbound::Server for `port` of workload `w`, as at a cold start: of
+/// Servers that conflict, the first by name.
 pub fn translate(
     snap: &Snapshot,
     w: &ExternalWorkload,
     port: u16,
     d: &PolicyDefaults,
     unsettled: &Unsettled,
+) -> Translated {
+    translate_keeping(snap, w, port, d, unsettled, None)
+}
+
+/// As `translate`, but when Servers conflict the one named `in_force` (the
+/// Server already serving this port) stays, so a new Server cannot take over
+/// a port by sorting first.
+pub fn translate_keeping(
+    snap: &Snapshot,
+    w: &ExternalWorkload,
+    port: u16,
+    d: &PolicyDefaults,
+    unsettled: &Unsettled,
+    in_force: Option<&str>,
 ) -> Translated {
     let mut problems = Vec::new();
     let ns = w.meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -429,7 +444,8 @@ pub fn translate(
         })
         .collect();
     servers.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
-    let Some(server) = servers.first().copied() else {
+    let kept = in_force.and_then(|n| servers.iter().copied().find(|s| s.meta.name == n));
+    let Some(server) = kept.or(servers.first().copied()) else {
         if unsettled.covers(&ns) {
             problems.push(format!(
                 "{} could not be loaded and may define a Server for {ns}/{} port {port}; denying instead of applying the default until it is fixed",
@@ -461,10 +477,15 @@ pub fn translate(
     if servers.len() > 1 {
         let names: Vec<&str> = servers.iter().map(|s| s.meta.name.as_str()).collect();
         problems.push(format!(
-            "Servers {} all select {ns}/{} port {port}; {} is in force (first by name)",
+            "Servers {} all select {ns}/{} port {port}; {} is in force ({}); remove or narrow the others",
             names.join(", "),
             w.meta.name,
-            server.meta.name
+            server.meta.name,
+            if kept.is_some() {
+                "it was already serving the port"
+            } else {
+                "first by name"
+            }
         ));
     }
     let policies: Vec<&AuthorizationPolicy> = snap

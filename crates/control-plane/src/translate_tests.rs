@@ -309,6 +309,41 @@ fn conflicting_servers_keep_the_first_by_name() {
 }
 
 #[test]
+fn a_server_in_force_stays_when_another_claims_its_port() {
+    let w = workloads("");
+    let two: String = GUIDE.replacen("name: backend-server\n", "name: aaa-server\n", 1);
+    let s = snapshot(&[GUIDE, two.as_str(), w.as_str()]);
+    let t = crate::translate::translate_keeping(
+        &s,
+        &backend(&s),
+        8080,
+        &defaults(DefaultPolicy::AllUnauthenticated),
+        &Unsettled::default(),
+        Some("backend-server"),
+    );
+    assert_eq!(t.server.labels["name"], "backend-server");
+    assert!(authorize_connection(&t.server, &meshed(FRONTEND)).allowed);
+    assert!(
+        t.problems
+            .iter()
+            .any(|p| p.contains("it was already serving the port")),
+        "{:?}",
+        t.problems
+    );
+    // The one in force gone: the other takes over, never the default.
+    let s = snapshot(&[two.as_str(), w.as_str()]);
+    let t = crate::translate::translate_keeping(
+        &s,
+        &backend(&s),
+        8080,
+        &defaults(DefaultPolicy::AllUnauthenticated),
+        &Unsettled::default(),
+        Some("backend-server"),
+    );
+    assert_eq!(t.server.labels["name"], "aaa-server");
+}
+
+#[test]
 fn route_scoped_authorization() {
     let w = workloads("");
     let server = "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata:\n  name: s\n  namespace: demo\nspec:\n  podSelector:\n    matchLabels:\n      app: backend\n  port: 8080\n  proxyProtocol: HTTP/1\n";

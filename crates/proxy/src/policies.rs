@@ -218,3 +218,55 @@ impl From<tonic::Status> for End {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A control plane that never answers: the proxy has no certificate.
+    fn silent() -> Arc<Policies> {
+        let (_tx, own) = watch::channel(None);
+        let control = ControlPlane {
+            server_name: "weft-identity.weft.serviceaccount.identity.weft.cluster.local".into(),
+            anchors_pem: String::new(),
+            own,
+        };
+        Policies::new(
+            "127.0.0.1:1".into(),
+            control,
+            "demo/backend",
+            Duration::from_millis(50),
+        )
+    }
+
+    #[tokio::test]
+    async fn no_answer_denies_then_uses_the_last_default() {
+        let p = silent();
+        assert_eq!(p.workload, r#"{"external_workload":"backend","ns":"demo"}"#);
+        let (server, source, _) = p.port(8080).await;
+        assert_eq!(source, Source::Deny);
+        let c = policy::Client {
+            identity: None,
+            tls: false,
+            ip: "10.0.0.1".parse().unwrap(),
+        };
+        assert!(!policy::authorize_connection(&server, &c).allowed);
+
+        let mut default = deny_server("x");
+        default
+            .labels
+            .insert("name".into(), "all-unauthenticated".into());
+        *p.last_default.lock().unwrap() = Some(Arc::new(default.clone()));
+        let (server, source, _) = p.port(8081).await;
+        assert_eq!(source, Source::LastDefault);
+        assert_eq!(*server, default);
+    }
+
+    #[test]
+    fn resource_servers_are_not_defaults() {
+        let mut s = deny_server("x");
+        assert!(is_default(&s));
+        s.labels.insert("kind".into(), "server".into());
+        assert!(!is_default(&s));
+    }
+}

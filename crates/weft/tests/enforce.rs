@@ -480,6 +480,42 @@ async fn policy_edits_apply_live_and_close_denied_connections() {
     m.until_status("intruder/http", 403, "Server restored")
         .await;
 
+    // A second Server claiming the port (sorting first) does not take it
+    // over: the one in force stays, and the conflict is reported.
+    let (policy, _) = guide_files(m.http_port);
+    let rival = policy
+        .split("\n---\n")
+        .next()
+        .unwrap()
+        .replace("name: backend-server", "name: aaa-rival");
+    m.s.write("resources/rival.yaml", rival);
+    m.cp.as_ref()
+        .unwrap()
+        .wait_for_line("aaa-rival, backend-server all select", DEADLINE);
+    assert!(
+        m.cp.as_ref()
+            .unwrap()
+            .output()
+            .contains("backend-server is in force (it was already serving the port)")
+    );
+    assert_eq!(m.get("frontend/http", "/").await.status, 200);
+    assert_eq!(m.get("intruder/http", "/").await.status, 403);
+    std::fs::remove_file(m.s.path("resources/rival.yaml")).unwrap();
+
+    // A file that does not parse may hold a Server: the default no longer
+    // stands in for it (never wider), until it is fixed.
+    assert_eq!(m.get("intruder/open", "/").await.status, 200);
+    m.s.write(
+        "resources/broken.yaml",
+        "kind: Server\n  metadata: [unclosed\n",
+    );
+    m.until_status("intruder/open", 403, "unparseable resource file")
+        .await;
+    assert_eq!(m.get("frontend/http", "/").await.status, 200);
+    std::fs::remove_file(m.s.path("resources/broken.yaml")).unwrap();
+    m.until_status("intruder/open", 200, "unparseable file removed")
+        .await;
+
     // The control plane gone: the last policy stays in force.
     drop(m.cp.take());
     for _ in 0..5 {
