@@ -25,10 +25,11 @@ pub struct PolicyService {
     /// Server that appears later does not take the port over.
     pub in_force: InForce,
     /// `Unsettled::of` reads files: once per snapshot, not per stream.
-    pub unsettled: Arc<Mutex<Option<(Arc<Snapshot>, Arc<Unsettled>)>>>,
+    pub unsettled: UnsettledCache,
 }
 
 pub type InForce = Arc<Mutex<HashMap<(String, String, u16), String>>>;
+pub type UnsettledCache = Arc<Mutex<Option<(Arc<Snapshot>, Arc<Unsettled>)>>>;
 
 /// `{"ns":"demo","external_workload":"backend"}` → ("demo", "backend").
 pub fn parse_workload(s: &str) -> Result<(String, String), String> {
