@@ -1,4 +1,5 @@
-//! The admin endpoint (127.0.0.1 by default): /live, /ready, /metrics.
+//! The admin endpoint (127.0.0.1 by default): /live, /ready, /metrics, the
+//! fleet view (/fleet) and POST /renew-now.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -48,6 +49,41 @@ pub struct AdminState {
     pub issuer: watch::Receiver<IssuerStatus>,
     pub own: watch::Receiver<Option<Arc<OwnCert>>>,
     pub index: watch::Receiver<Arc<crate::workloads::Index>>,
+    pub fleet: Arc<crate::fleet::Fleet>,
+    pub bundle: watch::Receiver<Option<Arc<crate::bundle::LiveBundle>>>,
+    pub record: Arc<identity::state::IssuanceRecord>,
+}
+
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_string_pretty(v).unwrap_or_default(),
+        )))
+        .unwrap_or_default()
+}
+
+/// POST /renew-now: every connected proxy that can take a leaf from the
+/// current issuer renews, within the rate limit.
+fn renew_now(st: &AdminState) -> Response<Full<Bytes>> {
+    let current = st.bundle.borrow().clone();
+    let Some(b) = current else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no trust bundle is in force yet (see /ready); nothing was asked\n".into(),
+        );
+    };
+    st.fleet.served(&b);
+    let (asked, skipped) = st.fleet.force_renewal(&b);
+    let skipped: Vec<serde_json::Value> = skipped
+        .into_iter()
+        .map(|(identity, reason)| serde_json::json!({"identity": identity, "reason": reason}))
+        .collect();
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"asked": asked, "skipped": skipped}),
+    )
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -62,10 +98,25 @@ async fn handle(
     req: Request<Incoming>,
     st: AdminState,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == Method::POST && req.uri().path() == "/renew-now" {
+        return Ok(renew_now(&st));
+    }
     if req.method() != Method::GET {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into()));
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET (or POST /renew-now)\n".into(),
+        ));
     }
     Ok(match req.uri().path() {
+        "/fleet" => {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            let live = st.record.live(now).unwrap_or_default();
+            let current = st.bundle.borrow().clone();
+            json(
+                StatusCode::OK,
+                &st.fleet.view(now, current.as_deref(), &live),
+            )
+        }
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" => {
             let issuer = st.issuer.borrow().clone();
@@ -97,7 +148,9 @@ async fn handle(
         }
         other => text(
             StatusCode::NOT_FOUND,
-            format!("no such endpoint {other}; try /live, /ready or /metrics\n"),
+            format!(
+                "no such endpoint {other}; try /live, /ready, /metrics, /fleet or POST /renew-now\n"
+            ),
         ),
     })
 }

@@ -1,9 +1,13 @@
 //! The weft control plane: the identity service over TLS, and admin.
 
 pub mod admin;
+pub mod bundle;
 pub mod config;
 pub mod destination;
+pub mod fleet;
+pub mod fleet_metrics;
 pub mod index;
+pub mod mesh_service;
 pub mod own_cert;
 pub mod peer;
 pub mod policy_service;
@@ -35,6 +39,8 @@ pub use config::ControlPlaneConfig;
 pub enum StartError {
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    BundleVersion(#[from] bundle::VersionError),
     #[error("--identity-trust-domain/--controller-namespace: {0}")]
     Names(String),
     #[error("cannot listen on {addr}: {source}; is another process using it?")]
@@ -82,9 +88,14 @@ pub async fn start(
         "NotAfter of the control plane's own certificate (unix seconds)",
         own_expiry.clone(),
     );
+    let fleet = Arc::new(fleet::Fleet::default());
+    fleet.metrics.register(&mut registry);
     let registry = Arc::new(registry);
+    let versions = bundle::VersionStore::new(&cfg.state_dir);
+    let last_version = versions.load()?;
 
     let (issuer_tx, issuer_rx) = watch::channel(IssuerStatus::default());
+    let (bundle_tx, bundle_rx) = watch::channel(None);
     let (own_tx, own_rx) = watch::channel(None);
 
     let identity_listener = TcpListener::bind(cfg.identity_addr)
@@ -185,16 +196,34 @@ pub async fn start(
         index: index_rx.clone(),
         issuer: issuer_rx.clone(),
     };
+    let mesh = mesh_service::MeshService {
+        fleet: fleet.clone(),
+        bundle: bundle_rx.clone(),
+        own: own_rx.clone(),
+        issuer: issuer_rx.clone(),
+    };
     let admin_state = admin::AdminState {
         registry,
         issuer: issuer_rx.clone(),
         own: own_rx.clone(),
         index: index_rx,
+        fleet: fleet.clone(),
+        bundle: bundle_rx.clone(),
+        record: record.clone(),
     };
     let cp_ns = cfg.controller_namespace.clone();
 
     let run = async move {
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(bundle::track(
+            issuer_rx.clone(),
+            versions,
+            last_version,
+            bundle_tx,
+            fleet.metrics.bundle_generation.clone(),
+        ));
+        tasks.spawn(renew_passes(fleet.clone(), bundle_rx.clone()));
+        tasks.spawn(observe_fleet(fleet, bundle_rx, record.clone()));
         tasks.spawn(reloader.run(issuer_tx));
         tasks.spawn(own_cert::run(own_cfg, issuer_rx, own_tx));
         tasks.spawn(admin::serve(admin_listener, admin_state));
@@ -233,6 +262,7 @@ pub async fn start(
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .add_service(DestinationServer::new(destination))
+            .add_service(mesh_api::v1::mesh_server::MeshServer::new(mesh))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(dconn_rx),
                 stopped(stop_rx.clone()),
@@ -358,6 +388,44 @@ async fn feed_index(
         if snaps.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Renew-now requests at most this many per second, fleet-wide.
+const RENEW_PER_SECOND: usize = 20;
+
+/// Each second: asks proxies on an older issuer (or marked by hand) to
+/// renew, within the rate limit.
+async fn renew_passes(
+    fleet: Arc<fleet::Fleet>,
+    bundle: watch::Receiver<Option<Arc<bundle::LiveBundle>>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let current = bundle.borrow().clone();
+        if let Some(b) = current {
+            fleet.served(&b);
+            fleet.renew_pass(&b, RENEW_PER_SECOND);
+        }
+    }
+}
+
+/// Keeps the fleet gauges current.
+async fn observe_fleet(
+    fleet: Arc<fleet::Fleet>,
+    bundle: watch::Receiver<Option<Arc<bundle::LiveBundle>>>,
+    record: Arc<IssuanceRecord>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let live = record.live(now).unwrap_or_default();
+        let current = bundle.borrow().clone();
+        fleet
+            .metrics
+            .observe(&fleet.view(now, current.as_deref(), &live));
     }
 }
 

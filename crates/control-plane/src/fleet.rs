@@ -1,0 +1,484 @@
+//! The fleet: every proxy holding a `weft.mesh.v1` stream (connected), every
+//! one that held one (stale, last report kept), and every live certificate
+//! with no stream at all (unmanaged, e.g. a linkerd2-proxy). The view and the
+//! renew-now decisions are pure functions over this state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use identity::state::Issuance;
+use mesh_api::v1::{ControlMessage, ProxyReport, RenewNow, control_message};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::bundle::{LiveBundle, Version};
+
+/// A proxy is asked to renew again only after this long.
+pub const RENEW_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub version: Option<Version>,
+    pub reason: String,
+}
+
+/// A proxy's last report, as the control plane keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub identity: String,
+    pub workload: String,
+    pub bundle: Option<Version>,
+    pub refused: Option<Refusal>,
+    pub leaf_serial: String,
+    pub spki_sha256: String,
+    pub issuer_sha256: String,
+    pub anchor_sha256: String,
+    pub not_after: i64,
+    pub last_refresh: String,
+    pub last_refresh_at: i64,
+    pub renew_request_id: String,
+}
+
+fn version(v: Option<mesh_api::v1::BundleVersion>) -> Option<Version> {
+    v.filter(|v| v.generation > 0).map(|v| Version {
+        generation: v.generation,
+        sha256: v.sha256,
+    })
+}
+
+impl From<ProxyReport> for Report {
+    fn from(r: ProxyReport) -> Self {
+        Self {
+            identity: r.identity,
+            workload: r.workload,
+            bundle: version(r.bundle),
+            refused: r.refused.map(|x| Refusal {
+                version: version(x.version),
+                reason: x.reason,
+            }),
+            leaf_serial: r.leaf_serial,
+            spki_sha256: r.spki_sha256,
+            issuer_sha256: r.issuer_sha256,
+            anchor_sha256: r.anchor_sha256,
+            not_after: r.not_after_unix,
+            last_refresh: r.last_refresh,
+            last_refresh_at: r.last_refresh_unix,
+            renew_request_id: r.renew_request_id,
+        }
+    }
+}
+
+struct Entry {
+    identity: String,
+    report: Option<Report>,
+    sender: Option<mpsc::Sender<ControlMessage>>,
+    connected_at: i64,
+    last_report_at: Option<i64>,
+    disconnected_at: Option<i64>,
+    asked: Option<Instant>,
+    /// Asked by hand: renew even if already on the current issuer.
+    forced: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    next: u64,
+    entries: BTreeMap<u64, Entry>,
+    /// Bundles served since start: content hash → anchor fingerprints.
+    bundles: HashMap<String, Vec<String>>,
+    /// Renew-now requests awaiting their result: request id → trigger.
+    pending: HashMap<String, &'static str>,
+}
+
+#[derive(Default)]
+pub struct Fleet {
+    inner: Mutex<Inner>,
+    pub metrics: crate::fleet_metrics::FleetMetrics,
+}
+
+/// Why a proxy is not asked to renew now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    NoReport,
+    /// Its bundle does not hold the current issuer's anchor: a new leaf would
+    /// not verify there.
+    BundleLacksIssuerAnchor,
+    AlreadyCurrent,
+    AskedRecently,
+}
+
+impl Skip {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skip::NoReport => "it has not reported yet",
+            Skip::BundleLacksIssuerAnchor => {
+                "it has not acknowledged a bundle holding the current issuer's anchor"
+            }
+            Skip::AlreadyCurrent => "its leaf is already from the current issuer",
+            Skip::AskedRecently => "it was asked less than 30s ago",
+        }
+    }
+}
+
+/// Whether to ask a proxy to renew now: pure.
+pub fn renewal_decision(
+    report: Option<&Report>,
+    acked_anchors: Option<&[String]>,
+    bundle: &LiveBundle,
+    asked_ago: Option<Duration>,
+    forced: bool,
+) -> Result<(), Skip> {
+    let r = report.ok_or(Skip::NoReport)?;
+    if !acked_anchors.is_some_and(|a| a.contains(&bundle.issuer_anchor)) {
+        return Err(Skip::BundleLacksIssuerAnchor);
+    }
+    if asked_ago.is_some_and(|a| a < RENEW_AGAIN_AFTER) {
+        return Err(Skip::AskedRecently);
+    }
+    if !forced && r.issuer_sha256 == bundle.issuer_sha256 {
+        return Err(Skip::AlreadyCurrent);
+    }
+    Ok(())
+}
+
+impl Fleet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers which anchors a bundle version holds.
+    pub fn served(&self, b: &LiveBundle) {
+        self.lock()
+            .bundles
+            .insert(b.version.sha256.clone(), b.anchors.clone());
+    }
+
+    pub fn attach(&self, identity: &str, sender: mpsc::Sender<ControlMessage>, now: i64) -> u64 {
+        let mut g = self.lock();
+        g.next += 1;
+        let id = g.next;
+        g.entries.insert(
+            id,
+            Entry {
+                identity: identity.to_string(),
+                report: None,
+                sender: Some(sender),
+                connected_at: now,
+                last_report_at: None,
+                disconnected_at: None,
+                asked: None,
+                forced: false,
+            },
+        );
+        id
+    }
+
+    /// Records a report from stream `id`; the caller has checked its identity.
+    pub fn report(&self, id: u64, r: Report, now: i64) {
+        let mut g = self.lock();
+        if !r.renew_request_id.is_empty()
+            && let Some(trigger) = g.pending.remove(&r.renew_request_id)
+        {
+            let result = if r.last_refresh == "ok" {
+                "renewed"
+            } else {
+                "failed"
+            };
+            self.metrics.renew_result(trigger, result);
+        }
+        // The same proxy reconnected: its stale entry is replaced.
+        let stale: Vec<u64> = g
+            .entries
+            .iter()
+            .filter(|(k, e)| {
+                **k != id
+                    && e.sender.is_none()
+                    && e.identity == r.identity
+                    && e.report.as_ref().is_some_and(|x| x.workload == r.workload)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            g.entries.remove(&k);
+        }
+        if let Some(e) = g.entries.get_mut(&id) {
+            e.report = Some(r);
+            e.last_report_at = Some(now);
+        }
+    }
+
+    pub fn detach(&self, id: u64, now: i64) {
+        let mut g = self.lock();
+        let forget = match g.entries.get_mut(&id) {
+            Some(e) => {
+                e.sender = None;
+                e.disconnected_at = Some(now);
+                e.report.is_none()
+            }
+            None => false,
+        };
+        // A stream that never reported says nothing worth keeping.
+        if forget {
+            g.entries.remove(&id);
+        }
+    }
+
+    /// Marks every connected proxy to renew at the next pass, whatever its
+    /// issuer; returns how many were marked and why the others were not.
+    pub fn force_renewal(&self, bundle: &LiveBundle) -> (usize, Vec<(String, &'static str)>) {
+        let mut g = self.lock();
+        let Inner {
+            entries, bundles, ..
+        } = &mut *g;
+        let mut marked = 0;
+        let mut skipped = Vec::new();
+        for e in entries.values_mut().filter(|e| e.sender.is_some()) {
+            let acked = e
+                .report
+                .as_ref()
+                .and_then(|r| r.bundle.as_ref())
+                .and_then(|v| bundles.get(&v.sha256));
+            match renewal_decision(
+                e.report.as_ref(),
+                acked.map(Vec::as_slice),
+                bundle,
+                None,
+                true,
+            ) {
+                Ok(()) => {
+                    e.forced = true;
+                    e.asked = None;
+                    marked += 1;
+                }
+                Err(s) => skipped.push((e.identity.clone(), s.reason())),
+            }
+        }
+        (marked, skipped)
+    }
+
+    /// One pass: asks at most `limit` proxies to renew, those on an older
+    /// issuer (after an issuer change) or marked by hand.
+    pub fn renew_pass(&self, bundle: &LiveBundle, limit: usize) -> usize {
+        let mut g = self.lock();
+        let Inner {
+            entries,
+            bundles,
+            pending,
+            ..
+        } = &mut *g;
+        let mut sent = 0;
+        for e in entries.values_mut() {
+            if sent >= limit {
+                break;
+            }
+            let Some(tx) = e.sender.clone() else { continue };
+            let acked = e
+                .report
+                .as_ref()
+                .and_then(|r| r.bundle.as_ref())
+                .and_then(|v| bundles.get(&v.sha256));
+            let asked_ago = e.asked.map(|a| a.elapsed());
+            if renewal_decision(
+                e.report.as_ref(),
+                acked.map(Vec::as_slice),
+                bundle,
+                asked_ago,
+                e.forced,
+            )
+            .is_err()
+            {
+                continue;
+            }
+            let trigger = if e.forced { "manual" } else { "issuer_change" };
+            let request_id = format!("{trigger}-{:016x}", rand_u64());
+            let msg = ControlMessage {
+                kind: Some(control_message::Kind::RenewNow(RenewNow {
+                    request_id: request_id.clone(),
+                    reason: if e.forced {
+                        "renewal requested by hand (POST /renew-now)".into()
+                    } else {
+                        format!("the issuer changed to {}", bundle.issuer_sha256)
+                    },
+                })),
+            };
+            if tx.try_send(msg).is_ok() {
+                tracing::info!(identity = %e.identity, %request_id, trigger, "asked a proxy to renew now");
+                e.asked = Some(Instant::now());
+                e.forced = false;
+                pending.insert(request_id, trigger);
+                self.metrics.renew_request(trigger);
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// The fleet as the admin endpoint shows it.
+    pub fn view(&self, now: i64, bundle: Option<&LiveBundle>, live: &[Issuance]) -> FleetView {
+        let g = self.lock();
+        let entries: Vec<EntryView<'_>> = g
+            .entries
+            .values()
+            .map(|e| EntryView {
+                identity: &e.identity,
+                report: e.report.as_ref(),
+                connected: e.sender.is_some(),
+                since: e.disconnected_at.unwrap_or(e.connected_at),
+                last_report_at: e.last_report_at,
+            })
+            .collect();
+        view(now, bundle, &entries, live)
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// One registry entry, borrowed for `view`.
+pub struct EntryView<'a> {
+    pub identity: &'a str,
+    pub report: Option<&'a Report>,
+    pub connected: bool,
+    /// Connected since, or disconnected since (unix seconds).
+    pub since: i64,
+    pub last_report_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleView {
+    pub generation: u64,
+    pub sha256: String,
+    pub anchors: Vec<String>,
+    pub issuer_sha256: String,
+    pub issuer_anchor: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyView {
+    pub workload: String,
+    pub identity: String,
+    /// "connected" or "stale".
+    pub state: String,
+    /// Seconds since it connected, or since it went stale.
+    pub for_s: i64,
+    /// Seconds since its last report (-1: none yet).
+    pub last_report_age_s: i64,
+    pub bundle: Option<Version>,
+    pub bundle_current: bool,
+    pub refused: Option<Refusal>,
+    pub leaf_serial: String,
+    pub spki_sha256: String,
+    pub issuer_sha256: String,
+    pub issuer_current: bool,
+    pub anchor_sha256: String,
+    pub anchor_in_bundle: bool,
+    pub not_after: i64,
+    pub expires_in_s: i64,
+    pub last_refresh: String,
+    pub renew_request_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmanagedView {
+    pub identity: String,
+    pub serial: String,
+    pub issuer_sha256: String,
+    pub not_after: i64,
+    pub expires_in_s: i64,
+    /// Every live certificate of it was obtained with a join token: it
+    /// renews by token, not over mTLS.
+    pub token_only: bool,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetView {
+    pub now: i64,
+    pub bundle: Option<BundleView>,
+    pub proxies: Vec<ProxyView>,
+    pub unmanaged: Vec<UnmanagedView>,
+}
+
+/// The view: pure over the registry, the bundle in force and the live
+/// certificates of the issuance record.
+pub fn view(
+    now: i64,
+    bundle: Option<&LiveBundle>,
+    entries: &[EntryView<'_>],
+    live: &[Issuance],
+) -> FleetView {
+    let proxies: Vec<ProxyView> = entries
+        .iter()
+        .filter_map(|e| {
+            let r = e.report?;
+            Some(ProxyView {
+                workload: r.workload.clone(),
+                identity: e.identity.to_string(),
+                state: if e.connected { "connected" } else { "stale" }.into(),
+                for_s: now - e.since,
+                last_report_age_s: e.last_report_at.map(|t| now - t).unwrap_or(-1),
+                bundle: r.bundle.clone(),
+                bundle_current: bundle.is_some_and(|b| r.bundle.as_ref() == Some(&b.version)),
+                refused: r.refused.clone(),
+                leaf_serial: r.leaf_serial.clone(),
+                spki_sha256: r.spki_sha256.clone(),
+                issuer_sha256: r.issuer_sha256.clone(),
+                issuer_current: bundle.is_some_and(|b| b.issuer_sha256 == r.issuer_sha256),
+                anchor_sha256: r.anchor_sha256.clone(),
+                anchor_in_bundle: bundle.is_some_and(|b| b.anchors.contains(&r.anchor_sha256)),
+                not_after: r.not_after,
+                expires_in_s: r.not_after - now,
+                last_refresh: r.last_refresh.clone(),
+                renew_request_id: r.renew_request_id.clone(),
+            })
+        })
+        .collect();
+    // Live certificates of identities no stream ever reported.
+    let managed: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.identity).collect();
+    let mut by_identity: BTreeMap<&str, Vec<&Issuance>> = BTreeMap::new();
+    for i in live.iter().filter(|i| i.not_after > now) {
+        if !managed.contains(i.identity.as_str()) {
+            by_identity.entry(i.identity.as_str()).or_default().push(i);
+        }
+    }
+    let unmanaged = by_identity
+        .into_iter()
+        .filter_map(|(identity, certs)| {
+            let latest = certs.iter().max_by_key(|i| i.issued_at)?;
+            let token_only = certs.iter().all(|i| i.proof.starts_with("token:"));
+            Some(UnmanagedView {
+                identity: identity.to_string(),
+                serial: latest.serial.clone(),
+                issuer_sha256: latest.issuer_sha256.clone(),
+                not_after: latest.not_after,
+                expires_in_s: latest.not_after - now,
+                token_only,
+                note: if token_only && certs.len() > 1 {
+                    "no weft.mesh.v1 stream (e.g. a linkerd2-proxy): restart required to change its anchors; it renews with a join token each time".into()
+                } else {
+                    "no weft.mesh.v1 stream (e.g. a linkerd2-proxy): restart required to change its anchors".into()
+                },
+            })
+        })
+        .collect();
+    FleetView {
+        now,
+        bundle: bundle.map(|b| BundleView {
+            generation: b.version.generation,
+            sha256: b.version.sha256.clone(),
+            anchors: b.anchors.clone(),
+            issuer_sha256: b.issuer_sha256.clone(),
+            issuer_anchor: b.issuer_anchor.clone(),
+        }),
+        proxies,
+        unmanaged,
+    }
+}
+
+#[cfg(test)]
+#[path = "fleet_tests.rs"]
+mod tests;
