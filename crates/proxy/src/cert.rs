@@ -12,7 +12,9 @@ use pki::refresh::{refresh_in, retry_in};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use crate::trust::TrustRx;
 
 /// The certificate in force, ready for rustls and for the next renewal.
 pub struct ProxyCert {
@@ -64,20 +66,41 @@ impl ProxyCert {
     }
 }
 
+/// The last certificate refresh, as the proxy reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefreshStatus {
+    /// "ok" or the error.
+    pub result: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// The renew-now request this refresh answered, if any.
+    pub renew_request_id: String,
+}
+
 pub struct CertLoop {
     pub client: CertifyClient,
-    /// Re-read before every try, so a corrected anchors file is picked up.
+    /// Until the control plane pushes a bundle, this file is re-read before
+    /// every try, so a corrected anchors file is picked up.
     pub anchors_file: Option<PathBuf>,
+    /// The anchors in force once a bundle was pushed.
+    pub trust: TrustRx,
     pub identity: Identity,
     pub token_file: Option<PathBuf>,
     pub min_refresh: Duration,
+    /// Renew-now requests (their ids): renew at once, with a fresh key.
+    pub renew: mpsc::Receiver<String>,
+    pub status: watch::Sender<RefreshStatus>,
 }
 
 impl CertLoop {
     pub async fn run(mut self, tx: watch::Sender<Option<Arc<ProxyCert>>>) {
         let mut failures: u32 = 0;
+        let mut request_id = String::new();
         loop {
-            if let Some(pem) = self
+            let trust = self.trust.borrow().clone();
+            if trust.version.is_some() {
+                self.client.anchors_pem = trust.pem.clone();
+            } else if let Some(pem) = self
                 .anchors_file
                 .as_ref()
                 .and_then(|p| std::fs::read_to_string(p).ok())
@@ -122,9 +145,19 @@ impl CertLoop {
                         "certificate obtained"
                     );
                     tx.send_replace(Some(Arc::new(cert)));
+                    self.status.send_replace(RefreshStatus {
+                        result: "ok".into(),
+                        at: OffsetDateTime::now_utc().unix_timestamp(),
+                        renew_request_id: std::mem::take(&mut request_id),
+                    });
                     wait
                 }
                 Err(e) => {
+                    self.status.send_replace(RefreshStatus {
+                        result: e.clone(),
+                        at: OffsetDateTime::now_utc().unix_timestamp(),
+                        renew_request_id: std::mem::take(&mut request_id),
+                    });
                     failures = failures.saturating_add(1);
                     let expiry = current.as_ref().map(|c| c.not_after);
                     let wait = retry_in(
@@ -158,7 +191,13 @@ impl CertLoop {
                     wait
                 }
             };
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                Some(id) = self.renew.recv() => {
+                    tracing::info!(request = %id, "renewing now, as the control plane asked");
+                    request_id = id;
+                }
+            }
         }
     }
 }

@@ -9,12 +9,14 @@ use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 
 use crate::cert::ProxyCert;
+use crate::trust::TrustRx;
 
 /// Where and as whom the control plane answers.
 #[derive(Clone)]
 pub struct ControlPlane {
     pub server_name: String,
-    pub anchors_pem: String,
+    /// The anchors in force, read at each connection.
+    pub trust: TrustRx,
     pub own: watch::Receiver<Option<Arc<ProxyCert>>>,
 }
 
@@ -29,8 +31,9 @@ impl ControlPlane {
             .as_ref()
             .map(|c| c.pem_pair())
             .ok_or_else(|| "the proxy has no certificate".to_string())?;
+        let anchors = self.trust.borrow().pem.clone();
         let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.anchors_pem))
+            .ca_certificate(Certificate::from_pem(anchors))
             .domain_name(self.server_name.clone())
             .identity(TlsIdentity::from_pem(chain, key));
         Endpoint::from_shared(format!("https://{addr}"))

@@ -12,12 +12,14 @@ pub mod forward;
 pub mod http;
 pub mod inbound;
 pub mod init;
+pub mod mesh;
 pub mod metrics;
 pub mod outbound;
 pub mod policies;
 pub mod prefixed;
 pub mod tls;
 pub mod transport_header;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,12 +72,11 @@ pub async fn start(
             path: cfg.anchors_file.display().to_string(),
             detail: e.to_string(),
         })?;
-    let anchors = pki::parse_certs(&cfg.anchors_file, anchors_pem.as_bytes()).map_err(|e| {
-        StartError::Anchors {
-            path: cfg.anchors_file.display().to_string(),
-            detail: e.to_string(),
-        }
+    let trust = trust::Trust::new(None, &anchors_pem).map_err(|e| StartError::Anchors {
+        path: cfg.anchors_file.display().to_string(),
+        detail: e.to_string(),
     })?;
+    let (trust_tx, trust_rx) = watch::channel(Arc::new(trust));
 
     let metrics = metrics::ProxyMetrics::default();
     let mut registry = Registry::default();
@@ -106,22 +107,38 @@ pub async fn start(
         cert: cert_rx.clone(),
     };
 
+    let (renew_tx, renew_rx) = tokio::sync::mpsc::channel(4);
+    let (status_tx, status_rx) = watch::channel(cert::RefreshStatus::default());
     let cert_loop = cert::CertLoop {
         client: CertifyClient {
             addr: cfg.identity_addr.clone(),
             server_name: cfg.control_plane_identity.to_string(),
-            anchors_pem: anchors_pem.clone(),
+            anchors_pem,
             timeout: Duration::from_secs(10),
         },
         anchors_file: Some(cfg.anchors_file.clone()),
+        trust: trust_rx.clone(),
         identity: cfg.identity.clone(),
         token_file: cfg.token_file.clone(),
         min_refresh: cfg.min_refresh,
+        renew: renew_rx,
+        status: status_tx,
     };
     let control = control::ControlPlane {
         server_name: cfg.control_plane_identity.to_string(),
-        anchors_pem,
+        trust: trust_rx.clone(),
         own: cert_rx.clone(),
+    };
+    let mesh_link = mesh::MeshLink {
+        addr: cfg.destination_addr.clone(),
+        control: control.clone(),
+        trust: trust_tx,
+        cert: cert_rx.clone(),
+        refresh: status_rx,
+        renew: renew_tx,
+        identity: cfg.identity.to_string(),
+        workload: cfg.workload.clone(),
+        metrics: metrics.clone(),
     };
     let discovery = discovery::Discovery::new(
         cfg.destination_addr.clone(),
@@ -134,11 +151,12 @@ pub async fn start(
         &cfg.workload,
         cfg.discovery_timeout,
     );
-    let inbound_cfg = tls::inbound_config(&anchors, cert_rx.clone(), &cfg.identity.to_string())
+    let inbound_cfg =
+        tls::inbound_config(trust_rx.clone(), cert_rx.clone(), &cfg.identity.to_string())
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    let outbound_cfg = tls::outbound_config(trust_rx.clone(), cert_rx.clone(), true)
         .map_err(|e| StartError::Tls(e.to_string()))?;
-    let outbound_cfg = tls::outbound_config(&anchors, cert_rx.clone(), true)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
-    let outbound_plain = tls::outbound_config(&anchors, cert_rx.clone(), false)
+    let outbound_plain = tls::outbound_config(trust_rx, cert_rx.clone(), false)
         .map_err(|e| StartError::Tls(e.to_string()))?;
     let inbound = Arc::new(inbound::Inbound {
         acceptor: tokio_rustls::TlsAcceptor::from(inbound_cfg),
@@ -179,6 +197,7 @@ pub async fn start(
     let run = async move {
         let mut background = tokio::task::JoinSet::new();
         background.spawn(cert_loop.run(cert_tx));
+        background.spawn(mesh_link.run());
         background.spawn(track_cert(cert_rx, metrics));
         background.spawn(admin::serve(
             admin_listener,

@@ -31,6 +31,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
     pub direction: &'static str,
     pub reason: &'static str,
@@ -99,6 +104,9 @@ pub struct ProxyMetrics {
     pub tcp_authz_deny: Family<AuthzLabels, Counter>,
     pub http_authz_allow: Family<AuthzLabels, Counter>,
     pub http_authz_deny: Family<AuthzLabels, Counter>,
+    /// 0 until the control plane pushed a bundle (the bootstrap file).
+    pub bundle_generation: Gauge,
+    pub bundle_refusals: Family<ReasonLabel, Counter>,
     pub active: std::sync::Arc<Active>,
 }
 
@@ -152,10 +160,26 @@ impl ProxyMetrics {
             self.http_authz_allow.clone(),
         );
         r.register(
+            "trust_bundle_generation",
+            "Generation of the trust bundle applied (0: the bootstrap anchors file)",
+            self.bundle_generation.clone(),
+        );
+        r.register(
+            "trust_bundle_refusals",
+            "Trust bundles refused, by reason",
+            self.bundle_refusals.clone(),
+        );
+        r.register(
             "inbound_http_authz_deny",
             "Inbound HTTP requests denied by policy",
             self.http_authz_deny.clone(),
         );
+    }
+
+    pub fn bundle_refused(&self, reason: &'static str) {
+        self.bundle_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn refuse(&self, direction: &'static str, reason: &'static str) {

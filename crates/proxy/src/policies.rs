@@ -226,9 +226,24 @@ mod tests {
     /// A control plane that never answers: the proxy has no certificate.
     fn silent() -> Arc<Policies> {
         let (_tx, own) = watch::channel(None);
+        let now = time::OffsetDateTime::now_utc();
+        let root = pki::create::create(
+            &pki::create::NewCert {
+                subject: "root".into(),
+                profile: pki::create::Profile::RootCa,
+                sans: vec![],
+                not_before: now,
+                not_after: now + time::Duration::days(1),
+                key: pki::create::KeySpec::EcdsaP256,
+            },
+            None,
+        )
+        .unwrap();
+        let pem = pki::cert::to_pem(std::slice::from_ref(&root.cert));
+        let (_, trust) = watch::channel(Arc::new(crate::trust::Trust::new(None, &pem).unwrap()));
         let control = ControlPlane {
             server_name: "weft-identity.weft.serviceaccount.identity.weft.cluster.local".into(),
-            anchors_pem: String::new(),
+            trust,
             own,
         };
         Policies::new(

@@ -1,19 +1,20 @@
 //! TLS between proxies: TLS 1.3 only, hybrid post-quantum key exchange first
 //! (the provider's default order), no session resumption, the proxy's own
-//! current certificate on both sides, peers verified against the anchors.
+//! current certificate on both sides, peers verified against the anchors in
+//! force at each handshake (the bundle is live).
 
 use std::sync::Arc;
 
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::CertificateDer;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 use tokio::sync::watch;
 
 use crate::cert::ProxyCert;
 use crate::transport_header::ALPN;
+use crate::trust::{LiveClientVerifier, LiveServerVerifier, TrustRx};
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -51,29 +52,17 @@ impl ResolvesClientCert for OwnClientCert {
     }
 }
 
-fn roots(anchors: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, rustls::Error> {
-    let mut store = RootCertStore::empty();
-    for a in anchors {
-        store.add(a.clone())?;
-    }
-    Ok(Arc::new(store))
-}
-
 /// Inbound: our certificate for our identity; a client certificate is asked
-/// for and, when given, must chain to the anchors (none = "no identity").
+/// for and, when given, must chain to the anchors in force (none = "no
+/// identity").
 pub fn inbound_config(
-    anchors: &[CertificateDer<'static>],
+    trust: TrustRx,
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     name: &str,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(anchors)?, provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(LiveClientVerifier(trust)))
         .with_cert_resolver(Arc::new(OwnServerCert {
             own,
             name: name.to_string(),
@@ -84,16 +73,17 @@ pub fn inbound_config(
     Ok(Arc::new(cfg))
 }
 
-/// Outbound: verify the peer chains to the anchors and carries the expected
-/// identity (the server name); present our own certificate.
+/// Outbound: verify the peer chains to the anchors in force and carries the
+/// expected identity (the server name); present our own certificate.
 pub fn outbound_config(
-    anchors: &[CertificateDer<'static>],
+    trust: TrustRx,
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     with_header: bool,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(anchors)?)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(LiveServerVerifier(trust)))
         .with_client_cert_resolver(Arc::new(OwnClientCert { own }));
     if with_header {
         cfg.alpn_protocols = vec![ALPN.to_vec()];

@@ -1,0 +1,179 @@
+//! The proxy's `weft.mesh.v1` stream: takes trust bundles (judged, then
+//! applied to new handshakes or refused) and renew-now requests; reports
+//! its state on every change and every 15 s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_api::v1::mesh_client::MeshClient;
+use mesh_api::v1::{
+    Bundle, BundleRefusal, BundleVersion, ControlMessage, ProxyReport, control_message,
+};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::cert::{ProxyCert, RefreshStatus};
+use crate::control::ControlPlane;
+use crate::metrics::ProxyMetrics;
+use crate::trust::{self, Trust, Version};
+
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+pub struct MeshLink {
+    /// The destination service's address (the mesh service shares it).
+    pub addr: String,
+    pub control: ControlPlane,
+    pub trust: watch::Sender<Arc<Trust>>,
+    pub cert: watch::Receiver<Option<Arc<ProxyCert>>>,
+    pub refresh: watch::Receiver<RefreshStatus>,
+    pub renew: mpsc::Sender<String>,
+    pub identity: String,
+    pub workload: String,
+    pub metrics: ProxyMetrics,
+}
+
+fn api_version(v: &Version) -> BundleVersion {
+    BundleVersion {
+        generation: v.generation,
+        sha256: v.sha256.clone(),
+    }
+}
+
+impl MeshLink {
+    pub async fn run(self) {
+        let mut refused: Option<BundleRefusal> = None;
+        let mut failures: u32 = 0;
+        loop {
+            match self.stream(&mut refused).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(error = %e, "mesh stream lost; the bundle in force stays");
+                }
+            }
+            tokio::time::sleep(crate::control::backoff(failures)).await;
+        }
+    }
+
+    fn report(&self, refused: &Option<BundleRefusal>) -> ProxyReport {
+        let trust = self.trust.borrow().clone();
+        let cert = self.cert.borrow().clone();
+        let status = self.refresh.borrow().clone();
+        let chain = cert
+            .as_ref()
+            .map(|c| c.certified.cert.clone())
+            .unwrap_or_default();
+        ProxyReport {
+            identity: self.identity.clone(),
+            workload: self.workload.clone(),
+            bundle: trust.version.as_ref().map(api_version),
+            refused: refused.clone(),
+            leaf_serial: cert.as_ref().map(|c| c.serial.clone()).unwrap_or_default(),
+            spki_sha256: cert.as_ref().map(|c| c.spki.clone()).unwrap_or_default(),
+            issuer_sha256: chain
+                .get(1)
+                .map(|c| pki::fingerprint(c))
+                .unwrap_or_default(),
+            anchor_sha256: trust.anchor_of(&chain).unwrap_or_default(),
+            not_after_unix: cert
+                .as_ref()
+                .map(|c| c.not_after.unix_timestamp())
+                .unwrap_or_default(),
+            last_refresh: status.result,
+            last_refresh_unix: status.at,
+            renew_request_id: status.renew_request_id,
+        }
+    }
+
+    /// Judges a pushed bundle and applies it, or records why not.
+    fn take_bundle(&self, b: Bundle, refused: &mut Option<BundleRefusal>) {
+        let v = b.version.unwrap_or_default();
+        let version = Version {
+            generation: v.generation,
+            sha256: v.sha256,
+        };
+        let current = self.trust.borrow().clone();
+        if current.version.as_ref() == Some(&version) {
+            return;
+        }
+        let own = self.cert.borrow().clone();
+        let cp = self.control.server_name.clone();
+        match trust::judge(
+            version.clone(),
+            &b.pem,
+            current.version.as_ref(),
+            own.as_ref()
+                .map(|c| (c.certified.cert.as_slice(), c.serial.as_str())),
+            &b.control_plane_chain_pem,
+            &cp,
+            OffsetDateTime::now_utc(),
+        ) {
+            Ok(t) => {
+                tracing::info!(
+                    generation = version.generation,
+                    sha256 = %version.sha256,
+                    anchors = t.anchors.len(),
+                    "trust bundle applied; new handshakes use it"
+                );
+                self.metrics
+                    .bundle_generation
+                    .set(version.generation as i64);
+                self.trust.send_replace(Arc::new(t));
+                *refused = None;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    generation = version.generation,
+                    sha256 = %version.sha256,
+                    "trust bundle refused: {e}"
+                );
+                self.metrics.bundle_refused(e.label());
+                *refused = Some(BundleRefusal {
+                    version: Some(api_version(&version)),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    async fn stream(&self, refused: &mut Option<BundleRefusal>) -> Result<(), String> {
+        let channel = self.control.channel(&self.addr).await?;
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(self.report(refused))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut inbound = MeshClient::new(channel)
+            .attach(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        let mut cert = self.cert.clone();
+        let mut refresh = self.refresh.clone();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                m = inbound.message() => match m {
+                    Ok(Some(ControlMessage { kind: Some(control_message::Kind::Bundle(b)) })) => {
+                        self.take_bundle(b, refused);
+                    }
+                    Ok(Some(ControlMessage { kind: Some(control_message::Kind::RenewNow(r)) })) => {
+                        tracing::info!(request = %r.request_id, reason = %r.reason, "the control plane asks for a renewal now");
+                        let _ = self.renew.try_send(r.request_id);
+                        continue;
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err("the control plane ended the stream".into()),
+                    Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+                },
+                r = cert.changed() => if r.is_err() { return Ok(()) },
+                r = refresh.changed() => if r.is_err() { return Ok(()) },
+                _ = heartbeat.tick() => {}
+            }
+            tx.send(self.report(refused))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+}
