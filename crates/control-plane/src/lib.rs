@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod config;
 pub mod destination;
 pub mod fleet;
+pub mod fleet_check;
 pub mod fleet_metrics;
 pub mod index;
 pub mod mesh_service;

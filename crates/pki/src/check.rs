@@ -35,7 +35,7 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
-    fn ok(description: impl Into<String>) -> Self {
+    pub fn ok(description: impl Into<String>) -> Self {
         Self {
             description: description.into(),
             result: Status::Success,
@@ -43,7 +43,7 @@ impl CheckResult {
             hint: String::new(),
         }
     }
-    fn fail(
+    pub fn fail(
         description: impl Into<String>,
         error: impl Into<String>,
         hint: impl Into<String>,
@@ -55,7 +55,7 @@ impl CheckResult {
             hint: hint.into(),
         }
     }
-    fn warn(
+    pub fn warn(
         description: impl Into<String>,
         error: impl Into<String>,
         hint: impl Into<String>,

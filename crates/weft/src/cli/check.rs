@@ -10,7 +10,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::duration::parse_duration;
-use super::{CmdResult, Failure, Output};
+use super::{CmdResult, Failure, Output, http_get};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -29,6 +29,12 @@ pub struct CheckArgs {
     /// Exit non-zero on warnings too
     #[arg(long)]
     pub fail_on_warning: bool,
+    /// Check the fleet: which proxies have the current trust bundle, which leaves chain to which anchor, stale and unmanaged proxies
+    #[arg(long)]
+    pub proxy: bool,
+    /// The control plane's admin address (read by --proxy)
+    #[arg(long, default_value = "127.0.0.1:9990")]
+    pub admin_addr: std::net::SocketAddr,
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -48,41 +54,104 @@ struct Report<'a> {
     categories: Vec<Category<'a>>,
 }
 
+const FLEET: &str = "weft-fleet";
+
+/// The fleet view from the control plane's admin endpoint, judged.
+fn fleet(a: &CheckArgs) -> (Option<String>, Vec<CheckResult>) {
+    let reach = "the control plane's fleet view is reachable";
+    let fetched = http_get(a.admin_addr, "/fleet")
+        .ok_or_else(|| format!("no answer from {} (GET /fleet)", a.admin_addr))
+        .and_then(|(code, body)| match code {
+            200 => serde_json::from_str::<control_plane::fleet::FleetView>(&body)
+                .map_err(|e| format!("{}/fleet is not a fleet view: {e}", a.admin_addr)),
+            code => Err(format!(
+                "{}/fleet answered {code}: {}",
+                a.admin_addr,
+                body.trim()
+            )),
+        });
+    match fetched {
+        Ok(v) => {
+            let mut checks = vec![CheckResult::ok(reach)];
+            checks.extend(control_plane::fleet_check::fleet_checks(
+                &v,
+                a.expiry_warning,
+            ));
+            (Some(control_plane::fleet_check::summary(&v)), checks)
+        }
+        Err(e) => (
+            None,
+            vec![CheckResult::fail(
+                reach,
+                e,
+                "pass the control plane's --admin-addr with --admin-addr (it listens on 127.0.0.1:9990 by default; run this on that host)",
+            )],
+        ),
+    }
+}
+
 pub fn run(a: CheckArgs) -> CmdResult {
-    let (Some(anchors), Some(issuer)) = (
+    let mut categories: Vec<(&str, Option<String>, Vec<CheckResult>)> = Vec::new();
+    match (
         &a.identity_trust_anchors_file,
         &a.identity_issuer_certificate_file,
-    ) else {
-        return Err(Failure::input(
-            "nothing to check: pass --identity-trust-anchors-file and --identity-issuer-certificate-file (and --identity-issuer-key-file)",
-        ));
-    };
-    let material = load_identity_material(anchors, issuer, a.identity_issuer_key_file.as_deref());
-    let cfg = CheckConfig {
-        expiry_warning: a.expiry_warning,
-    };
-    let results = identity_checks(
-        material.as_ref().map_err(String::as_str),
-        OffsetDateTime::now_utc(),
-        cfg,
-    );
-    let status = worst(&results);
+    ) {
+        (Some(anchors), Some(issuer)) => {
+            let material =
+                load_identity_material(anchors, issuer, a.identity_issuer_key_file.as_deref());
+            let cfg = CheckConfig {
+                expiry_warning: a.expiry_warning,
+            };
+            categories.push((
+                CATEGORY,
+                None,
+                identity_checks(
+                    material.as_ref().map_err(String::as_str),
+                    OffsetDateTime::now_utc(),
+                    cfg,
+                ),
+            ));
+        }
+        (None, None) if a.proxy => {}
+        _ => {
+            return Err(Failure::input(
+                "nothing to check: pass --identity-trust-anchors-file and --identity-issuer-certificate-file (and --identity-issuer-key-file), or --proxy",
+            ));
+        }
+    }
+    if a.proxy {
+        let (summary, checks) = fleet(&a);
+        categories.push((FLEET, summary, checks));
+    }
+    let all: Vec<CheckResult> = categories.iter().flat_map(|c| c.2.clone()).collect();
+    let status = worst(&all);
     let failed = status == Status::Error || (a.fail_on_warning && status == Status::Warning);
     match a.output {
         Output::Json => {
             let report = Report {
                 success: !failed,
-                categories: vec![Category {
-                    category_name: CATEGORY,
-                    checks: &results,
-                }],
+                categories: categories
+                    .iter()
+                    .map(|(name, _, checks)| Category {
+                        category_name: name,
+                        checks,
+                    })
+                    .collect(),
             };
             println!(
                 "{}",
                 serde_json::to_string_pretty(&report).map_err(Failure::input)?
             );
         }
-        Output::Text => print!("{}", render(CATEGORY, &results, status)),
+        Output::Text => {
+            for (i, (name, summary, checks)) in categories.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", render_category(name, summary.as_deref(), checks));
+            }
+            print!("{}", render_status(&all, status));
+        }
     }
     if failed {
         // The report above already says why; the exit code carries the verdict.
@@ -91,10 +160,13 @@ pub fn run(a: CheckArgs) -> CmdResult {
     Ok(())
 }
 
-/// Linkerd's layout: a titled category, one line per check with √ ‼ ×, the
-/// error and hint indented under failures, then the summary.
-pub fn render(category: &str, results: &[CheckResult], status: Status) -> String {
+/// Linkerd's layout: a titled category (with an optional summary line), one
+/// line per check with √ ‼ ×, the error and hint indented under failures.
+fn render_category(category: &str, summary: Option<&str>, results: &[CheckResult]) -> String {
     let mut out = format!("{category}\n{}\n", "-".repeat(category.chars().count()));
+    if let Some(s) = summary {
+        out.push_str(&format!("{s}\n"));
+    }
     for r in results {
         let mark = match r.result {
             Status::Success => "√",
@@ -107,6 +179,12 @@ pub fn render(category: &str, results: &[CheckResult], status: Status) -> String
             out.push_str(&format!("    hint: {}\n", r.hint));
         }
     }
+    out
+}
+
+/// The closing line over every category's results.
+fn render_status(results: &[CheckResult], status: Status) -> String {
+    let mut out = String::new();
     let warnings = results
         .iter()
         .filter(|r| r.result == Status::Warning)

@@ -3,8 +3,7 @@
 //! their proxies (ports mode), the guide's policy allowing only frontend to
 //! call backend, and the requests that show it, with the evidence printed.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use pki::files::{KEY_MODE, PUBLIC_MODE, write_atomic};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{CmdResult, Failure};
+use super::{CmdResult, Failure, http_get};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -32,22 +31,6 @@ fn free_port() -> Result<u16, Failure> {
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
     write_atomic(path, bytes, mode, true).map_err(Failure::fatal)
-}
-
-/// A GET over plain HTTP/1.0 (for admin endpoints): (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = StdStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        code,
-        buf.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    ))
 }
 
 async fn wait_ready(name: &str, admin: SocketAddr) -> Result<(), Failure> {

@@ -60,6 +60,25 @@ impl Failure {
 pub type CmdResult = Result<(), Failure>;
 
 /// Logs to stderr; `WEFT_LOG` (or `RUST_LOG`) sets the filter, default info.
+/// A GET over plain HTTP/1.0 to an admin endpoint: (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        buf.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
 pub fn init_logging() {
     let filter = std::env::var("WEFT_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
