@@ -411,7 +411,7 @@ pub fn view(
     entries: &[EntryView<'_>],
     live: &[Issuance],
 ) -> FleetView {
-    let proxies: Vec<ProxyView> = entries
+    let mut proxies: Vec<ProxyView> = entries
         .iter()
         .filter_map(|e| {
             let r = e.report?;
@@ -437,6 +437,7 @@ pub fn view(
             })
         })
         .collect();
+    proxies.sort_by(|a, b| (&a.workload, &a.identity).cmp(&(&b.workload, &b.identity)));
     // Live certificates of identities no stream ever reported.
     let managed: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.identity).collect();
     let mut by_identity: BTreeMap<&str, Vec<&Issuance>> = BTreeMap::new();

@@ -1,0 +1,543 @@
+//! The live trust bundle and the fleet view in ports mode (one host, no
+//! root): an anchor rotation under continuous traffic with no restart and
+//! no failed request, `weft check --proxy` along the way, refusals that
+//! change nothing, a control plane restart, and a killed proxy going stale.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Scratch;
+use common::mesh::{free_port, start_proxy, workload};
+use common::proc::{Proc, http_get, metric, poll};
+use control_plane::fleet::FleetView;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The control plane on fixed loopback ports, so a restart keeps them.
+fn start_cp(s: &Scratch, ports: &[u16; 4]) -> Proc {
+    let a: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let cp = Proc::spawn(
+        s.dir.path(),
+        &[
+            "control-plane",
+            "--identity-trust-anchors-file",
+            "ca.crt",
+            "--identity-issuer-certificate-file",
+            "issuer.crt",
+            "--identity-issuer-key-file",
+            "issuer.key",
+            "--state-dir",
+            "state",
+            "--resources",
+            "resources",
+            "--reread-interval",
+            "1s",
+            "--identity-addr",
+            &a[0],
+            "--destination-addr",
+            &a[1],
+            "--policy-addr",
+            &a[2],
+            "--admin-addr",
+            &a[3],
+        ],
+    );
+    let admin = cp.addr("admin listening on");
+    poll("control plane ready", DEADLINE, || {
+        matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())
+    });
+    cp
+}
+
+fn fleet(admin: SocketAddr) -> Option<FleetView> {
+    let (code, body) = http_get(admin, "/fleet").ok()?;
+    (code == 200).then(|| serde_json::from_str(&body).expect("fleet JSON"))
+}
+
+/// Polls the fleet view until `ok` holds; returns it and how long it took.
+fn until(admin: SocketAddr, what: &str, ok: impl Fn(&FleetView) -> bool) -> (FleetView, Duration) {
+    let start = Instant::now();
+    let v = poll(what, DEADLINE, || fleet(admin).filter(|v| ok(v)));
+    (v, start.elapsed())
+}
+
+fn replace(s: &Scratch, name: &str, contents: &str) {
+    let tmp = s.path(&format!(".{name}.new"));
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, s.path(name)).unwrap();
+}
+
+fn check_proxy(s: &Scratch, admin: SocketAddr) -> common::Run {
+    s.weft(&["check", "--proxy", "--admin-addr", &admin.to_string()])
+}
+
+/// GETs through frontend's outbound listener, a new connection (and mTLS
+/// handshake between the proxies) each time, until stopped.
+struct Traffic {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Traffic {
+    fn start(to: SocketAddr) -> Self {
+        let t = Traffic {
+            ok: Arc::default(),
+            failed: Arc::default(),
+            errors: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (ok, failed, errors, stop) = (
+            t.ok.clone(),
+            t.failed.clone(),
+            t.errors.clone(),
+            t.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = async {
+                        let s = tokio::net::TcpStream::connect(to)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        testbed::http_app::h1(s, testbed::http_app::Req::get("/tick")).await
+                    }
+                    .await;
+                    match r {
+                        Ok(reply) if reply.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().unwrap().push(format!("{other:?}"));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        });
+        t
+    }
+
+    /// Waits for `n` more successful requests.
+    fn more(&self, n: u64) {
+        let before = self.ok.load(Ordering::Relaxed);
+        poll("traffic flowing", DEADLINE, || {
+            (self.ok.load(Ordering::Relaxed) >= before + n).then_some(())
+        });
+    }
+
+    #[track_caller]
+    fn assert_clean(&self, step: &str) {
+        assert_eq!(
+            self.failed.load(Ordering::Relaxed),
+            0,
+            "{step}: failed requests: {:?}",
+            self.errors.lock().unwrap()
+        );
+    }
+}
+
+fn spawn_app() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            testbed::http_app::serve(tokio::net::TcpListener::from_std(l).unwrap()).await
+        });
+    });
+    port
+}
+
+fn new_anchor_and_issuer(s: &Scratch) {
+    s.weft(&[
+        "certs",
+        "create",
+        "root-2.linkerd.cluster.local",
+        "ca2.crt",
+        "ca2.key",
+        "--profile",
+        "root-ca",
+        "--no-password",
+        "--insecure",
+        "--not-after",
+        "87600h",
+    ])
+    .ok();
+    s.weft(&[
+        "certs",
+        "create",
+        "identity.linkerd.cluster.local",
+        "issuer2.crt",
+        "issuer2.key",
+        "--profile",
+        "intermediate-ca",
+        "--not-after",
+        "8760h",
+        "--no-password",
+        "--insecure",
+        "--ca",
+        "ca2.crt",
+        "--ca-key",
+        "ca2.key",
+    ])
+    .ok();
+}
+
+#[test]
+fn anchor_rotation_without_restart_or_failed_requests() {
+    let s = Scratch::new();
+    s.guide_material();
+    let app = spawn_app();
+    let (be_in, fe_in) = (free_port(), free_port());
+    std::fs::create_dir(s.path("resources")).unwrap();
+    s.write(
+        "resources/workloads.yaml",
+        [
+            workload("backend", app, be_in, ""),
+            workload("frontend", free_port(), fe_in, ""),
+        ]
+        .concat(),
+    );
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let admin = SocketAddr::from(([127, 0, 0, 1], ports[3]));
+    let mut cp = Some(start_cp(&s, &ports));
+    let out = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut backend = Some(start_proxy(
+        &s,
+        "backend",
+        be_in,
+        cp.as_ref().unwrap(),
+        &[],
+        &[],
+    ));
+    let frontend = start_proxy(
+        &s,
+        "frontend",
+        fe_in,
+        cp.as_ref().unwrap(),
+        &[format!("{out}=demo/backend:{app}")],
+        &[],
+    );
+    let (v, _) = until(admin, "both proxies report bundle generation 1", |v| {
+        v.proxies.len() == 2
+            && v.proxies
+                .iter()
+                .all(|p| p.state == "connected" && p.bundle_current)
+    });
+    let first = v.bundle.clone().unwrap();
+    assert_eq!((first.generation, first.anchors.len()), (1, 1));
+    let serials: Vec<String> = v.proxies.iter().map(|p| p.leaf_serial.clone()).collect();
+    let traffic = Traffic::start(out);
+    traffic.more(20);
+    check_proxy(&s, admin).ok();
+
+    // An unmanaged client (a linkerd2-proxy would look like this): a
+    // certificate by hand, no stream.
+    s.weft(&[
+        "token",
+        "create",
+        "-n",
+        "demo",
+        "--service-account",
+        "legacy",
+        "--state-dir",
+        "state",
+        "-o",
+        "legacy.token",
+    ])
+    .ok();
+    let ia = cp
+        .as_ref()
+        .unwrap()
+        .addr("identity listening on")
+        .to_string();
+    s.weft(&[
+        "certs",
+        "request",
+        "legacy.demo.serviceaccount.identity.weft.cluster.local",
+        "legacy.crt",
+        "legacy.key",
+        "--control-plane",
+        &ia,
+        "--roots",
+        "ca.crt",
+        "--token-file",
+        "legacy.token",
+    ])
+    .ok();
+    let (v, _) = until(admin, "the hand-made certificate shows as unmanaged", |v| {
+        v.unmanaged.len() == 1
+    });
+    assert!(
+        v.unmanaged[0]
+            .note
+            .contains("restart required to change its anchors")
+    );
+    let r = check_proxy(&s, admin).ok();
+    assert!(
+        r.stdout
+            .contains("‼ every certified proxy holds a weft.mesh.v1 stream"),
+        "{}",
+        r.stdout
+    );
+
+    // 1. Prepare: the new anchor appended. Every proxy applies it, no restart.
+    new_anchor_and_issuer(&s);
+    let a_pem = s.read("ca.crt");
+    s.write("ca1.crt", &a_pem);
+    let b_pem = s.read("ca2.crt");
+    replace(&s, "ca.crt", &format!("{a_pem}{b_pem}"));
+    let (v, took) = until(admin, "every proxy reports generation 2", |v| {
+        v.bundle.as_ref().is_some_and(|b| b.generation == 2)
+            && v.proxies.iter().all(|p| p.bundle_current)
+    });
+    eprintln!("new anchor applied by every proxy after {took:?}");
+    assert_eq!(v.bundle.as_ref().unwrap().anchors.len(), 2);
+    let r = check_proxy(&s, admin).ok();
+    assert!(
+        r.stdout
+            .contains("√ every connected proxy has the current trust bundle (2 of 2)"),
+        "{}",
+        r.stdout
+    );
+    traffic.more(20);
+    traffic.assert_clean("after the new anchor");
+
+    // 2. Activate: the issuer signed by the new anchor; renew-now follows.
+    replace(&s, "issuer.key", &s.read("issuer2.key"));
+    replace(&s, "issuer.crt", &s.read("issuer2.crt"));
+    let new_anchor = pki::fingerprint(&pki::load_certs(&s.path("ca2.crt")).unwrap()[0]);
+    let (v, took) = until(admin, "every leaf renewed under the new anchor", |v| {
+        v.proxies
+            .iter()
+            .all(|p| p.issuer_current && p.anchor_sha256 == new_anchor)
+    });
+    eprintln!("every proxy renewed under the new issuer after {took:?}");
+    for (p, old) in v.proxies.iter().zip(&serials) {
+        assert_ne!(&p.leaf_serial, old, "{} has a new serial", p.workload);
+        assert!(p.renew_request_id.starts_with("issuer_change-"), "{p:?}");
+    }
+    let (_, m) = http_get(admin, "/metrics").unwrap();
+    assert!(
+        metric(&m, "renew_now_requests_total{trigger=\"issuer_change\"}").unwrap_or(0.0) >= 2.0,
+        "{m}"
+    );
+    traffic.more(20);
+    traffic.assert_clean("after the issuer switch");
+
+    // A client whose certificate chains to the first anchor is still served
+    // while that anchor is in the bundle...
+    assert_eq!(direct_get(&s, be_in, app), Ok(200));
+
+    // 3. Retire: the old anchor removed.
+    replace(&s, "ca.crt", &b_pem);
+    let (v, took) = until(admin, "every proxy reports generation 3", |v| {
+        v.bundle.as_ref().is_some_and(|b| b.generation == 3)
+            && v.proxies
+                .iter()
+                .all(|p| p.bundle_current && p.refused.is_none())
+    });
+    eprintln!("old anchor retired on every proxy after {took:?}");
+    assert_eq!(v.bundle.as_ref().unwrap().anchors, vec![new_anchor.clone()]);
+    // ...and refused once it is not: the proxies' verifiers use the new bundle.
+    let refused = direct_get(&s, be_in, app);
+    assert!(refused.is_err(), "{refused:?}");
+    backend
+        .as_ref()
+        .unwrap()
+        .wait_for_line("tls_handshake", DEADLINE);
+    traffic.more(20);
+    traffic.assert_clean("after retiring the old anchor");
+    let r = check_proxy(&s, admin);
+    assert!(
+        r.stdout
+            .contains("√ every proxy certificate chains to a current anchor (2 to"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.code, 0, "{}", r.stdout);
+
+    // By hand: POST /renew-now renews everyone once more, with fresh keys.
+    let spkis: Vec<String> = v.proxies.iter().map(|p| p.spki_sha256.clone()).collect();
+    let answer = post(admin, "/renew-now");
+    assert!(answer.contains("\"asked\": 2"), "{answer}");
+    let (v, _) = until(admin, "manual renewals done", |v| {
+        v.proxies
+            .iter()
+            .all(|p| p.renew_request_id.starts_with("manual-"))
+    });
+    for (p, old) in v.proxies.iter().zip(&spkis) {
+        assert_ne!(&p.spki_sha256, old, "{}: a fresh key", p.workload);
+    }
+
+    // Refused on the control plane: nothing changes on the proxies.
+    for (contents, label) in [
+        ("not a certificate\n".to_string(), "bad_anchors"),
+        (String::new(), "bad_anchors"),
+        (a_pem.clone(), "untrusted"),
+    ] {
+        let series = format!("issuer_reloads_total{{result=\"{label}\"}}");
+        let before = http_get(admin, "/metrics")
+            .ok()
+            .and_then(|(_, m)| metric(&m, &series))
+            .unwrap_or(0.0);
+        replace(&s, "ca.crt", &contents);
+        poll(&format!("{series} moves"), DEADLINE, || {
+            let (_, m) = http_get(admin, "/metrics").ok()?;
+            (metric(&m, &series)? > before).then_some(())
+        });
+        let v = fleet(admin).unwrap();
+        assert_eq!(v.bundle.as_ref().unwrap().generation, 3, "{label}");
+        assert!(v.proxies.iter().all(|p| p.bundle_current), "{label}: {v:?}");
+        traffic.more(5);
+    }
+    replace(&s, "ca.crt", &b_pem);
+    traffic.assert_clean("after refused bundles");
+
+    // Control plane restart: proxies reconnect, the view is rebuilt, the
+    // generation does not go backwards, no proxy drops its certificate.
+    let before: Vec<String> = fleet(admin)
+        .unwrap()
+        .proxies
+        .iter()
+        .map(|p| p.leaf_serial.clone())
+        .collect();
+    drop(cp.take());
+    traffic.more(10);
+    cp = Some(start_cp(&s, &ports));
+    let (v, took) = until(admin, "proxies reconnected after the restart", |v| {
+        v.proxies.len() == 2 && v.proxies.iter().all(|p| p.state == "connected")
+    });
+    eprintln!("fleet rebuilt {took:?} after the control plane restarted");
+    assert_eq!(v.bundle.as_ref().unwrap().generation, 3, "never backwards");
+    let after: Vec<String> = v.proxies.iter().map(|p| p.leaf_serial.clone()).collect();
+    assert_eq!(after, before, "no proxy dropped its certificate");
+    assert_eq!(v.unmanaged.len(), 1, "rebuilt from the issuance record");
+    traffic.more(10);
+    traffic.assert_clean("across the control plane restart");
+    traffic.stop.store(true, Ordering::Relaxed);
+    eprintln!(
+        "{} requests, {} failed",
+        traffic.ok.load(Ordering::Relaxed),
+        traffic.failed.load(Ordering::Relaxed)
+    );
+
+    // A killed proxy is stale, not converged.
+    drop(backend.take());
+    let (_, _) = until(admin, "backend shows as stale", |v| {
+        v.proxies
+            .iter()
+            .any(|p| p.workload == "demo/backend" && p.state == "stale")
+    });
+    let r = check_proxy(&s, admin);
+    assert!(r.stdout.contains("‼ no proxy is stale"), "{}", r.stdout);
+    assert!(r.stdout.contains("demo/backend"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("1 connected, 1 stale, 1 unmanaged"),
+        "{}",
+        r.stdout
+    );
+    drop(frontend);
+}
+
+/// A direct mTLS client with the hand-made (first anchor's) certificate:
+/// transport header naming `app`, then a GET. Ok(status), or why it failed.
+fn direct_get(s: &Scratch, proxy_port: u16, app: u16) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = pki::load_certs(&s.path("legacy.crt")).unwrap();
+    let key = std::fs::read(s.path("legacy.key")).unwrap();
+    let key =
+        <rustls::pki_types::PrivateKeyDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
+            &key,
+        )
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for f in ["ca1.crt", "ca2.crt"] {
+        for c in pki::load_certs(&s.path(f)).unwrap() {
+            roots.add(c).unwrap();
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"transport.l5d.io/v1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy_port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from(
+            "backend.demo.serviceaccount.identity.weft.cluster.local",
+        )
+        .unwrap();
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        // protobuf: field 1 (port), varint
+        let mut body = vec![0x08];
+        let mut v = u64::from(app);
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                body.push(b);
+                break;
+            }
+            body.push(b | 0x80);
+        }
+        let mut msg = b"transport.l5d.io/v1\r\n\r\n".to_vec();
+        msg.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        msg.extend_from_slice(&body);
+        msg.extend_from_slice(b"GET /direct HTTP/1.0\r\nHost: backend\r\n\r\n");
+        tls.write_all(&msg).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf))
+            .await
+            .map_err(|_| "no answer".to_string())?
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&buf);
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {text:?}"))
+    })
+}
+
+/// POST with an empty body; returns the body of the answer.
+fn post(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    buf
+}
