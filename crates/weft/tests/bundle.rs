@@ -419,7 +419,7 @@ fn anchor_rotation_without_restart_or_failed_requests() {
         .collect();
     drop(cp.take());
     traffic.more(10);
-    cp = Some(start_cp(&s, &ports));
+    let _restarted = start_cp(&s, &ports);
     let (v, took) = until(admin, "proxies reconnected after the restart", |v| {
         v.proxies.len() == 2 && v.proxies.iter().all(|p| p.state == "connected")
     });
