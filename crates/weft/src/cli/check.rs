@@ -32,6 +32,9 @@ pub struct CheckArgs {
     /// Check the fleet: which proxies have the current trust bundle, which leaves chain to which anchor, stale and unmanaged proxies
     #[arg(long)]
     pub proxy: bool,
+    /// With --proxy: warn about proxy certificates that expire sooner than this (healthy proxies renew at 70% of their lifetime)
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub proxy_expiry_warning: std::time::Duration,
     /// The control plane's admin address (read by --proxy)
     #[arg(long, default_value = "127.0.0.1:9990")]
     pub admin_addr: std::net::SocketAddr,
