@@ -455,6 +455,47 @@ fn anchor_rotation_without_restart_or_failed_requests() {
     drop(frontend);
 }
 
+/// Attaches to weft.mesh.v1 with legacy's certificate and sends a report
+/// claiming to be frontend; returns once the first bundle arrived.
+fn forge_report(s: &Scratch, destination: SocketAddr) -> Result<(), String> {
+    use mesh_api::v1::mesh_client::MeshClient;
+    let (cert, key) = (s.read("legacy.crt"), s.read("legacy.key"));
+    let anchors = s.read("ca.crt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(anchors))
+            .domain_name(common::certify::CP_IDENTITY)
+            .identity(tonic::transport::Identity::from_pem(cert, key));
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{destination}"))
+            .map_err(|e| e.to_string())?
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let report = mesh_api::v1::ProxyReport {
+            identity: "frontend.demo.serviceaccount.identity.weft.cluster.local".into(),
+            workload: "demo/frontend".into(),
+            leaf_serial: "forged".into(),
+            ..Default::default()
+        };
+        let mut answers = MeshClient::new(ch)
+            .attach(tokio_stream::iter(vec![report]))
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await
+            .map_err(|_| "no bundle".to_string())?
+            .map_err(|e| e.to_string())?;
+        first.map(|_| ()).ok_or_else(|| "stream ended".into())
+    })
+}
+
 /// A direct mTLS client with the hand-made (first anchor's) certificate:
 /// transport header naming `app`, then a GET. Ok(status), or why it failed.
 fn direct_get(s: &Scratch, proxy_port: u16, app: u16) -> Result<u16, String> {
