@@ -59,8 +59,13 @@ impl Mesh for MeshService {
         let mut bundle = self.bundle.clone();
         let own = self.own.clone();
         tracing::info!(identity = %caller, "proxy attached");
+        // The bundle in force goes first, before anything the proxy says.
+        let first = bundle.borrow_and_update().clone();
+        if let Some(b) = first {
+            let own = own.borrow().clone();
+            let _ = out_tx.try_send(Ok(bundle_message(&b, own.as_deref())));
+        }
         tokio::spawn(async move {
-            bundle.mark_changed();
             loop {
                 tokio::select! {
                     changed = bundle.changed() => {

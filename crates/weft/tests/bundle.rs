@@ -296,6 +296,18 @@ fn anchor_rotation_without_restart_or_failed_requests() {
         r.stdout
     );
 
+    // Reports are bound to the stream's mTLS identity: legacy cannot speak
+    // for frontend.
+    let da = cp.as_ref().unwrap().addr("destination listening on");
+    let forged = forge_report(&s, da);
+    assert!(forged.is_ok(), "{forged:?}");
+    cp.as_ref()
+        .unwrap()
+        .wait_for_line("ignored a report claiming another identity", DEADLINE);
+    let v = fleet(admin).unwrap();
+    assert_eq!(v.proxies.len(), 2, "{v:?}");
+    assert!(v.proxies.iter().all(|p| !p.identity.starts_with("legacy.")));
+
     // 1. Prepare: the new anchor appended. Every proxy applies it, no restart.
     new_anchor_and_issuer(&s);
     let a_pem = s.read("ca.crt");
@@ -371,6 +383,29 @@ fn anchor_rotation_without_restart_or_failed_requests() {
         r.stdout
     );
     assert_eq!(r.code, 0, "{}", r.stdout);
+    let json = s
+        .weft(&[
+            "check",
+            "--proxy",
+            "--admin-addr",
+            &admin.to_string(),
+            "-o",
+            "json",
+        ])
+        .ok();
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["success"], true);
+    assert_eq!(json["categories"][0]["categoryName"], "weft-fleet");
+    for series in [
+        "trust_bundle_generation 3",
+        "fleet_proxies{state=\"connected\"} 2",
+        "fleet_proxies_bundle{generation=\"3\"} 2",
+    ] {
+        poll(series, DEADLINE, || {
+            let (_, m) = http_get(admin, "/metrics").ok()?;
+            m.lines().any(|l| l == series).then_some(())
+        });
+    }
 
     // By hand: POST /renew-now renews everyone once more, with fresh keys.
     let spkis: Vec<String> = v.proxies.iter().map(|p| p.spki_sha256.clone()).collect();
@@ -483,8 +518,10 @@ fn forge_report(s: &Scratch, destination: SocketAddr) -> Result<(), String> {
             leaf_serial: "forged".into(),
             ..Default::default()
         };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(report).await.map_err(|e| e.to_string())?;
         let mut answers = MeshClient::new(ch)
-            .attach(tokio_stream::iter(vec![report]))
+            .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .map_err(|e| e.to_string())?
             .into_inner();
@@ -492,6 +529,8 @@ fn forge_report(s: &Scratch, destination: SocketAddr) -> Result<(), String> {
             .await
             .map_err(|_| "no bundle".to_string())?
             .map_err(|e| e.to_string())?;
+        // Held open until the answer came, so the report was read.
+        drop(tx);
         first.map(|_| ()).ok_or_else(|| "stream ended".into())
     })
 }
