@@ -78,7 +78,7 @@ fn fleet(a: &CheckArgs) -> (Option<String>, Vec<CheckResult>) {
             let mut checks = vec![CheckResult::ok(reach)];
             checks.extend(control_plane::fleet_check::fleet_checks(
                 &v,
-                a.expiry_warning,
+                a.proxy_expiry_warning,
             ));
             (Some(control_plane::fleet_check::summary(&v)), checks)
         }
