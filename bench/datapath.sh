@@ -17,8 +17,9 @@ wait_line() { for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0;
 
 "$bin/weft" certs create root.linkerd.cluster.local ca.crt ca.key --profile root-ca >/dev/null
 "$bin/weft" certs create identity.linkerd.cluster.local issuer.crt issuer.key --profile intermediate-ca --ca ca.crt --ca-key ca.key >/dev/null
-echo_port=$(free); fe_in=$(free); be_in=$(free); fe_out=$(free)
+echo_port=$(free); fe_in=$(free); be_in=$(free); fe_out=$(free); http_port=$(free); fe_http=$(free)
 "$bin/tcp_load" echo --listen "127.0.0.1:$echo_port" > echo.log & pids+=($!)
+"$bin/tcp_load" http-serve --listen "127.0.0.1:$http_port" > http.log & pids+=($!)
 mkdir resources
 for w in "frontend 9 $fe_in" "backend $echo_port $be_in"; do
   set -- $w
@@ -38,6 +39,7 @@ spec:
   - ip: 127.0.0.1
   ports:
   - port: $2
+$( [ "$1" = backend ] && echo "  - port: $http_port" )
 ---
 YAML
 done
@@ -47,28 +49,31 @@ WEFT_LOG=warn "$bin/weft" control-plane --identity-trust-anchors-file ca.crt --i
 wait_line cp.log "destination listening on"
 ia=$(grep "identity listening on" cp.log | awk '{print $NF}')
 da=$(grep "destination listening on" cp.log | awk '{print $NF}')
+pa=$(grep "policy listening on" cp.log | awk '{print $NF}')
 for w in frontend backend; do "$bin/weft" token create -n bench --service-account $w --state-dir state -o $w.token 2>/dev/null; done
 WEFT_LOG=warn "$bin/weft" proxy --workload bench/backend --token-file backend.token --trust-anchors-file ca.crt \
-  --identity-addr "$ia" --destination-addr "$da" --inbound-addr "127.0.0.1:$be_in" --admin-addr 127.0.0.1:0 --outbound-addr off 2> be.log & be=$!; pids+=($be)
+  --identity-addr "$ia" --destination-addr "$da" --policy-addr "$pa" --inbound-addr "127.0.0.1:$be_in" --admin-addr 127.0.0.1:0 --outbound-addr off 2> be.log & be=$!; pids+=($be)
 WEFT_LOG=warn "$bin/weft" proxy --workload bench/frontend --token-file frontend.token --trust-anchors-file ca.crt \
-  --identity-addr "$ia" --destination-addr "$da" --inbound-addr "127.0.0.1:$fe_in" --admin-addr 127.0.0.1:0 --outbound-addr off \
-  --outbound "127.0.0.1:$fe_out=bench/backend:$echo_port" 2> fe.log & fe=$!; pids+=($fe)
+  --identity-addr "$ia" --destination-addr "$da" --policy-addr "$pa" --inbound-addr "127.0.0.1:$fe_in" --admin-addr 127.0.0.1:0 --outbound-addr off \
+  --outbound "127.0.0.1:$fe_out=bench/backend:$echo_port" --outbound "127.0.0.1:$fe_http=bench/backend:$http_port" 2> fe.log & fe=$!; pids+=($fe)
 wait_line be.log "admin listening on"; wait_line fe.log "admin listening on"
 for log in be.log fe.log; do
   admin=$(grep "admin listening on" $log | awk '{print $NF}')
   for _ in $(seq 200); do curl -sf "http://$admin/ready" >/dev/null && break; sleep 0.05; done
 done
-# Warm the destination cache.
+# Warm the destination and policy caches.
 "$bin/tcp_load" rr --addr "127.0.0.1:$fe_out" --connections 1 --seconds 1 >/dev/null
+"$bin/tcp_load" http --addr "127.0.0.1:$fe_http" --connections 1 --seconds 1 >/dev/null
 
 kv() { echo "$1" | tr ' ' '\n' | grep "^$2=" | cut -d= -f2; }
-printf '%-8s %12s %9s %9s %10s %12s\n' path "rr req/s" "p50 ms" "p99 ms" "bulk MB/s" "new conn/s"
+printf '%-8s %12s %9s %9s %10s %12s %12s %9s %9s\n' path "rr req/s" "p50 ms" "p99 ms" "bulk MB/s" "new conn/s" "http req/s" "p50 ms" "p99 ms"
 for path in direct weft; do
-  if [ $path = direct ]; then addr="127.0.0.1:$echo_port"; else addr="127.0.0.1:$fe_out"; fi
+  if [ $path = direct ]; then addr="127.0.0.1:$echo_port"; haddr="127.0.0.1:$http_port"; else addr="127.0.0.1:$fe_out"; haddr="127.0.0.1:$fe_http"; fi
   rr=$("$bin/tcp_load" rr --addr "$addr" --connections 16 --seconds "$secs")
   bulk=$("$bin/tcp_load" bulk --addr "$addr" --megabytes 512)
   cps=$("$bin/tcp_load" connect --addr "$addr" --concurrency 16 --seconds "$secs")
-  printf '%-8s %12s %9s %9s %10s %12s\n' $path "$(kv "$rr" rps)" "$(kv "$rr" p50_ms)" "$(kv "$rr" p99_ms)" "$(kv "$bulk" mb_s)" "$(kv "$cps" cps)"
+  http=$("$bin/tcp_load" http --addr "$haddr" --connections 16 --seconds "$secs")
+  printf '%-8s %12s %9s %9s %10s %12s %12s %9s %9s\n' $path "$(kv "$rr" rps)" "$(kv "$rr" p50_ms)" "$(kv "$rr" p99_ms)" "$(kv "$bulk" mb_s)" "$(kv "$cps" cps)" "$(kv "$http" rps)" "$(kv "$http" p50_ms)" "$(kv "$http" p99_ms)"
 done
 echo
 printf 'peak RSS: frontend proxy %s kB, backend proxy %s kB\n' "$(awk '/VmHWM/{print $2}' /proc/$fe/status)" "$(awk '/VmHWM/{print $2}' /proc/$be/status)"

@@ -1,6 +1,7 @@
 //! TCP load for the data-path smoke benchmark (bench/datapath.sh): an echo
-//! server, and three loads against any address: keep-alive request/response,
-//! bulk transfer, new connection per request. Prints one line of results.
+//! server and a tiny HTTP/1.1 server, and four loads against any address:
+//! keep-alive request/response, bulk transfer, new connection per request,
+//! keep-alive HTTP/1.1 GETs. Prints one line of results.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,20 @@ enum Cmd {
         #[arg(long, default_value_t = 512)]
         megabytes: usize,
     },
+    /// HTTP/1.1 server: 200 "ok" to every request, keep-alive
+    HttpServe {
+        #[arg(long)]
+        listen: String,
+    },
+    /// Keep-alive HTTP/1.1 GETs on N connections
+    Http {
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// A new connection per 64-byte exchange, N at a time
     Connect {
         #[arg(long)]
@@ -56,9 +71,90 @@ fn pct(v: &mut [Duration], q: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Reads one HTTP/1.1 message head plus a content-length body from `s`,
+/// keeping what follows in `buf`; false at EOF.
+async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                buf.drain(..end + 4 + len);
+                return Ok(true);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
+        Cmd::HttpServe { listen } => {
+            let l = TcpListener::bind(&listen).await?;
+            println!("listening on {}", l.local_addr()?);
+            loop {
+                let (mut s, _) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while let Ok(true) = read_message(&mut s, &mut buf).await {
+                        let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(resp).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        Cmd::Http {
+            addr,
+            connections,
+            seconds,
+        } => {
+            let end = Instant::now() + Duration::from_secs(seconds);
+            let addr = Arc::new(addr);
+            let mut tasks = Vec::new();
+            for _ in 0..connections {
+                let addr = addr.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut s = TcpStream::connect(addr.as_str()).await?;
+                    s.set_nodelay(true)?;
+                    let req = b"GET /bench HTTP/1.1\r\nhost: backend\r\n\r\n";
+                    let mut buf = Vec::new();
+                    let mut lat = Vec::new();
+                    while Instant::now() < end {
+                        let t = Instant::now();
+                        s.write_all(req).await?;
+                        if !read_message(&mut s, &mut buf).await? {
+                            return Err(std::io::Error::other("connection closed"));
+                        }
+                        lat.push(t.elapsed());
+                    }
+                    Ok::<_, std::io::Error>(lat)
+                }));
+            }
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.extend(t.await??);
+            }
+            let n = lat.len();
+            println!(
+                "rps={:.0} p50_ms={:.3} p99_ms={:.3}",
+                n as f64 / seconds as f64,
+                pct(&mut lat, 0.5),
+                pct(&mut lat, 0.99)
+            );
+        }
         Cmd::Echo { listen } => {
             let l = TcpListener::bind(&listen).await?;
             println!("listening on {}", l.local_addr()?);
