@@ -33,6 +33,14 @@ pub struct MeshLink {
     pub metrics: ProxyMetrics,
 }
 
+/// The last refused bundle and why: reported, and tried again whenever the
+/// proxy's certificate changes (a renewal may be what it was waiting for).
+#[derive(Default)]
+struct Refused {
+    bundle: Option<Bundle>,
+    report: Option<BundleRefusal>,
+}
+
 fn api_version(v: &Version) -> BundleVersion {
     BundleVersion {
         generation: v.generation,
@@ -42,7 +50,7 @@ fn api_version(v: &Version) -> BundleVersion {
 
 impl MeshLink {
     pub async fn run(self) {
-        let mut refused: Option<BundleRefusal> = None;
+        let mut refused = Refused::default();
         let mut failures: u32 = 0;
         loop {
             match self.stream(&mut refused).await {
@@ -56,7 +64,7 @@ impl MeshLink {
         }
     }
 
-    fn report(&self, refused: &Option<BundleRefusal>) -> ProxyReport {
+    fn report(&self, refused: &Refused) -> ProxyReport {
         let trust = self.trust.borrow().clone();
         let cert = self.cert.borrow().clone();
         let status = self.refresh.borrow().clone();
@@ -68,7 +76,7 @@ impl MeshLink {
             identity: self.identity.clone(),
             workload: self.workload.clone(),
             bundle: trust.version.as_ref().map(api_version),
-            refused: refused.clone(),
+            refused: refused.report.clone(),
             leaf_serial: cert.as_ref().map(|c| c.serial.clone()).unwrap_or_default(),
             spki_sha256: cert.as_ref().map(|c| c.spki.clone()).unwrap_or_default(),
             issuer_sha256: chain
@@ -87,8 +95,8 @@ impl MeshLink {
     }
 
     /// Judges a pushed bundle and applies it, or records why not.
-    fn take_bundle(&self, b: Bundle, refused: &mut Option<BundleRefusal>) {
-        let v = b.version.unwrap_or_default();
+    fn take_bundle(&self, b: Bundle, refused: &mut Refused) {
+        let v = b.version.clone().unwrap_or_default();
         let version = Version {
             generation: v.generation,
             sha256: v.sha256,
@@ -120,7 +128,7 @@ impl MeshLink {
                     .bundle_generation
                     .set(version.generation as i64);
                 self.trust.send_replace(Arc::new(t));
-                *refused = None;
+                *refused = Refused::default();
             }
             Err(e) => {
                 tracing::warn!(
@@ -129,15 +137,16 @@ impl MeshLink {
                     "trust bundle refused: {e}"
                 );
                 self.metrics.bundle_refused(e.label());
-                *refused = Some(BundleRefusal {
+                refused.report = Some(BundleRefusal {
                     version: Some(api_version(&version)),
                     reason: e.to_string(),
                 });
+                refused.bundle = Some(b);
             }
         }
     }
 
-    async fn stream(&self, refused: &mut Option<BundleRefusal>) -> Result<(), String> {
+    async fn stream(&self, refused: &mut Refused) -> Result<(), String> {
         let channel = self.control.channel(&self.addr).await?;
         let (tx, rx) = mpsc::channel(8);
         tx.send(self.report(refused))
@@ -167,7 +176,12 @@ impl MeshLink {
                     Ok(None) => return Err("the control plane ended the stream".into()),
                     Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
                 },
-                r = cert.changed() => if r.is_err() { return Ok(()) },
+                r = cert.changed() => {
+                    if r.is_err() { return Ok(()) }
+                    if let Some(b) = refused.bundle.take() {
+                        self.take_bundle(b, refused);
+                    }
+                }
                 r = refresh.changed() => if r.is_err() { return Ok(()) },
                 _ = heartbeat.tick() => {}
             }

@@ -621,3 +621,140 @@ fn post(addr: SocketAddr, path: &str) -> String {
     s.read_to_string(&mut buf).unwrap();
     buf
 }
+
+/// A TCP forwarder that can be shut: connections while shut are dropped.
+struct Gate {
+    open: Arc<AtomicBool>,
+    addr: SocketAddr,
+}
+
+fn gate(to: SocketAddr) -> Gate {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let open = Arc::new(AtomicBool::new(true));
+    let is_open = open.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(a) = s else { continue };
+            if !is_open.load(Ordering::Relaxed) {
+                continue;
+            }
+            let Ok(b) = std::net::TcpStream::connect(to) else {
+                continue;
+            };
+            for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    Gate { open, addr }
+}
+
+#[test]
+fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
+    let s = Scratch::new();
+    s.guide_material();
+    let app = spawn_app();
+    let (be_in, st_in) = (free_port(), free_port());
+    std::fs::create_dir(s.path("resources")).unwrap();
+    s.write(
+        "resources/workloads.yaml",
+        [
+            workload("backend", app, be_in, ""),
+            workload("stuck", free_port(), st_in, ""),
+        ]
+        .concat(),
+    );
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let admin = SocketAddr::from(([127, 0, 0, 1], ports[3]));
+    let cp = start_cp(&s, &ports);
+    let identity = gate(cp.addr("identity listening on"));
+    let _backend = start_proxy(&s, "backend", be_in, &cp, &[], &[]);
+    let ga = identity.addr.to_string();
+    // Its identity service is reached through the gate.
+    let stuck = start_proxy(&s, "stuck", st_in, &cp, &[], &["--identity-addr", &ga]);
+    until(admin, "both on generation 1", |v| {
+        v.proxies.len() == 2 && v.proxies.iter().all(|p| p.bundle_current)
+    });
+
+    new_anchor_and_issuer(&s);
+    let (a_pem, b_pem) = (s.read("ca.crt"), s.read("ca2.crt"));
+    replace(&s, "ca.crt", &format!("{a_pem}{b_pem}"));
+    until(admin, "both on generation 2", |v| {
+        v.bundle.as_ref().is_some_and(|b| b.generation == 2)
+            && v.proxies.iter().all(|p| p.bundle_current)
+    });
+
+    // The issuer switches while stuck cannot reach the identity service.
+    identity.open.store(false, Ordering::Relaxed);
+    replace(&s, "issuer.key", &s.read("issuer2.key"));
+    replace(&s, "issuer.crt", &s.read("issuer2.crt"));
+    let (v, _) = until(admin, "backend renewed, stuck failed to", |v| {
+        let by = |w: &str| v.proxies.iter().find(|p| p.workload == w).unwrap();
+        by("demo/backend").issuer_current
+            && !by("demo/stuck").issuer_current
+            && by("demo/stuck").last_refresh != "ok"
+    });
+    let stuck_serial = v
+        .proxies
+        .iter()
+        .find(|p| p.workload == "demo/stuck")
+        .unwrap()
+        .leaf_serial
+        .clone();
+
+    // Retiring the old anchor now would cut stuck off: it refuses, says why,
+    // keeps generation 2; backend applies generation 3.
+    replace(&s, "ca.crt", &b_pem);
+    let (v, _) = until(admin, "stuck refuses generation 3", |v| {
+        v.proxies
+            .iter()
+            .any(|p| p.workload == "demo/stuck" && p.refused.is_some())
+            && v.proxies
+                .iter()
+                .any(|p| p.workload == "demo/backend" && p.bundle_current)
+    });
+    let p = v
+        .proxies
+        .iter()
+        .find(|p| p.workload == "demo/stuck")
+        .unwrap();
+    assert_eq!(p.bundle.as_ref().unwrap().generation, 2);
+    let reason = &p.refused.as_ref().unwrap().reason;
+    assert!(
+        reason.contains(&format!(
+            "certificate (serial {stuck_serial}) would not verify"
+        )),
+        "{reason}"
+    );
+    let r = check_proxy(&s, admin);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("× every connected proxy has the current trust bundle (1 of 2)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("demo/stuck has generation 2, refused the current one"),
+        "{}",
+        r.stdout
+    );
+    stuck.wait_for_line("trust bundle refused", DEADLINE);
+
+    // Once it can renew (by hand: POST /renew-now), it applies the bundle it
+    // refused, with no restart.
+    identity.open.store(true, Ordering::Relaxed);
+    let answer = post(admin, "/renew-now");
+    assert!(answer.contains("\"asked\": 2"), "{answer}");
+    until(admin, "stuck renewed and on generation 3", |v| {
+        v.proxies
+            .iter()
+            .all(|p| p.bundle_current && p.issuer_current && p.refused.is_none())
+    });
+    check_proxy(&s, admin).ok();
+}

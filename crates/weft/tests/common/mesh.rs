@@ -103,6 +103,12 @@ pub fn start_proxy(
     .into_iter()
     .map(str::to_string)
     .collect::<Vec<_>>();
+    // A flag in `extra` replaces the default given above.
+    for flag in extra.iter().filter(|f| f.starts_with("--")) {
+        if let Some(i) = args.iter().position(|a| a == flag) {
+            args.drain(i..i + 2);
+        }
+    }
     for o in outbound {
         args.push("--outbound".into());
         args.push(o.clone());
