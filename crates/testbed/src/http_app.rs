@@ -128,6 +128,25 @@ pub fn pattern_sha(size: u64) -> String {
 
 type AppBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
+/// Serves the test app on `listener` from a thread of its own (with its own
+/// runtime), so tests that block or run elsewhere (another network
+/// namespace) need no runtime of theirs.
+pub fn spawn(listener: std::net::TcpListener) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the test app");
+        rt.block_on(async move {
+            let _ = listener.set_nonblocking(true);
+            match TcpListener::from_std(listener) {
+                Ok(l) => serve(l).await,
+                Err(e) => eprintln!("test app: {e}"),
+            }
+        });
+    });
+}
+
 /// Serves the test app on every connection `listener` accepts, forever.
 /// HTTP/1.x and HTTP/2 prior knowledge are told apart per connection; a
 /// connection error only ends that connection.

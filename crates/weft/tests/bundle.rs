@@ -7,12 +7,13 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use common::Scratch;
-use common::mesh::{free_port, start_proxy, workload};
+use common::mesh::{free_port, spawn_app, start_proxy, workload};
 use common::proc::{Proc, http_get, metric, poll};
+use common::rotation::{self, Counters};
 use control_plane::fleet::FleetView;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -58,144 +59,43 @@ fn fleet(admin: SocketAddr) -> Option<FleetView> {
     (code == 200).then(|| serde_json::from_str(&body).expect("fleet JSON"))
 }
 
-/// Polls the fleet view until `ok` holds; returns it and how long it took.
-fn until(admin: SocketAddr, what: &str, ok: impl Fn(&FleetView) -> bool) -> (FleetView, Duration) {
-    let start = Instant::now();
-    let v = poll(what, DEADLINE, || fleet(admin).filter(|v| ok(v)));
-    (v, start.elapsed())
-}
-
-fn replace(s: &Scratch, name: &str, contents: &str) {
-    let tmp = s.path(&format!(".{name}.new"));
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, s.path(name)).unwrap();
-}
-
 fn check_proxy(s: &Scratch, admin: SocketAddr) -> common::Run {
     s.weft(&["check", "--proxy", "--admin-addr", &admin.to_string()])
 }
 
 /// GETs through frontend's outbound listener, a new connection (and mTLS
 /// handshake between the proxies) each time, until stopped.
-struct Traffic {
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    errors: Arc<std::sync::Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Traffic {
-    fn start(to: SocketAddr) -> Self {
-        let t = Traffic {
-            ok: Arc::default(),
-            failed: Arc::default(),
-            errors: Arc::default(),
-            stop: Arc::default(),
-        };
-        let (ok, failed, errors, stop) = (
-            t.ok.clone(),
-            t.failed.clone(),
-            t.errors.clone(),
-            t.stop.clone(),
-        );
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let r = async {
-                        let s = tokio::net::TcpStream::connect(to)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        testbed::http_app::h1(s, testbed::http_app::Req::get("/tick")).await
-                    }
-                    .await;
-                    match r {
-                        Ok(reply) if reply.status == 200 => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        other => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.lock().unwrap().push(format!("{other:?}"));
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
-        });
-        t
-    }
-
-    /// Waits for `n` more successful requests.
-    fn more(&self, n: u64) {
-        let before = self.ok.load(Ordering::Relaxed);
-        poll("traffic flowing", DEADLINE, || {
-            (self.ok.load(Ordering::Relaxed) >= before + n).then_some(())
-        });
-    }
-
-    #[track_caller]
-    fn assert_clean(&self, step: &str) {
-        assert_eq!(
-            self.failed.load(Ordering::Relaxed),
-            0,
-            "{step}: failed requests: {:?}",
-            self.errors.lock().unwrap()
-        );
-    }
-}
-
-fn spawn_app() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    let port = l.local_addr().unwrap().port();
+fn traffic(to: SocketAddr) -> Counters {
+    let c = Counters::default();
+    let counters = c.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
-            testbed::http_app::serve(tokio::net::TcpListener::from_std(l).unwrap()).await
+            while counters.running() {
+                let r = async {
+                    let s = tokio::net::TcpStream::connect(to)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    testbed::http_app::h1(s, testbed::http_app::Req::get("/tick")).await
+                }
+                .await;
+                counters.record(match r {
+                    Ok(reply) if reply.status == 200 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                });
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         });
     });
-    port
+    c
 }
 
-fn new_anchor_and_issuer(s: &Scratch) {
-    s.weft(&[
-        "certs",
-        "create",
-        "root-2.linkerd.cluster.local",
-        "ca2.crt",
-        "ca2.key",
-        "--profile",
-        "root-ca",
-        "--no-password",
-        "--insecure",
-        "--not-after",
-        "87600h",
-    ])
-    .ok();
-    s.weft(&[
-        "certs",
-        "create",
-        "identity.linkerd.cluster.local",
-        "issuer2.crt",
-        "issuer2.key",
-        "--profile",
-        "intermediate-ca",
-        "--not-after",
-        "8760h",
-        "--no-password",
-        "--insecure",
-        "--ca",
-        "ca2.crt",
-        "--ca-key",
-        "ca2.key",
-    ])
-    .ok();
+/// Polls the fleet view until `ok` holds; returns it and how long it took.
+fn until(admin: SocketAddr, what: &str, ok: impl Fn(&FleetView) -> bool) -> (FleetView, Duration) {
+    rotation::until(what, DEADLINE, || fleet(admin), ok)
 }
 
 #[test]
@@ -242,7 +142,7 @@ fn anchor_rotation_without_restart_or_failed_requests() {
     let first = v.bundle.clone().unwrap();
     assert_eq!((first.generation, first.anchors.len()), (1, 1));
     let serials: Vec<String> = v.proxies.iter().map(|p| p.leaf_serial.clone()).collect();
-    let traffic = Traffic::start(out);
+    let traffic = traffic(out);
     traffic.more(20);
     check_proxy(&s, admin).ok();
 
@@ -309,11 +209,11 @@ fn anchor_rotation_without_restart_or_failed_requests() {
     assert!(v.proxies.iter().all(|p| !p.identity.starts_with("legacy.")));
 
     // 1. Prepare: the new anchor appended. Every proxy applies it, no restart.
-    new_anchor_and_issuer(&s);
+    rotation::new_anchor_and_issuer(&s);
     let a_pem = s.read("ca.crt");
     s.write("ca1.crt", &a_pem);
     let b_pem = s.read("ca2.crt");
-    replace(&s, "ca.crt", &format!("{a_pem}{b_pem}"));
+    s.replace("ca.crt", &format!("{a_pem}{b_pem}"));
     let (v, took) = until(admin, "every proxy reports generation 2", |v| {
         v.bundle.as_ref().is_some_and(|b| b.generation == 2)
             && v.proxies.iter().all(|p| p.bundle_current)
@@ -331,8 +231,8 @@ fn anchor_rotation_without_restart_or_failed_requests() {
     traffic.assert_clean("after the new anchor");
 
     // 2. Activate: the issuer signed by the new anchor; renew-now follows.
-    replace(&s, "issuer.key", &s.read("issuer2.key"));
-    replace(&s, "issuer.crt", &s.read("issuer2.crt"));
+    s.replace("issuer.key", &s.read("issuer2.key"));
+    s.replace("issuer.crt", &s.read("issuer2.crt"));
     let new_anchor = pki::fingerprint(&pki::load_certs(&s.path("ca2.crt")).unwrap()[0]);
     let (v, took) = until(admin, "every leaf renewed under the new anchor", |v| {
         v.proxies
@@ -357,7 +257,7 @@ fn anchor_rotation_without_restart_or_failed_requests() {
     assert_eq!(direct_get(&s, be_in, app), Ok(200));
 
     // 3. Retire: the old anchor removed.
-    replace(&s, "ca.crt", &b_pem);
+    s.replace("ca.crt", &b_pem);
     let (v, took) = until(admin, "every proxy reports generation 3", |v| {
         v.bundle.as_ref().is_some_and(|b| b.generation == 3)
             && v.proxies
@@ -431,7 +331,7 @@ fn anchor_rotation_without_restart_or_failed_requests() {
             .ok()
             .and_then(|(_, m)| metric(&m, &series))
             .unwrap_or(0.0);
-        replace(&s, "ca.crt", &contents);
+        s.replace("ca.crt", &contents);
         poll(&format!("{series} moves"), DEADLINE, || {
             let (_, m) = http_get(admin, "/metrics").ok()?;
             (metric(&m, &series)? > before).then_some(())
@@ -441,7 +341,7 @@ fn anchor_rotation_without_restart_or_failed_requests() {
         assert!(v.proxies.iter().all(|p| p.bundle_current), "{label}: {v:?}");
         traffic.more(5);
     }
-    replace(&s, "ca.crt", &b_pem);
+    s.replace("ca.crt", &b_pem);
     traffic.assert_clean("after refused bundles");
 
     // Control plane restart: proxies reconnect, the view is rebuilt, the
@@ -465,12 +365,8 @@ fn anchor_rotation_without_restart_or_failed_requests() {
     assert_eq!(v.unmanaged.len(), 1, "rebuilt from the issuance record");
     traffic.more(10);
     traffic.assert_clean("across the control plane restart");
-    traffic.stop.store(true, Ordering::Relaxed);
-    eprintln!(
-        "{} requests, {} failed",
-        traffic.ok.load(Ordering::Relaxed),
-        traffic.failed.load(Ordering::Relaxed)
-    );
+    let (ok, failed) = traffic.finish();
+    eprintln!("{ok} requests, {failed} failed");
 
     // A killed proxy is stale, not converged.
     drop(backend.take());
@@ -680,9 +576,9 @@ fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
         v.proxies.len() == 2 && v.proxies.iter().all(|p| p.bundle_current)
     });
 
-    new_anchor_and_issuer(&s);
+    rotation::new_anchor_and_issuer(&s);
     let (a_pem, b_pem) = (s.read("ca.crt"), s.read("ca2.crt"));
-    replace(&s, "ca.crt", &format!("{a_pem}{b_pem}"));
+    s.replace("ca.crt", &format!("{a_pem}{b_pem}"));
     until(admin, "both on generation 2", |v| {
         v.bundle.as_ref().is_some_and(|b| b.generation == 2)
             && v.proxies.iter().all(|p| p.bundle_current)
@@ -690,8 +586,8 @@ fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
 
     // The issuer switches while stuck cannot reach the identity service.
     identity.open.store(false, Ordering::Relaxed);
-    replace(&s, "issuer.key", &s.read("issuer2.key"));
-    replace(&s, "issuer.crt", &s.read("issuer2.crt"));
+    s.replace("issuer.key", &s.read("issuer2.key"));
+    s.replace("issuer.crt", &s.read("issuer2.crt"));
     let (v, _) = until(admin, "backend renewed, stuck failed to", |v| {
         let by = |w: &str| v.proxies.iter().find(|p| p.workload == w).unwrap();
         by("demo/backend").issuer_current
@@ -708,7 +604,7 @@ fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
 
     // Retiring the old anchor now would cut stuck off: it refuses, says why,
     // keeps generation 2; backend applies generation 3.
-    replace(&s, "ca.crt", &b_pem);
+    s.replace("ca.crt", &b_pem);
     let (v, _) = until(admin, "stuck refuses generation 3", |v| {
         v.proxies
             .iter()

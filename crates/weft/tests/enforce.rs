@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use common::Scratch;
-use common::mesh::{free_port, start_proxy, workload, workload_ports};
+use common::mesh::{free_port, spawn_app, start_proxy, workload, workload_ports};
 use common::proc::{Proc, http_get, metric_sum, poll};
 use testbed::http_app::{self, Proto, Req};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,24 +19,6 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const FE: &str = "frontend.demo.serviceaccount.identity.weft.cluster.local";
 const INTRUDER: &str = "intruder.demo.serviceaccount.identity.weft.cluster.local";
 const GUIDE: &str = include_str!("fixtures/guide/policy.yaml");
-
-/// The HTTP test app on its own runtime thread; returns its port.
-fn spawn_app() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(
-            async move { http_app::serve(tokio::net::TcpListener::from_std(l).unwrap()).await },
-        );
-    });
-    port
-}
 
 /// An echo server on its own thread; returns its port.
 fn spawn_echo() -> u16 {

@@ -467,13 +467,6 @@ fn decode_b64url(s: &str) -> Vec<u8> {
     out
 }
 
-/// Writes `name` atomically (temp + rename), as an operator's tooling should.
-fn replace(s: &Scratch, name: &str, contents: &str) {
-    let tmp = s.path(&format!(".{name}.new"));
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, s.path(name)).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn issuer_reload_under_load_and_refusals_keep_the_old_one() {
     let s = Scratch::new();
@@ -554,8 +547,8 @@ async fn issuer_reload_under_load_and_refusals_keep_the_old_one() {
         .unwrap()
         .to_string();
     let switched = Instant::now();
-    replace(&s, "issuer.key", &s.read("issuer2.key"));
-    replace(&s, "issuer.crt", &s.read("issuer2.crt"));
+    s.replace("issuer.key", &s.read("issuer2.key"));
+    s.replace("issuer.crt", &s.read("issuer2.crt"));
     poll("certificates from the new issuer", DEADLINE, || {
         (*latest_issuer.lock().unwrap() == new_fp).then_some(())
     });
@@ -636,8 +629,8 @@ async fn issuer_reload_under_load_and_refusals_keep_the_old_one() {
             .ok()
             .and_then(|(_, m)| metric(&m, &series))
             .unwrap_or(0.0);
-        replace(&s, "issuer.key", &s.read(key));
-        replace(&s, "issuer.crt", &s.read(crt));
+        s.replace("issuer.key", &s.read(key));
+        s.replace("issuer.crt", &s.read(crt));
         poll(&format!("{series} to move"), DEADLINE, || {
             let (_, m) = http_get(cp.admin, "/metrics").ok()?;
             (metric(&m, &series)? > before).then_some(())
@@ -710,7 +703,7 @@ fn bad_start_material_stays_up_and_recovers() {
         "{}",
         cp.proc.output()
     );
-    replace(&s, "issuer.crt", &good_crt);
+    s.replace("issuer.crt", &good_crt);
     wait_ready(&cp);
 }
 

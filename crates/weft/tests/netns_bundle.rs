@@ -6,35 +6,15 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Scratch;
-use common::netmesh::{DEADLINE, NetMesh, get_in};
-use common::proc::poll;
+use common::netmesh::{DEADLINE, NetMesh, app_in, get_in};
+use common::rotation::{self, Counters};
 use control_plane::fleet::FleetView;
 use testbed::{have_root, in_ns};
 
 const PODS: [&str; 5] = ["w1", "w2", "w3", "w4", "w5"];
 const APP: u16 = 8080;
-
-fn app_in(ns: &str) {
-    let l = in_ns(ns, || TcpListener::bind(("0.0.0.0", APP)))
-        .unwrap()
-        .unwrap();
-    l.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            testbed::http_app::serve(tokio::net::TcpListener::from_std(l).unwrap()).await
-        });
-    });
-}
 
 fn fleet(m: &NetMesh) -> Option<FleetView> {
     let (code, body) = get_in(&m.ns("cp"), "127.0.0.1:9990".parse().unwrap(), "/fleet")?;
@@ -42,9 +22,7 @@ fn fleet(m: &NetMesh) -> Option<FleetView> {
 }
 
 fn until(m: &NetMesh, what: &str, ok: impl Fn(&FleetView) -> bool) -> (FleetView, Duration) {
-    let start = Instant::now();
-    let v = poll(what, DEADLINE, || fleet(m).filter(|v| ok(v)));
-    (v, start.elapsed())
+    rotation::until(what, DEADLINE, || fleet(m), ok)
 }
 
 /// `weft check --proxy` run in the control plane's pod: (exit code, stdout).
@@ -62,74 +40,27 @@ fn check_proxy(m: &NetMesh) -> (i32, String) {
     )
 }
 
-fn replace(s: &Scratch, name: &str, contents: &str) {
-    let tmp = s.path(&format!(".{name}.new"));
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, s.path(name)).unwrap();
-}
-
 /// Every pod calls the next one (wi -> wi+1) with a new connection per
 /// request, through both proxies, until stopped.
-struct Traffic {
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    errors: Arc<std::sync::Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Traffic {
-    fn start(m: &NetMesh) -> Self {
-        let t = Traffic {
-            ok: Arc::default(),
-            failed: Arc::default(),
-            errors: Arc::default(),
-            stop: Arc::default(),
-        };
-        for (i, from) in PODS.iter().enumerate() {
-            let to = m.addr(PODS[(i + 1) % PODS.len()], APP);
-            let ns = m.ns(from);
-            let (ok, failed, errors, stop) = (
-                t.ok.clone(),
-                t.failed.clone(),
-                t.errors.clone(),
-                t.stop.clone(),
-            );
-            std::thread::spawn(move || {
-                let _ = in_ns(&ns, move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        match common::proc::http_get(to, "/tick") {
-                            Ok((200, _)) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            other => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                errors.lock().unwrap().push(format!("-> {to}: {other:?}"));
-                            }
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                });
+fn traffic(m: &NetMesh) -> Counters {
+    let c = Counters::default();
+    for (i, from) in PODS.iter().enumerate() {
+        let to = m.addr(PODS[(i + 1) % PODS.len()], APP);
+        let ns = m.ns(from);
+        let counters = c.clone();
+        std::thread::spawn(move || {
+            let _ = in_ns(&ns, move || {
+                while counters.running() {
+                    counters.record(match common::proc::http_get(to, "/tick") {
+                        Ok((200, _)) => Ok(()),
+                        other => Err(format!("-> {to}: {other:?}")),
+                    });
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             });
-        }
-        t
-    }
-
-    fn more(&self, n: u64) {
-        let before = self.ok.load(Ordering::Relaxed);
-        poll("traffic flowing", DEADLINE, || {
-            (self.ok.load(Ordering::Relaxed) >= before + n).then_some(())
         });
     }
-
-    #[track_caller]
-    fn assert_clean(&self, step: &str) {
-        assert_eq!(
-            self.failed.load(Ordering::Relaxed),
-            0,
-            "{step}: failed requests: {:?}",
-            self.errors.lock().unwrap()
-        );
-    }
+    c
 }
 
 #[test]
@@ -140,7 +71,7 @@ fn five_workloads_rotate_their_anchor_under_traffic() {
     let meshed: Vec<(&str, &[u16])> = PODS.iter().map(|p| (*p, &[APP][..])).collect();
     let mut m = NetMesh::build(&meshed, &[], &[], &[]);
     for p in PODS {
-        app_in(&m.ns(p));
+        app_in(&m.ns(p), APP);
     }
     let all_current = |v: &FleetView| {
         v.proxies.len() == PODS.len()
@@ -155,7 +86,7 @@ fn five_workloads_rotate_their_anchor_under_traffic() {
         .iter()
         .map(|p| (p.leaf_serial.clone(), p.spki_sha256.clone()))
         .collect();
-    let traffic = Traffic::start(&m);
+    let traffic = traffic(&m);
     traffic.more(50);
     let (code, out) = check_proxy(&m);
     assert_eq!(code, 0, "{out}");
@@ -163,43 +94,12 @@ fn five_workloads_rotate_their_anchor_under_traffic() {
 
     // New anchor and an issuer under it.
     let s = &m.s;
-    s.weft(&[
-        "certs",
-        "create",
-        "root-2.linkerd.cluster.local",
-        "ca2.crt",
-        "ca2.key",
-        "--profile",
-        "root-ca",
-        "--no-password",
-        "--insecure",
-        "--not-after",
-        "87600h",
-    ])
-    .ok();
-    s.weft(&[
-        "certs",
-        "create",
-        "identity.linkerd.cluster.local",
-        "issuer2.crt",
-        "issuer2.key",
-        "--profile",
-        "intermediate-ca",
-        "--not-after",
-        "8760h",
-        "--no-password",
-        "--insecure",
-        "--ca",
-        "ca2.crt",
-        "--ca-key",
-        "ca2.key",
-    ])
-    .ok();
+    rotation::new_anchor_and_issuer(s);
     let (a_pem, b_pem) = (s.read("ca.crt"), s.read("ca2.crt"));
     let new_anchor = pki::fingerprint(&pki::load_certs(&s.path("ca2.crt")).unwrap()[0]);
 
     // 1. Prepare.
-    replace(s, "ca.crt", &format!("{a_pem}{b_pem}"));
+    s.replace("ca.crt", &format!("{a_pem}{b_pem}"));
     let (_, took) = until(&m, "every proxy reports generation 2", |v| {
         all_current(v) && v.bundle.as_ref().is_some_and(|b| b.generation == 2)
     });
@@ -209,8 +109,8 @@ fn five_workloads_rotate_their_anchor_under_traffic() {
     println!("{}", check_proxy(&m).1);
 
     // 2. Activate: renew-now follows the issuer change.
-    replace(s, "issuer.key", &s.read("issuer2.key"));
-    replace(s, "issuer.crt", &s.read("issuer2.crt"));
+    s.replace("issuer.key", &s.read("issuer2.key"));
+    s.replace("issuer.crt", &s.read("issuer2.crt"));
     let (v, took) = until(&m, "every leaf renewed under the new anchor", |v| {
         v.proxies.len() == PODS.len()
             && v.proxies
@@ -227,7 +127,7 @@ fn five_workloads_rotate_their_anchor_under_traffic() {
     println!("{}", check_proxy(&m).1);
 
     // 3. Retire.
-    replace(s, "ca.crt", &b_pem);
+    s.replace("ca.crt", &b_pem);
     let (_, took) = until(&m, "every proxy reports generation 3", |v| {
         all_current(v) && v.bundle.as_ref().is_some_and(|b| b.generation == 3)
     });
@@ -251,12 +151,8 @@ fn five_workloads_rotate_their_anchor_under_traffic() {
     assert_eq!(v.bundle.as_ref().unwrap().generation, 3);
     traffic.more(50);
     traffic.assert_clean("control plane restart");
-    traffic.stop.store(true, Ordering::Relaxed);
-    println!(
-        "{} requests across the rotation, {} failed",
-        traffic.ok.load(Ordering::Relaxed),
-        traffic.failed.load(Ordering::Relaxed)
-    );
+    let (ok, failed) = traffic.finish();
+    println!("{ok} requests across the rotation, {failed} failed");
 
     // A killed proxy is stale, not converged.
     let victim = m.proxy("w5").take();

@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::net::TcpListener;
-
-use common::netmesh::{DEADLINE, NetMesh, echo_in, get_in, roundtrip_in};
+use common::netmesh::{DEADLINE, NetMesh, app_in, echo_in, get_in, roundtrip_in};
 use common::proc::{Proc, poll};
-use testbed::{have_root, in_ns};
+use testbed::have_root;
 
 const GUIDE: &str = include_str!("fixtures/guide/policy.yaml");
 /// Inside: cp (10.10.0.2) and frontend (.3). Outside: backend, other, c.
@@ -99,23 +97,6 @@ spec:
   requiredAuthenticationRefs:
   - {group: policy.linkerd.io, kind: MeshTLSAuthentication, name: does-not-exist}
 ";
-
-/// The HTTP test app inside `ns` on 0.0.0.0:port, on its own runtime.
-fn app_in(ns: &str, port: u16) {
-    let l = in_ns(ns, move || TcpListener::bind(("0.0.0.0", port)))
-        .unwrap()
-        .unwrap();
-    l.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            testbed::http_app::serve(tokio::net::TcpListener::from_std(l).unwrap()).await
-        });
-    });
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seen {

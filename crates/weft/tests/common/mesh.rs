@@ -6,6 +6,14 @@ use std::net::TcpListener;
 use super::Scratch;
 use super::proc::Proc;
 
+/// The HTTP test app (testbed::http_app) on 127.0.0.1; returns its port.
+pub fn spawn_app() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    testbed::http_app::spawn(l);
+    port
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

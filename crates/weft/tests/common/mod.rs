@@ -6,6 +6,7 @@ pub mod certify;
 pub mod mesh;
 pub mod netmesh;
 pub mod proc;
+pub mod rotation;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -85,6 +86,14 @@ impl Scratch {
         let p = self.path(name);
         std::fs::write(&p, contents).unwrap();
         p
+    }
+
+    /// Replaces a file at once (write beside, rename), as an operator's
+    /// tooling should, so readers never see it half-written.
+    pub fn replace(&self, name: &str, contents: &str) {
+        let tmp = self.path(&format!(".{name}.new"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, self.path(name)).unwrap();
     }
 
     pub fn read(&self, name: &str) -> String {

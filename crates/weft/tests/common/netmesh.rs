@@ -54,6 +54,14 @@ pub fn echo_in(ns: &str, port: u16) {
     });
 }
 
+/// The HTTP test app (testbed::http_app) inside `ns` on 0.0.0.0:port.
+pub fn app_in(ns: &str, port: u16) {
+    let l = in_ns(ns, move || TcpListener::bind(("0.0.0.0", port)))
+        .unwrap()
+        .unwrap();
+    testbed::http_app::spawn(l);
+}
+
 /// From inside `ns`: connect, send, half-close, read all back.
 pub fn roundtrip_in(ns: &str, to: SocketAddr, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
     in_ns(ns, move || {
