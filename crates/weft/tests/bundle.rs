@@ -435,29 +435,11 @@ fn forge_report(s: &Scratch, destination: SocketAddr) -> Result<(), String> {
 /// transport header naming `app`, then a GET. Ok(status), or why it failed.
 fn direct_get(s: &Scratch, proxy_port: u16, app: u16) -> Result<u16, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let certs = pki::load_certs(&s.path("legacy.crt")).unwrap();
-    let key = std::fs::read(s.path("legacy.key")).unwrap();
-    let key =
-        <rustls::pki_types::PrivateKeyDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
-            &key,
-        )
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for f in ["ca1.crt", "ca2.crt"] {
-        for c in pki::load_certs(&s.path(f)).unwrap() {
-            roots.add(c).unwrap();
-        }
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"transport.l5d.io/v1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let connector = common::direct::connector(
+        &s.path("legacy.crt"),
+        &s.path("legacy.key"),
+        &[&s.path("ca1.crt"), &s.path("ca2.crt")],
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -474,21 +456,7 @@ fn direct_get(s: &Scratch, proxy_port: u16, app: u16) -> Result<u16, String> {
             .connect(name, tcp)
             .await
             .map_err(|e| e.to_string())?;
-        // protobuf: field 1 (port), varint
-        let mut body = vec![0x08];
-        let mut v = u64::from(app);
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                body.push(b);
-                break;
-            }
-            body.push(b | 0x80);
-        }
-        let mut msg = b"transport.l5d.io/v1\r\n\r\n".to_vec();
-        msg.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        msg.extend_from_slice(&body);
+        let mut msg = common::direct::transport_header(u64::from(app));
         msg.extend_from_slice(b"GET /direct HTTP/1.0\r\nHost: backend\r\n\r\n");
         tls.write_all(&msg).await.map_err(|e| e.to_string())?;
         let mut buf = Vec::new();

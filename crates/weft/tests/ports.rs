@@ -249,53 +249,17 @@ async fn transport_header_must_name_a_declared_port() {
         "frontend.token",
     ])
     .ok();
-    let certs = pki::load_certs(&m.s.path("fe.crt")).unwrap();
-    let key = std::fs::read(m.s.path("fe.key")).unwrap();
-    let key =
-        <rustls::pki_types::PrivateKeyDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
-            &key,
-        )
-        .unwrap();
-    let roots = {
-        let mut r = rustls::RootCertStore::empty();
-        for c in pki::load_certs(&m.s.path("ca.crt")).unwrap() {
-            r.add(c).unwrap();
-        }
-        r
-    };
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .unwrap();
-    cfg.alpn_protocols = vec![b"transport.l5d.io/v1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let connector = common::direct::connector(
+        &m.s.path("fe.crt"),
+        &m.s.path("fe.key"),
+        &[&m.s.path("ca.crt")],
+    );
     let admin_port = m.backend.addr("admin listening on").port();
-    let header = |port: i32| {
-        // protobuf: field 1 (port), varint
-        let mut body = vec![0x08];
-        let mut v = port as u64;
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                body.push(b);
-                break;
-            }
-            body.push(b | 0x80);
-        }
-        let mut out = b"transport.l5d.io/v1\r\n\r\n".to_vec();
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        out
-    };
+    let header = |port: u16| common::direct::transport_header(u64::from(port));
     let cases: Vec<(Vec<u8>, String)> = vec![
         (header(9), "port 9 is not a port of demo/backend".into()),
         (
-            header(i32::from(admin_port)),
+            header(admin_port),
             format!("port {admin_port} is the proxy's own"),
         ),
         (
@@ -340,7 +304,7 @@ async fn transport_header_must_name_a_declared_port() {
     )
     .unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
-    tls.write_all(&header(i32::from(m.be_app))).await.unwrap();
+    tls.write_all(&header(m.be_app)).await.unwrap();
     tls.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     tls.read_exact(&mut buf).await.unwrap();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certify;
+pub mod direct;
 pub mod mesh;
 pub mod netmesh;
 pub mod proc;
