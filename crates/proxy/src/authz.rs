@@ -88,29 +88,23 @@ impl Scene<'_> {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "none".into());
         let reason = v.reasons.last().map(String::as_str).unwrap_or("");
-        if !v.allowed {
-            tracing::info!(
-                target: "weft::audit",
-                client = client_name(self.client),
-                source = %self.peer,
-                port = self.port,
-                server = %srv,
-                authorization = %authz,
-                request,
-                "{what} denied: {reason}"
-            );
+        let outcome = if !v.allowed {
+            format!("denied: {reason}")
         } else if is_audit(v) {
-            tracing::info!(
-                target: "weft::audit",
-                client = client_name(self.client),
-                source = %self.peer,
-                port = self.port,
-                server = %srv,
-                authorization = %authz,
-                request,
-                "{what} allowed by the audit policy (it would otherwise need an authorization)"
-            );
-        }
+            "allowed by the audit policy (it would otherwise need an authorization)".into()
+        } else {
+            return;
+        };
+        tracing::info!(
+            target: "weft::audit",
+            client = client_name(self.client),
+            source = %self.peer,
+            port = self.port,
+            server = %srv,
+            authorization = %authz,
+            request,
+            "{what} {outcome}"
+        );
     }
 }
 

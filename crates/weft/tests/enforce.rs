@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::Scratch;
-use common::mesh::{free_port, spawn_app, start_proxy, workload, workload_ports};
+use common::mesh::{echo_server, free_port, spawn_app, start_proxy, workload, workload_ports};
 use common::proc::{Proc, http_get, metric_sum, poll};
 use testbed::http_app::{self, Proto, Req};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,23 +19,6 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const FE: &str = "frontend.demo.serviceaccount.identity.weft.cluster.local";
 const INTRUDER: &str = "intruder.demo.serviceaccount.identity.weft.cluster.local";
 const GUIDE: &str = include_str!("fixtures/guide/policy.yaml");
-
-/// An echo server on its own thread; returns its port.
-fn spawn_echo() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    port
-}
 
 /// The guide's manifests split so tests can delete the MeshTLSAuthentication
 /// alone: (Server + AuthorizationPolicy, MeshTLSAuthentication), with the
@@ -99,7 +82,7 @@ impl PolicyMesh {
     fn up() -> Self {
         let s = Scratch::new();
         s.guide_material();
-        let (http_port, open_port, tcp_port) = (spawn_app(), spawn_app(), spawn_echo());
+        let (http_port, open_port, tcp_port) = (spawn_app(), spawn_app(), echo_server());
         let (be_in, fe_in, in_in) = (free_port(), free_port(), free_port());
         std::fs::create_dir(s.path("resources")).unwrap();
         s.write(

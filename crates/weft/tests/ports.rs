@@ -4,32 +4,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::Scratch;
-use common::mesh::{free_port, start_proxy, workload};
+use common::mesh::{echo_server, free_port, start_proxy, workload};
 use common::proc::{Proc, http_get, metric, poll};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// An echo server: returns every byte, and closes its side after the peer's EOF.
-fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    port
-}
 
 struct Mesh {
     s: Scratch,

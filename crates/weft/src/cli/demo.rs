@@ -84,46 +84,11 @@ async fn backend_app(listener: tokio::net::TcpListener) {
     }
 }
 
-/// The guide's policy (step 12): backend's port serves frontend only.
+/// The guide's policy (step 12): backend's port serves frontend only. The
+/// very manifests the tests use, with the Server's port set to the app's.
 fn policy_yaml(port: u16) -> String {
-    format!(
-        "apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-metadata:
-  name: backend-server
-  namespace: demo
-spec:
-  podSelector:
-    matchLabels:
-      app: backend
-  port: {port}
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata:
-  name: backend-allow-frontend
-  namespace: demo
-spec:
-  targetRef:
-    group: policy.linkerd.io
-    kind: Server
-    name: backend-server
-  requiredAuthenticationRefs:
-  - name: frontend-sa
-    kind: MeshTLSAuthentication
-    group: policy.linkerd.io
----
-apiVersion: policy.linkerd.io/v1alpha1
-kind: MeshTLSAuthentication
-metadata:
-  name: frontend-sa
-  namespace: demo
-spec:
-  identityRefs:
-  - kind: ServiceAccount
-    name: frontend
-"
-    )
+    include_str!("../../tests/fixtures/guide/policy.yaml")
+        .replace("port: 8080", &format!("port: {port}"))
 }
 
 /// GET /hello through a proxy's outbound listener: status line, the

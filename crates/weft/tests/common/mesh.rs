@@ -6,6 +6,29 @@ use std::net::TcpListener;
 use super::Scratch;
 use super::proc::Proc;
 
+/// Echoes every byte on each connection `l` accepts, closing its side after
+/// the peer's EOF (so half-close is observable), from threads of its own.
+pub fn echo_on(l: TcpListener) {
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// An echo server on 127.0.0.1; returns its port.
+pub fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    echo_on(l);
+    port
+}
+
 /// The HTTP test app (testbed::http_app) on 127.0.0.1; returns its port.
 pub fn spawn_app() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -42,16 +42,7 @@ pub fn echo_in(ns: &str, port: u16) {
     let l = in_ns(ns, move || TcpListener::bind(("0.0.0.0", port)))
         .unwrap()
         .unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
+    super::mesh::echo_on(l);
 }
 
 /// The HTTP test app (testbed::http_app) inside `ns` on 0.0.0.0:port.
