@@ -49,8 +49,18 @@ impl HttpConn {
             .unwrap_or_else(|| self.initial.clone())
     }
 
-    /// The verdict for one request, counted and (if denied) audited.
-    fn judge<B>(&self, req: &Request<B>) -> Verdict {
+    fn scene(&self) -> Scene<'_> {
+        Scene {
+            metrics: &self.metrics,
+            client: &self.client,
+            peer: self.peer,
+            port: self.port,
+        }
+    }
+
+    /// The verdict for one request, counted and (if denied) audited, with
+    /// the request as policy saw it.
+    fn judge<B>(&self, req: &Request<B>) -> (Verdict, policy::Request) {
         let server = self.server();
         let r = policy::Request {
             method: req.method().as_str().to_string(),
@@ -62,14 +72,29 @@ impl HttpConn {
                 .collect(),
         };
         let v = policy::authorize_request(&server, &self.client, &r);
-        let scene = Scene {
-            metrics: &self.metrics,
-            client: &self.client,
-            peer: self.peer,
-            port: self.port,
-        };
-        scene.http(&server, &v, &format!("{} {}", r.method, r.path));
-        v
+        self.scene()
+            .http(&server, &v, &format!("{} {}", r.method, r.path));
+        (v, r)
+    }
+
+    /// Resolves once a policy change no longer allows `r` (the request that
+    /// opened a tunnel), counted and audited as a denial.
+    async fn revoked(self: Arc<Self>, r: policy::Request) {
+        let mut rx = self.policy.clone();
+        loop {
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let now = rx.borrow_and_update().clone();
+            if let Some(server) = now {
+                let v = policy::authorize_request(&server, &self.client, &r);
+                if !v.allowed {
+                    self.scene()
+                        .http(&server, &v, &format!("{} {}", r.method, r.path));
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -204,7 +229,7 @@ async fn h1_request(
     upstream: Arc<Mutex<Option<H1Sender>>>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let v = conn.judge(&req);
+    let (v, judged) = conn.judge(&req);
     if !v.allowed {
         return Ok(denied(&req, &v));
     }
@@ -246,7 +271,8 @@ async fn h1_request(
                 || (is_connect && resp.status().is_success());
             if upgraded && let Some(down) = down {
                 let up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(splice(down, up));
+                let stop = conn.clone().revoked(judged);
+                tokio::spawn(splice(down, up, stop, conn.port));
                 *slot = None;
             }
             Ok(resp.map(BodyExt::boxed))
@@ -263,7 +289,7 @@ async fn h2_request(
     upstream: Arc<Mutex<Option<H2Sender>>>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let v = conn.judge(&req);
+    let (v, _) = conn.judge(&req);
     if !v.allowed {
         return Ok(denied(&req, &v));
     }
@@ -302,13 +328,26 @@ async fn h2_request(
     }
 }
 
-/// After an upgrade or CONNECT: bytes both ways until either side is done.
-async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+/// After an upgrade or CONNECT: bytes both ways until either side is done,
+/// or until `stop` (a policy change that no longer allows the request that
+/// opened it) closes both.
+async fn splice(
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+    stop: impl std::future::Future<Output = ()>,
+    port: u16,
+) {
     match tokio::try_join!(down, up) {
         Ok((d, u)) => {
             let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut d, &mut u) => if let Err(e) = r {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                },
+                () = stop => tracing::info!(
+                    port,
+                    "closed an upgraded connection: the policy changed and no longer allows the request that opened it"
+                ),
             }
         }
         Err(e) => tracing::debug!(error = %e, "upgrade failed"),

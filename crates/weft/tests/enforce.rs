@@ -390,8 +390,37 @@ async fn policy_edits_apply_live_and_close_denied_connections() {
         .unwrap();
     assert_eq!(&buf, b"ping");
 
+    // An open WebSocket tunnel from frontend, carrying bytes.
+    let mut ws = m.conn("frontend/http").await;
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: backend\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(DEADLINE, ws.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    ws.write_all(b"tunnel").await.unwrap();
+    let mut six = [0u8; 6];
+    tokio::time::timeout(DEADLINE, ws.read_exact(&mut six))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&six, b"tunnel");
+
     // Deleting the MeshTLSAuthentication denies frontend: new requests get
-    // 403, and the open connection is closed.
+    // 403, and the open connections are closed.
     std::fs::remove_file(m.s.path("resources/meshtls.yaml")).unwrap();
     m.until_status("frontend/http", 403, "MeshTLSAuthentication deleted")
         .await;
@@ -407,6 +436,15 @@ async fn policy_edits_apply_live_and_close_denied_connections() {
     );
     m.backend
         .wait_for_line("closed an open connection: the policy changed", DEADLINE);
+    let closed = tokio::time::timeout(DEADLINE, ws.read(&mut six)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the WebSocket tunnel was closed when the policy stopped allowing it: {closed:?}"
+    );
+    m.backend.wait_for_line(
+        "closed an upgraded connection: the policy changed",
+        DEADLINE,
+    );
 
     // Restoring it allows frontend again.
     let (_, meshtls) = guide_files(m.http_port);
