@@ -5,6 +5,9 @@ use pki::check::CheckResult;
 
 use crate::fleet::FleetView;
 
+/// A connected proxy silent this long (it reports every 15 s) is suspect.
+const SILENT_AFTER_S: i64 = 60;
+
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
@@ -149,6 +152,22 @@ pub fn fleet_checks(v: &FleetView, expiry_warning: std::time::Duration) -> Vec<C
         )
     });
 
+    let silent: Vec<String> = connected
+        .iter()
+        .filter(|p| p.last_report_age_s > SILENT_AFTER_S)
+        .map(|p| format!("{} last reported {}s ago", p.workload, p.last_report_age_s))
+        .collect();
+    let desc = format!("every connected proxy reported within {SILENT_AFTER_S}s");
+    out.push(if silent.is_empty() {
+        CheckResult::ok(desc)
+    } else {
+        CheckResult::warn(
+            desc,
+            list(&silent),
+            "proxies report every 15s; one that holds its stream but stays silent is wedged: look at its log and restart it",
+        )
+    });
+
     let stale: Vec<String> = v
         .proxies
         .iter()
@@ -286,6 +305,7 @@ mod tests {
         let mut soon = proxy("demo/c", 2, "connected");
         soon.expires_in_s = 60;
         soon.issuer_current = false;
+        soon.last_report_age_s = 90;
         let v = fleet(vec![
             proxy("demo/a", 2, "connected"),
             behind,
@@ -307,6 +327,9 @@ mod tests {
             Status::Warning
         );
         assert_eq!(by("no proxy certificate expires").result, Status::Warning);
+        let silent = by("every connected proxy reported within 60s");
+        assert_eq!(silent.result, Status::Warning);
+        assert!(silent.error.contains("demo/c last reported 90s ago"));
         let mut orphan = proxy("demo/e", 2, "connected");
         orphan.anchor_in_bundle = false;
         let v = fleet(vec![orphan]);
