@@ -690,8 +690,12 @@ fn bad_start_material_stays_up_and_recovers() {
     let good_crt = s.read("issuer.crt");
     s.write("issuer.crt", "garbage\n");
     let cp = start_cp(&s, &[]);
-    let (code, body) = poll("/ready to answer", DEADLINE, || {
-        http_get(cp.admin, "/ready").ok()
+    // Before the first read of the files it says "no valid issuer yet";
+    // then it names the file that was refused.
+    let (code, body) = poll("/ready to name the refused file", DEADLINE, || {
+        http_get(cp.admin, "/ready")
+            .ok()
+            .filter(|(_, b)| b.contains("issuer.crt"))
     });
     assert_eq!(code, 503, "{body}");
     assert!(
