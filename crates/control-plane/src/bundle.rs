@@ -157,8 +157,23 @@ pub async fn track(
                 });
             }
         }
-        if issuer.changed().await.is_err() {
-            return;
+        let saved = match status.current.as_ref() {
+            None => true,
+            Some(state) => last
+                .as_ref()
+                .is_some_and(|v| v.sha256 == content_hash(&state.anchors)),
+        };
+        if saved {
+            if issuer.changed().await.is_err() {
+                return;
+            }
+        } else {
+            // The new generation could not be saved: try again soon, even if
+            // the files do not change.
+            tokio::select! {
+                r = issuer.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            }
         }
     }
 }

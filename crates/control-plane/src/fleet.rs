@@ -16,6 +16,11 @@ use crate::bundle::{LiveBundle, Version};
 
 /// A proxy is asked to renew again only after this long.
 pub const RENEW_AGAIN_AFTER: Duration = Duration::from_secs(30);
+/// How long a renew-now request waits for its result.
+const PENDING_FOR: Duration = Duration::from_secs(600);
+/// Stale entries kept at most; the longest-gone are forgotten first (their
+/// live certificates then show as unmanaged).
+pub const MAX_STALE: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
@@ -87,8 +92,8 @@ struct Inner {
     entries: BTreeMap<u64, Entry>,
     /// Bundles served since start: content hash → anchor fingerprints.
     bundles: HashMap<String, Vec<String>>,
-    /// Renew-now requests awaiting their result: request id → trigger.
-    pending: HashMap<String, &'static str>,
+    /// Renew-now requests awaiting their result: request id → trigger, sent.
+    pending: HashMap<String, (&'static str, Instant)>,
 }
 
 #[derive(Default)]
@@ -178,7 +183,7 @@ impl Fleet {
     pub fn report(&self, id: u64, r: Report, now: i64) {
         let mut g = self.lock();
         if !r.renew_request_id.is_empty()
-            && let Some(trigger) = g.pending.remove(&r.renew_request_id)
+            && let Some((trigger, _)) = g.pending.remove(&r.renew_request_id)
         {
             let result = if r.last_refresh == "ok" {
                 "renewed"
@@ -221,6 +226,18 @@ impl Fleet {
         // A stream that never reported says nothing worth keeping.
         if forget {
             g.entries.remove(&id);
+        }
+        let stale: Vec<(i64, u64)> = g
+            .entries
+            .iter()
+            .filter_map(|(k, e)| e.disconnected_at.map(|t| (t, *k)))
+            .collect();
+        if stale.len() > MAX_STALE {
+            let mut stale = stale;
+            stale.sort();
+            for (_, k) in stale.iter().take(stale.len() - MAX_STALE) {
+                g.entries.remove(k);
+            }
         }
     }
 
@@ -267,6 +284,8 @@ impl Fleet {
             pending,
             ..
         } = &mut *g;
+        // A request never answered (the proxy went away) is forgotten.
+        pending.retain(|_, (_, at)| at.elapsed() < PENDING_FOR);
         let mut sent = 0;
         for e in entries.values_mut() {
             if sent >= limit {
@@ -306,7 +325,7 @@ impl Fleet {
                 tracing::info!(identity = %e.identity, %request_id, trigger, "asked a proxy to renew now");
                 e.asked = Some(Instant::now());
                 e.forced = false;
-                pending.insert(request_id, trigger);
+                pending.insert(request_id, (trigger, Instant::now()));
                 self.metrics.renew_request(trigger);
                 sent += 1;
             }

@@ -57,7 +57,7 @@ impl Mesh for MeshService {
         let id = self.fleet.attach(&caller, ctl_tx, now());
         let fleet = self.fleet.clone();
         let mut bundle = self.bundle.clone();
-        let own = self.own.clone();
+        let mut own = self.own.clone();
         tracing::info!(identity = %caller, "proxy attached");
         // The bundle in force goes first, before anything the proxy says.
         let first = bundle.borrow_and_update().clone();
@@ -65,11 +65,20 @@ impl Mesh for MeshService {
             let own = own.borrow().clone();
             let _ = out_tx.try_send(Ok(bundle_message(&b, own.as_deref())));
         }
+        own.borrow_and_update();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    changed = bundle.changed() => {
-                        if changed.is_err() { break }
+                    // A new bundle, or a new certificate of ours: a proxy that
+                    // refused the bundle for our old chain judges it again.
+                    changed = async {
+                        tokio::select! {
+                            r = bundle.changed() => r.is_ok(),
+                            r = own.changed() => r.is_ok(),
+                        }
+                    } => {
+                        if !changed { break }
+                        own.borrow_and_update();
                         let b = bundle.borrow_and_update().clone();
                         if let Some(b) = b {
                             let own = own.borrow().clone();

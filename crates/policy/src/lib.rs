@@ -96,12 +96,17 @@ fn in_network(ip: IpAddr, n: &linkerd2_proxy_api::inbound::Network) -> bool {
     let Some(net) = n.net.and_then(|n| ipnet::IpNet::try_from(n).ok()) else {
         return false;
     };
-    net.contains(&ip)
-        && !n
-            .except
-            .iter()
-            .filter_map(|e| ipnet::IpNet::try_from(*e).ok())
-            .any(|e| e.contains(&ip))
+    // An exception that cannot be read might have excluded this client:
+    // the network then matches nobody (never wider).
+    let Ok(except) = n
+        .except
+        .iter()
+        .map(|e| ipnet::IpNet::try_from(*e))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    net.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
 }
 
 /// `identity` ends with the labels of `suffix` (an empty suffix matches all).
@@ -200,14 +205,20 @@ pub fn http_routes(server: &Server) -> &[linkerd2_proxy_api::inbound::HttpRoute]
     }
 }
 
-/// The verdict for an HTTP request: the first route that matches decides,
-/// with its own authorizations; no matching route is a denial.
+/// The verdict for an HTTP request: the most specific matching route
+/// decides (Gateway API precedence; ties go to the first by name), with its
+/// own authorizations; no matching route is a denial.
 pub fn authorize_request(server: &Server, c: &Client, req: &Request) -> Verdict {
     let mut reasons = vec![format!("server {}", server_name(server))];
-    let Some(route) = http_routes(server)
-        .iter()
-        .find(|r| routes::route_matches(r, req))
-    else {
+    let mut best: Option<(routes::Rank, &linkerd2_proxy_api::inbound::HttpRoute)> = None;
+    for r in http_routes(server) {
+        if let Some(rank) = routes::route_rank(r, req)
+            && best.as_ref().is_none_or(|(b, _)| rank > *b)
+        {
+            best = Some((rank, r));
+        }
+    }
+    let Some((_, route)) = best else {
         reasons.push(format!(
             "no route matches {} {}, so it is denied",
             req.method, req.path

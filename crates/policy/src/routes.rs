@@ -42,15 +42,44 @@ pub fn match_matches(m: &HttpRouteMatch, req: &Request) -> bool {
     path_ok && method_ok && headers_ok
 }
 
-/// A route matches when any rule has any match that matches (a rule without
-/// matches matches everything).
-pub fn route_matches(r: &HttpRoute, req: &Request) -> bool {
+/// How specific a match is, compared in order: exact path over prefix, the
+/// longer prefix, a method, more header matches (Gateway API precedence).
+pub type Rank = (u8, usize, bool, usize);
+
+/// The rank of one match, if it matches.
+pub fn match_rank(m: &HttpRouteMatch, req: &Request) -> Option<Rank> {
+    if !match_matches(m, req) {
+        return None;
+    }
+    let (kind, len) = match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
+        Some(path_match::Kind::Exact(p)) => (2, p.len()),
+        Some(path_match::Kind::Prefix(p)) => (1, p.trim_end_matches('/').len()),
+        _ => (0, 0),
+    };
+    Some((kind, len, m.method.is_some(), m.headers.len()))
+}
+
+/// A route's rank for `req`: its best matching match (a rule without
+/// matches matches everything, least specifically); None when it does not
+/// match.
+pub fn route_rank(r: &HttpRoute, req: &Request) -> Option<Rank> {
     if r.rules.is_empty() {
-        return true;
+        return Some((0, 0, false, 0));
     }
     r.rules
         .iter()
-        .any(|rule| rule.matches.is_empty() || rule.matches.iter().any(|m| match_matches(m, req)))
+        .flat_map(|rule| {
+            let any: Option<Rank> = rule.matches.is_empty().then_some((0, 0, false, 0));
+            any.into_iter()
+                .chain(rule.matches.iter().filter_map(|m| match_rank(m, req)))
+        })
+        .max()
+}
+
+/// A route matches when any rule has any match that matches (a rule without
+/// matches matches everything).
+pub fn route_matches(r: &HttpRoute, req: &Request) -> bool {
+    route_rank(r, req).is_some()
 }
 
 #[cfg(test)]

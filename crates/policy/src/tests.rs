@@ -317,3 +317,57 @@ fn request_verdicts_follow_routes() {
         "api"
     );
 }
+
+#[test]
+fn the_most_specific_route_decides_not_the_first_by_name() {
+    let mut s = server(vec![]);
+    let mut exact = route(
+        "b-admin",
+        "/admin",
+        vec![authz("ops", all(), identities(&[OTHER], &[]))],
+    );
+    exact.rules[0].matches[0].path = Some(PathMatch {
+        kind: Some(path_match::Kind::Exact("/admin".into())),
+    });
+    s.protocol = Some(ProxyProtocol {
+        kind: Some(proxy_protocol::Kind::Http1(proxy_protocol::Http1 {
+            routes: vec![
+                route("a-all", "/", vec![authz("anyone", all(), unauth())]),
+                route("a-api", "/api", vec![authz("nobody", vec![], unauth())]),
+                exact,
+            ],
+            ..Default::default()
+        })),
+    });
+    let req = |path: &str| Request {
+        method: "GET".into(),
+        path: path.into(),
+        headers: vec![],
+    };
+    let anon = client(None, false, "10.0.0.1");
+    // "/" sorts first and matches, but the exact route is more specific.
+    let v = authorize_request(&s, &anon, &req("/admin"));
+    assert!(!v.allowed, "{:?}", v.reasons);
+    assert_eq!(v.route.unwrap().name, "b-admin");
+    assert!(authorize_request(&s, &client(Some(OTHER), true, "10.0.0.1"), &req("/admin")).allowed);
+    // The longer prefix wins over "/".
+    assert_eq!(
+        authorize_request(&s, &anon, &req("/api/x"))
+            .route
+            .unwrap()
+            .name,
+        "a-api"
+    );
+    assert!(authorize_request(&s, &anon, &req("/other")).allowed);
+}
+
+#[test]
+fn an_unreadable_exception_matches_nobody() {
+    let mut n = net("10.0.0.0/8", &[]);
+    n.except.push(linkerd2_proxy_api::net::IpNetwork {
+        ip: None,
+        prefix_len: 8,
+    });
+    let s = server(vec![authz("nets", vec![n], unauth())]);
+    assert!(!authorize_connection(&s, &client(None, false, "10.1.2.3")).allowed);
+}

@@ -27,6 +27,14 @@ pub fn mode(server: &Server, opaque_hint: bool) -> Mode {
     }
 }
 
+/// Whether the Server declares HTTP/1 or HTTP/2 (not detection).
+pub fn declares_http(server: &Server) -> bool {
+    matches!(
+        server.protocol.as_ref().and_then(|p| p.kind.as_ref()),
+        Some(proxy_protocol::Kind::Http1(_)) | Some(proxy_protocol::Kind::Http2(_))
+    )
+}
+
 /// The client as the audit line names it.
 pub fn client_name(c: &Client) -> &str {
     c.identity.as_deref().unwrap_or("unauthenticated")

@@ -160,7 +160,7 @@ impl Discovery {
     async fn follow(self: Arc<Self>, target: String, tx: watch::Sender<Option<Resolution>>) {
         let mut failures: u32 = 0;
         loop {
-            match self.stream(&target, &tx).await {
+            match self.stream(&target, &tx, &mut failures).await {
                 Ok(()) => failures = 0,
                 Err(StreamEnd::Refused(why)) => {
                     // A definitive answer; ask again later, backing off.
@@ -180,6 +180,7 @@ impl Discovery {
         &self,
         target: &str,
         tx: &watch::Sender<Option<Resolution>>,
+        failures: &mut u32,
     ) -> Result<(), StreamEnd> {
         let channel = self
             .control
@@ -198,6 +199,8 @@ impl Discovery {
         loop {
             match stream.message().await {
                 Ok(Some(u)) => {
+                    // A stream that answers is healthy: the next drop retries soon.
+                    *failures = 0;
                     let r = decode(u);
                     tx.send_if_modified(|cur| {
                         let changed = cur.as_ref() != Some(&r);

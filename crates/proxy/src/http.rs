@@ -82,8 +82,9 @@ impl HttpConn {
     async fn revoked(self: Arc<Self>, r: policy::Request) {
         let mut rx = self.policy.clone();
         loop {
+            // The policy stream's end (the proxy is stopping) closes too.
             if rx.changed().await.is_err() {
-                return std::future::pending().await;
+                return;
             }
             let now = rx.borrow_and_update().clone();
             if let Some(server) = now {
@@ -215,6 +216,36 @@ fn set_client_id<B>(req: &mut Request<B>, c: &Client) {
     }
 }
 
+/// Removes an `Upgrade: h2c` offer (and its HTTP2-Settings): after such an
+/// upgrade every HTTP/2 request would bypass per-request authorization.
+fn strip_h2c_upgrade<B>(req: &mut Request<B>) {
+    let h = req.headers_mut();
+    let h2c = h.get_all(hyper::header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("h2c"))
+    });
+    if !h2c {
+        return;
+    }
+    h.remove(hyper::header::UPGRADE);
+    h.remove(HeaderName::from_static("http2-settings"));
+    let kept: Vec<String> = h
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("upgrade") && !t.eq_ignore_ascii_case("http2-settings"))
+        .map(str::to_string)
+        .collect();
+    h.remove(hyper::header::CONNECTION);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+    {
+        h.insert(hyper::header::CONNECTION, v);
+    }
+}
+
 async fn app(port: u16) -> std::io::Result<TokioIo<TcpStream>> {
     let s = TcpStream::connect(("127.0.0.1", port)).await?;
     let _ = s.set_nodelay(true);
@@ -229,11 +260,14 @@ async fn h1_request(
     upstream: Arc<Mutex<Option<H1Sender>>>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    // Judged as the application will see it: the verified l5d-client-id,
+    // no h2c upgrade (it would turn the connection into unjudged HTTP/2).
+    set_client_id(&mut req, &conn.client);
+    strip_h2c_upgrade(&mut req);
     let (v, judged) = conn.judge(&req);
     if !v.allowed {
         return Ok(denied(&req, &v));
     }
-    set_client_id(&mut req, &conn.client);
     let grpc = is_grpc(&req);
     let tunnel =
         req.method() == Method::CONNECT || req.headers().contains_key(hyper::header::UPGRADE);
@@ -289,11 +323,11 @@ async fn h2_request(
     upstream: Arc<Mutex<Option<H2Sender>>>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    set_client_id(&mut req, &conn.client);
     let (v, _) = conn.judge(&req);
     if !v.allowed {
         return Ok(denied(&req, &v));
     }
-    set_client_id(&mut req, &conn.client);
     let grpc = is_grpc(&req);
     // HTTP/2 multiplexes: one upstream connection, shared by every stream.
     let mut sender = {
@@ -413,6 +447,27 @@ mod tests {
         };
         set_client_id(&mut req, &anon);
         assert!(req.headers().get("l5d-client-id").is_none());
+    }
+
+    #[test]
+    fn h2c_upgrades_are_removed_other_upgrades_kept() {
+        let mut req = Request::builder()
+            .header("upgrade", "h2c")
+            .header("http2-settings", "AAMAAABkAAQAAP__")
+            .header("connection", "Upgrade, HTTP2-Settings, keep-alive")
+            .body(())
+            .unwrap();
+        strip_h2c_upgrade(&mut req);
+        assert!(req.headers().get("upgrade").is_none());
+        assert!(req.headers().get("http2-settings").is_none());
+        assert_eq!(req.headers()["connection"], "keep-alive");
+        let mut ws = Request::builder()
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .body(())
+            .unwrap();
+        strip_h2c_upgrade(&mut ws);
+        assert_eq!(ws.headers()["upgrade"], "websocket");
     }
 
     #[test]

@@ -292,6 +292,22 @@ impl Inbound {
             self.metrics.tcp_close.get_or_create(&labels).inc();
             return;
         }
+        // A Server that declares HTTP is served as HTTP or not at all: a
+        // client that avoids detection must not skip the routes.
+        if authz::declares_http(&server) {
+            let v = policy::Verdict {
+                allowed: false,
+                authz: None,
+                route: None,
+                reasons: vec![
+                    format!("server {}", policy::server_name(&server)),
+                    "the Server declares HTTP, and the client did not speak HTTP within the detection timeout".into(),
+                ],
+            };
+            scene.tcp(&server, &v);
+            self.metrics.refuse("inbound", "not_http");
+            return;
+        }
         let v = policy::authorize_connection(&server, &client);
         scene.tcp(&server, &v);
         if !v.allowed {
@@ -310,8 +326,9 @@ impl Inbound {
         // A policy change that no longer allows this client closes it.
         let revoked = async {
             loop {
+                // The policy stream's end (the proxy is stopping) closes too.
                 if rx.changed().await.is_err() {
-                    return std::future::pending().await;
+                    return;
                 }
                 let now = rx.borrow_and_update().clone();
                 if let Some(s) = now {

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_api::v1::mesh_client::MeshClient;
-use mesh_api::v1::{
-    Bundle, BundleRefusal, BundleVersion, ControlMessage, ProxyReport, control_message,
-};
+use mesh_api::v1::{Bundle, BundleRefusal, BundleVersion, ProxyReport, control_message};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -53,7 +51,7 @@ impl MeshLink {
         let mut refused = Refused::default();
         let mut failures: u32 = 0;
         loop {
-            match self.stream(&mut refused).await {
+            match self.stream(&mut refused, &mut failures).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures = failures.saturating_add(1);
@@ -146,7 +144,7 @@ impl MeshLink {
         }
     }
 
-    async fn stream(&self, refused: &mut Refused) -> Result<(), String> {
+    async fn stream(&self, refused: &mut Refused, failures: &mut u32) -> Result<(), String> {
         let channel = self.control.channel(&self.addr).await?;
         let (tx, rx) = mpsc::channel(8);
         tx.send(self.report(refused))
@@ -163,19 +161,22 @@ impl MeshLink {
         heartbeat.tick().await;
         loop {
             tokio::select! {
-                m = inbound.message() => match m {
-                    Ok(Some(ControlMessage { kind: Some(control_message::Kind::Bundle(b)) })) => {
-                        self.take_bundle(b, refused);
+                m = inbound.message() => {
+                    let m = m
+                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                        .ok_or("the control plane ended the stream")?;
+                    // A stream that answers is healthy: the next drop retries soon.
+                    *failures = 0;
+                    match m.kind {
+                        Some(control_message::Kind::Bundle(b)) => self.take_bundle(b, refused),
+                        Some(control_message::Kind::RenewNow(r)) => {
+                            tracing::info!(request = %r.request_id, reason = %r.reason, "the control plane asks for a renewal now");
+                            let _ = self.renew.try_send(r.request_id);
+                            continue;
+                        }
+                        None => continue,
                     }
-                    Ok(Some(ControlMessage { kind: Some(control_message::Kind::RenewNow(r)) })) => {
-                        tracing::info!(request = %r.request_id, reason = %r.reason, "the control plane asks for a renewal now");
-                        let _ = self.renew.try_send(r.request_id);
-                        continue;
-                    }
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return Err("the control plane ended the stream".into()),
-                    Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
-                },
+                }
                 r = cert.changed() => {
                     if r.is_err() { return Ok(()) }
                     if let Some(b) = refused.bundle.take() {

@@ -23,6 +23,8 @@ const MAX_PORTS: usize = 1024;
 
 struct Slot {
     rx: PolicyRx,
+    /// Counts the receivers: the slot's own plus one per connection using it.
+    tx: watch::Sender<Option<Arc<Server>>>,
     task: tokio::task::AbortHandle,
     used: Instant,
 }
@@ -122,18 +124,36 @@ impl Policies {
             slot.used = Instant::now();
             return slot.rx.clone();
         }
-        if ports.len() >= MAX_PORTS
-            && let Some(oldest) = ports.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k)
-            && let Some(old) = ports.remove(&oldest)
-        {
-            old.task.abort();
+        if ports.len() >= MAX_PORTS {
+            // Only a port no connection is using may be forgotten: one in use
+            // must keep telling its connections about policy changes.
+            let idle = ports
+                .iter()
+                .filter(|(_, s)| s.tx.receiver_count() == 1)
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| *k);
+            match idle.and_then(|k| ports.remove(&k)) {
+                Some(old) => old.task.abort(),
+                None => {
+                    tracing::warn!(
+                        port,
+                        max = MAX_PORTS,
+                        "too many ports in use at once to follow another one's policy; denying"
+                    );
+                    let (_, rx) = watch::channel(Some(Arc::new(deny_server(
+                        "too many ports in use at once",
+                    ))));
+                    return rx;
+                }
+            }
         }
         let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(self.clone().follow(port, tx)).abort_handle();
+        let task = tokio::spawn(self.clone().follow(port, tx.clone())).abort_handle();
         ports.insert(
             port,
             Slot {
                 rx: rx.clone(),
+                tx,
                 task,
                 used: Instant::now(),
             },
@@ -144,7 +164,7 @@ impl Policies {
     async fn follow(self: Arc<Self>, port: u16, tx: watch::Sender<Option<Arc<Server>>>) {
         let mut failures: u32 = 0;
         loop {
-            match self.stream(port, &tx).await {
+            match self.stream(port, &tx, &mut failures).await {
                 Ok(()) => failures = 0,
                 Err(End::Refused(why)) => {
                     tracing::warn!(
@@ -163,7 +183,12 @@ impl Policies {
         }
     }
 
-    async fn stream(&self, port: u16, tx: &watch::Sender<Option<Arc<Server>>>) -> Result<(), End> {
+    async fn stream(
+        &self,
+        port: u16,
+        tx: &watch::Sender<Option<Arc<Server>>>,
+        failures: &mut u32,
+    ) -> Result<(), End> {
         let channel = self
             .control
             .channel(&self.addr)
@@ -180,6 +205,8 @@ impl Policies {
         loop {
             match stream.message().await {
                 Ok(Some(server)) => {
+                    // A stream that answers is healthy: the next drop retries soon.
+                    *failures = 0;
                     if is_default(&server) {
                         *self.last_default.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(Arc::new(server.clone()));

@@ -53,6 +53,10 @@ pub enum BundleRefused {
     )]
     Older { have: u64, got: u64 },
     #[error(
+        "generation {generation} arrived with other content than the bundle in force under that generation; a control plane must never reuse a generation: check its state directory"
+    )]
+    Reused { generation: u64 },
+    #[error(
         "this proxy's certificate (serial {serial}) would not verify under it ({why}); renew from an issuer under the new anchors first, then remove the old anchor"
     )]
     OwnLeaf { serial: String, why: String },
@@ -69,6 +73,7 @@ impl BundleRefused {
             Self::Empty => "empty",
             Self::Unparseable(_) => "unparseable",
             Self::Older { .. } => "older",
+            Self::Reused { .. } => "reused_generation",
             Self::OwnLeaf { .. } => "own_leaf",
             Self::ControlPlane(_) => "control_plane",
         }
@@ -129,13 +134,18 @@ pub fn judge(
     cp_identity: &str,
     now: OffsetDateTime,
 ) -> Result<Trust, BundleRefused> {
-    if let Some(c) = current
-        && version.generation < c.generation
-    {
-        return Err(BundleRefused::Older {
-            have: c.generation,
-            got: version.generation,
-        });
+    if let Some(c) = current {
+        if version.generation < c.generation {
+            return Err(BundleRefused::Older {
+                have: c.generation,
+                got: version.generation,
+            });
+        }
+        if version.generation == c.generation && version.sha256 != c.sha256 {
+            return Err(BundleRefused::Reused {
+                generation: version.generation,
+            });
+        }
     }
     let trust = Trust::new(Some(version), pem)?;
     if let Some((chain, serial)) = own

@@ -124,5 +124,22 @@ fn refuses_what_would_cut_the_proxy_off() {
         judge_it(&a.anchor_pem, "", 4).is_err(),
         "no control plane chain to check"
     );
+    let same_generation = Version {
+        generation: 5,
+        sha256: "other".into(),
+    };
+    assert_eq!(
+        judge(
+            v(5),
+            &a.anchor_pem,
+            Some(&same_generation),
+            Some((&own, "01")),
+            &cp_a,
+            CP,
+            now
+        )
+        .unwrap_err(),
+        BundleRefused::Reused { generation: 5 }
+    );
     assert!(judge_it(&a.anchor_pem, &cp_a, 4).is_ok());
 }

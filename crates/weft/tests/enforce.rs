@@ -76,6 +76,7 @@ struct PolicyMesh {
     _clients: Vec<Proc>,
     out: Vec<(String, SocketAddr)>,
     http_port: u16,
+    open_port: u16,
 }
 
 impl PolicyMesh {
@@ -128,6 +129,7 @@ impl PolicyMesh {
             _clients: clients,
             out,
             http_port,
+            open_port,
         }
     }
 
@@ -482,6 +484,34 @@ async fn policy_edits_apply_live_and_close_denied_connections() {
     m.s.write("resources/policy.yaml", policy);
     m.until_status("intruder/http", 403, "Server restored")
         .await;
+
+    // A Server that declares HTTP/1 is served as HTTP or not at all: bytes
+    // that are not HTTP are refused, never passed through as opaque.
+    m.s.write(
+        "resources/h1.yaml",
+        format!(
+            "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata:\n  name: backend-open-h1\n  namespace: demo\nspec:\n  podSelector:\n    matchLabels:\n      app: backend\n  port: {}\n  proxyProtocol: HTTP/1\n  accessPolicy: all-unauthenticated\n",
+            m.open_port
+        ),
+    );
+    m.backend
+        .wait_for_line("server=server:backend-open-h1", DEADLINE);
+    assert_eq!(m.get("intruder/open", "/").await.status, 200);
+    let refused = |body: &str| {
+        metric_sum(
+            body,
+            "tcp_refused_total",
+            &["direction=\"inbound\"", "reason=\"not_http\""],
+        )
+    };
+    let before = refused(&m.backend_metrics());
+    let got = tcp_roundtrip(m.out("intruder/open"), b"\x00\x01 not http at all\r\n").await;
+    assert!(got.as_ref().map_or(true, |b| b.is_empty()), "{got:?}");
+    assert!(
+        refused(&m.backend_metrics()) > before,
+        "refused as not HTTP"
+    );
+    std::fs::remove_file(m.s.path("resources/h1.yaml")).unwrap();
 
     // A second Server claiming the port (sorting first) does not take it
     // over: the one in force stays, and the conflict is reported.
