@@ -15,10 +15,13 @@ use crate::bundle::LiveBundle;
 use crate::fleet::Fleet;
 use crate::own_cert::OwnCert;
 
+type Bundles = watch::Receiver<Option<Arc<LiveBundle>>>;
+type Own = watch::Receiver<Option<Arc<OwnCert>>>;
+
 pub struct MeshService {
     pub fleet: Arc<Fleet>,
-    pub bundle: watch::Receiver<Option<Arc<LiveBundle>>>,
-    pub own: watch::Receiver<Option<Arc<OwnCert>>>,
+    pub bundle: Bundles,
+    pub own: Own,
     pub issuer: watch::Receiver<IssuerStatus>,
 }
 
@@ -59,38 +62,26 @@ impl Mesh for MeshService {
         let mut bundle = self.bundle.clone();
         let mut own = self.own.clone();
         tracing::info!(identity = %caller, "proxy attached");
-        // The bundle in force goes first, before anything the proxy says.
-        let first = bundle.borrow_and_update().clone();
-        if let Some(b) = first {
-            let own = own.borrow().clone();
-            let _ = out_tx.try_send(Ok(bundle_message(&b, own.as_deref())));
-        }
+        // The bundle in force, with our chain as it stands now.
+        let current = |bundle: &Bundles, own: &Own| {
+            let b = bundle.borrow().clone()?;
+            Some(bundle_message(&b, own.borrow().as_deref()))
+        };
+        // It goes first, before anything the proxy says.
+        bundle.borrow_and_update();
         own.borrow_and_update();
+        if let Some(m) = current(&bundle, &own) {
+            let _ = out_tx.try_send(Ok(m));
+        }
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    // A new bundle, or a new certificate of ours: a proxy that
-                    // refused the bundle for our old chain judges it again.
-                    changed = async {
-                        tokio::select! {
-                            r = bundle.changed() => r.is_ok(),
-                            r = own.changed() => r.is_ok(),
-                        }
-                    } => {
-                        if !changed { break }
-                        own.borrow_and_update();
-                        let b = bundle.borrow_and_update().clone();
-                        if let Some(b) = b {
-                            let own = own.borrow().clone();
-                            if out_tx.send(Ok(bundle_message(&b, own.as_deref()))).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                    msg = ctl_rx.recv() => match msg {
-                        Some(m) => if out_tx.send(Ok(m)).await.is_err() { break },
-                        None => break,
-                    },
+                // Some(message) to send; None: the stream is over.
+                let next = tokio::select! {
+                    // A new bundle, or a new certificate of ours (a proxy that
+                    // refused the bundle for our old chain judges it again).
+                    r = bundle.changed() => r.ok().map(|()| current(&bundle, &own)),
+                    r = own.changed() => r.ok().map(|()| current(&bundle, &own)),
+                    msg = ctl_rx.recv() => msg.map(Some),
                     report = reports.message() => match report {
                         Ok(Some(r)) if r.identity != caller => {
                             tracing::warn!(
@@ -98,10 +89,23 @@ impl Mesh for MeshService {
                                 claimed = %r.identity,
                                 "ignored a report claiming another identity than the stream's mTLS identity"
                             );
+                            Some(None)
                         }
-                        Ok(Some(r)) => fleet.report(id, r.into(), now()),
-                        Ok(None) | Err(_) => break,
+                        Ok(Some(r)) => {
+                            fleet.report(id, r.into(), now());
+                            Some(None)
+                        }
+                        Ok(None) | Err(_) => None,
                     },
+                };
+                match next {
+                    None => break,
+                    Some(Some(m)) => {
+                        if out_tx.send(Ok(m)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(None) => {}
                 }
             }
             tracing::info!(identity = %caller, "proxy detached");

@@ -246,6 +246,28 @@ fn strip_h2c_upgrade<B>(req: &mut Request<B>) {
     }
 }
 
+/// A new HTTP/1 connection to the application (upgrades allowed).
+async fn connect_h1(port: u16) -> Result<H1Sender, String> {
+    let io = app(port).await.map_err(|e| e.to_string())?;
+    let (sender, c) = hyper::client::conn::http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(c.with_upgrades());
+    Ok(sender)
+}
+
+/// A new HTTP/2 connection to the application.
+async fn connect_h2(port: u16) -> Result<H2Sender, String> {
+    let io = app(port).await.map_err(|e| e.to_string())?;
+    let (sender, c) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(c);
+    Ok(sender)
+}
+
 async fn app(port: u16) -> std::io::Result<TokioIo<TcpStream>> {
     let s = TcpStream::connect(("127.0.0.1", port)).await?;
     let _ = s.set_nodelay(true);
@@ -276,18 +298,8 @@ async fn h1_request(
     // it is opened when needed and again after the application closed it.
     let mut slot = upstream.lock().await;
     if slot.as_ref().is_none_or(|s| s.is_closed()) {
-        let io = match app(conn.port).await {
-            Ok(io) => io,
-            Err(e) => return Ok(unavailable(grpc, conn.port, e)),
-        };
-        match hyper::client::conn::http1::Builder::new()
-            .handshake(io)
-            .await
-        {
-            Ok((sender, c)) => {
-                tokio::spawn(c.with_upgrades());
-                *slot = Some(sender);
-            }
+        match connect_h1(conn.port).await {
+            Ok(sender) => *slot = Some(sender),
             Err(e) => return Ok(unavailable(grpc, conn.port, e)),
         }
     }
@@ -333,18 +345,8 @@ async fn h2_request(
     let mut sender = {
         let mut slot = upstream.lock().await;
         if slot.as_ref().is_none_or(|s| s.is_closed()) {
-            let io = match app(conn.port).await {
-                Ok(io) => io,
-                Err(e) => return Ok(unavailable(grpc, conn.port, e)),
-            };
-            match hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .handshake(io)
-                .await
-            {
-                Ok((sender, c)) => {
-                    tokio::spawn(c);
-                    *slot = Some(sender);
-                }
+            match connect_h2(conn.port).await {
+                Ok(sender) => *slot = Some(sender),
                 Err(e) => return Ok(unavailable(grpc, conn.port, e)),
             }
         }

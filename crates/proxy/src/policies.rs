@@ -18,12 +18,12 @@ use crate::control::ControlPlane;
 
 pub type PolicyRx = watch::Receiver<Option<Arc<Server>>>;
 
-/// Ports followed at once; the least recently used beyond this is dropped.
+/// Ports followed at once; beyond this the least recently used one that no
+/// connection is using is dropped.
 const MAX_PORTS: usize = 1024;
 
 struct Slot {
-    rx: PolicyRx,
-    /// Counts the receivers: the slot's own plus one per connection using it.
+    /// Connections subscribe here; its receiver count is how many use it.
     tx: watch::Sender<Option<Arc<Server>>>,
     task: tokio::task::AbortHandle,
     used: Instant,
@@ -122,14 +122,14 @@ impl Policies {
         let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = ports.get_mut(&port) {
             slot.used = Instant::now();
-            return slot.rx.clone();
+            return slot.tx.subscribe();
         }
         if ports.len() >= MAX_PORTS {
             // Only a port no connection is using may be forgotten: one in use
             // must keep telling its connections about policy changes.
             let idle = ports
                 .iter()
-                .filter(|(_, s)| s.tx.receiver_count() == 1)
+                .filter(|(_, s)| s.tx.receiver_count() == 0)
                 .min_by_key(|(_, s)| s.used)
                 .map(|(k, _)| *k);
             match idle.and_then(|k| ports.remove(&k)) {
@@ -152,7 +152,6 @@ impl Policies {
         ports.insert(
             port,
             Slot {
-                rx: rx.clone(),
                 tx,
                 task,
                 used: Instant::now(),

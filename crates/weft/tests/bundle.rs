@@ -21,32 +21,20 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// The control plane on fixed loopback ports, so a restart keeps them.
 fn start_cp(s: &Scratch, ports: &[u16; 4]) -> Proc {
     let a: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let cp = Proc::spawn(
-        s.dir.path(),
-        &[
-            "control-plane",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--state-dir",
-            "state",
-            "--resources",
-            "resources",
-            "--reread-interval",
-            "1s",
-            "--identity-addr",
-            &a[0],
-            "--destination-addr",
-            &a[1],
-            "--policy-addr",
-            &a[2],
-            "--admin-addr",
-            &a[3],
-        ],
-    );
+    let cp = s.control_plane(&[
+        "--resources",
+        "resources",
+        "--reread-interval",
+        "1s",
+        "--identity-addr",
+        &a[0],
+        "--destination-addr",
+        &a[1],
+        "--policy-addr",
+        &a[2],
+        "--admin-addr",
+        &a[3],
+    ]);
     let admin = cp.addr("admin listening on");
     poll("control plane ready", DEADLINE, || {
         matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())
@@ -148,19 +136,7 @@ fn anchor_rotation_without_restart_or_failed_requests() {
 
     // An unmanaged client (a linkerd2-proxy would look like this): a
     // certificate by hand, no stream.
-    s.weft(&[
-        "token",
-        "create",
-        "-n",
-        "demo",
-        "--service-account",
-        "legacy",
-        "--state-dir",
-        "state",
-        "-o",
-        "legacy.token",
-    ])
-    .ok();
+    s.token("legacy");
     let ia = cp
         .as_ref()
         .unwrap()

@@ -733,19 +733,7 @@ fn certs_request_gets_and_renews_a_certificate() {
     s.guide_material();
     let cp = start_cp(&s, &[]);
     wait_ready(&cp);
-    s.weft(&[
-        "token",
-        "create",
-        "-n",
-        "demo",
-        "--service-account",
-        "web",
-        "--state-dir",
-        "state",
-        "-o",
-        "web.token",
-    ])
-    .ok();
+    s.token("web");
     assert_eq!(common::mode(&s.path("web.token")), 0o600);
     let addr = cp.identity.to_string();
     let web = id("web", "demo");

@@ -231,20 +231,7 @@ spec:
     let ia = cp.addr("identity listening on").to_string();
     let pa = cp.addr("policy listening on");
     for sa in ["backend", "frontend"] {
-        let tok = format!("{sa}.token");
-        s.weft(&[
-            "token",
-            "create",
-            "-n",
-            "demo",
-            "--service-account",
-            sa,
-            "--state-dir",
-            "state",
-            "-o",
-            &tok,
-        ])
-        .ok();
+        let tok = s.token(sa);
         let id = format!("{sa}.demo.serviceaccount.identity.weft.cluster.local");
         s.weft(&[
             "certs",

@@ -96,6 +96,68 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<b
     }
 }
 
+/// What one request/response on a kept-alive connection is.
+#[derive(Clone, Copy)]
+enum Exchange {
+    /// 64 bytes out, the same 64 back (an echo server).
+    Echo64,
+    /// An HTTP/1.1 GET and its response.
+    Http,
+}
+
+/// Request/response on `connections` kept-alive connections for `seconds`;
+/// prints the rate and latency percentiles.
+async fn keepalive(
+    kind: Exchange,
+    addr: String,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let addr = Arc::new(addr);
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr.as_str()).await?;
+            s.set_nodelay(true)?;
+            let mut buf = Vec::new();
+            let mut lat = Vec::new();
+            while Instant::now() < end {
+                let t = Instant::now();
+                match kind {
+                    Exchange::Echo64 => {
+                        s.write_all(&[7u8; 64]).await?;
+                        let mut resp = [0u8; 64];
+                        s.read_exact(&mut resp).await?;
+                    }
+                    Exchange::Http => {
+                        s.write_all(b"GET /bench HTTP/1.1\r\nhost: backend\r\n\r\n")
+                            .await?;
+                        if !read_message(&mut s, &mut buf).await? {
+                            return Err(std::io::Error::other("connection closed"));
+                        }
+                    }
+                }
+                lat.push(t.elapsed());
+            }
+            Ok::<_, std::io::Error>(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let n = lat.len();
+    println!(
+        "rps={:.0} p50_ms={:.3} p99_ms={:.3}",
+        n as f64 / seconds as f64,
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
@@ -120,41 +182,7 @@ async fn main() -> anyhow::Result<()> {
             addr,
             connections,
             seconds,
-        } => {
-            let end = Instant::now() + Duration::from_secs(seconds);
-            let addr = Arc::new(addr);
-            let mut tasks = Vec::new();
-            for _ in 0..connections {
-                let addr = addr.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut s = TcpStream::connect(addr.as_str()).await?;
-                    s.set_nodelay(true)?;
-                    let req = b"GET /bench HTTP/1.1\r\nhost: backend\r\n\r\n";
-                    let mut buf = Vec::new();
-                    let mut lat = Vec::new();
-                    while Instant::now() < end {
-                        let t = Instant::now();
-                        s.write_all(req).await?;
-                        if !read_message(&mut s, &mut buf).await? {
-                            return Err(std::io::Error::other("connection closed"));
-                        }
-                        lat.push(t.elapsed());
-                    }
-                    Ok::<_, std::io::Error>(lat)
-                }));
-            }
-            let mut lat = Vec::new();
-            for t in tasks {
-                lat.extend(t.await??);
-            }
-            let n = lat.len();
-            println!(
-                "rps={:.0} p50_ms={:.3} p99_ms={:.3}",
-                n as f64 / seconds as f64,
-                pct(&mut lat, 0.5),
-                pct(&mut lat, 0.99)
-            );
-        }
+        } => keepalive(Exchange::Http, addr, connections, seconds).await?,
         Cmd::Echo { listen } => {
             let l = TcpListener::bind(&listen).await?;
             println!("listening on {}", l.local_addr()?);
@@ -171,39 +199,7 @@ async fn main() -> anyhow::Result<()> {
             addr,
             connections,
             seconds,
-        } => {
-            let end = Instant::now() + Duration::from_secs(seconds);
-            let addr = Arc::new(addr);
-            let mut tasks = Vec::new();
-            for _ in 0..connections {
-                let addr = addr.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut s = TcpStream::connect(addr.as_str()).await?;
-                    s.set_nodelay(true)?;
-                    let req = [7u8; 64];
-                    let mut resp = [0u8; 64];
-                    let mut lat = Vec::new();
-                    while Instant::now() < end {
-                        let t = Instant::now();
-                        s.write_all(&req).await?;
-                        s.read_exact(&mut resp).await?;
-                        lat.push(t.elapsed());
-                    }
-                    Ok::<_, std::io::Error>(lat)
-                }));
-            }
-            let mut lat = Vec::new();
-            for t in tasks {
-                lat.extend(t.await??);
-            }
-            let n = lat.len();
-            println!(
-                "rps={:.0} p50_ms={:.3} p99_ms={:.3}",
-                n as f64 / seconds as f64,
-                pct(&mut lat, 0.5),
-                pct(&mut lat, 0.99)
-            );
-        }
+        } => keepalive(Exchange::Echo64, addr, connections, seconds).await?,
         Cmd::Bulk { addr, megabytes } => {
             let s = TcpStream::connect(&addr).await?;
             let (mut r, mut w) = s.into_split();

@@ -92,20 +92,7 @@ pub fn start_proxy(
     let ia = cp.addr("identity listening on").to_string();
     let da = cp.addr("destination listening on").to_string();
     let pa = cp.addr("policy listening on").to_string();
-    let token = format!("{name}.token");
-    s.weft(&[
-        "token",
-        "create",
-        "-n",
-        "demo",
-        "--service-account",
-        name,
-        "--state-dir",
-        "state",
-        "-o",
-        &token,
-    ])
-    .ok();
+    let token = s.token(name);
     let inbound = format!("127.0.0.1:{inbound}");
     let workload = format!("demo/{name}");
     let mut args = vec![
@@ -134,17 +121,12 @@ pub fn start_proxy(
     .into_iter()
     .map(str::to_string)
     .collect::<Vec<_>>();
-    // A flag in `extra` replaces the default given above.
-    for flag in extra.iter().filter(|f| f.starts_with("--")) {
-        if let Some(i) = args.iter().position(|a| a == flag) {
-            args.drain(i..i + 2);
-        }
-    }
     for o in outbound {
         args.push("--outbound".into());
         args.push(o.clone());
     }
-    args.extend(extra.iter().map(|s| s.to_string()));
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    super::replace_defaults(&mut args, &extra);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::spawn(s.dir.path(), &refs)
 }

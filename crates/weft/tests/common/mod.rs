@@ -110,8 +110,29 @@ impl Scratch {
         v
     }
 
+    /// A join token for service account `sa` in namespace demo, written by
+    /// `weft token create` to `<sa>.token`; returns that file name.
+    pub fn token(&self, sa: &str) -> String {
+        let file = format!("{sa}.token");
+        self.weft(&[
+            "token",
+            "create",
+            "-n",
+            "demo",
+            "--service-account",
+            sa,
+            "--state-dir",
+            "state",
+            "-o",
+            &file,
+        ])
+        .ok();
+        file
+    }
+
     /// `weft control-plane` on loopback (every listener on an ephemeral port)
-    /// with the guide's material in this directory, plus `extra` flags.
+    /// with the guide's material in this directory, plus `extra` flags (a
+    /// flag given there replaces the default above).
     pub fn control_plane(&self, extra: &[&str]) -> proc::Proc {
         let mut args = vec![
             "control-plane",
@@ -132,7 +153,7 @@ impl Scratch {
             "--admin-addr",
             "127.0.0.1:0",
         ];
-        args.extend_from_slice(extra);
+        replace_defaults(&mut args, extra);
         proc::Proc::spawn(self.dir.path(), &args)
     }
 
@@ -246,4 +267,15 @@ impl Scratch {
 pub fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Appends `extra` to `args`, first removing each flag (and its value) that
+/// `extra` gives again, so callers override defaults rather than repeat them.
+pub fn replace_defaults<S: AsRef<str> + PartialEq<S> + Clone>(args: &mut Vec<S>, extra: &[S]) {
+    for flag in extra.iter().filter(|f| f.as_ref().starts_with("--")) {
+        if let Some(i) = args.iter().position(|a| a == flag) {
+            args.drain(i..i + 2);
+        }
+    }
+    args.extend_from_slice(extra);
 }

@@ -160,20 +160,7 @@ impl NetMesh {
         };
         m.cp = Some(m.start_cp());
         for (name, _) in meshed {
-            let token = format!("{name}.token");
-            m.s.weft(&[
-                "token",
-                "create",
-                "-n",
-                "demo",
-                "--service-account",
-                name,
-                "--state-dir",
-                "state",
-                "-o",
-                &token,
-            ])
-            .ok();
+            let token = m.s.token(name);
             std::os::unix::fs::chown(m.s.path(&token), Some(PROXY_UID), Some(PROXY_UID)).unwrap();
             testbed::run(m.bed.by_name(name).cmd(weft).args([
                 "init",
