@@ -30,6 +30,10 @@ pub enum StateError {
     BadKey { path: PathBuf, detail: String },
     #[error("{path}: {detail}")]
     Io { path: PathBuf, detail: String },
+    #[error(
+        "state directory {dir} does not exist. Tokens must be signed with the key in the control plane's state directory (its --state-dir, default weft-state, made when it first starts): pass that directory with --state-dir (or WEFT_STATE_DIR), or create an empty directory first to start a new one"
+    )]
+    Missing { dir: PathBuf },
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
@@ -62,6 +66,18 @@ impl std::fmt::Debug for StateDir {
 }
 
 impl StateDir {
+    /// Opens an existing directory (initialising it when empty), but never
+    /// creates one: a command run from the wrong directory must not sign
+    /// tokens with a key the control plane has never seen.
+    pub fn open_existing(dir: &Path) -> Result<Self, StateError> {
+        if !dir.is_dir() {
+            return Err(StateError::Missing {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Self::open_or_init(dir)
+    }
+
     /// Opens `dir`, initialising it (mode 0700, new key) when absent or empty.
     /// A directory with weft state but no key is refused: never silently
     /// replace the key every issued token depends on.

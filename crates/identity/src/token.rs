@@ -37,10 +37,28 @@ pub enum TokenError {
     Subject(String),
 }
 
+/// RFC 7519 allows `aud` as one string or an array; Kubernetes writes an
+/// array, weft one string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    pub fn contains(&self, aud: &str) -> bool {
+        match self {
+            Self::One(a) => a == aud,
+            Self::Many(v) => v.iter().any(|a| a == aud),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub iss: String,
-    pub aud: String,
+    pub aud: Audience,
     pub sub: String,
     pub jti: String,
     pub iat: i64,
@@ -104,7 +122,7 @@ impl TokenSigner {
         let iat = now.unix_timestamp();
         let claims = Claims {
             iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
+            aud: Audience::One(AUDIENCE.into()),
             sub: format!("{SUB_PREFIX}{namespace}:{service_account}"),
             jti: pki::cert::hex(&jti),
             iat,
@@ -286,7 +304,7 @@ mod tests {
         let got = v.verify(&tok, now).unwrap();
         assert_eq!(got, claims);
         assert_eq!(got.service_account().unwrap(), ("demo", "web"));
-        assert_eq!(got.aud, AUDIENCE);
+        assert!(got.aud.contains(AUDIENCE));
         assert_eq!(got.jti.len(), 32);
     }
 
@@ -340,5 +358,26 @@ mod tests {
             v.verify(&tok, now),
             Err(TokenError::Revoked { jti: claims.jti })
         );
+    }
+
+    /// Kubernetes writes `aud` as an array (RFC 7519 allows either form).
+    #[test]
+    fn audience_as_an_array() {
+        let (s, v, _d) = setup();
+        let now = OffsetDateTime::now_utc();
+        let (_, claims) = s
+            .create("demo", "web", Duration::from_secs(60), now)
+            .unwrap();
+        let sign = |aud: Audience| {
+            let c = Claims {
+                aud,
+                ..claims.clone()
+            };
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &c, &s.key).unwrap()
+        };
+        let many = sign(Audience::Many(vec!["other".into(), AUDIENCE.into()]));
+        assert!(v.verify(&many, now).unwrap().aud.contains(AUDIENCE));
+        let foreign = sign(Audience::Many(vec!["other".into()]));
+        assert_eq!(v.verify(&foreign, now), Err(TokenError::Audience));
     }
 }

@@ -1,5 +1,23 @@
 //! `weft`: one binary for the whole mesh.
 
+/// `println!` for command output: a reader that went away (`weft … | head`)
+/// ends the command quietly with the shell's SIGPIPE status, never a panic.
+macro_rules! outln {
+    () => {
+        $crate::write_stdout(format_args!(""), true)
+    };
+    ($($t:tt)*) => {
+        $crate::write_stdout(format_args!($($t)*), true)
+    };
+}
+
+/// `print!` with the same rule as `outln!`.
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::write_stdout(format_args!($($t)*), false)
+    };
+}
+
 mod cli;
 
 use std::process::ExitCode;
@@ -60,12 +78,87 @@ fn main() -> ExitCode {
         Err(f) => {
             if !f.message.is_empty() {
                 if f.verdict {
-                    println!("{}", f.message);
+                    outln!("{}", f.message);
                 } else {
                     eprintln!("error: {}", f.message);
                 }
             }
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// Exit status of a process killed by SIGPIPE, as a shell reports it.
+const EXIT_PIPE: i32 = 128 + 13;
+
+fn write_stdout(args: std::fmt::Arguments, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(EXIT_PIPE),
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    fn undocumented(cmd: &clap::Command, path: &str, found: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if a.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                found.push(format!("{path} {id}"));
+            }
+        }
+        for s in cmd.get_subcommands() {
+            if s.get_about().is_none() && s.get_name() != "help" {
+                found.push(format!("{path} {} (command)", s.get_name()));
+            }
+            undocumented(s, &format!("{path} {}", s.get_name()), found);
+        }
+    }
+
+    /// `weft … --help` explains every flag and command.
+    #[test]
+    fn every_flag_has_help_text() {
+        let mut found = Vec::new();
+        undocumented(&super::Cli::command(), "weft", &mut found);
+        assert!(found.is_empty(), "without help text:\n{}", found.join("\n"));
+    }
+
+    /// `-o` is the output format wherever it exists; files get `--out`.
+    #[test]
+    fn short_o_is_the_output_format() {
+        fn walk(cmd: &clap::Command, path: &str, bad: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.get_short() == Some('o') && a.get_long() != Some("output") {
+                    bad.push(format!("{path} --{}", a.get_long().unwrap_or("?")));
+                }
+            }
+            for s in cmd.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()), bad);
+            }
+        }
+        let mut bad = Vec::new();
+        walk(&super::Cli::command(), "weft", &mut bad);
+        assert!(bad.is_empty(), "-o that is not --output: {bad:?}");
     }
 }

@@ -208,6 +208,7 @@ async fn each_refusal_has_its_code_and_reason() {
     let other_sa = token(&s, "demo", "db", "1h");
     // A token signed by another state dir's key.
     let foreign = {
+        std::fs::create_dir(s.path("other-state")).unwrap();
         let t = s
             .weft(&[
                 "token",

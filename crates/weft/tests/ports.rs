@@ -447,7 +447,7 @@ fn expired_leaf_and_token_make_the_proxy_unready() {
         "1s",
         "--state-dir",
         "state",
-        "-o",
+        "--out",
         "lonely.token",
         "--force",
     ])

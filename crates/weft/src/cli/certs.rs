@@ -105,6 +105,7 @@ pub struct CreateArgs {
 pub struct InspectArgs {
     /// A PEM or DER certificate file, or a bundle
     pub file: PathBuf,
+    /// Output format: text or json
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -129,18 +130,24 @@ pub struct VerifyArgs {
 pub enum BundleCmd {
     /// Add anchors to a bundle (created if absent); repeated anchors are skipped
     Add {
+        /// The bundle file (PEM)
         bundle: PathBuf,
+        /// Anchor certificates to add
         #[arg(required = true)]
         certs: Vec<PathBuf>,
     },
     /// Remove the anchor with this SHA-256 fingerprint (a unique prefix will do)
     Remove {
+        /// The bundle file (PEM)
         bundle: PathBuf,
+        /// SHA-256 fingerprint of the anchor, as `list` prints it (a unique prefix will do)
         fingerprint: String,
     },
     /// List the anchors in a bundle
     List {
+        /// The bundle file (PEM)
         bundle: PathBuf,
+        /// Output format: text or json
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -231,15 +238,15 @@ fn run_create(a: CreateArgs) -> CmdResult {
         );
     }
     let info = CertInfo::from_der(&created.cert).map_err(Failure::input)?;
-    println!(
+    outln!(
         "Your certificate has been saved in {}.",
         a.crt_file.display()
     );
-    println!(
+    outln!(
         "Your private key has been saved in {}.",
         a.key_file.display()
     );
-    println!(
+    outln!(
         "{} {} valid until {} ({}), SHA-256 {}",
         a.profile
             .to_possible_value()
@@ -282,7 +289,7 @@ fn run_inspect(a: InspectArgs) -> CmdResult {
                     info,
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&out).map_err(Failure::input)?
             );
@@ -290,9 +297,9 @@ fn run_inspect(a: InspectArgs) -> CmdResult {
         Output::Text => {
             for (i, info) in infos.iter().enumerate() {
                 if i > 0 {
-                    println!();
+                    outln!();
                 }
-                println!(
+                outln!(
                     "{}: certificate {} of {}",
                     a.file.display(),
                     i + 1,
@@ -306,7 +313,7 @@ fn run_inspect(a: InspectArgs) -> CmdResult {
 }
 
 fn print_info(info: &CertInfo, now: OffsetDateTime) {
-    let row = |k: &str, v: &str| println!("  {k:<15} {v}");
+    let row = |k: &str, v: &str| outln!("  {k:<15} {v}");
     row("Subject:", &info.subject);
     let self_signed = if info.self_signed {
         " (self-signed)"
@@ -370,7 +377,7 @@ fn run_verify(a: VerifyArgs) -> CmdResult {
     match verify(&target, &intermediates, roots.certs(), at, Purpose::Auto) {
         Ok(chain) => {
             let path: Vec<String> = chain.links.iter().map(|(s, _)| s.clone()).collect();
-            println!("valid: {} (anchor)", path.join(" -> "));
+            outln!("valid: {} (anchor)", path.join(" -> "));
             Ok(())
         }
         Err(e) => Err(Failure::invalid(format!(
@@ -400,7 +407,7 @@ fn run_bundle(cmd: BundleCmd) -> CmdResult {
             }
             write_atomic(&bundle, b.to_pem().as_bytes(), PUBLIC_MODE, true)
                 .map_err(Failure::input)?;
-            println!(
+            outln!(
                 "{}: added {added} anchor(s), {} skipped as already present; {} in the bundle",
                 bundle.display(),
                 seen - added,
@@ -419,7 +426,7 @@ fn run_bundle(cmd: BundleCmd) -> CmdResult {
             write_atomic(&bundle, b.to_pem().as_bytes(), PUBLIC_MODE, true)
                 .map_err(Failure::input)?;
             let info = CertInfo::from_der(&removed).map_err(Failure::input)?;
-            println!(
+            outln!(
                 "{}: removed {} ({}); {} anchor(s) left",
                 bundle.display(),
                 info.subject,
@@ -433,17 +440,19 @@ fn run_bundle(cmd: BundleCmd) -> CmdResult {
             let now = OffsetDateTime::now_utc();
             let list = b.list();
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::to_string_pretty(&list).map_err(Failure::input)?
                 ),
                 Output::Text => {
-                    println!(
+                    outln!(
                         "{:<64}  {:<20}  {:<14}  SUBJECT",
-                        "SHA-256", "NOT AFTER", "LEFT"
+                        "SHA-256",
+                        "NOT AFTER",
+                        "LEFT"
                     );
                     for i in &list {
-                        println!(
+                        outln!(
                             "{:<64}  {:<20}  {:<14}  {}",
                             i.sha256_fingerprint,
                             rfc3339(i.not_after),

@@ -38,6 +38,7 @@ pub struct CheckArgs {
     /// The control plane's admin address (read by --proxy)
     #[arg(long, default_value = "127.0.0.1:9990")]
     pub admin_addr: std::net::SocketAddr,
+    /// Output format: text, or json in Linkerd's shape
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -141,7 +142,7 @@ pub fn run(a: CheckArgs) -> CmdResult {
                     })
                     .collect(),
             };
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&report).map_err(Failure::input)?
             );
@@ -149,11 +150,11 @@ pub fn run(a: CheckArgs) -> CmdResult {
         Output::Text => {
             for (i, (name, summary, checks)) in categories.iter().enumerate() {
                 if i > 0 {
-                    println!();
+                    outln!();
                 }
-                print!("{}", render_category(name, summary.as_deref(), checks));
+                out!("{}", render_category(name, summary.as_deref(), checks));
             }
-            print!("{}", render_status(&all, status));
+            out!("{}", render_status(&all, status));
         }
     }
     if failed {

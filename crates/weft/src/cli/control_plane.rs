@@ -28,8 +28,10 @@ pub struct ControlPlaneArgs {
     /// Clock skew allowed for certificates and tokens
     #[arg(long, env = "WEFT_IDENTITY_CLOCK_SKEW_ALLOWANCE", default_value = "20s", value_parser = parse_duration)]
     pub identity_clock_skew_allowance: Duration,
+    /// Trust domain: the last labels of every identity, and the SPIFFE trust domain
     #[arg(long, env = "WEFT_IDENTITY_TRUST_DOMAIN", default_value = pki::identity::DEFAULT_TRUST_DOMAIN)]
     pub identity_trust_domain: String,
+    /// The control plane's namespace: the `identity.<ns>` part of identity names
     #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
     pub controller_namespace: String,
     /// State directory: token signing key, revocations, issuance record (created 0700 if absent)

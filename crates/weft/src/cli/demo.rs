@@ -151,7 +151,7 @@ pub fn run(args: DemoArgs) -> CmdResult {
     let result = rt.block_on(demo(&dir));
     rt.shutdown_timeout(Duration::from_secs(1));
     if args.keep {
-        println!("\nkept {}", dir.display());
+        outln!("\nkept {}", dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -160,10 +160,10 @@ pub fn run(args: DemoArgs) -> CmdResult {
 
 async fn demo(dir: &Path) -> CmdResult {
     let now = OffsetDateTime::now_utc();
-    println!(
+    outln!(
         "weft demo: three workloads on 127.0.0.1 talking over mutual TLS, one not allowed (ports mode, no root)"
     );
-    println!(
+    outln!(
         "  DEVELOPMENT CERTIFICATES, NOT FOR PRODUCTION: a fresh anchor and issuer were made in {}\n",
         dir.display()
     );
@@ -204,8 +204,8 @@ async fn demo(dir: &Path) -> CmdResult {
         issuer.key.serialize_pem().as_bytes(),
         KEY_MODE,
     )?;
-    println!("trust anchor   CN=root.linkerd.cluster.local      sha256 {root_fp}");
-    println!(
+    outln!("trust anchor   CN=root.linkerd.cluster.local      sha256 {root_fp}");
+    outln!(
         "issuer         CN=identity.linkerd.cluster.local  sha256 {}",
         pki::fingerprint(&issuer.cert)
     );
@@ -259,9 +259,10 @@ async fn demo(dir: &Path) -> CmdResult {
         .map_err(Failure::fatal)?;
     tokio::spawn(cp_run);
     wait_ready("the control plane", cp.admin_addr).await?;
-    println!(
+    outln!(
         "control plane  identity {}  destination {}",
-        cp.identity_addr, cp.destination_addr
+        cp.identity_addr,
+        cp.destination_addr
     );
 
     let state = identity::state::StateDir::open_or_init(&p("state")).map_err(Failure::fatal)?;
@@ -339,7 +340,7 @@ async fn demo(dir: &Path) -> CmdResult {
     ] {
         let cert = started.cert.borrow().clone();
         if let Some(c) = cert {
-            println!(
+            outln!(
                 "{name:<14} {name}.demo.serviceaccount.identity.weft.cluster.local  certificate {} until {}",
                 c.serial,
                 pki::info::rfc3339(c.not_after)
@@ -347,24 +348,24 @@ async fn demo(dir: &Path) -> CmdResult {
         }
     }
 
-    println!(
+    outln!(
         "\nfrontend app -> 127.0.0.1:{fe_out} (frontend proxy) == mTLS ==> 127.0.0.1:{be_in} (backend proxy) -> backend app 127.0.0.1:{be_app}"
     );
-    println!(
+    outln!(
         "policy: Server backend-server (port {be_app}) + AuthorizationPolicy backend-allow-frontend: only frontend may call backend"
     );
     let (status, _, body) = get_hello(local(fe_out)).await?;
     if !status.contains(" 200 ") {
         return Err(Failure::fatal(format!("the request failed: {status}")));
     }
-    println!("frontend GET /hello  {status}: {body:?}");
+    outln!("frontend GET /hello  {status}: {body:?}");
     let (status, error, _) = get_hello(local(in_out)).await?;
     if !status.contains(" 403 ") {
         return Err(Failure::fatal(format!(
             "the intruder was not refused: {status}"
         )));
     }
-    println!(
+    outln!(
         "intruder GET /hello  {status}  l5d-proxy-error: {}",
         error.unwrap_or_default()
     );
@@ -391,7 +392,7 @@ async fn demo(dir: &Path) -> CmdResult {
             .unwrap_or("")
             .to_string()
     };
-    println!(
+    outln!(
         "backend proxy saw: tls={} client_id={} protocol={} target_port={}",
         label("tls"),
         label("client_id"),
@@ -402,7 +403,7 @@ async fn demo(dir: &Path) -> CmdResult {
         .lines()
         .filter(|l| l.starts_with("inbound_http_authz_"))
     {
-        println!("  {l}");
+        outln!("  {l}");
     }
     Ok(())
 }

@@ -10,10 +10,13 @@ pub struct InitArgs {
     /// The uid the proxy runs as: its own traffic is not redirected
     #[arg(long, default_value_t = 2102)]
     pub proxy_uid: u32,
+    /// The proxy's inbound port: redirected TCP arrives here
     #[arg(long, default_value_t = 4143)]
     pub inbound_port: u16,
+    /// The proxy's outbound port: the pod's own outgoing TCP is sent here
     #[arg(long, default_value_t = 4140)]
     pub outbound_port: u16,
+    /// The proxy's admin port: never redirected, so probes reach it
     #[arg(long, default_value_t = 4191)]
     pub proxy_admin_port: u16,
     /// Inbound ports not redirected (comma-separated; ranges 9000-9010): NOT protected by the mesh
@@ -45,11 +48,11 @@ pub fn run(a: InitArgs) -> CmdResult {
     if a.list {
         let rules = ipt.list().map_err(Failure::fatal)?;
         if rules.is_empty() {
-            println!("no weft redirect rules ({bin}); run `weft init`");
+            outln!("no weft redirect rules ({bin}); run `weft init`");
             return Ok(());
         }
         for r in &rules {
-            println!("{r}");
+            outln!("{r}");
         }
         let skipped = |chain: &str, what: &str| -> Vec<String> {
             rules
@@ -64,16 +67,16 @@ pub fn run(a: InitArgs) -> CmdResult {
                 })
                 .collect()
         };
-        println!("\nnot protected by the mesh:");
-        println!(
+        outln!("\nnot protected by the mesh:");
+        outln!(
             "  inbound ports (incl. the proxy's own): {}",
             skipped("PROXY_INIT_REDIRECT", "--dport").join(", ")
         );
-        println!(
+        outln!(
             "  outbound ports:  {}",
             or_none(skipped("PROXY_INIT_OUTPUT", "--dport"))
         );
-        println!(
+        outln!(
             "  outbound subnets: {}",
             or_none(skipped("PROXY_INIT_OUTPUT", "-d"))
         );
@@ -81,7 +84,7 @@ pub fn run(a: InitArgs) -> CmdResult {
     }
     if a.uninstall {
         ipt.uninstall().map_err(Failure::fatal)?;
-        println!("weft redirect rules removed ({bin})");
+        outln!("weft redirect rules removed ({bin})");
         return Ok(());
     }
     let cfg = InitConfig {
@@ -109,9 +112,11 @@ pub fn run(a: InitArgs) -> CmdResult {
             .map_err(Failure::input)?,
     };
     ipt.install(&cfg).map_err(Failure::fatal)?;
-    println!(
+    outln!(
         "weft redirect rules installed ({bin}): inbound tcp -> :{}, outbound tcp -> :{}, proxy uid {} exempt",
-        cfg.inbound_port, cfg.outbound_port, cfg.proxy_uid
+        cfg.inbound_port,
+        cfg.outbound_port,
+        cfg.proxy_uid
     );
     Ok(())
 }

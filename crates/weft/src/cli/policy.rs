@@ -37,16 +37,22 @@ pub struct ExplainArgs {
     /// An HTTP request path: judge a request (routes), not only the connection
     #[arg(long)]
     pub path: Option<String>,
+    /// The request method (with --path)
     #[arg(long, default_value = "GET", requires = "path")]
     pub method: String,
+    /// The cluster-wide default policy, as the control plane's --default-inbound-policy
     #[arg(long, default_value = "all-unauthenticated")]
     pub default_inbound_policy: String,
+    /// Cluster networks (for cluster-* defaults), as the control plane's --cluster-networks
     #[arg(long, default_value = DEFAULT_CLUSTER_NETWORKS, value_delimiter = ',')]
     pub cluster_networks: Vec<String>,
+    /// The control plane's namespace (identity names)
     #[arg(long, default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
     pub controller_namespace: String,
+    /// The trust domain (identity names, SPIFFE IDs)
     #[arg(long, default_value = pki::identity::DEFAULT_TRUST_DOMAIN)]
     pub identity_trust_domain: String,
+    /// Output format: text or json
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -204,7 +210,7 @@ fn explain(a: ExplainArgs) -> CmdResult {
         problems,
     };
     match a.output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&out).map_err(Failure::input)?
         ),
@@ -213,19 +219,19 @@ fn explain(a: ExplainArgs) -> CmdResult {
                 Some(p) => format!("{} {p} ", a.method.to_uppercase()),
                 None => String::new(),
             };
-            println!(
+            outln!(
                 "{}: {what}from {} to {}",
                 if out.allowed { "ALLOWED" } else { "DENIED" },
                 out.client,
                 out.target
             );
             for r in &out.reasons {
-                println!("  {r}");
+                outln!("  {r}");
             }
             if !out.problems.is_empty() {
-                println!("problems (what they name grants nothing):");
+                outln!("problems (what they name grants nothing):");
                 for p in &out.problems {
-                    println!("  - {p}");
+                    outln!("  - {p}");
                 }
             }
         }

@@ -33,17 +33,22 @@ pub struct ProxyArgs {
     /// Control plane host; identity on :8080, destination on :8086 and policy on :8090 unless given below
     #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE", default_value = "127.0.0.1")]
     pub control_plane: String,
+    /// Identity service address (default: --control-plane:8080)
     #[arg(long, env = "WEFT_PROXY_IDENTITY_ADDR")]
     pub identity_addr: Option<String>,
+    /// Destination service address (default: --control-plane:8086)
     #[arg(long, env = "WEFT_PROXY_DESTINATION_ADDR")]
     pub destination_addr: Option<String>,
+    /// Inbound policy service address (default: --control-plane:8090)
     #[arg(long, env = "WEFT_PROXY_POLICY_ADDR")]
     pub policy_addr: Option<String>,
     /// The control plane's identity; default: weft-identity in this workload's mesh
     #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE_IDENTITY")]
     pub control_plane_identity: Option<String>,
+    /// Inbound listener: mTLS from other proxies (and redirected traffic)
     #[arg(long, env = "WEFT_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
     pub inbound_addr: SocketAddr,
+    /// Admin listener: /live /ready /metrics, and TLS with the live chain
     #[arg(long, env = "WEFT_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
     pub admin_addr: SocketAddr,
     /// Transparent outbound listener for connections redirected by `weft init`; "off" to disable
@@ -56,11 +61,13 @@ pub struct ProxyArgs {
     /// Ports mode: LISTEN=NAMESPACE/NAME:PORT, e.g. 127.0.0.1:7001=demo/backend:8080 (repeatable)
     #[arg(long = "outbound", env = "WEFT_PROXY_OUTBOUND", value_delimiter = ',')]
     pub outbound: Vec<OutboundMapping>,
+    /// How long to wait for a protocol to show before treating a connection as opaque
     #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
     /// How long a new destination or port waits for the control plane's first answer
     #[arg(long, env = "WEFT_PROXY_DISCOVERY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub discovery_timeout: Duration,
+    /// Floor for the time between certificate renewals
     #[arg(long, env = "WEFT_PROXY_IDENTITY_MIN_REFRESH", default_value = "10s", value_parser = parse_duration)]
     pub identity_min_refresh: Duration,
     /// On SIGTERM, how long to let connections in flight finish

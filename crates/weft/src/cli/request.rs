@@ -32,6 +32,7 @@ pub struct RequestArgs {
     /// Renew with this still-valid certificate (mTLS) instead of a token
     #[arg(long, requires = "renew_key")]
     pub renew_cert: Option<PathBuf>,
+    /// The key of --renew-cert (proves the identity over mTLS)
     #[arg(long, requires = "renew_cert")]
     pub renew_key: Option<PathBuf>,
     /// Replace existing output files
@@ -103,7 +104,7 @@ pub fn run(a: RequestArgs) -> CmdResult {
         a.force,
     )
     .map_err(Failure::input)?;
-    println!(
+    outln!(
         "{identity}: certificate {} saved in {} (valid until {}); key in {}",
         got.serial,
         a.crt_file.display(),

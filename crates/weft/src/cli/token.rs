@@ -22,20 +22,22 @@ pub enum TokenCmd {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    /// The workload's namespace
     #[arg(long, short = 'n')]
     pub namespace: String,
+    /// The workload's service account (with the namespace, its identity)
     #[arg(long)]
     pub service_account: String,
     /// How long the token may be used for a first certificate
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
-    /// The control plane's state directory (holds the signing key)
+    /// The control plane's state directory (holds the signing key); never created here
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "weft-state")]
     pub state_dir: PathBuf,
     /// Write the token to this file (mode 0600) instead of stdout
-    #[arg(long, short = 'o')]
-    pub output: Option<PathBuf>,
-    /// Replace an existing --output file
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace an existing --out file
     #[arg(long)]
     pub force: bool,
 }
@@ -44,6 +46,7 @@ pub struct CreateArgs {
 pub struct RevokeArgs {
     /// The token id (jti) that `weft token create` printed
     pub jti: String,
+    /// The control plane's state directory (holds the revocation list); never created here
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "weft-state")]
     pub state_dir: PathBuf,
 }
@@ -62,7 +65,7 @@ fn create(a: CreateArgs) -> CmdResult {
     if a.ttl.is_zero() {
         return Err(Failure::input("--ttl must be more than 0"));
     }
-    let state = StateDir::open_or_init(&a.state_dir).map_err(Failure::input)?;
+    let state = StateDir::open_existing(&a.state_dir).map_err(Failure::input)?;
     let signer = TokenSigner::new(&state.token_key).map_err(Failure::input)?;
     let (token, claims) = signer
         .create(
@@ -75,7 +78,7 @@ fn create(a: CreateArgs) -> CmdResult {
     let exp = OffsetDateTime::from_unix_timestamp(claims.exp)
         .map(pki::info::rfc3339)
         .unwrap_or_default();
-    match &a.output {
+    match &a.out {
         Some(path) => {
             write_atomic(path, format!("{token}\n").as_bytes(), KEY_MODE, a.force)
                 .map_err(Failure::input)?;
@@ -85,7 +88,7 @@ fn create(a: CreateArgs) -> CmdResult {
                 path.display()
             );
         }
-        None => println!("{token}"),
+        None => outln!("{token}"),
     }
     eprintln!(
         "jti {} expires {exp}; revoke with `weft token revoke {} --state-dir {}`",
@@ -103,7 +106,7 @@ fn revoke(a: RevokeArgs) -> CmdResult {
             a.jti
         )));
     }
-    let state = StateDir::open_or_init(&a.state_dir).map_err(Failure::input)?;
+    let state = StateDir::open_existing(&a.state_dir).map_err(Failure::input)?;
     let fresh = state
         .revoke(
             &a.jti.to_lowercase(),
@@ -111,7 +114,7 @@ fn revoke(a: RevokeArgs) -> CmdResult {
             OffsetDateTime::now_utc().unix_timestamp(),
         )
         .map_err(Failure::input)?;
-    println!(
+    outln!(
         "token {} {}; the control plane refuses it from its next request",
         a.jti,
         if fresh {

@@ -114,6 +114,8 @@ impl Scratch {
     /// `weft token create` to `<sa>.token`; returns that file name.
     pub fn token(&self, sa: &str) -> String {
         let file = format!("{sa}.token");
+        // The control plane's state directory; it may not have started yet.
+        std::fs::create_dir_all(self.path("state")).expect("state dir");
         self.weft(&[
             "token",
             "create",
@@ -123,7 +125,7 @@ impl Scratch {
             sa,
             "--state-dir",
             "state",
-            "-o",
+            "--out",
             &file,
         ])
         .ok();
