@@ -52,6 +52,8 @@ pub struct AdminState {
     pub fleet: Arc<crate::fleet::Fleet>,
     pub bundle: watch::Receiver<Option<Arc<crate::bundle::LiveBundle>>>,
     pub record: Arc<identity::state::IssuanceRecord>,
+    /// Connections are capped and timed, so none can starve the process.
+    pub gate: bounds::Gate,
 }
 
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
@@ -161,15 +163,23 @@ pub async fn serve(listener: TcpListener, st: AdminState) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
+                // e.g. out of descriptors: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Some(slot) = st.gate.admit() else {
+            continue;
+        };
         let st = st.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let gate = st.gate.clone();
+            let (stream, activity) = bounds::Tracked::new(stream);
             let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            gate.serve_until_idle(&activity, conn).await;
         });
     }
 }

@@ -25,6 +25,8 @@ pub struct ControlPlaneConfig {
     /// Default inbound policy, cluster networks and the like.
     pub policy: crate::translate::PolicyDefaults,
     pub admin_addr: SocketAddr,
+    /// Connection cap and timeouts of the admin listener.
+    pub admin_limits: bounds::Limits,
     /// How often the issuer files are re-read even without a file event.
     pub reread_interval: Duration,
     /// Floor for the control plane's own certificate renewal.
@@ -94,6 +96,7 @@ impl fmt::Display for ControlPlaneConfig {
                 .join(","),
         )?;
         row(f, "admin-addr", &self.admin_addr)?;
+        row(f, "admin-limits", &self.admin_limits)?;
         row(
             f,
             "reread-interval",

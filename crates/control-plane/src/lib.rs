@@ -91,6 +91,8 @@ pub async fn start(
     );
     let fleet = Arc::new(fleet::Fleet::default());
     fleet.metrics.register(&mut registry);
+    let limits = bounds::Metrics::default();
+    limits.register(&mut registry);
     let registry = Arc::new(registry);
     let versions = bundle::VersionStore::new(&cfg.state_dir);
     let last_version = versions.load()?;
@@ -211,6 +213,7 @@ pub async fn start(
         fleet: fleet.clone(),
         bundle: bundle_rx.clone(),
         record: record.clone(),
+        gate: bounds::Gate::new("admin", cfg.admin_limits, &limits),
     };
     let cp_ns = cfg.controller_namespace.clone();
 

@@ -30,6 +30,8 @@ pub fn readiness(cert: Option<&ProxyCert>, now: OffsetDateTime) -> Result<(), St
 pub struct AdminState {
     pub registry: Arc<Registry>,
     pub cert: watch::Receiver<Option<Arc<ProxyCert>>>,
+    /// Any pod can reach this port: its connections are capped and timed.
+    pub gate: bounds::Gate,
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -87,27 +89,31 @@ pub async fn serve(
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let Some(slot) = st.gate.admit() else {
+            continue;
+        };
         let st = st.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let gate = st.gate.clone();
             let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
             let http = hyper::server::conn::http1::Builder::new();
             if let Some((acceptor, name)) = tls {
                 let start =
                     crate::detect::peek_start(&stream, std::time::Duration::from_secs(1)).await;
                 if matches!(&start, crate::detect::Start::Tls { sni: Some(n) } if *n == name) {
-                    if let Ok(Ok(t)) = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        let _ = http.serve_connection(TokioIo::new(t), svc).await;
+                    let (stream, activity) = bounds::Tracked::new(stream);
+                    if let Some(Ok(t)) = gate.handshake(acceptor.accept(stream)).await {
+                        let conn = http.serve_connection(TokioIo::new(t), svc);
+                        gate.serve_until_idle(&activity, conn).await;
                     }
                     return;
                 }
             }
-            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+            let (stream, activity) = bounds::Tracked::new(stream);
+            let conn = http.serve_connection(TokioIo::new(stream), svc);
+            gate.serve_until_idle(&activity, conn).await;
         });
     }
 }

@@ -74,6 +74,8 @@ pub struct ProxyConfig {
     pub plaintext: Plaintext,
     /// How long SIGTERM waits for connections in flight.
     pub shutdown_grace: Duration,
+    /// Connection cap and timeouts of the admin listener.
+    pub admin_limits: bounds::Limits,
 }
 
 impl fmt::Display for ProxyConfig {
@@ -99,6 +101,7 @@ impl fmt::Display for ProxyConfig {
         row(f, "trust-anchors-file", &self.anchors_file.display())?;
         row(f, "inbound-addr", &self.inbound_addr)?;
         row(f, "admin-addr", &self.admin_addr)?;
+        row(f, "admin-limits", &self.admin_limits)?;
         row(
             f,
             "outbound-addr",

@@ -81,6 +81,8 @@ pub async fn start(
     let metrics = metrics::ProxyMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let limits = bounds::Metrics::default();
+    limits.register(&mut registry);
     let registry = Arc::new(registry);
 
     let (cert_tx, cert_rx) = watch::channel(None);
@@ -184,6 +186,7 @@ pub async fn start(
     let admin_state = admin::AdminState {
         registry,
         cert: cert_rx.clone(),
+        gate: bounds::Gate::new("admin", cfg.admin_limits, &limits),
     };
 
     let inbound_addr = started.inbound_addr;

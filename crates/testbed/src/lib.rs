@@ -280,11 +280,6 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
 
 /// Raises this process's open-file soft limit to the hard limit (tests that
 /// hold many sockets at once).
-pub fn raise_nofile() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut l = getrlimit(Resource::Nofile);
-    if l.current < l.maximum {
-        l.current = l.maximum;
-        let _ = setrlimit(Resource::Nofile, l);
-    }
+pub fn raise_nofile() -> u64 {
+    bounds::raise_nofile()
 }

@@ -68,6 +68,8 @@ pub struct ControlPlaneArgs {
     /// Floor for renewing the control plane's own certificate
     #[arg(long, env = "WEFT_IDENTITY_MIN_REFRESH", default_value = "10s", value_parser = parse_duration)]
     pub identity_min_refresh: Duration,
+    #[command(flatten)]
+    pub admin_limits: super::AdminLimitArgs,
 }
 
 impl ControlPlaneArgs {
@@ -112,6 +114,7 @@ impl ControlPlaneArgs {
                 detect_timeout: Duration::from_secs(10),
             },
             admin_addr: self.admin_addr,
+            admin_limits: self.admin_limits.limits()?,
             reread_interval: self.reread_interval,
             min_refresh: self.identity_min_refresh,
         })
@@ -121,6 +124,7 @@ impl ControlPlaneArgs {
 pub fn run(args: ControlPlaneArgs) -> CmdResult {
     let cfg = args.into_config()?;
     super::init_logging();
+    bounds::raise_nofile();
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {

@@ -251,6 +251,7 @@ async fn demo(dir: &Path) -> CmdResult {
             detect_timeout: Duration::from_secs(10),
         },
         admin_addr: local(0),
+        admin_limits: super::AdminLimitArgs::defaults(),
         reread_interval: Duration::from_secs(5),
         min_refresh: Duration::from_secs(10),
     };
@@ -303,6 +304,7 @@ async fn demo(dir: &Path) -> CmdResult {
             min_refresh: Duration::from_secs(10),
             plaintext: proxy::Plaintext::Deny,
             shutdown_grace: Duration::from_secs(1),
+            admin_limits: super::AdminLimitArgs::defaults(),
         })
     };
     let (backend, be_run) =

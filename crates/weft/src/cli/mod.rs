@@ -11,7 +11,55 @@ pub mod proxy;
 pub mod request;
 pub mod token;
 
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
+
+/// Limits of an admin listener (probes, metrics, operator endpoints): no
+/// client holding connections open may starve it or the rest of the process.
+#[derive(Debug, Clone, Args)]
+pub struct AdminLimitArgs {
+    /// Admin connections open at once; more are closed at accept (and counted)
+    #[arg(long, env = "WEFT_ADMIN_MAX_CONNECTIONS", default_value_t = 100)]
+    pub admin_max_connections: usize,
+    /// An admin connection that has not finished its TLS handshake by then is closed
+    #[arg(long, env = "WEFT_ADMIN_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration::parse_duration)]
+    pub admin_handshake_timeout: std::time::Duration,
+    /// An admin connection that moves no bytes for this long is closed
+    #[arg(long, env = "WEFT_ADMIN_IDLE_TIMEOUT", default_value = "30s", value_parser = duration::parse_duration)]
+    pub admin_idle_timeout: std::time::Duration,
+}
+
+impl AdminLimitArgs {
+    /// The defaults above, for processes started without a command line (the demo).
+    pub fn defaults() -> bounds::Limits {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            limits: AdminLimitArgs,
+        }
+        let d: Defaults = clap::Parser::parse_from(["weft"]);
+        bounds::Limits {
+            max_connections: d.limits.admin_max_connections,
+            handshake_timeout: d.limits.admin_handshake_timeout,
+            idle_timeout: d.limits.admin_idle_timeout,
+        }
+    }
+
+    pub fn limits(&self) -> Result<bounds::Limits, Failure> {
+        if self.admin_max_connections == 0 {
+            return Err(Failure::input("--admin-max-connections must be at least 1"));
+        }
+        if self.admin_idle_timeout.is_zero() || self.admin_handshake_timeout.is_zero() {
+            return Err(Failure::input(
+                "--admin-handshake-timeout and --admin-idle-timeout must be more than 0",
+            ));
+        }
+        Ok(bounds::Limits {
+            max_connections: self.admin_max_connections,
+            handshake_timeout: self.admin_handshake_timeout,
+            idle_timeout: self.admin_idle_timeout,
+        })
+    }
+}
 
 /// Output format shared by commands that print reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

@@ -81,6 +81,8 @@ pub struct ProxyArgs {
         default_value = "allow"
     )]
     pub outbound_plaintext: PlaintextArg,
+    #[command(flatten)]
+    pub admin_limits: super::AdminLimitArgs,
 }
 
 impl ProxyArgs {
@@ -164,6 +166,7 @@ impl ProxyArgs {
             discovery_timeout: self.discovery_timeout,
             min_refresh: self.identity_min_refresh,
             shutdown_grace: self.shutdown_grace_period,
+            admin_limits: self.admin_limits.limits()?,
             plaintext: match self.outbound_plaintext {
                 PlaintextArg::Allow => Plaintext::Allow,
                 PlaintextArg::Deny => Plaintext::Deny,
@@ -172,22 +175,10 @@ impl ProxyArgs {
     }
 }
 
-/// Many connections mean many descriptors: raise the soft limit to the hard one.
-fn raise_nofile() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut l = getrlimit(Resource::Nofile);
-    if l.current < l.maximum {
-        l.current = l.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, l) {
-            tracing::warn!(error = %e, "cannot raise the open-file limit");
-        }
-    }
-}
-
 pub fn run(args: ProxyArgs) -> CmdResult {
     let cfg = args.into_config()?;
     super::init_logging();
-    raise_nofile();
+    bounds::raise_nofile();
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
