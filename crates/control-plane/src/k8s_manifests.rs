@@ -113,65 +113,27 @@ mod tests {
 
     #[test]
     fn crds_define_the_kinds_weft_reads_and_its_own() {
-        let want: &[(&str, &str, &str, &[&str])] = &[
-            (
-                "policy.linkerd.io",
-                "Server",
-                "servers",
-                &["v1beta3", "v1beta2", "v1beta1"],
-            ),
-            (
-                "policy.linkerd.io",
-                "AuthorizationPolicy",
-                "authorizationpolicies",
-                &["v1alpha1"],
-            ),
-            (
-                "policy.linkerd.io",
-                "MeshTLSAuthentication",
-                "meshtlsauthentications",
-                &["v1alpha1"],
-            ),
-            (
-                "policy.linkerd.io",
-                "NetworkAuthentication",
-                "networkauthentications",
-                &["v1alpha1"],
-            ),
-            (
-                "policy.linkerd.io",
-                "HTTPRoute",
-                "httproutes",
-                &["v1beta3", "v1beta2", "v1beta1"],
-            ),
-            (
-                "workload.linkerd.io",
-                "ExternalWorkload",
-                "externalworkloads",
-                &["v1beta1"],
-            ),
-            (
-                OWN_GROUP,
-                "IssuanceRecord",
-                "issuancerecords",
-                &["v1alpha1"],
-            ),
-        ];
+        // group, kind, plural, served versions (storage first)
+        let want = "
+            policy.linkerd.io    Server                 servers                 v1beta3,v1beta2,v1beta1
+            policy.linkerd.io    AuthorizationPolicy    authorizationpolicies   v1alpha1
+            policy.linkerd.io    MeshTLSAuthentication  meshtlsauthentications  v1alpha1
+            policy.linkerd.io    NetworkAuthentication  networkauthentications  v1alpha1
+            policy.linkerd.io    HTTPRoute              httproutes              v1beta3,v1beta2,v1beta1
+            workload.linkerd.io  ExternalWorkload       externalworkloads       v1beta1
+            internal.weft.dev    IssuanceRecord         issuancerecords         v1alpha1";
+        let want: Vec<String> = want
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
         let crds = crds();
-        let got: Vec<(&str, &str, &str, Vec<&str>)> = crds
+        let got: Vec<String> = crds
             .iter()
             .map(|c| {
-                (
-                    c.group.as_str(),
-                    c.kind.as_str(),
-                    c.plural.as_str(),
-                    c.served(),
-                )
+                let served = c.served().join(",");
+                format!("{} {} {} {served}", c.group, c.kind, c.plural)
             })
-            .collect();
-        let want: Vec<_> = want
-            .iter()
-            .map(|(g, k, p, v)| (*g, *k, *p, v.to_vec()))
             .collect();
         assert_eq!(got, want);
         for c in &crds {
