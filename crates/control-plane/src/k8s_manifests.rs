@@ -22,7 +22,8 @@ mod tests {
     use super::{CRDS, RBAC};
 
     const CP_NS: &str = "weft";
-    const CP_SA: &str = "weft-control-plane";
+    const CP_SA: &str = "weft-identity";
+    const CP_ROLE: &str = "weft-control-plane";
     /// Groups weft reads through Kubernetes watches; the rest is weft's own.
     const LINKERD_GROUPS: &[&str] = &["policy.linkerd.io", "workload.linkerd.io"];
     const OWN_GROUP: &str = "internal.weft.dev";
@@ -374,7 +375,7 @@ mod tests {
             assert_eq!(ns, (!cluster_scoped).then_some(CP_NS), "{kind} namespace");
             if let Some(role) = kind.strip_suffix("Binding") {
                 assert_eq!(str_at(d, "/roleRef/kind"), role);
-                assert_eq!(str_at(d, "/roleRef/name"), CP_SA);
+                assert_eq!(str_at(d, "/roleRef/name"), CP_ROLE);
                 let subjects = d["subjects"].as_array().expect("subjects");
                 assert_eq!(subjects.len(), 1, "{kind}");
                 assert_eq!(str_at(&subjects[0], "/kind"), "ServiceAccount");
