@@ -178,7 +178,7 @@ impl CertLoop {
                             tracing::error!(
                                 error = %e,
                                 retry_in_s = wait.as_secs(),
-                            "no valid certificate and the identity service refused or is unreachable; if the token has expired, create one with `weft token create --namespace {} --service-account {} -o {} --force`; {}",
+                            "no valid certificate and the identity service refused or is unreachable; if the token has expired, create one with `weft token create --namespace {} --service-account {} --out {} --force --state-dir <the control plane's --state-dir>`; {}",
                                 self.identity.namespace(),
                                 self.identity.service_account(),
                                 self.token_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<token file>".into()),
