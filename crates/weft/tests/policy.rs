@@ -278,11 +278,22 @@ spec:
         Some("backend-server")
     );
     let fe_client = policy::Client {
-        identity: Some(FE.into()),
+        identity: Some(FE.parse().unwrap()),
         tls: true,
         ip: "10.0.0.3".parse().unwrap(),
     };
-    assert!(policy::authorize_connection(&first, &fe_client).allowed);
+    // Judged as the proxy judges it: converted on receipt, then `judge`.
+    let allowed = |s: &linkerd2_proxy_api::inbound::Server| {
+        let typed = policy::Server::try_from(s.clone()).expect("a well-formed policy");
+        policy::judge(
+            &typed,
+            policy::Facts::default(),
+            &fe_client,
+            policy::Traffic::NotHttp,
+        )
+        .allowed
+    };
+    assert!(allowed(&first));
 
     // Delete the MeshTLSAuthentication: the stream delivers a policy that denies frontend.
     let guide = s.read("res/policy.yaml");
@@ -293,7 +304,7 @@ spec:
         .expect("an update within 30s")
         .unwrap()
         .unwrap();
-    assert!(!policy::authorize_connection(&next, &fe_client).allowed);
+    assert!(!allowed(&next));
     // Delete the Server: the port reopens to the default.
     s.write("res/policy.yaml", "");
     let mut last = next;

@@ -49,21 +49,23 @@ pub struct Unsettled {
 }
 
 impl Unsettled {
-    /// Reads the refused files of `snap` that have nothing in force.
-    pub fn of(snap: &Snapshot) -> Self {
+    /// From the refused files of `snap` that have nothing in force; `read`
+    /// gives a refused file's current text (the source does the I/O; None
+    /// when it is gone).
+    pub fn of(snap: &Snapshot, read: impl Fn(&std::path::Path) -> Option<String>) -> Self {
         let in_force: std::collections::BTreeSet<&std::path::Path> =
             snap.objects.values().map(|s| s.file.as_path()).collect();
         let mut u = Self::default();
-        let files: std::collections::BTreeSet<std::path::PathBuf> = snap
+        let files: std::collections::BTreeSet<&std::path::Path> = snap
             .errors()
-            .map(|p| p.file.clone())
-            .filter(|f| f.is_file() && !in_force.contains(f.as_path()))
+            .map(|p| p.file.as_path())
+            .filter(|f| !in_force.contains(f))
             .collect();
         for f in files {
-            match std::fs::read_to_string(&f)
-                .ok()
-                .and_then(|t| crate::resources::claimed_kinds(&t))
-            {
+            let Some(text) = read(f) else {
+                continue;
+            };
+            match crate::resources::claimed_kinds(&text) {
                 Some(kinds) => {
                     let mut hit = false;
                     for (kind, ns) in kinds {
@@ -286,11 +288,13 @@ pub fn effective_default(
     .unwrap_or(d.default_policy)
 }
 
-/// One AuthorizationPolicy as an Authz, or why it grants nothing.
+/// One AuthorizationPolicy as an Authz, or why it grants nothing; what it
+/// names that can match no client is left out and noted in `notes`.
 fn authz_for(
     p: &AuthorizationPolicy,
     snap: &Snapshot,
     d: &PolicyDefaults,
+    notes: &mut Vec<String>,
 ) -> Result<Authz, String> {
     let ns = p.meta.namespace.clone().unwrap_or_else(|| "default".into());
     let mut networks = all_networks();
@@ -340,18 +344,24 @@ fn authz_for(
                         suffixes.push(vec![]);
                     } else if let Some(rest) = i.strip_prefix("*.") {
                         suffixes.push(rest.split('.').map(str::to_string).collect());
-                    } else if i.starts_with("spiffe://") {
-                        match i
-                            .parse::<pki::SpiffeId>()
-                            .ok()
-                            .and_then(|s| s.to_identity(&d.control_plane_ns).ok())
-                        {
-                            Some(id) => ids.push(id.to_string()),
-                            // A foreign SPIFFE ID can match no mesh identity.
-                            None => ids.push(i.clone()),
-                        }
                     } else {
-                        ids.push(i.clone());
+                        let id = if i.starts_with("spiffe://") {
+                            i.parse::<pki::SpiffeId>()
+                                .ok()
+                                .and_then(|s| s.to_identity(&d.control_plane_ns).ok())
+                        } else {
+                            i.parse::<pki::Identity>().ok()
+                        };
+                        match id {
+                            Some(id) => ids.push(id.to_string()),
+                            // The proxy refuses a Server naming a non-identity;
+                            // it could match no client anyway.
+                            None => notes.push(format!(
+                                "MeshTLSAuthentication {}/{}: {i:?} is not a mesh identity of this control plane, so it matches no client; it is left out",
+                                m.meta.namespace.as_deref().unwrap_or("default"),
+                                m.meta.name
+                            )),
+                        }
                     }
                 }
                 let mns = m.meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -509,7 +519,7 @@ pub fn translate_keeping(
         if !applies {
             continue;
         }
-        match authz_for(p, snap, d) {
+        match authz_for(p, snap, d, &mut problems) {
             Ok(a) if t.kind == TargetKind::HttpRoute => {
                 route_authz.entry(t.name.clone()).or_default().push(a)
             }
