@@ -127,33 +127,40 @@ pub enum Authentication {
 }
 
 /// `*.suffix` (labels compared whole); no labels is `*`: any authenticated
-/// identity.
+/// identity. Kept as labels last-first, matched against an identity's parts
+/// without building its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentitySuffix {
-    labels: Vec<String>,
+    reversed: Vec<String>,
 }
 
 impl IdentitySuffix {
-    pub fn new(labels: Vec<String>) -> Self {
-        Self { labels }
+    /// From the suffix's labels, first to last (`["demo", "serviceaccount", ...]`).
+    pub fn new(mut labels: Vec<String>) -> Self {
+        labels.reverse();
+        Self { reversed: labels }
     }
 
     pub fn any() -> Self {
-        Self { labels: vec![] }
+        Self { reversed: vec![] }
     }
 
     pub fn is_any(&self) -> bool {
-        self.labels.is_empty()
+        self.reversed.is_empty()
     }
 
     pub fn matches(&self, id: &Identity) -> bool {
-        let text = id.to_string();
-        let labels: Vec<&str> = text.split('.').collect();
-        self.labels.len() <= labels.len()
-            && labels[labels.len() - self.labels.len()..]
-                .iter()
-                .zip(&self.labels)
-                .all(|(a, b)| a == b)
+        // `<sa>.<ns>.serviceaccount.identity.<cp-ns>.<trust-domain>`, last label first.
+        let mut parts = id.trust_domain().rsplit('.').chain([
+            id.control_plane_ns(),
+            "identity",
+            "serviceaccount",
+            id.namespace(),
+            id.service_account(),
+        ]);
+        self.reversed
+            .iter()
+            .all(|want| parts.next() == Some(want.as_str()))
     }
 }
 
@@ -162,7 +169,8 @@ impl std::fmt::Display for IdentitySuffix {
         if self.is_any() {
             f.write_str("*")
         } else {
-            write!(f, "*.{}", self.labels.join("."))
+            let labels: Vec<&str> = self.reversed.iter().rev().map(String::as_str).collect();
+            write!(f, "*.{}", labels.join("."))
         }
     }
 }
@@ -231,3 +239,29 @@ pub enum HeaderValue {
 #[path = "model_convert.rs"]
 mod convert;
 pub use convert::ReceiveError;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_compare_whole_labels_from_the_end() {
+        let id: Identity = "web.demo.serviceaccount.identity.weft.cluster.local"
+            .parse()
+            .unwrap();
+        let s = |t: &str| IdentitySuffix::new(t.split('.').map(str::to_string).collect());
+        assert!(s("demo.serviceaccount.identity.weft.cluster.local").matches(&id));
+        assert!(s("web.demo.serviceaccount.identity.weft.cluster.local").matches(&id));
+        assert!(s("local").matches(&id));
+        assert!(IdentitySuffix::any().matches(&id));
+        // A partial label, another namespace, a longer name: no.
+        assert!(!s("mo.serviceaccount.identity.weft.cluster.local").matches(&id));
+        assert!(!s("prod.serviceaccount.identity.weft.cluster.local").matches(&id));
+        assert!(!s("x.web.demo.serviceaccount.identity.weft.cluster.local").matches(&id));
+        assert_eq!(
+            s("demo.serviceaccount.identity.weft.cluster.local").to_string(),
+            "*.demo.serviceaccount.identity.weft.cluster.local"
+        );
+        assert_eq!(IdentitySuffix::any().to_string(), "*");
+    }
+}

@@ -126,33 +126,7 @@ fn explain(a: ExplainArgs) -> CmdResult {
     let (ns, name) = wl.split_once('/').ok_or_else(|| {
         Failure::input(format!("--to {:?}: expected namespace/workload:port", a.to))
     })?;
-    let client = if a.from == "unmeshed" {
-        policy::Client {
-            identity: None,
-            tls: false,
-            ip: a.from_ip,
-        }
-    } else if let Ok(ip) = a.from.parse::<IpAddr>() {
-        policy::Client {
-            identity: None,
-            tls: false,
-            ip,
-        }
-    } else {
-        let id = match a.from.parse::<pki::SpiffeId>() {
-            Ok(s) => s
-                .to_identity(&a.controller_namespace)
-                .map_err(|e| Failure::input(format!("--from: {e}")))?,
-            Err(_) => a.from.parse::<pki::Identity>().map_err(|e| {
-                Failure::input(format!("--from: {e}; or pass an IP address, or unmeshed"))
-            })?,
-        };
-        policy::Client {
-            identity: Some(id),
-            tls: true,
-            ip: a.from_ip,
-        }
-    };
+    let client = client_of(&a)?;
     let snap = load(
         &a.resources,
         &a.controller_namespace,
@@ -213,6 +187,47 @@ fn explain(a: ExplainArgs) -> CmdResult {
         reasons: v.reasons,
         problems,
     };
+    print(&out, &a)?;
+    if out.allowed {
+        Ok(())
+    } else {
+        Err(Failure::invalid(""))
+    }
+}
+
+/// The client `--from`/`--from-ip` describe.
+fn client_of(a: &ExplainArgs) -> Result<policy::Client, Failure> {
+    Ok(if a.from == "unmeshed" {
+        policy::Client {
+            identity: None,
+            tls: false,
+            ip: a.from_ip,
+        }
+    } else if let Ok(ip) = a.from.parse::<IpAddr>() {
+        policy::Client {
+            identity: None,
+            tls: false,
+            ip,
+        }
+    } else {
+        let id = match a.from.parse::<pki::SpiffeId>() {
+            Ok(s) => s
+                .to_identity(&a.controller_namespace)
+                .map_err(|e| Failure::input(format!("--from: {e}")))?,
+            Err(_) => a.from.parse::<pki::Identity>().map_err(|e| {
+                Failure::input(format!("--from: {e}; or pass an IP address, or unmeshed"))
+            })?,
+        };
+        policy::Client {
+            identity: Some(id),
+            tls: true,
+            ip: a.from_ip,
+        }
+    })
+}
+
+/// Text for people, or JSON for scripts.
+fn print(out: &Explained, a: &ExplainArgs) -> Result<(), Failure> {
     match a.output {
         Output::Json => println!(
             "{}",
@@ -240,9 +255,5 @@ fn explain(a: ExplainArgs) -> CmdResult {
             }
         }
     }
-    if out.allowed {
-        Ok(())
-    } else {
-        Err(Failure::invalid(""))
-    }
+    Ok(())
 }
