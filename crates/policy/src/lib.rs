@@ -6,6 +6,7 @@
 //! Sources (the watched directory, Kubernetes) and gRPC services live in the
 //! control plane; sockets live in the proxy. Nothing here does I/O.
 
+mod defaults;
 pub mod eval;
 pub mod judge;
 pub mod model;
@@ -13,6 +14,7 @@ pub mod ports;
 pub mod resources;
 pub mod routes;
 pub mod translate;
+mod unsettled;
 
 pub use eval::{Client, Request};
 pub use judge::{Denial, Facts, Handling, Mode, Traffic, Verdict, declares_http, handling, judge};
