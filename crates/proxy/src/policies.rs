@@ -187,21 +187,8 @@ impl Policies {
                 Ok(Some(message)) => {
                     // A stream that answers is healthy: the next drop retries soon.
                     *failures = 0;
-                    // Converted once, here: a malformed message is refused and
-                    // the last good policy stays (deny if there is none).
-                    let server = match Server::try_from(message) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(port, error = %e, "refused a malformed policy from the control plane; keeping the last good one (deny if none)");
-                            tx.send_if_modified(|cur| {
-                                let none = cur.is_none();
-                                if none {
-                                    *cur = Some(Arc::new(Server::deny()));
-                                }
-                                none
-                            });
-                            continue;
-                        }
+                    let Some(server) = receive(port, message, tx) else {
+                        continue;
                     };
                     if server.is_default() {
                         *self.last_default.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -223,6 +210,29 @@ impl Policies {
                 Ok(None) => return Err(End::Transport("stream ended".into())),
                 Err(s) => return Err(End::from(s)),
             }
+        }
+    }
+}
+
+/// Converts a message once, where it arrives. A malformed one is refused
+/// and logged: the last good policy stays, or deny if there is none.
+fn receive(
+    port: u16,
+    message: linkerd2_proxy_api::inbound::Server,
+    tx: &watch::Sender<Option<Arc<Server>>>,
+) -> Option<Server> {
+    match Server::try_from(message) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(port, error = %e, "refused a malformed policy from the control plane; keeping the last good one (deny if none)");
+            tx.send_if_modified(|cur| {
+                let none = cur.is_none();
+                if none {
+                    *cur = Some(Arc::new(Server::deny()));
+                }
+                none
+            });
+            None
         }
     }
 }
@@ -302,6 +312,33 @@ mod tests {
         let (server, source, _) = p.port(8081).await;
         assert_eq!(source, Source::LastDefault);
         assert_eq!(*server, default);
+    }
+
+    #[test]
+    fn a_malformed_message_is_refused_and_the_last_good_policy_stays() {
+        use linkerd2_proxy_api::inbound as api;
+        let message = |protocol: bool| api::Server {
+            protocol: protocol.then_some(api::ProxyProtocol {
+                kind: Some(api::proxy_protocol::Kind::Opaque(
+                    api::proxy_protocol::Opaque {},
+                )),
+            }),
+            labels: [
+                ("kind".to_string(), "server".to_string()),
+                ("name".to_string(), "db".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        // Nothing yet: a malformed first message denies.
+        let (tx, rx) = watch::channel(None);
+        assert!(receive(5432, message(false), &tx).is_none());
+        assert_eq!(rx.borrow().as_deref(), Some(&Server::deny()));
+        // A good policy in force stays through a malformed one.
+        let good = receive(5432, message(true), &tx).expect("well formed");
+        tx.send_replace(Some(Arc::new(good.clone())));
+        assert!(receive(5432, message(false), &tx).is_none());
+        assert_eq!(rx.borrow().as_deref(), Some(&good));
     }
 
     #[test]
