@@ -23,7 +23,7 @@ pub struct ControlPlaneConfig {
     /// Inbound policy service (mTLS required).
     pub policy_addr: SocketAddr,
     /// Default inbound policy, cluster networks and the like.
-    pub policy: crate::translate::PolicyDefaults,
+    pub policy: policy::translate::PolicyDefaults,
     pub admin_addr: SocketAddr,
     /// Connection cap and timeouts of the admin listener.
     pub admin_limits: bounds::Limits,
@@ -82,7 +82,7 @@ impl fmt::Display for ControlPlaneConfig {
         row(
             f,
             "default-inbound-policy",
-            &crate::translate::default_name(self.policy.default_policy),
+            &policy::translate::default_name(self.policy.default_policy),
         )?;
         row(
             f,

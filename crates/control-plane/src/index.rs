@@ -1,12 +1,12 @@
 //! Builds the destination service's workload index from resources.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use crate::resources::Object;
 use crate::workloads::{
-    ANN_INBOUND_PORT, ANN_OPAQUE, ANN_SKIP_INBOUND, Broken, DEFAULT_OPAQUE,
-    DEFAULT_PROXY_INBOUND_PORT, Index, Workload, parse_ports,
+    ANN_INBOUND_PORT, ANN_SKIP_INBOUND, Broken, DEFAULT_PROXY_INBOUND_PORT, Index, Workload,
+    parse_ports,
 };
+use policy::resources::Object;
 
 /// The index, plus one line per workload that could not be used (and why).
 /// A resource file refused with no good version in force: what it claims,
@@ -57,18 +57,13 @@ pub fn build_index<'a>(
             }
         };
         let ann = &w.meta.annotations;
-        let ports_of = |key: &str,
-                        fallback: Option<&BTreeMap<String, String>>|
-         -> Result<Option<BTreeSet<u16>>, String> {
-            match ann.get(key).or_else(|| fallback.and_then(|f| f.get(key))) {
-                Some(v) => parse_ports(v)
-                    .map(Some)
-                    .map_err(|e| format!("annotation {key}: {e}")),
-                None => Ok(None),
-            }
+        let skip = match ann.get(ANN_SKIP_INBOUND) {
+            Some(v) => parse_ports(v)
+                .map(Some)
+                .map_err(|e| format!("annotation {ANN_SKIP_INBOUND}: {e}")),
+            None => Ok(None),
         };
-        let skip = ports_of(ANN_SKIP_INBOUND, None);
-        let opaque = ports_of(ANN_OPAQUE, ns_annotations.get(ns.as_str()).copied());
+        let opaque = policy::ports::opaque_ports(ann, ns_annotations.get(ns.as_str()).copied());
         let proxy_port = match ann.get(ANN_INBOUND_PORT) {
             None => Ok(DEFAULT_PROXY_INBOUND_PORT),
             Some(v) => v
@@ -86,7 +81,7 @@ pub fn build_index<'a>(
                 ips: w.spec.workload_ips.iter().map(|i| i.ip).collect(),
                 ports: w.spec.ports.iter().map(|p| p.port).collect(),
                 skip_inbound: skip.unwrap_or_default(),
-                opaque: opaque.unwrap_or_else(|| DEFAULT_OPAQUE.iter().copied().collect()),
+                opaque,
                 proxy_port,
             }),
             (a, b, c) => {
@@ -153,8 +148,8 @@ spec:
   workloadIPs:
   - ip: 10.0.0.7
 ";
-        assert!(crate::resources::parse_file(std::path::Path::new("b.yaml"), typo).is_err());
-        let claims = crate::resources::claimed_addresses(typo);
+        assert!(policy::resources::parse_file(std::path::Path::new("b.yaml"), typo).is_err());
+        let claims = policy::resources::claimed_addresses(typo);
         assert_eq!(
             claims,
             Some(vec![(
@@ -179,7 +174,7 @@ spec:
         // Not even YAML: every address no workload owns is unknown.
         let garbage = [RefusedFile {
             file: "g.yaml".into(),
-            claims: crate::resources::claimed_addresses("key: [unclosed"),
+            claims: policy::resources::claimed_addresses("key: [unclosed"),
         }];
         let (index, _) = build_index(true, std::iter::empty(), &garbage, "weft");
         let r = index.resolve(&parse_target("10.0.0.8:8080").unwrap());

@@ -16,8 +16,8 @@ mod tests {
 
     use serde_json::Value;
 
-    // The resource model the CRDs must agree with (moves to `policy::resources`).
-    use crate::resources::{DefaultPolicy, Kind, PathMatchType, ProxyProtocol, SelectorOperator};
+    // The resource model the CRDs must agree with.
+    use policy::resources::{DefaultPolicy, Kind, PathMatchType, ProxyProtocol, SelectorOperator};
 
     use super::{CRDS, RBAC};
 

@@ -13,9 +13,8 @@ pub mod mesh_service;
 pub mod own_cert;
 pub mod peer;
 pub mod policy_service;
-pub mod resources;
+pub mod source;
 pub mod tls;
-pub mod translate;
 pub mod workloads;
 
 use std::net::SocketAddr;
@@ -30,6 +29,7 @@ use linkerd2_proxy_api::destination::destination_server::DestinationServer;
 use linkerd2_proxy_api::identity::identity_server::IdentityServer;
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer;
 use pki::Identity;
+use policy::resources::Snapshot;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -175,7 +175,7 @@ pub async fn start(
         min_refresh: cfg.min_refresh,
     };
     let (index_tx, index_rx) = watch::channel(Arc::new(workloads::Index::default()));
-    let resources = cfg.resources.clone().map(|dir| resources::DirSource {
+    let resources = cfg.resources.clone().map(|dir| source::DirSource {
         dir,
         interval: cfg.reread_interval,
         debounce: Duration::from_millis(200),
@@ -184,9 +184,9 @@ pub async fn start(
     });
     // With no resource directory, nothing is meshed, and that is known.
     let initial = if resources.is_none() {
-        resources::merge(&resources::Snapshot::default(), Ok(Default::default()))
+        policy::resources::merge(&Snapshot::default(), Ok(Default::default()))
     } else {
-        resources::Snapshot::default()
+        Snapshot::default()
     };
     let (snap_tx, snap_rx) = watch::channel(Arc::new(initial));
     let policy = policy_service::PolicyService {
@@ -352,14 +352,15 @@ async fn track_own_expiry(
 
 /// Turns resource snapshots into the workload index, logging what cannot be used.
 async fn feed_index(
-    mut snaps: watch::Receiver<Arc<resources::Snapshot>>,
+    mut snaps: watch::Receiver<Arc<Snapshot>>,
     tx: watch::Sender<Arc<workloads::Index>>,
     cp_ns: String,
 ) {
     let mut last_problems = Vec::new();
     loop {
         let snap = snaps.borrow_and_update().clone();
-        let objects: Vec<&resources::Object> = snap.objects.values().map(|s| &s.object).collect();
+        let objects: Vec<&policy::resources::Object> =
+            snap.objects.values().map(|s| &s.object).collect();
         let in_force: std::collections::BTreeSet<&std::path::Path> =
             snap.objects.values().map(|s| s.file.as_path()).collect();
         let refused: Vec<index::RefusedFile> = snap
@@ -371,7 +372,7 @@ async fn feed_index(
             .map(|file| index::RefusedFile {
                 claims: std::fs::read_to_string(&file)
                     .ok()
-                    .and_then(|t| resources::claimed_addresses(&t)),
+                    .and_then(|t| policy::resources::claimed_addresses(&t)),
                 file,
             })
             .collect();

@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status};
 
 use identity::IssuerStatus;
 
-use crate::resources::Snapshot;
-use crate::translate::{PolicyDefaults, Unsettled, translate_keeping};
+use policy::resources::Snapshot;
+use policy::translate::{PolicyDefaults, Unsettled, translate_keeping};
 
 pub struct PolicyService {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
@@ -55,7 +55,7 @@ impl PolicyService {
         match cache.as_ref() {
             Some((s, u)) if Arc::ptr_eq(s, snap) => u.clone(),
             _ => {
-                let u = Arc::new(Unsettled::of(snap));
+                let u = Arc::new(Unsettled::of(snap, |f| std::fs::read_to_string(f).ok()));
                 *cache = Some((snap.clone(), u.clone()));
                 u
             }

@@ -7,11 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use pki::Identity;
 
 pub const ANN_SKIP_INBOUND: &str = "config.linkerd.io/skip-inbound-ports";
-pub const ANN_OPAQUE: &str = "config.linkerd.io/opaque-ports";
 pub const ANN_INBOUND_PORT: &str = "config.linkerd.io/inbound-port";
 pub const DEFAULT_PROXY_INBOUND_PORT: u16 = 4143;
-/// Linkerd's default opaque ports (server-speaks-first protocols).
-pub const DEFAULT_OPAQUE: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+pub use policy::ports::{ANN_OPAQUE, DEFAULT_OPAQUE, parse_ports};
 
 /// One meshed workload as the destination service sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,30 +73,6 @@ pub fn parse_target(path: &str) -> Result<Target, String> {
         name: name.to_string(),
         port,
     })
-}
-
-/// `8080,9000-9002` → {8080, 9000, 9001, 9002}.
-pub fn parse_ports(list: &str) -> Result<BTreeSet<u16>, String> {
-    let mut out = BTreeSet::new();
-    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || format!("{part:?} is not a port or a range like 9000-9010");
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u16, u16) = (
-                    a.trim().parse().map_err(|_| bad())?,
-                    b.trim().parse().map_err(|_| bad())?,
-                );
-                if a > b || a == 0 {
-                    return Err(bad());
-                }
-                out.extend(a..=b);
-            }
-            None => {
-                out.insert(part.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?);
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

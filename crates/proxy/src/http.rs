@@ -14,8 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use linkerd2_proxy_api::inbound::Server;
-use policy::{Client, Verdict};
+use policy::{Client, Facts, Server, Traffic, Verdict};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -35,6 +34,8 @@ pub struct HttpConn {
     /// The policy as it changes; `initial` until the first arrives.
     pub policy: PolicyRx,
     pub initial: Arc<Server>,
+    /// The connection's protocol facts (the destination's opaque hint).
+    pub facts: Facts,
     pub client: Client,
     pub peer: SocketAddr,
     pub port: u16,
@@ -71,7 +72,7 @@ impl HttpConn {
                 .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
                 .collect(),
         };
-        let v = policy::authorize_request(&server, &self.client, &r);
+        let v = policy::judge(&server, self.facts, &self.client, Traffic::Http(&r));
         self.scene()
             .http(&server, &v, &format!("{} {}", r.method, r.path));
         (v, r)
@@ -88,7 +89,7 @@ impl HttpConn {
             }
             let now = rx.borrow_and_update().clone();
             if let Some(server) = now {
-                let v = policy::authorize_request(&server, &self.client, &r);
+                let v = policy::judge(&server, self.facts, &self.client, Traffic::Http(&r));
                 if !v.allowed {
                     self.scene()
                         .http(&server, &v, &format!("{} {}", r.method, r.path));
@@ -209,8 +210,8 @@ fn unavailable(grpc: bool, port: u16, e: impl std::fmt::Display) -> Response<Bod
 /// The application sees only the identity the proxy verified.
 fn set_client_id<B>(req: &mut Request<B>, c: &Client) {
     req.headers_mut().remove(&CLIENT_ID);
-    if let Some(id) = c.identity.as_deref()
-        && let Ok(v) = HeaderValue::from_str(id)
+    if let Some(id) = c.identity.as_ref()
+        && let Ok(v) = HeaderValue::from_str(&id.to_string())
     {
         req.headers_mut().insert(CLIENT_ID, v);
     }
@@ -396,8 +397,11 @@ mod tests {
 
     fn verdict() -> Verdict {
         Verdict {
+            mode: policy::Mode::Http,
             allowed: false,
+            denial: Some(policy::Denial::Unauthorized),
             authz: None,
+            audit: false,
             route: None,
             reasons: vec![
                 "server server:web".into(),
@@ -430,7 +434,11 @@ mod tests {
             .body(())
             .unwrap();
         let c = Client {
-            identity: Some("web.demo.serviceaccount.identity.weft.cluster.local".into()),
+            identity: Some(
+                "web.demo.serviceaccount.identity.weft.cluster.local"
+                    .parse()
+                    .unwrap(),
+            ),
             tls: true,
             ip: "127.0.0.1".parse().unwrap(),
         };

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use policy::Client;
+use policy::{Client, Denial, Facts, Handling, Traffic};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -193,7 +193,7 @@ impl Inbound {
             dst: String::new(),
         };
         let client = Client {
-            identity: client_id,
+            identity: client_id.as_deref().and_then(|id| id.parse().ok()),
             tls: true,
             ip: peer.ip(),
         };
@@ -257,7 +257,7 @@ impl Inbound {
         if source != Source::ControlPlane {
             tracing::warn!(
                 port,
-                server = %policy::server_name(&server),
+                server = %server.name,
                 "no policy from the control plane within {}ms; using {source:?}",
                 self.policies.timeout.as_millis()
             );
@@ -268,21 +268,21 @@ impl Inbound {
             peer,
             port,
         };
-        let (protocol, prefix) = match authz::mode(&server, opaque_hint) {
-            authz::Mode::Opaque => (Protocol::Opaque, Vec::new()),
+        let facts = Facts { opaque_hint };
+        let (protocol, prefix) = match policy::handling(&server, opaque_hint) {
+            Handling::Opaque => (Protocol::Opaque, Vec::new()),
             // A client that says nothing (server speaks first) is opaque.
-            authz::Mode::Detect => {
-                crate::detect::detect_protocol(&mut io, self.detect_timeout).await
-            }
+            Handling::Detect => crate::detect::detect_protocol(&mut io, self.detect_timeout).await,
         };
         let io = crate::prefixed::Prefixed::new(prefix, io);
         labels.protocol = protocol.label();
-        tracing::debug!(%peer, client = authz::client_name(&client), port, protocol = protocol.label(), "inbound connection");
+        tracing::debug!(%peer, client = %authz::client_name(&client), port, protocol = protocol.label(), "inbound connection");
         if protocol != Protocol::Opaque {
             self.metrics.tcp_open.get_or_create(&labels).inc();
             let conn = crate::http::HttpConn {
                 policy: rx,
                 initial: server,
+                facts,
                 client: client.clone(),
                 peer,
                 port,
@@ -292,26 +292,17 @@ impl Inbound {
             self.metrics.tcp_close.get_or_create(&labels).inc();
             return;
         }
-        // A Server that declares HTTP is served as HTTP or not at all: a
-        // client that avoids detection must not skip the routes.
-        if authz::declares_http(&server) {
-            let v = policy::Verdict {
-                allowed: false,
-                authz: None,
-                route: None,
-                reasons: vec![
-                    format!("server {}", policy::server_name(&server)),
-                    "the Server declares HTTP, and the client did not speak HTTP within the detection timeout".into(),
-                ],
-            };
-            scene.tcp(&server, &v);
-            self.metrics.refuse("inbound", "not_http");
-            return;
-        }
-        let v = policy::authorize_connection(&server, &client);
+        // Not HTTP: one verdict for the connection. A Server that declares
+        // HTTP denies here (a client that avoids detection must not skip
+        // the routes).
+        let v = policy::judge(&server, facts, &client, Traffic::NotHttp);
         scene.tcp(&server, &v);
-        if !v.allowed {
-            self.metrics.refuse("inbound", "unauthorized");
+        if let Some(d) = v.denial {
+            let reason = match d {
+                Denial::NotHttp => "not_http",
+                Denial::Unauthorized => "unauthorized",
+            };
+            self.metrics.refuse("inbound", reason);
             return;
         }
         let app = match TcpStream::connect(("127.0.0.1", port)).await {
@@ -332,7 +323,7 @@ impl Inbound {
                 }
                 let now = rx.borrow_and_update().clone();
                 if let Some(s) = now {
-                    let v = policy::authorize_connection(&s, &client);
+                    let v = policy::judge(&s, facts, &client, Traffic::NotHttp);
                     if !v.allowed {
                         scene.tcp(&s, &v);
                         return;
@@ -341,7 +332,7 @@ impl Inbound {
             }
         };
         if crate::forward::pipe_until(io, app, labels, &self.metrics, revoked).await {
-            tracing::info!(%peer, port, client = authz::client_name(&client), "closed an open connection: the policy changed and no longer allows it");
+            tracing::info!(%peer, port, client = %authz::client_name(&client), "closed an open connection: the policy changed and no longer allows it");
         }
     }
 }

@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use linkerd2_proxy_api::inbound::PortSpec;
 use linkerd2_proxy_api::inbound::inbound_server_policies_client::InboundServerPoliciesClient;
-use linkerd2_proxy_api::inbound::{PortSpec, Server, proxy_protocol};
+use policy::Server;
 use tokio::sync::watch;
 
 use crate::control::ControlPlane;
@@ -49,29 +50,9 @@ pub struct Policies {
     last_default: Mutex<Option<Arc<Server>>>,
 }
 
-/// The server that denies everything, labelled so metrics say why.
-pub fn deny_server(why: &str) -> Server {
-    Server {
-        // Detect, so an HTTP client gets a 403 naming the reason.
-        protocol: Some(linkerd2_proxy_api::inbound::ProxyProtocol {
-            kind: Some(proxy_protocol::Kind::Detect(
-                proxy_protocol::Detect::default(),
-            )),
-        }),
-        authorizations: vec![],
-        labels: [
-            ("kind".to_string(), "default".to_string()),
-            ("name".to_string(), "deny".to_string()),
-            ("reason".to_string(), why.to_string()),
-        ]
-        .into(),
-        ..Default::default()
-    }
-}
-
-/// Whether a server is a default (no Server resource selects the port).
-pub fn is_default(s: &Server) -> bool {
-    s.labels.get("kind").map(String::as_str) != Some("server")
+/// The server that denies everything; `why` is logged where it is used.
+pub fn deny_server(_why: &str) -> Server {
+    Server::deny()
 }
 
 impl Policies {
@@ -203,10 +184,13 @@ impl Policies {
             .into_inner();
         loop {
             match stream.message().await {
-                Ok(Some(server)) => {
+                Ok(Some(message)) => {
                     // A stream that answers is healthy: the next drop retries soon.
                     *failures = 0;
-                    if is_default(&server) {
+                    let Some(server) = receive(port, message, tx) else {
+                        continue;
+                    };
+                    if server.is_default() {
                         *self.last_default.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(Arc::new(server.clone()));
                     }
@@ -215,7 +199,7 @@ impl Policies {
                         if changed {
                             tracing::info!(
                                 port,
-                                server = %policy::server_name(&server),
+                                server = %server.name,
                                 "inbound policy updated"
                             );
                             *cur = Some(Arc::new(server));
@@ -226,6 +210,29 @@ impl Policies {
                 Ok(None) => return Err(End::Transport("stream ended".into())),
                 Err(s) => return Err(End::from(s)),
             }
+        }
+    }
+}
+
+/// Converts a message once, where it arrives. A malformed one is refused
+/// and logged: the last good policy stays, or deny if there is none.
+fn receive(
+    port: u16,
+    message: linkerd2_proxy_api::inbound::Server,
+    tx: &watch::Sender<Option<Arc<Server>>>,
+) -> Option<Server> {
+    match Server::try_from(message) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(port, error = %e, "refused a malformed policy from the control plane; keeping the last good one (deny if none)");
+            tx.send_if_modified(|cur| {
+                let none = cur.is_none();
+                if none {
+                    *cur = Some(Arc::new(Server::deny()));
+                }
+                none
+            });
+            None
         }
     }
 }
@@ -291,12 +298,16 @@ mod tests {
             tls: false,
             ip: "10.0.0.1".parse().unwrap(),
         };
-        assert!(!policy::authorize_connection(&server, &c).allowed);
+        let v = policy::judge(
+            &server,
+            policy::Facts::default(),
+            &c,
+            policy::Traffic::NotHttp,
+        );
+        assert!(!v.allowed);
 
         let mut default = deny_server("x");
-        default
-            .labels
-            .insert("name".into(), "all-unauthenticated".into());
+        default.name.name = "all-unauthenticated".into();
         *p.last_default.lock().unwrap() = Some(Arc::new(default.clone()));
         let (server, source, _) = p.port(8081).await;
         assert_eq!(source, Source::LastDefault);
@@ -304,10 +315,37 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_message_is_refused_and_the_last_good_policy_stays() {
+        use linkerd2_proxy_api::inbound as api;
+        let message = |protocol: bool| api::Server {
+            protocol: protocol.then_some(api::ProxyProtocol {
+                kind: Some(api::proxy_protocol::Kind::Opaque(
+                    api::proxy_protocol::Opaque {},
+                )),
+            }),
+            labels: [
+                ("kind".to_string(), "server".to_string()),
+                ("name".to_string(), "db".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        // Nothing yet: a malformed first message denies.
+        let (tx, rx) = watch::channel(None);
+        assert!(receive(5432, message(false), &tx).is_none());
+        assert_eq!(rx.borrow().as_deref(), Some(&Server::deny()));
+        // A good policy in force stays through a malformed one.
+        let good = receive(5432, message(true), &tx).expect("well formed");
+        tx.send_replace(Some(Arc::new(good.clone())));
+        assert!(receive(5432, message(false), &tx).is_none());
+        assert_eq!(rx.borrow().as_deref(), Some(&good));
+    }
+
+    #[test]
     fn resource_servers_are_not_defaults() {
         let mut s = deny_server("x");
-        assert!(is_default(&s));
-        s.labels.insert("kind".into(), "server".into());
-        assert!(!is_default(&s));
+        assert!(s.is_default());
+        s.name.kind = "server".into();
+        assert!(!s.is_default());
     }
 }

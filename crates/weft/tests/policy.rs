@@ -177,6 +177,59 @@ spec:
     );
 }
 
+/// The module implementing explain reaches policy only through `policy` (and
+/// identities through `pki`): never the control plane's or the proxy's own
+/// code, so it cannot disagree with them by reimplementing a step.
+#[test]
+fn explain_uses_only_policy_and_pki() {
+    let src = include_str!("../src/cli/policy.rs");
+    let allowed = [
+        "policy::",
+        "pki::",
+        "std::",
+        "crate::",
+        "super::",
+        "self::",
+        "anyhow",
+        "clap::",
+        "serde::",
+        "serde_json",
+    ];
+    let mut uses = 0;
+    // `use` items may span lines: join each one up to its semicolon.
+    let mut item = String::new();
+    for line in src.lines().map(str::trim) {
+        if item.is_empty() && !line.starts_with("use ") && !line.starts_with("pub use ") {
+            continue;
+        }
+        item.push_str(line);
+        if !line.ends_with(';') {
+            continue;
+        }
+        let path = item
+            .trim_start_matches("pub ")
+            .trim_start_matches("use ")
+            .trim_start_matches("::");
+        assert!(
+            allowed.iter().any(|a| path.starts_with(a)),
+            "src/cli/policy.rs: `{item}` is not from policy, pki or a general-purpose crate"
+        );
+        uses += 1;
+        item.clear();
+    }
+    assert!(uses >= 3, "found only {uses} use items");
+    // Nor a fully qualified path into them anywhere in the file.
+    for banned in ["control_plane::", "proxy::", "identity::"] {
+        for (n, line) in src.lines().enumerate() {
+            let hit = line.match_indices(banned).any(|(i, _)| {
+                // `pki::identity::` is pki's own module, not the identity crate.
+                !line[..i].ends_with("::") && !line[..i].ends_with('_')
+            });
+            assert!(!hit, "src/cli/policy.rs:{}: uses {banned}: {line}", n + 1);
+        }
+    }
+}
+
 #[test]
 fn bad_input_exits_2() {
     let s = setup();
@@ -278,11 +331,22 @@ spec:
         Some("backend-server")
     );
     let fe_client = policy::Client {
-        identity: Some(FE.into()),
+        identity: Some(FE.parse().unwrap()),
         tls: true,
         ip: "10.0.0.3".parse().unwrap(),
     };
-    assert!(policy::authorize_connection(&first, &fe_client).allowed);
+    // Judged as the proxy judges it: converted on receipt, then `judge`.
+    let allowed = |s: &linkerd2_proxy_api::inbound::Server| {
+        let typed = policy::Server::try_from(s.clone()).expect("a well-formed policy");
+        policy::judge(
+            &typed,
+            policy::Facts::default(),
+            &fe_client,
+            policy::Traffic::NotHttp,
+        )
+        .allowed
+    };
+    assert!(allowed(&first));
 
     // Delete the MeshTLSAuthentication: the stream delivers a policy that denies frontend.
     let guide = s.read("res/policy.yaml");
@@ -293,7 +357,7 @@ spec:
         .expect("an update within 30s")
         .unwrap()
         .unwrap();
-    assert!(!policy::authorize_connection(&next, &fe_client).allowed);
+    assert!(!allowed(&next));
     // Delete the Server: the port reopens to the default.
     s.write("res/policy.yaml", "");
     let mut last = next;

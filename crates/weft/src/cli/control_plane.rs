@@ -57,7 +57,7 @@ pub struct ControlPlaneArgs {
     )]
     pub default_inbound_policy: String,
     /// Networks the cluster-* default policies admit
-    #[arg(long, env = "WEFT_CLUSTER_NETWORKS", default_value = control_plane::translate::DEFAULT_CLUSTER_NETWORKS, value_delimiter = ',')]
+    #[arg(long, env = "WEFT_CLUSTER_NETWORKS", default_value = policy::translate::DEFAULT_CLUSTER_NETWORKS, value_delimiter = ',')]
     pub cluster_networks: Vec<String>,
     /// Admin listener: /live /ready /metrics
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:9990")]
@@ -97,8 +97,8 @@ impl ControlPlaneArgs {
             identity_addr: self.identity_addr,
             destination_addr: self.destination_addr,
             policy_addr: self.policy_addr,
-            policy: control_plane::translate::PolicyDefaults {
-                default_policy: control_plane::translate::parse_default(&self.default_inbound_policy).ok_or_else(|| {
+            policy: policy::translate::PolicyDefaults {
+                default_policy: policy::translate::parse_default(&self.default_inbound_policy).ok_or_else(|| {
                     Failure::input(format!(
                         "--default-inbound-policy {:?}: expected all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny or audit",
                         self.default_inbound_policy

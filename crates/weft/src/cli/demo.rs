@@ -242,8 +242,8 @@ async fn demo(dir: &Path) -> CmdResult {
         identity_addr: local(0),
         destination_addr: local(0),
         policy_addr: local(0),
-        policy: control_plane::translate::PolicyDefaults {
-            default_policy: control_plane::translate::parse_default("all-unauthenticated")
+        policy: policy::translate::PolicyDefaults {
+            default_policy: policy::translate::parse_default("all-unauthenticated")
                 .ok_or_else(|| Failure::fatal("default policy"))?,
             cluster_networks: vec![],
             control_plane_ns: pki::identity::DEFAULT_CONTROL_PLANE_NS.into(),

@@ -1,15 +1,18 @@
 //! `weft policy explain`: the verdict the proxy would give, with its reasons,
-//! from the same resources, translation and evaluator.
+//! from the same resources, translation and `policy::judge`. It uses only
+//! `policy` and `pki` (a test checks), so it cannot drift into the control
+//! plane's or the proxy's own logic.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use control_plane::resources::{FileOutcome, Snapshot, is_resource_file, merge, parse_file};
-use control_plane::translate::{
+use policy::resources::{FileOutcome, Problem, Snapshot, is_resource_file, merge, read_document};
+use policy::translate::{
     DEFAULT_CLUSTER_NETWORKS, PolicyDefaults, Unsettled, parse_default, translate,
 };
+use policy::{Facts, Traffic};
 use serde::Serialize;
 
 use super::{CmdResult, Failure, Output};
@@ -34,7 +37,7 @@ pub struct ExplainArgs {
     /// The target, namespace/workload:port
     #[arg(long)]
     pub to: String,
-    /// An HTTP request path: judge a request (routes), not only the connection
+    /// An HTTP request path: judge a request (routes); without it the client's bytes are taken to be not HTTP
     #[arg(long)]
     pub path: Option<String>,
     /// The request method (with --path)
@@ -60,6 +63,10 @@ pub struct ExplainArgs {
 #[derive(Serialize)]
 struct Explained {
     allowed: bool,
+    /// `opaque` (judged per connection) or `http` (per request).
+    mode: policy::Mode,
+    /// Allowed by the audit default (the proxy logs it as though denied).
+    audit: bool,
     client: String,
     target: String,
     server: String,
@@ -76,7 +83,11 @@ pub fn run(cmd: PolicyCmd) -> CmdResult {
 }
 
 /// Reads the directory once, as the control plane would at cold start.
-pub fn load(dir: &std::path::Path) -> Result<Snapshot, Failure> {
+pub fn load(
+    dir: &std::path::Path,
+    control_plane_ns: &str,
+    trust_domain: &str,
+) -> Result<Snapshot, Failure> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| Failure::input(format!("{}: cannot read: {e}", dir.display())))?;
     let mut read = BTreeMap::new();
@@ -87,17 +98,10 @@ pub fn load(dir: &std::path::Path) -> Result<Snapshot, Failure> {
         }
         let path = e.path();
         let outcome = match std::fs::read_to_string(&path) {
-            Ok(text) => match parse_file(&path, &text) {
-                Ok(objects) => FileOutcome::Parsed {
-                    objects,
-                    warnings: vec![],
-                },
-                Err(problems) => FileOutcome::Refused(problems),
-            },
-            Err(e) => FileOutcome::Refused(vec![control_plane::resources::Problem::error(
-                &path,
-                format!("cannot read: {e}"),
-            )]),
+            Ok(text) => read_document(&path, &text, control_plane_ns, trust_domain),
+            Err(e) => {
+                FileOutcome::Refused(vec![Problem::error(&path, format!("cannot read: {e}"))])
+            }
         };
         read.insert(path, outcome);
     }
@@ -128,7 +132,78 @@ fn explain(a: ExplainArgs) -> CmdResult {
     let (ns, name) = wl.split_once('/').ok_or_else(|| {
         Failure::input(format!("--to {:?}: expected namespace/workload:port", a.to))
     })?;
-    let client = if a.from == "unmeshed" {
+    let client = client_of(&a)?;
+    let snap = load(
+        &a.resources,
+        &a.controller_namespace,
+        &a.identity_trust_domain,
+    )?;
+    let mut problems: Vec<String> = snap.errors().map(|p| p.to_string()).collect();
+    let w = snap
+        .external_workloads()
+        .find(|w| w.meta.name == name && w.meta.namespace.as_deref() == Some(ns))
+        .ok_or_else(|| {
+            Failure::input(format!(
+                "no ExternalWorkload {ns}/{name} in {}",
+                a.resources.display()
+            ))
+        })?;
+    let d = PolicyDefaults {
+        default_policy,
+        cluster_networks,
+        control_plane_ns: a.controller_namespace.clone(),
+        trust_domain: a.identity_trust_domain.clone(),
+        detect_timeout: std::time::Duration::from_secs(10),
+    };
+    let unsettled = Unsettled::of(&snap, |f| std::fs::read_to_string(f).ok());
+    let t = translate(&snap, w, port, &d, &unsettled);
+    problems.extend(t.problems);
+    // As the proxy receives it: converted once, then judged.
+    let server = policy::Server::try_from(t.server)
+        .map_err(|e| Failure::input(format!("the translated policy is malformed: {e}")))?;
+    // The destination's hint, from the same annotations the control plane reads.
+    let opaque_hint = policy::ports::opaque_ports(&w.meta.annotations, snap.namespace_annotations(ns))
+        .map_err(|e| {
+            Failure::input(format!(
+                "ExternalWorkload {ns}/{name}: {e}; the control plane refuses its addresses until it is fixed"
+            ))
+        })?
+        .contains(&port);
+    let request = a.path.as_ref().map(|path| policy::Request {
+        method: a.method.to_uppercase(),
+        path: path.clone(),
+        headers: vec![],
+    });
+    // No --path: the client's bytes are not HTTP.
+    let traffic = request.as_ref().map_or(Traffic::NotHttp, Traffic::Http);
+    let v = policy::judge(&server, Facts { opaque_hint }, &client, traffic);
+    let client_desc = match &client.identity {
+        Some(id) => format!("{id} (mTLS) at {}", client.ip),
+        None => format!("unmeshed client at {}", client.ip),
+    };
+    let out = Explained {
+        allowed: v.allowed,
+        mode: v.mode,
+        audit: v.audit,
+        client: client_desc,
+        target: a.to.clone(),
+        server: server.name.to_string(),
+        authorization: v.authz.as_ref().map(ToString::to_string),
+        route: v.route.as_ref().map(ToString::to_string),
+        reasons: v.reasons,
+        problems,
+    };
+    print(&out, &a)?;
+    if out.allowed {
+        Ok(())
+    } else {
+        Err(Failure::invalid(""))
+    }
+}
+
+/// The client `--from`/`--from-ip` describe.
+fn client_of(a: &ExplainArgs) -> Result<policy::Client, Failure> {
+    Ok(if a.from == "unmeshed" {
         policy::Client {
             identity: None,
             tls: false,
@@ -150,65 +225,15 @@ fn explain(a: ExplainArgs) -> CmdResult {
             })?,
         };
         policy::Client {
-            identity: Some(id.to_string()),
+            identity: Some(id),
             tls: true,
             ip: a.from_ip,
         }
-    };
-    let snap = load(&a.resources)?;
-    let mut problems: Vec<String> = snap.errors().map(|p| p.to_string()).collect();
-    let w = snap
-        .external_workloads()
-        .find(|w| w.meta.name == name && w.meta.namespace.as_deref() == Some(ns))
-        .ok_or_else(|| {
-            Failure::input(format!(
-                "no ExternalWorkload {ns}/{name} in {}",
-                a.resources.display()
-            ))
-        })?;
-    let d = PolicyDefaults {
-        default_policy,
-        cluster_networks,
-        control_plane_ns: a.controller_namespace.clone(),
-        trust_domain: a.identity_trust_domain.clone(),
-        detect_timeout: std::time::Duration::from_secs(10),
-    };
-    let t = translate(&snap, w, port, &d, &Unsettled::of(&snap));
-    problems.extend(t.problems);
-    // An opaque port's requests are never seen: the proxy judges the connection.
-    let opaque = proxy::authz::mode(&t.server, false) == proxy::authz::Mode::Opaque;
-    let mut v = match &a.path {
-        Some(path) if !opaque => policy::authorize_request(
-            &t.server,
-            &client,
-            &policy::Request {
-                method: a.method.to_uppercase(),
-                path: path.clone(),
-                headers: vec![],
-            },
-        ),
-        _ => policy::authorize_connection(&t.server, &client),
-    };
-    if opaque && a.path.is_some() {
-        v.reasons.insert(
-            1,
-            "the port is opaque: requests are not inspected, so the connection is judged".into(),
-        );
-    }
-    let client_desc = match &client.identity {
-        Some(id) => format!("{id} (mTLS) at {}", client.ip),
-        None => format!("unmeshed client at {}", client.ip),
-    };
-    let out = Explained {
-        allowed: v.allowed,
-        client: client_desc,
-        target: a.to.clone(),
-        server: policy::server_name(&t.server).to_string(),
-        authorization: v.authz.as_ref().map(ToString::to_string),
-        route: v.route.as_ref().map(ToString::to_string),
-        reasons: v.reasons,
-        problems,
-    };
+    })
+}
+
+/// Text for people, or JSON for scripts.
+fn print(out: &Explained, a: &ExplainArgs) -> Result<(), Failure> {
     match a.output {
         Output::Json => outln!(
             "{}",
@@ -236,9 +261,5 @@ fn explain(a: ExplainArgs) -> CmdResult {
             }
         }
     }
-    if out.allowed {
-        Ok(())
-    } else {
-        Err(Failure::invalid(""))
-    }
+    Ok(())
 }

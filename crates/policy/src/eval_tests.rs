@@ -1,4 +1,5 @@
-//! Table-driven verdicts over hand-built inbound::Server messages.
+//! Table-driven verdicts over hand-built inbound::Server messages, as the
+//! proxy receives them: converted once, then judged.
 
 use linkerd2_proxy_api::http_route::{HttpRouteMatch, PathMatch, path_match};
 use linkerd2_proxy_api::inbound::{
@@ -7,7 +8,22 @@ use linkerd2_proxy_api::inbound::{
 };
 use linkerd2_proxy_api::meta::{Metadata, Resource, metadata};
 
-use super::*;
+use crate::eval::{Client, Request};
+use crate::{Facts, ReceiveError, Traffic, Verdict, judge};
+
+fn typed(s: &Server) -> crate::Server {
+    crate::Server::try_from(s.clone()).expect("a well-formed message converts")
+}
+
+/// An opaque connection's verdict (the Server below has no protocol, so
+/// tests that need one set it).
+fn authorize_connection(s: &Server, c: &Client) -> Verdict {
+    judge(&typed(s), Facts::default(), c, Traffic::NotHttp)
+}
+
+fn authorize_request(s: &Server, c: &Client, r: &Request) -> Verdict {
+    judge(&typed(s), Facts::default(), c, Traffic::Http(r))
+}
 
 fn net(cidr: &str, except: &[&str]) -> Network {
     let n: ipnet::IpNet = cidr.parse().unwrap();
@@ -81,6 +97,11 @@ fn any_tls() -> Option<authn::Permit> {
 
 fn server(authzs: Vec<Authz>) -> Server {
     Server {
+        protocol: Some(ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Detect(
+                proxy_protocol::Detect::default(),
+            )),
+        }),
         authorizations: authzs,
         labels: [
             ("kind".to_string(), "server".to_string()),
@@ -97,7 +118,7 @@ const FOREIGN: &str = "web.prod.serviceaccount.identity.weft.cluster.local";
 
 fn client(id: Option<&str>, tls: bool, ip: &str) -> Client {
     Client {
-        identity: id.map(str::to_string),
+        identity: id.map(|i| i.parse().unwrap()),
         tls,
         ip: ip.parse().unwrap(),
     }
@@ -218,12 +239,6 @@ fn connection_verdicts() {
             "no networks grants nothing",
             vec![authz("a", vec![], unauth())],
             client(None, false, "10.0.0.1"),
-            false,
-        ),
-        (
-            "no authentication grants nothing",
-            vec![authz("a", all(), None)],
-            client(Some(FRONTEND), true, "10.0.0.1"),
             false,
         ),
         (
@@ -361,13 +376,65 @@ fn the_most_specific_route_decides_not_the_first_by_name() {
     assert!(authorize_request(&s, &anon, &req("/other")).allowed);
 }
 
+/// What cannot be represented is refused on receipt, naming what was
+/// wrong; it never becomes a wider authorization.
 #[test]
-fn an_unreadable_exception_matches_nobody() {
+fn malformed_messages_are_refused_on_receipt() {
     let mut n = net("10.0.0.0/8", &[]);
     n.except.push(linkerd2_proxy_api::net::IpNetwork {
         ip: None,
         prefix_len: 8,
     });
-    let s = server(vec![authz("nets", vec![n], unauth())]);
-    assert!(!authorize_connection(&s, &client(None, false, "10.1.2.3")).allowed);
+    let unreadable_except = server(vec![authz("nets", vec![n], unauth())]);
+    let no_authn = server(vec![authz("a", all(), None)]);
+    let bad_identity = server(vec![authz(
+        "a",
+        all(),
+        identities(&["not-an-identity"], &[]),
+    )]);
+    let mut no_protocol = server(vec![]);
+    no_protocol.protocol = None;
+    type Is = fn(&ReceiveError) -> bool;
+    let cases: Vec<(Server, Is, &str)> = vec![
+        (
+            unreadable_except,
+            |e| matches!(e, ReceiveError::BadNetwork { .. }),
+            "exception",
+        ),
+        (
+            no_authn,
+            |e| matches!(e, ReceiveError::NoAuthentication { .. }),
+            "no authentication",
+        ),
+        (
+            bad_identity,
+            |e| matches!(e, ReceiveError::BadIdentity { .. }),
+            "not-an-identity",
+        ),
+        (
+            no_protocol,
+            |e| matches!(e, ReceiveError::NoProtocol { .. }),
+            "no proxyProtocol",
+        ),
+    ];
+    for (s, is, says) in cases {
+        let e = crate::Server::try_from(s).unwrap_err();
+        assert!(is(&e), "{e:?}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}
+
+#[test]
+fn audit_is_a_default_not_a_name() {
+    let c = client(None, false, "10.0.0.1");
+    let mut by_default = authz("x", all(), unauth());
+    by_default.metadata = Some(Metadata {
+        kind: Some(metadata::Kind::Default("audit".into())),
+    });
+    let v = authorize_connection(&server(vec![by_default]), &c);
+    assert!(v.allowed && v.audit, "{v:?}");
+    let named_audit = authz("audit", all(), unauth());
+    let v = authorize_connection(&server(vec![named_audit]), &c);
+    assert!(v.allowed && !v.audit, "{v:?}");
+    assert_eq!(v.authz.unwrap().to_string(), "authorizationpolicy:audit");
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::source::{Reader, is_relevant};
-use super::*;
+use policy::resources::*;
+
+use super::{DirSource, Reader, is_relevant};
 
 const ID: &str = "web.demo.serviceaccount.identity.weft.cluster.local";
 

@@ -14,6 +14,12 @@ use std::path::{Path, PathBuf};
 use super::problem::{Problem, Severity};
 use super::types::{ExternalWorkload, Kind, Namespace, Object, ObjectKey};
 
+/// Where a document came from: a file's path for the directory source; a
+/// Kubernetes source names an object the same way (e.g.
+/// `kube/<namespace>/<kind>/<name>`), so problems and "first by origin"
+/// conflict rules read the same whichever source fed the snapshot.
+pub type Origin = PathBuf;
+
 /// A value and the file it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sourced<T> {
@@ -35,9 +41,9 @@ pub enum FileOutcome {
     Settling,
 }
 
-/// One read of the directory: every resource file in it, or why it could not
-/// be listed. A file absent from the map has been deleted.
-pub type DirRead = Result<BTreeMap<PathBuf, FileOutcome>, Problem>;
+/// One complete read of a source: every document set (file) in it, or why
+/// it could not be listed. An origin absent from the map has been deleted.
+pub type DirRead = Result<BTreeMap<Origin, FileOutcome>, Problem>;
 
 /// The resources in force, as published to the indexes.
 #[derive(Debug, Clone, Default)]
@@ -108,7 +114,7 @@ impl Snapshot {
 
     /// Whether `file`'s last good content held any object (so an empty read
     /// of it may be a write in progress).
-    pub(crate) fn had_objects(&self, file: &Path) -> bool {
+    pub fn had_objects(&self, file: &Path) -> bool {
         self.files
             .get(file)
             .and_then(|f| f.good.as_ref())
@@ -117,13 +123,13 @@ impl Snapshot {
 
     /// Whether `file`'s newest content was refused while an older good
     /// version stays in force (for saying so in logs).
-    pub(crate) fn keeps_last_good(&self, file: &Path) -> bool {
+    pub fn keeps_last_good(&self, file: &Path) -> bool {
         self.files
             .get(file)
             .is_some_and(|f| f.refused && f.good.is_some())
     }
 
-    pub(crate) fn file_count(&self) -> usize {
+    pub fn file_count(&self) -> usize {
         self.files.len()
     }
 }

@@ -21,111 +21,16 @@ use crate::resources::{
     Snapshot, TargetKind,
 };
 
-pub const ANN_DEFAULT_POLICY: &str = "config.linkerd.io/default-inbound-policy";
-
-/// Linkerd's default cluster networks.
-pub const DEFAULT_CLUSTER_NETWORKS: &str =
-    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
-
-#[derive(Debug, Clone)]
-pub struct PolicyDefaults {
-    pub default_policy: DefaultPolicy,
-    pub cluster_networks: Vec<Cidr>,
-    pub control_plane_ns: String,
-    pub trust_domain: String,
-    pub detect_timeout: std::time::Duration,
-}
-
-/// Resource files refused before they ever loaded, as far as policy goes: a
-/// Server they might define is missing, and the default must not stand in
-/// for it (that would widen access).
-#[derive(Debug, Clone, Default)]
-pub struct Unsettled {
-    /// Namespaces a refused file may define Servers (or unknown kinds) in.
-    pub namespaces: std::collections::BTreeSet<String>,
-    /// A refused file is not even YAML: any namespace may be affected.
-    pub all: bool,
-    pub files: Vec<String>,
-}
-
-impl Unsettled {
-    /// Reads the refused files of `snap` that have nothing in force.
-    pub fn of(snap: &Snapshot) -> Self {
-        let in_force: std::collections::BTreeSet<&std::path::Path> =
-            snap.objects.values().map(|s| s.file.as_path()).collect();
-        let mut u = Self::default();
-        let files: std::collections::BTreeSet<std::path::PathBuf> = snap
-            .errors()
-            .map(|p| p.file.clone())
-            .filter(|f| f.is_file() && !in_force.contains(f.as_path()))
-            .collect();
-        for f in files {
-            match std::fs::read_to_string(&f)
-                .ok()
-                .and_then(|t| crate::resources::claimed_kinds(&t))
-            {
-                Some(kinds) => {
-                    let mut hit = false;
-                    for (kind, ns) in kinds {
-                        // Anything that is not plainly another kind might be a Server.
-                        if !matches!(
-                            kind.as_str(),
-                            "ExternalWorkload"
-                                | "Namespace"
-                                | "MeshTLSAuthentication"
-                                | "NetworkAuthentication"
-                                | "AuthorizationPolicy"
-                                | "HTTPRoute"
-                        ) {
-                            u.namespaces.insert(ns);
-                            hit = true;
-                        }
-                    }
-                    if hit {
-                        u.files.push(f.display().to_string());
-                    }
-                }
-                None => {
-                    u.all = true;
-                    u.files.push(f.display().to_string());
-                }
-            }
-        }
-        u
-    }
-
-    fn covers(&self, ns: &str) -> bool {
-        self.all || self.namespaces.contains(ns)
-    }
-}
+pub use crate::defaults::{
+    ANN_DEFAULT_POLICY, DEFAULT_CLUSTER_NETWORKS, PolicyDefaults, default_name, effective_default,
+    parse_default,
+};
+pub use crate::unsettled::Unsettled;
 
 pub struct Translated {
     pub server: Server,
     /// What could not be used, and was therefore not granted.
     pub problems: Vec<String>,
-}
-
-pub fn parse_default(s: &str) -> Option<DefaultPolicy> {
-    Some(match s.trim() {
-        "all-unauthenticated" => DefaultPolicy::AllUnauthenticated,
-        "all-authenticated" => DefaultPolicy::AllAuthenticated,
-        "cluster-unauthenticated" => DefaultPolicy::ClusterUnauthenticated,
-        "cluster-authenticated" => DefaultPolicy::ClusterAuthenticated,
-        "deny" => DefaultPolicy::Deny,
-        "audit" => DefaultPolicy::Audit,
-        _ => return None,
-    })
-}
-
-pub fn default_name(p: DefaultPolicy) -> &'static str {
-    match p {
-        DefaultPolicy::AllUnauthenticated => "all-unauthenticated",
-        DefaultPolicy::AllAuthenticated => "all-authenticated",
-        DefaultPolicy::ClusterUnauthenticated => "cluster-unauthenticated",
-        DefaultPolicy::ClusterAuthenticated => "cluster-authenticated",
-        DefaultPolicy::Deny => "deny",
-        DefaultPolicy::Audit => "audit",
-    }
 }
 
 fn net(c: &Cidr) -> Option<linkerd2_proxy_api::net::IpNetwork> {
@@ -253,44 +158,13 @@ fn detect(d: &PolicyDefaults, routes: Vec<HttpRoute>) -> ProxyProtocol {
     }
 }
 
-/// The default that applies to a workload: its annotation, else its
-/// namespace's, else the cluster-wide one. An unreadable value is `deny`.
-pub fn effective_default(
-    snap: &Snapshot,
-    w: &ExternalWorkload,
-    d: &PolicyDefaults,
-    problems: &mut Vec<String>,
-) -> DefaultPolicy {
-    let ns = w.meta.namespace.clone().unwrap_or_else(|| "default".into());
-    let from = |ann: Option<&String>, whose: &str, problems: &mut Vec<String>| {
-        ann.map(|v| {
-            parse_default(v).unwrap_or_else(|| {
-                problems.push(format!("{whose} annotation {ANN_DEFAULT_POLICY}: {v:?} is not a default policy; using deny"));
-                DefaultPolicy::Deny
-            })
-        })
-    };
-    from(
-        w.meta.annotations.get(ANN_DEFAULT_POLICY),
-        &format!("ExternalWorkload {ns}/{}", w.meta.name),
-        problems,
-    )
-    .or_else(|| {
-        from(
-            snap.namespace_annotations(&ns)
-                .and_then(|a| a.get(ANN_DEFAULT_POLICY)),
-            &format!("Namespace {ns}"),
-            problems,
-        )
-    })
-    .unwrap_or(d.default_policy)
-}
-
-/// One AuthorizationPolicy as an Authz, or why it grants nothing.
+/// One AuthorizationPolicy as an Authz, or why it grants nothing; what it
+/// names that can match no client is left out and noted in `notes`.
 fn authz_for(
     p: &AuthorizationPolicy,
     snap: &Snapshot,
     d: &PolicyDefaults,
+    notes: &mut Vec<String>,
 ) -> Result<Authz, String> {
     let ns = p.meta.namespace.clone().unwrap_or_else(|| "default".into());
     let mut networks = all_networks();
@@ -340,18 +214,24 @@ fn authz_for(
                         suffixes.push(vec![]);
                     } else if let Some(rest) = i.strip_prefix("*.") {
                         suffixes.push(rest.split('.').map(str::to_string).collect());
-                    } else if i.starts_with("spiffe://") {
-                        match i
-                            .parse::<pki::SpiffeId>()
-                            .ok()
-                            .and_then(|s| s.to_identity(&d.control_plane_ns).ok())
-                        {
-                            Some(id) => ids.push(id.to_string()),
-                            // A foreign SPIFFE ID can match no mesh identity.
-                            None => ids.push(i.clone()),
-                        }
                     } else {
-                        ids.push(i.clone());
+                        let id = if i.starts_with("spiffe://") {
+                            i.parse::<pki::SpiffeId>()
+                                .ok()
+                                .and_then(|s| s.to_identity(&d.control_plane_ns).ok())
+                        } else {
+                            i.parse::<pki::Identity>().ok()
+                        };
+                        match id {
+                            Some(id) => ids.push(id.to_string()),
+                            // The proxy refuses a Server naming a non-identity;
+                            // it could match no client anyway.
+                            None => notes.push(format!(
+                                "MeshTLSAuthentication {}/{}: {i:?} is not a mesh identity of this control plane, so it matches no client; it is left out",
+                                m.meta.namespace.as_deref().unwrap_or("default"),
+                                m.meta.name
+                            )),
+                        }
                     }
                 }
                 let mns = m.meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -509,7 +389,7 @@ pub fn translate_keeping(
         if !applies {
             continue;
         }
-        match authz_for(p, snap, d) {
+        match authz_for(p, snap, d, &mut problems) {
             Ok(a) if t.kind == TargetKind::HttpRoute => {
                 route_authz.entry(t.name.clone()).or_default().push(a)
             }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use policy::{Client, Request, authorize_connection, authorize_request};
+use crate::{Client, Facts, Request, Traffic, Verdict, judge};
 
 use super::*;
 use crate::resources::{FileOutcome, merge, parse_file};
@@ -73,9 +73,20 @@ fn backend(s: &Snapshot) -> ExternalWorkload {
 const FRONTEND: &str = "frontend.demo.serviceaccount.identity.weft.cluster.local";
 const OTHER: &str = "other.demo.serviceaccount.identity.weft.cluster.local";
 
+/// The translated message as the proxy receives it: converted, then judged.
+fn authorize_connection(s: &Server, c: &Client) -> Verdict {
+    let typed = crate::Server::try_from(s.clone()).expect("the translation converts");
+    judge(&typed, Facts::default(), c, Traffic::NotHttp)
+}
+
+fn authorize_request(s: &Server, c: &Client, r: &Request) -> Verdict {
+    let typed = crate::Server::try_from(s.clone()).expect("the translation converts");
+    judge(&typed, Facts::default(), c, Traffic::Http(r))
+}
+
 fn meshed(id: &str) -> Client {
     Client {
-        identity: Some(id.into()),
+        identity: Some(id.parse().unwrap()),
         tls: true,
         ip: "10.0.0.9".parse().unwrap(),
     }

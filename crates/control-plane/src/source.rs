@@ -13,9 +13,9 @@ use notify::Watcher;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::parse::{lint, parse_file};
-use super::problem::Problem;
-use super::snapshot::{DirRead, FileOutcome, Snapshot, merge};
+use policy::resources::{
+    DirRead, FileOutcome, Problem, Snapshot, is_resource_file, merge, read_document,
+};
 
 /// Files larger than this are refused rather than read into memory.
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -31,16 +31,6 @@ pub struct DirSource {
     pub debounce: Duration,
     pub control_plane_ns: String,
     pub trust_domain: String,
-}
-
-/// Whether a directory entry is a resource file: not hidden, not an editor
-/// backup or swap file, and named `.yaml` or `.yml`.
-pub fn is_resource_file(name: &str) -> bool {
-    if name.starts_with('.') || name.ends_with('~') {
-        return false;
-    }
-    let lower = name.to_ascii_lowercase();
-    (lower.ends_with(".yaml") && lower.len() > 5) || (lower.ends_with(".yml") && lower.len() > 4)
 }
 
 /// Each resource file and its text, or why it cannot be used.
@@ -372,13 +362,8 @@ impl Reader {
         {
             return outcome.clone();
         }
-        let outcome = match parse_file(path, &text) {
-            Ok(objects) => {
-                let warnings = lint(path, &objects, &self.control_plane_ns, &self.trust_domain);
-                FileOutcome::Parsed { objects, warnings }
-            }
-            Err(problems) => FileOutcome::Refused(problems),
-        };
+        let origin = path.to_path_buf();
+        let outcome = read_document(&origin, &text, &self.control_plane_ns, &self.trust_domain);
         self.cache
             .insert(path.to_path_buf(), (text, outcome.clone()));
         outcome
@@ -424,3 +409,7 @@ fn log_changes(dir: &Path, prev: &Snapshot, next: &Snapshot) {
         tracing::info!("resolved: {p}");
     }
 }
+
+#[cfg(test)]
+#[path = "source_tests.rs"]
+mod tests;
