@@ -111,7 +111,8 @@ pub fn ensure_built(test: &str) -> Result<Option<Binaries>> {
 
 fn build(test: &str, dir: PathBuf, key: &str) -> Result<Binaries> {
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let log = dir.with_file_name(format!("{key}.build.log"));
+    // one log per process: a second test binary may be waiting on the same build
+    let log = dir.with_file_name(format!("{key}.build-{}.log", std::process::id()));
     loud(&format!(
         "{test}: building the Kubernetes test environment into {} (cold: ~10 min on an idle 2-core machine, \
          up to an hour on a busy one; warm Go caches: ~1 min; log: {})",
