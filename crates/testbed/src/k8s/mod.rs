@@ -151,12 +151,15 @@ impl K8sEnv {
             .output()
             .context("spawn testenv/k8s/up.sh")?;
         if !out.status.success() {
+            // the run dir goes with the env (WEFT_K8S_KEEP=1 keeps it): quote the logs now
             bail!(
-                "{}: testenv/k8s/up.sh failed ({}) in network namespace {}:\n{}\nlogs: {}",
+                "{}: testenv/k8s/up.sh failed ({}) in network namespace {}:\n{}\n{}\
+                 (rerun with WEFT_K8S_KEEP=1 to keep {})",
                 self.test,
                 out.status,
                 self.cp.ns,
                 String::from_utf8_lossy(&out.stderr),
+                self.log_tails(20),
                 self.run_dir.display()
             );
         }
