@@ -5,6 +5,7 @@
 //! processes are swept when a bed starts. Dropping the bed removes it all.
 
 pub mod http_app;
+pub mod k8s;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context, Result, bail};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Every bed's pods live in 10.10.0.0/24 (beds are isolated from each other
+/// and from the host, so they may all use it).
+pub const BED_NET: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 0);
+pub const BED_PREFIX: u8 = 24;
 
 /// Whether root-only tests can run. Without root they skip loudly, unless
 /// `WEFT_REQUIRE_ROOT=1` (CI), where missing root is a failure.
@@ -72,6 +78,7 @@ pub fn sweep_stale() {
     }
 }
 
+#[derive(Clone, Debug)]
 pub struct Pod {
     pub name: String,
     pub ns: String,
@@ -158,6 +165,28 @@ impl Bed {
     /// Adds a pod at 10.10.0.<k+2>/24.
     pub fn pod(&mut self, name: &str) -> Result<usize> {
         let k = self.pods.len();
+        let addr = Ipv4Addr::new(10, 10, 0, u8::try_from(k + 2).context("too many pods")?);
+        self.pod_at(name, addr)
+    }
+
+    /// Adds a pod with the given address, which must be a free host address
+    /// of the bed's subnet (e.g. the IP Kubernetes gave the pod it stands in for).
+    pub fn pod_at(&mut self, name: &str, addr: Ipv4Addr) -> Result<usize> {
+        let mask = u32::MAX << (32 - BED_PREFIX);
+        let host = u32::from(addr) & !mask;
+        if u32::from(addr) & mask != u32::from(BED_NET) || host == 0 || host == !mask {
+            bail!(
+                "{addr} is not a host address of the bed's subnet {BED_NET}/{BED_PREFIX}; pick one inside it"
+            );
+        }
+        if let Some(p) = self.pods.iter().find(|p| p.ip == addr || p.name == name) {
+            bail!(
+                "pod {name} at {addr}: pod {} already has {}; pick another name and address",
+                p.name,
+                p.ip
+            );
+        }
+        let k = self.pods.len();
         let ns = format!("weft-{}-{name}", self.id);
         ip(&["netns", "add", &ns])?;
         // Interface names under 15 characters, unique per bed and pod.
@@ -189,7 +218,6 @@ impl Bed {
             &outer,
             "up",
         ])?;
-        let addr = Ipv4Addr::new(10, 10, 0, u8::try_from(k + 2).context("too many pods")?);
         ip(&[
             "netns",
             "exec",
