@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::bundle::LiveBundle;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Report};
 use crate::own_cert::OwnCert;
 
 type Bundles = watch::Receiver<Option<Arc<LiveBundle>>>;
@@ -53,7 +53,7 @@ impl Mesh for MeshService {
         &self,
         req: Request<Streaming<ProxyReport>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let caller = crate::peer::authenticated(&req, &self.issuer)?.to_string();
+        let caller = crate::peer::authenticated(&req, &self.issuer)?;
         let mut reports = req.into_inner();
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMessage>(16);
         let (out_tx, out) = mpsc::channel(16);
@@ -83,7 +83,7 @@ impl Mesh for MeshService {
                     r = own.changed() => r.ok().map(|()| current(&bundle, &own)),
                     msg = ctl_rx.recv() => msg.map(Some),
                     report = reports.message() => match report {
-                        Ok(Some(r)) if r.identity != caller => {
+                        Ok(Some(r)) if r.identity.parse::<pki::Identity>().ok().as_ref() != Some(&caller) => {
                             tracing::warn!(
                                 stream_identity = %caller,
                                 claimed = %r.identity,
@@ -92,7 +92,7 @@ impl Mesh for MeshService {
                             Some(None)
                         }
                         Ok(Some(r)) => {
-                            fleet.report(id, r.into(), now());
+                            fleet.report(id, Report::from_proto(r, caller.clone()), now());
                             Some(None)
                         }
                         Ok(None) | Err(_) => None,

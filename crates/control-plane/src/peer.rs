@@ -8,7 +8,7 @@ use tonic::{Request, Status};
 
 use identity::IssuerStatus;
 
-/// The caller's verified identity (first SAN of its leaf), or UNAUTHENTICATED
+/// The caller's verified identity (the DNS SAN of its leaf), or UNAUTHENTICATED
 /// saying what to do.
 pub fn authenticated<T>(
     req: &Request<T>,
@@ -32,12 +32,8 @@ pub fn authenticated<T>(
         Purpose::Leaf,
     )
     .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
-    let info = pki::info::CertInfo::from_der(&chain[0]).map_err(Status::unauthenticated)?;
-    info.subject_alt_names
-        .first()
-        .and_then(|s| s.strip_prefix("DNS:"))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            Status::unauthenticated("the client certificate's first SAN is not a mesh identity")
-        })
+    // weft leaves name their DNS identity first, valid in any control-plane
+    // namespace; only a SPIFFE-only leaf is read against the default one.
+    pki::peer_identity(&chain[0])
+        .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))
 }

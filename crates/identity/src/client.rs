@@ -160,11 +160,11 @@ pub fn check_response(
     pki::verify(leaf, chain, anchors, now, Purpose::Leaf)
         .map_err(|e| ClientError::BadResponse(e.to_string()))?;
     let info = pki::info::CertInfo::from_der(leaf).map_err(ClientError::BadResponse)?;
-    let want = format!("DNS:{identity}");
-    if info.subject_alt_names.first() != Some(&want) {
+    let got = pki::peer_identity_in(leaf, identity.control_plane_ns())
+        .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+    if got != *identity {
         return Err(ClientError::BadResponse(format!(
-            "its first SAN is {:?}, expected {want}",
-            info.subject_alt_names.first()
+            "it names {got}, expected {identity}"
         )));
     }
     if !pki::key::key_matches_cert(key, leaf) {
@@ -236,7 +236,7 @@ mod tests {
         let other = issue_workload_leaf(&issuer, issuer.not_after, &key, &id("db"), now, day, skew)
             .unwrap();
         let e = check_response(&other.der, &chain, &anchors, &id("web"), &key, now).unwrap_err();
-        assert!(e.to_string().contains("expected DNS:web."), "{e}");
+        assert!(e.to_string().contains("expected web."), "{e}");
         // Not our key.
         let theirs = KeyPair::generate().unwrap();
         let e = check_response(&good.der, &chain, &anchors, &id("web"), &theirs, now).unwrap_err();

@@ -14,7 +14,7 @@ use crate::trust::TrustRx;
 /// Where and as whom the control plane answers.
 #[derive(Clone)]
 pub struct ControlPlane {
-    pub server_name: String,
+    pub identity: pki::Identity,
     /// The anchors in force, read at each connection.
     pub trust: TrustRx,
     pub own: watch::Receiver<Option<Arc<ProxyCert>>>,
@@ -34,7 +34,7 @@ impl ControlPlane {
         let anchors = self.trust.borrow().pem.clone();
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(anchors))
-            .domain_name(self.server_name.clone())
+            .domain_name(self.identity.to_string())
             .identity(TlsIdentity::from_pem(chain, key));
         Endpoint::from_shared(format!("https://{addr}"))
             .map_err(|e| e.to_string())?

@@ -125,7 +125,7 @@ pub async fn start(
         status: status_tx,
     };
     let control = control::ControlPlane {
-        server_name: cfg.control_plane_identity.to_string(),
+        identity: cfg.control_plane_identity.clone(),
         trust: trust_rx.clone(),
         own: cert_rx.clone(),
     };
@@ -136,7 +136,7 @@ pub async fn start(
         cert: cert_rx.clone(),
         refresh: status_rx,
         renew: renew_tx,
-        identity: cfg.identity.to_string(),
+        identity: cfg.identity.clone(),
         workload: cfg.workload.clone(),
         metrics: metrics.clone(),
     };
@@ -161,7 +161,7 @@ pub async fn start(
     let inbound = Arc::new(inbound::Inbound {
         acceptor: tokio_rustls::TlsAcceptor::from(inbound_cfg),
         workload: cfg.workload.clone(),
-        identity: cfg.identity.to_string(),
+        identity: cfg.identity.clone(),
         discovery: discovery.clone(),
         policies,
         detect_timeout: cfg.detect_timeout,

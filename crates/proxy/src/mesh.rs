@@ -26,7 +26,7 @@ pub struct MeshLink {
     pub cert: watch::Receiver<Option<Arc<ProxyCert>>>,
     pub refresh: watch::Receiver<RefreshStatus>,
     pub renew: mpsc::Sender<String>,
-    pub identity: String,
+    pub identity: pki::Identity,
     pub workload: String,
     pub metrics: ProxyMetrics,
 }
@@ -71,7 +71,7 @@ impl MeshLink {
             .map(|c| c.certified.cert.clone())
             .unwrap_or_default();
         ProxyReport {
-            identity: self.identity.clone(),
+            identity: self.identity.to_string(),
             workload: self.workload.clone(),
             bundle: trust.version.as_ref().map(api_version),
             refused: refused.report.clone(),
@@ -104,7 +104,7 @@ impl MeshLink {
             return;
         }
         let own = self.cert.borrow().clone();
-        let cp = self.control.server_name.clone();
+        let cp = self.control.identity.clone();
         match trust::judge(
             version.clone(),
             &b.pem,

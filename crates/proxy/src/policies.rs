@@ -268,7 +268,9 @@ mod tests {
         let pem = pki::cert::to_pem(std::slice::from_ref(&root.cert));
         let (_, trust) = watch::channel(Arc::new(crate::trust::Trust::new(None, &pem).unwrap()));
         let control = ControlPlane {
-            server_name: "weft-identity.weft.serviceaccount.identity.weft.cluster.local".into(),
+            identity: "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
             trust,
             own,
         };

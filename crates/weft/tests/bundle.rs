@@ -182,7 +182,11 @@ fn anchor_rotation_without_restart_or_failed_requests() {
         .wait_for_line("ignored a report claiming another identity", DEADLINE);
     let v = fleet(admin).unwrap();
     assert_eq!(v.proxies.len(), 2, "{v:?}");
-    assert!(v.proxies.iter().all(|p| !p.identity.starts_with("legacy.")));
+    assert!(
+        v.proxies
+            .iter()
+            .all(|p| p.identity.service_account() != "legacy")
+    );
 
     // 1. Prepare: the new anchor appended. Every proxy applies it, no restart.
     rotation::new_anchor_and_issuer(&s);
