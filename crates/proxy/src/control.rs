@@ -1,52 +1,57 @@
-//! One way to reach the control plane: mTLS with the proxy's current
-//! certificate, the anchors it trusts, and keepalives so a control plane that
-//! vanished without a reset is noticed.
+//! One way to reach the control plane: mTLS over the proxy's live rustls
+//! configuration (the anchors in force, its current leaf), HTTP/2 with
+//! keepalives so a control plane that vanished without a reset is noticed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use pki::Identity;
+use rustls::ClientConfig;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+use tonic::transport::Channel;
 
 use crate::cert::ProxyCert;
+use crate::connect::ConnectError;
 use crate::trust::TrustRx;
 
 /// Where and as whom the control plane answers.
 #[derive(Clone)]
 pub struct ControlPlane {
-    pub identity: pki::Identity,
-    /// The anchors in force, read at each connection.
-    pub trust: TrustRx,
+    pub identity: Identity,
     pub own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    config: Arc<ClientConfig>,
 }
 
 impl ControlPlane {
+    pub fn new(
+        identity: Identity,
+        trust: TrustRx,
+        own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    ) -> Result<Self, rustls::Error> {
+        let config = crate::tls::control_config(trust, own.clone())?;
+        Ok(Self {
+            identity,
+            own,
+            config,
+        })
+    }
+
     /// A connected channel to `addr`, once the proxy has a certificate.
-    pub async fn channel(&self, addr: &str) -> Result<Channel, String> {
+    pub async fn channel(&self, addr: &str) -> Result<Channel, ConnectError> {
         let mut own = self.own.clone();
-        let (chain, key) = own
-            .wait_for(Option::is_some)
+        own.wait_for(Option::is_some)
             .await
-            .map_err(|_| "the proxy has no certificate".to_string())?
-            .as_ref()
-            .map(|c| c.pem_pair())
-            .ok_or_else(|| "the proxy has no certificate".to_string())?;
-        let anchors = self.trust.borrow().pem.clone();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(anchors))
-            .domain_name(self.identity.to_string())
-            .identity(TlsIdentity::from_pem(chain, key));
-        Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .tls_config(tls)
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| e.to_string())
+            .map_err(|_| ConnectError::Connect {
+                addr: addr.to_string(),
+                detail: "the proxy is shutting down".into(),
+            })?;
+        crate::connect::connect(
+            addr,
+            &self.identity.to_string(),
+            self.config.clone(),
+            Duration::from_secs(5),
+        )
+        .await
     }
 }
 

@@ -186,7 +186,7 @@ impl Discovery {
             .control
             .channel(&self.addr)
             .await
-            .map_err(StreamEnd::Transport)?;
+            .map_err(|e| StreamEnd::Transport(e.to_string()))?;
         let mut stream = DestinationClient::new(channel)
             .get(GetDestination {
                 scheme: "k8s.io".into(),

@@ -4,7 +4,9 @@
 pub mod admin;
 pub mod authz;
 pub mod cert;
+pub mod certify;
 pub mod config;
+pub mod connect;
 pub mod control;
 pub mod detect;
 pub mod discovery;
@@ -17,6 +19,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod policies;
 pub mod prefixed;
+pub mod probe;
 pub mod tls;
 pub mod transport_header;
 pub mod trust;
@@ -25,7 +28,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use identity::client::CertifyClient;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -110,12 +112,9 @@ pub async fn start(
     let (renew_tx, renew_rx) = tokio::sync::mpsc::channel(4);
     let (status_tx, status_rx) = watch::channel(cert::RefreshStatus::default());
     let cert_loop = cert::CertLoop {
-        client: CertifyClient {
-            addr: cfg.identity_addr.clone(),
-            server_name: cfg.control_plane_identity.to_string(),
-            anchors_pem,
-            timeout: Duration::from_secs(10),
-        },
+        addr: cfg.identity_addr.clone(),
+        control_plane: cfg.control_plane_identity.clone(),
+        timeout: Duration::from_secs(10),
         anchors_file: Some(cfg.anchors_file.clone()),
         trust: trust_rx.clone(),
         identity: cfg.identity.clone(),
@@ -124,11 +123,12 @@ pub async fn start(
         renew: renew_rx,
         status: status_tx,
     };
-    let control = control::ControlPlane {
-        identity: cfg.control_plane_identity.clone(),
-        trust: trust_rx.clone(),
-        own: cert_rx.clone(),
-    };
+    let control = control::ControlPlane::new(
+        cfg.control_plane_identity.clone(),
+        trust_rx.clone(),
+        cert_rx.clone(),
+    )
+    .map_err(|e| StartError::Tls(e.to_string()))?;
     let mesh_link = mesh::MeshLink {
         addr: cfg.destination_addr.clone(),
         control: control.clone(),

@@ -145,7 +145,11 @@ impl MeshLink {
     }
 
     async fn stream(&self, refused: &mut Refused, failures: &mut u32) -> Result<(), String> {
-        let channel = self.control.channel(&self.addr).await?;
+        let channel = self
+            .control
+            .channel(&self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::channel(8);
         tx.send(self.report(refused))
             .await

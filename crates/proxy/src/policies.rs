@@ -192,7 +192,7 @@ impl Policies {
             .control
             .channel(&self.addr)
             .await
-            .map_err(End::Transport)?;
+            .map_err(|e| End::Transport(e.to_string()))?;
         let mut stream = InboundServerPoliciesClient::new(channel)
             .watch_port(PortSpec {
                 workload: self.workload.clone(),
@@ -267,13 +267,14 @@ mod tests {
         .unwrap();
         let pem = pki::cert::to_pem(std::slice::from_ref(&root.cert));
         let (_, trust) = watch::channel(Arc::new(crate::trust::Trust::new(None, &pem).unwrap()));
-        let control = ControlPlane {
-            identity: "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
+        let control = ControlPlane::new(
+            "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
                 .parse()
                 .unwrap(),
             trust,
             own,
-        };
+        )
+        .unwrap();
         Policies::new(
             "127.0.0.1:1".into(),
             control,
