@@ -29,6 +29,38 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// How a proxy's last certificate refresh went, as it reported it. Shown
+/// in the fleet JSON as before: "ok", the error, or "" before any.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum LastRefresh {
+    #[default]
+    NotYet,
+    Ok,
+    Failed(String),
+}
+
+/// The report's text field, read once at the edge.
+impl From<String> for LastRefresh {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "" => Self::NotYet,
+            "ok" => Self::Ok,
+            _ => Self::Failed(s),
+        }
+    }
+}
+
+impl From<LastRefresh> for String {
+    fn from(r: LastRefresh) -> Self {
+        match r {
+            LastRefresh::NotYet => String::new(),
+            LastRefresh::Ok => "ok".into(),
+            LastRefresh::Failed(e) => e,
+        }
+    }
+}
+
 /// A proxy's last report, as the control plane keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -41,7 +73,7 @@ pub struct Report {
     pub issuer_sha256: String,
     pub anchor_sha256: String,
     pub not_after: i64,
-    pub last_refresh: String,
+    pub last_refresh: LastRefresh,
     pub last_refresh_at: i64,
     pub renew_request_id: String,
 }
@@ -70,7 +102,7 @@ impl Report {
             issuer_sha256: r.issuer_sha256,
             anchor_sha256: r.anchor_sha256,
             not_after: r.not_after_unix,
-            last_refresh: r.last_refresh,
+            last_refresh: r.last_refresh.into(),
             last_refresh_at: r.last_refresh_unix,
             renew_request_id: r.renew_request_id,
         }
@@ -193,7 +225,7 @@ impl Fleet {
         if !r.renew_request_id.is_empty()
             && let Some((trigger, _)) = g.pending.remove(&r.renew_request_id)
         {
-            let result = if r.last_refresh == "ok" {
+            let result = if r.last_refresh == LastRefresh::Ok {
                 "renewed"
             } else {
                 "failed"
@@ -405,7 +437,7 @@ pub struct ProxyView {
     pub anchor_in_bundle: bool,
     pub not_after: i64,
     pub expires_in_s: i64,
-    pub last_refresh: String,
+    pub last_refresh: LastRefresh,
     pub renew_request_id: String,
 }
 

@@ -259,7 +259,7 @@ mod tests {
             anchor_in_bundle: true,
             not_after: 10_000,
             expires_in_s: 9_000,
-            last_refresh: "ok".into(),
+            last_refresh: crate::fleet::LastRefresh::Ok,
             renew_request_id: String::new(),
         }
     }

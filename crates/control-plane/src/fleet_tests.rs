@@ -34,7 +34,7 @@ fn report(identity: &str, generation: u64, issuer: &str, anchor: &str) -> Report
         issuer_sha256: issuer.into(),
         anchor_sha256: anchor.into(),
         not_after: 2000,
-        last_refresh: "ok".into(),
+        last_refresh: LastRefresh::Ok,
         last_refresh_at: 900,
         renew_request_id: String::new(),
     }

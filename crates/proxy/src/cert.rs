@@ -11,17 +11,51 @@ use pki::refresh::{refresh_in, retry_in};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::certify::{Certified, CertifyError};
+use crate::metrics::ResultLabel;
 use crate::trust::{Trust, TrustRx};
 
 /// The certificate in force: the same type the control plane holds its own in.
 pub type ProxyCert = pki::CertInForce;
 
+/// How the last certificate refresh went.
+#[derive(Debug, Clone, Default)]
+pub enum Refresh {
+    #[default]
+    NotYet,
+    Ok,
+    Failed(Arc<CertifyError>),
+}
+
+impl Refresh {
+    /// The `result` label of `control_identity_cert_refreshes_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotYet => "none",
+            Self::Ok => "ok",
+            Self::Failed(_) => "error",
+        }
+    }
+}
+
+/// As the mesh report carries it: "ok", the error, or nothing yet.
+impl std::fmt::Display for Refresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotYet => Ok(()),
+            Self::Ok => f.write_str("ok"),
+            Self::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// The last certificate refresh, as the proxy reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct RefreshStatus {
-    /// "ok" or the error.
-    pub result: String,
+    pub result: Refresh,
     /// Unix seconds.
     pub at: i64,
     /// The renew-now request this refresh answered, if any.
@@ -46,6 +80,9 @@ pub struct CertLoop {
     /// Renew-now requests (their ids): renew at once, with a fresh key.
     pub renew: mpsc::Receiver<String>,
     pub status: watch::Sender<RefreshStatus>,
+    /// `control_identity_cert_refreshes_total{result}`: every try counted,
+    /// failed ones too.
+    pub refreshes: Family<ResultLabel, Counter>,
 }
 
 impl CertLoop {
@@ -142,10 +179,15 @@ impl CertLoop {
             let outcome = match result {
                 Ok(Certified { cert, .. }) => {
                     tx.send_replace(Some(Arc::new(cert)));
-                    "ok".to_string()
+                    Refresh::Ok
                 }
-                Err(e) => e.to_string(),
+                Err(e) => Refresh::Failed(Arc::new(e)),
             };
+            self.refreshes
+                .get_or_create(&ResultLabel {
+                    result: outcome.label(),
+                })
+                .inc();
             self.status.send_replace(RefreshStatus {
                 result: outcome,
                 at: OffsetDateTime::now_utc().unix_timestamp(),
@@ -190,5 +232,79 @@ impl CertLoop {
                 tx.send_if_modified(|c| c.take().is_some());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A renewal that cannot reach the identity service is counted as an
+    /// error, and reported as such.
+    #[tokio::test]
+    async fn failed_refreshes_are_counted() {
+        let now = OffsetDateTime::now_utc();
+        let root = pki::create::create(
+            &pki::create::NewCert {
+                subject: "root".into(),
+                profile: pki::create::Profile::RootCa,
+                sans: vec![],
+                not_before: now,
+                not_after: now + time::Duration::days(1),
+                key: pki::create::KeySpec::EcdsaP256,
+            },
+            None,
+        )
+        .unwrap();
+        let pem = pki::cert::to_pem(std::slice::from_ref(&root.cert));
+        let (_trust_tx, trust) = watch::channel(Arc::new(Trust::new(None, &pem).unwrap()));
+        // A port nothing listens on: every try fails at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let (_renew_tx, renew) = mpsc::channel(1);
+        let (status_tx, mut status) = watch::channel(RefreshStatus::default());
+        let refreshes = Family::<ResultLabel, Counter>::default();
+        let cert_loop = CertLoop {
+            addr,
+            control_plane: "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
+            timeout: Duration::from_secs(2),
+            anchors_file: None,
+            trust,
+            identity: "web.demo.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
+            token_file: None,
+            min_refresh: Duration::from_secs(10),
+            renew,
+            status: status_tx,
+            refreshes: refreshes.clone(),
+        };
+        let (tx, _rx) = watch::channel(None);
+        let task = tokio::spawn(cert_loop.run(tx));
+        let got = tokio::time::timeout(
+            Duration::from_secs(20),
+            status.wait_for(|s| matches!(s.result, Refresh::Failed(_))),
+        )
+        .await
+        .expect("a failed refresh within 20 s")
+        .unwrap()
+        .clone();
+        task.abort();
+        assert!(
+            got.result.to_string().contains("cannot reach"),
+            "{}",
+            got.result
+        );
+        let errors = refreshes
+            .get_or_create(&ResultLabel { result: "error" })
+            .get();
+        assert!(errors >= 1, "refreshes{{result=\"error\"}} = {errors}");
+        assert_eq!(
+            refreshes.get_or_create(&ResultLabel { result: "ok" }).get(),
+            0
+        );
     }
 }

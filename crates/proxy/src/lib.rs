@@ -122,6 +122,7 @@ pub async fn start(
         min_refresh: cfg.min_refresh,
         renew: renew_rx,
         status: status_tx,
+        refreshes: metrics.refreshes.clone(),
     };
     let control = control::ControlPlane::new(
         cfg.control_plane_identity.clone(),
@@ -253,9 +254,6 @@ async fn track_cert(
             m.cert_expiry.set(c.not_after.unix_timestamp() as f64);
             m.cert_refresh
                 .set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
-            m.refreshes
-                .get_or_create(&metrics::ResultLabel { result: "ok" })
-                .inc();
         }
         if rx.changed().await.is_err() {
             return;

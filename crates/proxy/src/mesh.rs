@@ -86,7 +86,7 @@ impl MeshLink {
                 .as_ref()
                 .map(|c| c.not_after.unix_timestamp())
                 .unwrap_or_default(),
-            last_refresh: status.result,
+            last_refresh: status.result.to_string(),
             last_refresh_unix: status.at,
             renew_request_id: status.renew_request_id,
         }

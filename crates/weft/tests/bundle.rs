@@ -540,7 +540,7 @@ fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
         let by = |w: &str| v.proxies.iter().find(|p| p.workload == w).unwrap();
         by("demo/backend").issuer_current
             && !by("demo/stuck").issuer_current
-            && by("demo/stuck").last_refresh != "ok"
+            && by("demo/stuck").last_refresh != control_plane::fleet::LastRefresh::Ok
     });
     let stuck_serial = v
         .proxies
