@@ -54,6 +54,16 @@ impl Mesh for MeshService {
         req: Request<Streaming<ProxyReport>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let caller = crate::peer::authenticated(&req, &self.issuer)?;
+        // The leaf this connection was made with: after a renewal the proxy
+        // comes back on a new connection presenting the new one.
+        let leaf_serial = req
+            .peer_certs()
+            .and_then(|c| {
+                c.first()
+                    .and_then(|l| pki::info::CertInfo::from_der(l).ok())
+            })
+            .map(|i| i.serial)
+            .unwrap_or_default();
         let mut reports = req.into_inner();
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMessage>(16);
         let (out_tx, out) = mpsc::channel(16);
@@ -61,7 +71,7 @@ impl Mesh for MeshService {
         let fleet = self.fleet.clone();
         let mut bundle = self.bundle.clone();
         let mut own = self.own.clone();
-        tracing::info!(identity = %caller, "proxy attached");
+        tracing::info!(identity = %caller, %leaf_serial, "proxy attached");
         // The bundle in force, with our chain as it stands now.
         let current = |bundle: &Bundles, own: &Own| {
             let b = bundle.borrow().clone()?;

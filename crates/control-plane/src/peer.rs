@@ -1,39 +1,168 @@
 //! Who is calling: services that require mTLS judge the client certificate
-//! against the anchors in force at the moment of the call.
+//! against the bundle in force at the moment of the call (not at the
+//! handshake), and a connection whose verified peer stops verifying (its
+//! leaf expired, or its anchor was retired) is closed.
 
-use pki::{Identity, Purpose};
-use time::OffsetDateTime;
-use tokio::sync::watch;
-use tonic::{Request, Status};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use identity::IssuerStatus;
+use pki::{CertificateDer, Identity, PeerIdentityError, Purpose, VerifyError};
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tonic::transport::server::Connected;
+use tonic::{Request, Status};
 
-/// The caller's verified identity (the DNS SAN of its leaf), or UNAUTHENTICATED
-/// saying what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerRefused {
+    #[error(
+        "this service requires mTLS: present your weft certificate as the TLS client certificate"
+    )]
+    NoCertificate,
+    #[error("no issuer is in force, so client certificates cannot be judged")]
+    NoIssuer,
+    #[error(
+        "client certificate refused: {0}; renew before it expires, or under the anchors in force (start again with a join token if it has expired)"
+    )]
+    Chain(#[source] VerifyError),
+    #[error("client certificate refused: {0}")]
+    Name(#[source] PeerIdentityError),
+}
+
+/// Judges a client chain against the bundle in force now: pure, so the
+/// services and the connection guard decide alike.
+pub fn judge(
+    chain: &[CertificateDer<'static>],
+    status: &IssuerStatus,
+    now: OffsetDateTime,
+) -> Result<Identity, PeerRefused> {
+    let (leaf, rest) = chain.split_first().ok_or(PeerRefused::NoCertificate)?;
+    let state = status.current.as_ref().ok_or(PeerRefused::NoIssuer)?;
+    let mut intermediates = rest.to_vec();
+    intermediates.extend(state.chain.iter().cloned());
+    pki::verify(leaf, &intermediates, &state.anchors, now, Purpose::Leaf)
+        .map_err(PeerRefused::Chain)?;
+    // weft leaves name their DNS identity first, valid in any control-plane
+    // namespace; only a SPIFFE-only leaf is read against the default one.
+    pki::peer_identity(leaf).map_err(PeerRefused::Name)
+}
+
+/// The caller's verified identity, or UNAUTHENTICATED saying what to do.
 pub fn authenticated<T>(
     req: &Request<T>,
     issuer: &watch::Receiver<IssuerStatus>,
 ) -> Result<Identity, Status> {
-    let chain = req
-        .peer_certs()
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| Status::unauthenticated("this service requires mTLS: present your weft certificate as the TLS client certificate"))?;
+    let chain = req.peer_certs().unwrap_or_default();
     let status = issuer.borrow().clone();
-    let state = status.current.ok_or_else(|| {
-        Status::unavailable("no issuer is in force, so client certificates cannot be judged")
-    })?;
-    let mut intermediates = chain[1..].to_vec();
-    intermediates.extend(state.chain.iter().cloned());
-    pki::verify(
-        &chain[0],
-        &intermediates,
-        &state.anchors,
+    judge(&chain, &status, OffsetDateTime::now_utc()).map_err(|e| match e {
+        PeerRefused::NoIssuer => Status::unavailable(e.to_string()),
+        _ => Status::unauthenticated(e.to_string()),
+    })
+}
+
+/// Resolves, with the reason, once a peer that verified stops verifying:
+/// its leaf expires or a new bundle no longer holds its anchor. A peer that
+/// never verified is left to each request's judgement (which says why).
+pub async fn stops_verifying(
+    chain: Option<Vec<CertificateDer<'static>>>,
+    mut issuer: watch::Receiver<IssuerStatus>,
+) -> PeerRefused {
+    let Some(chain) = chain.filter(|c| !c.is_empty()) else {
+        return std::future::pending().await;
+    };
+    let first = judge(
+        &chain,
+        &issuer.borrow_and_update(),
         OffsetDateTime::now_utc(),
-        Purpose::Leaf,
-    )
-    .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
-    // weft leaves name their DNS identity first, valid in any control-plane
-    // namespace; only a SPIFFE-only leaf is read against the default one.
-    pki::peer_identity(&chain[0])
-        .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))
+    );
+    if first.is_err() {
+        return std::future::pending().await;
+    }
+    let not_after = pki::parse_x509(&chain[0])
+        .map(|c| c.validity().not_after.to_datetime())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    loop {
+        let left = (not_after - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+        let left = std::time::Duration::try_from(left).unwrap_or_default();
+        tokio::select! {
+            () = tokio::time::sleep(left + std::time::Duration::from_millis(10)) => {}
+            r = issuer.changed() => if r.is_err() { return std::future::pending().await },
+        }
+        let status = issuer.borrow_and_update().clone();
+        if let Err(e) = judge(&chain, &status, OffsetDateTime::now_utc()) {
+            return e;
+        }
+    }
+}
+
+/// A server connection that fails (and so closes) once its peer stops
+/// verifying.
+pub struct Guarded<S> {
+    inner: S,
+    close: Pin<Box<dyn Future<Output = PeerRefused> + Send>>,
+    closed: Option<PeerRefused>,
+}
+
+impl<S> Guarded<S> {
+    pub fn new(inner: S, close: impl Future<Output = PeerRefused> + Send + 'static) -> Self {
+        Self {
+            inner,
+            close: Box::pin(close),
+            closed: None,
+        }
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.closed.is_none()
+            && let Poll::Ready(why) = self.close.as_mut().poll(cx)
+        {
+            tracing::info!(reason = %why, "closing a connection whose client certificate no longer verifies");
+            self.closed = Some(why);
+        }
+        match &self.closed {
+            Some(why) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                why.to_string(),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: Connected> Connected for Guarded<S> {
+    type ConnectInfo = S::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
 }

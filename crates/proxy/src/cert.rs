@@ -65,6 +65,8 @@ pub struct RefreshStatus {
 pub struct CertLoop {
     /// The identity service, `host:port`.
     pub addr: String,
+    /// Renewals ride the shared connection to the identity service.
+    pub control: crate::control::ControlPlane,
     /// The control plane's identity, checked in its certificate.
     pub control_plane: Identity,
     /// How long one Certify may take, connection included.
@@ -113,10 +115,30 @@ impl CertLoop {
         }
     }
 
-    /// One Certify on a connection of its own, presenting `current` if any.
+    /// One Certify: a renewal on the shared connection (it presents the
+    /// current leaf); the first, with the token, on a connection of its own.
     async fn attempt(&self, current: Option<Arc<ProxyCert>>) -> Result<Certified, CertifyError> {
         let trust = self.anchors();
         let anchors = trust.anchors.clone();
+        let token = self.token();
+        if current.is_some() {
+            let (channel, _) =
+                self.control
+                    .channel(&self.addr)
+                    .await
+                    .map_err(|e| CertifyError::Connect {
+                        addr: self.addr.clone(),
+                        detail: e.to_string(),
+                    })?;
+            return crate::certify::certify(
+                channel,
+                &self.identity,
+                token.as_deref(),
+                &anchors,
+                self.timeout,
+            )
+            .await;
+        }
         let (_keep_trust, trust_rx) = watch::channel(trust);
         let (_keep_own, own_rx) = watch::channel(current);
         let config = crate::tls::control_config(trust_rx, own_rx).map_err(CertifyError::Tls)?;
@@ -128,7 +150,6 @@ impl CertLoop {
             self.timeout,
         )
         .await?;
-        let token = self.token();
         crate::certify::certify(
             channel,
             &self.identity,
@@ -265,8 +286,18 @@ mod tests {
         let (_renew_tx, renew) = mpsc::channel(1);
         let (status_tx, mut status) = watch::channel(RefreshStatus::default());
         let refreshes = Family::<ResultLabel, Counter>::default();
+        let (_own_tx, own) = watch::channel(None);
+        let control = crate::control::ControlPlane::new(
+            "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
+            trust.clone(),
+            own,
+        )
+        .unwrap();
         let cert_loop = CertLoop {
             addr,
+            control,
             control_plane: "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
                 .parse()
                 .unwrap(),

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod control;
 pub mod detect;
 pub mod discovery;
+pub mod follow;
 pub mod forward;
 pub mod http;
 pub mod inbound;
@@ -111,8 +112,15 @@ pub async fn start(
 
     let (renew_tx, renew_rx) = tokio::sync::mpsc::channel(4);
     let (status_tx, status_rx) = watch::channel(cert::RefreshStatus::default());
+    let control = control::ControlPlane::new(
+        cfg.control_plane_identity.clone(),
+        trust_rx.clone(),
+        cert_rx.clone(),
+    )
+    .map_err(|e| StartError::Tls(e.to_string()))?;
     let cert_loop = cert::CertLoop {
         addr: cfg.identity_addr.clone(),
+        control: control.clone(),
         control_plane: cfg.control_plane_identity.clone(),
         timeout: Duration::from_secs(10),
         anchors_file: Some(cfg.anchors_file.clone()),
@@ -124,12 +132,6 @@ pub async fn start(
         status: status_tx,
         refreshes: metrics.refreshes.clone(),
     };
-    let control = control::ControlPlane::new(
-        cfg.control_plane_identity.clone(),
-        trust_rx.clone(),
-        cert_rx.clone(),
-    )
-    .map_err(|e| StartError::Tls(e.to_string()))?;
     let mesh_link = mesh::MeshLink {
         addr: cfg.destination_addr.clone(),
         control: control.clone(),

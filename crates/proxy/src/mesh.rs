@@ -145,11 +145,14 @@ impl MeshLink {
     }
 
     async fn stream(&self, refused: &mut Refused, failures: &mut u32) -> Result<(), String> {
-        let channel = self
+        let (channel, epoch) = self
             .control
             .channel(&self.addr)
             .await
             .map_err(|e| e.to_string())?;
+        // A new leaf or bundle: the stream moves to the new connection.
+        let moved = self.control.moved(&epoch);
+        tokio::pin!(moved);
         let (tx, rx) = mpsc::channel(8);
         tx.send(self.report(refused))
             .await
@@ -189,6 +192,7 @@ impl MeshLink {
                 }
                 r = refresh.changed() => if r.is_err() { return Ok(()) },
                 _ = heartbeat.tick() => {}
+                () = &mut moved => return Ok(()),
             }
             tx.send(self.report(refused))
                 .await

@@ -15,6 +15,7 @@ use linkerd2_proxy_api::inbound::{PortSpec, Server, proxy_protocol};
 use tokio::sync::watch;
 
 use crate::control::ControlPlane;
+use crate::follow::Event;
 
 pub type PolicyRx = watch::Receiver<Option<Arc<Server>>>;
 
@@ -161,87 +162,52 @@ impl Policies {
     }
 
     async fn follow(self: Arc<Self>, port: u16, tx: watch::Sender<Option<Arc<Server>>>) {
-        let mut failures: u32 = 0;
-        loop {
-            match self.stream(port, &tx, &mut failures).await {
-                Ok(()) => failures = 0,
-                Err(End::Refused(why)) => {
-                    tracing::warn!(
-                        port,
-                        "the control plane refused this port's policy: {why}; denying"
-                    );
-                    tx.send_replace(Some(Arc::new(deny_server(&why))));
-                    failures = failures.saturating_add(1);
-                }
-                Err(End::Transport(why)) => {
-                    failures = failures.saturating_add(1);
-                    tracing::debug!(port, error = %why, "policy stream lost; keeping the last policy");
-                }
+        let workload = self.workload.clone();
+        let open = move |channel| {
+            let workload = workload.clone();
+            async move {
+                InboundServerPoliciesClient::new(channel)
+                    .watch_port(PortSpec {
+                        workload,
+                        port: u32::from(port),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
             }
-            tokio::time::sleep(crate::control::backoff(failures)).await;
-        }
+        };
+        let on = |event| match event {
+            Event::Message(server) => self.take(port, server, &tx),
+            Event::Refused(why) => {
+                tracing::warn!(
+                    port,
+                    "the control plane refused this port's policy: {why}; denying"
+                );
+                tx.send_replace(Some(Arc::new(deny_server(&why))));
+            }
+        };
+        let what = format!("policy for port {port}");
+        crate::follow::follow(self.control.clone(), self.addr.clone(), what, open, on).await;
     }
 
-    async fn stream(
-        &self,
-        port: u16,
-        tx: &watch::Sender<Option<Arc<Server>>>,
-        failures: &mut u32,
-    ) -> Result<(), End> {
-        let channel = self
-            .control
-            .channel(&self.addr)
-            .await
-            .map_err(|e| End::Transport(e.to_string()))?;
-        let mut stream = InboundServerPoliciesClient::new(channel)
-            .watch_port(PortSpec {
-                workload: self.workload.clone(),
-                port: u32::from(port),
-            })
-            .await
-            .map_err(End::from)?
-            .into_inner();
-        loop {
-            match stream.message().await {
-                Ok(Some(server)) => {
-                    // A stream that answers is healthy: the next drop retries soon.
-                    *failures = 0;
-                    if is_default(&server) {
-                        *self.last_default.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(Arc::new(server.clone()));
-                    }
-                    tx.send_if_modified(|cur| {
-                        let changed = cur.as_deref() != Some(&server);
-                        if changed {
-                            tracing::info!(
-                                port,
-                                server = %policy::server_name(&server),
-                                "inbound policy updated"
-                            );
-                            *cur = Some(Arc::new(server));
-                        }
-                        changed
-                    });
-                }
-                Ok(None) => return Err(End::Transport("stream ended".into())),
-                Err(s) => return Err(End::from(s)),
+    /// A policy from the control plane: in force for the port, and
+    /// remembered as the last default when it is one.
+    fn take(&self, port: u16, server: Server, tx: &watch::Sender<Option<Arc<Server>>>) {
+        if is_default(&server) {
+            *self.last_default.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Arc::new(server.clone()));
+        }
+        tx.send_if_modified(|cur| {
+            let changed = cur.as_deref() != Some(&server);
+            if changed {
+                tracing::info!(
+                    port,
+                    server = %policy::server_name(&server),
+                    "inbound policy updated"
+                );
+                *cur = Some(Arc::new(server));
             }
-        }
-    }
-}
-
-enum End {
-    Refused(String),
-    Transport(String),
-}
-
-impl From<tonic::Status> for End {
-    fn from(s: tonic::Status) -> Self {
-        if crate::control::is_refusal(&s) {
-            End::Refused(s.message().to_string())
-        } else {
-            End::Transport(format!("{:?}: {}", s.code(), s.message()))
-        }
+            changed
+        });
     }
 }
 

@@ -466,7 +466,9 @@ fn post(addr: SocketAddr, path: &str) -> String {
     buf
 }
 
-/// A TCP forwarder that can be shut: connections while shut are dropped.
+/// A TCP forwarder that can be shut: connections while shut are dropped,
+/// and those open when it shuts are cut (a proxy keeps one connection to
+/// each control-plane address, so cutting only new ones would not isolate it).
 struct Gate {
     open: Arc<AtomicBool>,
     addr: SocketAddr,
@@ -477,6 +479,18 @@ fn gate(to: SocketAddr) -> Gate {
     let addr = l.local_addr().unwrap();
     let open = Arc::new(AtomicBool::new(true));
     let is_open = open.clone();
+    let live = Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
+    let (watch_open, watch_live) = (open.clone(), live.clone());
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if !watch_open.load(Ordering::Relaxed) {
+                for s in watch_live.lock().unwrap().drain(..) {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+    });
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(a) = s else { continue };
@@ -486,6 +500,9 @@ fn gate(to: SocketAddr) -> Gate {
             let Ok(b) = std::net::TcpStream::connect(to) else {
                 continue;
             };
+            if let (Ok(x), Ok(y)) = (a.try_clone(), b.try_clone()) {
+                live.lock().unwrap().extend([x, y]);
+            }
             for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut from, &mut into);
