@@ -311,7 +311,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 8192;
 type Conn = peer::Guarded<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
 
 /// Accepts TCP, completes TLS off the accept loop, hands streams to tonic;
-/// each connection closes once its verified client stops verifying.
+/// each connection closes once its verified client's leaf expires.
 async fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -335,7 +335,7 @@ async fn accept_tls(
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
                 Ok(Ok(tls)) => {
                     let chain = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
-                    let close = peer::stops_verifying(chain, issuer);
+                    let close = peer::expires(chain, issuer);
                     let _ = tx.send(Ok(peer::Guarded::new(tls, close))).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

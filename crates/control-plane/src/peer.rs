@@ -1,7 +1,6 @@
 //! Who is calling: services that require mTLS judge the client certificate
 //! against the bundle in force at the moment of the call (not at the
-//! handshake), and a connection whose verified peer stops verifying (its
-//! leaf expired, or its anchor was retired) is closed.
+//! handshake), and a connection whose peer's leaf expires is closed.
 
 use std::future::Future;
 use std::io;
@@ -63,21 +62,20 @@ pub fn authenticated<T>(
     })
 }
 
-/// Resolves, with the reason, once a peer that verified stops verifying:
-/// its leaf expires or a new bundle no longer holds its anchor. A peer that
-/// never verified is left to each request's judgement (which says why).
-pub async fn stops_verifying(
+/// Resolves, with the reason, once a peer that verified at the handshake
+/// stops verifying because its leaf expired. A peer that never verified is
+/// left to each request's judgement (which says why). A peer whose anchor
+/// was retired keeps its connection until then: its mesh stream is how it
+/// reports that it refuses the bundle, and how it is asked to renew; each
+/// renewal it attempts is judged against the bundle in force and refused.
+pub async fn expires(
     chain: Option<Vec<CertificateDer<'static>>>,
-    mut issuer: watch::Receiver<IssuerStatus>,
+    issuer: watch::Receiver<IssuerStatus>,
 ) -> PeerRefused {
     let Some(chain) = chain.filter(|c| !c.is_empty()) else {
         return std::future::pending().await;
     };
-    let first = judge(
-        &chain,
-        &issuer.borrow_and_update(),
-        OffsetDateTime::now_utc(),
-    );
+    let first = judge(&chain, &issuer.borrow(), OffsetDateTime::now_utc());
     if first.is_err() {
         return std::future::pending().await;
     }
@@ -87,19 +85,18 @@ pub async fn stops_verifying(
     loop {
         let left = (not_after - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
         let left = std::time::Duration::try_from(left).unwrap_or_default();
-        tokio::select! {
-            () = tokio::time::sleep(left + std::time::Duration::from_millis(10)) => {}
-            r = issuer.changed() => if r.is_err() { return std::future::pending().await },
-        }
-        let status = issuer.borrow_and_update().clone();
-        if let Err(e) = judge(&chain, &status, OffsetDateTime::now_utc()) {
+        tokio::time::sleep(left + std::time::Duration::from_millis(10)).await;
+        let now = OffsetDateTime::now_utc();
+        if now > not_after
+            && let Err(e) = judge(&chain, &issuer.borrow(), now)
+        {
             return e;
         }
     }
 }
 
-/// A server connection that fails (and so closes) once its peer stops
-/// verifying.
+/// A server connection that fails (and so closes) once its peer's leaf
+/// expires.
 pub struct Guarded<S> {
     inner: S,
     close: Pin<Box<dyn Future<Output = PeerRefused> + Send>>,
@@ -119,7 +116,7 @@ impl<S> Guarded<S> {
         if self.closed.is_none()
             && let Poll::Ready(why) = self.close.as_mut().poll(cx)
         {
-            tracing::info!(reason = %why, "closing a connection whose client certificate no longer verifies");
+            tracing::info!(reason = %why, "closing a connection whose client certificate expired");
             self.closed = Some(why);
         }
         match &self.closed {

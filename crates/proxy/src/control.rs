@@ -92,9 +92,10 @@ impl ControlPlane {
             })?;
         let epoch = self.epoch();
         let mut channels = self.channels.lock().await;
-        if let Some((e, c)) = channels.get(addr)
-            && *e == epoch
-        {
+        // Channels of an older epoch are forgotten, this address's and every
+        // other's: each closes once the streams still on it have moved.
+        channels.retain(|_, (e, _)| *e == epoch);
+        if let Some((_, c)) = channels.get(addr) {
             return Ok((c.clone(), epoch));
         }
         let channel = crate::connect::connect(

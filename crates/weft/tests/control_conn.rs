@@ -323,9 +323,10 @@ fn leaf_from(
 }
 
 /// A renewal on a connection whose leaf has expired, or chains only to an
-/// anchor not in the bundle in force, is refused UNAUTHENTICATED.
+/// anchor not in the bundle in force, is refused UNAUTHENTICATED; a
+/// connection is closed once its peer's leaf expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renewal_on_an_expired_or_foreign_leaf_is_refused() {
+async fn expired_or_foreign_leaves_are_refused_and_their_connections_closed() {
     use std::sync::Arc;
     use tokio::sync::watch;
     let s = Scratch::new();
@@ -398,4 +399,37 @@ async fn renewal_on_an_expired_or_foreign_leaf_is_refused() {
             other => panic!("{what}: not a refusal: {other}"),
         }
     }
+
+    // A leaf valid for three more seconds renews; the control plane closes
+    // its connection once it has expired.
+    let short = leaf_from(&issuer, &web, now, Duration::from_secs(3));
+    let (_o, own_rx) = watch::channel(Some(short));
+    let config = proxy::tls::control_config(trust_rx.clone(), own_rx).unwrap();
+    let channel = proxy::connect::connect(&ia, &cp_id.to_string(), config, DEADLINE)
+        .await
+        .unwrap();
+    let renewed = proxy::certify::certify(channel.clone(), &web, None, &anchors, DEADLINE)
+        .await
+        .unwrap();
+    println!(
+        "renewed with a short-lived leaf: serial {}",
+        renewed.cert.serial
+    );
+    let port: u16 = ia.rsplit(':').next().unwrap().parse().unwrap();
+    let me = std::process::id();
+    let start = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        // The refused ones' connections are gone; the renewal's stays open.
+        poll("only the renewal's connection open", DEADLINE, || {
+            (established_to(me, port) == 1).then_some(())
+        });
+        poll("the expired peer's connection closed", DEADLINE, || {
+            (established_to(me, port) == 0).then_some(())
+        })
+    })
+    .await
+    .unwrap();
+    println!("connection closed {:?} after the renewal", start.elapsed());
+    cp.wait_for_line("client certificate expired", DEADLINE);
+    drop(channel);
 }
