@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::Scratch;
-use common::mesh::{echo_server, free_port, start_proxy, workload_ports};
+use common::mesh::{echo_server, start_proxy, workload_ports};
 use common::proc::{Proc, http_get, poll};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -85,9 +85,9 @@ fn touch(addr: SocketAddr) -> bool {
 fn fixed_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let seed = std::process::id() as u64 * 7919 + n * 3001;
-    (0..2000u64)
-        .map(|i| 20000 + ((seed + i * 104_729) % 12000) as u16)
+    let seed = u64::from(std::process::id()) * 7919 + n * 37;
+    (0..12000u64)
+        .map(|i| 20000 + ((seed + i * 7) % 12000) as u16)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free port below the ephemeral range")
 }
@@ -156,17 +156,19 @@ fn one_connection_per_control_plane_address() {
     let s = Scratch::new();
     s.guide_material();
     std::fs::create_dir(s.path("resources")).unwrap();
-    let (ia, da, pa) = (fixed_port(), fixed_port(), fixed_port());
-    let cp_ports = [("identity", ia), ("destination", da), ("policy", pa)];
+
     let be_ports: Vec<u16> = (0..POLICY_PORTS).map(|_| echo_server()).collect();
-    // Ports picked one by one may repeat: keep them distinct.
+    // Ports bound later are taken below the ephemeral range (no outgoing
+    // connection of a parallel test can take one meanwhile), and distinct.
     let mut used: HashSet<u16> = be_ports.iter().copied().collect();
     let mut fresh = move || loop {
-        let p = free_port();
+        let p = fixed_port();
         if used.insert(p) {
             return p;
         }
     };
+    let (ia, da, pa) = (fresh(), fresh(), fresh());
+    let cp_ports = [("identity", ia), ("destination", da), ("policy", pa)];
     let far_ports: Vec<u16> = (0..TARGETS - POLICY_PORTS).map(|_| fresh()).collect();
     let (be_in, far_in, cl_in, cl_app) = (fresh(), fresh(), fresh(), fresh());
     s.write(
