@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use identity::state::Issuance;
 use mesh_api::v1::{ControlMessage, ProxyReport, RenewNow, control_message};
+use pki::Identity;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -28,10 +29,42 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// How a proxy's last certificate refresh went, as it reported it. Shown
+/// in the fleet JSON as before: "ok", the error, or "" before any.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum LastRefresh {
+    #[default]
+    NotYet,
+    Ok,
+    Failed(String),
+}
+
+/// The report's text field, read once at the edge.
+impl From<String> for LastRefresh {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "" => Self::NotYet,
+            "ok" => Self::Ok,
+            _ => Self::Failed(s),
+        }
+    }
+}
+
+impl From<LastRefresh> for String {
+    fn from(r: LastRefresh) -> Self {
+        match r {
+            LastRefresh::NotYet => String::new(),
+            LastRefresh::Ok => "ok".into(),
+            LastRefresh::Failed(e) => e,
+        }
+    }
+}
+
 /// A proxy's last report, as the control plane keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
-    pub identity: String,
+    pub identity: Identity,
     pub workload: String,
     pub bundle: Option<Version>,
     pub refused: Option<Refusal>,
@@ -40,7 +73,7 @@ pub struct Report {
     pub issuer_sha256: String,
     pub anchor_sha256: String,
     pub not_after: i64,
-    pub last_refresh: String,
+    pub last_refresh: LastRefresh,
     pub last_refresh_at: i64,
     pub renew_request_id: String,
 }
@@ -52,10 +85,12 @@ fn version(v: Option<mesh_api::v1::BundleVersion>) -> Option<Version> {
     })
 }
 
-impl From<ProxyReport> for Report {
-    fn from(r: ProxyReport) -> Self {
+impl Report {
+    /// A report from the stream of `identity` (its mTLS identity: what the
+    /// report claims is checked by the caller, never trusted).
+    pub fn from_proto(r: ProxyReport, identity: Identity) -> Self {
         Self {
-            identity: r.identity,
+            identity,
             workload: r.workload,
             bundle: version(r.bundle),
             refused: r.refused.map(|x| Refusal {
@@ -67,7 +102,7 @@ impl From<ProxyReport> for Report {
             issuer_sha256: r.issuer_sha256,
             anchor_sha256: r.anchor_sha256,
             not_after: r.not_after_unix,
-            last_refresh: r.last_refresh,
+            last_refresh: r.last_refresh.into(),
             last_refresh_at: r.last_refresh_unix,
             renew_request_id: r.renew_request_id,
         }
@@ -75,7 +110,7 @@ impl From<ProxyReport> for Report {
 }
 
 struct Entry {
-    identity: String,
+    identity: Identity,
     report: Option<Report>,
     sender: Option<mpsc::Sender<ControlMessage>>,
     connected_at: i64,
@@ -159,14 +194,19 @@ impl Fleet {
             .insert(b.version.sha256.clone(), b.anchors.clone());
     }
 
-    pub fn attach(&self, identity: &str, sender: mpsc::Sender<ControlMessage>, now: i64) -> u64 {
+    pub fn attach(
+        &self,
+        identity: &Identity,
+        sender: mpsc::Sender<ControlMessage>,
+        now: i64,
+    ) -> u64 {
         let mut g = self.lock();
         g.next += 1;
         let id = g.next;
         g.entries.insert(
             id,
             Entry {
-                identity: identity.to_string(),
+                identity: identity.clone(),
                 report: None,
                 sender: Some(sender),
                 connected_at: now,
@@ -185,7 +225,7 @@ impl Fleet {
         if !r.renew_request_id.is_empty()
             && let Some((trigger, _)) = g.pending.remove(&r.renew_request_id)
         {
-            let result = if r.last_refresh == "ok" {
+            let result = if r.last_refresh == LastRefresh::Ok {
                 "renewed"
             } else {
                 "failed"
@@ -243,7 +283,7 @@ impl Fleet {
 
     /// Marks every connected proxy to renew at the next pass, whatever its
     /// issuer; returns how many were marked and why the others were not.
-    pub fn force_renewal(&self, bundle: &LiveBundle) -> (usize, Vec<(String, &'static str)>) {
+    pub fn force_renewal(&self, bundle: &LiveBundle) -> (usize, Vec<(Identity, &'static str)>) {
         let mut g = self.lock();
         let Inner {
             entries, bundles, ..
@@ -359,7 +399,7 @@ fn rand_u64() -> u64 {
 
 /// One registry entry, borrowed for `view`.
 pub struct EntryView<'a> {
-    pub identity: &'a str,
+    pub identity: &'a Identity,
     pub report: Option<&'a Report>,
     pub connected: bool,
     /// Connected since, or disconnected since (unix seconds).
@@ -379,7 +419,7 @@ pub struct BundleView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyView {
     pub workload: String,
-    pub identity: String,
+    pub identity: Identity,
     /// "connected" or "stale".
     pub state: String,
     /// Seconds since it connected, or since it went stale.
@@ -397,13 +437,13 @@ pub struct ProxyView {
     pub anchor_in_bundle: bool,
     pub not_after: i64,
     pub expires_in_s: i64,
-    pub last_refresh: String,
+    pub last_refresh: LastRefresh,
     pub renew_request_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmanagedView {
-    pub identity: String,
+    pub identity: Identity,
     pub serial: String,
     pub issuer_sha256: String,
     pub not_after: i64,
@@ -436,7 +476,7 @@ pub fn view(
             let r = e.report?;
             Some(ProxyView {
                 workload: r.workload.clone(),
-                identity: e.identity.to_string(),
+                identity: e.identity.clone(),
                 state: if e.connected { "connected" } else { "stale" }.into(),
                 for_s: now - e.since,
                 last_report_age_s: e.last_report_at.map(|t| now - t).unwrap_or(-1),
@@ -458,11 +498,12 @@ pub fn view(
         .collect();
     proxies.sort_by(|a, b| (&a.workload, &a.identity).cmp(&(&b.workload, &b.identity)));
     // Live certificates of identities no stream ever reported.
-    let managed: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.identity).collect();
-    let mut by_identity: BTreeMap<&str, Vec<&Issuance>> = BTreeMap::new();
+    let managed: std::collections::BTreeSet<&Identity> =
+        entries.iter().map(|e| e.identity).collect();
+    let mut by_identity: BTreeMap<&Identity, Vec<&Issuance>> = BTreeMap::new();
     for i in live.iter().filter(|i| i.not_after > now) {
-        if !managed.contains(i.identity.as_str()) {
-            by_identity.entry(i.identity.as_str()).or_default().push(i);
+        if !managed.contains(&i.identity) {
+            by_identity.entry(&i.identity).or_default().push(i);
         }
     }
     let unmanaged = by_identity
@@ -471,7 +512,7 @@ pub fn view(
             let latest = certs.iter().max_by_key(|i| i.issued_at)?;
             let token_only = certs.iter().all(|i| i.proof.starts_with("token:"));
             Some(UnmanagedView {
-                identity: identity.to_string(),
+                identity: identity.clone(),
                 serial: latest.serial.clone(),
                 issuer_sha256: latest.issuer_sha256.clone(),
                 not_after: latest.not_after,

@@ -236,7 +236,12 @@ mod tests {
     fn proxy(workload: &str, generation: u64, state: &str) -> ProxyView {
         ProxyView {
             workload: workload.into(),
-            identity: format!("{workload}.id"),
+            identity: format!(
+                "{}.demo.serviceaccount.identity.weft.cluster.local",
+                workload.rsplit('/').next().unwrap_or(workload)
+            )
+            .parse()
+            .unwrap(),
             state: state.into(),
             for_s: 5,
             last_report_age_s: 1,
@@ -254,7 +259,7 @@ mod tests {
             anchor_in_bundle: true,
             not_after: 10_000,
             expires_in_s: 9_000,
-            last_refresh: "ok".into(),
+            last_refresh: crate::fleet::LastRefresh::Ok,
             renew_request_id: String::new(),
         }
     }

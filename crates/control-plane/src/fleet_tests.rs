@@ -13,9 +13,16 @@ fn bundle(anchors: &[&str], issuer: &str, issuer_anchor: &str, generation: u64) 
     }
 }
 
+/// "a.demo" → a.demo.serviceaccount.identity.weft.cluster.local
+fn id(short: &str) -> pki::Identity {
+    format!("{short}.serviceaccount.identity.weft.cluster.local")
+        .parse()
+        .unwrap()
+}
+
 fn report(identity: &str, generation: u64, issuer: &str, anchor: &str) -> Report {
     Report {
-        identity: identity.into(),
+        identity: id(identity),
         workload: format!("demo/{}", identity.split('.').next().unwrap()),
         bundle: Some(Version {
             generation,
@@ -27,7 +34,7 @@ fn report(identity: &str, generation: u64, issuer: &str, anchor: &str) -> Report
         issuer_sha256: issuer.into(),
         anchor_sha256: anchor.into(),
         not_after: 2000,
-        last_refresh: "ok".into(),
+        last_refresh: LastRefresh::Ok,
         last_refresh_at: 900,
         renew_request_id: String::new(),
     }
@@ -84,14 +91,14 @@ fn connected_stale_and_unmanaged() {
     let behind = report("b.demo", 1, "issuer-a", "A");
     let entries = [
         EntryView {
-            identity: "a.demo",
+            identity: &id("a.demo"),
             report: Some(&fresh),
             connected: true,
             since: 100,
             last_report_at: Some(990),
         },
         EntryView {
-            identity: "b.demo",
+            identity: &id("b.demo"),
             report: Some(&behind),
             connected: false,
             since: 940,
@@ -99,7 +106,7 @@ fn connected_stale_and_unmanaged() {
         },
     ];
     let issuance = |identity: &str, proof: &str, issued_at: i64| Issuance {
-        identity: identity.into(),
+        identity: id(identity),
         serial: format!("{identity}-{issued_at}"),
         spki_sha256: String::new(),
         issuer_sha256: "issuer-a".into(),
@@ -132,8 +139,8 @@ fn connected_stale_and_unmanaged() {
     assert_eq!(v.unmanaged.len(), 1, "{:?}", v.unmanaged);
     let u = &v.unmanaged[0];
     assert_eq!(
-        (u.identity.as_str(), u.serial.as_str()),
-        ("l5d.demo", "l5d.demo-20")
+        (&u.identity, u.serial.as_str()),
+        (&id("l5d.demo"), "l5d.demo-20")
     );
     assert!(u.token_only && u.note.contains("restart required"));
 }
@@ -143,16 +150,16 @@ fn reconnects_replace_stale_entries_and_silent_streams_vanish() {
     let f = Fleet::default();
     let b = bundle(&["A"], "issuer-a", "A", 1);
     let (tx, _rx) = mpsc::channel(4);
-    let first = f.attach("a.demo", tx.clone(), 10);
+    let first = f.attach(&id("a.demo"), tx.clone(), 10);
     f.report(first, report("a.demo", 1, "issuer-a", "A"), 11);
     f.detach(first, 20);
     assert_eq!(f.view(30, Some(&b), &[]).proxies[0].state, "stale");
-    let second = f.attach("a.demo", tx.clone(), 40);
+    let second = f.attach(&id("a.demo"), tx.clone(), 40);
     f.report(second, report("a.demo", 1, "issuer-a", "A"), 41);
     let v = f.view(50, Some(&b), &[]);
     assert_eq!(v.proxies.len(), 1);
     assert_eq!(v.proxies[0].state, "connected");
-    let silent = f.attach("b.demo", tx, 60);
+    let silent = f.attach(&id("b.demo"), tx, 60);
     f.detach(silent, 61);
     assert_eq!(f.view(70, Some(&b), &[]).proxies.len(), 1);
 }
@@ -165,7 +172,7 @@ async fn passes_ask_within_the_limit_and_count_results() {
     let mut rxs = Vec::new();
     for i in 0..3 {
         let (tx, rx) = mpsc::channel(4);
-        let id = f.attach(&format!("p{i}.demo"), tx, 0);
+        let id = f.attach(&id(&format!("p{i}.demo")), tx, 0);
         f.report(id, report(&format!("p{i}.demo"), 2, "issuer-a", "A"), 1);
         rxs.push((id, rx));
     }

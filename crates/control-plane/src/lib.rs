@@ -230,7 +230,7 @@ pub async fn start(
         tasks.spawn(renew_passes(fleet.clone(), bundle_rx.clone()));
         tasks.spawn(observe_fleet(fleet, bundle_rx, record.clone()));
         tasks.spawn(reloader.run(issuer_tx));
-        tasks.spawn(own_cert::run(own_cfg, issuer_rx, own_tx));
+        tasks.spawn(own_cert::run(own_cfg, issuer_rx.clone(), own_tx));
         tasks.spawn(admin::serve(admin_listener, admin_state));
         tasks.spawn(track_own_expiry(own_rx, own_expiry));
         tasks.spawn(compact_record(record));
@@ -247,10 +247,12 @@ pub async fn start(
             identity_listener,
             TlsAcceptor::from(tls.clone()),
             conn_tx,
+            issuer_rx.clone(),
         ));
         let identity_server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(IdentityServer::new(svc))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(conn_rx),
@@ -262,10 +264,12 @@ pub async fn start(
             destination_listener,
             TlsAcceptor::from(tls),
             dconn_tx,
+            issuer_rx.clone(),
         ));
         let destination_server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(DestinationServer::new(destination))
             .add_service(mesh_api::v1::mesh_server::MeshServer::new(mesh))
             .serve_with_incoming_shutdown(
@@ -277,10 +281,12 @@ pub async fn start(
             policy_listener,
             TlsAcceptor::from(policy_tls),
             pconn_tx,
+            issuer_rx.clone(),
         ));
         let policy_server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(InboundServerPoliciesServer::new(policy))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(pconn_rx),
@@ -301,13 +307,20 @@ pub async fn start(
     Ok((started, run))
 }
 
-/// Accepts TCP, completes TLS off the accept loop, hands streams to tonic.
+/// Streams one proxy may hold on one connection: every destination target
+/// and policy port it follows (up to 4,096 and 1,024) plus its mesh stream
+/// and renewals, multiplexed.
+const MAX_STREAMS_PER_CONNECTION: u32 = 8192;
+
+type Conn = peer::Guarded<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// Accepts TCP, completes TLS off the accept loop, hands streams to tonic;
+/// each connection closes once its verified client's leaf expires.
 async fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    tx: mpsc::Sender<
-        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-    >,
+    tx: mpsc::Sender<Result<Conn, std::io::Error>>,
+    issuer: watch::Receiver<IssuerStatus>,
 ) {
     loop {
         let (sock, peer) = match listener.accept().await {
@@ -321,10 +334,13 @@ async fn accept_tls(
         let _ = sock.set_nodelay(true);
         let acceptor = acceptor.clone();
         let tx = tx.clone();
+        let issuer = issuer.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
                 Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(tls)).await;
+                    let chain = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
+                    let close = peer::expires(chain, issuer);
+                    let _ = tx.send(Ok(peer::Guarded::new(tls, close))).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::bundle::LiveBundle;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Report};
 use crate::own_cert::OwnCert;
 
 type Bundles = watch::Receiver<Option<Arc<LiveBundle>>>;
@@ -53,7 +53,17 @@ impl Mesh for MeshService {
         &self,
         req: Request<Streaming<ProxyReport>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let caller = crate::peer::authenticated(&req, &self.issuer)?.to_string();
+        let caller = crate::peer::authenticated(&req, &self.issuer)?;
+        // The leaf this connection was made with: after a renewal the proxy
+        // comes back on a new connection presenting the new one.
+        let leaf_serial = req
+            .peer_certs()
+            .and_then(|c| {
+                c.first()
+                    .and_then(|l| pki::info::CertInfo::from_der(l).ok())
+            })
+            .map(|i| i.serial)
+            .unwrap_or_default();
         let mut reports = req.into_inner();
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMessage>(16);
         let (out_tx, out) = mpsc::channel(16);
@@ -61,7 +71,7 @@ impl Mesh for MeshService {
         let fleet = self.fleet.clone();
         let mut bundle = self.bundle.clone();
         let mut own = self.own.clone();
-        tracing::info!(identity = %caller, "proxy attached");
+        tracing::info!(identity = %caller, %leaf_serial, "proxy attached");
         // The bundle in force, with our chain as it stands now.
         let current = |bundle: &Bundles, own: &Own| {
             let b = bundle.borrow().clone()?;
@@ -83,7 +93,7 @@ impl Mesh for MeshService {
                     r = own.changed() => r.ok().map(|()| current(&bundle, &own)),
                     msg = ctl_rx.recv() => msg.map(Some),
                     report = reports.message() => match report {
-                        Ok(Some(r)) if r.identity != caller => {
+                        Ok(Some(r)) if r.identity.parse::<pki::Identity>().ok().as_ref() != Some(&caller) => {
                             tracing::warn!(
                                 stream_identity = %caller,
                                 claimed = %r.identity,
@@ -92,7 +102,7 @@ impl Mesh for MeshService {
                             Some(None)
                         }
                         Ok(Some(r)) => {
-                            fleet.report(id, r.into(), now());
+                            fleet.report(id, Report::from_proto(r, caller.clone()), now());
                             Some(None)
                         }
                         Ok(None) | Err(_) => None,

@@ -6,29 +6,42 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use identity::{IssuerState, IssuerStatus};
-use pki::Identity;
 use pki::refresh::refresh_in;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::sign::CertifiedKey;
+use pki::{CertInForce, Identity};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+/// The control plane's certificate in force: the proxy's type, plus the
+/// issuer generation it came from (a new issuer re-issues it at once).
 pub struct OwnCert {
-    pub certified: Arc<CertifiedKey>,
-    pub leaf: CertificateDer<'static>,
-    pub serial: String,
-    pub not_after: OffsetDateTime,
-    /// The issuer generation it came from.
+    pub cert: CertInForce,
     pub generation: u64,
+}
+
+impl std::ops::Deref for OwnCert {
+    type Target = CertInForce;
+    fn deref(&self) -> &CertInForce {
+        &self.cert
+    }
 }
 
 impl std::fmt::Debug for OwnCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OwnCert")
-            .field("serial", &self.serial)
-            .field("not_after", &self.not_after)
-            .finish_non_exhaustive()
+            .field("cert", &self.cert)
+            .field("generation", &self.generation)
+            .finish()
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OwnCertError {
+    #[error("cannot generate a key: {0}")]
+    Key(#[source] pki::create::CreateError),
+    #[error("cannot issue from the issuer in force: {0}")]
+    Issue(#[source] pki::create::CreateError),
+    #[error("the new certificate cannot be put in force: {0}")]
+    InForce(#[source] pki::InForceError),
 }
 
 pub struct OwnCertConfig {
@@ -38,8 +51,14 @@ pub struct OwnCertConfig {
     pub min_refresh: Duration,
 }
 
-fn issue(cfg: &OwnCertConfig, issuer: &IssuerState, generation: u64) -> Result<OwnCert, String> {
-    let key = pki::KeyPair::generate().map_err(|e| e.to_string())?;
+fn issue(
+    cfg: &OwnCertConfig,
+    issuer: &IssuerState,
+    generation: u64,
+) -> Result<OwnCert, OwnCertError> {
+    let key = pki::create::KeySpec::EcdsaP256
+        .generate()
+        .map_err(OwnCertError::Key)?;
     let now = OffsetDateTime::now_utc();
     let leaf = pki::create::issue_workload_leaf(
         &issuer.signer,
@@ -50,22 +69,12 @@ fn issue(cfg: &OwnCertConfig, issuer: &IssuerState, generation: u64) -> Result<O
         cfg.lifetime,
         cfg.skew,
     )
-    .map_err(|e| e.to_string())?;
-    let mut chain = vec![leaf.der.clone()];
+    .map_err(OwnCertError::Issue)?;
+    let mut chain = vec![leaf.der];
     chain.extend(issuer.chain.iter().cloned());
-    let signing = crate::tls::provider()
-        .key_provider
-        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            key.serialize_der(),
-        )))
-        .map_err(|e| e.to_string())?;
-    Ok(OwnCert {
-        certified: Arc::new(CertifiedKey::new(chain, signing)),
-        leaf: leaf.der,
-        serial: leaf.serial,
-        not_after: leaf.not_after,
-        generation,
-    })
+    let cert = CertInForce::new(&key, chain, cfg.identity.control_plane_ns())
+        .map_err(OwnCertError::InForce)?;
+    Ok(OwnCert { cert, generation })
 }
 
 /// Runs forever: keeps `tx` holding a valid own certificate whenever an

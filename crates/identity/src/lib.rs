@@ -1,11 +1,9 @@
 //! The identity service: turns a workload's proof of who it is into a
 //! short-lived certificate, over Linkerd's `Certify` API.
 
-pub mod client;
 pub mod csr;
 pub mod issuer;
 pub mod metrics;
-pub mod probe;
 pub mod proof;
 pub mod reload;
 pub mod service;

@@ -63,6 +63,8 @@ pub enum ProofError {
     Certificate(String),
     #[error("the proof names {0:?}, which is not a workload identity of this mesh")]
     NotInMesh(String),
+    #[error("client certificate refused: {0}")]
+    CertificateName(#[source] pki::PeerIdentityError),
     #[error("no issuer is in force to judge the client certificate")]
     NoTrust,
     #[error(
@@ -104,14 +106,8 @@ impl StandaloneProofs {
             .map_err(|e| ProofError::Certificate(e.to_string()))?;
         let info = pki::info::CertInfo::from_der(leaf).map_err(ProofError::Certificate)?;
         // The first SAN names the client, as Linkerd peers read it.
-        let first = info
-            .subject_alt_names
-            .first()
-            .and_then(|s| s.strip_prefix("DNS:"))
-            .ok_or_else(|| ProofError::Certificate("its first SAN is not a DNS identity".into()))?;
-        let identity = first
-            .parse::<Identity>()
-            .map_err(|_| ProofError::NotInMesh(first.to_string()))?;
+        let identity = pki::peer_identity_in(leaf, &self.control_plane_ns)
+            .map_err(ProofError::CertificateName)?;
         Ok(Subject {
             identity,
             kind: ProofKind::Renewal {

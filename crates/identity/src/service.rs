@@ -140,7 +140,7 @@ impl<P: ProofVerifier> IdentityService<P> {
         );
         if let Some(record) = &self.record {
             let entry = Issuance {
-                identity: identity.to_string(),
+                identity: identity.clone(),
                 serial: leaf.serial.clone(),
                 spki_sha256: pki::cert::sha256_hex(csr.public_key_der()),
                 issuer_sha256: issuer.issuer_fingerprint.clone(),

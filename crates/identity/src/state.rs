@@ -186,7 +186,7 @@ impl StateDir {
 /// One issued certificate, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issuance {
-    pub identity: String,
+    pub identity: pki::Identity,
     pub serial: String,
     pub spki_sha256: String,
     pub issuer_sha256: String,
@@ -323,7 +323,9 @@ mod tests {
         let p = tmp.path().join(ISSUANCES);
         let rec = IssuanceRecord::open(p.clone(), 100).unwrap();
         let mk = |serial: &str, not_after| Issuance {
-            identity: "web.demo.serviceaccount.identity.weft.cluster.local".into(),
+            identity: "web.demo.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
             serial: serial.into(),
             spki_sha256: "ab".into(),
             issuer_sha256: "cd".into(),

@@ -187,6 +187,21 @@ impl FromStr for Identity {
     }
 }
 
+/// Serialized as its name, so JSON views and records stay readable; parsed
+/// strictly on the way back in.
+impl serde::Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Identity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A SPIFFE ID (`spiffe://<trust-domain>/<path>`), parsed per the SPIFFE spec.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {

@@ -6,71 +6,56 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use identity::client::{Certified, CertifyClient, Credentials};
 use pki::Identity;
 use pki::refresh::{refresh_in, retry_in};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 
-use crate::trust::TrustRx;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
-/// The certificate in force, ready for rustls and for the next renewal.
-pub struct ProxyCert {
-    pub certified: Arc<CertifiedKey>,
-    pub serial: String,
-    /// SHA-256 of the public key: a new one on every renewal.
-    pub spki: String,
-    pub not_after: OffsetDateTime,
-    chain_pem: String,
-    key_pem: String,
+use crate::certify::{Certified, CertifyError};
+use crate::metrics::ResultLabel;
+use crate::trust::{Trust, TrustRx};
+
+/// The certificate in force: the same type the control plane holds its own in.
+pub type ProxyCert = pki::CertInForce;
+
+/// How the last certificate refresh went.
+#[derive(Debug, Clone, Default)]
+pub enum Refresh {
+    #[default]
+    NotYet,
+    Ok,
+    Failed(Arc<CertifyError>),
 }
 
-impl std::fmt::Debug for ProxyCert {
+impl Refresh {
+    /// The `result` label of `control_identity_cert_refreshes_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotYet => "none",
+            Self::Ok => "ok",
+            Self::Failed(_) => "error",
+        }
+    }
+}
+
+/// As the mesh report carries it: "ok", the error, or nothing yet.
+impl std::fmt::Display for Refresh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyCert")
-            .field("serial", &self.serial)
-            .field("not_after", &self.not_after)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ProxyCert {
-    fn from_certified(c: Certified) -> Result<Self, String> {
-        let mut chain = vec![c.leaf.clone()];
-        chain.extend(c.chain.iter().cloned());
-        let key_der = c.key.serialize_der();
-        let signing = rustls::crypto::aws_lc_rs::default_provider()
-            .key_provider
-            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)))
-            .map_err(|e| e.to_string())?;
-        let spki = pki::cert::spki_hash(&c.leaf)?;
-        Ok(Self {
-            certified: Arc::new(CertifiedKey::new(chain.clone(), signing)),
-            serial: c.serial,
-            spki,
-            not_after: c.not_after,
-            chain_pem: pki::cert::to_pem(&chain),
-            key_pem: c.key.serialize_pem(),
-        })
-    }
-
-    /// The chain and key, PEM, to present to the control plane (mTLS).
-    pub(crate) fn pem_pair(&self) -> (String, String) {
-        (self.chain_pem.clone(), self.key_pem.clone())
-    }
-
-    pub fn is_valid(&self, now: OffsetDateTime) -> bool {
-        self.not_after > now
+        match self {
+            Self::NotYet => Ok(()),
+            Self::Ok => f.write_str("ok"),
+            Self::Failed(e) => write!(f, "{e}"),
+        }
     }
 }
 
 /// The last certificate refresh, as the proxy reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct RefreshStatus {
-    /// "ok" or the error.
-    pub result: String,
+    pub result: Refresh,
     /// Unix seconds.
     pub at: i64,
     /// The renew-now request this refresh answered, if any.
@@ -78,7 +63,14 @@ pub struct RefreshStatus {
 }
 
 pub struct CertLoop {
-    pub client: CertifyClient,
+    /// The identity service, `host:port`.
+    pub addr: String,
+    /// Renewals ride the shared connection to the identity service.
+    pub control: crate::control::ControlPlane,
+    /// The control plane's identity, checked in its certificate.
+    pub control_plane: Identity,
+    /// How long one Certify may take, connection included.
+    pub timeout: Duration,
     /// Until the control plane pushes a bundle, this file is re-read before
     /// every try, so a corrected anchors file is picked up.
     pub anchors_file: Option<PathBuf>,
@@ -90,48 +82,93 @@ pub struct CertLoop {
     /// Renew-now requests (their ids): renew at once, with a fresh key.
     pub renew: mpsc::Receiver<String>,
     pub status: watch::Sender<RefreshStatus>,
+    /// `control_identity_cert_refreshes_total{result}`: every try counted,
+    /// failed ones too.
+    pub refreshes: Family<ResultLabel, Counter>,
 }
 
 impl CertLoop {
+    /// The anchors to judge the control plane and its answer by: the bundle
+    /// pushed, else the bootstrap file as it is now.
+    fn anchors(&self) -> Arc<Trust> {
+        let trust = self.trust.borrow().clone();
+        if trust.version.is_some() {
+            return trust;
+        }
+        self.anchors_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|pem| Trust::new(None, &pem).ok())
+            .map(Arc::new)
+            .unwrap_or(trust)
+    }
+
+    /// The token, read afresh each time: it may have been replaced.
+    fn token(&self) -> Option<Vec<u8>> {
+        let p = self.token_file.as_ref()?;
+        match std::fs::read(p) {
+            Ok(t) => Some(t.trim_ascii().to_vec()),
+            Err(e) => {
+                tracing::warn!(file = %p.display(), error = %e, "cannot read the token file");
+                None
+            }
+        }
+    }
+
+    /// One Certify: a renewal on the shared connection (it presents the
+    /// current leaf); the first, with the token, on a connection of its own.
+    async fn attempt(&self, current: Option<Arc<ProxyCert>>) -> Result<Certified, CertifyError> {
+        let trust = self.anchors();
+        let anchors = trust.anchors.clone();
+        let token = self.token();
+        if current.is_some() {
+            let (channel, _) =
+                self.control
+                    .channel(&self.addr)
+                    .await
+                    .map_err(|e| CertifyError::Connect {
+                        addr: self.addr.clone(),
+                        detail: e.to_string(),
+                    })?;
+            return crate::certify::certify(
+                channel,
+                &self.identity,
+                token.as_deref(),
+                &anchors,
+                self.timeout,
+            )
+            .await;
+        }
+        let (_keep_trust, trust_rx) = watch::channel(trust);
+        let (_keep_own, own_rx) = watch::channel(current);
+        let config = crate::tls::control_config(trust_rx, own_rx).map_err(CertifyError::Tls)?;
+        let channel = crate::certify::connect(
+            &self.addr,
+            &self.control_plane,
+            config,
+            &anchors,
+            self.timeout,
+        )
+        .await?;
+        crate::certify::certify(
+            channel,
+            &self.identity,
+            token.as_deref(),
+            &anchors,
+            self.timeout,
+        )
+        .await
+    }
+
     pub async fn run(mut self, tx: watch::Sender<Option<Arc<ProxyCert>>>) {
         let mut failures: u32 = 0;
         let mut request_id = String::new();
         loop {
-            let trust = self.trust.borrow().clone();
-            if trust.version.is_some() {
-                self.client.anchors_pem = trust.pem.clone();
-            } else if let Some(pem) = self
-                .anchors_file
-                .as_ref()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-            {
-                self.client.anchors_pem = pem;
-            }
             let now = OffsetDateTime::now_utc();
             let current = tx.borrow().clone().filter(|c| c.is_valid(now));
-            // The token is read afresh each time: it may have been replaced.
-            let token = match &self.token_file {
-                None => None,
-                Some(p) => match std::fs::read(p) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        tracing::warn!(file = %p.display(), error = %e, "cannot read the token file");
-                        None
-                    }
-                },
-            };
-            let creds = Credentials {
-                token: token.as_deref().map(<[u8]>::trim_ascii),
-                current: current.as_ref().map(|c| c.pem_pair()),
-            };
-            let wait = match self
-                .client
-                .certify(&self.identity, creds)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(ProxyCert::from_certified)
-            {
-                Ok(cert) => {
+            let result = self.attempt(current.clone()).await;
+            let wait = match &result {
+                Ok(Certified { cert, .. }) => {
                     failures = 0;
                     let wait =
                         refresh_in(OffsetDateTime::now_utc(), cert.not_after, self.min_refresh);
@@ -144,20 +181,9 @@ impl CertLoop {
                         proof = if current.is_some() { "renewal" } else { "token" },
                         "certificate obtained"
                     );
-                    tx.send_replace(Some(Arc::new(cert)));
-                    self.status.send_replace(RefreshStatus {
-                        result: "ok".into(),
-                        at: OffsetDateTime::now_utc().unix_timestamp(),
-                        renew_request_id: std::mem::take(&mut request_id),
-                    });
                     wait
                 }
                 Err(e) => {
-                    self.status.send_replace(RefreshStatus {
-                        result: e.clone(),
-                        at: OffsetDateTime::now_utc().unix_timestamp(),
-                        renew_request_id: std::mem::take(&mut request_id),
-                    });
                     failures = failures.saturating_add(1);
                     let expiry = current.as_ref().map(|c| c.not_after);
                     let wait = retry_in(
@@ -167,30 +193,27 @@ impl CertLoop {
                         now,
                         expiry,
                     );
-                    match &current {
-                        Some(c) => tracing::warn!(
-                            error = %e,
-                            retry_in_s = wait.as_secs(),
-                            "renewal failed; keeping the certificate valid until {}",
-                            pki::info::rfc3339(c.not_after)
-                        ),
-                        None => {
-                            tracing::error!(
-                                error = %e,
-                                retry_in_s = wait.as_secs(),
-                            "no valid certificate and the identity service refused or is unreachable; if the token has expired, create one with `weft token create --namespace {} --service-account {} --out {} --force --state-dir <the control plane's --state-dir>`; {}",
-                                self.identity.namespace(),
-                                self.identity.service_account(),
-                                self.token_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<token file>".into()),
-                                if self.token_file.is_some() { "the file is read again on the next try" } else { "then restart the proxy with --token-file" }
-                            );
-                            // An expired certificate is no certificate.
-                            tx.send_if_modified(|c| c.take().is_some());
-                        }
-                    }
+                    self.failed(e, current.as_deref(), wait, &tx);
                     wait
                 }
             };
+            let outcome = match result {
+                Ok(Certified { cert, .. }) => {
+                    tx.send_replace(Some(Arc::new(cert)));
+                    Refresh::Ok
+                }
+                Err(e) => Refresh::Failed(Arc::new(e)),
+            };
+            self.refreshes
+                .get_or_create(&ResultLabel {
+                    result: outcome.label(),
+                })
+                .inc();
+            self.status.send_replace(RefreshStatus {
+                result: outcome,
+                at: OffsetDateTime::now_utc().unix_timestamp(),
+                renew_request_id: std::mem::take(&mut request_id),
+            });
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 Some(id) = self.renew.recv() => {
@@ -199,5 +222,120 @@ impl CertLoop {
                 }
             }
         }
+    }
+
+    /// Says what failed and what to do; with no valid certificate left,
+    /// drops the expired one (an expired certificate is no certificate).
+    fn failed(
+        &self,
+        e: &CertifyError,
+        current: Option<&ProxyCert>,
+        wait: Duration,
+        tx: &watch::Sender<Option<Arc<ProxyCert>>>,
+    ) {
+        match current {
+            Some(c) => tracing::warn!(
+                error = %e,
+                retry_in_s = wait.as_secs(),
+                "renewal failed; keeping the certificate valid until {}",
+                pki::info::rfc3339(c.not_after)
+            ),
+            None => {
+                tracing::error!(
+                    error = %e,
+                    retry_in_s = wait.as_secs(),
+                    "no valid certificate and the identity service refused or is unreachable; if the token has expired, create one with `weft token create --namespace {} --service-account {} --out {} --force --state-dir <the control plane's --state-dir>`; {}",
+                    self.identity.namespace(),
+                    self.identity.service_account(),
+                    self.token_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<token file>".into()),
+                    if self.token_file.is_some() { "the file is read again on the next try" } else { "then restart the proxy with --token-file" }
+                );
+                tx.send_if_modified(|c| c.take().is_some());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A renewal that cannot reach the identity service is counted as an
+    /// error, and reported as such.
+    #[tokio::test]
+    async fn failed_refreshes_are_counted() {
+        let now = OffsetDateTime::now_utc();
+        let root = pki::create::create(
+            &pki::create::NewCert {
+                subject: "root".into(),
+                profile: pki::create::Profile::RootCa,
+                sans: vec![],
+                not_before: now,
+                not_after: now + time::Duration::days(1),
+                key: pki::create::KeySpec::EcdsaP256,
+            },
+            None,
+        )
+        .unwrap();
+        let pem = pki::cert::to_pem(std::slice::from_ref(&root.cert));
+        let (_trust_tx, trust) = watch::channel(Arc::new(Trust::new(None, &pem).unwrap()));
+        // A port nothing listens on: every try fails at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let (_renew_tx, renew) = mpsc::channel(1);
+        let (status_tx, mut status) = watch::channel(RefreshStatus::default());
+        let refreshes = Family::<ResultLabel, Counter>::default();
+        let (_own_tx, own) = watch::channel(None);
+        let control = crate::control::ControlPlane::new(
+            "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
+            trust.clone(),
+            own,
+        )
+        .unwrap();
+        let cert_loop = CertLoop {
+            addr,
+            control,
+            control_plane: "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
+            timeout: Duration::from_secs(2),
+            anchors_file: None,
+            trust,
+            identity: "web.demo.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
+            token_file: None,
+            min_refresh: Duration::from_secs(10),
+            renew,
+            status: status_tx,
+            refreshes: refreshes.clone(),
+        };
+        let (tx, _rx) = watch::channel(None);
+        let task = tokio::spawn(cert_loop.run(tx));
+        let got = tokio::time::timeout(
+            Duration::from_secs(20),
+            status.wait_for(|s| matches!(s.result, Refresh::Failed(_))),
+        )
+        .await
+        .expect("a failed refresh within 20 s")
+        .unwrap()
+        .clone();
+        task.abort();
+        assert!(
+            got.result.to_string().contains("cannot reach"),
+            "{}",
+            got.result
+        );
+        let errors = refreshes
+            .get_or_create(&ResultLabel { result: "error" })
+            .get();
+        assert!(errors >= 1, "refreshes{{result=\"error\"}} = {errors}");
+        assert_eq!(
+            refreshes.get_or_create(&ResultLabel { result: "ok" }).get(),
+            0
+        );
     }
 }

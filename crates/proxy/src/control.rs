@@ -1,52 +1,118 @@
-//! One way to reach the control plane: mTLS with the proxy's current
-//! certificate, the anchors it trusts, and keepalives so a control plane that
-//! vanished without a reset is noticed.
+//! The proxy's connections to the control plane: at most one HTTP/2
+//! connection per configured address, every stream multiplexed on it, over
+//! the proxy's live rustls configuration (the anchors in force, its current
+//! leaf). When the leaf or the bundle changes, the next stream gets a new
+//! connection (a new handshake) and the old one drains: it closes once its
+//! last stream has moved, so no connection carries an older identity than
+//! the one in force.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+use pki::Identity;
+use rustls::ClientConfig;
+use tokio::sync::{Mutex, watch};
+use tonic::transport::Channel;
 
 use crate::cert::ProxyCert;
+use crate::connect::ConnectError;
 use crate::trust::TrustRx;
 
-/// Where and as whom the control plane answers.
+/// What a connection was made under: the leaf it presents and the bundle
+/// its peer was judged by. A change means a new connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Epoch {
+    pub leaf_serial: Option<String>,
+    pub bundle: Option<(u64, String)>,
+}
+
+/// Where and as whom the control plane answers, and the connections to it.
 #[derive(Clone)]
 pub struct ControlPlane {
-    pub server_name: String,
-    /// The anchors in force, read at each connection.
-    pub trust: TrustRx,
+    pub identity: Identity,
     pub own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    trust: TrustRx,
+    config: Arc<ClientConfig>,
+    /// One channel per address, with the epoch it was made in.
+    channels: Arc<Mutex<HashMap<String, (Epoch, Channel)>>>,
 }
 
 impl ControlPlane {
-    /// A connected channel to `addr`, once the proxy has a certificate.
-    pub async fn channel(&self, addr: &str) -> Result<Channel, String> {
+    pub fn new(
+        identity: Identity,
+        trust: TrustRx,
+        own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    ) -> Result<Self, rustls::Error> {
+        let config = crate::tls::control_config(trust.clone(), own.clone())?;
+        Ok(Self {
+            identity,
+            own,
+            trust,
+            config,
+            channels: Arc::default(),
+        })
+    }
+
+    /// The epoch in force now.
+    pub fn epoch(&self) -> Epoch {
+        let trust = self.trust.borrow();
+        Epoch {
+            leaf_serial: self.own.borrow().as_ref().map(|c| c.serial.clone()),
+            bundle: trust
+                .version
+                .as_ref()
+                .map(|v| (v.generation, v.sha256.clone())),
+        }
+    }
+
+    /// Resolves once the epoch differs from `since`: a stream on a channel
+    /// of that epoch should move to a new one.
+    pub async fn moved(&self, since: &Epoch) {
         let mut own = self.own.clone();
-        let (chain, key) = own
-            .wait_for(Option::is_some)
+        let mut trust = self.trust.clone();
+        while self.epoch() == *since {
+            tokio::select! {
+                r = own.changed() => if r.is_err() { std::future::pending::<()>().await },
+                r = trust.changed() => if r.is_err() { std::future::pending::<()>().await },
+            }
+        }
+    }
+
+    /// The channel to `addr` for the epoch in force, once the proxy has a
+    /// certificate: the shared one, or a new connection if the leaf or the
+    /// bundle changed since it was made (the old one drains and closes).
+    pub async fn channel(&self, addr: &str) -> Result<(Channel, Epoch), ConnectError> {
+        let mut own = self.own.clone();
+        own.wait_for(Option::is_some)
             .await
-            .map_err(|_| "the proxy has no certificate".to_string())?
-            .as_ref()
-            .map(|c| c.pem_pair())
-            .ok_or_else(|| "the proxy has no certificate".to_string())?;
-        let anchors = self.trust.borrow().pem.clone();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(anchors))
-            .domain_name(self.server_name.clone())
-            .identity(TlsIdentity::from_pem(chain, key));
-        Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .tls_config(tls)
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| e.to_string())
+            .map_err(|_| ConnectError::Connect {
+                addr: addr.to_string(),
+                detail: "the proxy is shutting down".into(),
+            })?;
+        let epoch = self.epoch();
+        let mut channels = self.channels.lock().await;
+        // Channels of an older epoch are forgotten, this address's and every
+        // other's: each closes once the streams still on it have moved.
+        channels.retain(|_, (e, _)| *e == epoch);
+        if let Some((_, c)) = channels.get(addr) {
+            return Ok((c.clone(), epoch));
+        }
+        let channel = crate::connect::connect(
+            addr,
+            &self.identity.to_string(),
+            self.config.clone(),
+            Duration::from_secs(5),
+        )
+        .await?;
+        tracing::info!(
+            %addr,
+            leaf_serial = epoch.leaf_serial.as_deref().unwrap_or_default(),
+            bundle_generation = epoch.bundle.as_ref().map(|b| b.0).unwrap_or_default(),
+            "control-plane connection opened; streams move to it"
+        );
+        channels.insert(addr.to_string(), (epoch.clone(), channel.clone()));
+        Ok((channel, epoch))
     }
 }
 
@@ -60,7 +126,43 @@ pub fn is_refusal(s: &tonic::Status) -> bool {
     )
 }
 
-/// Backoff after `failures` consecutive failed streams: 100 ms doubling, capped at 12.8 s.
+/// Backoff after `failures` consecutive failed streams: 100 ms doubling,
+/// capped at 12.8 s, jittered (half to all of it) so the streams of a lost
+/// connection do not all come back at once.
 pub fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << failures.min(7)))
+    let mut b = [0u8; 8];
+    // No randomness: the full backoff, which is still bounded.
+    let r = rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut b)
+        .map(|()| u64::from_le_bytes(b))
+        .unwrap_or(u64::MAX);
+    jittered(failures, r)
+}
+
+/// The backoff for `failures` with random `r`: pure, so it is tested.
+pub fn jittered(failures: u32, r: u64) -> Duration {
+    let full = 100u64.saturating_mul(1 << failures.min(7));
+    let half = full / 2;
+    Duration::from_millis(half + r % (full - half + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_within_bounds() {
+        assert_eq!(jittered(0, 0), Duration::from_millis(50));
+        assert_eq!(jittered(0, 50), Duration::from_millis(100));
+        assert_eq!(jittered(3, u64::MAX), jittered(3, u64::MAX % 401));
+        for f in [0, 1, 5, 7, 30] {
+            let full = 100u64 << f.min(7);
+            for r in [0, 1, 12345, u64::MAX] {
+                let d = jittered(f, r).as_millis() as u64;
+                assert!(d >= full / 2 && d <= full, "{f} {r}: {d}");
+            }
+        }
+        assert!(backoff(30) <= Duration::from_millis(12_800));
+    }
 }

@@ -13,6 +13,7 @@ use pki::Identity;
 use tokio::sync::watch;
 
 use crate::control::ControlPlane;
+use crate::follow::Event;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
@@ -158,73 +159,36 @@ impl Discovery {
 
     /// Keeps one target's answer current for as long as the proxy runs.
     async fn follow(self: Arc<Self>, target: String, tx: watch::Sender<Option<Resolution>>) {
-        let mut failures: u32 = 0;
-        loop {
-            match self.stream(&target, &tx, &mut failures).await {
-                Ok(()) => failures = 0,
-                Err(StreamEnd::Refused(why)) => {
-                    // A definitive answer; ask again later, backing off.
-                    tx.send_replace(Some(Resolution::Unknown(why)));
-                    failures = failures.saturating_add(1);
-                }
-                Err(StreamEnd::Transport(why)) => {
-                    failures = failures.saturating_add(1);
-                    tracing::debug!(%target, error = %why, "destination stream lost; keeping the last answer");
-                }
+        let path = target.clone();
+        let open = move |channel| {
+            let path = path.clone();
+            async move {
+                DestinationClient::new(channel)
+                    .get(GetDestination {
+                        scheme: "k8s.io".into(),
+                        path,
+                        context_token: String::new(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
             }
-            tokio::time::sleep(crate::control::backoff(failures)).await;
-        }
-    }
-
-    async fn stream(
-        &self,
-        target: &str,
-        tx: &watch::Sender<Option<Resolution>>,
-        failures: &mut u32,
-    ) -> Result<(), StreamEnd> {
-        let channel = self
-            .control
-            .channel(&self.addr)
-            .await
-            .map_err(StreamEnd::Transport)?;
-        let mut stream = DestinationClient::new(channel)
-            .get(GetDestination {
-                scheme: "k8s.io".into(),
-                path: target.to_string(),
-                context_token: String::new(),
-            })
-            .await
-            .map_err(classify)?
-            .into_inner();
-        loop {
-            match stream.message().await {
-                Ok(Some(u)) => {
-                    // A stream that answers is healthy: the next drop retries soon.
-                    *failures = 0;
-                    let r = decode(u);
-                    tx.send_if_modified(|cur| {
-                        let changed = cur.as_ref() != Some(&r);
-                        *cur = Some(r);
-                        changed
-                    });
-                }
-                Ok(None) => return Err(StreamEnd::Transport("stream ended".into())),
-                Err(s) => return Err(classify(s)),
+        };
+        let on = |event| match event {
+            Event::Message(u) => {
+                let r = decode(u);
+                tx.send_if_modified(|cur| {
+                    let changed = cur.as_ref() != Some(&r);
+                    *cur = Some(r);
+                    changed
+                });
             }
-        }
-    }
-}
-
-enum StreamEnd {
-    Refused(String),
-    Transport(String),
-}
-
-fn classify(s: tonic::Status) -> StreamEnd {
-    if crate::control::is_refusal(&s) {
-        StreamEnd::Refused(s.message().to_string())
-    } else {
-        StreamEnd::Transport(format!("{:?}: {}", s.code(), s.message()))
+            // A definitive answer; asked again later, backing off.
+            Event::Refused(why) => {
+                tx.send_replace(Some(Resolution::Unknown(why)));
+            }
+        };
+        let what = format!("destination {target}");
+        crate::follow::follow(self.control.clone(), self.addr.clone(), what, open, on).await;
     }
 }
 

@@ -15,14 +15,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::authz::{self, Scene};
 use crate::detect::Protocol;
 use crate::discovery::{Discovery, Resolution};
-use crate::metrics::{ConnLabels, ProxyMetrics};
+use crate::metrics::{ConnLabels, IdLabel, ProxyMetrics};
 use crate::policies::{Policies, Source};
 use crate::transport_header::{self, ALPN};
 
 pub struct Inbound {
     pub acceptor: TlsAcceptor,
     pub workload: String,
-    pub identity: String,
+    pub identity: pki::Identity,
     pub discovery: Arc<Discovery>,
     pub policies: Arc<Policies>,
     pub detect_timeout: Duration,
@@ -63,8 +63,7 @@ impl Inbound {
             .filter(|d| Some(*d) != local)
             .map(|d| d.port());
         let start = crate::detect::peek_start(&sock, self.detect_timeout).await;
-        let ours =
-            matches!(&start, crate::detect::Start::Tls { sni: Some(n) } if *n == self.identity);
+        let ours = matches!(&start, crate::detect::Start::Tls { sni: Some(n) } if *n == self.identity.to_string());
         if !ours {
             let Some(port) = redirected.filter(|_| self.transparent) else {
                 let what = match start {
@@ -114,13 +113,7 @@ impl Inbound {
         let client_id = conn
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| pki::info::CertInfo::from_der(c).ok())
-            .and_then(|i| {
-                i.subject_alt_names
-                    .first()
-                    .and_then(|s| s.strip_prefix("DNS:"))
-                    .map(str::to_string)
-            });
+            .and_then(|c| pki::peer_identity_in(c, self.identity.control_plane_ns()).ok());
         if conn.alpn_protocol() != Some(ALPN) {
             return refuse(
                 "no_transport_header",
@@ -158,7 +151,7 @@ impl Inbound {
         let opaque = match self.discovery.resolve(&target).await {
             // The workload's resource must name this proxy's identity: a proxy
             // started for the wrong workload serves nothing.
-            Resolution::Meshed { identity, .. } if identity.to_string() != self.identity => {
+            Resolution::Meshed { identity, .. } if identity != self.identity => {
                 return refuse(
                     "identity_mismatch",
                     format!(
@@ -186,14 +179,14 @@ impl Inbound {
             peer: "src",
             tls: "true",
             no_tls_reason: String::new(),
-            client_id: client_id.clone().unwrap_or_default(),
-            server_id: self.identity.clone(),
+            client_id: client_id.clone().map(IdLabel),
+            server_id: Some(IdLabel(self.identity.clone())),
             target_port: port,
             protocol: "opaque",
             dst: String::new(),
         };
         let client = Client {
-            identity: client_id.as_deref().and_then(|id| id.parse().ok()),
+            identity: client_id.clone(),
             tls: true,
             ip: peer.ip(),
         };
@@ -223,8 +216,8 @@ impl Inbound {
             peer: "src",
             tls: "no_identity",
             no_tls_reason: reason.into(),
-            client_id: String::new(),
-            server_id: String::new(),
+            client_id: None,
+            server_id: None,
             target_port: port,
             protocol: "opaque",
             dst: String::new(),

@@ -4,10 +4,13 @@
 pub mod admin;
 pub mod authz;
 pub mod cert;
+pub mod certify;
 pub mod config;
+pub mod connect;
 pub mod control;
 pub mod detect;
 pub mod discovery;
+pub mod follow;
 pub mod forward;
 pub mod http;
 pub mod inbound;
@@ -17,6 +20,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod policies;
 pub mod prefixed;
+pub mod probe;
 pub mod tls;
 pub mod transport_header;
 pub mod trust;
@@ -25,7 +29,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use identity::client::CertifyClient;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -111,13 +114,17 @@ pub async fn start(
 
     let (renew_tx, renew_rx) = tokio::sync::mpsc::channel(4);
     let (status_tx, status_rx) = watch::channel(cert::RefreshStatus::default());
+    let control = control::ControlPlane::new(
+        cfg.control_plane_identity.clone(),
+        trust_rx.clone(),
+        cert_rx.clone(),
+    )
+    .map_err(|e| StartError::Tls(e.to_string()))?;
     let cert_loop = cert::CertLoop {
-        client: CertifyClient {
-            addr: cfg.identity_addr.clone(),
-            server_name: cfg.control_plane_identity.to_string(),
-            anchors_pem,
-            timeout: Duration::from_secs(10),
-        },
+        addr: cfg.identity_addr.clone(),
+        control: control.clone(),
+        control_plane: cfg.control_plane_identity.clone(),
+        timeout: Duration::from_secs(10),
         anchors_file: Some(cfg.anchors_file.clone()),
         trust: trust_rx.clone(),
         identity: cfg.identity.clone(),
@@ -125,11 +132,7 @@ pub async fn start(
         min_refresh: cfg.min_refresh,
         renew: renew_rx,
         status: status_tx,
-    };
-    let control = control::ControlPlane {
-        server_name: cfg.control_plane_identity.to_string(),
-        trust: trust_rx.clone(),
-        own: cert_rx.clone(),
+        refreshes: metrics.refreshes.clone(),
     };
     let mesh_link = mesh::MeshLink {
         addr: cfg.destination_addr.clone(),
@@ -138,7 +141,7 @@ pub async fn start(
         cert: cert_rx.clone(),
         refresh: status_rx,
         renew: renew_tx,
-        identity: cfg.identity.to_string(),
+        identity: cfg.identity.clone(),
         workload: cfg.workload.clone(),
         metrics: metrics.clone(),
     };
@@ -163,7 +166,7 @@ pub async fn start(
     let inbound = Arc::new(inbound::Inbound {
         acceptor: tokio_rustls::TlsAcceptor::from(inbound_cfg),
         workload: cfg.workload.clone(),
-        identity: cfg.identity.to_string(),
+        identity: cfg.identity.clone(),
         discovery: discovery.clone(),
         policies,
         detect_timeout: cfg.detect_timeout,
@@ -256,9 +259,6 @@ async fn track_cert(
             m.cert_expiry.set(c.not_after.unix_timestamp() as f64);
             m.cert_refresh
                 .set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
-            m.refreshes
-                .get_or_create(&metrics::ResultLabel { result: "ok" })
-                .inc();
         }
         if rx.changed().await.is_err() {
             return;

@@ -18,6 +18,19 @@ use crate::trust::{self, Trust, Version};
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
+/// Why the mesh stream ended (it is opened again, backing off).
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error(transparent)]
+    Connect(#[from] crate::connect::ConnectError),
+    #[error("the control plane answered {}: {}", .0.code(), .0.message())]
+    Status(#[source] tonic::Status),
+    #[error("the control plane ended the stream")]
+    Ended,
+    #[error("the stream's sending half closed")]
+    Closed,
+}
+
 pub struct MeshLink {
     /// The destination service's address (the mesh service shares it).
     pub addr: String,
@@ -26,7 +39,7 @@ pub struct MeshLink {
     pub cert: watch::Receiver<Option<Arc<ProxyCert>>>,
     pub refresh: watch::Receiver<RefreshStatus>,
     pub renew: mpsc::Sender<String>,
-    pub identity: String,
+    pub identity: pki::Identity,
     pub workload: String,
     pub metrics: ProxyMetrics,
 }
@@ -71,7 +84,7 @@ impl MeshLink {
             .map(|c| c.certified.cert.clone())
             .unwrap_or_default();
         ProxyReport {
-            identity: self.identity.clone(),
+            identity: self.identity.to_string(),
             workload: self.workload.clone(),
             bundle: trust.version.as_ref().map(api_version),
             refused: refused.report.clone(),
@@ -86,7 +99,7 @@ impl MeshLink {
                 .as_ref()
                 .map(|c| c.not_after.unix_timestamp())
                 .unwrap_or_default(),
-            last_refresh: status.result,
+            last_refresh: status.result.to_string(),
             last_refresh_unix: status.at,
             renew_request_id: status.renew_request_id,
         }
@@ -104,7 +117,7 @@ impl MeshLink {
             return;
         }
         let own = self.cert.borrow().clone();
-        let cp = self.control.server_name.clone();
+        let cp = self.control.identity.clone();
         match trust::judge(
             version.clone(),
             &b.pem,
@@ -144,16 +157,23 @@ impl MeshLink {
         }
     }
 
-    async fn stream(&self, refused: &mut Refused, failures: &mut u32) -> Result<(), String> {
-        let channel = self.control.channel(&self.addr).await?;
+    async fn stream(&self, refused: &mut Refused, failures: &mut u32) -> Result<(), MeshError> {
+        let (channel, epoch) = self
+            .control
+            .channel(&self.addr)
+            .await
+            .map_err(MeshError::Connect)?;
+        // A new leaf or bundle: the stream moves to the new connection.
+        let moved = self.control.moved(&epoch);
+        tokio::pin!(moved);
         let (tx, rx) = mpsc::channel(8);
         tx.send(self.report(refused))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| MeshError::Closed)?;
         let mut inbound = MeshClient::new(channel)
             .attach(ReceiverStream::new(rx))
             .await
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .map_err(MeshError::Status)?
             .into_inner();
         let mut cert = self.cert.clone();
         let mut refresh = self.refresh.clone();
@@ -163,8 +183,8 @@ impl MeshLink {
             tokio::select! {
                 m = inbound.message() => {
                     let m = m
-                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-                        .ok_or("the control plane ended the stream")?;
+                        .map_err(MeshError::Status)?
+                        .ok_or(MeshError::Ended)?;
                     // A stream that answers is healthy: the next drop retries soon.
                     *failures = 0;
                     match m.kind {
@@ -185,10 +205,11 @@ impl MeshLink {
                 }
                 r = refresh.changed() => if r.is_err() { return Ok(()) },
                 _ = heartbeat.tick() => {}
+                () = &mut moved => return Ok(()),
             }
             tx.send(self.report(refused))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| MeshError::Closed)?;
         }
     }
 }

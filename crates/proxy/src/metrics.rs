@@ -2,7 +2,7 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -15,14 +15,25 @@ pub struct ConnLabels {
     pub peer: &'static str,
     pub tls: &'static str,
     pub no_tls_reason: String,
-    pub client_id: String,
-    pub server_id: String,
+    pub client_id: Option<IdLabel>,
+    pub server_id: Option<IdLabel>,
     pub target_port: u16,
     /// "http/1", "h2" or "opaque" (inbound, after detection).
     pub protocol: &'static str,
     /// The destination address, for plaintext outbound connections only, so
     /// every unprotected destination is counted by name.
     pub dst: String,
+}
+
+/// An identity as a label value: typed up to the moment it is written out.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct IdLabel(pub pki::Identity);
+
+impl EncodeLabelValue for IdLabel {
+    fn encode(&self, e: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        write!(e, "{}", self.0)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

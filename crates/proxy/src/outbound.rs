@@ -13,7 +13,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{OutboundMapping, Plaintext};
 use crate::discovery::{Discovery, Resolution};
-use crate::metrics::{ConnLabels, ProxyMetrics};
+use crate::metrics::{ConnLabels, IdLabel, ProxyMetrics};
 use crate::transport_header;
 
 pub struct Outbound {
@@ -165,8 +165,8 @@ impl Outbound {
                     peer: "dst",
                     tls: "true",
                     no_tls_reason: String::new(),
-                    client_id: String::new(),
-                    server_id: identity.to_string(),
+                    client_id: None,
+                    server_id: Some(IdLabel(identity.clone())),
                     target_port: port,
                     protocol: "opaque",
                     dst: String::new(),
@@ -199,8 +199,8 @@ impl Outbound {
                     peer: "dst",
                     tls: "no_identity",
                     no_tls_reason: "not_provided_by_service_discovery".into(),
-                    client_id: String::new(),
-                    server_id: String::new(),
+                    client_id: None,
+                    server_id: None,
                     target_port: addr.port(),
                     protocol: "opaque",
                     dst: addr.to_string(),

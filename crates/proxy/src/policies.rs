@@ -16,6 +16,7 @@ use policy::Server;
 use tokio::sync::watch;
 
 use crate::control::ControlPlane;
+use crate::follow::Event;
 
 pub type PolicyRx = watch::Receiver<Option<Arc<Server>>>;
 
@@ -142,75 +143,56 @@ impl Policies {
     }
 
     async fn follow(self: Arc<Self>, port: u16, tx: watch::Sender<Option<Arc<Server>>>) {
-        let mut failures: u32 = 0;
-        loop {
-            match self.stream(port, &tx, &mut failures).await {
-                Ok(()) => failures = 0,
-                Err(End::Refused(why)) => {
-                    tracing::warn!(
-                        port,
-                        "the control plane refused this port's policy: {why}; denying"
-                    );
-                    tx.send_replace(Some(Arc::new(deny_server(&why))));
-                    failures = failures.saturating_add(1);
-                }
-                Err(End::Transport(why)) => {
-                    failures = failures.saturating_add(1);
-                    tracing::debug!(port, error = %why, "policy stream lost; keeping the last policy");
-                }
+        let workload = self.workload.clone();
+        let open = move |channel| {
+            let workload = workload.clone();
+            async move {
+                InboundServerPoliciesClient::new(channel)
+                    .watch_port(PortSpec {
+                        workload,
+                        port: u32::from(port),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
             }
-            tokio::time::sleep(crate::control::backoff(failures)).await;
-        }
+        };
+        let on = |event| match event {
+            Event::Message(server) => self.take(port, server, &tx),
+            Event::Refused(why) => {
+                tracing::warn!(
+                    port,
+                    "the control plane refused this port's policy: {why}; denying"
+                );
+                tx.send_replace(Some(Arc::new(deny_server(&why))));
+            }
+        };
+        let what = format!("policy for port {port}");
+        crate::follow::follow(self.control.clone(), self.addr.clone(), what, open, on).await;
     }
 
-    async fn stream(
+    /// A policy from the control plane, converted once on receipt: in force
+    /// for the port, and remembered as the last default when it is one.
+    fn take(
         &self,
         port: u16,
+        message: linkerd2_proxy_api::inbound::Server,
         tx: &watch::Sender<Option<Arc<Server>>>,
-        failures: &mut u32,
-    ) -> Result<(), End> {
-        let channel = self
-            .control
-            .channel(&self.addr)
-            .await
-            .map_err(End::Transport)?;
-        let mut stream = InboundServerPoliciesClient::new(channel)
-            .watch_port(PortSpec {
-                workload: self.workload.clone(),
-                port: u32::from(port),
-            })
-            .await
-            .map_err(End::from)?
-            .into_inner();
-        loop {
-            match stream.message().await {
-                Ok(Some(message)) => {
-                    // A stream that answers is healthy: the next drop retries soon.
-                    *failures = 0;
-                    let Some(server) = receive(port, message, tx) else {
-                        continue;
-                    };
-                    if server.is_default() {
-                        *self.last_default.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(Arc::new(server.clone()));
-                    }
-                    tx.send_if_modified(|cur| {
-                        let changed = cur.as_deref() != Some(&server);
-                        if changed {
-                            tracing::info!(
-                                port,
-                                server = %server.name,
-                                "inbound policy updated"
-                            );
-                            *cur = Some(Arc::new(server));
-                        }
-                        changed
-                    });
-                }
-                Ok(None) => return Err(End::Transport("stream ended".into())),
-                Err(s) => return Err(End::from(s)),
-            }
+    ) {
+        let Some(server) = receive(port, message, tx) else {
+            return;
+        };
+        if server.is_default() {
+            *self.last_default.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Arc::new(server.clone()));
         }
+        tx.send_if_modified(|cur| {
+            let changed = cur.as_deref() != Some(&server);
+            if changed {
+                tracing::info!(port, server = %server.name, "inbound policy updated");
+                *cur = Some(Arc::new(server));
+            }
+            changed
+        });
     }
 }
 
@@ -237,21 +219,6 @@ fn receive(
     }
 }
 
-enum End {
-    Refused(String),
-    Transport(String),
-}
-
-impl From<tonic::Status> for End {
-    fn from(s: tonic::Status) -> Self {
-        if crate::control::is_refusal(&s) {
-            End::Refused(s.message().to_string())
-        } else {
-            End::Transport(format!("{:?}: {}", s.code(), s.message()))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,11 +241,14 @@ mod tests {
         .unwrap();
         let pem = pki::cert::to_pem(std::slice::from_ref(&root.cert));
         let (_, trust) = watch::channel(Arc::new(crate::trust::Trust::new(None, &pem).unwrap()));
-        let control = ControlPlane {
-            server_name: "weft-identity.weft.serviceaccount.identity.weft.cluster.local".into(),
+        let control = ControlPlane::new(
+            "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
             trust,
             own,
-        };
+        )
+        .unwrap();
         Policies::new(
             "127.0.0.1:1".into(),
             control,

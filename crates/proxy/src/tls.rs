@@ -92,6 +92,23 @@ pub fn outbound_config(
     Ok(Arc::new(cfg))
 }
 
+/// The control plane: its chain judged by the anchors in force at each
+/// handshake and its name (SNI = its identity) checked, our current leaf
+/// presented, HTTP/2.
+pub fn control_config(
+    trust: TrustRx,
+    own: watch::Receiver<Option<Arc<ProxyCert>>>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(LiveServerVerifier(trust)))
+        .with_client_cert_resolver(Arc::new(OwnClientCert { own }));
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(cfg))
+}
+
 /// The admin port's TLS: our certificate for our name, no client certificate.
 pub fn admin_config(
     own: watch::Receiver<Option<Arc<ProxyCert>>>,

@@ -131,7 +131,7 @@ pub fn judge(
     current: Option<&Version>,
     own: Option<(&[CertificateDer<'_>], &str)>,
     cp_chain_pem: &str,
-    cp_identity: &str,
+    cp_identity: &pki::Identity,
     now: OffsetDateTime,
 ) -> Result<Trust, BundleRefused> {
     if let Some(c) = current {
@@ -168,15 +168,14 @@ pub fn judge(
     })?;
     pki::verify(leaf, rest, &trust.anchors, now, pki::Purpose::Leaf)
         .map_err(|e| BundleRefused::ControlPlane(e.to_string()))?;
-    let info = pki::info::CertInfo::from_der(leaf).map_err(BundleRefused::ControlPlane)?;
-    if !info
-        .subject_alt_names
-        .iter()
-        .any(|s| s.strip_prefix("DNS:") == Some(cp_identity))
-    {
-        return Err(BundleRefused::ControlPlane(format!(
-            "its certificate does not name {cp_identity}"
-        )));
+    match pki::peer_identity_in(leaf, cp_identity.control_plane_ns()) {
+        Ok(id) if id == *cp_identity => {}
+        Ok(id) => {
+            return Err(BundleRefused::ControlPlane(format!(
+                "its certificate does not name {cp_identity} (it names {id})"
+            )));
+        }
+        Err(e) => return Err(BundleRefused::ControlPlane(e.to_string())),
     }
     Ok(trust)
 }

@@ -2,6 +2,9 @@ use super::*;
 use pki::create::{KeySpec, NewCert, Profile, Signer, create, issue_workload_leaf};
 
 const CP: &str = "weft-identity.weft.serviceaccount.identity.weft.cluster.local";
+fn cp_id() -> pki::Identity {
+    CP.parse().unwrap()
+}
 const WEB: &str = "web.demo.serviceaccount.identity.weft.cluster.local";
 
 struct Pki {
@@ -67,7 +70,16 @@ fn applies_a_bundle_that_keeps_both_ends_verifiable() {
     let cp = pki::cert::to_pem(&chain(&a, CP));
     let both = format!("{}{}", a.anchor_pem, b.anchor_pem);
     let now = OffsetDateTime::now_utc();
-    let t = judge(v(2), &both, Some(&v(1)), Some((&own, "01")), &cp, CP, now).unwrap();
+    let t = judge(
+        v(2),
+        &both,
+        Some(&v(1)),
+        Some((&own, "01")),
+        &cp,
+        &cp_id(),
+        now,
+    )
+    .unwrap();
     assert_eq!(t.anchors.len(), 2);
     assert_eq!(t.version, Some(v(2)));
     assert_eq!(
@@ -92,7 +104,7 @@ fn refuses_what_would_cut_the_proxy_off() {
             Some(&v(current)),
             Some((&own, "01")),
             cp,
-            CP,
+            &cp_id(),
             now,
         )
     };
@@ -135,7 +147,7 @@ fn refuses_what_would_cut_the_proxy_off() {
             Some(&same_generation),
             Some((&own, "01")),
             &cp_a,
-            CP,
+            &cp_id(),
             now
         )
         .unwrap_err(),

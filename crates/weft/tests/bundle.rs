@@ -182,7 +182,11 @@ fn anchor_rotation_without_restart_or_failed_requests() {
         .wait_for_line("ignored a report claiming another identity", DEADLINE);
     let v = fleet(admin).unwrap();
     assert_eq!(v.proxies.len(), 2, "{v:?}");
-    assert!(v.proxies.iter().all(|p| !p.identity.starts_with("legacy.")));
+    assert!(
+        v.proxies
+            .iter()
+            .all(|p| p.identity.service_account() != "legacy")
+    );
 
     // 1. Prepare: the new anchor appended. Every proxy applies it, no restart.
     rotation::new_anchor_and_issuer(&s);
@@ -462,7 +466,9 @@ fn post(addr: SocketAddr, path: &str) -> String {
     buf
 }
 
-/// A TCP forwarder that can be shut: connections while shut are dropped.
+/// A TCP forwarder that can be shut: connections while shut are dropped,
+/// and those open when it shuts are cut (a proxy keeps one connection to
+/// each control-plane address, so cutting only new ones would not isolate it).
 struct Gate {
     open: Arc<AtomicBool>,
     addr: SocketAddr,
@@ -473,6 +479,18 @@ fn gate(to: SocketAddr) -> Gate {
     let addr = l.local_addr().unwrap();
     let open = Arc::new(AtomicBool::new(true));
     let is_open = open.clone();
+    let live = Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
+    let (watch_open, watch_live) = (open.clone(), live.clone());
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if !watch_open.load(Ordering::Relaxed) {
+                for s in watch_live.lock().unwrap().drain(..) {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+    });
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(a) = s else { continue };
@@ -482,6 +500,9 @@ fn gate(to: SocketAddr) -> Gate {
             let Ok(b) = std::net::TcpStream::connect(to) else {
                 continue;
             };
+            if let (Ok(x), Ok(y)) = (a.try_clone(), b.try_clone()) {
+                live.lock().unwrap().extend([x, y]);
+            }
             for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut from, &mut into);
@@ -536,7 +557,7 @@ fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
         let by = |w: &str| v.proxies.iter().find(|p| p.workload == w).unwrap();
         by("demo/backend").issuer_current
             && !by("demo/stuck").issuer_current
-            && by("demo/stuck").last_refresh != "ok"
+            && by("demo/stuck").last_refresh != control_plane::fleet::LastRefresh::Ok
     });
     let stuck_serial = v
         .proxies

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use identity::client::{CertifyClient, Credentials};
+use std::sync::Arc;
+
 use pki::files::{KEY_MODE, PUBLIC_MODE, write_atomic};
+use tokio::sync::watch;
 
 use super::{CmdResult, Failure};
 
@@ -58,41 +60,45 @@ pub fn run(a: RequestArgs) -> CmdResult {
     };
     let anchors_pem = read(&a.roots)?;
     pki::parse_certs(&a.roots, anchors_pem.as_bytes()).map_err(Failure::input)?;
+    let trust = proxy::trust::Trust::new(None, &anchors_pem)
+        .map_err(|e| Failure::input(format!("{}: {e}", a.roots.display())))?;
     let token = a.token_file.as_ref().map(read).transpose()?;
     let current = match (&a.renew_cert, &a.renew_key) {
-        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+        (Some(c), Some(k)) => {
+            let chain = pki::load_certs(c).map_err(Failure::input)?;
+            let key = pki::load_key(k).map_err(Failure::input)?;
+            let cert = pki::CertInForce::new(&key, chain, identity.control_plane_ns())
+                .map_err(|e| Failure::input(format!("{}: {e}", c.display())))?;
+            Some(Arc::new(cert))
+        }
         _ => None,
     };
-    let server_name = match a.control_plane_identity {
-        Some(n) => n,
+    let server_name: pki::Identity = match a.control_plane_identity {
+        Some(n) => n.parse().map_err(Failure::input)?,
         None => pki::Identity::control_plane(identity.control_plane_ns(), identity.trust_domain())
-            .map_err(Failure::input)?
-            .to_string(),
+            .map_err(Failure::input)?,
     };
-    let client = CertifyClient {
-        addr: a.control_plane.clone(),
-        server_name,
-        anchors_pem,
-        timeout: Duration::from_secs(10),
-    };
+    let anchors = trust.anchors.clone();
+    let (_keep_trust, trust_rx) = watch::channel(Arc::new(trust));
+    let (_keep_own, own_rx) = watch::channel(current);
+    let config = proxy::tls::control_config(trust_rx, own_rx).map_err(Failure::fatal)?;
+    let timeout = Duration::from_secs(10);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Failure::fatal)?;
     let got = rt
-        .block_on(client.certify(
-            &identity,
-            Credentials {
-                token: token.as_deref().map(|t| t.trim().as_bytes()),
-                current,
-            },
-        ))
+        .block_on(async {
+            let channel =
+                proxy::certify::connect(&a.control_plane, &server_name, config, &anchors, timeout)
+                    .await?;
+            let token = token.as_deref().map(|t| t.trim().as_bytes());
+            proxy::certify::certify(channel, &identity, token, &anchors, timeout).await
+        })
         .map_err(Failure::fatal)?;
-    let mut certs = vec![got.leaf.clone()];
-    certs.extend(got.chain.iter().cloned());
     write_atomic(
         &a.crt_file,
-        pki::cert::to_pem(&certs).as_bytes(),
+        pki::cert::to_pem(got.cert.chain()).as_bytes(),
         PUBLIC_MODE,
         a.force,
     )
@@ -106,9 +112,9 @@ pub fn run(a: RequestArgs) -> CmdResult {
     .map_err(Failure::input)?;
     outln!(
         "{identity}: certificate {} saved in {} (valid until {}); key in {}",
-        got.serial,
+        got.cert.serial,
         a.crt_file.display(),
-        pki::info::rfc3339(got.not_after),
+        pki::info::rfc3339(got.cert.not_after),
         a.key_file.display()
     );
     Ok(())
