@@ -139,6 +139,12 @@ fn explain(a: ExplainArgs) -> CmdResult {
         &a.identity_trust_domain,
     )?;
     let mut problems: Vec<String> = snap.errors().map(|p| p.to_string()).collect();
+    // Said up front: the proxy judges conflicted objects the same way.
+    let conflicts: Vec<String> = snap
+        .conflicted
+        .keys()
+        .map(|k| format!("{k} is defined more than once: every definition is refused and it is judged absent (fail-closed)"))
+        .collect();
     let w = snap
         .external_workloads()
         .find(|w| w.meta.name == name && w.meta.namespace.as_deref() == Some(ns))
@@ -190,7 +196,7 @@ fn explain(a: ExplainArgs) -> CmdResult {
         server: server.name.to_string(),
         authorization: v.authz.as_ref().map(ToString::to_string),
         route: v.route.as_ref().map(ToString::to_string),
-        reasons: v.reasons,
+        reasons: conflicts.into_iter().chain(v.reasons).collect(),
         problems,
     };
     print(&out, &a)?;
