@@ -491,3 +491,41 @@ fn a_conflicted_authorization_grants_nothing_whichever_file_sorts_first() {
         assert!(!ok, "{reasons:?}");
     }
 }
+
+#[test]
+fn the_keep_encoded_slashes_annotation_reaches_the_typed_server() {
+    let w = workloads("");
+    let with = |v: &str| {
+        guide_doc("Server").replacen(
+            "  namespace: demo\n",
+            &format!(
+                "  namespace: demo\n  annotations:\n    {}: \"{v}\"\n",
+                crate::path::KEEP_ENCODED_SLASHES
+            ),
+            1,
+        )
+    };
+    for (v, keep, problem) in [
+        ("true", true, false),
+        ("false", false, false),
+        ("yes", false, true),
+    ] {
+        let server = with(v);
+        let s = snapshot(&[server.as_str(), w.as_str()]);
+        let t = translate(
+            &s,
+            &backend(&s),
+            8080,
+            &defaults(DefaultPolicy::AllUnauthenticated),
+            &Unsettled::default(),
+        );
+        assert_eq!(
+            t.problems.iter().any(|p| p.contains("not true or false")),
+            problem,
+            "{:?}",
+            t.problems
+        );
+        let typed = crate::Server::try_from(t.server).unwrap();
+        assert_eq!(typed.keep_encoded_slashes, keep, "{v}");
+    }
+}
