@@ -47,6 +47,19 @@ pub enum PathRefusal {
     },
 }
 
+/// The path of a request target as a client may send it: origin form
+/// (`/a?q`) or absolute form (`http://host/a?q`); the query is not part of it.
+/// (The proxy gets this from its HTTP parser; explain takes a typed target.)
+pub fn target_path(target: &str) -> &str {
+    let rest = match target.split_once("://") {
+        Some((scheme, rest)) if !scheme.is_empty() && !scheme.contains('/') => {
+            rest.find('/').map_or("", |i| &rest[i..])
+        }
+        _ => target,
+    };
+    rest.split(['?', '#']).next().unwrap_or("")
+}
+
 /// The normal form of `raw` (a request path, without the query), or why it
 /// cannot be given one. `*` (as in `OPTIONS *`) is kept as it is.
 pub fn normalize(raw: &str, keep_encoded_slashes: bool) -> Result<Normalized, PathRefusal> {

@@ -31,6 +31,17 @@ fn the_issues_variants_normalise_to_what_the_app_would_serve() {
 }
 
 #[test]
+fn targets_in_absolute_form_give_their_path() {
+    assert_eq!(
+        target_path("http://backend/public/../admin/x?a=1"),
+        "/public/../admin/x"
+    );
+    assert_eq!(target_path("https://backend:8443"), "");
+    assert_eq!(target_path("/a?b"), "/a");
+    assert_eq!(target_path("//admin"), "//admin");
+}
+
+#[test]
 fn what_cannot_be_normalised_safely_is_refused() {
     assert!(matches!(
         normalize("/a%00", false),

@@ -37,7 +37,7 @@ pub struct ExplainArgs {
     /// The target, namespace/workload:port
     #[arg(long)]
     pub to: String,
-    /// An HTTP request path: judge a request (routes); without it the client's bytes are taken to be not HTTP
+    /// An HTTP request path (or absolute-form target): judge a request (routes) on its normal form, as the proxy does; without it the client's bytes are taken to be not HTTP
     #[arg(long)]
     pub path: Option<String>,
     /// The request method (with --path)
@@ -179,11 +179,10 @@ fn explain(a: ExplainArgs) -> CmdResult {
         .contains(&port);
     // The path as the proxy judges (and forwards) it: its normal form, or
     // refused (400) when it has none.
-    let path = match a
-        .path
-        .as_deref()
-        .map(|p| policy::path::normalize(p, server.keep_encoded_slashes).map_err(|e| (p, e)))
-    {
+    let path = match a.path.as_deref().map(|p| {
+        policy::path::normalize(policy::path::target_path(p), server.keep_encoded_slashes)
+            .map_err(|e| (p, e))
+    }) {
         Some(Err((raw, why))) => {
             let out = Explained {
                 allowed: false,
