@@ -473,7 +473,23 @@ pub fn translate_keeping(
             }
         })
         .collect();
-    if routes.is_empty() {
+    // A conflicted HTTPRoute is absent, but its parent is unknown: without it
+    // a request could fall to a wider route (or the default one), so every
+    // Server in its namespace serves no route (each request denied).
+    let conflicted_routes: Vec<String> = snap
+        .conflicted
+        .keys()
+        .filter(|k| k.kind == Kind::HttpRoute && k.namespace.as_deref() == Some(ns.as_str()))
+        .map(|k| k.name.clone())
+        .collect();
+    if !conflicted_routes.is_empty() {
+        problems.push(format!(
+            "HTTPRoute {ns}/{} is defined more than once: every request to Server {} is denied until exactly one definition remains",
+            conflicted_routes.join(", "),
+            server.meta.name
+        ));
+        routes.clear();
+    } else if routes.is_empty() {
         routes.push(default_route(server_authz.clone()));
     }
     let protocol = match server.spec.proxy_protocol {

@@ -529,3 +529,46 @@ fn the_keep_encoded_slashes_annotation_reaches_the_typed_server() {
         assert_eq!(typed.keep_encoded_slashes, keep, "{v}");
     }
 }
+
+#[test]
+fn a_conflicted_route_denies_every_request_rather_than_fall_wider() {
+    let w = workloads("");
+    let server = guide_doc("Server");
+    let open = "apiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: open\n  namespace: demo\nspec:\n  targetRef:\n    group: policy.linkerd.io\n    kind: Server\n    name: backend-server\n  requiredAuthenticationRefs:\n  - kind: ServiceAccount\n    name: frontend\n";
+    let route = "apiVersion: policy.linkerd.io/v1beta3\nkind: HTTPRoute\nmetadata:\n  name: api\n  namespace: demo\nspec:\n  parentRefs:\n  - name: backend-server\n    kind: Server\n    group: policy.linkerd.io\n  rules:\n  - matches:\n    - path:\n        type: PathPrefix\n        value: /api\n";
+    let judge = |files: &[&str], path: &str| {
+        let s = snapshot(files);
+        let t = translate(
+            &s,
+            &backend(&s),
+            8080,
+            &defaults(DefaultPolicy::AllUnauthenticated),
+            &Unsettled::default(),
+        );
+        let typed = crate::Server::try_from(t.server).unwrap();
+        let req = Request {
+            method: "GET".into(),
+            path: path.into(),
+            headers: vec![],
+        };
+        (
+            crate::eval::request(&typed, &meshed(FRONTEND), &req)
+                .authz
+                .is_some(),
+            t.problems,
+        )
+    };
+    // One definition: /api served, /admin matches no route.
+    assert!(judge(&[server.as_str(), open, route, w.as_str()], "/api/x").0);
+    assert!(!judge(&[server.as_str(), open, route, w.as_str()], "/admin").0);
+    // Two: without the route /admin would fall to the default route; denied.
+    let (ok, problems) = judge(&[server.as_str(), open, route, route, w.as_str()], "/admin");
+    assert!(!ok);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("defined more than once")),
+        "{problems:?}"
+    );
+    assert!(!judge(&[server.as_str(), open, route, route, w.as_str()], "/api/x").0);
+}

@@ -92,6 +92,23 @@ fn start_cp(s: &Scratch, ports: &[u16; 4]) -> Proc {
     cp
 }
 
+/// The first start, on fresh fixed ports: another process on this shared
+/// machine may take a port between `free_port` and the bind, so a failed
+/// start is retried on new ports (a restart then reuses the ports it held).
+fn first_cp(s: &Scratch) -> ([u16; 4], Proc) {
+    let mut attempt = 0;
+    loop {
+        let ports = [free_port(), free_port(), free_port(), free_port()];
+        let started =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_cp(s, &ports)));
+        match started {
+            Ok(cp) => return (ports, cp),
+            Err(e) if attempt == 2 => std::panic::resume_unwind(e),
+            Err(_) => attempt += 1,
+        }
+    }
+}
+
 fn ready(p: &Proc) {
     let a = p.addr("admin listening on");
     poll("proxy ready", DEADLINE, || {
@@ -185,7 +202,6 @@ async fn a_duplicate_never_widens_policy_running_or_after_a_restart() {
     s.guide_material();
     let app = spawn_app();
     let (be_in, fe_in, in_in) = (free_port(), free_port(), free_port());
-    let cp_ports = [free_port(), free_port(), free_port(), free_port()];
     std::fs::create_dir(s.path("res")).unwrap();
     s.write(
         "res/workloads.yaml",
@@ -197,7 +213,7 @@ async fn a_duplicate_never_widens_policy_running_or_after_a_restart() {
         .concat(),
     );
     s.write("res/m-strict.yaml", [server(app), allow(false)].concat());
-    let mut cp = start_cp(&s, &cp_ports);
+    let (cp_ports, mut cp) = first_cp(&s);
     let mut backend = start_proxy(&s, "backend", be_in, &cp, &[], &[]);
     let mut out = Vec::new();
     let mut clients = Vec::new();
