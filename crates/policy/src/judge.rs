@@ -36,6 +36,18 @@ pub fn declares_http(server: &Server) -> bool {
     )
 }
 
+/// Why a request in this HTTP version is refused, if it is: a Server that
+/// declares HTTP/1 serves HTTP/1 only (its application would not
+/// understand HTTP/2). An HTTP/1 request to an HTTP/2 Server is served.
+pub fn version_refusal(server: &Server, http2: bool) -> Option<String> {
+    (http2 && matches!(server.protocol, Protocol::Http1 { .. })).then(|| {
+        format!(
+            "server {} declares proxyProtocol HTTP/1 and the client spoke HTTP/2: send HTTP/1.1, or declare HTTP/2 (or leave it unspecified to detect) on the Server",
+            server.name
+        )
+    })
+}
+
 /// What the client sent, as far as the proxy read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Traffic<'a> {
@@ -159,6 +171,7 @@ mod tests {
                 vec![open()],
             )]),
             authorizations: vec![open()],
+            keep_encoded_slashes: false,
         }
     }
 

@@ -10,6 +10,7 @@ mod defaults;
 pub mod eval;
 pub mod judge;
 pub mod model;
+pub mod path;
 pub mod ports;
 pub mod resources;
 pub mod routes;

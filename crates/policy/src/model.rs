@@ -45,6 +45,9 @@ pub struct Server {
     pub protocol: Protocol,
     /// Connection-level authorizations (opaque traffic).
     pub authorizations: Vec<Authorization>,
+    /// Request paths keep `%2F`/`%5C` verbatim instead of being refused
+    /// (the Server's `policy.weft.dev/keep-encoded-slashes` annotation).
+    pub keep_encoded_slashes: bool,
 }
 
 impl Server {
@@ -60,6 +63,7 @@ impl Server {
             name: Named::new("default", "deny"),
             protocol: Protocol::Detect { routes: vec![] },
             authorizations: vec![],
+            keep_encoded_slashes: false,
         }
     }
 

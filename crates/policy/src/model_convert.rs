@@ -84,10 +84,15 @@ impl TryFrom<api::Server> for Server {
             Some(proxy_protocol::Kind::Opaque(_)) => Protocol::Opaque,
             Some(proxy_protocol::Kind::Tls(_)) => Protocol::Tls,
         };
+        let keep_encoded_slashes = s
+            .labels
+            .get(crate::path::KEEP_ENCODED_SLASHES)
+            .is_some_and(|v| v == "true");
         Ok(Server {
             name,
             protocol,
             authorizations: authorizations(s.authorizations)?,
+            keep_encoded_slashes,
         })
     }
 }

@@ -17,8 +17,8 @@ use linkerd2_proxy_api::meta::{Metadata, metadata};
 
 use crate::resources::{
     AuthenticationKind, AuthorizationPolicy, Cidr, DefaultPolicy, ExternalWorkload,
-    IdentityRefKind, Kind, Object, PathMatchType, ProxyProtocol as ResProtocol, ServerPort,
-    Snapshot, TargetKind,
+    IdentityRefKind, Kind, Object, PathMatchType, ProxyProtocol as ResProtocol,
+    Server as ResServer, ServerPort, Snapshot, TargetKind,
 };
 
 pub use crate::defaults::{
@@ -138,6 +138,29 @@ fn default_route(authorizations: Vec<Authz>) -> HttpRoute {
         }],
         ..Default::default()
     }
+}
+
+/// A Server's labels: its name, and weft's path setting when it asks for it
+/// (carried in the labels, which Linkerd's proxies ignore).
+fn server_labels(server: &ResServer, problems: &mut Vec<String>) -> HashMap<String, String> {
+    let mut l = labels("server", &server.meta.name);
+    match server
+        .meta
+        .annotations
+        .get(crate::path::KEEP_ENCODED_SLASHES)
+        .map(String::as_str)
+    {
+        Some("true") => {
+            l.insert(crate::path::KEEP_ENCODED_SLASHES.into(), "true".into());
+        }
+        None | Some("false") => {}
+        Some(other) => problems.push(format!(
+            "Server {}: annotation {}: {other:?} is not true or false; encoded slashes stay refused until it is fixed",
+            server.meta.name,
+            crate::path::KEEP_ENCODED_SLASHES
+        )),
+    }
+    l
 }
 
 fn labels(kind: &str, name: &str) -> HashMap<String, String> {
@@ -450,7 +473,23 @@ pub fn translate_keeping(
             }
         })
         .collect();
-    if routes.is_empty() {
+    // A conflicted HTTPRoute is absent, but its parent is unknown: without it
+    // a request could fall to a wider route (or the default one), so every
+    // Server in its namespace serves no route (each request denied).
+    let conflicted_routes: Vec<String> = snap
+        .conflicted
+        .keys()
+        .filter(|k| k.kind == Kind::HttpRoute && k.namespace.as_deref() == Some(ns.as_str()))
+        .map(|k| k.name.clone())
+        .collect();
+    if !conflicted_routes.is_empty() {
+        problems.push(format!(
+            "HTTPRoute {ns}/{} is defined more than once: every request to Server {} is denied until exactly one definition remains",
+            conflicted_routes.join(", "),
+            server.meta.name
+        ));
+        routes.clear();
+    } else if routes.is_empty() {
         routes.push(default_route(server_authz.clone()));
     }
     let protocol = match server.spec.proxy_protocol {
@@ -478,7 +517,7 @@ pub fn translate_keeping(
         server: Server {
             protocol: Some(protocol),
             authorizations: server_authz,
-            labels: labels("server", &server.meta.name),
+            labels: server_labels(server, &mut problems),
             ..Default::default()
         },
         problems,

@@ -34,6 +34,16 @@ metadata:
     )
 }
 
+/// The guide's Server alone, renamed: a second Server on its port (the
+/// guide's other objects would conflict by name, and be refused).
+fn aaa_server() -> String {
+    GUIDE
+        .split("\n---\n")
+        .find(|d| d.contains("kind: Server\n"))
+        .expect("the guide defines a Server")
+        .replacen("name: backend-server\n", "name: aaa-server\n", 1)
+}
+
 fn snapshot(files: &[&str]) -> Snapshot {
     let mut read = BTreeMap::new();
     for (i, text) in files.iter().enumerate() {
@@ -302,7 +312,7 @@ fn network_service_account_and_namespace_refs() {
 #[test]
 fn conflicting_servers_keep_the_first_by_name() {
     let w = workloads("");
-    let two: String = GUIDE.replacen("name: backend-server\n", "name: aaa-server\n", 1);
+    let two = aaa_server();
     let (ok, _, problems) = verdict(
         &[GUIDE, two.as_str(), w.as_str()],
         8080,
@@ -322,7 +332,7 @@ fn conflicting_servers_keep_the_first_by_name() {
 #[test]
 fn a_server_in_force_stays_when_another_claims_its_port() {
     let w = workloads("");
-    let two: String = GUIDE.replacen("name: backend-server\n", "name: aaa-server\n", 1);
+    let two = aaa_server();
     let s = snapshot(&[GUIDE, two.as_str(), w.as_str()]);
     let t = crate::translate::translate_keeping(
         &s,
@@ -416,4 +426,149 @@ fn an_unloadable_server_file_denies_instead_of_the_default() {
         &other,
     );
     assert!(authorize_connection(&t.server, &unmeshed("10.0.0.9")).allowed);
+}
+
+/// The guide's document of `kind`, verbatim.
+fn guide_doc(kind: &str) -> String {
+    GUIDE
+        .split("\n---\n")
+        .find(|d| d.contains(&format!("kind: {kind}\n")))
+        .expect("the guide defines it")
+        .to_string()
+}
+
+#[test]
+fn a_conflicted_server_denies_its_port_instead_of_the_default() {
+    let w = workloads("");
+    let copy = guide_doc("Server");
+    let s = snapshot(&[GUIDE, copy.as_str(), w.as_str()]);
+    assert_eq!(s.conflicted.len(), 1);
+    let unsettled = Unsettled::of(&s, |_| None);
+    let t = translate(
+        &s,
+        &backend(&s),
+        8080,
+        &defaults(DefaultPolicy::AllUnauthenticated),
+        &unsettled,
+    );
+    assert!(!authorize_connection(&t.server, &meshed(FRONTEND)).allowed);
+    assert!(!authorize_connection(&t.server, &unmeshed("10.0.0.9")).allowed);
+}
+
+#[test]
+fn a_conflicted_authorization_grants_nothing_whichever_file_sorts_first() {
+    let w = workloads("");
+    // The same AuthorizationPolicy, but any network at all: wider than the
+    // guide's frontend-only definition.
+    let open = format!(
+        "{}\n---\napiVersion: policy.linkerd.io/v1alpha1\nkind: NetworkAuthentication\nmetadata:\n  name: all\n  namespace: demo\nspec:\n  networks:\n  - cidr: 0.0.0.0/0\n",
+        guide_doc("AuthorizationPolicy").replace(
+            "  - name: frontend-sa\n    kind: MeshTLSAuthentication",
+            "  - name: all\n    kind: NetworkAuthentication"
+        )
+    );
+    let server = guide_doc("Server");
+    let d = DefaultPolicy::AllUnauthenticated;
+    let client = unmeshed("10.0.0.9");
+    // Alone, each definition gives its own verdict (the test can fail).
+    assert!(
+        verdict(
+            &[server.as_str(), open.as_str(), w.as_str()],
+            8080,
+            &client,
+            d
+        )
+        .0
+    );
+    assert!(!verdict(&[GUIDE, w.as_str()], 8080, &client, d).0);
+    for files in [
+        [GUIDE, open.as_str(), w.as_str()],
+        [open.as_str(), GUIDE, w.as_str()],
+    ] {
+        let (ok, reasons, _) = verdict(&files, 8080, &client, d);
+        assert!(!ok, "{reasons:?}");
+        let (ok, reasons, _) = verdict(&files, 8080, &meshed(FRONTEND), d);
+        assert!(!ok, "{reasons:?}");
+    }
+}
+
+#[test]
+fn the_keep_encoded_slashes_annotation_reaches_the_typed_server() {
+    let w = workloads("");
+    let with = |v: &str| {
+        guide_doc("Server").replacen(
+            "  namespace: demo\n",
+            &format!(
+                "  namespace: demo\n  annotations:\n    {}: \"{v}\"\n",
+                crate::path::KEEP_ENCODED_SLASHES
+            ),
+            1,
+        )
+    };
+    for (v, keep, problem) in [
+        ("true", true, false),
+        ("false", false, false),
+        ("yes", false, true),
+    ] {
+        let server = with(v);
+        let s = snapshot(&[server.as_str(), w.as_str()]);
+        let t = translate(
+            &s,
+            &backend(&s),
+            8080,
+            &defaults(DefaultPolicy::AllUnauthenticated),
+            &Unsettled::default(),
+        );
+        assert_eq!(
+            t.problems.iter().any(|p| p.contains("not true or false")),
+            problem,
+            "{:?}",
+            t.problems
+        );
+        let typed = crate::Server::try_from(t.server).unwrap();
+        assert_eq!(typed.keep_encoded_slashes, keep, "{v}");
+    }
+}
+
+#[test]
+fn a_conflicted_route_denies_every_request_rather_than_fall_wider() {
+    let w = workloads("");
+    let server = guide_doc("Server");
+    let open = "apiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  name: open\n  namespace: demo\nspec:\n  targetRef:\n    group: policy.linkerd.io\n    kind: Server\n    name: backend-server\n  requiredAuthenticationRefs:\n  - kind: ServiceAccount\n    name: frontend\n";
+    let route = "apiVersion: policy.linkerd.io/v1beta3\nkind: HTTPRoute\nmetadata:\n  name: api\n  namespace: demo\nspec:\n  parentRefs:\n  - name: backend-server\n    kind: Server\n    group: policy.linkerd.io\n  rules:\n  - matches:\n    - path:\n        type: PathPrefix\n        value: /api\n";
+    let judge = |files: &[&str], path: &str| {
+        let s = snapshot(files);
+        let t = translate(
+            &s,
+            &backend(&s),
+            8080,
+            &defaults(DefaultPolicy::AllUnauthenticated),
+            &Unsettled::default(),
+        );
+        let typed = crate::Server::try_from(t.server).unwrap();
+        let req = Request {
+            method: "GET".into(),
+            path: path.into(),
+            headers: vec![],
+        };
+        (
+            crate::eval::request(&typed, &meshed(FRONTEND), &req)
+                .authz
+                .is_some(),
+            t.problems,
+        )
+    };
+    // One definition: /api served, /admin matches no route.
+    assert!(judge(&[server.as_str(), open, route, w.as_str()], "/api/x").0);
+    assert!(!judge(&[server.as_str(), open, route, w.as_str()], "/admin").0);
+    // Two: without the route /admin would fall to the default route; denied.
+    let (ok, problems) = judge(&[server.as_str(), open, route, route, w.as_str()], "/admin");
+    assert!(!ok);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("defined more than once")),
+        "{problems:?}"
+    );
+    assert!(!judge(&[server.as_str(), open, route, route, w.as_str()], "/api/x").0);
 }

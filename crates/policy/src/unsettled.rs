@@ -28,6 +28,14 @@ impl Unsettled {
             .map(|p| p.file.as_path())
             .filter(|f| !in_force.contains(f))
             .collect();
+        // A conflicted Server is absent: its ports must not fall to the default.
+        for (key, files) in &snap.conflicted {
+            if key.kind == crate::resources::Kind::Server {
+                u.namespaces.extend(key.namespace.clone());
+                u.files
+                    .extend(files.iter().map(|f| f.display().to_string()));
+            }
+        }
         for f in files {
             let Some(text) = read(f) else {
                 continue;

@@ -59,10 +59,46 @@ impl HttpConn {
         }
     }
 
+    /// Admits one request or answers it: refused if the Server does not
+    /// serve its HTTP version or its path has no safe normal form; else its
+    /// path is rewritten to the normal form (so the application reads what
+    /// was judged) and it is judged. Ok carries the request as judged.
+    fn admit<B>(
+        &self,
+        req: &mut Request<B>,
+        http2: bool,
+    ) -> Result<policy::Request, Box<Response<Body>>> {
+        let server = self.server();
+        let grpc = is_grpc(req);
+        if let Some(why) = policy::judge::version_refusal(&server, http2) {
+            tracing::info!(port = self.port, peer = %self.peer, "inbound request refused: {why}");
+            return Err(Box::new(error_response(
+                grpc,
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "13",
+                &why,
+            )));
+        }
+        if let Err(why) = normalize_path(req, server.keep_encoded_slashes) {
+            tracing::info!(port = self.port, peer = %self.peer, "inbound request refused: {why}");
+            return Err(Box::new(error_response(
+                grpc,
+                StatusCode::BAD_REQUEST,
+                "3",
+                &why,
+            )));
+        }
+        let (v, judged) = self.judge(&server, req);
+        if v.allowed {
+            Ok(judged)
+        } else {
+            Err(Box::new(denied(req, &v)))
+        }
+    }
+
     /// The verdict for one request, counted and (if denied) audited, with
     /// the request as policy saw it.
-    fn judge<B>(&self, req: &Request<B>) -> (Verdict, policy::Request) {
-        let server = self.server();
+    fn judge<B>(&self, server: &Server, req: &Request<B>) -> (Verdict, policy::Request) {
         let r = policy::Request {
             method: req.method().as_str().to_string(),
             path: req.uri().path().to_string(),
@@ -72,9 +108,9 @@ impl HttpConn {
                 .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
                 .collect(),
         };
-        let v = policy::judge(&server, self.facts, &self.client, Traffic::Http(&r));
+        let v = policy::judge(server, self.facts, &self.client, Traffic::Http(&r));
         self.scene()
-            .http(&server, &v, &format!("{} {}", r.method, r.path));
+            .http(server, &v, &format!("{} {}", r.method, r.path));
         (v, r)
     }
 
@@ -141,13 +177,7 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 fn header_text(s: &str) -> HeaderValue {
     let clean: String = s
         .chars()
-        .map(|c| {
-            if (' '..='~').contains(&c) && c != '%' {
-                c
-            } else {
-                '?'
-            }
-        })
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
         .collect();
     HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("denied"))
 }
@@ -182,7 +212,10 @@ fn error_response(
                 HeaderName::from_static("grpc-status"),
                 HeaderValue::from_static(grpc_status),
             ),
-            (HeaderName::from_static("grpc-message"), header_text(msg)),
+            (
+                HeaderName::from_static("grpc-message"),
+                header_text(&msg.replace('%', "%25")),
+            ),
         ]);
         return full(StatusCode::OK, headers, String::new());
     }
@@ -205,6 +238,31 @@ fn unavailable(grpc: bool, port: u16, e: impl std::fmt::Display) -> Response<Bod
     let msg = format!("the application on 127.0.0.1:{port} did not answer: {e}");
     tracing::info!(port, "inbound request failed: {msg}");
     error_response(grpc, StatusCode::BAD_GATEWAY, "14", &msg)
+}
+
+/// Rewrites the request's path to its normal form (the query kept), or says
+/// why it has none. A request without a path (CONNECT's authority form) is
+/// left as it is.
+fn normalize_path<B>(req: &mut Request<B>, keep_encoded_slashes: bool) -> Result<(), String> {
+    let Some(pq) = req.uri().path_and_query() else {
+        return Ok(());
+    };
+    let n = policy::path::normalize(pq.path(), keep_encoded_slashes).map_err(|e| e.to_string())?;
+    if n.as_str() == pq.path() {
+        return Ok(());
+    }
+    let pq = match pq.query() {
+        Some(q) => format!("{}?{q}", n.as_str()),
+        None => n.0,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|e| format!("the normalised path {pq:?} is not a valid URI path: {e}"))?,
+    );
+    *req.uri_mut() = hyper::Uri::from_parts(parts)
+        .map_err(|e| format!("the normalised path {pq:?} makes an invalid URI: {e}"))?;
+    Ok(())
 }
 
 /// The application sees only the identity the proxy verified.
@@ -287,10 +345,10 @@ async fn h1_request(
     // no h2c upgrade (it would turn the connection into unjudged HTTP/2).
     set_client_id(&mut req, &conn.client);
     strip_h2c_upgrade(&mut req);
-    let (v, judged) = conn.judge(&req);
-    if !v.allowed {
-        return Ok(denied(&req, &v));
-    }
+    let judged = match conn.admit(&mut req, false) {
+        Ok(judged) => judged,
+        Err(answer) => return Ok(*answer),
+    };
     let grpc = is_grpc(&req);
     let tunnel =
         req.method() == Method::CONNECT || req.headers().contains_key(hyper::header::UPGRADE);
@@ -337,9 +395,8 @@ async fn h2_request(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     set_client_id(&mut req, &conn.client);
-    let (v, _) = conn.judge(&req);
-    if !v.allowed {
-        return Ok(denied(&req, &v));
+    if let Err(answer) = conn.admit(&mut req, true) {
+        return Ok(*answer);
     }
     let grpc = is_grpc(&req);
     // HTTP/2 multiplexes: one upstream connection, shared by every stream.
@@ -481,7 +538,34 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_rewritten_to_what_was_judged_queries_kept() {
+        let mut req = Request::builder()
+            .uri("http://backend:8080/public/%2e%2E/admin//x?a=%2F&b")
+            .body(())
+            .unwrap();
+        normalize_path(&mut req, false).unwrap();
+        assert_eq!(req.uri().to_string(), "http://backend:8080/admin/x?a=%2F&b");
+        let mut req = Request::builder().uri("/%61dmin").body(()).unwrap();
+        normalize_path(&mut req, false).unwrap();
+        assert_eq!(req.uri().path(), "/admin");
+        let mut req = Request::builder().uri("/a%2Fb").body(()).unwrap();
+        let e = normalize_path(&mut req, false).unwrap_err();
+        assert!(e.contains("encoded '/'"), "{e}");
+        assert_eq!(req.uri().path(), "/a%2Fb");
+        normalize_path(&mut req, true).unwrap();
+        assert_eq!(req.uri().path(), "/a%2Fb");
+        let mut connect = Request::builder()
+            .method("CONNECT")
+            .uri("backend:443")
+            .body(())
+            .unwrap();
+        normalize_path(&mut connect, false).unwrap();
+        assert_eq!(connect.uri().to_string(), "backend:443");
+    }
+
+    #[test]
     fn header_text_is_safe() {
-        assert_eq!(header_text("a\nb%c é"), "a?b?c ?");
+        // '%' is kept: `/%61dmin` is not echoed as `/?61dmin`.
+        assert_eq!(header_text("a\nb%c é /%61"), "a?b%c ? /%61");
     }
 }

@@ -35,24 +35,8 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Object>, Vec<Problem>> 
         };
         ctx.parse(doc, "", true);
     }
-    let mut first_seen: BTreeMap<ObjectKey, usize> = BTreeMap::new();
-    for (doc, object) in &objects {
-        let key = object.key();
-        if let Some(first) = first_seen.get(&key) {
-            problems.push(Problem {
-                severity: Severity::Error,
-                file: path.to_path_buf(),
-                document: Some(*doc),
-                resource: Some(key.to_string()),
-                field: None,
-                message: format!(
-                    "defined again in document {doc} (first in document {first}); define each object once"
-                ),
-            });
-        } else {
-            first_seen.insert(key, *doc);
-        }
-    }
+    // An object defined twice in this file is left to the snapshot, which
+    // refuses every definition of a conflicted object wherever they are.
     if problems.is_empty() {
         Ok(objects.into_iter().map(|(_, o)| o).collect())
     } else {

@@ -4,8 +4,9 @@
 //! The rules ("keep what is valid"):
 //! - a file that fails to parse keeps its last good version in force;
 //! - a deleted file takes its objects with it;
-//! - of two definitions of one object, the one in force stays; at cold start
-//!   the first file by path wins; the other is reported;
+//! - an object defined more than once (across files or within one) is
+//!   conflicted: no definition is in force, each is reported, and its absence
+//!   is judged fail-closed; history and file order never matter;
 //! - a directory that cannot be read changes nothing but the problems.
 
 use std::collections::BTreeMap;
@@ -52,6 +53,9 @@ pub struct Snapshot {
     /// before that an empty snapshot means "not known yet", not "nothing".
     pub loaded: bool,
     pub objects: BTreeMap<ObjectKey, Sourced<Object>>,
+    /// Objects defined more than once, with every file defining them (a
+    /// file repeats when it defines the object twice): none is in force.
+    pub conflicted: BTreeMap<ObjectKey, Vec<PathBuf>>,
     /// Errors and warnings, directory first, then by file.
     pub problems: Vec<Problem>,
     /// Bumped whenever `loaded`, `objects` or `problems` change.
@@ -141,14 +145,18 @@ pub fn merge(prev: &Snapshot, read: DirRead) -> Snapshot {
         Err(problem) => (prev.files.clone(), Some(problem)),
     };
     let loaded = prev.loaded || dir_problem.is_none();
-    let (objects, duplicates) = assign(&prev.objects, &files);
+    let (objects, conflicted, duplicates) = assign(&files);
     let mut problems: Vec<Problem> = dir_problem.into_iter().collect();
     problems.extend(files.values().flat_map(|f| f.problems.iter().cloned()));
     problems.extend(duplicates);
-    let changed = loaded != prev.loaded || objects != prev.objects || problems != prev.problems;
+    let changed = loaded != prev.loaded
+        || objects != prev.objects
+        || problems != prev.problems
+        || conflicted != prev.conflicted;
     Snapshot {
         loaded,
         objects,
+        conflicted,
         problems,
         generation: prev.generation.wrapping_add(u64::from(changed)),
         files,
@@ -181,59 +189,58 @@ fn next_files(
         .collect()
 }
 
-/// Decides which definition of each object is in force.
-fn assign(
-    prev: &BTreeMap<ObjectKey, Sourced<Object>>,
-    files: &BTreeMap<PathBuf, FileState>,
-) -> (BTreeMap<ObjectKey, Sourced<Object>>, Vec<Problem>) {
-    let by_file: BTreeMap<&Path, BTreeMap<ObjectKey, &Object>> = files
-        .iter()
-        .map(|(path, state)| {
-            let objects = state.good.iter().flatten().map(|o| (o.key(), o)).collect();
-            (path.as_path(), objects)
-        })
-        .collect();
+type InForce = BTreeMap<ObjectKey, Sourced<Object>>;
+type Conflicted = BTreeMap<ObjectKey, Vec<PathBuf>>;
+
+/// Decides which objects are in force. An object defined more than once
+/// (in two files, or twice in one) is conflicted: no definition is in force,
+/// whatever the history or file order, so a restart never changes the
+/// verdict and a conflict never grants more than either definition alone.
+/// Its absence is judged like any refused object (fail-closed).
+fn assign(files: &BTreeMap<PathBuf, FileState>) -> (InForce, Conflicted, Vec<Problem>) {
+    let mut defs: BTreeMap<ObjectKey, Vec<Sourced<&Object>>> = BTreeMap::new();
+    for (path, state) in files {
+        for object in state.good.iter().flatten() {
+            defs.entry(object.key()).or_default().push(Sourced {
+                file: path.clone(),
+                object,
+            });
+        }
+    }
     let mut objects = BTreeMap::new();
-    // What is in force stays with its file while that file still defines it
-    // (perhaps changed).
-    for (key, sourced) in prev {
-        if let Some(object) = by_file
-            .get(sourced.file.as_path())
-            .and_then(|defs| defs.get(key))
-        {
+    let mut conflicted = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (key, mut list) in defs {
+        if list.len() == 1 {
+            let one = list.remove(0);
             let sourced = Sourced {
-                file: sourced.file.clone(),
-                object: (*object).clone(),
+                file: one.file,
+                object: one.object.clone(),
             };
-            objects.insert(key.clone(), sourced);
+            objects.insert(key, sourced);
+            continue;
         }
-    }
-    // Then the rest, first file by path first.
-    let mut duplicates = Vec::new();
-    for (path, defs) in &by_file {
-        for (key, object) in defs {
-            match objects.get(key) {
-                Some(Sourced { file, .. }) if file.as_path() == *path => {}
-                Some(Sourced { file, .. }) => duplicates.push(Problem {
-                    severity: Severity::Error,
-                    file: path.to_path_buf(),
-                    document: None,
-                    resource: Some(key.to_string()),
-                    field: None,
-                    message: format!(
-                        "also defined in {}, which is in force; this definition is ignored until that one is removed",
-                        file.display()
-                    ),
-                }),
-                None => {
-                    let sourced = Sourced {
-                        file: path.to_path_buf(),
-                        object: (*object).clone(),
-                    };
-                    objects.insert(key.clone(), sourced);
-                }
-            }
+        let files: Vec<PathBuf> = list.into_iter().map(|d| d.file).collect();
+        let all = files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut seen = std::collections::BTreeSet::new();
+        for file in files.iter().filter(|f| seen.insert(f.as_path())) {
+            problems.push(Problem {
+                severity: Severity::Error,
+                file: file.clone(),
+                document: None,
+                resource: Some(key.to_string()),
+                field: None,
+                message: format!(
+                    "defined {} times (in {all}); every definition is refused and the object is judged absent (fail-closed) until exactly one remains: delete or rename the others",
+                    files.len()
+                ),
+            });
         }
+        conflicted.insert(key, files);
     }
-    (objects, duplicates)
+    (objects, conflicted, problems)
 }

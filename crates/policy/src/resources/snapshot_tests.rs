@@ -179,77 +179,92 @@ fn deleting_a_file_removes_its_objects() {
 }
 
 #[test]
-fn duplicate_at_cold_start_first_file_by_path_wins() {
+fn duplicate_across_files_is_refused_in_all_of_them() {
     let s = merge(
         &Snapshot::default(),
         read(vec![
             ("d/b.yaml", parsed(vec![ew("demo", "web", "10.0.0.2")])),
-            ("d/a.yaml", parsed(vec![ew("demo", "web", "10.0.0.1")])),
+            (
+                "d/a.yaml",
+                parsed(vec![
+                    ew("demo", "web", "10.0.0.1"),
+                    ew("demo", "db", "10.0.0.3"),
+                ]),
+            ),
         ]),
     );
-    assert_eq!(file_of(&s, &key("demo", "web")), Some("d/a.yaml".into()));
-    assert_eq!(s.problems.len(), 1);
-    let p = &s.problems[0];
-    assert_eq!(p.file, PathBuf::from("d/b.yaml"));
-    assert_eq!(p.resource.as_deref(), Some("ExternalWorkload demo/web"));
-    assert!(p.message.contains("d/a.yaml"), "{p}");
+    assert!(s.get(&key("demo", "web")).is_none());
+    // What is not conflicted in the same file stays in force.
+    assert_eq!(ip_of(&s, &key("demo", "db")).as_deref(), Some("10.0.0.3"));
+    assert_eq!(
+        s.conflicted.get(&key("demo", "web")),
+        Some(&vec![PathBuf::from("d/a.yaml"), PathBuf::from("d/b.yaml")])
+    );
+    assert_eq!(s.problems.len(), 2);
+    for (p, file) in s.problems.iter().zip(["d/a.yaml", "d/b.yaml"]) {
+        assert!(p.is_error());
+        assert_eq!(p.file, PathBuf::from(file));
+        assert_eq!(p.resource.as_deref(), Some("ExternalWorkload demo/web"));
+        assert!(
+            p.message.contains("d/a.yaml") && p.message.contains("d/b.yaml"),
+            "{p}"
+        );
+    }
 }
 
 #[test]
-fn duplicate_the_definition_in_force_stays() {
-    let s1 = merge(
+fn duplicate_in_one_file_is_refused_and_the_rest_of_the_file_kept() {
+    let s = merge(
         &Snapshot::default(),
-        read(vec![(
-            "d/b.yaml",
-            parsed(vec![ew("demo", "web", "10.0.0.2")]),
-        )]),
-    );
-    // a.yaml sorts first but arrives second: b.yaml's definition stays.
-    let s2 = merge(
-        &s1,
-        read(vec![
-            ("d/a.yaml", parsed(vec![ew("demo", "web", "10.0.0.1")])),
-            ("d/b.yaml", parsed(vec![ew("demo", "web", "10.0.0.2")])),
-        ]),
-    );
-    assert_eq!(file_of(&s2, &key("demo", "web")), Some("d/b.yaml".into()));
-    assert_eq!(s2.problems.len(), 1);
-    assert_eq!(s2.problems[0].file, PathBuf::from("d/a.yaml"));
-
-    // b.yaml refused: its last good version still holds the object.
-    let s3 = merge(
-        &s2,
-        read(vec![
-            ("d/a.yaml", parsed(vec![ew("demo", "web", "10.0.0.1")])),
-            ("d/b.yaml", refused("d/b.yaml")),
-        ]),
-    );
-    assert_eq!(ip_of(&s3, &key("demo", "web")).as_deref(), Some("10.0.0.2"));
-
-    // b.yaml deleted: a.yaml's definition comes into force, no duplicate left.
-    let s4 = merge(
-        &s3,
         read(vec![(
             "d/a.yaml",
-            parsed(vec![ew("demo", "web", "10.0.0.1")]),
+            parsed(vec![
+                ew("demo", "web", "10.0.0.1"),
+                ew("demo", "db", "10.0.0.3"),
+                ew("demo", "web", "10.0.0.2"),
+            ]),
         )]),
     );
-    assert_eq!(ip_of(&s4, &key("demo", "web")).as_deref(), Some("10.0.0.1"));
-    assert!(s4.problems.is_empty());
+    assert!(s.get(&key("demo", "web")).is_none());
+    assert!(s.get(&key("demo", "db")).is_some());
+    assert_eq!(s.problems.len(), 1);
+    assert!(
+        s.problems[0].message.contains("defined 2 times"),
+        "{}",
+        s.problems[0]
+    );
 }
 
+/// The verdict never depends on history: whatever arrived first, a running
+/// snapshot equals a cold start (a restart) on the same files.
 #[test]
-fn a_shadowed_refused_file_comes_into_force_from_its_last_good_version() {
-    let s1 = merge(
-        &Snapshot::default(),
-        read(vec![
-            ("d/a.yaml", parsed(vec![ew("demo", "web", "10.0.0.1")])),
-            ("d/b.yaml", parsed(vec![ew("demo", "web", "10.0.0.2")])),
-        ]),
+fn duplicate_the_same_running_as_after_a_restart() {
+    let a = ("d/a.yaml", parsed(vec![ew("demo", "web", "10.0.0.1")]));
+    let b = ("d/b.yaml", parsed(vec![ew("demo", "web", "10.0.0.2")]));
+    for first in [a.clone(), b.clone()] {
+        let s1 = merge(&Snapshot::default(), read(vec![first]));
+        assert!(s1.get(&key("demo", "web")).is_some());
+        let running = merge(&s1, read(vec![a.clone(), b.clone()]));
+        let restarted = merge(&Snapshot::default(), read(vec![a.clone(), b.clone()]));
+        assert!(running.get(&key("demo", "web")).is_none());
+        assert_eq!(running.objects, restarted.objects);
+        assert_eq!(running.conflicted, restarted.conflicted);
+        assert_eq!(running.problems, restarted.problems);
+    }
+
+    // One copy refused: its last good version still conflicts.
+    let s1 = merge(&Snapshot::default(), read(vec![a.clone(), b.clone()]));
+    let s2 = merge(
+        &s1,
+        read(vec![a.clone(), ("d/b.yaml", refused("d/b.yaml"))]),
     );
-    let s2 = merge(&s1, read(vec![("d/b.yaml", refused("d/b.yaml"))]));
-    assert_eq!(ip_of(&s2, &key("demo", "web")).as_deref(), Some("10.0.0.2"));
-    assert_eq!(file_of(&s2, &key("demo", "web")), Some("d/b.yaml".into()));
+    assert!(s2.get(&key("demo", "web")).is_none());
+
+    // One copy deleted: the other comes into force, no problem left.
+    let s3 = merge(&s2, read(vec![a.clone()]));
+    assert_eq!(ip_of(&s3, &key("demo", "web")).as_deref(), Some("10.0.0.1"));
+    assert!(s3.problems.is_empty());
+    assert!(s3.conflicted.is_empty());
 }
 
 #[test]

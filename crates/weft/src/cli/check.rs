@@ -38,6 +38,15 @@ pub struct CheckArgs {
     /// The control plane's admin address (read by --proxy)
     #[arg(long, default_value = "127.0.0.1:9990")]
     pub admin_addr: std::net::SocketAddr,
+    /// Check a resource directory (as given to `weft control-plane --resources`): conflicts and refusals
+    #[arg(long)]
+    pub resources: Option<PathBuf>,
+    /// With --resources: the control plane's namespace (identity names)
+    #[arg(long, default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
+    pub controller_namespace: String,
+    /// With --resources: the trust domain (identity names)
+    #[arg(long, default_value = pki::identity::DEFAULT_TRUST_DOMAIN)]
+    pub identity_trust_domain: String,
     /// Output format: text, or json in Linkerd's shape
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
@@ -59,6 +68,68 @@ struct Report<'a> {
 }
 
 const FLEET: &str = "weft-fleet";
+const POLICY: &str = "weft-policy";
+
+/// The resource directory read with the control plane's own rules: every
+/// conflicted (defined more than once) or refused object is a failure.
+fn resources(a: &CheckArgs, dir: &std::path::Path) -> Vec<CheckResult> {
+    let what = "policy resources: no conflicts or refusals";
+    let snap = match super::policy::load(dir, &a.controller_namespace, &a.identity_trust_domain) {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![CheckResult::fail(
+                what,
+                e.message,
+                "pass the directory given to weft control-plane --resources",
+            )];
+        }
+    };
+    let conflicts: Vec<String> = snap
+        .conflicted
+        .iter()
+        .map(|(k, files)| {
+            let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            format!(
+                "{k} is defined {} times ({})",
+                files.len(),
+                files.join(", ")
+            )
+        })
+        .collect();
+    let others: Vec<String> = snap
+        .errors()
+        .filter(|p| {
+            !snap
+                .conflicted
+                .keys()
+                .any(|k| p.resource.as_deref() == Some(k.to_string().as_str()))
+        })
+        .map(ToString::to_string)
+        .collect();
+    let mut checks = Vec::new();
+    checks.push(if conflicts.is_empty() {
+        CheckResult::ok("policy resources: no object defined more than once")
+    } else {
+        CheckResult::fail(
+            "policy resources: no object defined more than once",
+            format!(
+                "{}; every definition is refused and the object judged absent (fail-closed)",
+                conflicts.join("; ")
+            ),
+            "keep exactly one definition of each object (delete or rename the others)",
+        )
+    });
+    checks.push(if others.is_empty() {
+        CheckResult::ok(what)
+    } else {
+        CheckResult::fail(
+            what,
+            others.join("; "),
+            "fix what each problem names; a refused object grants nothing",
+        )
+    });
+    checks
+}
 
 /// The fleet view from the control plane's admin endpoint, judged.
 fn fleet(a: &CheckArgs) -> (Option<String>, Vec<CheckResult>) {
@@ -116,16 +187,19 @@ pub fn run(a: CheckArgs) -> CmdResult {
                 ),
             ));
         }
-        (None, None) if a.proxy => {}
+        (None, None) if a.proxy || a.resources.is_some() => {}
         _ => {
             return Err(Failure::input(
-                "nothing to check: pass --identity-trust-anchors-file and --identity-issuer-certificate-file (and --identity-issuer-key-file), or --proxy",
+                "nothing to check: pass --identity-trust-anchors-file and --identity-issuer-certificate-file (and --identity-issuer-key-file), or --proxy, or --resources",
             ));
         }
     }
     if a.proxy {
         let (summary, checks) = fleet(&a);
         categories.push((FLEET, summary, checks));
+    }
+    if let Some(dir) = &a.resources {
+        categories.push((POLICY, None, resources(&a, dir)));
     }
     let all: Vec<CheckResult> = categories.iter().flat_map(|c| c.2.clone()).collect();
     let status = worst(&all);

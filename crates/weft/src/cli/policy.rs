@@ -37,7 +37,7 @@ pub struct ExplainArgs {
     /// The target, namespace/workload:port
     #[arg(long)]
     pub to: String,
-    /// An HTTP request path: judge a request (routes); without it the client's bytes are taken to be not HTTP
+    /// An HTTP request path (or absolute-form target): judge a request (routes) on its normal form, as the proxy does; without it the client's bytes are taken to be not HTTP
     #[arg(long)]
     pub path: Option<String>,
     /// The request method (with --path)
@@ -72,6 +72,8 @@ struct Explained {
     server: String,
     authorization: Option<String>,
     route: Option<String>,
+    /// The request path as judged and forwarded: `--path` in normal form.
+    path: Option<String>,
     reasons: Vec<String>,
     problems: Vec<String>,
 }
@@ -139,6 +141,12 @@ fn explain(a: ExplainArgs) -> CmdResult {
         &a.identity_trust_domain,
     )?;
     let mut problems: Vec<String> = snap.errors().map(|p| p.to_string()).collect();
+    // Said up front: the proxy judges conflicted objects the same way.
+    let conflicts: Vec<String> = snap
+        .conflicted
+        .keys()
+        .map(|k| format!("{k} is defined more than once: every definition is refused and it is judged absent (fail-closed)"))
+        .collect();
     let w = snap
         .external_workloads()
         .find(|w| w.meta.name == name && w.meta.namespace.as_deref() == Some(ns))
@@ -169,7 +177,36 @@ fn explain(a: ExplainArgs) -> CmdResult {
             ))
         })?
         .contains(&port);
-    let request = a.path.as_ref().map(|path| policy::Request {
+    // The path as the proxy judges (and forwards) it: its normal form, or
+    // refused (400) when it has none.
+    let path = match a.path.as_deref().map(|p| {
+        policy::path::normalize(policy::path::target_path(p), server.keep_encoded_slashes)
+            .map_err(|e| (p, e))
+    }) {
+        Some(Err((raw, why))) => {
+            let out = Explained {
+                allowed: false,
+                mode: policy::Mode::Http,
+                audit: false,
+                client: client_desc(&client),
+                target: a.to.clone(),
+                server: server.name.to_string(),
+                authorization: None,
+                route: None,
+                path: None,
+                reasons: conflicts
+                    .into_iter()
+                    .chain([format!("the path {raw:?} is refused (400): {why}")])
+                    .collect(),
+                problems,
+            };
+            print(&out, &a)?;
+            return Err(Failure::invalid(""));
+        }
+        Some(Ok(n)) => Some(n.0),
+        None => None,
+    };
+    let request = path.as_ref().map(|path| policy::Request {
         method: a.method.to_uppercase(),
         path: path.clone(),
         headers: vec![],
@@ -177,20 +214,17 @@ fn explain(a: ExplainArgs) -> CmdResult {
     // No --path: the client's bytes are not HTTP.
     let traffic = request.as_ref().map_or(Traffic::NotHttp, Traffic::Http);
     let v = policy::judge(&server, Facts { opaque_hint }, &client, traffic);
-    let client_desc = match &client.identity {
-        Some(id) => format!("{id} (mTLS) at {}", client.ip),
-        None => format!("unmeshed client at {}", client.ip),
-    };
     let out = Explained {
         allowed: v.allowed,
         mode: v.mode,
         audit: v.audit,
-        client: client_desc,
+        client: client_desc(&client),
+        path,
         target: a.to.clone(),
         server: server.name.to_string(),
         authorization: v.authz.as_ref().map(ToString::to_string),
         route: v.route.as_ref().map(ToString::to_string),
-        reasons: v.reasons,
+        reasons: conflicts.into_iter().chain(v.reasons).collect(),
         problems,
     };
     print(&out, &a)?;
@@ -198,6 +232,13 @@ fn explain(a: ExplainArgs) -> CmdResult {
         Ok(())
     } else {
         Err(Failure::invalid(""))
+    }
+}
+
+fn client_desc(client: &policy::Client) -> String {
+    match &client.identity {
+        Some(id) => format!("{id} (mTLS) at {}", client.ip),
+        None => format!("unmeshed client at {}", client.ip),
     }
 }
 
@@ -240,9 +281,12 @@ fn print(out: &Explained, a: &ExplainArgs) -> Result<(), Failure> {
             serde_json::to_string_pretty(&out).map_err(Failure::input)?
         ),
         Output::Text => {
-            let what = match &a.path {
-                Some(p) => format!("{} {p} ", a.method.to_uppercase()),
-                None => String::new(),
+            let what = match (&out.path, &a.path) {
+                (Some(p), Some(raw)) if p != raw => {
+                    format!("{} {p} (sent as {raw}) ", a.method.to_uppercase())
+                }
+                (_, Some(raw)) => format!("{} {raw} ", a.method.to_uppercase()),
+                _ => String::new(),
             };
             outln!(
                 "{}: {what}from {} to {}",
