@@ -72,8 +72,15 @@ fn idle_connections_cannot_starve_the_admin_listeners() {
     let s = Scratch::new();
     s.guide_material();
     let be_app = echo_server();
-    let (be_in, fe_in, fe_app, out) = (free_port(), free_port(), free_port(), free_port());
     std::fs::create_dir(s.path("resources")).unwrap();
+    let limits = ["--admin-max-connections", CAP, "--admin-idle-timeout", IDLE];
+    let mut cp_args = vec!["--resources", "resources"];
+    cp_args.extend(limits);
+    let cp = s.control_plane(&cp_args);
+    let cp_admin = cp.addr("admin listening on");
+    ready(cp_admin);
+    // Ports chosen once the control plane holds its own, so none collide.
+    let (be_in, fe_in, fe_app, out) = (free_port(), free_port(), free_port(), free_port());
     s.write(
         "resources/demo.yaml",
         [
@@ -82,12 +89,6 @@ fn idle_connections_cannot_starve_the_admin_listeners() {
         ]
         .concat(),
     );
-    let limits = ["--admin-max-connections", CAP, "--admin-idle-timeout", IDLE];
-    let mut cp_args = vec!["--resources", "resources"];
-    cp_args.extend(limits);
-    let cp = s.control_plane(&cp_args);
-    let cp_admin = cp.addr("admin listening on");
-    ready(cp_admin);
     let backend = start_proxy(&s, "backend", be_in, &cp, &[], &limits);
     let mapping = format!("127.0.0.1:{out}=demo/backend:{be_app}");
     let frontend = start_proxy(&s, "frontend", fe_in, &cp, &[mapping], &[]);
