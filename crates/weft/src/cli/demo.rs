@@ -22,11 +22,22 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), so no
+/// listener bound to port 0 meanwhile (the demo's own control plane, or any
+/// other process) can take it before the proxy binds it.
 fn free_port() -> Result<u16, Failure> {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Failure::fatal(format!("no free port on 127.0.0.1: {e}")))
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Failure::fatal(
+        "no free port on 127.0.0.1 between 20000 and 32000; free some and run the demo again",
+    ))
 }
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {

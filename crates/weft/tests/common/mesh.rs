@@ -37,12 +37,20 @@ pub fn spawn_app() -> u16 {
     port
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), so a
+/// process binding port 0 meanwhile (a control plane, another test) cannot
+/// take it before the proxy it is meant for binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(0);
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between 20000 and 32000")
 }
 
 /// An ExternalWorkload in namespace demo on 127.0.0.1, its proxy's inbound
