@@ -240,28 +240,7 @@ impl Mesh {
     fn explain(&self, client: &str, port: &str, path: &str) -> (bool, Option<String>) {
         let from = format!("{client}.{TD}");
         let to = format!("demo/backend:{}", self.port(port));
-        let r = self.s.weft(&[
-            "policy",
-            "explain",
-            "--resources",
-            "res",
-            "--from",
-            &from,
-            "--from-ip",
-            "127.0.0.1",
-            "--to",
-            &to,
-            "--path",
-            path,
-            "-o",
-            "json",
-        ]);
-        assert!(
-            r.code == 0 || r.code == 1,
-            "explain: {}\n{}",
-            r.stdout,
-            r.stderr
-        );
+        let r = self.s.explain(&from, &to, &["--path", path, "-o", "json"]);
         let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
         (
             v["allowed"].as_bool().unwrap(),

@@ -341,32 +341,11 @@ impl Parity {
     fn explain(&self, sa: &str, port: u16, http: bool) -> (Seen, serde_json::Value) {
         let from = format!("{sa}.{}", td_of(sa));
         let to = format!("demo/backend:{port}");
-        let mut args = vec![
-            "policy",
-            "explain",
-            "--resources",
-            "res",
-            "--from",
-            &from,
-            "--from-ip",
-            "127.0.0.1",
-            "--to",
-            &to,
-            "--default-inbound-policy",
-            "audit",
-            "-o",
-            "json",
-        ];
+        let mut extra = vec!["--default-inbound-policy", "audit", "-o", "json"];
         if http {
-            args.extend(["--path", "/who"]);
+            extra.extend(["--path", "/who"]);
         }
-        let r = self.s.weft(&args);
-        assert!(
-            r.code == 0 || r.code == 1,
-            "explain failed: {}\n{}",
-            r.stdout,
-            r.stderr
-        );
+        let r = self.s.explain(&from, &to, &extra);
         let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
         let seen = match (v["mode"].as_str(), v["allowed"].as_bool()) {
             (Some("http"), Some(true)) => HttpAllowed,

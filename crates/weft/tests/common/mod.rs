@@ -74,6 +74,33 @@ impl Scratch {
         Run::from(out)
     }
 
+    /// `weft policy explain` on the resource directory `res` for a client
+    /// at 127.0.0.1, plus `extra` flags; a verdict (exit 0 or 1), never an error.
+    #[track_caller]
+    pub fn explain(&self, from: &str, to: &str, extra: &[&str]) -> Run {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--resources",
+            "res",
+            "--from",
+            from,
+            "--from-ip",
+            "127.0.0.1",
+            "--to",
+            to,
+        ];
+        args.extend_from_slice(extra);
+        let r = self.weft(&args);
+        assert!(
+            r.code == 0 || r.code == 1,
+            "explain {args:?}: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        r
+    }
+
     pub fn openssl(&self, args: &[&str]) -> Run {
         let out = Command::new("openssl")
             .args(args)
