@@ -17,6 +17,8 @@ pub struct ControlPlaneConfig {
     pub state_dir: PathBuf,
     /// Resource directory (policy, workloads); used by later services.
     pub resources: Option<PathBuf>,
+    /// Kubernetes mode: resources from the API server instead of a directory.
+    pub kubernetes: Option<crate::k8s::KubeSettings>,
     pub identity_addr: SocketAddr,
     /// Destination service (mTLS required).
     pub destination_addr: SocketAddr,
@@ -76,6 +78,9 @@ impl fmt::Display for ControlPlaneConfig {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "(none)".into()),
         )?;
+        if let Some(k) = &self.kubernetes {
+            row(f, "kubernetes", k)?;
+        }
         row(f, "identity-addr", &self.identity_addr)?;
         row(f, "destination-addr", &self.destination_addr)?;
         row(f, "policy-addr", &self.policy_addr)?;

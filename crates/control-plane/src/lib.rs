@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod fleet_check;
 pub mod fleet_metrics;
 pub mod index;
+pub mod k8s;
 pub mod k8s_manifests;
 pub mod mesh_service;
 pub mod own_cert;

@@ -38,8 +38,20 @@ pub struct ControlPlaneArgs {
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "weft-state")]
     pub state_dir: PathBuf,
     /// Resource directory (policy, workloads) for the services that use it
-    #[arg(long, env = "WEFT_RESOURCES")]
+    #[arg(long, env = "WEFT_RESOURCES", conflicts_with = "kubernetes")]
     pub resources: Option<PathBuf>,
+    /// Read pods, services and policy from a Kubernetes API server instead of a directory
+    #[arg(long, env = "WEFT_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Kubeconfig for --kubernetes (default: in-cluster configuration, or KUBECONFIG)
+    #[arg(long, env = "WEFT_KUBECONFIG", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// ConfigMap in the controller namespace holding the trust anchors (key ca-bundle.crt), with --kubernetes
+    #[arg(long, env = "WEFT_IDENTITY_TRUST_ROOTS_CONFIGMAP", default_value = control_plane::k8s::KubeSettings::DEFAULT_TRUST_ROOTS_CONFIGMAP)]
+    pub identity_trust_roots_configmap: String,
+    /// Secret in the controller namespace holding the issuer certificate and key, with --kubernetes
+    #[arg(long, env = "WEFT_IDENTITY_ISSUER_SECRET", default_value = control_plane::k8s::KubeSettings::DEFAULT_ISSUER_SECRET)]
+    pub identity_issuer_secret: String,
     /// Identity gRPC listener (TLS)
     #[arg(long, env = "WEFT_IDENTITY_ADDR", default_value = "0.0.0.0:8080")]
     pub identity_addr: SocketAddr,
@@ -56,9 +68,9 @@ pub struct ControlPlaneArgs {
         default_value = "all-unauthenticated"
     )]
     pub default_inbound_policy: String,
-    /// Networks the cluster-* default policies admit
-    #[arg(long, env = "WEFT_CLUSTER_NETWORKS", default_value = policy::translate::DEFAULT_CLUSTER_NETWORKS, value_delimiter = ',')]
-    pub cluster_networks: Vec<String>,
+    /// Pod and service networks (CIDRs): the cluster-* default policies admit them, and with --kubernetes an address outside them is not meshed (required with --kubernetes; default without it: the private ranges)
+    #[arg(long, env = "WEFT_CLUSTER_NETWORKS", value_delimiter = ',')]
+    pub cluster_networks: Option<Vec<String>>,
     /// Admin listener: /live /ready /metrics
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:9990")]
     pub admin_addr: SocketAddr,
@@ -82,6 +94,23 @@ impl ControlPlaneArgs {
         if self.reread_interval.is_zero() {
             return Err(Failure::input("--reread-interval must be more than 0"));
         }
+        let cluster_networks = match (&self.cluster_networks, self.kubernetes) {
+            (Some(n), _) => n.clone(),
+            (None, false) => policy::translate::DEFAULT_CLUSTER_NETWORKS
+                .split(',')
+                .map(str::to_string)
+                .collect(),
+            (None, true) => {
+                return Err(Failure::input(
+                    "--kubernetes needs --cluster-networks: the cluster's pod and service CIDRs (e.g. 10.244.0.0/16,10.96.0.0/12), so addresses outside the cluster pass as not meshed and unowned ones inside it are refused",
+                ));
+            }
+        };
+        let kubernetes = self.kubernetes.then(|| control_plane::k8s::KubeSettings {
+            kubeconfig: self.kubeconfig.clone(),
+            trust_roots_configmap: self.identity_trust_roots_configmap.clone(),
+            issuer_secret: self.identity_issuer_secret.clone(),
+        });
         Ok(ControlPlaneConfig {
             issuer_files: IssuerFiles {
                 anchors: self.identity_trust_anchors_file,
@@ -94,6 +123,7 @@ impl ControlPlaneArgs {
             controller_namespace: self.controller_namespace.clone(),
             state_dir: std::path::absolute(&self.state_dir).unwrap_or(self.state_dir),
             resources: self.resources,
+            kubernetes,
             identity_addr: self.identity_addr,
             destination_addr: self.destination_addr,
             policy_addr: self.policy_addr,
@@ -104,8 +134,7 @@ impl ControlPlaneArgs {
                         self.default_inbound_policy
                     ))
                 })?,
-                cluster_networks: self
-                    .cluster_networks
+                cluster_networks: cluster_networks
                     .iter()
                     .map(|c| c.parse().map_err(|e| Failure::input(format!("--cluster-networks {c:?}: {e}"))))
                     .collect::<Result<_, _>>()?,

@@ -250,6 +250,7 @@ async fn demo(dir: &Path) -> CmdResult {
         controller_namespace: pki::identity::DEFAULT_CONTROL_PLANE_NS.into(),
         state_dir: p("state"),
         resources: Some(p("resources")),
+        kubernetes: None,
         identity_addr: local(0),
         destination_addr: local(0),
         policy_addr: local(0),
