@@ -1,12 +1,11 @@
 //! Builds the destination service's workload index from resources.
 
-use std::collections::BTreeMap;
 
 use crate::workloads::{
     ANN_INBOUND_PORT, ANN_SKIP_INBOUND, Broken, DEFAULT_PROXY_INBOUND_PORT, Index, Workload,
     parse_ports,
 };
-use policy::resources::Object;
+use policy::resources::{Snapshot, WorkloadKind};
 
 /// The index, plus one line per workload that could not be used (and why).
 /// A resource file refused with no good version in force: what it claims,
@@ -16,43 +15,36 @@ pub struct RefusedFile {
     pub claims: Option<Vec<(String, std::net::IpAddr)>>,
 }
 
-pub fn build_index<'a>(
-    loaded: bool,
-    objects: impl Iterator<Item = &'a Object> + Clone,
+pub fn build_index(
+    snap: &Snapshot,
     refused: &[RefusedFile],
     control_plane_ns: &str,
+    trust_domain: &str,
 ) -> (Index, Vec<String>) {
-    let ns_annotations: BTreeMap<&str, &BTreeMap<String, String>> = objects
-        .clone()
-        .filter_map(|o| match o {
-            Object::Namespace(n) => Some((n.meta.name.as_str(), &n.meta.annotations)),
-            _ => None,
-        })
-        .collect();
     let mut workloads = Vec::new();
     let mut broken = Vec::new();
     let mut problems = Vec::new();
-    for o in objects {
-        let Object::ExternalWorkload(w) = o else {
-            continue;
-        };
-        let ns = w.meta.namespace.clone().unwrap_or_else(|| "default".into());
-        let name = format!("{ns}/{}", w.meta.name);
+    for w in snap.workloads(control_plane_ns, trust_domain) {
+        let ns = w.namespace().to_string();
         let mut refuse = |reason: String| {
             problems.push(format!(
-                "ExternalWorkload {name}: {reason}; its addresses are refused until fixed"
+                "{w}: {reason}; its addresses are refused until fixed"
             ));
             broken.push(Broken {
                 namespace: ns.clone(),
                 name: w.meta.name.clone(),
-                ips: w.spec.workload_ips.iter().map(|i| i.ip).collect(),
+                ips: w.ips.clone(),
                 reason,
             });
         };
         let identity = match w.identity(control_plane_ns) {
             Ok(i) => i,
             Err(e) => {
-                refuse(format!("spec.meshTLS.identity: {e}"));
+                let field = match w.kind {
+                    WorkloadKind::ExternalWorkload => "spec.meshTLS.identity",
+                    WorkloadKind::Pod => "spec.serviceAccountName",
+                };
+                refuse(format!("{field}: {e}"));
                 continue;
             }
         };
@@ -63,10 +55,11 @@ pub fn build_index<'a>(
                 .map_err(|e| format!("annotation {ANN_SKIP_INBOUND}: {e}")),
             None => Ok(None),
         };
-        let opaque = policy::ports::opaque_ports(ann, ns_annotations.get(ns.as_str()).copied());
-        let proxy_port = match ann.get(ANN_INBOUND_PORT) {
-            None => Ok(DEFAULT_PROXY_INBOUND_PORT),
-            Some(v) => v
+        let opaque = policy::ports::opaque_ports(ann, snap.namespace_annotations(&ns));
+        let proxy_port = match (w.proxy_port.clone(), ann.get(ANN_INBOUND_PORT)) {
+            (Some(from_spec), _) => from_spec,
+            (None, None) => Ok(DEFAULT_PROXY_INBOUND_PORT),
+            (None, Some(v)) => v
                 .trim()
                 .parse::<u16>()
                 .ok()
@@ -78,8 +71,8 @@ pub fn build_index<'a>(
                 namespace: ns.clone(),
                 name: w.meta.name.clone(),
                 identity,
-                ips: w.spec.workload_ips.iter().map(|i| i.ip).collect(),
-                ports: w.spec.ports.iter().map(|p| p.port).collect(),
+                ips: w.ips.clone(),
+                ports: w.ports.iter().map(|(p, _)| *p).collect(),
                 skip_inbound: skip.unwrap_or_default(),
                 opaque,
                 proxy_port,
@@ -121,7 +114,7 @@ pub fn build_index<'a>(
     }
     (
         Index {
-            loaded,
+            loaded: snap.loaded,
             workloads,
             broken,
             degraded,
@@ -161,7 +154,8 @@ spec:
             file: "b.yaml".into(),
             claims,
         }];
-        let (index, _) = build_index(true, std::iter::empty(), &refused, "weft");
+        let loaded = policy::resources::merge(&Snapshot::default(), Ok(Default::default()));
+        let (index, _) = build_index(&loaded, &refused, "weft", "cluster.local");
         let r = index.resolve(&parse_target("10.0.0.7:8080").unwrap());
         assert!(matches!(r, Err(Refusal::Broken { .. })), "{r:?}");
         // Other addresses are still known to be unmeshed.
@@ -176,7 +170,7 @@ spec:
             file: "g.yaml".into(),
             claims: policy::resources::claimed_addresses("key: [unclosed"),
         }];
-        let (index, _) = build_index(true, std::iter::empty(), &garbage, "weft");
+        let (index, _) = build_index(&loaded, &garbage, "weft", "cluster.local");
         let r = index.resolve(&parse_target("10.0.0.8:8080").unwrap());
         assert!(matches!(r, Err(Refusal::Degraded { .. })), "{r:?}");
     }

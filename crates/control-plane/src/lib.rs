@@ -218,6 +218,7 @@ pub async fn start(
         gate: bounds::Gate::new("admin", cfg.admin_limits, &limits),
     };
     let cp_ns = cfg.controller_namespace.clone();
+    let trust_domain = cfg.trust_domain.clone();
 
     let run = async move {
         let mut tasks = tokio::task::JoinSet::new();
@@ -238,7 +239,7 @@ pub async fn start(
         if let Some(source) = resources {
             tasks.spawn(source.run(snap_tx));
         }
-        tasks.spawn(feed_index(snap_rx, index_tx, cp_ns));
+        tasks.spawn(feed_index(snap_rx, index_tx, cp_ns, trust_domain));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -372,12 +373,11 @@ async fn feed_index(
     mut snaps: watch::Receiver<Arc<Snapshot>>,
     tx: watch::Sender<Arc<workloads::Index>>,
     cp_ns: String,
+    trust_domain: String,
 ) {
     let mut last_problems = Vec::new();
     loop {
         let snap = snaps.borrow_and_update().clone();
-        let objects: Vec<&policy::resources::Object> =
-            snap.objects.values().map(|s| &s.object).collect();
         let in_force: std::collections::BTreeSet<&std::path::Path> =
             snap.objects.values().map(|s| s.file.as_path()).collect();
         let refused: Vec<index::RefusedFile> = snap
@@ -393,8 +393,7 @@ async fn feed_index(
                 file,
             })
             .collect();
-        let (index, problems) =
-            index::build_index(snap.loaded, objects.iter().copied(), &refused, &cp_ns);
+        let (index, problems) = index::build_index(&snap, &refused, &cp_ns, &trust_domain);
         if problems != last_problems {
             for p in &problems {
                 tracing::warn!("{p}");

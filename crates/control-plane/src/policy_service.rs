@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use identity::IssuerStatus;
 
-use policy::resources::Snapshot;
+use policy::resources::{Snapshot, WorkloadKind};
 use policy::translate::{PolicyDefaults, Unsettled, translate_keeping};
 
 pub struct PolicyService {
@@ -28,23 +28,28 @@ pub struct PolicyService {
     pub unsettled: UnsettledCache,
 }
 
-pub type InForce = Arc<Mutex<HashMap<(String, String, u16), String>>>;
+pub type InForce = Arc<Mutex<HashMap<(WorkloadKind, String, String, u16), String>>>;
 pub type UnsettledCache = Arc<Mutex<Option<(Arc<Snapshot>, Arc<Unsettled>)>>>;
 
-/// `{"ns":"demo","external_workload":"backend"}` → ("demo", "backend").
-pub fn parse_workload(s: &str) -> Result<(String, String), String> {
+/// A proxy's workload string, Linkerd's form:
+/// `{"ns":"demo","external_workload":"backend"}` or `{"ns":"demo","pod":"web-1"}`.
+pub fn parse_workload(s: &str) -> Result<(WorkloadKind, String, String), String> {
     let v: serde_json::Value = serde_json::from_str(s)
-        .map_err(|_| format!("workload {s:?} is not JSON; expected {{\"ns\":\"<namespace>\",\"external_workload\":\"<name>\"}}"))?;
+        .map_err(|_| format!("workload {s:?} is not JSON; expected {{\"ns\":\"<namespace>\",\"pod\":\"<name>\"}} or {{\"ns\":\"<namespace>\",\"external_workload\":\"<name>\"}}"))?;
     let get = |k: &str| {
         v.get(k)
             .and_then(|x| x.as_str())
             .filter(|x| !x.is_empty())
             .map(str::to_string)
     };
-    match (get("ns"), get("external_workload")) {
-        (Some(ns), Some(name)) => Ok((ns, name)),
+    let ns = get("ns");
+    let pod = get(WorkloadKind::Pod.workload_key());
+    let external = get(WorkloadKind::ExternalWorkload.workload_key());
+    match (ns, pod, external) {
+        (Some(ns), Some(name), None) => Ok((WorkloadKind::Pod, ns, name)),
+        (Some(ns), None, Some(name)) => Ok((WorkloadKind::ExternalWorkload, ns, name)),
         _ => Err(format!(
-            "workload {s:?} lacks \"ns\" or \"external_workload\""
+            "workload {s:?} must name \"ns\" and exactly one of \"pod\" or \"external_workload\""
         )),
     }
 }
@@ -65,8 +70,7 @@ impl PolicyService {
     fn resolve(
         &self,
         snap: &Arc<Snapshot>,
-        ns: &str,
-        name: &str,
+        (kind, ns, name): (WorkloadKind, &str, &str),
         port: u16,
         caller: &pki::Identity,
     ) -> Result<Server, Status> {
@@ -75,10 +79,10 @@ impl PolicyService {
                 "the control plane has not finished loading its resources; retry shortly",
             ));
         }
+        let d = &self.defaults;
         let w = snap
-            .external_workloads()
-            .find(|w| w.meta.name == name && w.meta.namespace.as_deref() == Some(ns))
-            .ok_or_else(|| Status::not_found(format!("no ExternalWorkload {ns}/{name}")))?;
+            .workload(kind, ns, name, &d.control_plane_ns, &d.trust_domain)
+            .ok_or_else(|| Status::not_found(format!("no meshed {kind} {ns}/{name}")))?;
         let declared = w
             .identity(&self.defaults.control_plane_ns)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
@@ -88,11 +92,11 @@ impl PolicyService {
             )));
         }
         let unsettled = self.unsettled(snap);
-        let key = (ns.to_string(), name.to_string(), port);
+        let key = (kind, ns.to_string(), name.to_string(), port);
         let mut in_force = self.in_force.lock().unwrap_or_else(|e| e.into_inner());
         let t = translate_keeping(
             snap,
-            w,
+            &w,
             port,
             &self.defaults,
             &unsettled,
@@ -114,26 +118,26 @@ impl PolicyService {
     fn spec(
         &self,
         req: &Request<PortSpec>,
-    ) -> Result<(String, String, u16, pki::Identity), Status> {
+    ) -> Result<(WorkloadKind, String, String, u16, pki::Identity), Status> {
         let caller = crate::peer::authenticated(req, &self.issuer)?;
         let spec = req.get_ref();
-        let (ns, name) = parse_workload(&spec.workload).map_err(Status::invalid_argument)?;
+        let (kind, ns, name) = parse_workload(&spec.workload).map_err(Status::invalid_argument)?;
         let port = u16::try_from(spec.port)
             .ok()
             .filter(|p| *p != 0)
             .ok_or_else(|| {
                 Status::invalid_argument(format!("port {} is not a TCP port", spec.port))
             })?;
-        Ok((ns, name, port, caller))
+        Ok((kind, ns, name, port, caller))
     }
 }
 
 #[tonic::async_trait]
 impl InboundServerPolicies for PolicyService {
     async fn get_port(&self, req: Request<PortSpec>) -> Result<Response<Server>, Status> {
-        let (ns, name, port, caller) = self.spec(&req)?;
+        let (kind, ns, name, port, caller) = self.spec(&req)?;
         let snap = self.snapshot.borrow().clone();
-        self.resolve(&snap, &ns, &name, port, &caller)
+        self.resolve(&snap, (kind, &ns, &name), port, &caller)
             .map(Response::new)
     }
 
@@ -143,9 +147,14 @@ impl InboundServerPolicies for PolicyService {
         &self,
         req: Request<PortSpec>,
     ) -> Result<Response<Self::WatchPortStream>, Status> {
-        let (ns, name, port, caller) = self.spec(&req)?;
+        let (kind, ns, name, port, caller) = self.spec(&req)?;
         let mut rx = self.snapshot.clone();
-        let first = self.resolve(&rx.borrow_and_update().clone(), &ns, &name, port, &caller)?;
+        let first = self.resolve(
+            &rx.borrow_and_update().clone(),
+            (kind, &ns, &name),
+            port,
+            &caller,
+        )?;
         let (tx, out) = mpsc::channel(4);
         let this = PolicyService {
             snapshot: self.snapshot.clone(),
@@ -165,7 +174,7 @@ impl InboundServerPolicies for PolicyService {
                     _ = tx.closed() => return,
                 }
                 let snap = rx.borrow_and_update().clone();
-                match this.resolve(&snap, &ns, &name, port, &caller) {
+                match this.resolve(&snap, (kind, &ns, &name), port, &caller) {
                     Ok(s) if s == last => {}
                     Ok(s) => {
                         last = s;
@@ -192,8 +201,17 @@ mod tests {
     fn workload_names() {
         assert_eq!(
             parse_workload(r#"{"ns":"demo","external_workload":"backend"}"#).unwrap(),
-            ("demo".to_string(), "backend".to_string())
+            (
+                WorkloadKind::ExternalWorkload,
+                "demo".to_string(),
+                "backend".to_string()
+            )
         );
+        assert_eq!(
+            parse_workload(r#"{"ns":"demo","pod":"web-1"}"#).unwrap(),
+            (WorkloadKind::Pod, "demo".to_string(), "web-1".to_string())
+        );
+        assert!(parse_workload(r#"{"ns":"demo","pod":"a","external_workload":"b"}"#).is_err());
         assert!(parse_workload("demo:backend").is_err());
         assert!(parse_workload(r#"{"ns":"demo"}"#).is_err());
         assert!(parse_workload(r#"{"ns":"","external_workload":"x"}"#).is_err());

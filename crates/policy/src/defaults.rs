@@ -1,7 +1,7 @@
 //! The default inbound policy: the cluster's, a Namespace's or a
 //! workload's annotation, and the settings translation needs.
 
-use crate::resources::{Cidr, DefaultPolicy, ExternalWorkload, Snapshot};
+use crate::resources::{Cidr, DefaultPolicy, Snapshot, Workload};
 
 pub const ANN_DEFAULT_POLICY: &str = "config.linkerd.io/default-inbound-policy";
 
@@ -45,7 +45,7 @@ pub fn default_name(p: DefaultPolicy) -> &'static str {
 /// namespace's, else the cluster-wide one. An unreadable value is `deny`.
 pub fn effective_default(
     snap: &Snapshot,
-    w: &ExternalWorkload,
+    w: &Workload,
     d: &PolicyDefaults,
     problems: &mut Vec<String>,
 ) -> DefaultPolicy {
@@ -60,7 +60,7 @@ pub fn effective_default(
     };
     from(
         w.meta.annotations.get(ANN_DEFAULT_POLICY),
-        &format!("ExternalWorkload {ns}/{}", w.meta.name),
+        &w.to_string(),
         problems,
     )
     .or_else(|| {

@@ -16,9 +16,9 @@ use linkerd2_proxy_api::inbound::{
 use linkerd2_proxy_api::meta::{Metadata, metadata};
 
 use crate::resources::{
-    AuthenticationKind, AuthorizationPolicy, Cidr, DefaultPolicy, ExternalWorkload,
-    IdentityRefKind, Kind, Object, PathMatchType, ProxyProtocol as ResProtocol,
-    Server as ResServer, ServerPort, Snapshot, TargetKind,
+    AuthenticationKind, AuthorizationPolicy, Cidr, DefaultPolicy, IdentityRefKind, Kind, Object,
+    PathMatchType, ProbeRoute, ProxyProtocol as ResProtocol, Server as ResServer, ServerPort,
+    Snapshot, TargetKind, Workload,
 };
 
 pub use crate::defaults::{
@@ -299,7 +299,7 @@ fn authz_for(
 /// Servers that conflict, the first by name.
 pub fn translate(
     snap: &Snapshot,
-    w: &ExternalWorkload,
+    w: &Workload,
     port: u16,
     d: &PolicyDefaults,
     unsettled: &Unsettled,
@@ -312,20 +312,79 @@ pub fn translate(
 /// a port by sorting first.
 pub fn translate_keeping(
     snap: &Snapshot,
-    w: &ExternalWorkload,
+    w: &Workload,
+    port: u16,
+    d: &PolicyDefaults,
+    unsettled: &Unsettled,
+    in_force: Option<&str>,
+) -> Translated {
+    let mut t = translate_servers(snap, w, port, d, unsettled, in_force);
+    let probes: Vec<&ProbeRoute> = w.probes.iter().filter(|p| p.port == port).collect();
+    if !probes.is_empty() {
+        add_probe_routes(&mut t, &probes, w);
+    }
+    t
+}
+
+/// The kubelet's probes on this port are allowed from anyone (Linkerd's
+/// default probe route), whatever the Server or default: meshing never
+/// fails a probe. Other paths are judged as before; an opaque port has no
+/// routes to add them to, so its probes go unauthorized and say so.
+fn add_probe_routes(t: &mut Translated, probes: &[&ProbeRoute], w: &Workload) {
+    let route = |p: &ProbeRoute| HttpRoute {
+        metadata: Some(Metadata {
+            kind: Some(metadata::Kind::Default("probe".into())),
+        }),
+        authorizations: vec![Authz {
+            networks: all_networks(),
+            authentication: Some(unauthenticated()),
+            metadata: Some(Metadata {
+                kind: Some(metadata::Kind::Default("probe".into())),
+            }),
+            ..Default::default()
+        }],
+        rules: vec![http_route::Rule {
+            matches: vec![HttpRouteMatch {
+                path: Some(PathMatch {
+                    kind: Some(path_match::Kind::Exact(p.path.clone())),
+                }),
+                method: Some(linkerd2_proxy_api::http_types::HttpMethod {
+                    r#type: Some(linkerd2_proxy_api::http_types::http_method::Type::Registered(
+                        linkerd2_proxy_api::http_types::http_method::Registered::Get.into(),
+                    )),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let routes = match t.server.protocol.as_mut().and_then(|p| p.kind.as_mut()) {
+        Some(proxy_protocol::Kind::Detect(x)) => &mut x.http_routes,
+        Some(proxy_protocol::Kind::Http1(x)) => &mut x.routes,
+        Some(proxy_protocol::Kind::Http2(x)) => &mut x.routes,
+        _ => {
+            t.problems.push(format!(
+                "{w} port {}: the kubelet's HTTP probes cannot be allowed on a port that is not HTTP; they are judged as any other connection",
+                probes[0].port
+            ));
+            return;
+        }
+    };
+    routes.extend(probes.iter().map(|p| route(p)));
+}
+
+fn translate_servers(
+    snap: &Snapshot,
+    w: &Workload,
     port: u16,
     d: &PolicyDefaults,
     unsettled: &Unsettled,
     in_force: Option<&str>,
 ) -> Translated {
     let mut problems = Vec::new();
-    let ns = w.meta.namespace.clone().unwrap_or_else(|| "default".into());
-    let port_name = w
-        .spec
-        .ports
-        .iter()
-        .find(|p| p.port == port)
-        .and_then(|p| p.name.clone());
+    let ns = w.namespace().to_string();
+    let port_name = w.port_name(port).map(str::to_string);
     let mut servers: Vec<&crate::resources::Server> = snap
         .of_kind(Kind::Server)
         .filter_map(|s| match &s.object {
@@ -333,14 +392,7 @@ pub fn translate_keeping(
             _ => None,
         })
         .filter(|s| s.meta.namespace.as_deref() == Some(ns.as_str()))
-        .filter(|s| {
-            let sel = s
-                .spec
-                .external_workload_selector
-                .as_ref()
-                .or(s.spec.pod_selector.as_ref());
-            sel.is_some_and(|sel| sel.matches(&w.meta.labels))
-        })
+        .filter(|s| w.selected_by(s))
         .filter(|s| match &s.spec.port {
             ServerPort::Number(n) => *n == port,
             ServerPort::Name(n) => port_name.as_deref() == Some(n.as_str()),

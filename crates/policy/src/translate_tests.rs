@@ -73,11 +73,11 @@ fn defaults(p: DefaultPolicy) -> PolicyDefaults {
     }
 }
 
-fn backend(s: &Snapshot) -> ExternalWorkload {
+fn backend(s: &Snapshot) -> crate::resources::Workload {
     s.external_workloads()
         .find(|w| w.meta.name == "backend")
+        .map(crate::resources::Workload::from)
         .unwrap()
-        .clone()
 }
 
 const FRONTEND: &str = "frontend.demo.serviceaccount.identity.weft.cluster.local";

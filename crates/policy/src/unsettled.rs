@@ -48,6 +48,7 @@ impl Unsettled {
                         if !matches!(
                             kind.as_str(),
                             "ExternalWorkload"
+                                | "Pod"
                                 | "Namespace"
                                 | "MeshTLSAuthentication"
                                 | "NetworkAuthentication"

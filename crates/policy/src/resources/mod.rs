@@ -11,11 +11,13 @@
 
 mod de;
 mod parse;
+mod pod;
 mod policy;
 mod policy_check;
 mod problem;
 mod snapshot;
 mod types;
+mod workload;
 
 pub use parse::{claimed_addresses, claimed_kinds, lint, parse_file};
 pub use policy::{
@@ -26,8 +28,13 @@ pub use policy::{
     NetworkAuthentication, NetworkAuthenticationSpec, ParentRef, PathMatch, PathMatchType,
     ProxyProtocol, SelectorOperator, Server, ServerPort, ServerSpec, TargetKind, TargetRef,
 };
+pub use pod::{
+    Container, ContainerPort, ENV_LINKERD_INBOUND, ENV_WEFT_INBOUND, LABEL_CONTROL_PLANE_NS, Pod,
+    PodSpec, PodStatus, ProbeRoute,
+};
 pub use problem::{Problem, Severity};
 pub use snapshot::{DirRead, FileOutcome, Origin, Snapshot, Sourced, merge};
+pub use workload::{Workload, WorkloadKind};
 pub use types::{
     ExternalWorkload, ExternalWorkloadSpec, Kind, MeshTls, Meta, Namespace, Object, ObjectKey,
     PortSpec, WorkloadIp, parse_identity,

@@ -253,6 +253,7 @@ impl Doc<'_> {
                     _ => None,
                 }
             }
+            Kind::Pod => self.pod(map, base, resource, meta),
             _ => {
                 let path = child_path(base, "spec");
                 match policy_check::read_spec(kind, map.get("spec"), &path) {
@@ -374,6 +375,35 @@ impl Doc<'_> {
             labels: raw.labels.unwrap_or_default(),
             annotations: raw.annotations.unwrap_or_default(),
         })
+    }
+
+    /// A Pod: only the fields weft reads must have their shape (the API
+    /// server owns the rest of the schema).
+    fn pod(
+        &mut self,
+        map: &Map<String, Value>,
+        base: &str,
+        resource: Option<&str>,
+        meta: Option<Meta>,
+    ) -> Option<Object> {
+        let part = |name: &str| -> Option<Value> {
+            match map.get(name) {
+                None | Some(Value::Null) => Some(Value::Object(Map::new())),
+                Some(v) => Some(v.clone()),
+            }
+        };
+        let (spec, status) = (part("spec")?, part("status")?);
+        let spec = from_value(&spec, &child_path(base, "spec"))
+            .map_err(|e| self.field_error(resource, e))
+            .ok();
+        let status = from_value(&status, &child_path(base, "status"))
+            .map_err(|e| self.field_error(resource, e))
+            .ok();
+        Some(Object::Pod(super::pod::Pod {
+            meta: meta?,
+            spec: spec?,
+            status: status?,
+        }))
     }
 
     fn external_workload_spec(

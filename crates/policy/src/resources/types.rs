@@ -22,6 +22,7 @@ use super::policy::{
 pub enum Kind {
     Namespace,
     ExternalWorkload,
+    Pod,
     Server,
     AuthorizationPolicy,
     MeshTlsAuthentication,
@@ -33,6 +34,7 @@ impl Kind {
     pub const ALL: &'static [Kind] = &[
         Kind::Namespace,
         Kind::ExternalWorkload,
+        Kind::Pod,
         Kind::Server,
         Kind::AuthorizationPolicy,
         Kind::MeshTlsAuthentication,
@@ -45,6 +47,7 @@ impl Kind {
         match self {
             Kind::Namespace => "Namespace",
             Kind::ExternalWorkload => "ExternalWorkload",
+            Kind::Pod => "Pod",
             Kind::Server => "Server",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::MeshTlsAuthentication => "MeshTLSAuthentication",
@@ -62,7 +65,7 @@ impl Kind {
     /// Every `apiVersion` accepted for this kind, preferred first.
     pub fn api_versions(self) -> &'static [&'static str] {
         match self {
-            Kind::Namespace => &["v1"],
+            Kind::Namespace | Kind::Pod => &["v1"],
             Kind::ExternalWorkload => &["workload.linkerd.io/v1beta1"],
             Kind::Server => &[
                 "policy.linkerd.io/v1beta3",
@@ -76,6 +79,7 @@ impl Kind {
                 "policy.linkerd.io/v1beta3",
                 "policy.linkerd.io/v1beta2",
                 "policy.linkerd.io/v1beta1",
+                "gateway.networking.k8s.io/v1",
                 "gateway.networking.k8s.io/v1beta1",
             ],
         }
@@ -86,6 +90,7 @@ impl Kind {
         match self {
             Kind::Namespace => false,
             Kind::ExternalWorkload
+            | Kind::Pod
             | Kind::Server
             | Kind::AuthorizationPolicy
             | Kind::MeshTlsAuthentication
@@ -167,6 +172,7 @@ pub struct Meta {
 pub enum Object {
     Namespace(Namespace),
     ExternalWorkload(ExternalWorkload),
+    Pod(super::pod::Pod),
     Server(Server),
     AuthorizationPolicy(AuthorizationPolicy),
     MeshTlsAuthentication(MeshTlsAuthentication),
@@ -179,6 +185,7 @@ impl Object {
         match self {
             Object::Namespace(_) => Kind::Namespace,
             Object::ExternalWorkload(_) => Kind::ExternalWorkload,
+            Object::Pod(_) => Kind::Pod,
             Object::Server(_) => Kind::Server,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::MeshTlsAuthentication(_) => Kind::MeshTlsAuthentication,
@@ -191,6 +198,7 @@ impl Object {
         match self {
             Object::Namespace(o) => &o.meta,
             Object::ExternalWorkload(o) => &o.meta,
+            Object::Pod(o) => &o.meta,
             Object::Server(o) => &o.meta,
             Object::AuthorizationPolicy(o) => &o.meta,
             Object::MeshTlsAuthentication(o) => &o.meta,

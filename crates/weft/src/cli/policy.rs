@@ -148,13 +148,25 @@ fn explain(a: ExplainArgs) -> CmdResult {
         .map(|k| format!("{k} is defined more than once: every definition is refused and it is judged absent (fail-closed)"))
         .collect();
     let w = snap
-        .external_workloads()
-        .find(|w| w.meta.name == name && w.meta.namespace.as_deref() == Some(ns))
+        .workloads(&a.controller_namespace, &a.identity_trust_domain)
+        .find(|w| w.meta.name == name && w.namespace() == ns)
         .ok_or_else(|| {
-            Failure::input(format!(
-                "no ExternalWorkload {ns}/{name} in {}",
-                a.resources.display()
-            ))
+            let unmeshed = snap.pods().any(|p| {
+                p.meta.name == name && p.meta.namespace.as_deref() == Some(ns)
+            });
+            Failure::input(if unmeshed {
+                format!(
+                    "Pod {ns}/{name} in {} is not meshed by this control plane: it lacks the label {}={}, or it has finished or uses the host's network",
+                    a.resources.display(),
+                    policy::resources::LABEL_CONTROL_PLANE_NS,
+                    a.controller_namespace
+                )
+            } else {
+                format!(
+                    "no ExternalWorkload or meshed Pod {ns}/{name} in {}",
+                    a.resources.display()
+                )
+            })
         })?;
     let d = PolicyDefaults {
         default_policy,
@@ -164,7 +176,7 @@ fn explain(a: ExplainArgs) -> CmdResult {
         detect_timeout: std::time::Duration::from_secs(10),
     };
     let unsettled = Unsettled::of(&snap, |f| std::fs::read_to_string(f).ok());
-    let t = translate(&snap, w, port, &d, &unsettled);
+    let t = translate(&snap, &w, port, &d, &unsettled);
     problems.extend(t.problems);
     // As the proxy receives it: converted once, then judged.
     let server = policy::Server::try_from(t.server)
@@ -173,7 +185,7 @@ fn explain(a: ExplainArgs) -> CmdResult {
     let opaque_hint = policy::ports::opaque_ports(&w.meta.annotations, snap.namespace_annotations(ns))
         .map_err(|e| {
             Failure::input(format!(
-                "ExternalWorkload {ns}/{name}: {e}; the control plane refuses its addresses until it is fixed"
+                "{w}: {e}; the control plane refuses its addresses until it is fixed"
             ))
         })?
         .contains(&port);
