@@ -22,12 +22,10 @@ use crate::own_cert::OwnCert;
 pub fn readiness(
     issuer: &IssuerStatus,
     own: Option<&OwnCert>,
-    resources_loaded: bool,
+    resources: Result<(), String>,
     now: OffsetDateTime,
 ) -> Result<(), String> {
-    if !resources_loaded {
-        return Err("the resource directory has not been read completely yet".into());
-    }
+    resources?;
     if issuer.current.is_none() {
         return Err(match &issuer.refused {
             Some(why) => format!("no valid issuer: {why}"),
@@ -54,6 +52,31 @@ pub struct AdminState {
     pub record: Arc<identity::state::IssuanceRecord>,
     /// Connections are capped and timed, so none can starve the process.
     pub gate: bounds::Gate,
+    /// Kubernetes mode: how the watches stand.
+    pub kube: Option<watch::Receiver<crate::k8s::resources::KubeHealth>>,
+}
+
+impl AdminState {
+    /// Whether the resources are read, and a note when the last state is
+    /// served while the API cannot be reached (ready, but degraded: every
+    /// replica would fail together if that made them unready).
+    fn resources(&self) -> (Result<(), String>, Option<String>) {
+        if let Some(kube) = &self.kube {
+            let h = kube.borrow().clone();
+            return match h.not_ready() {
+                Some(why) if !h.synced => (Err(why), None),
+                note => (Ok(()), note),
+            };
+        }
+        if self.index.borrow().loaded {
+            (Ok(()), None)
+        } else {
+            (
+                Err("the resource directory has not been read completely yet".into()),
+                None,
+            )
+        }
+    }
 }
 
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
@@ -123,9 +146,17 @@ async fn handle(
         "/ready" => {
             let issuer = st.issuer.borrow().clone();
             let own = st.own.borrow().clone();
-            let loaded = st.index.borrow().loaded;
-            match readiness(&issuer, own.as_deref(), loaded, OffsetDateTime::now_utc()) {
-                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            let (resources, note) = st.resources();
+            match readiness(
+                &issuer,
+                own.as_deref(),
+                resources,
+                OffsetDateTime::now_utc(),
+            ) {
+                Ok(()) => match note {
+                    Some(note) => text(StatusCode::OK, format!("ready; {note}\n")),
+                    None => text(StatusCode::OK, "ready\n".into()),
+                },
                 Err(why) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("not ready: {why}\n"),
@@ -198,13 +229,13 @@ mod tests {
             refused: Some("issuer certificate: expired".into()),
             ..Default::default()
         };
-        let e = readiness(&s, None, true, OffsetDateTime::now_utc()).unwrap_err();
+        let e = readiness(&s, None, Ok(()), OffsetDateTime::now_utc()).unwrap_err();
         assert!(e.contains("expired"), "{e}");
         assert_eq!(
             readiness(
                 &IssuerStatus::default(),
                 None,
-                true,
+                Ok(()),
                 OffsetDateTime::now_utc()
             )
             .unwrap_err(),
@@ -214,7 +245,7 @@ mod tests {
             readiness(
                 &IssuerStatus::default(),
                 None,
-                false,
+                Err("the resource directory has not been read completely yet".into()),
                 OffsetDateTime::now_utc()
             )
             .unwrap_err()

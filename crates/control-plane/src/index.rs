@@ -1,6 +1,5 @@
 //! Builds the destination service's workload index from resources.
 
-
 use crate::workloads::{
     ANN_INBOUND_PORT, ANN_SKIP_INBOUND, Broken, DEFAULT_PROXY_INBOUND_PORT, Index, Workload,
     parse_ports,

@@ -55,6 +55,8 @@ pub enum StartError {
     Tls(String),
     #[error("token verifier: {0}")]
     Token(String),
+    #[error(transparent)]
+    Kube(#[from] k8s::ConnectError),
 }
 
 /// What a started control plane reports (addresses actually bound).
@@ -183,8 +185,20 @@ pub async fn start(
         control_plane_ns: cfg.controller_namespace.clone(),
         trust_domain: cfg.trust_domain.clone(),
     });
-    // With no resource directory, nothing is meshed, and that is known.
-    let initial = if resources.is_none() {
+    let kube_client = match &cfg.kubernetes {
+        Some(settings) => Some(k8s::connect(settings).await?),
+        None => None,
+    };
+    let kube_resources = kube_client
+        .clone()
+        .map(|client| k8s::resources::KubeSource {
+            client,
+            control_plane_ns: cfg.controller_namespace.clone(),
+            trust_domain: cfg.trust_domain.clone(),
+        });
+    let (kube_health_tx, kube_health_rx) = watch::channel(k8s::resources::KubeHealth::default());
+    // With no resource source, nothing is meshed, and that is known.
+    let initial = if resources.is_none() && kube_resources.is_none() {
         policy::resources::merge(&Snapshot::default(), Ok(Default::default()))
     } else {
         Snapshot::default()
@@ -216,6 +230,7 @@ pub async fn start(
         bundle: bundle_rx.clone(),
         record: record.clone(),
         gate: bounds::Gate::new("admin", cfg.admin_limits, &limits),
+        kube: kube_client.is_some().then_some(kube_health_rx),
     };
     let cp_ns = cfg.controller_namespace.clone();
     let trust_domain = cfg.trust_domain.clone();
@@ -238,6 +253,8 @@ pub async fn start(
         tasks.spawn(compact_record(record));
         if let Some(source) = resources {
             tasks.spawn(source.run(snap_tx));
+        } else if let Some(source) = kube_resources {
+            tasks.spawn(source.run(snap_tx, kube_health_tx));
         }
         tasks.spawn(feed_index(snap_rx, index_tx, cp_ns, trust_domain));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -383,14 +400,15 @@ async fn feed_index(
         let refused: Vec<index::RefusedFile> = snap
             .errors()
             .map(|p| p.file.clone())
-            .filter(|f| f.is_file() && !in_force.contains(f.as_path()))
+            .filter(|f| !in_force.contains(f.as_path()))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
-            .map(|file| index::RefusedFile {
-                claims: std::fs::read_to_string(&file)
-                    .ok()
-                    .and_then(|t| policy::resources::claimed_addresses(&t)),
-                file,
+            .filter_map(|file| {
+                let text = text_of(&snap, &file)?;
+                Some(index::RefusedFile {
+                    claims: policy::resources::claimed_addresses(&text),
+                    file,
+                })
             })
             .collect();
         let (index, problems) = index::build_index(&snap, &refused, &cp_ns, &trust_domain);
@@ -410,6 +428,15 @@ async fn feed_index(
         if snaps.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// The text of a refused document: held by the source (Kubernetes), or its
+/// file as it is now.
+pub fn text_of(snap: &Snapshot, origin: &std::path::Path) -> Option<String> {
+    match &snap.held {
+        Some(held) => held.get(origin).cloned(),
+        None => std::fs::read_to_string(origin).ok(),
     }
 }
 

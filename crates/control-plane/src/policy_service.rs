@@ -60,7 +60,7 @@ impl PolicyService {
         match cache.as_ref() {
             Some((s, u)) if Arc::ptr_eq(s, snap) => u.clone(),
             _ => {
-                let u = Arc::new(Unsettled::of(snap, |f| std::fs::read_to_string(f).ok()));
+                let u = Arc::new(Unsettled::of(snap, |f| crate::text_of(snap, f)));
                 *cache = Some((snap.clone(), u.clone()));
                 u
             }

@@ -105,7 +105,7 @@ impl DirSource {
             };
             let next = Arc::new(merge(&current, read));
             if next.generation != current.generation {
-                log_changes(&self.dir, &current, &next);
+                log_changes(&self.dir.display(), &current, &next);
                 tx.send_replace(next.clone());
             }
             current = next;
@@ -375,11 +375,11 @@ impl Reader {
     }
 }
 
-/// Logs what changed between two snapshots, and only that.
-fn log_changes(dir: &Path, prev: &Snapshot, next: &Snapshot) {
-    let dir = dir.display();
+/// Logs what changed between two snapshots, and only that; `dir` names the
+/// source (a directory, or the Kubernetes API).
+pub(crate) fn log_changes(dir: &dyn std::fmt::Display, prev: &Snapshot, next: &Snapshot) {
     if next.loaded && !prev.loaded {
-        tracing::info!(%dir, objects = next.objects.len(), files = next.file_count(), "resource directory loaded");
+        tracing::info!(%dir, objects = next.objects.len(), files = next.file_count(), "resources loaded");
     } else if next.objects != prev.objects {
         let added = next
             .objects

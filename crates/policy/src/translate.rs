@@ -349,9 +349,11 @@ fn add_probe_routes(t: &mut Translated, probes: &[&ProbeRoute], w: &Workload) {
                     kind: Some(path_match::Kind::Exact(p.path.clone())),
                 }),
                 method: Some(linkerd2_proxy_api::http_types::HttpMethod {
-                    r#type: Some(linkerd2_proxy_api::http_types::http_method::Type::Registered(
-                        linkerd2_proxy_api::http_types::http_method::Registered::Get.into(),
-                    )),
+                    r#type: Some(
+                        linkerd2_proxy_api::http_types::http_method::Type::Registered(
+                            linkerd2_proxy_api::http_types::http_method::Registered::Get.into(),
+                        ),
+                    ),
                 }),
                 ..Default::default()
             }],

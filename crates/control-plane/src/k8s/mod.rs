@@ -2,6 +2,8 @@
 //! The watches here feed the same snapshot and indexes the resource
 //! directory feeds, so a verdict never depends on which source produced it.
 
+pub mod resources;
+
 use std::fmt;
 use std::path::PathBuf;
 

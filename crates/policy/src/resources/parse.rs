@@ -24,6 +24,12 @@ const MAX_SUBDOMAIN: usize = 253;
 /// whole file, and every problem found is reported, not just the first.
 pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Object>, Vec<Problem>> {
     let docs = read_documents(text).map_err(|msg| vec![Problem::error(path, msg)])?;
+    parse_values(path, &docs)
+}
+
+/// Parses documents a source already holds as values (a Kubernetes watch
+/// delivers objects, not text), with the same rules as a file.
+pub fn parse_values(path: &Path, docs: &[Value]) -> Result<Vec<Object>, Vec<Problem>> {
     let mut objects: Vec<(usize, Object)> = Vec::new();
     let mut problems = Vec::new();
     for (i, doc) in docs.iter().enumerate() {
@@ -151,7 +157,7 @@ pub fn claimed_kinds(text: &str) -> Option<Vec<(String, String)>> {
 
 /// Splits the YAML stream into documents, empty ones skipped. Never panics:
 /// a panic inside the YAML library on hostile input is caught and reported.
-fn read_documents(text: &str) -> Result<Vec<Value>, String> {
+pub(crate) fn read_documents(text: &str) -> Result<Vec<Value>, String> {
     let parse = || {
         let options = serde_saphyr::options! { with_snippet: false };
         serde_saphyr::from_multiple_with_options::<Value>(text, options)

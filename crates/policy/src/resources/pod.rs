@@ -120,7 +120,11 @@ impl Pod {
     /// with an address of its own (not host-network, not finished: a
     /// finished pod's IP is reused by others).
     pub fn is_meshed(&self, control_plane_ns: &str) -> bool {
-        self.meta.labels.get(LABEL_CONTROL_PLANE_NS).map(String::as_str) == Some(control_plane_ns)
+        self.meta
+            .labels
+            .get(LABEL_CONTROL_PLANE_NS)
+            .map(String::as_str)
+            == Some(control_plane_ns)
             && self.has_own_address()
     }
 
@@ -199,8 +203,16 @@ impl Pod {
         let mut out = Vec::new();
         for c in &self.spec.containers {
             let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
-            for get in probes.into_iter().flatten().filter_map(|p| p.http_get.as_ref()) {
-                if get.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("HTTP")) {
+            for get in probes
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.http_get.as_ref())
+            {
+                if get
+                    .scheme
+                    .as_deref()
+                    .is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"))
+                {
                     continue;
                 }
                 let port = match &get.port {
@@ -214,7 +226,11 @@ impl Pod {
                     _ => None,
                 };
                 if let Some(port) = port.filter(|p| *p != 0) {
-                    let path = get.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+                    let path = get
+                        .path
+                        .clone()
+                        .filter(|p| !p.is_empty())
+                        .unwrap_or_else(|| "/".into());
                     out.push(ProbeRoute { port, path });
                 }
             }

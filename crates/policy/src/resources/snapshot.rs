@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::problem::{Problem, Severity};
 use super::types::{ExternalWorkload, Kind, Namespace, Object, ObjectKey};
@@ -60,6 +61,9 @@ pub struct Snapshot {
     pub problems: Vec<Problem>,
     /// Bumped whenever `loaded`, `objects` or `problems` change.
     pub generation: u64,
+    /// The text of each refused document, for a source that holds its
+    /// documents in memory (Kubernetes); None: they are files, read them.
+    pub held: Option<Arc<BTreeMap<Origin, String>>>,
     /// Per file: its last good content, kept even while it is shadowed or
     /// refused, so it can come into force later.
     files: BTreeMap<PathBuf, FileState>,
@@ -159,8 +163,28 @@ pub fn merge(prev: &Snapshot, read: DirRead) -> Snapshot {
         conflicted,
         problems,
         generation: prev.generation.wrapping_add(u64::from(changed)),
+        held: None,
         files,
     }
+}
+
+/// The next snapshot from a read that is the whole truth (the Kubernetes
+/// API): nothing is remembered, so a refused object keeps no last good
+/// version and grants nothing, and the verdict depends only on what the
+/// source holds now, never on history, replica or restart.
+pub fn replace(
+    prev: &Snapshot,
+    read: BTreeMap<Origin, FileOutcome>,
+    held: Arc<BTreeMap<Origin, String>>,
+) -> Snapshot {
+    let mut next = merge(&Snapshot::default(), Ok(read));
+    next.held = Some(held);
+    let changed = next.loaded != prev.loaded
+        || next.objects != prev.objects
+        || next.problems != prev.problems
+        || next.conflicted != prev.conflicted;
+    next.generation = prev.generation.wrapping_add(u64::from(changed));
+    next
 }
 
 fn next_files(

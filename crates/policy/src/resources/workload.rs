@@ -111,7 +111,12 @@ impl From<&ExternalWorkload> for Workload {
             meta: w.meta.clone(),
             identity: w.spec.mesh_tls.identity.clone(),
             ips: w.spec.workload_ips.iter().map(|i| i.ip).collect(),
-            ports: w.spec.ports.iter().map(|p| (p.port, p.name.clone())).collect(),
+            ports: w
+                .spec
+                .ports
+                .iter()
+                .map(|p| (p.port, p.name.clone()))
+                .collect(),
             probes: Vec::new(),
             proxy_port: None,
         }

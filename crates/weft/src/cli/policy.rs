@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use policy::resources::{FileOutcome, Problem, Snapshot, is_resource_file, merge, read_document};
+use policy::resources::{
+    FileOutcome, Problem, Snapshot, is_resource_file, merge, read_document, read_export, replace,
+};
 use policy::translate::{
     DEFAULT_CLUSTER_NETWORKS, PolicyDefaults, Unsettled, parse_default, translate,
 };
@@ -28,6 +30,9 @@ pub struct ExplainArgs {
     /// The resource directory (as given to `weft control-plane --resources`)
     #[arg(long)]
     pub resources: PathBuf,
+    /// The files are an export of a Kubernetes API (`kubectl get -o yaml`): judge each object alone, as `weft control-plane --kubernetes` does
+    #[arg(long)]
+    pub kubernetes: bool,
     /// The client: a mesh identity (or its SPIFFE ID), an IP address (unmeshed), or "unmeshed"
     #[arg(long)]
     pub from: String,
@@ -110,6 +115,40 @@ pub fn load(
     Ok(merge(&Snapshot::default(), Ok(read)))
 }
 
+/// The files of `dir` as an export of a Kubernetes API: each object judged
+/// alone, as `weft control-plane --kubernetes` judges what it watches.
+pub fn load_export(
+    dir: &std::path::Path,
+    control_plane_ns: &str,
+    trust_domain: &str,
+) -> Result<Snapshot, Failure> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Failure::input(format!("{}: cannot read: {e}", dir.display())))?;
+    let mut read = BTreeMap::new();
+    let mut held = BTreeMap::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_resource_file(&name) {
+            continue;
+        }
+        let path = e.path();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Failure::input(format!("{}: cannot read: {e}", path.display())))?;
+        for (origin, outcome, refused) in read_export(&path, &text, control_plane_ns, trust_domain)
+        {
+            if let Some(t) = refused {
+                held.insert(origin.clone(), t);
+            }
+            read.insert(origin, outcome);
+        }
+    }
+    Ok(replace(
+        &Snapshot::default(),
+        read,
+        std::sync::Arc::new(held),
+    ))
+}
+
 fn explain(a: ExplainArgs) -> CmdResult {
     let default_policy = parse_default(&a.default_inbound_policy).ok_or_else(|| {
         Failure::input(format!(
@@ -135,11 +174,19 @@ fn explain(a: ExplainArgs) -> CmdResult {
         Failure::input(format!("--to {:?}: expected namespace/workload:port", a.to))
     })?;
     let client = client_of(&a)?;
-    let snap = load(
-        &a.resources,
-        &a.controller_namespace,
-        &a.identity_trust_domain,
-    )?;
+    let snap = if a.kubernetes {
+        load_export(
+            &a.resources,
+            &a.controller_namespace,
+            &a.identity_trust_domain,
+        )?
+    } else {
+        load(
+            &a.resources,
+            &a.controller_namespace,
+            &a.identity_trust_domain,
+        )?
+    };
     let mut problems: Vec<String> = snap.errors().map(|p| p.to_string()).collect();
     // Said up front: the proxy judges conflicted objects the same way.
     let conflicts: Vec<String> = snap
@@ -175,20 +222,24 @@ fn explain(a: ExplainArgs) -> CmdResult {
         trust_domain: a.identity_trust_domain.clone(),
         detect_timeout: std::time::Duration::from_secs(10),
     };
-    let unsettled = Unsettled::of(&snap, |f| std::fs::read_to_string(f).ok());
+    let unsettled = Unsettled::of(&snap, |f| match &snap.held {
+        Some(held) => held.get(f).cloned(),
+        None => std::fs::read_to_string(f).ok(),
+    });
     let t = translate(&snap, &w, port, &d, &unsettled);
     problems.extend(t.problems);
     // As the proxy receives it: converted once, then judged.
     let server = policy::Server::try_from(t.server)
         .map_err(|e| Failure::input(format!("the translated policy is malformed: {e}")))?;
     // The destination's hint, from the same annotations the control plane reads.
-    let opaque_hint = policy::ports::opaque_ports(&w.meta.annotations, snap.namespace_annotations(ns))
-        .map_err(|e| {
-            Failure::input(format!(
-                "{w}: {e}; the control plane refuses its addresses until it is fixed"
-            ))
-        })?
-        .contains(&port);
+    let opaque_hint =
+        policy::ports::opaque_ports(&w.meta.annotations, snap.namespace_annotations(ns))
+            .map_err(|e| {
+                Failure::input(format!(
+                    "{w}: {e}; the control plane refuses its addresses until it is fixed"
+                ))
+            })?
+            .contains(&port);
     // The path as the proxy judges (and forwards) it: its normal form, or
     // refused (400) when it has none.
     let path = match a.path.as_deref().map(|p| {
