@@ -187,7 +187,7 @@ enum Caller {
 impl Caller {
     const ALL: [Caller; 3] = [Caller::Frontend, Caller::Other, Caller::Unmeshed];
 
-    fn from_arg(self, ns: &str, cp_ns: &str) -> String {
+    fn explain_from(self, ns: &str, cp_ns: &str) -> String {
         match self {
             Caller::Frontend => identity("frontend", ns, cp_ns),
             Caller::Other => identity("other", ns, cp_ns),
@@ -204,7 +204,7 @@ impl Caller {
                 ip,
             },
             c => policy::Client {
-                identity: c.from_arg(ns, cp_ns).parse().ok(),
+                identity: c.explain_from(ns, cp_ns).parse().ok(),
                 tls: true,
                 ip,
             },
@@ -236,7 +236,7 @@ fn explain_verdict(
     port: u16,
     path: Option<&str>,
 ) -> Result<bool> {
-    let from = caller.from_arg(ns, cp_ns);
+    let from = caller.explain_from(ns, cp_ns);
     let to = format!("{ns}/backend:{port}");
     let mut args = vec![
         "policy",
@@ -468,7 +468,7 @@ fn kubernetes_policy_matches_explain_and_updates_live() -> Result<()> {
                 let explained = explain_verdict(&s, caller, &ns, &cp_ns, port, path)?;
                 rows.push(format!(
                     "{port:<5} {:<70} {:<7} served={served:<5} explain={explained}",
-                    caller.from_arg(&ns, &cp_ns),
+                    caller.explain_from(&ns, &cp_ns),
                     path.unwrap_or("(tcp)")
                 ));
                 ensure!(

@@ -43,6 +43,8 @@ pub use workload::{Workload, WorkloadKind};
 #[cfg(test)]
 mod parse_tests;
 #[cfg(test)]
+mod pod_tests;
+#[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
 mod snapshot_tests;
