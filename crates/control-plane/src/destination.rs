@@ -32,7 +32,8 @@ fn status_of(r: Refusal) -> Status {
         Refusal::Conflict { .. }
         | Refusal::NoAddress(..)
         | Refusal::Broken { .. }
-        | Refusal::Degraded { .. } => Status::failed_precondition(r.to_string()),
+        | Refusal::Degraded { .. }
+        | Refusal::Unknown { .. } => Status::failed_precondition(r.to_string()),
     }
 }
 

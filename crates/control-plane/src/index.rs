@@ -1,8 +1,11 @@
 //! Builds the destination service's workload index from resources.
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
 use crate::workloads::{
-    ANN_INBOUND_PORT, ANN_SKIP_INBOUND, Broken, DEFAULT_PROXY_INBOUND_PORT, Index, Workload,
-    parse_ports,
+    ANN_INBOUND_PORT, ANN_SKIP_INBOUND, Broken, ClusterScope, DEFAULT_PROXY_INBOUND_PORT, Index,
+    Workload, parse_ports,
 };
 use policy::resources::{Snapshot, WorkloadKind};
 
@@ -19,6 +22,7 @@ pub fn build_index(
     refused: &[RefusedFile],
     control_plane_ns: &str,
     trust_domain: &str,
+    cluster_networks: Option<&[policy::resources::Cidr]>,
 ) -> (Index, Vec<String>) {
     let mut workloads = Vec::new();
     let mut broken = Vec::new();
@@ -114,12 +118,26 @@ pub fn build_index(
     (
         Index {
             loaded: snap.loaded,
+            cluster: cluster_networks.map(|networks| ClusterScope {
+                networks: networks.to_vec(),
+                unmeshed: unmeshed_pod_ips(snap, &workloads),
+            }),
             workloads,
             broken,
             degraded,
         },
         problems,
     )
+}
+
+/// Live pods' addresses that no meshed workload holds. A finished pod's
+/// address is left out: it is reused, and must not shadow its new owner.
+fn unmeshed_pod_ips(snap: &Snapshot, meshed: &[Workload]) -> BTreeSet<IpAddr> {
+    snap.pods()
+        .filter(|p| p.has_own_address())
+        .flat_map(|p| p.ips())
+        .filter(|ip| !meshed.iter().any(|w| w.ips.contains(ip)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -154,7 +172,7 @@ spec:
             claims,
         }];
         let loaded = policy::resources::merge(&Snapshot::default(), Ok(Default::default()));
-        let (index, _) = build_index(&loaded, &refused, "weft", "cluster.local");
+        let (index, _) = build_index(&loaded, &refused, "weft", "cluster.local", None);
         let r = index.resolve(&parse_target("10.0.0.7:8080").unwrap());
         assert!(matches!(r, Err(Refusal::Broken { .. })), "{r:?}");
         // Other addresses are still known to be unmeshed.
@@ -169,8 +187,60 @@ spec:
             file: "g.yaml".into(),
             claims: policy::resources::claimed_addresses("key: [unclosed"),
         }];
-        let (index, _) = build_index(&loaded, &garbage, "weft", "cluster.local");
+        let (index, _) = build_index(&loaded, &garbage, "weft", "cluster.local", None);
         let r = index.resolve(&parse_target("10.0.0.8:8080").unwrap());
         assert!(matches!(r, Err(Refusal::Degraded { .. })), "{r:?}");
+    }
+
+    fn pod(name: &str, ip: &str, phase: &str, meshed: bool) -> String {
+        let marker = if meshed {
+            "    linkerd.io/control-plane-ns: weft\n"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: demo\n  labels:\n{marker}    app: x\nspec:\n  serviceAccountName: {name}\nstatus:\n  phase: {phase}\n  podIP: {ip}\n"
+        )
+    }
+
+    /// A finished Job pod keeps its IP in its status; the live pod that
+    /// reuses it owns it, meshed or not.
+    #[test]
+    fn a_finished_pods_reused_address_belongs_to_its_new_owner() {
+        let docs = [
+            pod("job-done", "10.10.0.130", "Succeeded", false),
+            pod("web", "10.10.0.130", "Running", true),
+            pod("done-meshed", "10.10.0.131", "Failed", true),
+            pod("plain", "10.10.0.131", "Running", false),
+        ];
+        let read = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let p = std::path::PathBuf::from(format!("p{i}"));
+                let o = policy::resources::read_document(&p, d, "weft", "cluster.local");
+                (p, o)
+            })
+            .collect();
+        let snap = policy::resources::merge(&Snapshot::default(), Ok(read));
+        let networks = [policy::resources::Cidr::new("10.10.0.0".parse().unwrap(), 16).unwrap()];
+        let (index, problems) = build_index(&snap, &[], "weft", "cluster.local", Some(&networks));
+        assert!(problems.is_empty(), "{problems:?}");
+        let r = |t: &str| index.resolve(&parse_target(t).unwrap());
+        match r("10.10.0.130:8080") {
+            Ok(crate::workloads::Answer::Meshed { identity, .. }) => assert_eq!(
+                identity.to_string(),
+                "web.demo.serviceaccount.identity.weft.cluster.local"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r("10.10.0.131:8080"),
+            Ok(crate::workloads::Answer::NotMeshed { .. })
+        ));
+        assert!(matches!(
+            r("10.10.0.132:8080"),
+            Err(Refusal::Unknown { .. })
+        ));
     }
 }

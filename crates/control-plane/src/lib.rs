@@ -234,6 +234,11 @@ pub async fn start(
     };
     let cp_ns = cfg.controller_namespace.clone();
     let trust_domain = cfg.trust_domain.clone();
+    // Kubernetes mode knows every address in the cluster; standalone does not.
+    let cluster_networks = cfg
+        .kubernetes
+        .is_some()
+        .then(|| cfg.policy.cluster_networks.clone());
 
     let run = async move {
         let mut tasks = tokio::task::JoinSet::new();
@@ -256,7 +261,13 @@ pub async fn start(
         } else if let Some(source) = kube_resources {
             tasks.spawn(source.run(snap_tx, kube_health_tx));
         }
-        tasks.spawn(feed_index(snap_rx, index_tx, cp_ns, trust_domain));
+        tasks.spawn(feed_index(
+            snap_rx,
+            index_tx,
+            cp_ns,
+            trust_domain,
+            cluster_networks,
+        ));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -391,6 +402,7 @@ async fn feed_index(
     tx: watch::Sender<Arc<workloads::Index>>,
     cp_ns: String,
     trust_domain: String,
+    cluster_networks: Option<Vec<policy::resources::Cidr>>,
 ) {
     let mut last_problems = Vec::new();
     loop {
@@ -411,7 +423,13 @@ async fn feed_index(
                 })
             })
             .collect();
-        let (index, problems) = index::build_index(&snap, &refused, &cp_ns, &trust_domain);
+        let (index, problems) = index::build_index(
+            &snap,
+            &refused,
+            &cp_ns,
+            &trust_domain,
+            cluster_networks.as_deref(),
+        );
         if problems != last_problems {
             for p in &problems {
                 tracing::warn!("{p}");

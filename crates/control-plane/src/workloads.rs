@@ -43,6 +43,40 @@ pub struct Index {
     /// Set while a resource file that never loaded cannot even be read: an
     /// address no workload owns might be described there, so it is unknown.
     pub degraded: Option<String>,
+    /// Kubernetes mode: the cluster's networks and the addresses of pods
+    /// that are not meshed. None: standalone, where an address no workload
+    /// owns is not meshed.
+    pub cluster: Option<ClusterScope>,
+}
+
+/// What Kubernetes mode knows about addresses no meshed workload owns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterScope {
+    /// Pod and service networks (`--cluster-networks`).
+    pub networks: Vec<policy::resources::Cidr>,
+    /// Addresses of live pods that are not meshed (their traffic passes).
+    pub unmeshed: BTreeSet<IpAddr>,
+}
+
+impl ClusterScope {
+    /// An address no meshed workload owns: outside the cluster (the
+    /// internet, nodes) or an unmeshed pod it is not meshed; inside the
+    /// cluster and owned by nothing it is unknown, and refused.
+    fn judge(&self, addr: SocketAddr) -> Result<Answer, Refusal> {
+        let inside = self.networks.iter().any(|n| n.contains_ip(addr.ip()));
+        if !inside || self.unmeshed.contains(&addr.ip()) {
+            return Ok(Answer::NotMeshed { addr });
+        }
+        Err(Refusal::Unknown {
+            addr,
+            networks: self
+                .networks
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +150,10 @@ pub enum Refusal {
     },
     #[error("{addr} is not a known workload address, and {reason}; fix that file")]
     Degraded { addr: SocketAddr, reason: String },
+    #[error(
+        "{addr} is inside the cluster networks ({networks}) but no pod or service owns it; refused rather than sent in the clear (if it is outside the cluster, correct --cluster-networks)"
+    )]
+    Unknown { addr: SocketAddr, networks: String },
 }
 
 impl Index {
@@ -194,12 +232,13 @@ impl Index {
                         addr: *addr,
                         workloads: names,
                     }),
-                    [] => match &self.degraded {
-                        Some(reason) => Err(Refusal::Degraded {
+                    [] => match (&self.degraded, &self.cluster) {
+                        (Some(reason), _) => Err(Refusal::Degraded {
                             addr: *addr,
                             reason: reason.clone(),
                         }),
-                        None => Ok(Answer::NotMeshed { addr: *addr }),
+                        (None, Some(cluster)) => cluster.judge(*addr),
+                        (None, None) => Ok(Answer::NotMeshed { addr: *addr }),
                     },
                     [w] => Ok(answer_for(w, *addr)),
                     many => Err(Refusal::Conflict {
@@ -259,6 +298,7 @@ mod tests {
                 ips: vec!["10.0.0.9".parse().unwrap()],
                 reason: "bad annotation".into(),
             }],
+            cluster: None,
             degraded: None,
         }
     }
@@ -387,6 +427,7 @@ mod tests {
             workloads: vec![wl("a", "127.0.0.1", &[7000]), wl("b", "127.0.0.1", &[8080])],
             broken: vec![],
             degraded: None,
+            cluster: None,
         };
         assert!(matches!(
             ports.resolve(&parse_target("127.0.0.1:9999").unwrap()),
@@ -396,5 +437,23 @@ mod tests {
             ports.resolve(&parse_target("127.0.0.1:8080").unwrap()),
             Ok(Answer::Meshed { identity, .. }) if identity.service_account() == "b"
         ));
+    }
+
+    /// Kubernetes mode: outside the cluster passes, an unmeshed pod passes,
+    /// an unowned address inside the cluster is refused.
+    #[test]
+    fn kubernetes_mode_refuses_only_unowned_addresses_inside_the_cluster() {
+        let mut idx = index();
+        idx.cluster = Some(ClusterScope {
+            networks: vec![policy::resources::Cidr::new("10.0.0.0".parse().unwrap(), 8).unwrap()],
+            unmeshed: ["10.0.0.50".parse().unwrap()].into_iter().collect(),
+        });
+        let r = |t: &str| idx.resolve(&parse_target(t).unwrap());
+        assert!(matches!(r("10.0.0.2:8080"), Ok(Answer::Meshed { .. })));
+        assert!(matches!(r("10.0.0.50:80"), Ok(Answer::NotMeshed { .. })));
+        assert!(matches!(r("192.0.2.1:443"), Ok(Answer::NotMeshed { .. })));
+        let e = r("10.0.0.77:80").unwrap_err();
+        assert!(matches!(e, Refusal::Unknown { .. }), "{e}");
+        assert!(e.to_string().contains("--cluster-networks"), "{e}");
     }
 }

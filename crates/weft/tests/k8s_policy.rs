@@ -304,17 +304,17 @@ struct Watcher {
     latest: Vec<(u16, Server)>,
 }
 
-fn watch_ports(
+/// A runtime whose worker threads start inside the cp namespace, and a
+/// connection to `addr` made on one of them (so its socket is made there),
+/// authenticated as `sa`'s certificate.
+fn cp_channel(
     env: &K8sEnv,
     s: &Scratch,
-    policy_addr: SocketAddr,
-    ns: &str,
+    addr: SocketAddr,
+    sa: &str,
     cp_ns: &str,
-    ports: &[u16],
-) -> Result<Watcher> {
+) -> Result<(tokio::runtime::Runtime, tonic::transport::Channel)> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    // Worker threads start inside the cp namespace, and the connection is
-    // made on one of them, so its socket is made there.
     let rt = testbed::in_ns(&env.cp().ns, || {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -325,17 +325,26 @@ fn watch_ports(
         .ca_certificate(Certificate::from_pem(s.read("ca.crt")))
         .domain_name(identity("weft-identity", cp_ns, cp_ns))
         .identity(Identity::from_pem(
-            s.read("backend.crt"),
-            s.read("backend.key"),
+            s.read(&format!("{sa}.crt")),
+            s.read(&format!("{sa}.key")),
         ));
-    let endpoint = Endpoint::from_shared(format!("https://{policy_addr}"))?.tls_config(tls)?;
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?;
+    let channel = rt.block_on(rt.spawn(async move { endpoint.connect().await }))??;
+    Ok((rt, channel))
+}
+
+fn watch_ports(
+    env: &K8sEnv,
+    s: &Scratch,
+    policy_addr: SocketAddr,
+    ns: &str,
+    cp_ns: &str,
+    ports: &[u16],
+) -> Result<Watcher> {
+    let (rt, channel) = cp_channel(env, s, policy_addr, "backend", cp_ns)?;
     let workload = format!(r#"{{"ns":"{ns}","pod":"backend"}}"#);
     let ports = ports.to_vec();
     let task = rt.spawn(async move {
-        let channel = endpoint
-            .connect()
-            .await
-            .context("connect to the policy service")?;
         let mut client = InboundServerPoliciesClient::new(channel);
         let mut streams = Vec::new();
         let mut latest = Vec::new();
@@ -627,5 +636,106 @@ fn refused_objects_grant_nothing(
         |srv| proxy_verdict(srv, &frontend, None).unwrap_or(false),
     )?;
     println!("AuthorizationPolicy fixed -> WatchPort update in {took:.1?}");
+    Ok(())
+}
+
+/// The destination service in Kubernetes mode: a meshed pod's address with
+/// its identity, an unmeshed pod's and an outside address as not meshed,
+/// an address inside the cluster networks that nothing owns refused.
+#[test]
+fn destination_answers_for_cluster_addresses() -> Result<()> {
+    use linkerd2_proxy_api::destination::destination_client::DestinationClient;
+    use linkerd2_proxy_api::destination::{GetDestination, update};
+    let Some(env) = K8sEnv::shared("destination_answers_for_cluster_addresses")? else {
+        return Ok(());
+    };
+    let _logs = env.logs_on_failure();
+    let rt = tokio::runtime::Runtime::new()?;
+    let client = rt.block_on(async { env.client() })?;
+    let (ns, cp_ns) = rt.block_on(async {
+        anyhow::Ok((
+            api::namespace(&client, "dst").await?,
+            api::namespace(&client, "weft").await?,
+        ))
+    })?;
+    let s = Scratch::new();
+    s.guide_material();
+    for sa in ["web", "plain"] {
+        rt.block_on(api::service_account(&client, &ns, sa))?;
+    }
+    apply(
+        &env,
+        &s,
+        "web.yaml",
+        &meshed_pod("web", &ns, "web", &cp_ns, ""),
+    )?;
+    let plain = meshed_pod("plain", &ns, "plain", &cp_ns, "")
+        .replace(&format!("    linkerd.io/control-plane-ns: {cp_ns}\n"), "");
+    apply(&env, &s, "plain.yaml", &plain)?;
+    let web_ip = rt.block_on(running(&client, &ns, "web"))?;
+    let plain_ip = rt.block_on(running(&client, &ns, "plain"))?;
+    let cp = control_plane(&env, &s, &cp_ns);
+    let ia = cp.addr("identity listening on");
+    let da = cp.addr("destination listening on");
+    cp.wait_for_line("resources loaded", Duration::from_secs(30));
+    certify(&env, &s, ia, "web", &ns, &cp_ns)?;
+    let (crt, channel) = cp_channel(&env, &s, da, "web", &cp_ns)?;
+    // Nothing in the bed's pod range is at .250 (kwok hands out from .129).
+    let cases = [
+        (format!("{web_ip}:8080"), Some(identity("web", &ns, &cp_ns))),
+        (format!("{plain_ip}:8080"), None),
+        ("192.0.2.10:443".to_string(), None),
+    ];
+    for (path, want) in cases {
+        let mut c = DestinationClient::new(channel.clone());
+        let p = path.clone();
+        let first = crt.block_on(crt.spawn(async move {
+            let mut stream = c
+                .get(GetDestination {
+                    path: p,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            anyhow::Ok(stream.message().await?)
+        }))??;
+        let Some(update::Update::Add(set)) = first.and_then(|u| u.update) else {
+            bail!("{path}: no Add");
+        };
+        let got = set
+            .addrs
+            .first()
+            .and_then(|a| a.tls_identity.as_ref())
+            .and_then(|t| match &t.strategy {
+                Some(linkerd2_proxy_api::destination::tls_identity::Strategy::DnsLikeIdentity(
+                    d,
+                )) => Some(d.name.clone()),
+                _ => None,
+            });
+        println!("{path}: identity {got:?}");
+        ensure!(got == want, "{path}: identity {got:?}, want {want:?}");
+    }
+    let mut c = DestinationClient::new(channel.clone());
+    let refused = crt.block_on(crt.spawn(async move {
+        match c
+            .get(GetDestination {
+                path: "10.10.0.250:80".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(mut stream) => stream.get_mut().message().await.map(|_| ()),
+            Err(e) => Err(e),
+        }
+    }))?;
+    let e = refused
+        .err()
+        .context("an unowned address inside the cluster networks was answered")?;
+    println!("10.10.0.250:80: {:?}: {}", e.code(), e.message());
+    ensure!(
+        e.code() == tonic::Code::FailedPrecondition && e.message().contains("cluster networks"),
+        "{e:?}"
+    );
+    drop(cp);
     Ok(())
 }
