@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use linkerd2_proxy_api::destination::destination_server::Destination;
 use linkerd2_proxy_api::destination::{
-    DestinationProfile, GetDestination, ProtocolHint, TlsIdentity, Update, WeightedAddr,
-    WeightedAddrSet, protocol_hint, tls_identity, update,
+    AddrSet, DestinationProfile, GetDestination, NoEndpoints, ProtocolHint, TlsIdentity, Update,
+    WeightedAddr, WeightedAddrSet, protocol_hint, tls_identity, update,
 };
+use std::net::SocketAddr;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -26,9 +27,10 @@ pub struct DestinationService {
 fn status_of(r: Refusal) -> Status {
     match r {
         Refusal::NotLoaded => Status::unavailable(r.to_string()),
-        Refusal::NoWorkload(..) | Refusal::UndeclaredPort { .. } => {
-            Status::not_found(r.to_string())
-        }
+        Refusal::NoWorkload(..)
+        | Refusal::UndeclaredPort { .. }
+        | Refusal::NoService(..)
+        | Refusal::NoHost { .. } => Status::not_found(r.to_string()),
         Refusal::Conflict { .. }
         | Refusal::NoAddress(..)
         | Refusal::Broken { .. }
@@ -75,55 +77,97 @@ fn weighted(a: &Answer) -> WeightedAddr {
     }
 }
 
-fn update_for(a: &Answer) -> Update {
-    Update {
-        update: Some(update::Update::Add(WeightedAddrSet {
-            addrs: vec![weighted(a)],
-            metric_labels: HashMap::new(),
-        })),
+/// The updates that take a proxy from endpoint set `last` to `next`:
+/// removals of what left, one Add of what is new or changed; an empty set
+/// is said as NoEndpoints, so the proxy refuses rather than guesses.
+pub fn updates_between(last: Option<&[Answer]>, next: &[Answer]) -> Vec<Update> {
+    let last = last.unwrap_or_default();
+    if next.is_empty() {
+        return vec![Update {
+            update: Some(update::Update::NoEndpoints(NoEndpoints { exists: true })),
+        }];
     }
+    let gone: Vec<SocketAddr> = last
+        .iter()
+        .map(Answer::addr)
+        .filter(|a| !next.iter().any(|n| n.addr() == *a))
+        .collect();
+    let added: Vec<WeightedAddr> = next
+        .iter()
+        .filter(|n| !last.contains(n))
+        .map(weighted)
+        .collect();
+    let mut out = Vec::new();
+    if !gone.is_empty() {
+        out.push(Update {
+            update: Some(update::Update::Remove(AddrSet {
+                addrs: gone.into_iter().map(Into::into).collect(),
+            })),
+        });
+    }
+    if !added.is_empty() {
+        out.push(Update {
+            update: Some(update::Update::Add(WeightedAddrSet {
+                addrs: added,
+                metric_labels: HashMap::new(),
+            })),
+        });
+    }
+    out
 }
 
-fn profile_for(path: &str, a: &Answer) -> DestinationProfile {
+/// A profile names the endpoint only when the target is one address.
+fn profile_for(path: &str, set: &[Answer]) -> DestinationProfile {
     DestinationProfile {
         fully_qualified_name: path.to_string(),
-        opaque_protocol: matches!(a, Answer::Meshed { opaque: true, .. }),
-        endpoint: Some(weighted(a)),
+        opaque_protocol: !set.is_empty()
+            && set
+                .iter()
+                .all(|a| matches!(a, Answer::Meshed { opaque: true, .. })),
+        endpoint: match set {
+            [one] => Some(weighted(one)),
+            _ => None,
+        },
         ..Default::default()
     }
 }
 
-/// Streams `make(answer)` now and after every change of the answer; a
-/// refusal ends the stream with its status.
+/// Streams what `make` says of the target's endpoint set now and after
+/// every change (`make` sees the previous set too, for deltas); a refusal
+/// ends the stream with its status.
 fn follow<T: Send + 'static>(
     mut index: watch::Receiver<Arc<Index>>,
     path: String,
-    make: impl Fn(&Answer) -> T + Send + 'static,
+    make: impl Fn(Option<&[Answer]>, &[Answer]) -> Vec<T> + Send + 'static,
 ) -> Result<ReceiverStream<Result<T, Status>>, Status> {
     let target = parse_target(&path).map_err(Status::invalid_argument)?;
     let first = index
         .borrow_and_update()
-        .resolve(&target)
+        .resolve_set(&target)
         .map_err(status_of)?;
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        let mut last = first;
-        if tx.send(Ok(make(&last))).await.is_err() {
-            return;
+        for m in make(None, &first) {
+            if tx.send(Ok(m)).await.is_err() {
+                return;
+            }
         }
+        let mut last = first;
         loop {
             tokio::select! {
                 changed = index.changed() => if changed.is_err() { return },
                 _ = tx.closed() => return,
             }
-            let next = index.borrow_and_update().resolve(&target);
+            let next = index.borrow_and_update().resolve_set(&target);
             match next {
-                Ok(a) if a == last => {}
-                Ok(a) => {
-                    last = a;
-                    if tx.send(Ok(make(&last))).await.is_err() {
-                        return;
+                Ok(set) if set == last => {}
+                Ok(set) => {
+                    for m in make(Some(&last), &set) {
+                        if tx.send(Ok(m)).await.is_err() {
+                            return;
+                        }
                     }
+                    last = set;
                 }
                 Err(r) => {
                     let _ = tx.send(Err(status_of(r))).await;
@@ -144,7 +188,7 @@ impl Destination for DestinationService {
         let caller = crate::peer::authenticated(&req, &self.issuer)?;
         let path = req.into_inner().path;
         tracing::debug!(%caller, %path, "destination get");
-        follow(self.index.clone(), path, update_for).map(Response::new)
+        follow(self.index.clone(), path, updates_between).map(Response::new)
     }
 
     async fn get_profile(
@@ -154,6 +198,9 @@ impl Destination for DestinationService {
         crate::peer::authenticated(&req, &self.issuer)?;
         let path = req.into_inner().path;
         let p = path.clone();
-        follow(self.index.clone(), path, move |a| profile_for(&p, a)).map(Response::new)
+        follow(self.index.clone(), path, move |_, set| {
+            vec![profile_for(&p, set)]
+        })
+        .map(Response::new)
     }
 }

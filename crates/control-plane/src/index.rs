@@ -122,6 +122,7 @@ pub fn build_index(
                 networks: networks.to_vec(),
                 unmeshed: unmeshed_pod_ips(snap, &workloads),
             }),
+            services: crate::services::build_services(snap),
             workloads,
             broken,
             degraded,

@@ -14,6 +14,7 @@ pub mod mesh_service;
 pub mod own_cert;
 pub mod peer;
 pub mod policy_service;
+pub mod services;
 pub mod source;
 pub mod tls;
 pub mod workloads;

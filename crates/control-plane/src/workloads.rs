@@ -47,6 +47,8 @@ pub struct Index {
     /// that are not meshed. None: standalone, where an address no workload
     /// owns is not meshed.
     pub cluster: Option<ClusterScope>,
+    /// Services and their ready endpoints (Kubernetes mode).
+    pub services: Vec<crate::services::ServiceEntry>,
 }
 
 /// What Kubernetes mode knows about addresses no meshed workload owns.
@@ -87,6 +89,15 @@ pub enum Target {
         port: u16,
     },
     Addr(SocketAddr),
+    /// `name.ns.svc.<cluster-domain>:port`, or one endpoint of a headless
+    /// Service by its hostname (a StatefulSet pod):
+    /// `host.name.ns.svc.<cluster-domain>:port`.
+    Service {
+        namespace: String,
+        name: String,
+        host: Option<String>,
+        port: u16,
+    },
 }
 
 /// Parses `ns/name:port` (weft's extension) or `ip:port` / `[v6]:port`;
@@ -94,6 +105,9 @@ pub enum Target {
 pub fn parse_target(path: &str) -> Result<Target, String> {
     if let Ok(addr) = path.parse::<SocketAddr>() {
         return Ok(Target::Addr(addr));
+    }
+    if let Some(t) = crate::services::parse_service_target(path) {
+        return t;
     }
     let bad = || format!("{path:?} is not ip:port or namespace/name:port");
     let (wl, port) = path.rsplit_once(':').ok_or_else(bad)?;
@@ -122,6 +136,14 @@ pub enum Answer {
     },
 }
 
+impl Answer {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Answer::Meshed { addr, .. } | Answer::NotMeshed { addr } => *addr,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("the control plane has not finished loading its resources; retry shortly")]
@@ -148,6 +170,16 @@ pub enum Refusal {
         name: String,
         reason: String,
     },
+    #[error("no Service {0}/{1}; check the name, or create the Service")]
+    NoService(String, String),
+    #[error(
+        "Service {ns}/{name} has no {what}; a StatefulSet pod is named <pod>.<service>.<namespace>.svc.<cluster-domain>"
+    )]
+    NoHost {
+        ns: String,
+        name: String,
+        what: String,
+    },
     #[error("{addr} is not a known workload address, and {reason}; fix that file")]
     Degraded { addr: SocketAddr, reason: String },
     #[error(
@@ -166,6 +198,7 @@ impl Index {
                 namespace, name, ..
             } => b.namespace == *namespace && b.name == *name,
             Target::Addr(a) => b.ips.contains(&a.ip()),
+            Target::Service { .. } => false,
         });
         if let Some(b) = broken {
             return Err(Refusal::Broken {
@@ -175,6 +208,14 @@ impl Index {
             });
         }
         match target {
+            Target::Service { .. } => {
+                let set = self.resolve_set(target)?;
+                set.into_iter().next().ok_or_else(|| Refusal::NoHost {
+                    ns: String::new(),
+                    name: String::new(),
+                    what: "ready endpoint".into(),
+                })
+            }
             Target::Named {
                 namespace,
                 name,
@@ -299,6 +340,7 @@ mod tests {
                 reason: "bad annotation".into(),
             }],
             cluster: None,
+            services: vec![],
             degraded: None,
         }
     }
@@ -428,6 +470,7 @@ mod tests {
             broken: vec![],
             degraded: None,
             cluster: None,
+            services: vec![],
         };
         assert!(matches!(
             ports.resolve(&parse_target("127.0.0.1:9999").unwrap()),

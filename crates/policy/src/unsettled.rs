@@ -49,6 +49,8 @@ impl Unsettled {
                             kind.as_str(),
                             "ExternalWorkload"
                                 | "Pod"
+                                | "Service"
+                                | "EndpointSlice"
                                 | "Namespace"
                                 | "MeshTLSAuthentication"
                                 | "NetworkAuthentication"

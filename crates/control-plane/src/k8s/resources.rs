@@ -32,6 +32,8 @@ struct Watched {
 const WATCHED: &[Watched] = &[
     w("", "v1", "Namespace", "namespaces"),
     w("", "v1", "Pod", "pods"),
+    w("", "v1", "Service", "services"),
+    w("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     w("policy.linkerd.io", "v1beta3", "Server", "servers"),
     w(
         "policy.linkerd.io",

@@ -15,6 +15,7 @@ mod pod;
 mod policy;
 mod policy_check;
 mod problem;
+mod service;
 mod snapshot;
 mod types;
 mod workload;
@@ -33,6 +34,10 @@ pub use policy::{
     ProxyProtocol, SelectorOperator, Server, ServerPort, ServerSpec, TargetKind, TargetRef,
 };
 pub use problem::{Problem, Severity};
+pub use service::{
+    Endpoint, EndpointSlice, EndpointSliceBody, LABEL_SERVICE_NAME, Service, ServicePort,
+    ServiceSpec,
+};
 pub use snapshot::{DirRead, FileOutcome, Origin, Snapshot, Sourced, merge, replace};
 pub use types::{
     ExternalWorkload, ExternalWorkloadSpec, Kind, MeshTls, Meta, Namespace, Object, ObjectKey,

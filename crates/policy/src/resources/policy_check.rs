@@ -58,7 +58,11 @@ pub(super) fn read_spec(
         Some(v) => v,
     };
     let result = match kind {
-        Kind::Namespace | Kind::ExternalWorkload | Kind::Pod => return None,
+        Kind::Namespace
+        | Kind::ExternalWorkload
+        | Kind::Pod
+        | Kind::Service
+        | Kind::EndpointSlice => return None,
         Kind::Server => typed(spec, path, &mut e, check_server).map(PolicySpec::Server),
         Kind::AuthorizationPolicy => {
             typed(spec, path, &mut e, check_authorization).map(PolicySpec::AuthorizationPolicy)

@@ -23,6 +23,8 @@ pub enum Kind {
     Namespace,
     ExternalWorkload,
     Pod,
+    Service,
+    EndpointSlice,
     Server,
     AuthorizationPolicy,
     MeshTlsAuthentication,
@@ -35,6 +37,8 @@ impl Kind {
         Kind::Namespace,
         Kind::ExternalWorkload,
         Kind::Pod,
+        Kind::Service,
+        Kind::EndpointSlice,
         Kind::Server,
         Kind::AuthorizationPolicy,
         Kind::MeshTlsAuthentication,
@@ -48,6 +52,8 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::ExternalWorkload => "ExternalWorkload",
             Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
             Kind::Server => "Server",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::MeshTlsAuthentication => "MeshTLSAuthentication",
@@ -65,7 +71,8 @@ impl Kind {
     /// Every `apiVersion` accepted for this kind, preferred first.
     pub fn api_versions(self) -> &'static [&'static str] {
         match self {
-            Kind::Namespace | Kind::Pod => &["v1"],
+            Kind::Namespace | Kind::Pod | Kind::Service => &["v1"],
+            Kind::EndpointSlice => &["discovery.k8s.io/v1"],
             Kind::ExternalWorkload => &["workload.linkerd.io/v1beta1"],
             Kind::Server => &[
                 "policy.linkerd.io/v1beta3",
@@ -91,6 +98,8 @@ impl Kind {
             Kind::Namespace => false,
             Kind::ExternalWorkload
             | Kind::Pod
+            | Kind::Service
+            | Kind::EndpointSlice
             | Kind::Server
             | Kind::AuthorizationPolicy
             | Kind::MeshTlsAuthentication
@@ -173,6 +182,8 @@ pub enum Object {
     Namespace(Namespace),
     ExternalWorkload(ExternalWorkload),
     Pod(super::pod::Pod),
+    Service(super::service::Service),
+    EndpointSlice(super::service::EndpointSlice),
     Server(Server),
     AuthorizationPolicy(AuthorizationPolicy),
     MeshTlsAuthentication(MeshTlsAuthentication),
@@ -186,6 +197,8 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::ExternalWorkload(_) => Kind::ExternalWorkload,
             Object::Pod(_) => Kind::Pod,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Server(_) => Kind::Server,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::MeshTlsAuthentication(_) => Kind::MeshTlsAuthentication,
@@ -199,6 +212,8 @@ impl Object {
             Object::Namespace(o) => &o.meta,
             Object::ExternalWorkload(o) => &o.meta,
             Object::Pod(o) => &o.meta,
+            Object::Service(o) => &o.meta,
+            Object::EndpointSlice(o) => &o.meta,
             Object::Server(o) => &o.meta,
             Object::AuthorizationPolicy(o) => &o.meta,
             Object::MeshTlsAuthentication(o) => &o.meta,
