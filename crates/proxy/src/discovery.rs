@@ -4,15 +4,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use linkerd2_proxy_api::destination::GetDestination;
 use linkerd2_proxy_api::destination::destination_client::DestinationClient;
-use linkerd2_proxy_api::destination::{GetDestination, Update, tls_identity, update};
 use pki::Identity;
 use tokio::sync::watch;
 
 use crate::control::ControlPlane;
+use crate::endpoints::EndpointSet;
 use crate::follow::Event;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,58 +34,9 @@ pub enum Resolution {
     Unknown(String),
 }
 
-/// One update from the destination service, judged. Anything unexpected is
-/// unknown, never "not meshed".
-pub fn decode(u: Update) -> Resolution {
-    match u.update {
-        Some(update::Update::Add(set)) => {
-            let Some(first) = set.addrs.into_iter().next() else {
-                return Resolution::Unknown("the destination has no endpoints".into());
-            };
-            let Some(addr) = first.addr.and_then(|a| SocketAddr::try_from(a).ok()) else {
-                return Resolution::Unknown(
-                    "the destination service sent an endpoint without an address".into(),
-                );
-            };
-            let identity = match first.tls_identity.and_then(|t| t.strategy) {
-                None => return Resolution::NotMeshed { addr },
-                Some(tls_identity::Strategy::DnsLikeIdentity(d)) => d.name,
-                Some(other) => {
-                    return Resolution::Unknown(format!("unsupported identity kind {other:?}"));
-                }
-            };
-            let Ok(identity) = identity.parse::<Identity>() else {
-                return Resolution::Unknown(format!(
-                    "the endpoint's identity {identity:?} is not a mesh identity"
-                ));
-            };
-            let opaque = matches!(
-                first.protocol_hint.as_ref().and_then(|h| h.protocol),
-                Some(linkerd2_proxy_api::destination::protocol_hint::Protocol::Opaque(_))
-            );
-            let proxy_port = first
-                .protocol_hint
-                .and_then(|h| h.opaque_transport)
-                .and_then(|o| u16::try_from(o.inbound_port).ok())
-                .filter(|p| *p != 0);
-            Resolution::Meshed {
-                addr,
-                identity,
-                proxy_port,
-                opaque,
-            }
-        }
-        Some(update::Update::NoEndpoints(_)) => {
-            Resolution::Unknown("the destination has no endpoints".into())
-        }
-        Some(update::Update::Remove(_)) => Resolution::Unknown("the endpoint was removed".into()),
-        None => Resolution::Unknown("an empty update".into()),
-    }
-}
-
 /// A followed target: its answer, the task keeping it current, last use.
 struct Slot {
-    rx: watch::Receiver<Option<Resolution>>,
+    rx: watch::Receiver<Option<EndpointSet>>,
     task: tokio::task::AbortHandle,
     used: std::time::Instant,
 }
@@ -97,6 +50,8 @@ pub struct Discovery {
     pub control: ControlPlane,
     pub timeout: Duration,
     cache: Mutex<HashMap<String, Slot>>,
+    /// Spreads new connections over a target's endpoints.
+    next: AtomicUsize,
 }
 
 impl Discovery {
@@ -106,6 +61,7 @@ impl Discovery {
             control,
             timeout,
             cache: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
         })
     }
 
@@ -146,9 +102,10 @@ impl Discovery {
         };
         let waited = tokio::time::timeout(self.timeout, rx.wait_for(Option::is_some)).await;
         match waited {
-            Ok(Ok(r)) => r
-                .clone()
-                .unwrap_or_else(|| Resolution::Unknown("no answer".into())),
+            Ok(Ok(r)) => match r.as_ref() {
+                Some(set) => set.pick(self.next.fetch_add(1, Ordering::Relaxed)),
+                None => Resolution::Unknown("no answer".into()),
+            },
             _ => Resolution::Unknown(format!(
                 "no answer from the destination service at {} within {}ms",
                 self.addr,
@@ -158,7 +115,7 @@ impl Discovery {
     }
 
     /// Keeps one target's answer current for as long as the proxy runs.
-    async fn follow(self: Arc<Self>, target: String, tx: watch::Sender<Option<Resolution>>) {
+    async fn follow(self: Arc<Self>, target: String, tx: watch::Sender<Option<EndpointSet>>) {
         let path = target.clone();
         let open = move |channel| {
             let path = path.clone();
@@ -173,77 +130,31 @@ impl Discovery {
                     .map(tonic::Response::into_inner)
             }
         };
-        let on = |event| match event {
-            Event::Message(u) => {
-                let r = decode(u);
-                tx.send_if_modified(|cur| {
-                    let changed = cur.as_ref() != Some(&r);
-                    *cur = Some(r);
-                    changed
-                });
-            }
-            // A definitive answer; asked again later, backing off.
-            Event::Refused(why) => {
-                tx.send_replace(Some(Resolution::Unknown(why)));
-            }
+        // A new stream restates the set; until its first update the last
+        // one stays in force, so a reconnect never refuses in between.
+        let on = |event| {
+            tx.send_if_modified(|cur| {
+                let mut next = cur.clone().unwrap_or_default();
+                let first = cur.is_none();
+                match event {
+                    // Nothing known yet stays unknown-yet (None), so no
+                    // caller sees an empty set before the first answer.
+                    Event::Opened => {
+                        if let Some(set) = cur.as_mut() {
+                            set.opened();
+                        }
+                        return false;
+                    }
+                    Event::Message(u) => next.apply(u),
+                    // A definitive answer; asked again later, backing off.
+                    Event::Refused(why) => next.refuse(why),
+                }
+                let changed = first || cur.as_ref() != Some(&next);
+                *cur = Some(next);
+                changed
+            });
         };
         let what = format!("destination {target}");
         crate::follow::follow(self.control.clone(), self.addr.clone(), what, open, on).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use linkerd2_proxy_api::destination::*;
-
-    fn add(identity: Option<&str>, proxy_port: u32) -> Update {
-        Update {
-            update: Some(update::Update::Add(WeightedAddrSet {
-                addrs: vec![WeightedAddr {
-                    addr: Some("127.0.0.1:8080".parse::<SocketAddr>().unwrap().into()),
-                    weight: 1,
-                    tls_identity: identity.map(|n| linkerd2_proxy_api::destination::TlsIdentity {
-                        strategy: Some(tls_identity::Strategy::DnsLikeIdentity(
-                            tls_identity::DnsLikeIdentity { name: n.into() },
-                        )),
-                        server_name: None,
-                    }),
-                    protocol_hint: Some(ProtocolHint {
-                        protocol: None,
-                        opaque_transport: Some(protocol_hint::OpaqueTransport {
-                            inbound_port: proxy_port,
-                        }),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })),
-        }
-    }
-
-    #[test]
-    fn decodes_the_three_answers() {
-        let id = "web.demo.serviceaccount.identity.weft.cluster.local";
-        assert!(matches!(
-            decode(add(Some(id), 4143)),
-            Resolution::Meshed {
-                proxy_port: Some(4143),
-                ..
-            }
-        ));
-        assert!(matches!(decode(add(None, 0)), Resolution::NotMeshed { .. }));
-        assert!(matches!(
-            decode(add(Some("not an identity"), 4143)),
-            Resolution::Unknown(_)
-        ));
-        assert!(matches!(
-            decode(Update { update: None }),
-            Resolution::Unknown(_)
-        ));
-        let none = Update {
-            update: Some(update::Update::NoEndpoints(NoEndpoints { exists: false })),
-        };
-        assert!(matches!(decode(none), Resolution::Unknown(_)));
     }
 }

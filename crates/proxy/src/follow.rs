@@ -13,6 +13,8 @@ use crate::control::{ControlPlane, backoff, is_refusal};
 
 /// What the follower hands its owner.
 pub enum Event<M> {
+    /// A stream was (re)opened: its first messages restate the whole answer.
+    Opened,
     /// A message on the stream.
     Message(M),
     /// The control plane's answer was a refusal (the message says why).
@@ -90,6 +92,7 @@ where
         },
         () = &mut moved => return End::Moved,
     };
+    on(Event::Opened);
     loop {
         tokio::select! {
             m = stream.message() => match m {

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod control;
 pub mod detect;
 pub mod discovery;
+pub mod endpoints;
 pub mod follow;
 pub mod forward;
 pub mod http;

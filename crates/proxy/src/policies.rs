@@ -157,6 +157,7 @@ impl Policies {
             }
         };
         let on = |event| match event {
+            Event::Opened => {}
             Event::Message(server) => self.take(port, server, &tx),
             Event::Refused(why) => {
                 tracing::warn!(
