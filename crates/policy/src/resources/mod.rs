@@ -9,6 +9,7 @@
 //! `spec`), `snapshot` (the pure merge rules), `policy` (the policy kinds)
 //! and `policy_check` (their admission checks).
 
+mod core_kinds;
 mod de;
 mod parse;
 mod pod;

@@ -259,9 +259,11 @@ impl Doc<'_> {
                     _ => None,
                 }
             }
-            Kind::Pod | Kind::Service | Kind::EndpointSlice => {
-                self.core(kind, map, base, resource, meta)
-            }
+            Kind::Pod | Kind::Service | Kind::EndpointSlice => meta.and_then(|meta| {
+                super::core_kinds::read(kind, map, base, meta)
+                    .map_err(|e| self.field_error(resource, e))
+                    .ok()
+            }),
             _ => {
                 let path = child_path(base, "spec");
                 match policy_check::read_spec(kind, map.get("spec"), &path) {
@@ -383,62 +385,6 @@ impl Doc<'_> {
             labels: raw.labels.unwrap_or_default(),
             annotations: raw.annotations.unwrap_or_default(),
         })
-    }
-
-    /// Pod, Service, EndpointSlice: only the fields weft reads must have
-    /// their shape (the API server owns the rest of the schema).
-    fn core(
-        &mut self,
-        kind: Kind,
-        map: &Map<String, Value>,
-        base: &str,
-        resource: Option<&str>,
-        meta: Option<Meta>,
-    ) -> Option<Object> {
-        let spec_path = child_path(base, "spec");
-        match kind {
-            Kind::Pod => {
-                let spec = self.lenient(map.get("spec"), &spec_path, resource);
-                let status = self.lenient(map.get("status"), &child_path(base, "status"), resource);
-                Some(Object::Pod(super::pod::Pod {
-                    meta: meta?,
-                    spec: spec?,
-                    status: status?,
-                }))
-            }
-            Kind::Service => {
-                let spec = self.lenient(map.get("spec"), &spec_path, resource);
-                Some(Object::Service(super::service::Service {
-                    meta: meta?,
-                    spec: spec?,
-                }))
-            }
-            _ => {
-                let whole = Value::Object(map.clone());
-                let body = self.lenient(Some(&whole), base, resource);
-                Some(Object::EndpointSlice(super::service::EndpointSlice {
-                    meta: meta?,
-                    body: body?,
-                }))
-            }
-        }
-    }
-
-    /// A part of a core kind, its absence read as empty.
-    fn lenient<T: serde::de::DeserializeOwned>(
-        &mut self,
-        part: Option<&Value>,
-        path: &str,
-        resource: Option<&str>,
-    ) -> Option<T> {
-        let empty = Value::Object(Map::new());
-        let value = match part {
-            None | Some(Value::Null) => &empty,
-            Some(v) => v,
-        };
-        from_value(value, path)
-            .map_err(|e| self.field_error(resource, e))
-            .ok()
     }
 
     fn external_workload_spec(

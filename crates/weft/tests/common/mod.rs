@@ -4,6 +4,7 @@
 
 pub mod certify;
 pub mod direct;
+pub mod kube;
 pub mod mesh;
 pub mod netmesh;
 pub mod proc;

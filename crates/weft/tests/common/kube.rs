@@ -1,0 +1,197 @@
+//! Kubernetes-mode helpers for the end-to-end tests: the control plane
+//! inside the test environment's cp namespace, certificates from it, gRPC
+//! channels made from inside that namespace, and kubectl.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Result;
+use testbed::k8s::K8sEnv;
+use testbed::k8s::api::{DEADLINE, poll};
+use testbed::k8s::k8s_openapi::api::core::v1::Pod;
+use testbed::k8s::kube::api::Api;
+
+use super::Scratch;
+use super::proc::Proc;
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+/// The bed's subnet: pods and services of the test cluster.
+pub const CLUSTER_NETWORKS: &str = "10.10.0.0/16";
+pub const UNMESHED_IP: &str = "10.10.0.77";
+
+pub fn crds() -> &'static str {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../control-plane/k8s/crds.yaml"
+    )
+}
+
+pub fn kubectl(env: &K8sEnv, args: &[&str]) -> Result<String> {
+    let out = testbed::run(env.kubectl().args(args))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `kubectl apply` of YAML text, strict about fields as the API server is.
+pub fn apply(env: &K8sEnv, s: &Scratch, name: &str, yaml: &str) -> Result<()> {
+    let file = s.write(name, yaml);
+    kubectl(
+        env,
+        &["apply", "--validate=strict", "-f", &file.to_string_lossy()],
+    )?;
+    Ok(())
+}
+
+pub fn identity(sa: &str, ns: &str, cp_ns: &str) -> String {
+    format!("{sa}.{ns}.serviceaccount.identity.{cp_ns}.{TRUST_DOMAIN}")
+}
+
+/// A pod the injector would have marked as meshed by `cp_ns`.
+pub fn meshed_pod(name: &str, ns: &str, sa: &str, cp_ns: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels:
+    app: {name}
+    linkerd.io/control-plane-ns: {cp_ns}
+{extra}spec:
+  serviceAccountName: {sa}
+  containers:
+  - name: app
+    image: app
+    ports:
+    - containerPort: 8080
+      name: http
+    - containerPort: 9090
+      name: admin
+    readinessProbe:
+      httpGet:
+        path: /ready
+        port: admin
+"
+    )
+}
+
+pub async fn running(client: &testbed::k8s::kube::Client, ns: &str, name: &str) -> Result<IpAddr> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    poll(
+        &format!("pod {ns}/{name} Running with an IP"),
+        DEADLINE,
+        || async {
+            let p = pods.get(name).await?;
+            let st = p.status.unwrap_or_default();
+            Ok(match (st.phase.as_deref(), st.pod_ip) {
+                (Some("Running"), Some(ip)) => Some(ip.parse()?),
+                _ => None,
+            })
+        },
+    )
+    .await
+}
+
+/// The control plane in the cp namespace, on its loopback, in Kubernetes mode.
+pub fn control_plane(env: &K8sEnv, s: &Scratch, cp_ns: &str) -> Proc {
+    let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
+    cmd.current_dir(s.path("."));
+    cmd.args([
+        "control-plane",
+        "--kubernetes",
+        "--kubeconfig",
+        &env.kubeconfig().to_string_lossy(),
+        "--cluster-networks",
+        CLUSTER_NETWORKS,
+        "--controller-namespace",
+        cp_ns,
+        "--identity-trust-anchors-file",
+        "ca.crt",
+        "--identity-issuer-certificate-file",
+        "issuer.crt",
+        "--identity-issuer-key-file",
+        "issuer.key",
+        "--state-dir",
+        "state",
+        "--identity-addr",
+        "127.0.0.1:0",
+        "--destination-addr",
+        "127.0.0.1:0",
+        "--policy-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    Proc::spawn_cmd(cmd)
+}
+
+/// A certificate for `sa` in `ns` from the control plane (join token).
+pub fn certify(
+    env: &K8sEnv,
+    s: &Scratch,
+    identity_addr: SocketAddr,
+    sa: &str,
+    ns: &str,
+    cp_ns: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(s.path("state"))?;
+    let token = format!("{sa}.token");
+    s.weft(&[
+        "token",
+        "create",
+        "-n",
+        ns,
+        "--service-account",
+        sa,
+        "--state-dir",
+        "state",
+        "--out",
+        &token,
+    ])
+    .ok();
+    let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
+    cmd.current_dir(s.path(".")).args([
+        "certs",
+        "request",
+        &identity(sa, ns, cp_ns),
+        &format!("{sa}.crt"),
+        &format!("{sa}.key"),
+        "--control-plane",
+        &identity_addr.to_string(),
+        "--roots",
+        "ca.crt",
+        "--token-file",
+        &token,
+        "--control-plane-identity",
+        &identity("weft-identity", cp_ns, cp_ns),
+    ]);
+    testbed::run(&mut cmd)?;
+    Ok(())
+}
+
+/// A runtime whose worker threads start inside the cp namespace, and a
+/// connection to `addr` made on one of them (so its socket is made there),
+/// authenticated as `sa`'s certificate.
+pub fn cp_channel(
+    env: &K8sEnv,
+    s: &Scratch,
+    addr: SocketAddr,
+    sa: &str,
+    cp_ns: &str,
+) -> Result<(tokio::runtime::Runtime, tonic::transport::Channel)> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let rt = testbed::in_ns(&env.cp().ns, || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+    })??;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(s.read("ca.crt")))
+        .domain_name(identity("weft-identity", cp_ns, cp_ns))
+        .identity(Identity::from_pem(
+            s.read(&format!("{sa}.crt")),
+            s.read(&format!("{sa}.key")),
+        ));
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?;
+    let channel = rt.block_on(rt.spawn(async move { endpoint.connect().await }))??;
+    Ok((rt, channel))
+}
