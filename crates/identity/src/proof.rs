@@ -84,6 +84,8 @@ pub enum ProofError {
         "the Kubernetes API server could not review the token: {0}; retry, and check the control plane can reach the API server and may create tokenreviews"
     )]
     ReviewUnavailable(String),
+    /// UNAUTHENTICATED, like an expired token: the proof no longer holds
+    /// (FAILED_PRECONDITION is for what the CSR itself asks).
     #[error(
         "the pod this token is bound to ({0}) no longer exists; a deleted pod's token proves nothing: use the token of a running pod"
     )]

@@ -331,6 +331,42 @@ mod tests {
         (s, v, dir)
     }
 
+    /// Join tokens are told apart from Kubernetes ServiceAccount tokens by
+    /// their `kid`; a Kubernetes token's bound pod is read only to explain.
+    #[test]
+    fn join_tokens_are_told_apart_by_their_key_id() {
+        let (s, v, _d) = setup();
+        let (_, other, _d2) = setup();
+        let now = OffsetDateTime::now_utc();
+        let (tok, _) = s
+            .create("demo", "web", Duration::from_secs(60), now)
+            .unwrap();
+        assert!(v.names_our_key(&tok));
+        assert!(!other.names_our_key(&tok));
+        assert!(!v.names_our_key("garbage"));
+        assert_eq!(jwt_shape(&tok), Ok(()));
+        assert!(jwt_shape("garbage").unwrap_err().starts_with("not a JWT"));
+
+        // A ServiceAccount token's claims, as the API server writes them.
+        let key = EncodingKey::from_secret(b"not the API server's key");
+        let claims = serde_json::json!({
+            "aud": ["identity.l5d.io"], "sub": "system:serviceaccount:demo:web",
+            "kubernetes.io": {"namespace": "demo",
+                "pod": {"name": "web-1", "uid": "u-1"},
+                "serviceaccount": {"name": "web", "uid": "s-1"}}});
+        let k8s = jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap();
+        assert!(!v.names_our_key(&k8s));
+        assert_eq!(
+            unverified_bound_pod(&k8s),
+            Some(BoundPod {
+                namespace: "demo".into(),
+                name: "web-1".into(),
+                uid: "u-1".into()
+            })
+        );
+        assert_eq!(unverified_bound_pod(&tok), None);
+    }
+
     #[test]
     fn subject_without_verification() {
         let (s, _, _d) = setup();

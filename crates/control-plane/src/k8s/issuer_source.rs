@@ -291,3 +291,55 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm(rv: &str) -> Option<ConfigMap> {
+        Some(ConfigMap {
+            metadata: ObjectMeta {
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    fn secret(rv: &str) -> Option<Secret> {
+        Some(Secret {
+            metadata: ObjectMeta {
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    /// A pair that does not chain is the ConfigMap's fault only when the
+    /// ConfigMap alone changed since the pair in force.
+    #[test]
+    fn a_pair_that_does_not_chain_is_about_what_changed() {
+        let in_force = InForce {
+            configmap: Some("1".into()),
+            secret: Some("2".into()),
+        };
+        let at = |c, s| at_fault(&in_force, &cm(c), &secret(s));
+        assert_eq!(at("3", "2"), Which::ConfigMap);
+        assert_eq!(at("1", "3"), Which::Secret);
+        assert_eq!(at("3", "4"), Which::Secret);
+        assert_eq!(
+            at_fault(&InForce::default(), &cm("1"), &secret("2")),
+            Which::Secret,
+            "nothing in force yet: the issuer is what is judged"
+        );
+    }
+
+    #[test]
+    fn notes_fit_an_event() {
+        let long = "é".repeat(1000);
+        let t = truncate(&long, 1024);
+        assert!(t.len() <= 1024 && t.ends_with("..."), "{}", t.len());
+        assert_eq!(truncate("short", 1024), "short");
+    }
+}
