@@ -206,7 +206,7 @@ impl KubeIssuer {
         {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot record the IssuerRefused Event (logged above)")
+                tracing::warn!(error = %super::proofs::api_error(&e), "cannot record the IssuerRefused Event (logged above)")
             }
             Err(_) => tracing::warn!(
                 "the API server did not take the IssuerRefused Event within 10s (logged above)"

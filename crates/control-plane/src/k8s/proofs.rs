@@ -92,7 +92,7 @@ impl KubeProofs {
                 .map_err(|_| {
                     ProofError::ReviewUnavailable(format!("no answer in {:?}", self.timeout))
                 })?
-                .map_err(|e| ProofError::ReviewUnavailable(e.to_string()))?;
+                .map_err(|e| ProofError::ReviewUnavailable(api_error(&e)))?;
         let status = answer.status.unwrap_or_default();
         let reviewed = match judge_review(&status) {
             Ok(r) => r,
@@ -140,7 +140,9 @@ impl KubeProofs {
         let got = tokio::time::timeout(self.timeout, pods.get_metadata_opt(name))
             .await
             .map_err(|_| ProofError::ReviewUnavailable(format!("no answer in {:?}", self.timeout)))?
-            .map_err(|e| ProofError::ReviewUnavailable(format!("pod {ns}/{name}: {e}")))?;
+            .map_err(|e| {
+                ProofError::ReviewUnavailable(format!("pod {ns}/{name}: {}", api_error(&e)))
+            })?;
         match got {
             Some(p) if p.metadata.uid.as_deref() == Some(uid) => Ok(()),
             Some(_) => Err(ProofError::PodGone(format!(
@@ -148,6 +150,15 @@ impl KubeProofs {
             ))),
             None => Err(ProofError::PodGone(format!("pod {ns}/{name} uid {uid}"))),
         }
+    }
+}
+
+/// The API server's own words for a refused call (its message and HTTP
+/// code), not the whole Status structure.
+pub(super) fn api_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} (HTTP {})", s.message, s.code),
+        other => other.to_string(),
     }
 }
 
