@@ -9,7 +9,8 @@ use identity::IssuerFiles;
 
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
-    pub issuer_files: IssuerFiles,
+    /// Issuer files; None in Kubernetes mode (Secret and ConfigMap instead).
+    pub issuer_files: Option<IssuerFiles>,
     pub issuance_lifetime: Duration,
     pub clock_skew: Duration,
     pub trust_domain: String,
@@ -40,22 +41,19 @@ impl fmt::Display for ControlPlaneConfig {
         let row = |f: &mut fmt::Formatter<'_>, k: &str, v: &dyn fmt::Display| {
             writeln!(f, "  {k:<32} {v}")
         };
-        row(
-            f,
-            "identity-trust-anchors-file",
-            &self.issuer_files.anchors.display(),
-        )?;
-        row(
-            f,
-            "identity-issuer-certificate-file",
-            &self.issuer_files.certificate.display(),
-        )?;
-        // The key file's path, never its content.
-        row(
-            f,
-            "identity-issuer-key-file",
-            &self.issuer_files.key.display(),
-        )?;
+        match &self.issuer_files {
+            Some(files) => {
+                row(f, "identity-trust-anchors-file", &files.anchors.display())?;
+                row(
+                    f,
+                    "identity-issuer-certificate-file",
+                    &files.certificate.display(),
+                )?;
+                // The key file's path, never its content.
+                row(f, "identity-issuer-key-file", &files.key.display())?;
+            }
+            None => row(f, "issuer", &"from Kubernetes (see kubernetes)")?,
+        }
         row(
             f,
             "identity-issuance-lifetime",

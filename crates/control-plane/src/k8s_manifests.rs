@@ -496,4 +496,31 @@ mod tests {
         let tokens = granted(&rules, true, "authentication.k8s.io", "tokenreviews");
         assert_eq!(tokens.into_iter().collect::<Vec<_>>(), ["create"]);
     }
+
+    /// The identity side's needs, and no write to the issuer or anchors:
+    /// the issuer Secret and trust-roots ConfigMap watched by name (a
+    /// `metadata.name` field selector), TokenReview, the bound pod's lookup,
+    /// Events on refusals.
+    #[test]
+    fn identity_side_is_granted_what_it_uses_and_reads_the_issuer_only() {
+        use crate::k8s::KubeSettings;
+        let rules = rules();
+        let named = |resource: &str, name: &str| -> BTreeSet<String> {
+            rules
+                .iter()
+                .filter(|r| {
+                    !r.cluster && r.covers("", resource) && r.names.iter().any(|n| n == name)
+                })
+                .flat_map(|r| r.verbs.iter().cloned())
+                .collect()
+        };
+        let read: BTreeSet<String> = READ.iter().map(|v| v.to_string()).collect();
+        assert_eq!(named("secrets", KubeSettings::DEFAULT_ISSUER_SECRET), read);
+        assert_eq!(
+            named("configmaps", KubeSettings::DEFAULT_TRUST_ROOTS_CONFIGMAP),
+            read
+        );
+        assert!(granted(&rules, true, "", "pods").contains("get"));
+        assert!(granted(&rules, true, "events.k8s.io", "events").contains("create"));
+    }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use identity::proof::StandaloneProofs;
 use identity::state::{IssuanceRecord, StateDir, StateError};
 use identity::token::TokenVerifier;
-use identity::{CertifyConfig, IdentityService, IssuerStatus, Reloader};
+use identity::{CertifyConfig, IdentityService, IssuerStatus};
 use linkerd2_proxy_api::destination::destination_server::DestinationServer;
 use linkerd2_proxy_api::identity::identity_server::IdentityServer;
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer;
@@ -58,6 +58,8 @@ pub enum StartError {
     Token(String),
     #[error(transparent)]
     Kube(#[from] k8s::ConnectError),
+    #[error(transparent)]
+    NoIssuerSource(#[from] k8s::wiring::NoIssuerSource),
 }
 
 /// What a started control plane reports (addresses actually bound).
@@ -82,6 +84,11 @@ pub async fn start(
     let own_identity = Identity::control_plane(&cfg.controller_namespace, &cfg.trust_domain)
         .map_err(|e| StartError::Names(e.to_string()))?;
     let state = StateDir::open_or_init(&cfg.state_dir)?;
+    // Kubernetes mode: the one client every watch and review shares.
+    let kube = match &cfg.kubernetes {
+        Some(settings) => Some(k8s::connect(settings).await?),
+        None => None,
+    };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let record = Arc::new(IssuanceRecord::open(state.issuances_file(), now)?);
 
@@ -145,13 +152,15 @@ pub async fn start(
 
     let tokens = TokenVerifier::new(&state.token_key, cfg.clock_skew, state.revoked_file())
         .map_err(StartError::Token)?;
-    let proofs = StandaloneProofs {
+    let standalone = StandaloneProofs {
         tokens,
         record: Some(record.clone()),
         issuer: issuer_rx.clone(),
         control_plane_ns: cfg.controller_namespace.clone(),
         trust_domain: cfg.trust_domain.clone(),
     };
+    let (proofs, issuer_source) =
+        k8s::wiring::identity_sources(&cfg, kube.as_ref(), standalone, metrics.clone())?;
     let svc = IdentityService::new(
         CertifyConfig {
             lifetime: cfg.issuance_lifetime,
@@ -161,17 +170,11 @@ pub async fn start(
         },
         issuer_rx.clone(),
         proofs,
-        metrics.clone(),
+        metrics,
         Some(record.clone()),
     );
     let tls = tls::server_config(own_rx.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
 
-    let reloader = Reloader {
-        files: cfg.issuer_files.clone(),
-        interval: cfg.reread_interval,
-        debounce: Duration::from_millis(200),
-        metrics,
-    };
     let own_cfg = own_cert::OwnCertConfig {
         identity: own_identity,
         lifetime: cfg.issuance_lifetime,
@@ -186,17 +189,11 @@ pub async fn start(
         control_plane_ns: cfg.controller_namespace.clone(),
         trust_domain: cfg.trust_domain.clone(),
     });
-    let kube_client = match &cfg.kubernetes {
-        Some(settings) => Some(k8s::connect(settings).await?),
-        None => None,
-    };
-    let kube_resources = kube_client
-        .clone()
-        .map(|client| k8s::resources::KubeSource {
-            client,
-            control_plane_ns: cfg.controller_namespace.clone(),
-            trust_domain: cfg.trust_domain.clone(),
-        });
+    let kube_resources = kube.clone().map(|client| k8s::resources::KubeSource {
+        client,
+        control_plane_ns: cfg.controller_namespace.clone(),
+        trust_domain: cfg.trust_domain.clone(),
+    });
     let (kube_health_tx, kube_health_rx) = watch::channel(k8s::resources::KubeHealth::default());
     // With no resource source, nothing is meshed, and that is known.
     let initial = if resources.is_none() && kube_resources.is_none() {
@@ -231,7 +228,7 @@ pub async fn start(
         bundle: bundle_rx.clone(),
         record: record.clone(),
         gate: bounds::Gate::new("admin", cfg.admin_limits, &limits),
-        kube: kube_client.is_some().then_some(kube_health_rx),
+        kube: kube.is_some().then_some(kube_health_rx),
     };
     let cp_ns = cfg.controller_namespace.clone();
     let trust_domain = cfg.trust_domain.clone();
@@ -252,7 +249,7 @@ pub async fn start(
         ));
         tasks.spawn(renew_passes(fleet.clone(), bundle_rx.clone()));
         tasks.spawn(observe_fleet(fleet, bundle_rx, record.clone()));
-        tasks.spawn(reloader.run(issuer_tx));
+        tasks.spawn(issuer_source.run(issuer_tx));
         tasks.spawn(own_cert::run(own_cfg, issuer_rx.clone(), own_tx));
         tasks.spawn(admin::serve(admin_listener, admin_state));
         tasks.spawn(track_own_expiry(own_rx, own_expiry));

@@ -33,6 +33,11 @@ pub enum ProofKind {
     Token {
         jti: String,
     },
+    /// A Kubernetes ServiceAccount token the API server's TokenReview
+    /// accepted, bound to this pod when it names one (`ns/name`).
+    ServiceAccountToken {
+        pod: Option<String>,
+    },
     /// Renewal with the still-valid leaf of this serial, descended from the
     /// token `origin` (when the issuance record knows it).
     Renewal {
@@ -46,6 +51,10 @@ impl ProofKind {
     pub fn describe(&self) -> String {
         match self {
             Self::Token { jti } => format!("token:{jti}"),
+            Self::ServiceAccountToken { pod: Some(pod) } => {
+                format!("serviceaccount-token:pod/{pod}")
+            }
+            Self::ServiceAccountToken { pod: None } => "serviceaccount-token".into(),
             Self::Renewal { .. } => "renewal".into(),
         }
     }
@@ -57,8 +66,30 @@ pub enum ProofError {
         "no proof of identity: send a join token (`weft token create`) or present your current weft certificate as the TLS client certificate"
     )]
     Missing,
+    #[error(
+        "no proof of identity: send the pod's ServiceAccount token (projected with audience identity.l5d.io), a join token (`weft token create`, for ExternalWorkloads), or present your current weft certificate as the TLS client certificate"
+    )]
+    MissingInKubernetes,
     #[error("join token refused: {0}")]
     Token(TokenError),
+    #[error(
+        "token is neither a join token of this control plane nor a Kubernetes ServiceAccount token: {0}; send the pod's projected ServiceAccount token (audience identity.l5d.io)"
+    )]
+    NotAToken(String),
+    #[error(
+        "the Kubernetes API server refused the ServiceAccount token: {0}; send the pod's current projected token with audience identity.l5d.io (kubelet refreshes it)"
+    )]
+    Review(String),
+    #[error(
+        "the Kubernetes API server could not review the token: {0}; retry, and check the control plane can reach the API server and may create tokenreviews"
+    )]
+    ReviewUnavailable(String),
+    /// UNAUTHENTICATED, like an expired token: the proof no longer holds
+    /// (FAILED_PRECONDITION is for what the CSR itself asks).
+    #[error(
+        "the pod this token is bound to ({0}) no longer exists; a deleted pod's token proves nothing: use the token of a running pod"
+    )]
+    PodGone(String),
     #[error("client certificate refused: {0}; if it has expired, start again with a join token")]
     Certificate(String),
     #[error("the proof names {0:?}, which is not a workload identity of this mesh")]
@@ -90,6 +121,21 @@ pub struct StandaloneProofs {
 }
 
 impl StandaloneProofs {
+    /// Renewal: the caller's still-valid weft leaf, unless the join token it
+    /// descends from was revoked. Kubernetes mode renews the same way.
+    pub fn renewal(
+        &self,
+        chain: &[CertificateDer<'static>],
+        now: OffsetDateTime,
+    ) -> Result<Subject, ProofError> {
+        self.by_certificate(chain, now).and_then(|s| match &s.kind {
+            ProofKind::Renewal {
+                origin: Some(jti), ..
+            } if self.tokens.is_revoked(jti) => Err(ProofError::RevokedOrigin(jti.clone())),
+            _ => Ok(s),
+        })
+    }
+
     fn by_certificate(
         &self,
         chain: &[CertificateDer<'static>],
@@ -117,7 +163,8 @@ impl StandaloneProofs {
         })
     }
 
-    fn by_token(&self, token: &[u8], now: OffsetDateTime) -> Result<Subject, ProofError> {
+    /// A join token from `weft token create`.
+    pub fn by_token(&self, token: &[u8], now: OffsetDateTime) -> Result<Subject, ProofError> {
         let text = std::str::from_utf8(token)
             .map_err(|_| ProofError::Token(TokenError::Malformed("not UTF-8".into())))?
             .trim();
@@ -138,13 +185,7 @@ impl ProofVerifier for StandaloneProofs {
         // A presented leaf is the better proof: it never depends on a token
         // that may have expired. If it fails, a token may still rescue.
         if let Some(chain) = proof.client_chain.filter(|c| !c.is_empty()) {
-            let by_cert = self.by_certificate(chain, now).and_then(|s| match &s.kind {
-                ProofKind::Renewal {
-                    origin: Some(jti), ..
-                } if self.tokens.is_revoked(jti) => Err(ProofError::RevokedOrigin(jti.clone())),
-                _ => Ok(s),
-            });
-            match by_cert {
+            match self.renewal(chain, now) {
                 Ok(s) => return Ok(s),
                 Err(e) if proof.token.is_empty() => return Err(e),
                 Err(e) => {

@@ -99,7 +99,9 @@ impl<P: ProofVerifier> IdentityService<P> {
             })
             .await
             .map_err(|e| match e {
-                ProofError::NoTrust => Status::unavailable(e.to_string()),
+                ProofError::NoTrust | ProofError::ReviewUnavailable(_) => {
+                    Status::unavailable(e.to_string())
+                }
                 _ => Status::unauthenticated(e.to_string()),
             })?;
         if subject.identity != identity {
@@ -151,6 +153,7 @@ impl<P: ProofVerifier> IdentityService<P> {
                     crate::proof::ProofKind::Renewal { origin, .. } => {
                         origin.clone().unwrap_or_default()
                     }
+                    crate::proof::ProofKind::ServiceAccountToken { .. } => String::new(),
                 },
                 proof,
             };

@@ -88,6 +88,49 @@ pub fn unverified_service_account(token: &str) -> Option<(String, String)> {
         .map(|(ns, sa)| (ns.to_string(), sa.to_string()))
 }
 
+/// Whether `token` has a JWT's shape (a decodable header). Anything else
+/// is refused before it costs the API server a TokenReview.
+pub fn jwt_shape(token: &str) -> Result<(), String> {
+    jsonwebtoken::decode_header(token.trim())
+        .map(|_| ())
+        .map_err(|e| format!("not a JWT ({e})"))
+}
+
+/// The pod a Kubernetes ServiceAccount token says it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BoundPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// The pod a ServiceAccount token names, WITHOUT verifying it: only to
+/// explain why the API server refused it (its pod is gone); never to grant.
+pub fn unverified_bound_pod(token: &str) -> Option<BoundPod> {
+    #[derive(Deserialize)]
+    struct PodRef {
+        name: String,
+        uid: String,
+    }
+    #[derive(Deserialize)]
+    struct KubeIo {
+        namespace: String,
+        pod: Option<PodRef>,
+    }
+    #[derive(Deserialize)]
+    struct KubeClaims {
+        #[serde(rename = "kubernetes.io")]
+        kube: KubeIo,
+    }
+    let claims: KubeClaims = jsonwebtoken::dangerous::insecure_decode_claims(token.trim()).ok()?;
+    let pod = claims.kube.pod?;
+    Some(BoundPod {
+        namespace: claims.kube.namespace,
+        name: pod.name,
+        uid: pod.uid,
+    })
+}
+
 fn fmt_unix(t: i64) -> String {
     OffsetDateTime::from_unix_timestamp(t)
         .map(pki::info::rfc3339)
@@ -145,6 +188,7 @@ pub fn key_id(key: &rcgen::KeyPair) -> String {
 /// Verifies join tokens: signature, audience, time (with skew), revocation.
 pub struct TokenVerifier {
     key: DecodingKey,
+    kid: String,
     skew: Duration,
     revocations: Revocations,
 }
@@ -158,6 +202,7 @@ impl TokenVerifier {
         Ok(Self {
             key: DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())
                 .map_err(|e| e.to_string())?,
+            kid: key_id(key),
             skew,
             revocations: Revocations::new(revoked_file),
         })
@@ -165,6 +210,16 @@ impl TokenVerifier {
 
     pub fn is_revoked(&self, jti: &str) -> bool {
         self.revocations.is_revoked(jti)
+    }
+
+    /// Whether `token` names this control plane's signing key in its `kid`
+    /// header: how a join token is told apart from other JWTs (Kubernetes
+    /// ServiceAccount tokens) before anything is verified.
+    pub fn names_our_key(&self, token: &str) -> bool {
+        jsonwebtoken::decode_header(token.trim())
+            .ok()
+            .and_then(|h| h.kid)
+            .is_some_and(|kid| kid == self.kid)
     }
 
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<Claims, TokenError> {
@@ -274,6 +329,42 @@ mod tests {
         )
         .unwrap();
         (s, v, dir)
+    }
+
+    /// Join tokens are told apart from Kubernetes ServiceAccount tokens by
+    /// their `kid`; a Kubernetes token's bound pod is read only to explain.
+    #[test]
+    fn join_tokens_are_told_apart_by_their_key_id() {
+        let (s, v, _d) = setup();
+        let (_, other, _d2) = setup();
+        let now = OffsetDateTime::now_utc();
+        let (tok, _) = s
+            .create("demo", "web", Duration::from_secs(60), now)
+            .unwrap();
+        assert!(v.names_our_key(&tok));
+        assert!(!other.names_our_key(&tok));
+        assert!(!v.names_our_key("garbage"));
+        assert_eq!(jwt_shape(&tok), Ok(()));
+        assert!(jwt_shape("garbage").unwrap_err().starts_with("not a JWT"));
+
+        // A ServiceAccount token's claims, as the API server writes them.
+        let key = EncodingKey::from_secret(b"not the API server's key");
+        let claims = serde_json::json!({
+            "aud": ["identity.l5d.io"], "sub": "system:serviceaccount:demo:web",
+            "kubernetes.io": {"namespace": "demo",
+                "pod": {"name": "web-1", "uid": "u-1"},
+                "serviceaccount": {"name": "web", "uid": "s-1"}}});
+        let k8s = jsonwebtoken::encode(&Header::default(), &claims, &key).unwrap();
+        assert!(!v.names_our_key(&k8s));
+        assert_eq!(
+            unverified_bound_pod(&k8s),
+            Some(BoundPod {
+                namespace: "demo".into(),
+                name: "web-1".into(),
+                uid: "u-1".into()
+            })
+        );
+        assert_eq!(unverified_bound_pod(&tok), None);
     }
 
     #[test]

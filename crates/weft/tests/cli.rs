@@ -120,3 +120,46 @@ fn usage_errors_exit_2() {
     s.weft(&["token", "create", "--bogus"]).refused(2);
     s.weft(&["certs", "inspect", "missing.crt"]).refused(2);
 }
+
+/// The issuer files are required without --kubernetes (which reads the
+/// issuer Secret and trust-roots ConfigMap instead) and refused with it.
+#[test]
+fn control_plane_issuer_files_follow_the_mode() {
+    let s = Scratch::new();
+    let missing = s
+        .weft(&[
+            "control-plane",
+            "--identity-trust-anchors-file",
+            "ca.crt",
+            "--state-dir",
+            "state",
+        ])
+        .refused(2);
+    assert!(
+        missing
+            .stderr
+            .contains("missing --identity-issuer-certificate-file, --identity-issuer-key-file")
+            && missing.stderr.contains("--kubernetes"),
+        "{}",
+        missing.stderr
+    );
+    let both = s
+        .weft(&[
+            "control-plane",
+            "--kubernetes",
+            "--cluster-networks",
+            "10.0.0.0/8",
+            "--identity-issuer-key-file",
+            "issuer.key",
+        ])
+        .refused(2);
+    assert!(
+        both.stderr.contains("--identity-issuer-key-file") && both.stderr.contains("--kubernetes"),
+        "{}",
+        both.stderr
+    );
+    assert!(
+        !s.path("state").exists(),
+        "refused before any state is made"
+    );
+}

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use common::Scratch;
-use common::kube::{apply, certify, control_plane, cp_channel, identity, meshed_pod, running};
+use common::kube::{
+    apply, certify, control_plane, cp_channel, identity, install_identity,
+    least_privilege_kubeconfig, meshed_pod, running,
+};
 use testbed::k8s::K8sEnv;
 use testbed::k8s::api;
 
@@ -49,7 +52,9 @@ fn destination_answers_for_cluster_addresses() -> Result<()> {
     apply(&env, &s, "plain.yaml", &plain)?;
     let web_ip = rt.block_on(running(&client, &ns, "web"))?;
     let plain_ip = rt.block_on(running(&client, &ns, "plain"))?;
-    let cp = control_plane(&env, &s, &cp_ns);
+    let kubeconfig = rt.block_on(least_privilege_kubeconfig(&env, &client, &cp_ns, &s))?;
+    install_identity(&env, &s, &cp_ns)?;
+    let cp = control_plane(&env, &s, &cp_ns, &kubeconfig);
     let ia = cp.addr("identity listening on");
     let da = cp.addr("destination listening on");
     cp.wait_for_line("resources loaded", Duration::from_secs(30));
@@ -284,7 +289,9 @@ spec:
         ],
     )?;
     println!("Service web has cluster IP {cluster_ip}");
-    let cp = control_plane(&env, &s, &cp_ns);
+    let kubeconfig = rt.block_on(least_privilege_kubeconfig(&env, &client, &cp_ns, &s))?;
+    install_identity(&env, &s, &cp_ns)?;
+    let cp = control_plane(&env, &s, &cp_ns, &kubeconfig);
     let ia = cp.addr("identity listening on");
     let da = cp.addr("destination listening on");
     cp.wait_for_line("resources loaded", Duration::from_secs(30));

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail, ensure};
 use common::Scratch;
 use common::kube::{
     CLUSTER_NETWORKS, UNMESHED_IP, apply, certify, control_plane, cp_channel, crds, identity,
-    kubectl, meshed_pod, running,
+    install_identity, kubectl, least_privilege_kubeconfig, meshed_pod, running,
 };
 use common::proc::Proc;
 use linkerd2_proxy_api::inbound::inbound_server_policies_client::InboundServerPoliciesClient;
@@ -274,7 +274,9 @@ fn kubernetes_policy_matches_explain_and_updates_live() -> Result<()> {
     let ip = rt.block_on(running(&client, &ns, "backend"))?;
     println!("backend pod Running at {ip}");
 
-    let cp = control_plane(&env, &s, &cp_ns);
+    let kubeconfig = rt.block_on(least_privilege_kubeconfig(&env, &client, &cp_ns, &s))?;
+    install_identity(&env, &s, &cp_ns)?;
+    let cp = control_plane(&env, &s, &cp_ns, &kubeconfig);
     let ia = cp.addr("identity listening on");
     let pa = cp.addr("policy listening on");
     let t0 = Instant::now();

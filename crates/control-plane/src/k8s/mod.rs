@@ -2,7 +2,11 @@
 //! The watches here feed the same snapshot and indexes the resource
 //! directory feeds, so a verdict never depends on which source produced it.
 
+pub mod issuer;
+pub mod issuer_source;
+pub mod proofs;
 pub mod resources;
+pub mod wiring;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -13,15 +13,27 @@ use super::{CmdResult, Failure};
 
 #[derive(Debug, Args)]
 pub struct ControlPlaneArgs {
-    /// Trust anchor bundle (PEM), as in `linkerd install`
-    #[arg(long, env = "WEFT_IDENTITY_TRUST_ANCHORS_FILE")]
-    pub identity_trust_anchors_file: PathBuf,
-    /// Issuer certificate (PEM); watched and reloaded
-    #[arg(long, env = "WEFT_IDENTITY_ISSUER_CERTIFICATE_FILE")]
-    pub identity_issuer_certificate_file: PathBuf,
-    /// Issuer private key (PEM); watched and reloaded
-    #[arg(long, env = "WEFT_IDENTITY_ISSUER_KEY_FILE")]
-    pub identity_issuer_key_file: PathBuf,
+    /// Trust anchor bundle (PEM), as in `linkerd install` (not with --kubernetes: the trust-roots ConfigMap)
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY_TRUST_ANCHORS_FILE",
+        conflicts_with = "kubernetes"
+    )]
+    pub identity_trust_anchors_file: Option<PathBuf>,
+    /// Issuer certificate (PEM); watched and reloaded (not with --kubernetes: the issuer Secret)
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY_ISSUER_CERTIFICATE_FILE",
+        conflicts_with = "kubernetes"
+    )]
+    pub identity_issuer_certificate_file: Option<PathBuf>,
+    /// Issuer private key (PEM); watched and reloaded (not with --kubernetes: the issuer Secret)
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY_ISSUER_KEY_FILE",
+        conflicts_with = "kubernetes"
+    )]
+    pub identity_issuer_key_file: Option<PathBuf>,
     /// Lifetime of issued workload certificates (24h; seconds allowed, e.g. 20s)
     #[arg(long, env = "WEFT_IDENTITY_ISSUANCE_LIFETIME", default_value = "24h", value_parser = parse_duration)]
     pub identity_issuance_lifetime: Duration,
@@ -85,6 +97,44 @@ pub struct ControlPlaneArgs {
 }
 
 impl ControlPlaneArgs {
+    /// The three issuer files, all required without --kubernetes (with it
+    /// the issuer comes from the Secret and ConfigMap; clap refuses them).
+    fn issuer_files(&self) -> Result<Option<IssuerFiles>, Failure> {
+        if self.kubernetes {
+            return Ok(None);
+        }
+        let missing: Vec<&str> = [
+            (
+                &self.identity_trust_anchors_file,
+                "--identity-trust-anchors-file",
+            ),
+            (
+                &self.identity_issuer_certificate_file,
+                "--identity-issuer-certificate-file",
+            ),
+            (&self.identity_issuer_key_file, "--identity-issuer-key-file"),
+        ]
+        .into_iter()
+        .filter(|(v, _)| v.is_none())
+        .map(|(_, flag)| flag)
+        .collect();
+        match (
+            &self.identity_trust_anchors_file,
+            &self.identity_issuer_certificate_file,
+            &self.identity_issuer_key_file,
+        ) {
+            (Some(anchors), Some(certificate), Some(key)) => Ok(Some(IssuerFiles {
+                anchors: anchors.clone(),
+                certificate: certificate.clone(),
+                key: key.clone(),
+            })),
+            _ => Err(Failure::input(format!(
+                "missing {}: the control plane needs the trust anchors, issuer certificate and issuer key files (create them with `weft certs`), or --kubernetes to read them from the issuer Secret and trust-roots ConfigMap",
+                missing.join(", ")
+            ))),
+        }
+    }
+
     fn into_config(self) -> Result<ControlPlaneConfig, Failure> {
         if self.identity_issuance_lifetime < Duration::from_secs(1) {
             return Err(Failure::input(
@@ -106,17 +156,14 @@ impl ControlPlaneArgs {
                 ));
             }
         };
+        let issuer_files = self.issuer_files()?;
         let kubernetes = self.kubernetes.then(|| control_plane::k8s::KubeSettings {
             kubeconfig: self.kubeconfig.clone(),
             trust_roots_configmap: self.identity_trust_roots_configmap.clone(),
             issuer_secret: self.identity_issuer_secret.clone(),
         });
         Ok(ControlPlaneConfig {
-            issuer_files: IssuerFiles {
-                anchors: self.identity_trust_anchors_file,
-                certificate: self.identity_issuer_certificate_file,
-                key: self.identity_issuer_key_file,
-            },
+            issuer_files,
             issuance_lifetime: self.identity_issuance_lifetime,
             clock_skew: self.identity_clock_skew_allowance,
             trust_domain: self.identity_trust_domain.clone(),

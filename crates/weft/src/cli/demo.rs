@@ -239,11 +239,11 @@ async fn demo(dir: &Path) -> CmdResult {
 
     let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let cp_cfg = control_plane::ControlPlaneConfig {
-        issuer_files: identity::IssuerFiles {
+        issuer_files: Some(identity::IssuerFiles {
             anchors: p("ca.crt"),
             certificate: p("issuer.crt"),
             key: p("issuer.key"),
-        },
+        }),
         issuance_lifetime: Duration::from_secs(24 * 3600),
         clock_skew: Duration::from_secs(20),
         trust_domain: pki::identity::DEFAULT_TRUST_DOMAIN.into(),

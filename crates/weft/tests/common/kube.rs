@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use testbed::k8s::K8sEnv;
 use testbed::k8s::api::{DEADLINE, poll};
 use testbed::k8s::k8s_openapi::api::core::v1::Pod;
@@ -90,25 +90,52 @@ pub async fn running(client: &testbed::k8s::kube::Client, ns: &str, name: &str) 
     .await
 }
 
-/// The control plane in the cp namespace, on its loopback, in Kubernetes mode.
-pub fn control_plane(env: &K8sEnv, s: &Scratch, cp_ns: &str) -> Proc {
+/// The guide's anchor and issuer put where Kubernetes mode reads them: the
+/// trust-roots ConfigMap and the issuer Secret in `cp_ns`, with kubectl.
+pub fn install_identity(env: &K8sEnv, s: &Scratch, cp_ns: &str) -> Result<()> {
+    let ca = s.path("ca.crt");
+    kubectl(
+        env,
+        &[
+            "create",
+            "configmap",
+            "-n",
+            cp_ns,
+            "linkerd-identity-trust-roots",
+            &format!("--from-file=ca-bundle.crt={}", ca.display()),
+        ],
+    )?;
+    kubectl(
+        env,
+        &[
+            "create",
+            "secret",
+            "tls",
+            "-n",
+            cp_ns,
+            "linkerd-identity-issuer",
+            &format!("--cert={}", s.path("issuer.crt").display()),
+            &format!("--key={}", s.path("issuer.key").display()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The control plane in the cp namespace, on its loopback, in Kubernetes
+/// mode, as the weft-identity ServiceAccount under the shipped RBAC, with
+/// the guide's anchor and issuer (`install_identity`).
+pub fn control_plane(env: &K8sEnv, s: &Scratch, cp_ns: &str, kubeconfig: &std::path::Path) -> Proc {
     let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
     cmd.current_dir(s.path("."));
     cmd.args([
         "control-plane",
         "--kubernetes",
         "--kubeconfig",
-        &env.kubeconfig().to_string_lossy(),
+        &kubeconfig.to_string_lossy(),
         "--cluster-networks",
         CLUSTER_NETWORKS,
         "--controller-namespace",
         cp_ns,
-        "--identity-trust-anchors-file",
-        "ca.crt",
-        "--identity-issuer-certificate-file",
-        "issuer.crt",
-        "--identity-issuer-key-file",
-        "issuer.key",
         "--state-dir",
         "state",
         "--identity-addr",
@@ -194,4 +221,63 @@ pub fn cp_channel(
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?;
     let channel = rt.block_on(rt.spawn(async move { endpoint.connect().await }))??;
     Ok((rt, channel))
+}
+
+/// The audience of a token for the API server itself.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// Applies the shipped RBAC with `cp_ns` for `weft`, and a kubeconfig with
+/// a token of its ServiceAccount.
+pub async fn least_privilege_kubeconfig(
+    env: &K8sEnv,
+    admin: &testbed::k8s::kube::Client,
+    cp_ns: &str,
+    scratch: &Scratch,
+) -> Result<std::path::PathBuf> {
+    let rbac = control_plane::k8s_manifests::RBAC
+        .replace("namespace: weft\n", &format!("namespace: {cp_ns}\n"))
+        // Cluster-scoped names per control plane, so tests sharing one API
+        // server never rebind each other's ClusterRole.
+        .replace(
+            "name: weft-control-plane\n",
+            &format!("name: weft-control-plane-{cp_ns}\n"),
+        );
+    ensure!(
+        !rbac.contains("namespace: weft\n"),
+        "rbac.yaml names namespace weft in another form"
+    );
+    let file = scratch.write("rbac.yaml", &rbac);
+    testbed::run(env.kubectl().args(["apply", "-f"]).arg(&file))?;
+    let token = testbed::k8s::api::token(
+        admin,
+        cp_ns,
+        "weft-identity",
+        API_AUDIENCE,
+        None,
+        std::time::Duration::from_secs(7200),
+    )
+    .await?;
+    let server = env.config().cluster_url.to_string();
+    let kc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": server.trim_end_matches('/'),
+            "certificate-authority": env.ca_file()}}],
+        "users": [{"name": "weft-identity", "user": {"token": token}}],
+        "contexts": [{"name": "weft", "context": {"cluster": "test", "user": "weft-identity", "namespace": cp_ns}}],
+        "current-context": "weft",
+    });
+    let path = scratch.write("weft-identity.kubeconfig", serde_json::to_vec_pretty(&kc)?);
+    // Not admin: it may not list the namespace's Secrets without a name.
+    let denied = env
+        .cp_cmd(env.bins().path("kubectl"))
+        .args(["--kubeconfig"])
+        .arg(&path)
+        .args(["get", "secrets", "-n", cp_ns])
+        .output()?;
+    ensure!(
+        !denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
+        "weft-identity may list every Secret: {}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    Ok(path)
 }
