@@ -1,4 +1,6 @@
 //! `weft policy explain` over the guide's manifests: verdicts, reasons, exit codes.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

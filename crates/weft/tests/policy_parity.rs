@@ -4,6 +4,8 @@
 //! given bytes that are not HTTP) gives the verdict `weft policy explain`
 //! prints for the same resource files, and both match a table written by
 //! hand. Ports mode on loopback, no root.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
