@@ -59,8 +59,14 @@ pub enum ProofError {
     Missing,
     #[error("join token refused: {0}")]
     Token(TokenError),
+    #[error(
+        "client certificate refused: empty chain; if it has expired, start again with a join token"
+    )]
+    EmptyChain,
     #[error("client certificate refused: {0}; if it has expired, start again with a join token")]
-    Certificate(String),
+    Certificate(#[source] pki::VerifyError),
+    #[error("client certificate refused: {0}; if it has expired, start again with a join token")]
+    CertificateDer(#[source] pki::DerError),
     #[error("the proof names {0:?}, which is not a workload identity of this mesh")]
     NotInMesh(String),
     #[error("client certificate refused: {0}")]
@@ -97,14 +103,12 @@ impl StandaloneProofs {
     ) -> Result<Subject, ProofError> {
         let status = self.issuer.borrow().clone();
         let state = status.current.ok_or(ProofError::NoTrust)?;
-        let (leaf, rest) = chain
-            .split_first()
-            .ok_or_else(|| ProofError::Certificate("empty chain".into()))?;
+        let (leaf, rest) = chain.split_first().ok_or(ProofError::EmptyChain)?;
         let mut intermediates: Vec<CertificateDer<'static>> = rest.to_vec();
         intermediates.extend(state.chain.iter().cloned());
         pki::verify(leaf, &intermediates, &state.anchors, now, Purpose::Leaf)
-            .map_err(|e| ProofError::Certificate(e.to_string()))?;
-        let info = pki::info::CertInfo::from_der(leaf).map_err(ProofError::Certificate)?;
+            .map_err(ProofError::Certificate)?;
+        let info = pki::info::CertInfo::from_der(leaf).map_err(ProofError::CertificateDer)?;
         // The first SAN names the client, as Linkerd peers read it.
         let identity = pki::peer_identity_in(leaf, &self.control_plane_ns)
             .map_err(ProofError::CertificateName)?;

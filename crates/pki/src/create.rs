@@ -203,10 +203,10 @@ impl Signer {
         cert_name: &str,
         key_name: &str,
     ) -> Result<Self, CreateError> {
-        let parsed = parse_x509(&cert).map_err(|detail| CertError::BadDer {
+        let parsed = parse_x509(&cert).map_err(|source| CertError::BadDer {
             path: cert_name.into(),
             index: 1,
-            detail,
+            source,
         })?;
         let subject = parsed.subject().to_string();
         if !parsed.is_ca() {

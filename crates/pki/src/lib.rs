@@ -15,7 +15,7 @@ pub mod peer;
 pub mod refresh;
 pub mod verify;
 
-pub use cert::{CertError, fingerprint, load_certs, parse_certs, parse_x509};
+pub use cert::{CertError, DerError, fingerprint, load_certs, parse_certs, parse_x509};
 pub use identity::{Identity, IdentityError, SpiffeId};
 pub use in_force::{CertInForce, InForceError};
 pub use key::{KeyAlgorithm, KeyError, load_key};
