@@ -116,27 +116,9 @@ pub fn check_csr<'a>(der: &'a [u8], identity: &Identity) -> Result<CheckedCsr<'a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+    use rcgen::{KeyPair, SanType};
 
-    fn id() -> Identity {
-        "web.demo.serviceaccount.identity.weft.cluster.local"
-            .parse()
-            .unwrap()
-    }
-
-    fn csr(key: &KeyPair, cn: Option<&str>, sans: Vec<SanType>) -> Vec<u8> {
-        let mut p = CertificateParams::default();
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        if let Some(cn) = cn {
-            p.distinguished_name.push(DnType::CommonName, cn);
-        }
-        p.subject_alt_names = sans;
-        p.serialize_request(key).unwrap().der().to_vec()
-    }
-
-    fn dns(s: &str) -> SanType {
-        SanType::DnsName(s.to_string().try_into().unwrap())
-    }
+    use pki::testutil::{csr_der as csr, dns, web_id as id};
 
     #[test]
     fn accepts_a_linkerd_style_csr() {

@@ -65,8 +65,6 @@ pub enum ProofError {
     EmptyChain,
     #[error("client certificate refused: {0}; if it has expired, start again with a join token")]
     Certificate(#[source] pki::VerifyError),
-    #[error("client certificate refused: {0}; if it has expired, start again with a join token")]
-    CertificateDer(#[source] pki::DerError),
     #[error("the proof names {0:?}, which is not a workload identity of this mesh")]
     NotInMesh(String),
     #[error("client certificate refused: {0}")]
@@ -108,7 +106,9 @@ impl StandaloneProofs {
         intermediates.extend(state.chain.iter().cloned());
         pki::verify(leaf, &intermediates, &state.anchors, now, Purpose::Leaf)
             .map_err(ProofError::Certificate)?;
-        let info = pki::info::CertInfo::from_der(leaf).map_err(ProofError::CertificateDer)?;
+        let info = pki::info::CertInfo::from_der(leaf).map_err(|source| {
+            ProofError::Certificate(pki::VerifyError::Unparseable { index: 1, source })
+        })?;
         // The first SAN names the client, as Linkerd peers read it.
         let identity = pki::peer_identity_in(leaf, &self.control_plane_ns)
             .map_err(ProofError::CertificateName)?;

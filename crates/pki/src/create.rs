@@ -432,11 +432,7 @@ mod tests {
     use crate::testutil::now;
     use crate::verify::{Purpose, verify};
 
-    fn id() -> Identity {
-        "web.demo.serviceaccount.identity.weft.cluster.local"
-            .parse()
-            .unwrap()
-    }
+    use crate::testutil::web_id as id;
 
     fn make(profile: Profile, subject: &str, signer: Option<&Signer>, days: i64) -> Created {
         create(
