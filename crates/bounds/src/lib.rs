@@ -3,6 +3,7 @@
 //! reserve), a deadline for the handshake, and an idle timeout (no bytes
 //! either way). Each limit hit is counted by listener and reason.
 
+mod admin;
 mod idle;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use admin::{metrics, ready, text};
 pub use idle::{Activity, Tracked, idle_for};
 
 /// The limits of one listener.

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bounds::{metrics, ready, text};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -111,14 +112,6 @@ fn renew_now(st: &AdminState) -> Response<Full<Bytes>> {
     )
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
-}
-
 async fn handle(
     req: Request<Incoming>,
     st: AdminState,
@@ -147,38 +140,20 @@ async fn handle(
             let issuer = st.issuer.borrow().clone();
             let own = st.own.borrow().clone();
             let (resources, note) = st.resources();
-            match readiness(
-                &issuer,
-                own.as_deref(),
-                resources,
-                OffsetDateTime::now_utc(),
+            match (
+                readiness(
+                    &issuer,
+                    own.as_deref(),
+                    resources,
+                    OffsetDateTime::now_utc(),
+                ),
+                note,
             ) {
-                Ok(()) => match note {
-                    Some(note) => text(StatusCode::OK, format!("ready; {note}\n")),
-                    None => text(StatusCode::OK, "ready\n".into()),
-                },
-                Err(why) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {why}\n"),
-                ),
+                (Ok(()), Some(note)) => text(StatusCode::OK, format!("ready; {note}\n")),
+                (r, _) => ready(r),
             }
         }
-        "/metrics" => {
-            let mut out = String::new();
-            match prometheus_client::encoding::text::encode(&mut out, &st.registry) {
-                Ok(()) => Response::builder()
-                    .header(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )
-                    .body(Full::new(Bytes::from(out)))
-                    .unwrap_or_default(),
-                Err(_) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "cannot encode metrics\n".into(),
-                ),
-            }
-        }
+        "/metrics" => metrics(&st.registry),
         other => text(
             StatusCode::NOT_FOUND,
             format!(
@@ -190,18 +165,7 @@ async fn handle(
 
 pub async fn serve(listener: TcpListener, st: AdminState) {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                // e.g. out of descriptors: do not spin.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(slot) = st.gate.admit() else {
-            continue;
-        };
+        let (stream, slot) = st.gate.accept(&listener).await;
         let st = st.clone();
         tokio::spawn(async move {
             let _slot = slot;

@@ -12,20 +12,7 @@ use super::{DirSource, Reader, is_relevant};
 const ID: &str = "web.demo.serviceaccount.identity.weft.cluster.local";
 
 fn workload_yaml(ip: &str) -> String {
-    format!(
-        "apiVersion: workload.linkerd.io/v1beta1
-kind: ExternalWorkload
-metadata:
-  name: web
-  namespace: demo
-spec:
-  meshTLS:
-    identity: {ID}
-    serverName: {ID}
-  workloadIPs:
-  - ip: {ip}
-"
-    )
+    policy::testutil::external_workload("demo", "web", ID, ip, "", &[])
 }
 
 fn source(dir: &Path) -> DirSource {

@@ -13,7 +13,7 @@ pub enum CsrError {
     #[error("certificate_signing_request is empty; send a DER-encoded PKCS#10 CSR")]
     Empty,
     #[error("certificate_signing_request is not a DER PKCS#10 CSR ({0}); send DER, not PEM")]
-    Unparseable(String),
+    Unparseable(#[source] pki::DerError),
     #[error(
         "CSR key is {0}; weft issues only ECDSA P-256 workload certificates: generate a P-256 key"
     )]
@@ -61,13 +61,10 @@ pub fn check_csr<'a>(der: &'a [u8], identity: &Identity) -> Result<CheckedCsr<'a
     }
     let csr = match X509CertificationRequest::from_der(der) {
         Ok((rest, _)) if !rest.is_empty() => {
-            return Err(CsrError::Unparseable(format!(
-                "{} trailing bytes",
-                rest.len()
-            )));
+            return Err(CsrError::Unparseable(pki::DerError::Trailing(rest.len())));
         }
         Ok((_, csr)) => csr,
-        Err(e) => return Err(CsrError::Unparseable(e.to_string())),
+        Err(e) => return Err(CsrError::Unparseable(pki::DerError::Parse(e))),
     };
     let info = &csr.certification_request_info;
     let alg = KeyAlgorithm::of(&info.subject_pki);
@@ -119,27 +116,9 @@ pub fn check_csr<'a>(der: &'a [u8], identity: &Identity) -> Result<CheckedCsr<'a
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+    use rcgen::{KeyPair, SanType};
 
-    fn id() -> Identity {
-        "web.demo.serviceaccount.identity.weft.cluster.local"
-            .parse()
-            .unwrap()
-    }
-
-    fn csr(key: &KeyPair, cn: Option<&str>, sans: Vec<SanType>) -> Vec<u8> {
-        let mut p = CertificateParams::default();
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        if let Some(cn) = cn {
-            p.distinguished_name.push(DnType::CommonName, cn);
-        }
-        p.subject_alt_names = sans;
-        p.serialize_request(key).unwrap().der().to_vec()
-    }
-
-    fn dns(s: &str) -> SanType {
-        SanType::DnsName(s.to_string().try_into().unwrap())
-    }
+    use pki::testutil::{csr_der as csr, dns, web_id as id};
 
     #[test]
     fn accepts_a_linkerd_style_csr() {

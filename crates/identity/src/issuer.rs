@@ -2,19 +2,50 @@
 //! so a pair that cannot vouch for workloads is never put in service.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use pki::create::Signer;
-use pki::{CertError, CertificateDer, KeyAlgorithm, KeyError, Purpose, VerifyError};
+use pki::create::{CreateError, Signer};
+use pki::{CertError, CertificateDer, DerError, KeyAlgorithm, KeyError, Purpose, VerifyError};
 use time::OffsetDateTime;
 
+/// One of the three files the issuer is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuerFile {
+    Anchors,
+    Certificate,
+    Key,
+}
+
+impl std::fmt::Display for IssuerFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Anchors => "trust anchors",
+            Self::Certificate => "issuer certificate",
+            Self::Key => "issuer key",
+        })
+    }
+}
+
+/// Sources are shared (`Arc`) so the refusal can be kept in the watched status.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IssuerError {
+    #[error("{file}: {}: cannot read: {source}", path.display())]
+    Unreadable {
+        file: IssuerFile,
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     #[error("trust anchors: {0}")]
-    Anchors(String),
+    Anchors(#[source] Arc<CertError>),
     #[error("issuer certificate: {0}")]
-    Certificate(String),
+    Certificate(#[source] Arc<CertError>),
+    #[error("issuer certificate: {0}")]
+    CertificateDer(#[source] DerError),
+    #[error("issuer certificate: {0}")]
+    Signer(#[source] Arc<CreateError>),
     #[error("issuer key: {0}")]
-    Key(String),
+    Key(#[source] Arc<KeyError>),
     #[error(
         "issuer key {key} does not match issuer certificate {cert} (half-written pair? write the key and certificate together)"
     )]
@@ -33,8 +64,13 @@ impl IssuerError {
     /// A short label for `issuer_reloads_total{result}`.
     pub fn label(&self) -> &'static str {
         match self {
+            Self::Unreadable { file, .. } => match file {
+                IssuerFile::Anchors => "bad_anchors",
+                IssuerFile::Certificate => "bad_certificate",
+                IssuerFile::Key => "bad_key",
+            },
             Self::Anchors(_) => "bad_anchors",
-            Self::Certificate(_) => "bad_certificate",
+            Self::Certificate(_) | Self::CertificateDer(_) | Self::Signer(_) => "bad_certificate",
             Self::Key(_) => "bad_key",
             Self::KeyMismatch { .. } => "key_mismatch",
             Self::NotCa(_) => "not_ca",
@@ -85,12 +121,17 @@ pub struct IssuerSnapshot {
 
 impl IssuerSnapshot {
     pub fn read(files: &IssuerFiles) -> Result<Self, IssuerError> {
-        let read =
-            |p: &Path| std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", p.display()));
+        let read = |file, path: &Path| {
+            std::fs::read(path).map_err(|e| IssuerError::Unreadable {
+                file,
+                path: path.to_path_buf(),
+                source: Arc::new(e),
+            })
+        };
         Ok(Self {
-            anchors: read(&files.anchors).map_err(IssuerError::Anchors)?,
-            certificate: read(&files.certificate).map_err(IssuerError::Certificate)?,
-            key: read(&files.key).map_err(IssuerError::Key)?,
+            anchors: read(IssuerFile::Anchors, &files.anchors)?,
+            certificate: read(IssuerFile::Certificate, &files.certificate)?,
+            key: read(IssuerFile::Key, &files.key)?,
         })
     }
 }
@@ -104,13 +145,13 @@ pub fn judge(
     now: OffsetDateTime,
 ) -> Result<IssuerState, IssuerError> {
     let anchors = pki::parse_certs(&files.anchors, &snap.anchors)
-        .map_err(|e: CertError| IssuerError::Anchors(e.to_string()))?;
+        .map_err(|e| IssuerError::Anchors(Arc::new(e)))?;
     let chain = pki::parse_certs(&files.certificate, &snap.certificate)
-        .map_err(|e| IssuerError::Certificate(e.to_string()))?;
-    let key = pki::key::parse_key(&files.key, &snap.key)
-        .map_err(|e: KeyError| IssuerError::Key(e.to_string()))?;
+        .map_err(|e| IssuerError::Certificate(Arc::new(e)))?;
+    let key =
+        pki::key::parse_key(&files.key, &snap.key).map_err(|e| IssuerError::Key(Arc::new(e)))?;
     let issuer = &chain[0];
-    let x = pki::parse_x509(issuer).map_err(IssuerError::Certificate)?;
+    let x = pki::parse_x509(issuer).map_err(IssuerError::CertificateDer)?;
     let subject = x.subject().to_string();
     let alg = KeyAlgorithm::of(x.public_key());
     if !x.is_ca() {
@@ -148,7 +189,7 @@ pub fn judge(
         &files.certificate.display().to_string(),
         &files.key.display().to_string(),
     )
-    .map_err(|e| IssuerError::Certificate(e.to_string()))?;
+    .map_err(|e| IssuerError::Signer(Arc::new(e)))?;
     Ok(IssuerState {
         signer,
         chain,

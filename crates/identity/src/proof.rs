@@ -90,8 +90,12 @@ pub enum ProofError {
         "the pod this token is bound to ({0}) no longer exists; a deleted pod's token proves nothing: use the token of a running pod"
     )]
     PodGone(String),
+    #[error(
+        "client certificate refused: empty chain; if it has expired, start again with a join token"
+    )]
+    EmptyChain,
     #[error("client certificate refused: {0}; if it has expired, start again with a join token")]
-    Certificate(String),
+    Certificate(#[source] pki::VerifyError),
     #[error("the proof names {0:?}, which is not a workload identity of this mesh")]
     NotInMesh(String),
     #[error("client certificate refused: {0}")]
@@ -143,14 +147,14 @@ impl StandaloneProofs {
     ) -> Result<Subject, ProofError> {
         let status = self.issuer.borrow().clone();
         let state = status.current.ok_or(ProofError::NoTrust)?;
-        let (leaf, rest) = chain
-            .split_first()
-            .ok_or_else(|| ProofError::Certificate("empty chain".into()))?;
+        let (leaf, rest) = chain.split_first().ok_or(ProofError::EmptyChain)?;
         let mut intermediates: Vec<CertificateDer<'static>> = rest.to_vec();
         intermediates.extend(state.chain.iter().cloned());
         pki::verify(leaf, &intermediates, &state.anchors, now, Purpose::Leaf)
-            .map_err(|e| ProofError::Certificate(e.to_string()))?;
-        let info = pki::info::CertInfo::from_der(leaf).map_err(ProofError::Certificate)?;
+            .map_err(ProofError::Certificate)?;
+        let info = pki::info::CertInfo::from_der(leaf).map_err(|source| {
+            ProofError::Certificate(pki::VerifyError::Unparseable { index: 1, source })
+        })?;
         // The first SAN names the client, as Linkerd peers read it.
         let identity = pki::peer_identity_in(leaf, &self.control_plane_ns)
             .map_err(ProofError::CertificateName)?;

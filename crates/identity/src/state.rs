@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use pki::files::{KEY_MODE, PUBLIC_MODE, write_atomic};
 use serde::{Deserialize, Serialize};
 
-use crate::token::{RevokedFile, key_id, read_revoked};
+use crate::token::{RevokedError, RevokedFile, key_id, read_revoked};
 
 const MARKER: &str = "weft-state.json";
 const TOKEN_KEY: &str = "token-signing.key";
@@ -26,10 +26,36 @@ pub enum StateError {
         "{dir}: is not empty and holds no weft state; pass an empty or new directory as --state-dir"
     )]
     Foreign { dir: PathBuf },
-    #[error("{path}: the token signing key cannot be used ({detail}); restore it from backup")]
-    BadKey { path: PathBuf, detail: String },
-    #[error("{path}: {detail}")]
-    Io { path: PathBuf, detail: String },
+    #[error("{path}: the token signing key cannot be used ({source}); restore it from backup")]
+    BadKey {
+        path: PathBuf,
+        #[source]
+        source: pki::KeyError,
+    },
+    #[error("{path}: the token signing key cannot be made ({source})")]
+    KeyGen {
+        path: PathBuf,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: pki::files::FileError,
+    },
+    #[error("{path}: {source}")]
+    Revoked {
+        path: PathBuf,
+        #[source]
+        source: RevokedError,
+    },
     #[error(
         "state directory {dir} does not exist. Tokens must be signed with the key in the control plane's state directory (its --state-dir, default weft-state, made when it first starts): pass that directory with --state-dir (or WEFT_STATE_DIR), or create an empty directory first to start a new one"
     )]
@@ -37,9 +63,9 @@ pub enum StateError {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
-    move |e| StateError::Io {
+    move |source| StateError::Io {
         path: path.to_path_buf(),
-        detail: e.to_string(),
+        source,
     }
 }
 
@@ -100,14 +126,14 @@ impl StateDir {
         if entries.is_empty() {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(io(dir))?;
-            let key = rcgen::KeyPair::generate().map_err(|e| StateError::BadKey {
+            let key = rcgen::KeyPair::generate().map_err(|source| StateError::KeyGen {
                 path: key_path.clone(),
-                detail: e.to_string(),
+                source,
             })?;
             write_atomic(&key_path, key.serialize_pem().as_bytes(), KEY_MODE, false).map_err(
-                |e| StateError::Io {
+                |source| StateError::Write {
                     path: key_path.clone(),
-                    detail: e.to_string(),
+                    source,
                 },
             )?;
             let marker = Marker {
@@ -115,10 +141,10 @@ impl StateDir {
                 token_key_sha256: key_id(&key),
             };
             let bytes = serde_json::to_vec_pretty(&marker).unwrap_or_default();
-            write_atomic(&dir.join(MARKER), &bytes, PUBLIC_MODE, false).map_err(|e| {
-                StateError::Io {
+            write_atomic(&dir.join(MARKER), &bytes, PUBLIC_MODE, false).map_err(|source| {
+                StateError::Write {
                     path: dir.join(MARKER),
-                    detail: e.to_string(),
+                    source,
                 }
             })?;
             return Ok(Self {
@@ -138,9 +164,9 @@ impl StateDir {
                 key: key_path,
             });
         }
-        let key = pki::load_key(&key_path).map_err(|e| StateError::BadKey {
+        let key = pki::load_key(&key_path).map_err(|source| StateError::BadKey {
             path: key_path.clone(),
-            detail: e.to_string(),
+            source,
         })?;
         Ok(Self {
             path: dir.to_path_buf(),
@@ -164,9 +190,9 @@ impl StateDir {
     /// Adds `jti` to the revocation list (atomically), dropping expired entries.
     pub fn revoke(&self, jti: &str, exp: Option<i64>, now: i64) -> Result<bool, StateError> {
         let path = self.revoked_file();
-        let mut f: RevokedFile = read_revoked(&path).map_err(|detail| StateError::Io {
+        let mut f: RevokedFile = read_revoked(&path).map_err(|source| StateError::Revoked {
             path: path.clone(),
-            detail,
+            source,
         })?;
         f.revoked.retain(|_, e| *e > now);
         // Unknown expiry: keep it a year, long past any join token's life.
@@ -175,9 +201,9 @@ impl StateDir {
             .insert(jti.to_string(), exp.unwrap_or(now + 365 * 86400))
             .is_none();
         let bytes = serde_json::to_vec_pretty(&f).unwrap_or_default();
-        write_atomic(&path, &bytes, PUBLIC_MODE, true).map_err(|e| StateError::Io {
+        write_atomic(&path, &bytes, PUBLIC_MODE, true).map_err(|source| StateError::Write {
             path: path.clone(),
-            detail: e.to_string(),
+            source,
         })?;
         Ok(fresh)
     }
@@ -269,9 +295,11 @@ impl IssuanceRecord {
             bytes.extend(serde_json::to_vec(i).unwrap_or_default());
             bytes.push(b'\n');
         }
-        write_atomic(&self.path, &bytes, PUBLIC_MODE, true).map_err(|e| StateError::Io {
-            path: self.path.clone(),
-            detail: e.to_string(),
+        write_atomic(&self.path, &bytes, PUBLIC_MODE, true).map_err(|source| {
+            StateError::Write {
+                path: self.path.clone(),
+                source,
+            }
         })?;
         *f = Self::open_append(&self.path)?;
         *self.origins.lock().unwrap_or_else(|e| e.into_inner()) = live

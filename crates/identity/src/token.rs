@@ -37,6 +37,26 @@ pub enum TokenError {
     Subject(String),
 }
 
+/// Why join tokens cannot be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error("{0}")]
+    Key(#[source] jsonwebtoken::errors::Error),
+    #[error("no randomness")]
+    Randomness,
+    #[error("{0}")]
+    Encode(#[source] jsonwebtoken::errors::Error),
+}
+
+/// Why the revocation list cannot be read (a missing file is an empty list).
+#[derive(Debug, thiserror::Error)]
+pub enum RevokedError {
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    #[error("{0}")]
+    Parse(#[source] serde_json::Error),
+}
+
 /// RFC 7519 allows `aud` as one string or an array; Kubernetes writes an
 /// array, weft one string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,10 +164,10 @@ pub struct TokenSigner {
 }
 
 impl TokenSigner {
-    pub fn new(key: &rcgen::KeyPair) -> Result<Self, String> {
+    pub fn new(key: &rcgen::KeyPair) -> Result<Self, SignerError> {
         let key_pem = key.serialize_pem();
         Ok(Self {
-            key: EncodingKey::from_ec_pem(key_pem.as_bytes()).map_err(|e| e.to_string())?,
+            key: EncodingKey::from_ec_pem(key_pem.as_bytes()).map_err(SignerError::Key)?,
             kid: key_id(key),
         })
     }
@@ -159,9 +179,9 @@ impl TokenSigner {
         service_account: &str,
         ttl: Duration,
         now: OffsetDateTime,
-    ) -> Result<(String, Claims), String> {
+    ) -> Result<(String, Claims), SignerError> {
         let mut jti = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut jti).map_err(|_| "no randomness".to_string())?;
+        aws_lc_rs::rand::fill(&mut jti).map_err(|_| SignerError::Randomness)?;
         let iat = now.unix_timestamp();
         let claims = Claims {
             iss: ISSUER.into(),
@@ -174,7 +194,8 @@ impl TokenSigner {
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| e.to_string())?;
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.key).map_err(SignerError::Encode)?;
         Ok((token, claims))
     }
 }
@@ -306,11 +327,11 @@ impl Revocations {
     }
 }
 
-pub fn read_revoked(path: &Path) -> Result<RevokedFile, String> {
+pub fn read_revoked(path: &Path) -> Result<RevokedFile, RevokedError> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+        Ok(b) => serde_json::from_slice(&b).map_err(RevokedError::Parse),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RevokedFile::default()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(RevokedError::Read(e)),
     }
 }
 

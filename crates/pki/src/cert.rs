@@ -24,20 +24,33 @@ pub enum CertError {
     NoCertificate { path: PathBuf },
     #[error("{path}: broken PEM ({detail}); the file may be truncated; re-copy or re-create it")]
     BadPem { path: PathBuf, detail: String },
-    #[error("{path}: certificate #{index} cannot be parsed as X.509 ({detail}); re-create it")]
+    #[error("{path}: certificate #{index} cannot be parsed as X.509 ({source}); re-create it")]
     BadDer {
         path: PathBuf,
         index: usize,
-        detail: String,
+        #[source]
+        source: DerError,
     },
 }
 
+/// Why bytes are not exactly one DER X.509 certificate (or CSR).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DerError {
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+    #[error("{0}")]
+    Parse(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+}
+
+// The parser's errors are plain data (no floats), so equality is total.
+impl Eq for DerError {}
+
 /// Parses DER into an X.509 view, refusing trailing bytes.
-pub fn parse_x509<'a>(der: &'a [u8]) -> Result<X509Certificate<'a>, String> {
+pub fn parse_x509<'a>(der: &'a [u8]) -> Result<X509Certificate<'a>, DerError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, _)) if !rest.is_empty() => Err(format!("{} trailing bytes", rest.len())),
+        Ok((rest, _)) if !rest.is_empty() => Err(DerError::Trailing(rest.len())),
         Ok((_, cert)) => Ok(cert),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(DerError::Parse(e)),
     }
 }
 
@@ -52,7 +65,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// SHA-256 of the SubjectPublicKeyInfo: names a key across re-issued certificates.
-pub fn spki_hash(der: &[u8]) -> Result<String, String> {
+pub fn spki_hash(der: &[u8]) -> Result<String, DerError> {
     Ok(sha256_hex(parse_x509(der)?.public_key().raw))
 }
 
@@ -102,10 +115,10 @@ pub fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'stat
         certs
     };
     for (i, der) in certs.iter().enumerate() {
-        parse_x509(der).map_err(|detail| CertError::BadDer {
+        parse_x509(der).map_err(|source| CertError::BadDer {
             path: p(),
             index: i + 1,
-            detail,
+            source,
         })?;
     }
     Ok(certs)

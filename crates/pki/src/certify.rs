@@ -34,7 +34,7 @@ pub enum CertifyError {
     )]
     OtherKey,
     #[error("its details cannot be read ({0})")]
-    Unreadable(String),
+    Unreadable(#[source] crate::cert::DerError),
 }
 
 /// A CSR for `identity` signed with `key`: CN and the one DNS SAN are the

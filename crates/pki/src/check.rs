@@ -148,7 +148,7 @@ pub fn identity_checks(
         Err(e) => {
             return vec![CheckResult::fail(
                 CONFIG_VALID,
-                e,
+                e.to_string(),
                 "re-create the trust anchor file",
             )];
         }
@@ -158,7 +158,7 @@ pub fn identity_checks(
         Err(e) => {
             return vec![CheckResult::fail(
                 CONFIG_VALID,
-                e,
+                e.to_string(),
                 "re-create the issuer certificate",
             )];
         }

@@ -203,10 +203,10 @@ impl Signer {
         cert_name: &str,
         key_name: &str,
     ) -> Result<Self, CreateError> {
-        let parsed = parse_x509(&cert).map_err(|detail| CertError::BadDer {
+        let parsed = parse_x509(&cert).map_err(|source| CertError::BadDer {
             path: cert_name.into(),
             index: 1,
-            detail,
+            source,
         })?;
         let subject = parsed.subject().to_string();
         if !parsed.is_ca() {
@@ -432,11 +432,7 @@ mod tests {
     use crate::testutil::now;
     use crate::verify::{Purpose, verify};
 
-    fn id() -> Identity {
-        "web.demo.serviceaccount.identity.weft.cluster.local"
-            .parse()
-            .unwrap()
-    }
+    use crate::testutil::web_id as id;
 
     fn make(profile: Profile, subject: &str, signer: Option<&Signer>, days: i64) -> Created {
         create(

@@ -14,8 +14,10 @@ use crate::peer::{PeerIdentityError, peer_identity_in};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InForceError {
+    #[error("the certificate cannot be read (the chain is empty); it cannot be put in force")]
+    EmptyChain,
     #[error("the certificate cannot be read ({0}); it cannot be put in force")]
-    Unreadable(String),
+    Unreadable(#[source] crate::cert::DerError),
     #[error("the certificate names no identity ({0})")]
     Name(#[source] PeerIdentityError),
     #[error("the private key cannot be used for TLS ({0})")]
@@ -53,9 +55,7 @@ impl CertInForce {
         chain: Vec<CertificateDer<'static>>,
         control_plane_ns: &str,
     ) -> Result<Self, InForceError> {
-        let leaf = chain
-            .first()
-            .ok_or_else(|| InForceError::Unreadable("the chain is empty".into()))?;
+        let leaf = chain.first().ok_or(InForceError::EmptyChain)?;
         if !crate::key::key_matches_cert(key, leaf) {
             return Err(InForceError::KeyMismatch);
         }

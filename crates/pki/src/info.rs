@@ -4,7 +4,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
-use crate::cert::{fingerprint, hex, parse_x509};
+use crate::cert::{DerError, fingerprint, hex, parse_x509};
 use crate::key::KeyAlgorithm;
 
 /// RFC 3339 in whole seconds, as certificates hold time.
@@ -59,7 +59,7 @@ pub struct CertInfo {
 }
 
 impl CertInfo {
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+    pub fn from_der(der: &[u8]) -> Result<Self, DerError> {
         let c = parse_x509(der)?;
         let mut sans = Vec::new();
         let mut skid = None;

@@ -13,9 +13,10 @@ pub mod info;
 pub mod key;
 pub mod peer;
 pub mod refresh;
+pub mod tls;
 pub mod verify;
 
-pub use cert::{CertError, fingerprint, load_certs, parse_certs, parse_x509};
+pub use cert::{CertError, DerError, fingerprint, load_certs, parse_certs, parse_x509};
 pub use identity::{Identity, IdentityError, SpiffeId};
 pub use in_force::{CertInForce, InForceError};
 pub use key::{KeyAlgorithm, KeyError, load_key};
@@ -24,5 +25,5 @@ pub use rcgen::KeyPair;
 pub use rustls_pki_types::CertificateDer;
 pub use verify::{Purpose, VerifiedChain, VerifyError, verify};
 
-#[cfg(test)]
-mod testutil;
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;

@@ -8,13 +8,13 @@
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
-use crate::cert::parse_x509;
+use crate::cert::{DerError, parse_x509};
 use crate::identity::{DEFAULT_CONTROL_PLANE_NS, Identity, IdentityError, SpiffeId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerIdentityError {
     #[error("the certificate cannot be parsed as X.509 ({0}); it names nobody")]
-    Unparseable(String),
+    Unparseable(#[source] DerError),
     #[error(
         "the certificate has no DNS or SPIFFE subject alternative name; a mesh leaf names its identity as its first SAN (DNS:<sa>.<ns>.serviceaccount.identity.<cp-ns>.<trust-domain>)"
     )]

@@ -1,4 +1,6 @@
-//! Certificate fixtures for unit tests.
+//! Certificate and CSR fixtures for tests (the `testutil` feature).
+// Test support: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -16,6 +18,29 @@ impl Ca {
     pub fn issuer(&self) -> Issuer<'_, &KeyPair> {
         Issuer::from_params(&self.params, &self.key)
     }
+}
+
+/// The identity most tests name: web in demo.
+pub fn web_id() -> crate::Identity {
+    "web.demo.serviceaccount.identity.weft.cluster.local"
+        .parse()
+        .unwrap()
+}
+
+/// A DER PKCS#10 CSR signed by `key`, with the CN and SANs given (as a
+/// linkerd2-proxy sends one, or deliberately not).
+pub fn csr_der(key: &KeyPair, cn: Option<&str>, sans: Vec<SanType>) -> Vec<u8> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(cn) = cn {
+        p.distinguished_name.push(DnType::CommonName, cn);
+    }
+    p.subject_alt_names = sans;
+    p.serialize_request(key).unwrap().der().to_vec()
+}
+
+pub fn dns(name: &str) -> SanType {
+    SanType::DnsName(name.to_string().try_into().unwrap())
 }
 
 pub fn now() -> OffsetDateTime {

@@ -8,7 +8,7 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
-use crate::cert::{fingerprint, parse_x509};
+use crate::cert::{DerError, fingerprint, parse_x509};
 use crate::info::rfc3339;
 
 const MAX_DEPTH: usize = 8;
@@ -17,8 +17,12 @@ const MAX_DEPTH: usize = 8;
 pub enum VerifyError {
     #[error("no trust anchors to verify against; the bundle is empty")]
     NoAnchors,
-    #[error("certificate #{index} cannot be parsed: {detail}")]
-    Unparseable { index: usize, detail: String },
+    #[error("certificate #{index} cannot be parsed: {source}")]
+    Unparseable {
+        index: usize,
+        #[source]
+        source: DerError,
+    },
     #[error(
         "unknown issuer: {subject:?} was issued by {issuer:?}, which is not among the trust anchors or intermediates; add that CA to the bundle, or re-issue from a trusted one"
     )]
@@ -116,7 +120,7 @@ pub fn verify_at(
         return Err(VerifyError::NoAnchors);
     }
     let leaf =
-        parse_x509(target).map_err(|detail| VerifyError::Unparseable { index: 1, detail })?;
+        parse_x509(target).map_err(|source| VerifyError::Unparseable { index: 1, source })?;
     let mut pool = Vec::new();
     for (i, (der, anchor)) in anchors
         .iter()
@@ -124,9 +128,9 @@ pub fn verify_at(
         .chain(intermediates.iter().map(|c| (c, false)))
         .enumerate()
     {
-        let x509 = parse_x509(der).map_err(|detail| VerifyError::Unparseable {
+        let x509 = parse_x509(der).map_err(|source| VerifyError::Unparseable {
             index: i + 2,
-            detail,
+            source,
         })?;
         pool.push(Candidate {
             der: der.as_ref(),

@@ -14,6 +14,8 @@ pub mod path;
 pub mod ports;
 pub mod resources;
 pub mod routes;
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
 pub mod translate;
 mod unsettled;
 

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use bounds::{metrics, ready, text};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -34,14 +35,6 @@ pub struct AdminState {
     pub gate: bounds::Gate,
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
-}
-
 async fn handle(
     req: Request<Incoming>,
     st: AdminState,
@@ -50,24 +43,9 @@ async fn handle(
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" => {
             let cert = st.cert.borrow().clone();
-            match readiness(cert.as_deref(), OffsetDateTime::now_utc()) {
-                Ok(()) => text(StatusCode::OK, "ready\n".into()),
-                Err(why) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {why}\n"),
-                ),
-            }
+            ready(readiness(cert.as_deref(), OffsetDateTime::now_utc()))
         }
-        "/metrics" => {
-            let mut out = String::new();
-            match prometheus_client::encoding::text::encode(&mut out, &st.registry) {
-                Ok(()) => text(StatusCode::OK, out),
-                Err(_) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "cannot encode metrics\n".into(),
-                ),
-            }
-        }
+        "/metrics" => metrics(&st.registry),
         other => text(
             StatusCode::NOT_FOUND,
             format!("no such endpoint {other}; try /live, /ready or /metrics\n"),
@@ -84,14 +62,7 @@ pub async fn serve(
     tls: Option<(tokio_rustls::TlsAcceptor, String)>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            // e.g. out of descriptors: do not spin.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let Some(slot) = st.gate.admit() else {
-            continue;
-        };
+        let (stream, slot) = st.gate.accept(&listener).await;
         let st = st.clone();
         let tls = tls.clone();
         tokio::spawn(async move {

@@ -78,61 +78,59 @@ pub struct ProxyConfig {
     pub admin_limits: bounds::Limits,
 }
 
+/// One `key value` row per setting, as `weft proxy` prints them at start.
 impl fmt::Display for ProxyConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let row = |f: &mut fmt::Formatter<'_>, k: &str, v: &dyn fmt::Display| {
-            writeln!(f, "  {k:<24} {v}")
-        };
-        row(f, "workload", &self.workload)?;
-        row(f, "identity", &self.identity)?;
-        row(
-            f,
-            "token-file",
-            &self
-                .token_file
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "(none)".into()),
-        )?;
-        row(f, "identity-addr", &self.identity_addr)?;
-        row(f, "destination-addr", &self.destination_addr)?;
-        row(f, "policy-addr", &self.policy_addr)?;
-        row(f, "control-plane-identity", &self.control_plane_identity)?;
-        row(f, "trust-anchors-file", &self.anchors_file.display())?;
-        row(f, "inbound-addr", &self.inbound_addr)?;
-        row(f, "admin-addr", &self.admin_addr)?;
-        row(f, "admin-limits", &self.admin_limits)?;
-        row(
-            f,
-            "outbound-addr",
-            &self
-                .outbound_addr
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "(off)".into()),
-        )?;
-        for m in &self.outbound {
-            row(f, "outbound", &format!("{} -> {}", m.listen, m.target))?;
-        }
-        row(
-            f,
-            "detect-timeout",
-            &format!("{}ms", self.detect_timeout.as_millis()),
-        )?;
-        row(
-            f,
-            "discovery-timeout",
-            &format!("{}ms", self.discovery_timeout.as_millis()),
-        )?;
-        row(
-            f,
-            "identity-min-refresh",
-            &format!("{}s", self.min_refresh.as_secs()),
-        )?;
-        row(
-            f,
-            "outbound-plaintext",
-            &format!("{:?}", self.plaintext).to_lowercase(),
-        )
+        let token_file = self.token_file.as_ref().map(|p| p.display().to_string());
+        let outbound_addr = self.outbound_addr.map(|a| a.to_string());
+        let mut rows: Vec<(&str, String)> = vec![
+            ("workload", self.workload.clone()),
+            ("identity", self.identity.to_string()),
+            ("token-file", token_file.unwrap_or_else(|| "(none)".into())),
+            ("identity-addr", self.identity_addr.clone()),
+            ("destination-addr", self.destination_addr.clone()),
+            ("policy-addr", self.policy_addr.clone()),
+            (
+                "control-plane-identity",
+                self.control_plane_identity.to_string(),
+            ),
+            (
+                "trust-anchors-file",
+                self.anchors_file.display().to_string(),
+            ),
+            ("inbound-addr", self.inbound_addr.to_string()),
+            ("admin-addr", self.admin_addr.to_string()),
+            ("admin-limits", self.admin_limits.to_string()),
+            (
+                "outbound-addr",
+                outbound_addr.unwrap_or_else(|| "(off)".into()),
+            ),
+        ];
+        rows.extend(
+            self.outbound
+                .iter()
+                .map(|m| ("outbound", format!("{} -> {}", m.listen, m.target))),
+        );
+        rows.extend([
+            (
+                "detect-timeout",
+                format!("{}ms", self.detect_timeout.as_millis()),
+            ),
+            (
+                "discovery-timeout",
+                format!("{}ms", self.discovery_timeout.as_millis()),
+            ),
+            (
+                "identity-min-refresh",
+                format!("{}s", self.min_refresh.as_secs()),
+            ),
+            (
+                "outbound-plaintext",
+                format!("{:?}", self.plaintext).to_lowercase(),
+            ),
+        ]);
+        rows.into_iter()
+            .try_for_each(|(k, v)| writeln!(f, "  {k:<24} {v}"))
     }
 }
 

@@ -39,16 +39,28 @@ pub use config::{OutboundMapping, Plaintext, ProxyConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "{path}: {detail}; pass the trust anchor bundle (the control plane's --identity-trust-anchors-file)"
+        "{path}: {source}; pass the trust anchor bundle (the control plane's --identity-trust-anchors-file)"
     )]
-    Anchors { path: String, detail: String },
+    AnchorsUnreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: {source}; pass the trust anchor bundle (the control plane's --identity-trust-anchors-file)"
+    )]
+    Anchors {
+        path: String,
+        #[source]
+        source: trust::BundleRefused,
+    },
     #[error("cannot listen on {addr}: {source}; is another process using it?")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("TLS setup: {0}")]
-    Tls(String),
+    Tls(#[source] rustls::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -71,14 +83,15 @@ pub async fn start(
     cfg: ProxyConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(Started, impl std::future::Future<Output = ()>), StartError> {
-    let anchors_pem =
-        std::fs::read_to_string(&cfg.anchors_file).map_err(|e| StartError::Anchors {
+    let anchors_pem = std::fs::read_to_string(&cfg.anchors_file).map_err(|source| {
+        StartError::AnchorsUnreadable {
             path: cfg.anchors_file.display().to_string(),
-            detail: e.to_string(),
-        })?;
-    let trust = trust::Trust::new(None, &anchors_pem).map_err(|e| StartError::Anchors {
+            source,
+        }
+    })?;
+    let trust = trust::Trust::new(None, &anchors_pem).map_err(|source| StartError::Anchors {
         path: cfg.anchors_file.display().to_string(),
-        detail: e.to_string(),
+        source,
     })?;
     let (trust_tx, trust_rx) = watch::channel(Arc::new(trust));
 
@@ -120,7 +133,7 @@ pub async fn start(
         trust_rx.clone(),
         cert_rx.clone(),
     )
-    .map_err(|e| StartError::Tls(e.to_string()))?;
+    .map_err(StartError::Tls)?;
     let cert_loop = cert::CertLoop {
         addr: cfg.identity_addr.clone(),
         control: control.clone(),
@@ -159,11 +172,11 @@ pub async fn start(
     );
     let inbound_cfg =
         tls::inbound_config(trust_rx.clone(), cert_rx.clone(), &cfg.identity.to_string())
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-    let outbound_cfg = tls::outbound_config(trust_rx.clone(), cert_rx.clone(), true)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
-    let outbound_plain = tls::outbound_config(trust_rx, cert_rx.clone(), false)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
+            .map_err(StartError::Tls)?;
+    let outbound_cfg =
+        tls::outbound_config(trust_rx.clone(), cert_rx.clone(), true).map_err(StartError::Tls)?;
+    let outbound_plain =
+        tls::outbound_config(trust_rx, cert_rx.clone(), false).map_err(StartError::Tls)?;
     let inbound = Arc::new(inbound::Inbound {
         acceptor: tokio_rustls::TlsAcceptor::from(inbound_cfg),
         workload: cfg.workload.clone(),
@@ -197,8 +210,7 @@ pub async fn start(
     let grace = cfg.shutdown_grace;
     let identity_name = cfg.identity.to_string();
     let admin_tls = tokio_rustls::TlsAcceptor::from(
-        tls::admin_config(cert_rx.clone(), &identity_name)
-            .map_err(|e| StartError::Tls(e.to_string()))?,
+        tls::admin_config(cert_rx.clone(), &identity_name).map_err(StartError::Tls)?,
     );
     let active = metrics.active.clone();
     let run = async move {

@@ -2,62 +2,15 @@
 //! operator can act on: which CA its chain needs, and what the anchors file
 //! holds instead.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pki::CertificateDer;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-
-/// Records the presented chain, then fails the handshake: nothing is trusted.
-#[derive(Debug, Default)]
-struct Capture {
-    chain: Mutex<Vec<CertificateDer<'static>>>,
-}
-
-impl ServerCertVerifier for Capture {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut c = self.chain.lock().unwrap_or_else(|e| e.into_inner());
-        c.push(end_entity.clone().into_owned());
-        c.extend(intermediates.iter().map(|i| i.clone().into_owned()));
-        Err(rustls::Error::General(
-            "chain captured for diagnosis".into(),
-        ))
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("diagnosis only".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("diagnosis only".into()))
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
+use rustls::pki_types::ServerName;
 
 /// The chain the server at `addr` presents for `server_name`.
 pub async fn server_chain(addr: &str, server_name: &str) -> Option<Vec<CertificateDer<'static>>> {
-    let capture = Arc::new(Capture::default());
+    let capture = Arc::new(pki::tls::ChainCapture::default());
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -76,11 +29,7 @@ pub async fn server_chain(addr: &str, server_name: &str) -> Option<Vec<Certifica
         tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
     )
     .await;
-    let chain = capture
-        .chain
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let chain = capture.chain();
     (!chain.is_empty()).then_some(chain)
 }
 

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use rustls::client::ResolvesClientCert;
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
@@ -14,11 +13,10 @@ use tokio::sync::watch;
 
 use crate::cert::ProxyCert;
 use crate::transport_header::ALPN;
-use crate::trust::{LiveClientVerifier, LiveServerVerifier, TrustRx};
+use crate::trust::{TrustNow, TrustRx};
+use pki::tls::Live;
 
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
+pub use pki::tls::provider;
 
 /// Serves the current certificate, and only for SNI = our own identity.
 #[derive(Debug)]
@@ -60,17 +58,14 @@ pub fn inbound_config(
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     name: &str,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(LiveClientVerifier(trust)))
-        .with_cert_resolver(Arc::new(OwnServerCert {
+    pki::tls::server_config(
+        Arc::new(Live(TrustNow(trust))),
+        Arc::new(OwnServerCert {
             own,
             name: name.to_string(),
-        }));
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
-    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    cfg.send_tls13_tickets = 0;
-    Ok(Arc::new(cfg))
+        }),
+        ALPN,
+    )
 }
 
 /// Outbound: verify the peer chains to the anchors in force and carries the
@@ -83,7 +78,7 @@ pub fn outbound_config(
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(LiveServerVerifier(trust)))
+        .with_custom_certificate_verifier(Arc::new(Live(TrustNow(trust))))
         .with_client_cert_resolver(Arc::new(OwnClientCert { own }));
     if with_header {
         cfg.alpn_protocols = vec![ALPN.to_vec()];
@@ -102,7 +97,7 @@ pub fn control_config(
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(LiveServerVerifier(trust)))
+        .with_custom_certificate_verifier(Arc::new(Live(TrustNow(trust))))
         .with_client_cert_resolver(Arc::new(OwnClientCert { own }));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     cfg.resumption = rustls::client::Resumption::disabled();
@@ -114,15 +109,12 @@ pub fn admin_config(
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     name: &str,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(OwnServerCert {
+    pki::tls::server_config(
+        rustls::server::WebPkiClientVerifier::no_client_auth(),
+        Arc::new(OwnServerCert {
             own,
             name: name.to_string(),
-        }));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    cfg.send_tls13_tickets = 0;
-    Ok(Arc::new(cfg))
+        }),
+        b"http/1.1",
+    )
 }

@@ -49,11 +49,11 @@ pub enum HeaderError {
     #[error("the transport header claims {0} bytes; at most {MAX_LEN} are allowed")]
     TooLong(u32),
     #[error("the transport header does not decode: {0}")]
-    Decode(String),
+    Decode(#[source] prost::DecodeError),
     #[error("the transport header names port {0}, which is not a TCP port")]
     BadPort(i32),
     #[error("reading the transport header: {0}")]
-    Io(std::io::Error),
+    Io(#[source] std::io::Error),
 }
 
 fn io(e: std::io::Error) -> HeaderError {
@@ -77,8 +77,8 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<(TransportHeader, u
     }
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf).await.map_err(io)?;
-    let h = <TransportHeader as prost::Message>::decode(buf.as_slice())
-        .map_err(|e| HeaderError::Decode(e.to_string()))?;
+    let h =
+        <TransportHeader as prost::Message>::decode(buf.as_slice()).map_err(HeaderError::Decode)?;
     let port = u16::try_from(h.port)
         .ok()
         .filter(|p| *p != 0)

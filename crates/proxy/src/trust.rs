@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
+use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::server::danger::ClientCertVerifier;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -180,98 +180,17 @@ pub fn judge(
     Ok(trust)
 }
 
-/// Inbound: client certificates judged by the anchors in force at the
-/// moment of each handshake.
+/// The verifiers built from the anchors in force, read at each handshake
+/// (see [`pki::tls::Live`]).
 #[derive(Debug)]
-pub struct LiveClientVerifier(pub TrustRx);
+pub struct TrustNow(pub TrustRx);
 
-impl LiveClientVerifier {
-    fn now(&self) -> Arc<dyn ClientCertVerifier> {
+impl pki::tls::InForce for TrustNow {
+    fn client(&self) -> Arc<dyn ClientCertVerifier> {
         self.0.borrow().client.clone()
     }
-}
-
-impl ClientCertVerifier for LiveClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.now()
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.now().verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.now().verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.now().supported_verify_schemes()
-    }
-}
-
-/// Outbound: the peer's chain judged by the anchors in force at the moment
-/// of each handshake, and its name (the expected identity) checked.
-#[derive(Debug)]
-pub struct LiveServerVerifier(pub TrustRx);
-
-impl LiveServerVerifier {
-    fn now(&self) -> Arc<WebPkiServerVerifier> {
+    fn server(&self) -> Arc<dyn ServerCertVerifier> {
         self.0.borrow().server.clone()
-    }
-}
-
-impl ServerCertVerifier for LiveServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.now()
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.now().verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.now().verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.now().supported_verify_schemes()
     }
 }
 

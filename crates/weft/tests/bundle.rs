@@ -2,6 +2,8 @@
 //! root): an anchor rotation under continuous traffic with no restart and
 //! no failed request, `weft check --proxy` along the way, refusals that
 //! change nothing, a control plane restart, and a killed proxy going stale.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

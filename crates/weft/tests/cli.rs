@@ -1,5 +1,7 @@
 //! Command-line rules every command follows: a closed pipe ends a command
 //! quietly, `weft token` never invents a state directory, exit codes.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! HTTP/2 connection per configured address however many streams it holds,
 //! live updates over them, recovery when they die, and a new connection
 //! (presenting the new leaf) after each renewal.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

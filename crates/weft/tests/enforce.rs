@@ -2,6 +2,8 @@
 //! the guide's manifests in force on backend, frontend allowed, an intruder
 //! refused as its protocol expects, every HTTP shape still working through
 //! request-level enforcement, and live edits flipping verdicts.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

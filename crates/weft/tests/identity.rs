@@ -1,6 +1,8 @@
 //! The identity service end to end: `weft control-plane` issuing over Certify
 //! to a linkerd2-proxy-like client, renewal over mTLS, every refusal, issuer
 //! reload under load.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

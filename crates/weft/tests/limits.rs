@@ -1,6 +1,8 @@
 //! Bounded listeners: idle connections held against the admin ports (which
 //! any pod can reach on a proxy) cannot starve them, the process, or the
 //! mesh traffic beside them.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Transparent mTLS in network namespaces, as root: `weft init` redirects,
 //! unmodified apps, proxies run as an unprivileged uid, a capture on the
 //! link between pods.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! added, the issuer switched (renew-now follows) and the old anchor
 //! removed; no proxy restarts and no request fails. `weft check --proxy` is
 //! followed step by step; a control plane restart and a killed proxy too.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

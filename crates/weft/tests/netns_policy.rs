@@ -3,6 +3,8 @@
 //! proxies equals the verdict `weft policy explain` gives on the same files,
 //! for every authentication kind, every default and a dangling reference;
 //! and live edits flip verdicts with no process restarted.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -4,6 +4,8 @@
 //! app (which echoes the path it received) reads exactly that path; what has
 //! no safe normal form is refused with 400; `weft policy explain --path`
 //! gives the same verdicts. HTTP/2 to an HTTP/1 Server is refused (505).
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,8 +1,11 @@
 //! `weft policy explain` over the guide's manifests: verdicts, reasons, exit codes.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::Scratch;
+use policy::testutil::{authorization_policy, external_workload};
 
 const FE: &str = "frontend.demo.serviceaccount.identity.weft.cluster.local";
 
@@ -17,23 +20,14 @@ fn setup() -> Scratch {
     s.write("res/policy.yaml", guide);
     s.write(
         "res/workloads.yaml",
-        "apiVersion: workload.linkerd.io/v1beta1
-kind: ExternalWorkload
-metadata:
-  name: backend
-  namespace: demo
-  labels:
-    app: backend
-spec:
-  meshTLS:
-    identity: backend.demo.serviceaccount.identity.weft.cluster.local
-    serverName: backend.demo.serviceaccount.identity.weft.cluster.local
-  workloadIPs:
-  - ip: 10.0.0.2
-  ports:
-  - port: 8080
-  - port: 9090
-",
+        external_workload(
+            "demo",
+            "backend",
+            "backend.demo.serviceaccount.identity.weft.cluster.local",
+            "10.0.0.2",
+            "  labels:\n    app: backend\n",
+            &[(8080, None), (9090, None)],
+        ),
     );
     s
 }
@@ -130,24 +124,13 @@ fn bad_resources_never_widen_access() {
     s.write(
         "res/policy.yaml",
         format!(
-            "{}---
-apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata:
-  name: two-ids
-  namespace: demo
-spec:
-  targetRef:
-    group: policy.linkerd.io
-    kind: Server
-    name: backend-server
-  requiredAuthenticationRefs:
-  - kind: ServiceAccount
-    name: a
-  - kind: ServiceAccount
-    name: b
-",
-            guide
+            "{guide}---\n{}",
+            authorization_policy(
+                "demo",
+                "two-ids",
+                "backend-server",
+                "\n  - kind: ServiceAccount\n    name: a\n  - kind: ServiceAccount\n    name: b\n",
+            )
         ),
     );
     // The whole file (with the Server) is refused: frontend loses its
@@ -265,20 +248,14 @@ async fn watch_port_streams_live_policy_to_the_workload_only() {
     s.guide_material();
     s.write(
         "res/frontend.yaml",
-        "apiVersion: workload.linkerd.io/v1beta1
-kind: ExternalWorkload
-metadata:
-  name: frontend
-  namespace: demo
-spec:
-  meshTLS:
-    identity: frontend.demo.serviceaccount.identity.weft.cluster.local
-    serverName: frontend.demo.serviceaccount.identity.weft.cluster.local
-  workloadIPs:
-  - ip: 10.0.0.3
-  ports:
-  - port: 7000
-",
+        external_workload(
+            "demo",
+            "frontend",
+            "frontend.demo.serviceaccount.identity.weft.cluster.local",
+            "10.0.0.3",
+            "",
+            &[(7000, None)],
+        ),
     );
     let cp = s.control_plane(&["--resources", "res", "--reread-interval", "1s"]);
     let ia = cp.addr("identity listening on").to_string();

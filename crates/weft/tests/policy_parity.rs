@@ -4,6 +4,8 @@
 //! given bytes that are not HTTP) gives the verdict `weft policy explain`
 //! prints for the same resource files, and both match a table written by
 //! hand. Ports mode on loopback, no root.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::Scratch;
 use common::mesh::{free_port, spawn_app, start_proxy, workload_ports};
 use common::proc::{http_get, poll};
+use policy::testutil::{authorization_policy, resource};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -108,65 +111,35 @@ fn expected(port: &str) -> [(Seen, Seen); 3] {
 }
 
 fn server(name: &str, port: u16, protocol: &str, access: &str) -> String {
-    format!(
-        "apiVersion: policy.linkerd.io/v1beta3
-kind: Server
-metadata:
-  name: {name}
-  namespace: demo
-spec:
-  podSelector:
-    matchLabels:
-      app: backend
-  port: {port}
-{protocol}{access}---
-"
-    )
+    let spec = format!(
+        "  podSelector:\n    matchLabels:\n      app: backend\n  port: {port}\n{protocol}{access}---\n"
+    );
+    resource("policy.linkerd.io/v1beta3", "Server", "demo", name, &spec)
 }
 
 fn policy(name: &str, server: &str, refs: &str) -> String {
-    format!(
-        "apiVersion: policy.linkerd.io/v1alpha1
-kind: AuthorizationPolicy
-metadata:
-  name: {name}
-  namespace: demo
-spec:
-  targetRef:
-    group: policy.linkerd.io
-    kind: Server
-    name: {server}
-  requiredAuthenticationRefs:
-{refs}---
-"
-    )
+    authorization_policy("demo", name, server, &format!("\n{refs}---\n"))
 }
 
 fn mtls(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: policy.linkerd.io/v1alpha1
-kind: MeshTLSAuthentication
-metadata:
-  name: {name}
-  namespace: demo
-spec:
-{spec}---
-"
+    let kind = "MeshTLSAuthentication";
+    resource(
+        "policy.linkerd.io/v1alpha1",
+        kind,
+        "demo",
+        name,
+        &format!("{spec}---\n"),
     )
 }
 
 fn netauth(name: &str, cidr: &str) -> String {
-    format!(
-        "apiVersion: policy.linkerd.io/v1alpha1
-kind: NetworkAuthentication
-metadata:
-  name: {name}
-  namespace: demo
-spec:
-  networks:
-  - cidr: {cidr}
----
-"
+    let spec = format!("  networks:\n  - cidr: {cidr}\n---\n");
+    resource(
+        "policy.linkerd.io/v1alpha1",
+        "NetworkAuthentication",
+        "demo",
+        name,
+        &spec,
     )
 }
 

@@ -1,5 +1,7 @@
 //! The data path in ports mode (one host, no root): control plane and
 //! proxies as real processes, unmodified TCP apps on both ends.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

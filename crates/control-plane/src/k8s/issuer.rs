@@ -90,9 +90,18 @@ impl SourceError {
     pub fn which(&self) -> Option<Which> {
         match self {
             Self::NotFound { which, .. } | Self::MissingKey { which, .. } => Some(*which),
-            Self::Judged(IssuerError::Anchors(_)) => Some(Which::ConfigMap),
             Self::Judged(
-                IssuerError::Certificate(_)
+                IssuerError::Anchors(_)
+                | IssuerError::Unreadable {
+                    file: identity::issuer::IssuerFile::Anchors,
+                    ..
+                },
+            ) => Some(Which::ConfigMap),
+            Self::Judged(
+                IssuerError::Unreadable { .. }
+                | IssuerError::CertificateDer(_)
+                | IssuerError::Signer(_)
+                | IssuerError::Certificate(_)
                 | IssuerError::Key(_)
                 | IssuerError::KeyMismatch { .. }
                 | IssuerError::NotCa(_)

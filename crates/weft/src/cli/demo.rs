@@ -151,11 +151,8 @@ spec:
 }
 
 pub fn run(args: DemoArgs) -> CmdResult {
-    if std::env::var_os("WEFT_LOG").is_none() && std::env::var_os("RUST_LOG").is_none() {
-        // SAFETY of intent: set before any thread starts; only read by init_logging.
-        unsafe { std::env::set_var("WEFT_LOG", "warn") };
-    }
-    super::init_logging();
+    // The demo's own output is the story; its logs default to warnings only.
+    super::init_logging_or("warn");
     let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Failure::fatal(format!("{}: {e}", dir.display())))?;
     let rt = tokio::runtime::Runtime::new().map_err(Failure::fatal)?;

@@ -107,7 +107,6 @@ impl Failure {
 
 pub type CmdResult = Result<(), Failure>;
 
-/// Logs to stderr; `WEFT_LOG` (or `RUST_LOG`) sets the filter, default info.
 /// A GET over plain HTTP/1.0 to an admin endpoint: (status, body).
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
@@ -127,10 +126,16 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)>
     ))
 }
 
+/// Logs to stderr; `WEFT_LOG` (or `RUST_LOG`) sets the filter, default info.
 pub fn init_logging() {
+    init_logging_or("info");
+}
+
+/// Logs to stderr; `WEFT_LOG` (or `RUST_LOG`) sets the filter, else `default`.
+pub fn init_logging_or(default: &str) {
     let filter = std::env::var("WEFT_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

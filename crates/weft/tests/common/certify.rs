@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use linkerd2_proxy_api::identity::identity_client::IdentityClient;
 use linkerd2_proxy_api::identity::{CertifyRequest, CertifyResponse};
-use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+use rcgen::KeyPair;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 
 pub const CP_IDENTITY: &str = "weft-identity.weft.serviceaccount.identity.weft.cluster.local";
@@ -21,19 +21,7 @@ pub struct FakeProxy {
     pub csr: Vec<u8>,
 }
 
-pub fn csr_der(key: &KeyPair, cn: Option<&str>, sans: Vec<SanType>) -> Vec<u8> {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    if let Some(cn) = cn {
-        p.distinguished_name.push(DnType::CommonName, cn);
-    }
-    p.subject_alt_names = sans;
-    p.serialize_request(key).unwrap().der().to_vec()
-}
-
-pub fn dns(name: &str) -> SanType {
-    SanType::DnsName(name.to_string().try_into().unwrap())
-}
+pub use pki::testutil::{csr_der, dns};
 
 impl FakeProxy {
     pub fn new(identity: &str) -> Self {

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: run the real `weft` binary and
 //! openssl in a scratch directory.
 #![allow(dead_code)]
+// Test support: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 pub mod certify;
 pub mod direct;
