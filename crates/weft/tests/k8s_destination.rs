@@ -9,10 +9,9 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::Scratch;
 use common::kube::{
-    apply, certify, control_plane, cp_channel, identity, install_identity,
-    least_privilege_kubeconfig, meshed_pod, running,
+    Tenant, apply, certify, control_plane, cp_channel, identity, install_identity,
+    least_privilege_kubeconfig, meshed_pod, running, tenant,
 };
 use testbed::k8s::K8sEnv;
 use testbed::k8s::api;
@@ -28,19 +27,13 @@ fn destination_answers_for_cluster_addresses() -> Result<()> {
         return Ok(());
     };
     let _logs = env.logs_on_failure();
-    let rt = tokio::runtime::Runtime::new()?;
-    let client = rt.block_on(async { env.client() })?;
-    let (ns, cp_ns) = rt.block_on(async {
-        anyhow::Ok((
-            api::namespace(&client, "dst").await?,
-            api::namespace(&client, "weft").await?,
-        ))
-    })?;
-    let s = Scratch::new();
-    s.guide_material();
-    for sa in ["web", "plain"] {
-        rt.block_on(api::service_account(&client, &ns, sa))?;
-    }
+    let Tenant {
+        rt,
+        client,
+        ns,
+        cp_ns,
+        s,
+    } = tenant("dst", &["web", "plain"], &env)?;
     apply(
         &env,
         &s,
@@ -213,17 +206,13 @@ fn service_endpoints_follow_a_scaling_deployment() -> Result<()> {
         return Ok(());
     };
     let _logs = env.logs_on_failure();
-    let rt = tokio::runtime::Runtime::new()?;
-    let client = rt.block_on(async { env.client() })?;
-    let (ns, cp_ns) = rt.block_on(async {
-        anyhow::Ok((
-            api::namespace(&client, "svc").await?,
-            api::namespace(&client, "weft").await?,
-        ))
-    })?;
-    let s = Scratch::new();
-    s.guide_material();
-    rt.block_on(api::service_account(&client, &ns, "web"))?;
+    let Tenant {
+        rt,
+        client,
+        ns,
+        cp_ns,
+        s,
+    } = tenant("svc", &["web"], &env)?;
     let manifests = format!(
         "apiVersion: apps/v1
 kind: Deployment

@@ -15,14 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use common::Scratch;
 use common::kube::{
-    CLUSTER_NETWORKS, UNMESHED_IP, apply, certify, control_plane, cp_channel, crds, identity,
-    install_identity, kubectl, least_privilege_kubeconfig, meshed_pod, running,
+    CLUSTER_NETWORKS, Tenant, UNMESHED_IP, apply, certify, control_plane, cp_channel, crds,
+    identity, install_identity, kubectl, least_privilege_kubeconfig, meshed_pod, running, tenant,
 };
 use common::proc::Proc;
 use linkerd2_proxy_api::inbound::inbound_server_policies_client::InboundServerPoliciesClient;
 use linkerd2_proxy_api::inbound::{PortSpec, Server};
 use testbed::k8s::K8sEnv;
-use testbed::k8s::api;
 
 /// A client of the proxy's kind, as `explain --from` names it.
 #[derive(Clone, Copy)]
@@ -234,8 +233,13 @@ fn kubernetes_policy_matches_explain_and_updates_live() -> Result<()> {
         return Ok(());
     };
     let _logs = env.logs_on_failure();
-    let rt = tokio::runtime::Runtime::new()?;
-    let client = rt.block_on(async { env.client() })?;
+    let Tenant {
+        rt,
+        client,
+        ns,
+        cp_ns,
+        s,
+    } = tenant("pol", &["backend", "frontend", "other"], &env)?;
     kubectl(&env, &["apply", "--server-side", "-f", crds()])?;
     kubectl(
         &env,
@@ -248,17 +252,6 @@ fn kubernetes_policy_matches_explain_and_updates_live() -> Result<()> {
             crds(),
         ],
     )?;
-    let (ns, cp_ns) = rt.block_on(async {
-        anyhow::Ok((
-            api::namespace(&client, "pol").await?,
-            api::namespace(&client, "weft").await?,
-        ))
-    })?;
-    let s = Scratch::new();
-    s.guide_material();
-    for sa in ["backend", "frontend", "other"] {
-        rt.block_on(api::service_account(&client, &ns, sa))?;
-    }
     let guide = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/guide/policy.yaml"

@@ -89,22 +89,32 @@ pub fn run(cmd: PolicyCmd) -> CmdResult {
     }
 }
 
+/// The resource files of `dir`, each with its text or why it is unreadable.
+fn resource_files(
+    dir: &std::path::Path,
+) -> Result<Vec<(PathBuf, std::io::Result<String>)>, Failure> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Failure::input(format!("{}: cannot read: {e}", dir.display())))?;
+    Ok(entries
+        .flatten()
+        .filter(|e| is_resource_file(&e.file_name().to_string_lossy()))
+        .map(|e| {
+            let path = e.path();
+            let text = std::fs::read_to_string(&path);
+            (path, text)
+        })
+        .collect())
+}
+
 /// Reads the directory once, as the control plane would at cold start.
 pub fn load(
     dir: &std::path::Path,
     control_plane_ns: &str,
     trust_domain: &str,
 ) -> Result<Snapshot, Failure> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| Failure::input(format!("{}: cannot read: {e}", dir.display())))?;
     let mut read = BTreeMap::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !is_resource_file(&name) {
-            continue;
-        }
-        let path = e.path();
-        let outcome = match std::fs::read_to_string(&path) {
+    for (path, text) in resource_files(dir)? {
+        let outcome = match text {
             Ok(text) => read_document(&path, &text, control_plane_ns, trust_domain),
             Err(e) => {
                 FileOutcome::Refused(vec![Problem::error(&path, format!("cannot read: {e}"))])
@@ -122,18 +132,11 @@ pub fn load_export(
     control_plane_ns: &str,
     trust_domain: &str,
 ) -> Result<Snapshot, Failure> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| Failure::input(format!("{}: cannot read: {e}", dir.display())))?;
     let mut read = BTreeMap::new();
     let mut held = BTreeMap::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !is_resource_file(&name) {
-            continue;
-        }
-        let path = e.path();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Failure::input(format!("{}: cannot read: {e}", path.display())))?;
+    for (path, text) in resource_files(dir)? {
+        let text =
+            text.map_err(|e| Failure::input(format!("{}: cannot read: {e}", path.display())))?;
         for (origin, outcome, refused) in read_export(&path, &text, control_plane_ns, trust_domain)
         {
             if let Some(t) = refused {

@@ -136,17 +136,8 @@ pub fn control_plane(env: &K8sEnv, s: &Scratch, cp_ns: &str, kubeconfig: &std::p
         CLUSTER_NETWORKS,
         "--controller-namespace",
         cp_ns,
-        "--state-dir",
-        "state",
-        "--identity-addr",
-        "127.0.0.1:0",
-        "--destination-addr",
-        "127.0.0.1:0",
-        "--policy-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
     ]);
+    cmd.args(super::LOOPBACK_LISTENERS);
     Proc::spawn_cmd(cmd)
 }
 
@@ -280,4 +271,37 @@ pub async fn least_privilege_kubeconfig(
         String::from_utf8_lossy(&denied.stderr)
     );
     Ok(path)
+}
+
+/// One test's share of the environment: a runtime and an admin client, a
+/// namespace for its workloads (with these ServiceAccounts), one for its
+/// control plane, and a scratch directory holding the guide's anchor and
+/// issuer.
+pub struct Tenant {
+    pub rt: tokio::runtime::Runtime,
+    pub client: testbed::k8s::kube::Client,
+    pub ns: String,
+    pub cp_ns: String,
+    pub s: Scratch,
+}
+
+pub fn tenant(prefix: &str, sas: &[&str], env: &K8sEnv) -> Result<Tenant> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let client = rt.block_on(async { env.client() })?;
+    let (ns, cp_ns) = rt.block_on(async {
+        let ns = testbed::k8s::api::namespace(&client, prefix).await?;
+        for sa in sas {
+            testbed::k8s::api::service_account(&client, &ns, sa).await?;
+        }
+        anyhow::Ok((ns, testbed::k8s::api::namespace(&client, "weft").await?))
+    })?;
+    let s = Scratch::new();
+    s.guide_material();
+    Ok(Tenant {
+        rt,
+        client,
+        ns,
+        cp_ns,
+        s,
+    })
 }

@@ -174,17 +174,8 @@ impl Scratch {
             "issuer.crt",
             "--identity-issuer-key-file",
             "issuer.key",
-            "--state-dir",
-            "state",
-            "--identity-addr",
-            "127.0.0.1:0",
-            "--destination-addr",
-            "127.0.0.1:0",
-            "--policy-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
         ];
+        args.extend(LOOPBACK_LISTENERS);
         replace_defaults(&mut args, extra);
         proc::Proc::spawn(self.dir.path(), &args)
     }
@@ -295,6 +286,21 @@ impl Scratch {
         .ok();
     }
 }
+
+/// The state dir and every control-plane listener on an ephemeral port of
+/// the loopback (the address is printed at start-up).
+pub const LOOPBACK_LISTENERS: [&str; 10] = [
+    "--state-dir",
+    "state",
+    "--identity-addr",
+    "127.0.0.1:0",
+    "--destination-addr",
+    "127.0.0.1:0",
+    "--policy-addr",
+    "127.0.0.1:0",
+    "--admin-addr",
+    "127.0.0.1:0",
+];
 
 pub fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;

@@ -309,19 +309,10 @@ pub fn start_control_plane(
         cp_ns,
         "--cluster-networks",
         "10.10.0.0/24,10.96.0.0/16",
-        "--state-dir",
-        "state",
-        "--identity-addr",
-        "127.0.0.1:0",
-        "--destination-addr",
-        "127.0.0.1:0",
-        "--policy-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
         "--reread-interval",
         "5s",
     ]);
+    cmd.args(common::LOOPBACK_LISTENERS);
     let proc = Proc::spawn_cmd(cmd);
     let identity = proc.addr("identity listening on");
     let destination = proc.addr("destination listening on");
