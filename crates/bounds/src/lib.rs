@@ -5,6 +5,7 @@
 
 mod admin;
 mod idle;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -126,43 +126,4 @@ pub fn is_refusal(s: &tonic::Status) -> bool {
     )
 }
 
-/// Backoff after `failures` consecutive failed streams: 100 ms doubling,
-/// capped at 12.8 s, jittered (half to all of it) so the streams of a lost
-/// connection do not all come back at once.
-pub fn backoff(failures: u32) -> Duration {
-    let mut b = [0u8; 8];
-    // No randomness: the full backoff, which is still bounded.
-    let r = rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
-        .fill(&mut b)
-        .map(|()| u64::from_le_bytes(b))
-        .unwrap_or(u64::MAX);
-    jittered(failures, r)
-}
-
-/// The backoff for `failures` with random `r`: pure, so it is tested.
-pub fn jittered(failures: u32, r: u64) -> Duration {
-    let full = 100u64.saturating_mul(1 << failures.min(7));
-    let half = full / 2;
-    Duration::from_millis(half + r % (full - half + 1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_within_bounds() {
-        assert_eq!(jittered(0, 0), Duration::from_millis(50));
-        assert_eq!(jittered(0, 50), Duration::from_millis(100));
-        assert_eq!(jittered(3, u64::MAX), jittered(3, u64::MAX % 401));
-        for f in [0, 1, 5, 7, 30] {
-            let full = 100u64 << f.min(7);
-            for r in [0, 1, 12345, u64::MAX] {
-                let d = jittered(f, r).as_millis() as u64;
-                assert!(d >= full / 2 && d <= full, "{f} {r}: {d}");
-            }
-        }
-        assert!(backoff(30) <= Duration::from_millis(12_800));
-    }
-}
+pub use bounds::retry::{backoff, jittered};

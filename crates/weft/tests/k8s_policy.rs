@@ -8,19 +8,19 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use common::Scratch;
 use common::kube::{
-    CLUSTER_NETWORKS, Tenant, UNMESHED_IP, apply, certify, control_plane, cp_channel, crds,
-    identity, install_identity, kubectl, least_privilege_kubeconfig, meshed_pod, running, tenant,
+    CLUSTER_NETWORKS, Tenant, UNMESHED_IP, Watcher, apply, certify, control_plane, crds, identity,
+    install_identity, kubectl, least_privilege_kubeconfig, meshed_pod, running, tenant,
+    watch_ports,
 };
 use common::proc::Proc;
-use linkerd2_proxy_api::inbound::inbound_server_policies_client::InboundServerPoliciesClient;
-use linkerd2_proxy_api::inbound::{PortSpec, Server};
+use linkerd2_proxy_api::inbound::Server;
 use testbed::k8s::K8sEnv;
 
 /// A client of the proxy's kind, as `explain --from` names it.
@@ -142,89 +142,6 @@ fn export(env: &K8sEnv, s: &Scratch, ns: &str) -> Result<()> {
         kubectl(env, &["get", "namespace", ns, "-o", "yaml"])?,
     )?;
     Ok(())
-}
-
-/// WatchPort for `ns/backend` as backend's proxy, from the cp namespace.
-struct Watcher {
-    rt: tokio::runtime::Runtime,
-    streams: Vec<(u16, tonic::Streaming<Server>)>,
-    latest: Vec<(u16, Server)>,
-}
-
-fn watch_ports(
-    env: &K8sEnv,
-    s: &Scratch,
-    policy_addr: SocketAddr,
-    ns: &str,
-    cp_ns: &str,
-    ports: &[u16],
-) -> Result<Watcher> {
-    let (rt, channel) = cp_channel(env, s, policy_addr, "backend", cp_ns)?;
-    let workload = format!(r#"{{"ns":"{ns}","pod":"backend"}}"#);
-    let ports = ports.to_vec();
-    let task = rt.spawn(async move {
-        let mut client = InboundServerPoliciesClient::new(channel);
-        let mut streams = Vec::new();
-        let mut latest = Vec::new();
-        for port in ports {
-            let spec = PortSpec {
-                workload: workload.clone(),
-                port: port.into(),
-            };
-            let mut stream = client
-                .watch_port(spec)
-                .await
-                .map_err(|e| anyhow::anyhow!("WatchPort: {:?}: {}", e.code(), e.message()))?
-                .into_inner();
-            let first = stream
-                .message()
-                .await?
-                .context("an empty WatchPort stream")?;
-            streams.push((port, stream));
-            latest.push((port, first));
-        }
-        anyhow::Ok((streams, latest))
-    });
-    let (streams, latest) = rt.block_on(task)??;
-    Ok(Watcher {
-        rt,
-        streams,
-        latest,
-    })
-}
-
-impl Watcher {
-    fn server(&self, port: u16) -> &Server {
-        &self
-            .latest
-            .iter()
-            .find(|(p, _)| *p == port)
-            .expect("watched port")
-            .1
-    }
-
-    /// Reads updates until `until` holds for `port`'s policy (deadline 30 s).
-    fn wait(&mut self, port: u16, what: &str, until: impl Fn(&Server) -> bool) -> Result<Duration> {
-        let t0 = Instant::now();
-        let i = self
-            .streams
-            .iter()
-            .position(|(p, _)| *p == port)
-            .expect("watched port");
-        while !until(&self.latest[i].1) {
-            let left = Duration::from_secs(30)
-                .checked_sub(t0.elapsed())
-                .context(format!("{what}: not within 30s"))?;
-            let stream = &mut self.streams[i].1;
-            let next = self
-                .rt
-                .block_on(async { tokio::time::timeout(left, stream.message()).await })
-                .map_err(|_| anyhow::anyhow!("{what}: not within 30s"))??
-                .context("the WatchPort stream ended")?;
-            self.latest[i].1 = next;
-        }
-        Ok(t0.elapsed())
-    }
 }
 
 #[test]

@@ -369,7 +369,7 @@ async fn watch_kind(
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &watched.resource());
     let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(WatchRetry(0))
         .boxed();
     while let Some(ev) = stream.next().await {
         let msg = match ev {
@@ -384,6 +384,27 @@ async fn watch_kind(
         if tx.send(msg).await.is_err() {
             return;
         }
+    }
+}
+
+/// Watch retries: jittered, doubling from 0.1 s to at most 3.2 s, so a
+/// recovered API server is read again within seconds (kube's default waits
+/// up to 30 s) and replicas do not retry in step.
+struct WatchRetry(u32);
+
+impl Iterator for WatchRetry {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = bounds::retry::backoff(self.0.min(5));
+        self.0 = self.0.saturating_add(1);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchRetry {
+    fn reset(&mut self) {
+        self.0 = 0;
     }
 }
 

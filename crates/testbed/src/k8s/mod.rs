@@ -18,8 +18,10 @@
 //!   deletes the bed's network namespaces.
 
 pub mod api;
+pub use outage::StoppedApi;
 mod binaries;
 mod client;
+mod outage;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -3,8 +3,11 @@
 //! channels made from inside that namespace, and kubectl.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
+use linkerd2_proxy_api::inbound::inbound_server_policies_client::InboundServerPoliciesClient;
+use linkerd2_proxy_api::inbound::{PortSpec, Server};
 use testbed::k8s::K8sEnv;
 use testbed::k8s::api::{DEADLINE, poll};
 use testbed::k8s::k8s_openapi::api::core::v1::Pod;
@@ -304,4 +307,92 @@ pub fn tenant(prefix: &str, sas: &[&str], env: &K8sEnv) -> Result<Tenant> {
         cp_ns,
         s,
     })
+}
+
+/// WatchPort for `ns/backend` as backend's proxy, from the cp namespace.
+pub struct Watcher {
+    rt: tokio::runtime::Runtime,
+    streams: Vec<(u16, tonic::Streaming<Server>)>,
+    latest: Vec<(u16, Server)>,
+}
+
+pub fn watch_ports(
+    env: &K8sEnv,
+    s: &Scratch,
+    policy_addr: SocketAddr,
+    ns: &str,
+    cp_ns: &str,
+    ports: &[u16],
+) -> Result<Watcher> {
+    let (rt, channel) = cp_channel(env, s, policy_addr, "backend", cp_ns)?;
+    let workload = format!(r#"{{"ns":"{ns}","pod":"backend"}}"#);
+    let ports = ports.to_vec();
+    let task = rt.spawn(async move {
+        let mut client = InboundServerPoliciesClient::new(channel);
+        let mut streams = Vec::new();
+        let mut latest = Vec::new();
+        for port in ports {
+            let spec = PortSpec {
+                workload: workload.clone(),
+                port: port.into(),
+            };
+            let mut stream = client
+                .watch_port(spec)
+                .await
+                .map_err(|e| anyhow::anyhow!("WatchPort: {:?}: {}", e.code(), e.message()))?
+                .into_inner();
+            let first = stream
+                .message()
+                .await?
+                .context("an empty WatchPort stream")?;
+            streams.push((port, stream));
+            latest.push((port, first));
+        }
+        anyhow::Ok((streams, latest))
+    });
+    let (streams, latest) = rt.block_on(task)??;
+    Ok(Watcher {
+        rt,
+        streams,
+        latest,
+    })
+}
+
+impl Watcher {
+    pub fn server(&self, port: u16) -> &Server {
+        &self
+            .latest
+            .iter()
+            .find(|(p, _)| *p == port)
+            .expect("watched port")
+            .1
+    }
+
+    /// Reads updates until `until` holds for `port`'s policy (deadline 30 s).
+    pub fn wait(
+        &mut self,
+        port: u16,
+        what: &str,
+        until: impl Fn(&Server) -> bool,
+    ) -> Result<Duration> {
+        let t0 = Instant::now();
+        let i = self
+            .streams
+            .iter()
+            .position(|(p, _)| *p == port)
+            .expect("watched port");
+        while !until(&self.latest[i].1) {
+            let left = Duration::from_secs(30)
+                .checked_sub(t0.elapsed())
+                .context(format!("{what}: not within 30s"))?;
+            let stream = &mut self.streams[i].1;
+            let next = self
+                .rt
+                .block_on(async { tokio::time::timeout(left, stream.message()).await })
+                .map_err(|_| anyhow::anyhow!("{what}: not within 30s"))??
+                .context("the WatchPort stream ended")?;
+            self.latest[i].1 = next;
+        }
+        Ok(t0.elapsed())
+    }
 }

@@ -1,0 +1,170 @@
+//! The API server goes away for 30 s: the control plane keeps serving the
+//! last state it read (policy streams stay, a fresh stream gets the same
+//! policy, certificates are still issued), `/ready` says why, and it
+//! catches up once the API server is back.
+//!
+//! Its own test binary: stopping the API server must not disturb other
+//! tests sharing it. Needs root and the testenv/k8s binaries (built if
+//! missing); skips loudly without them unless WEFT_REQUIRE_K8S=1.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use common::kube::{
+    Tenant, apply, certify, control_plane, crds, install_identity, kubectl,
+    least_privilege_kubeconfig, meshed_pod, running, tenant, watch_ports,
+};
+use testbed::k8s::K8sEnv;
+
+const OUTAGE: Duration = Duration::from_secs(30);
+
+/// `/ready` of the control plane's admin listener, from the cp namespace.
+fn ready(env: &K8sEnv, admin: SocketAddr) -> Result<(u16, String)> {
+    Ok(testbed::in_ns(&env.cp().ns, move || {
+        common::proc::http_get(admin, "/ready")
+    })??)
+}
+
+fn server_name(s: &linkerd2_proxy_api::inbound::Server) -> String {
+    format!(
+        "{}:{}",
+        s.labels.get("kind").map(String::as_str).unwrap_or("?"),
+        s.labels.get("name").map(String::as_str).unwrap_or("?")
+    )
+}
+
+#[test]
+fn an_api_server_outage_keeps_the_last_state_and_catches_up() -> Result<()> {
+    let Some(env) = K8sEnv::shared("an_api_server_outage_keeps_the_last_state_and_catches_up")?
+    else {
+        return Ok(());
+    };
+    let _logs = env.logs_on_failure();
+    let Tenant {
+        rt,
+        client,
+        ns,
+        cp_ns,
+        s,
+    } = tenant("out", &["backend", "frontend"], &env)?;
+    kubectl(&env, &["apply", "--server-side", "-f", crds()])?;
+    kubectl(
+        &env,
+        &[
+            "wait",
+            "--for",
+            "condition=Established",
+            "--timeout=60s",
+            "-f",
+            crds(),
+        ],
+    )?;
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/guide/policy.yaml"
+    ))?
+    .replace("namespace: demo", &format!("namespace: {ns}"));
+    apply(&env, &s, "policy.yaml", &guide)?;
+    apply(
+        &env,
+        &s,
+        "backend.yaml",
+        &meshed_pod("backend", &ns, "backend", &cp_ns, ""),
+    )?;
+    rt.block_on(running(&client, &ns, "backend"))?;
+    let kubeconfig = rt.block_on(least_privilege_kubeconfig(&env, &client, &cp_ns, &s))?;
+    install_identity(&env, &s, &cp_ns)?;
+    let cp = control_plane(&env, &s, &cp_ns, &kubeconfig);
+    let ia = cp.addr("identity listening on");
+    let pa = cp.addr("policy listening on");
+    let admin = cp.addr("admin listening on");
+    cp.wait_for_line("resources loaded", Duration::from_secs(30));
+    certify(&env, &s, ia, "backend", &ns, &cp_ns)?;
+    let mut w = watch_ports(&env, &s, pa, &ns, &cp_ns, &[8080])?;
+    ensure!(server_name(w.server(8080)) == "server:backend-server");
+    let (code, body) = ready(&env, admin)?;
+    ensure!(
+        code == 200 && body.trim() == "ready",
+        "before: {code} {body}"
+    );
+
+    let stopped = env.stop_api_server()?;
+    let t0 = Instant::now();
+    // /ready says why, and stays 200 (every replica would fail together).
+    let noticed = loop {
+        let (code, body) = ready(&env, admin)?;
+        if body.contains("serving the last state read from the Kubernetes API") {
+            ensure!(
+                code == 200,
+                "during the outage /ready answered {code}: {body}"
+            );
+            println!("outage noticed after {:.1?}: {}", t0.elapsed(), body.trim());
+            break t0.elapsed();
+        }
+        ensure!(
+            t0.elapsed() < OUTAGE,
+            "/ready did not say the API is unreachable within {OUTAGE:?}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // While it lasts: certificates are issued, a fresh WatchPort gets the
+    // policy in force, and the open stream stays.
+    let t1 = Instant::now();
+    certify(&env, &s, ia, "frontend", &ns, &cp_ns)?;
+    println!("Certify during the outage took {:.1?}", t1.elapsed());
+    let fresh = watch_ports(&env, &s, pa, &ns, &cp_ns, &[8080])?;
+    ensure!(
+        server_name(fresh.server(8080)) == "server:backend-server",
+        "during the outage a fresh WatchPort got {}",
+        server_name(fresh.server(8080))
+    );
+    while t0.elapsed() < OUTAGE {
+        let (code, body) = ready(&env, admin)?;
+        ensure!(
+            code == 200,
+            "during the outage /ready answered {code}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let back = stopped.restart()?;
+    println!(
+        "API server stopped for {:.1?} (noticed after {noticed:.1?}); ready again {back:.1?} after its restart",
+        t0.elapsed()
+    );
+    let t2 = Instant::now();
+    loop {
+        let (_, body) = ready(&env, admin)?;
+        if body.trim() == "ready" {
+            println!(
+                "control plane caught up {:.1?} after the restart",
+                t2.elapsed()
+            );
+            break;
+        }
+        ensure!(
+            t2.elapsed() < Duration::from_secs(60),
+            "/ready still says {body} 60s after the API server came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A change made now reaches the stream opened before the outage.
+    kubectl(
+        &env,
+        &[
+            "delete",
+            "-n",
+            &ns,
+            "servers.policy.linkerd.io",
+            "backend-server",
+        ],
+    )?;
+    let took = w.wait(8080, "the default once the Server is deleted", |srv| {
+        srv.labels.get("kind").map(String::as_str) == Some("default")
+    })?;
+    println!("Server deleted after the outage -> WatchPort update in {took:.1?}");
+    drop(cp);
+    Ok(())
+}
