@@ -410,3 +410,58 @@ async fn watch_backend(
     assert!(matches!(first, Ok(Ok(Some(_)))), "{first:?}");
     stream
 }
+
+/// A full gRPC listener closes further connections at once and counts them,
+/// connections that never finish TLS are closed at the handshake deadline,
+/// and the other listeners are untouched meanwhile.
+#[test]
+fn a_full_grpc_listener_refuses_at_the_cap_without_starving_the_others() {
+    let s = Scratch::new();
+    s.guide_material();
+    let cp = s.control_plane(&[
+        "--grpc-max-connections",
+        "20",
+        "--grpc-handshake-timeout",
+        "2s",
+    ]);
+    let admin = cp.addr("admin listening on");
+    ready(admin);
+    let policy = cp.addr("policy listening on");
+    let ia = cp.addr("identity listening on").to_string();
+    // TCP only, never a ClientHello: 20 fill the listener, 20 more are over.
+    let held: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect_timeout(&policy, Duration::from_secs(5)).unwrap())
+        .collect();
+    let tok = s.token("backend");
+    let t = Instant::now();
+    s.weft(&[
+        "certs",
+        "request",
+        "backend.demo.serviceaccount.identity.weft.cluster.local",
+        "backend.crt",
+        "backend.key",
+        "--control-plane",
+        &ia,
+        "--roots",
+        "ca.crt",
+        "--token-file",
+        &tok,
+    ])
+    .ok();
+    println!("Certify while policy is full: {:?}", t.elapsed());
+    let until = Instant::now() + DEADLINE;
+    let open = held.iter().filter(|c| !closed_by_server(c, until)).count();
+    assert_eq!(open, 0, "{open} connections to policy are still open");
+    let (_, body) = http_get(admin, "/metrics").unwrap();
+    let hits = |reason: &str| {
+        metric_sum(
+            &body,
+            "listener_limit_hits_total",
+            &["listener=\"policy\"", &format!("reason=\"{reason}\"")],
+        )
+    };
+    let (cap, handshake) = (hits("connection_cap"), hits("handshake_timeout"));
+    println!("policy: {cap} refused at the cap, {handshake} past the handshake deadline");
+    assert_eq!(cap + handshake, 40.0, "{body}");
+    assert!(cap >= 20.0 && handshake >= 1.0, "{body}");
+}
