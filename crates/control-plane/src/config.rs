@@ -30,6 +30,8 @@ pub struct ControlPlaneConfig {
     pub admin_addr: SocketAddr,
     /// Connection cap and timeouts of the admin listener.
     pub admin_limits: bounds::Limits,
+    /// Connection caps, timeouts and stream caps of the gRPC listeners.
+    pub grpc_limits: crate::grpc_bounds::GrpcLimits,
     /// How often the issuer files are re-read even without a file event.
     pub reread_interval: Duration,
     /// Floor for the control plane's own certificate renewal.
@@ -100,6 +102,7 @@ impl fmt::Display for ControlPlaneConfig {
         )?;
         row(f, "admin-addr", &self.admin_addr)?;
         row(f, "admin-limits", &self.admin_limits)?;
+        row(f, "grpc-limits", &self.grpc_limits)?;
         row(
             f,
             "reread-interval",

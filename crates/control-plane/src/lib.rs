@@ -7,6 +7,7 @@ pub mod destination;
 pub mod fleet;
 pub mod fleet_check;
 pub mod fleet_metrics;
+pub mod grpc_bounds;
 pub mod index;
 pub mod k8s;
 pub mod k8s_manifests;
@@ -72,8 +73,6 @@ pub struct Started {
     pub token_key_id: String,
     pub state_initialised: bool,
 }
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts every part and returns once listening; the returned future runs
 /// until `shutdown` resolves.
@@ -270,62 +269,73 @@ pub async fn start(
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let incoming = |rx| tokio_stream::wrappers::ReceiverStream::new(rx);
+        let limit = cfg.grpc_limits.listener;
+        let (listeners, streams) = (&limits, grpc_bounds::MAX_STREAMS_PER_CONNECTION);
+        let identity_gate = grpc_bounds::Listener::new("identity", limit, listeners);
+        let svc = Arc::new(svc);
         let (conn_tx, conn_rx) = mpsc::channel(256);
-        tasks.spawn(accept_tls(
+        let (anon_tx, anon_rx) = mpsc::channel(256);
+        tasks.spawn(identity_gate.clone().accept_tls(
             identity_listener,
             TlsAcceptor::from(tls.clone()),
             conn_tx,
+            Some(anon_tx),
             issuer_rx.clone(),
         ));
-        let identity_server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .add_service(IdentityServer::new(svc))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::ReceiverStream::new(conn_rx),
-                stopped(stop_rx.clone()),
-            );
+        let identity_server = grpc_bounds::server(streams)
+            .layer(identity_gate.layer())
+            .add_service(IdentityServer::from_arc(svc.clone()))
+            .serve_with_incoming_shutdown(incoming(conn_rx), stopped(stop_rx.clone()));
+        // Without a client certificate: a few streams per connection.
+        let anonymous_server = grpc_bounds::server(cfg.grpc_limits.anonymous_streams)
+            .layer(identity_gate.layer())
+            .add_service(IdentityServer::from_arc(svc))
+            .serve_with_incoming_shutdown(incoming(anon_rx), stopped(stop_rx.clone()));
+        let destination_gate = grpc_bounds::Listener::new("destination", limit, listeners);
         let (dconn_tx, dconn_rx) = mpsc::channel(256);
-        let policy_tls = tls.clone();
-        tasks.spawn(accept_tls(
+        tasks.spawn(destination_gate.clone().accept_tls(
             destination_listener,
-            TlsAcceptor::from(tls),
+            TlsAcceptor::from(tls.clone()),
             dconn_tx,
+            None,
             issuer_rx.clone(),
         ));
-        let destination_server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        let destination_server = grpc_bounds::server(streams)
+            .layer(destination_gate.layer())
             .add_service(DestinationServer::new(destination))
             .add_service(mesh_api::v1::mesh_server::MeshServer::new(mesh))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::ReceiverStream::new(dconn_rx),
-                stopped(stop_rx.clone()),
-            );
+            .serve_with_incoming_shutdown(incoming(dconn_rx), stopped(stop_rx.clone()));
+        let policy_gate = grpc_bounds::Listener::new("policy", limit, listeners);
         let (pconn_tx, pconn_rx) = mpsc::channel(256);
-        tasks.spawn(accept_tls(
+        tasks.spawn(policy_gate.clone().accept_tls(
             policy_listener,
-            TlsAcceptor::from(policy_tls),
+            TlsAcceptor::from(tls),
             pconn_tx,
+            None,
             issuer_rx.clone(),
         ));
-        let policy_server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        let policy_server = grpc_bounds::server(streams)
+            .layer(policy_gate.layer())
             .add_service(InboundServerPoliciesServer::new(policy))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::ReceiverStream::new(pconn_rx),
-                stopped(stop_rx.clone()),
-            );
+            .serve_with_incoming_shutdown(incoming(pconn_rx), stopped(stop_rx.clone()));
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let (a, b, c) = tokio::join!(identity_server, destination_server, policy_server);
-        for (name, r) in [("identity", a), ("destination", b), ("policy", c)] {
+        let (a, n, b, c) = tokio::join!(
+            identity_server,
+            anonymous_server,
+            destination_server,
+            policy_server
+        );
+        let ends = [
+            ("identity", a),
+            ("identity (no client certificate)", n),
+            ("destination", b),
+            ("policy", c),
+        ];
+        for (name, r) in ends {
             if let Err(e) = r {
                 tracing::error!(error = %e, "{name} server stopped");
             }
@@ -333,48 +343,6 @@ pub async fn start(
         tasks.abort_all();
     };
     Ok((started, run))
-}
-
-/// Streams one proxy may hold on one connection: every destination target
-/// and policy port it follows (up to 4,096 and 1,024) plus its mesh stream
-/// and renewals, multiplexed.
-const MAX_STREAMS_PER_CONNECTION: u32 = 8192;
-
-type Conn = peer::Guarded<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
-
-/// Accepts TCP, completes TLS off the accept loop, hands streams to tonic;
-/// each connection closes once its verified client's leaf expires.
-async fn accept_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<Result<Conn, std::io::Error>>,
-    issuer: watch::Receiver<IssuerStatus>,
-) {
-    loop {
-        let (sock, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = sock.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        let issuer = issuer.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
-                Ok(Ok(tls)) => {
-                    let chain = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
-                    let close = peer::expires(chain, issuer);
-                    let _ = tx.send(Ok(peer::Guarded::new(tls, close))).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
 }
 
 async fn track_own_expiry(

@@ -94,6 +94,8 @@ pub struct ControlPlaneArgs {
     pub identity_min_refresh: Duration,
     #[command(flatten)]
     pub admin_limits: super::AdminLimitArgs,
+    #[command(flatten)]
+    pub grpc_limits: super::GrpcLimitArgs,
 }
 
 impl ControlPlaneArgs {
@@ -191,6 +193,7 @@ impl ControlPlaneArgs {
             },
             admin_addr: self.admin_addr,
             admin_limits: self.admin_limits.limits()?,
+            grpc_limits: self.grpc_limits.limits()?,
             reread_interval: self.reread_interval,
             min_refresh: self.identity_min_refresh,
         })

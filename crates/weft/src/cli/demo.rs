@@ -261,6 +261,7 @@ async fn demo(dir: &Path) -> CmdResult {
         },
         admin_addr: local(0),
         admin_limits: super::AdminLimitArgs::defaults(),
+        grpc_limits: super::GrpcLimitArgs::defaults()?,
         reread_interval: Duration::from_secs(5),
         min_refresh: Duration::from_secs(10),
     };

@@ -61,6 +61,65 @@ impl AdminLimitArgs {
     }
 }
 
+/// Limits of the control plane's gRPC listeners (identity, destination,
+/// policy): idle or unauthenticated clients cannot starve them or each other.
+#[derive(Debug, Clone, Args)]
+pub struct GrpcLimitArgs {
+    /// Connections open at once on each gRPC listener; more are closed at accept (and counted). Default: a quarter each of the open-file limit, keeping 1,024 descriptors in reserve
+    #[arg(long, env = "WEFT_GRPC_MAX_CONNECTIONS")]
+    pub grpc_max_connections: Option<usize>,
+    /// A gRPC connection that has not finished its TLS handshake by then is closed
+    #[arg(long, env = "WEFT_GRPC_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration::parse_duration)]
+    pub grpc_handshake_timeout: std::time::Duration,
+    /// A gRPC connection with no stream open for this long is closed (open watch streams keep it open however silent; keepalive PINGs find dead peers)
+    #[arg(long, env = "WEFT_GRPC_IDLE_TIMEOUT", default_value = "60s", value_parser = duration::parse_duration)]
+    pub grpc_idle_timeout: std::time::Duration,
+    /// Streams open at once on an identity connection without a client certificate
+    #[arg(long, env = "WEFT_GRPC_ANONYMOUS_MAX_STREAMS", default_value_t = 16)]
+    pub grpc_anonymous_max_streams: u32,
+}
+
+impl GrpcLimitArgs {
+    /// The defaults above, for processes started without a command line (the demo).
+    pub fn defaults() -> Result<::control_plane::grpc_bounds::GrpcLimits, Failure> {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            limits: GrpcLimitArgs,
+        }
+        let d: Defaults = clap::Parser::parse_from(["weft"]);
+        d.limits.limits()
+    }
+
+    pub fn limits(&self) -> Result<::control_plane::grpc_bounds::GrpcLimits, Failure> {
+        let max_connections = match self.grpc_max_connections {
+            Some(0) => return Err(Failure::input("--grpc-max-connections must be at least 1")),
+            Some(n) => n,
+            // Three listeners share three quarters; the rest is for files,
+            // the admin listener and outgoing connections.
+            None => bounds::share_of(bounds::raise_nofile(), 0.25, 1024, 64),
+        };
+        if self.grpc_idle_timeout.is_zero() || self.grpc_handshake_timeout.is_zero() {
+            return Err(Failure::input(
+                "--grpc-handshake-timeout and --grpc-idle-timeout must be more than 0",
+            ));
+        }
+        if self.grpc_anonymous_max_streams == 0 {
+            return Err(Failure::input(
+                "--grpc-anonymous-max-streams must be at least 1: a first Certify needs a stream",
+            ));
+        }
+        Ok(::control_plane::grpc_bounds::GrpcLimits {
+            listener: bounds::Limits {
+                max_connections,
+                handshake_timeout: self.grpc_handshake_timeout,
+                idle_timeout: self.grpc_idle_timeout,
+            },
+            anonymous_streams: self.grpc_anonymous_max_streams,
+        })
+    }
+}
+
 /// Output format shared by commands that print reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Output {
