@@ -161,6 +161,8 @@ struct Held {
 /// Quiet time after an event before publishing, so a burst (a Deployment
 /// scaling, an initial list) is one snapshot.
 const SETTLE: Duration = Duration::from_millis(100);
+/// The longest a burst may delay a publication.
+const MAX_BURST: Duration = Duration::from_secs(1);
 
 impl KubeSource {
     /// Runs forever, publishing on `tx` once every kind has been listed, and
@@ -176,8 +178,14 @@ impl KubeSource {
         let mut current = tx.borrow().clone();
         while let Some(first) = msgs.recv().await {
             self.apply(&mut state, first);
-            // Drain the burst.
-            while let Ok(Some(m)) = tokio::time::timeout(SETTLE, msgs.recv()).await {
+            // Drain the burst, but publish at least every MAX_BURST: a
+            // steady trickle must never hold a snapshot back.
+            let until = tokio::time::Instant::now() + MAX_BURST;
+            while let Ok(Ok(Some(m))) = tokio::time::timeout_at(until, async {
+                tokio::time::timeout(SETTLE, msgs.recv()).await
+            })
+            .await
+            {
                 self.apply(&mut state, m);
             }
             health.send_if_modified(|h| {
@@ -369,7 +377,7 @@ async fn watch_kind(
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &watched.resource());
     let mut stream = watcher::watcher(api, watcher::Config::default())
-        .backoff(WatchRetry(0))
+        .backoff(WatchRetry::default())
         .boxed();
     while let Some(ev) = stream.next().await {
         let msg = match ev {
@@ -390,22 +398,34 @@ async fn watch_kind(
 /// Watch retries: jittered, doubling from 0.1 s to at most 3.2 s, so a
 /// recovered API server is read again within seconds (kube's default waits
 /// up to 30 s) and replicas do not retry in step.
-struct WatchRetry(u32);
+#[derive(Default)]
+struct WatchRetry {
+    failures: u32,
+    last: Option<std::time::Instant>,
+}
+
+/// Failures older than this are forgotten.
+const QUIET: Duration = Duration::from_secs(60);
 
 impl Iterator for WatchRetry {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let d = bounds::retry::backoff(self.0.min(5));
-        self.0 = self.0.saturating_add(1);
+        if self.last.is_some_and(|t| t.elapsed() > QUIET) {
+            self.failures = 0;
+        }
+        self.last = Some(std::time::Instant::now());
+        let d = bounds::retry::backoff(self.failures.min(5));
+        self.failures = self.failures.saturating_add(1);
         Some(d)
     }
 }
 
 impl kube::runtime::utils::Backoff for WatchRetry {
-    fn reset(&mut self) {
-        self.0 = 0;
-    }
+    /// Ignored: a watcher yields `Init` before every list, even one that
+    /// then fails (a CRD not installed), so resetting here would retry
+    /// every 0.1 s for ever. Old failures are forgotten in `next` instead.
+    fn reset(&mut self) {}
 }
 
 /// The API answers 404 for a resource whose CRD is not installed.
