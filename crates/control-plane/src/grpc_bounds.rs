@@ -25,12 +25,11 @@ use bounds::{Activity, Admitted, Gate, Hit};
 use http_body_util::BodyExt;
 use hyper::{Request, Response};
 use identity::IssuerStatus;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tonic::body::Body;
-use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::peer;
 
@@ -84,7 +83,7 @@ pub struct Listener {
     conns: Conns,
 }
 
-pub type Conn = Bounded<peer::Guarded<tokio_rustls::server::TlsStream<TcpStream>>>;
+pub type Conn = peer::Guarded<tokio_rustls::server::TlsStream<TcpStream>>;
 pub type ConnTx = mpsc::Sender<Result<Conn, io::Error>>;
 
 impl Listener {
@@ -135,14 +134,23 @@ impl Listener {
                     (Some(anon), None) => anon,
                     _ => tx,
                 };
-                let close = peer::expires(chain, issuer);
-                let conn = this.bounded(peer, peer::Guarded::new(tls, close), slot);
+                let expired = peer::expired(chain, issuer);
+                let conn = this.guarded(peer, tls, expired, slot);
                 let _ = tx.send(Ok(conn)).await;
             });
         }
     }
 
-    fn bounded<S>(&self, peer: SocketAddr, inner: S, slot: Admitted) -> Bounded<S> {
+    /// The connection, closed by whichever comes first: `expired`, or no
+    /// stream open for the idle timeout. It holds its slot under the cap and
+    /// its stream count while open.
+    fn guarded<S>(
+        &self,
+        peer: SocketAddr,
+        inner: S,
+        expired: impl Future<Output = io::Error> + Send + 'static,
+        slot: Admitted,
+    ) -> peer::Guarded<S> {
         let streams = Arc::new(Streams::default());
         self.conns
             .lock()
@@ -150,20 +158,27 @@ impl Listener {
             .insert(peer, streams.clone());
         let (gate, idle) = (self.gate.clone(), self.gate.limits.idle_timeout);
         let watcher = streams.clone();
-        Bounded {
-            inner,
-            idle: Box::pin(async move {
-                idle_conn(&watcher, idle).await;
-                gate.count(Hit::IdleTimeout);
-            }),
-            closed: false,
-            registered: Registered {
-                conns: self.conns.clone(),
-                peer,
-                streams,
-            },
-            _slot: slot,
-        }
+        let idle = async move {
+            idle_conn(&watcher, idle).await;
+            gate.count(Hit::IdleTimeout);
+            tracing::debug!(%peer, "closing an idle gRPC connection");
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no stream was open for the idle timeout",
+            )
+        };
+        let close = async move {
+            tokio::select! {
+                e = expired => e,
+                e = idle => e,
+            }
+        };
+        let registered = Registered {
+            conns: self.conns.clone(),
+            peer,
+            streams,
+        };
+        peer::Guarded::new(inner, close, (registered, slot))
     }
 }
 
@@ -196,67 +211,6 @@ impl Drop for Registered {
         {
             conns.remove(&self.peer);
         }
-    }
-}
-
-/// A server connection that fails (and so closes) once idle; it holds its
-/// slot under the listener's cap while open.
-pub struct Bounded<S> {
-    inner: S,
-    idle: Pin<Box<dyn Future<Output = ()> + Send>>,
-    closed: bool,
-    registered: Registered,
-    _slot: Admitted,
-}
-
-impl<S> Bounded<S> {
-    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if !self.closed && self.idle.as_mut().poll(cx).is_ready() {
-            tracing::debug!(peer = %self.registered.peer, "closing an idle gRPC connection");
-            self.closed = true;
-        }
-        if self.closed {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no stream was open for the idle timeout",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Bounded<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl<S: Connected> Connected for Bounded<S> {
-    type ConnectInfo = S::ConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
     }
 }
 

@@ -95,35 +95,48 @@ pub async fn expires(
     }
 }
 
-/// A server connection that fails (and so closes) once its peer's leaf
-/// expires.
+/// `expires`, as the error that closes the connection (logged once).
+pub async fn expired(
+    chain: Option<Vec<CertificateDer<'static>>>,
+    issuer: watch::Receiver<IssuerStatus>,
+) -> io::Error {
+    let why = expires(chain, issuer).await;
+    tracing::info!(reason = %why, "closing a connection whose client certificate expired");
+    io::Error::new(io::ErrorKind::ConnectionAborted, why.to_string())
+}
+
+/// A server connection that fails (and so closes) once `close` resolves
+/// (its peer's leaf expired, it sat idle, ...), holding `held` (its slot
+/// under a cap, its registrations) for as long as it is open.
 pub struct Guarded<S> {
     inner: S,
-    close: Pin<Box<dyn Future<Output = PeerRefused> + Send>>,
-    closed: Option<PeerRefused>,
+    close: Pin<Box<dyn Future<Output = io::Error> + Send>>,
+    closed: Option<(io::ErrorKind, String)>,
+    _held: Box<dyn Send + Sync>,
 }
 
 impl<S> Guarded<S> {
-    pub fn new(inner: S, close: impl Future<Output = PeerRefused> + Send + 'static) -> Self {
+    pub fn new(
+        inner: S,
+        close: impl Future<Output = io::Error> + Send + 'static,
+        held: impl Send + Sync + 'static,
+    ) -> Self {
         Self {
             inner,
             close: Box::pin(close),
             closed: None,
+            _held: Box::new(held),
         }
     }
 
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if self.closed.is_none()
-            && let Poll::Ready(why) = self.close.as_mut().poll(cx)
+            && let Poll::Ready(e) = self.close.as_mut().poll(cx)
         {
-            tracing::info!(reason = %why, "closing a connection whose client certificate expired");
-            self.closed = Some(why);
+            self.closed = Some((e.kind(), e.to_string()));
         }
         match &self.closed {
-            Some(why) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                why.to_string(),
-            )),
+            Some((kind, why)) => Err(io::Error::new(*kind, why.clone())),
             None => Ok(()),
         }
     }

@@ -11,7 +11,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, ensure};
-use common::kube::{Tenant, crds, kubectl, least_privilege_kubeconfig, tenant};
+use common::kube::{
+    Tenant, guide_policy, install_crds, kubectl, least_privilege_kubeconfig, tenant,
+};
 use testbed::k8s::K8sEnv;
 
 /// `kubectl apply --validate=strict` of `yaml`: Ok(stdout) or Err(stderr).
@@ -43,23 +45,8 @@ fn linkerd_manifests_apply_and_schema_errors_are_refused_strictly() -> Result<()
     };
     let _logs = env.logs_on_failure();
     let Tenant { ns, s, .. } = tenant("crd", &[], &env)?;
-    kubectl(&env, &["apply", "--server-side", "-f", crds()])?;
-    kubectl(
-        &env,
-        &[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout=60s",
-            "-f",
-            crds(),
-        ],
-    )?;
-    let guide = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/guide/policy.yaml"
-    ))?
-    .replace("namespace: demo", &format!("namespace: {ns}"));
+    install_crds(&env)?;
+    let guide = guide_policy(&ns)?;
     let applied = apply_strict(&env, &s, "guide.yaml", &guide)?;
     ensure!(
         applied.is_ok(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use common::kube::{
-    Tenant, apply, certify, control_plane, crds, install_identity, kubectl,
+    Tenant, apply, certify, control_plane, guide_policy, install_crds, install_identity, kubectl,
     least_privilege_kubeconfig, meshed_pod, running, tenant, watch_ports,
 };
 use testbed::k8s::K8sEnv;
@@ -50,23 +50,8 @@ fn an_api_server_outage_keeps_the_last_state_and_catches_up() -> Result<()> {
         cp_ns,
         s,
     } = tenant("out", &["backend", "frontend"], &env)?;
-    kubectl(&env, &["apply", "--server-side", "-f", crds()])?;
-    kubectl(
-        &env,
-        &[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout=60s",
-            "-f",
-            crds(),
-        ],
-    )?;
-    let guide = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/guide/policy.yaml"
-    ))?
-    .replace("namespace: demo", &format!("namespace: {ns}"));
+    install_crds(&env)?;
+    let guide = guide_policy(&ns)?;
     apply(&env, &s, "policy.yaml", &guide)?;
     apply(
         &env,

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use common::Scratch;
 use common::kube::{
-    CLUSTER_NETWORKS, Tenant, UNMESHED_IP, Watcher, apply, certify, control_plane, crds, identity,
-    install_identity, kubectl, least_privilege_kubeconfig, meshed_pod, running, tenant,
-    watch_ports,
+    CLUSTER_NETWORKS, Tenant, UNMESHED_IP, Watcher, apply, certify, control_plane, guide_policy,
+    identity, install_crds, install_identity, kubectl, least_privilege_kubeconfig, meshed_pod,
+    running, tenant, watch_ports,
 };
 use common::proc::Proc;
 use linkerd2_proxy_api::inbound::Server;
@@ -157,23 +157,8 @@ fn kubernetes_policy_matches_explain_and_updates_live() -> Result<()> {
         cp_ns,
         s,
     } = tenant("pol", &["backend", "frontend", "other"], &env)?;
-    kubectl(&env, &["apply", "--server-side", "-f", crds()])?;
-    kubectl(
-        &env,
-        &[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout=60s",
-            "-f",
-            crds(),
-        ],
-    )?;
-    let guide = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/guide/policy.yaml"
-    ))?
-    .replace("namespace: demo", &format!("namespace: {ns}"));
+    install_crds(&env)?;
+    let guide = guide_policy(&ns)?;
     apply(&env, &s, "policy.yaml", &guide)?;
     apply(
         &env,

@@ -93,6 +93,32 @@ pub async fn running(client: &testbed::k8s::kube::Client, ns: &str, name: &str) 
     .await
 }
 
+/// weft's CRDs applied and established.
+pub fn install_crds(env: &K8sEnv) -> Result<()> {
+    kubectl(env, &["apply", "--server-side", "-f", crds()])?;
+    kubectl(
+        env,
+        &[
+            "wait",
+            "--for",
+            "condition=Established",
+            "--timeout=60s",
+            "-f",
+            crds(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The guide's policy manifests (tests/fixtures/guide), in namespace `ns`.
+pub fn guide_policy(ns: &str) -> Result<String> {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/guide/policy.yaml"
+    ))?;
+    Ok(guide.replace("namespace: demo", &format!("namespace: {ns}")))
+}
+
 /// The guide's anchor and issuer put where Kubernetes mode reads them: the
 /// trust-roots ConfigMap and the issuer Secret in `cp_ns`, with kubectl.
 pub fn install_identity(env: &K8sEnv, s: &Scratch, cp_ns: &str) -> Result<()> {
