@@ -49,10 +49,85 @@ impl std::str::FromStr for OutboundMapping {
     }
 }
 
+/// The workload a proxy fronts: an ExternalWorkload (`ns/name`, hosts) or a
+/// Kubernetes pod (Linkerd's `{"ns":..,"pod":..}`, as the injector writes it
+/// from the downward API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRef {
+    pub namespace: String,
+    pub name: String,
+    pub kind: WorkloadKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    External,
+    Pod,
+}
+
+impl WorkloadRef {
+    /// The workload string of the policy API (`InboundServerPolicies`).
+    pub fn policy_json(&self) -> String {
+        let key = match self.kind {
+            WorkloadKind::External => "external_workload",
+            WorkloadKind::Pod => "pod",
+        };
+        serde_json::json!({"ns": self.namespace, key: self.name}).to_string()
+    }
+}
+
+/// `ns/name`: what discovery resolves and the fleet view lists.
+impl fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl std::str::FromStr for WorkloadRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected =
+            "expected NAMESPACE/NAME (an ExternalWorkload) or {\"ns\":NAMESPACE,\"pod\":NAME}";
+        let valid = |n: &str| !n.is_empty() && !n.contains('/') && !n.contains("$(");
+        if s.trim_start().starts_with('{') {
+            let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(s)
+                .map_err(|e| format!("{s:?}: not JSON ({e}); {expected}"))?;
+            let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+            let (kind, name) = match (text("pod"), text("external_workload")) {
+                (Some(p), None) => (WorkloadKind::Pod, p),
+                (None, Some(e)) => (WorkloadKind::External, e),
+                _ => {
+                    return Err(format!(
+                        "{s:?}: names neither one pod nor one external_workload; {expected}"
+                    ));
+                }
+            };
+            let namespace = text("ns").ok_or_else(|| format!("{s:?}: lacks \"ns\"; {expected}"))?;
+            if !valid(&namespace) || !valid(&name) {
+                return Err(format!(
+                    "{s:?}: empty or unexpanded namespace or name (is the downward API env set?); {expected}"
+                ));
+            }
+            return Ok(Self {
+                namespace,
+                name,
+                kind,
+            });
+        }
+        match s.split_once('/') {
+            Some((ns, name)) if valid(ns) && valid(name) => Ok(Self {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                kind: WorkloadKind::External,
+            }),
+            _ => Err(format!("{s:?}: {expected}")),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// `ns/name` of the ExternalWorkload this proxy fronts.
-    pub workload: String,
+    pub workload: WorkloadRef,
     pub identity: Identity,
     pub token_file: Option<PathBuf>,
     /// The control plane: identity service and destination service.
@@ -84,7 +159,7 @@ impl fmt::Display for ProxyConfig {
         let token_file = self.token_file.as_ref().map(|p| p.display().to_string());
         let outbound_addr = self.outbound_addr.map(|a| a.to_string());
         let mut rows: Vec<(&str, String)> = vec![
-            ("workload", self.workload.clone()),
+            ("workload", self.workload.policy_json()),
             ("identity", self.identity.to_string()),
             ("token-file", token_file.unwrap_or_else(|| "(none)".into())),
             ("identity-addr", self.identity_addr.clone()),
@@ -150,6 +225,39 @@ mod tests {
             "127.0.0.1:1=demo/b:0",
         ] {
             assert!(bad.parse::<OutboundMapping>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn workload_refs() {
+        let e: WorkloadRef = "demo/backend".parse().unwrap();
+        assert_eq!(e.kind, WorkloadKind::External);
+        assert_eq!(e.to_string(), "demo/backend");
+        assert_eq!(
+            e.policy_json(),
+            r#"{"external_workload":"backend","ns":"demo"}"#
+        );
+        let p: WorkloadRef = r#"{"ns":"shop","pod":"web-7d9f-abcde"}"#.parse().unwrap();
+        assert_eq!(p.kind, WorkloadKind::Pod);
+        assert_eq!(p.to_string(), "shop/web-7d9f-abcde");
+        assert_eq!(p.policy_json(), r#"{"ns":"shop","pod":"web-7d9f-abcde"}"#);
+        let x: WorkloadRef = r#"{"ns":"h","external_workload":"db"}"#.parse().unwrap();
+        assert_eq!(x.kind, WorkloadKind::External);
+        for bad in [
+            "backend",
+            "/backend",
+            "demo/",
+            "a/b/c",
+            r#"{"ns":"shop"}"#,
+            r#"{"ns":"shop","pod":"a","external_workload":"b"}"#,
+            r#"{"pod":"a"}"#,
+            r#"{"ns":"$(WEFT_POD_NAMESPACE)","pod":"a"}"#,
+            r#"{"ns":"","pod":"a"}"#,
+            r#"{"ns":"shop","pod":7}"#,
+            "{not json",
+        ] {
+            let err = bad.parse::<WorkloadRef>().unwrap_err();
+            assert!(err.contains("expected"), "{bad}: {err}");
         }
     }
 }

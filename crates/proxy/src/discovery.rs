@@ -68,6 +68,16 @@ impl Discovery {
     /// The answer for `target` (`ns/name:port` or `ip:port`), waiting at most
     /// the discovery timeout for a first answer.
     pub async fn resolve(self: &Arc<Self>, target: &str) -> Resolution {
+        self.resolve_candidates(target, 1)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Resolution::Unknown("no answer".into()))
+    }
+
+    /// Up to `max` of `target`'s endpoints, the next in turn first (never
+    /// empty: a refusal is one Unknown).
+    pub async fn resolve_candidates(self: &Arc<Self>, target: &str, max: usize) -> Vec<Resolution> {
         let mut rx = {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             match cache.get_mut(target) {
@@ -103,14 +113,14 @@ impl Discovery {
         let waited = tokio::time::timeout(self.timeout, rx.wait_for(Option::is_some)).await;
         match waited {
             Ok(Ok(r)) => match r.as_ref() {
-                Some(set) => set.pick(self.next.fetch_add(1, Ordering::Relaxed)),
-                None => Resolution::Unknown("no answer".into()),
+                Some(set) => set.candidates(self.next.fetch_add(1, Ordering::Relaxed), max),
+                None => vec![Resolution::Unknown("no answer".into())],
             },
-            _ => Resolution::Unknown(format!(
+            _ => vec![Resolution::Unknown(format!(
                 "no answer from the destination service at {} within {}ms",
                 self.addr,
                 self.timeout.as_millis()
-            )),
+            ))],
         }
     }
 

@@ -87,18 +87,31 @@ impl EndpointSet {
     /// The `n`th endpoint (wrapping), for spreading connections; Unknown
     /// when there is none.
     pub fn pick(&self, n: usize) -> Resolution {
+        self.candidates(n, 1)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Resolution::Unknown("no endpoint".into()))
+    }
+
+    /// Up to `max` distinct endpoints starting at the `n`th (wrapping): the
+    /// first to connect to, then where to go if it cannot be reached. Only
+    /// an empty set gives one Unknown.
+    pub fn candidates(&self, n: usize, max: usize) -> Vec<Resolution> {
         if self.endpoints.is_empty() {
-            return Resolution::Unknown(
+            return vec![Resolution::Unknown(
                 self.refused
                     .clone()
                     .unwrap_or_else(|| "the destination has no endpoints".into()),
-            );
+            )];
         }
+        let len = self.endpoints.len();
         self.endpoints
             .values()
-            .nth(n % self.endpoints.len())
+            .cycle()
+            .skip(n % len)
+            .take(max.clamp(1, len))
             .cloned()
-            .unwrap_or_else(|| Resolution::Unknown("no endpoint".into()))
+            .collect()
     }
 }
 
@@ -245,6 +258,34 @@ mod tests {
         assert!(
             matches!(set.pick(0), Resolution::Unknown(why) if why.contains("no ready endpoints"))
         );
+    }
+
+    #[test]
+    fn candidates_start_at_the_turn_and_never_repeat() {
+        let mut set = EndpointSet::default();
+        let only = set.candidates(5, 3);
+        assert!(matches!(only.as_slice(), [Resolution::Unknown(_)]));
+        set.apply(add(vec![
+            endpoint("10.0.0.1:80", Some(ID)),
+            endpoint("10.0.0.2:80", Some(ID)),
+            endpoint("10.0.0.3:80", None),
+        ]));
+        let at = |n, max| -> Vec<String> {
+            set.candidates(n, max)
+                .into_iter()
+                .map(|r| match r {
+                    Resolution::Meshed { addr, .. } | Resolution::NotMeshed { addr } => {
+                        addr.to_string()
+                    }
+                    Resolution::Unknown(why) => why,
+                })
+                .collect()
+        };
+        assert_eq!(at(1, 3), ["10.0.0.2:80", "10.0.0.3:80", "10.0.0.1:80"]);
+        assert_eq!(at(5, 2), ["10.0.0.3:80", "10.0.0.1:80"]);
+        // Never more than the set holds, never zero.
+        assert_eq!(at(0, 9).len(), 3);
+        assert_eq!(at(0, 0), ["10.0.0.1:80"]);
     }
 
     #[test]

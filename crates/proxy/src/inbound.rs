@@ -155,7 +155,7 @@ impl Inbound {
                 return refuse(
                     "identity_mismatch",
                     format!(
-                        "ExternalWorkload {} declares identity {identity}, but this proxy is {}; fix --workload or the resource",
+                        "workload {} has identity {identity} (its ExternalWorkload, or its pod's service account), but this proxy is {}; fix --workload/--identity or the resource",
                         self.workload, self.identity
                     ),
                 );

@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{OutboundMapping, Plaintext, ProxyConfig};
+pub use config::{OutboundMapping, Plaintext, ProxyConfig, WorkloadKind, WorkloadRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -156,7 +156,7 @@ pub async fn start(
         refresh: status_rx,
         renew: renew_tx,
         identity: cfg.identity.clone(),
-        workload: cfg.workload.clone(),
+        workload: cfg.workload.to_string(),
         metrics: metrics.clone(),
     };
     let discovery = discovery::Discovery::new(
@@ -179,7 +179,7 @@ pub async fn start(
         tls::outbound_config(trust_rx, cert_rx.clone(), false).map_err(StartError::Tls)?;
     let inbound = Arc::new(inbound::Inbound {
         acceptor: tokio_rustls::TlsAcceptor::from(inbound_cfg),
-        workload: cfg.workload.clone(),
+        workload: cfg.workload.to_string(),
         identity: cfg.identity.clone(),
         discovery: discovery.clone(),
         policies,

@@ -16,6 +16,9 @@ use crate::discovery::{Discovery, Resolution};
 use crate::metrics::{ConnLabels, IdLabel, ProxyMetrics};
 use crate::transport_header;
 
+/// Endpoints tried for one connection before it is refused.
+const CONNECT_ATTEMPTS: usize = 3;
+
 pub struct Outbound {
     /// Offers ALPN transport.l5d.io/v1: used when a transport header follows.
     pub connector: TlsConnector,
@@ -101,99 +104,73 @@ impl Outbound {
             self.metrics.refuse("outbound", reason);
             tracing::info!(%target, reason, "outbound connection refused: {detail}");
         };
-        match self.discovery.resolve(target).await {
+        let candidates = self
+            .discovery
+            .resolve_candidates(target, CONNECT_ATTEMPTS)
+            .await;
+        // Nothing was sent yet, so an endpoint that cannot be reached (gone
+        // before its Remove arrived) is safely left for the next one; the
+        // attempts share one connect budget.
+        let per_try = self.connect_timeout / u32::try_from(candidates.len().max(1)).unwrap_or(1);
+        let mut failure = None;
+        for c in candidates {
+            let dial = match &c {
+                Resolution::Meshed {
+                    addr, proxy_port, ..
+                } => std::net::SocketAddr::new(addr.ip(), proxy_port.unwrap_or(addr.port())),
+                Resolution::NotMeshed { addr } if self.plaintext == Plaintext::Deny => {
+                    failure = Some((
+                        "plaintext_denied",
+                        format!("{addr} is not meshed and --outbound-plaintext=deny"),
+                    ));
+                    continue;
+                }
+                Resolution::NotMeshed { addr } => *addr,
+                Resolution::Unknown(why) => return refuse("unknown_destination", why.clone()),
+            };
+            match tokio::time::timeout(per_try, TcpStream::connect(dial)).await {
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    if let Err((reason, detail)) = self.forward(app, c, tcp, port).await {
+                        refuse(reason, detail);
+                    }
+                    return;
+                }
+                Ok(Err(e)) => failure = Some(("connect", format!("cannot connect to {dial}: {e}"))),
+                Err(_) => {
+                    failure = Some((
+                        "connect_timeout",
+                        format!(
+                            "connecting to {dial} timed out after {}ms",
+                            per_try.as_millis()
+                        ),
+                    ))
+                }
+            }
+            tracing::debug!(%target, %dial, "endpoint unreachable; trying the next one");
+        }
+        let (reason, detail) =
+            failure.unwrap_or(("unknown_destination", "no endpoint to try".into()));
+        refuse(reason, detail);
+    }
+
+    /// Over a connected socket: mTLS with the expected identity (and the
+    /// transport header) for a meshed endpoint, plaintext otherwise.
+    async fn forward(
+        &self,
+        app: TcpStream,
+        to: Resolution,
+        tcp: TcpStream,
+        port: u16,
+    ) -> Result<(), (&'static str, String)> {
+        let dial = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let (identity, proxy_port) = match to {
             Resolution::Meshed {
-                addr,
                 identity,
                 proxy_port,
                 ..
-            } => {
-                let dial = std::net::SocketAddr::new(addr.ip(), proxy_port.unwrap_or(addr.port()));
-                let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dial))
-                    .await
-                {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        return refuse(
-                            "connect",
-                            format!("cannot connect to {identity}'s proxy at {dial}: {e}"),
-                        );
-                    }
-                    Err(_) => {
-                        return refuse(
-                            "connect_timeout",
-                            format!("connecting to {dial} timed out"),
-                        );
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let name = match ServerName::try_from(identity.to_string()) {
-                    Ok(n) => n,
-                    Err(e) => return refuse("bad_identity", format!("{identity}: {e}")),
-                };
-                let mut tls = match tokio::time::timeout(
-                    self.connect_timeout,
-                    if proxy_port.is_some() {
-                        &self.connector
-                    } else {
-                        &self.connector_plain
-                    }
-                    .connect(name, tcp),
-                )
-                .await
-                {
-                    Ok(Ok(t)) => t,
-                    // Fail closed: never fall back to plaintext for a meshed peer.
-                    Ok(Err(e)) => {
-                        return refuse(
-                            "tls_handshake",
-                            format!("mTLS with {dial} failed, expecting {identity}: {e}"),
-                        );
-                    }
-                    Err(_) => return refuse("tls_timeout", format!("mTLS with {dial} timed out")),
-                };
-                if proxy_port.is_some()
-                    && let Err(e) = transport_header::write(&mut tls, port, "").await
-                {
-                    return refuse(
-                        "transport_header",
-                        format!("cannot send the transport header: {e}"),
-                    );
-                }
-                let labels = ConnLabels {
-                    direction: "outbound",
-                    peer: "dst",
-                    tls: "true",
-                    no_tls_reason: String::new(),
-                    client_id: None,
-                    server_id: Some(IdLabel(identity.clone())),
-                    target_port: port,
-                    protocol: "opaque",
-                    dst: String::new(),
-                };
-                crate::forward::pipe(tls, app, labels, &self.metrics).await;
-            }
+            } => (identity, proxy_port),
             Resolution::NotMeshed { addr } => {
-                if self.plaintext == Plaintext::Deny {
-                    return refuse(
-                        "plaintext_denied",
-                        format!("{addr} is not meshed and --outbound-plaintext=deny"),
-                    );
-                }
-                let up = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-                    .await
-                {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        return refuse("connect", format!("cannot connect to {addr}: {e}"));
-                    }
-                    Err(_) => {
-                        return refuse(
-                            "connect_timeout",
-                            format!("connecting to {addr} timed out"),
-                        );
-                    }
-                };
                 let labels = ConnLabels {
                     direction: "outbound",
                     peer: "dst",
@@ -205,9 +182,52 @@ impl Outbound {
                     protocol: "opaque",
                     dst: addr.to_string(),
                 };
-                crate::forward::pipe(up, app, labels, &self.metrics).await;
+                crate::forward::pipe(tcp, app, labels, &self.metrics).await;
+                return Ok(());
             }
-            Resolution::Unknown(why) => refuse("unknown_destination", why),
+            Resolution::Unknown(why) => return Err(("unknown_destination", why)),
+        };
+        let name = ServerName::try_from(identity.to_string())
+            .map_err(|e| ("bad_identity", format!("{identity}: {e}")))?;
+        let connector = if proxy_port.is_some() {
+            &self.connector
+        } else {
+            &self.connector_plain
+        };
+        // Fail closed: never fall back to plaintext for a meshed peer.
+        let mut tls =
+            match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    return Err((
+                        "tls_handshake",
+                        format!("mTLS with {dial} failed, expecting {identity}: {e}"),
+                    ));
+                }
+                Err(_) => return Err(("tls_timeout", format!("mTLS with {dial} timed out"))),
+            };
+        if proxy_port.is_some() {
+            transport_header::write(&mut tls, port, "")
+                .await
+                .map_err(|e| {
+                    (
+                        "transport_header",
+                        format!("cannot send the transport header: {e}"),
+                    )
+                })?;
         }
+        let labels = ConnLabels {
+            direction: "outbound",
+            peer: "dst",
+            tls: "true",
+            no_tls_reason: String::new(),
+            client_id: None,
+            server_id: Some(IdLabel(identity)),
+            target_port: port,
+            protocol: "opaque",
+            dst: String::new(),
+        };
+        crate::forward::pipe(tls, app, labels, &self.metrics).await;
+        Ok(())
     }
 }

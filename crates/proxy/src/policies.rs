@@ -44,7 +44,7 @@ pub enum Source {
 pub struct Policies {
     pub addr: String,
     pub control: ControlPlane,
-    /// `{"ns":..,"external_workload":..}`
+    /// `{"ns":..,"external_workload":..}` or `{"ns":..,"pod":..}`
     pub workload: String,
     pub timeout: Duration,
     ports: Mutex<HashMap<u16, Slot>>,
@@ -60,14 +60,13 @@ impl Policies {
     pub fn new(
         addr: String,
         control: ControlPlane,
-        workload: &str,
+        workload: &crate::WorkloadRef,
         timeout: Duration,
     ) -> Arc<Self> {
-        let (ns, name) = workload.split_once('/').unwrap_or(("", workload));
         Arc::new(Self {
             addr,
             control,
-            workload: serde_json::json!({"ns": ns, "external_workload": name}).to_string(),
+            workload: workload.policy_json(),
             timeout,
             ports: Mutex::new(HashMap::new()),
             last_default: Mutex::new(None),
@@ -253,7 +252,7 @@ mod tests {
         Policies::new(
             "127.0.0.1:1".into(),
             control,
-            "demo/backend",
+            &"demo/backend".parse().unwrap(),
             Duration::from_millis(50),
         )
     }

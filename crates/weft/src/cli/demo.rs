@@ -295,7 +295,11 @@ async fn demo(dir: &Path) -> CmdResult {
                      outbound: Vec<proxy::OutboundMapping>|
      -> Result<proxy::ProxyConfig, Failure> {
         Ok(proxy::ProxyConfig {
-            workload: format!("demo/{name}"),
+            workload: proxy::WorkloadRef {
+                namespace: "demo".into(),
+                name: name.into(),
+                kind: proxy::WorkloadKind::External,
+            },
             identity: pki::Identity::new(name, "demo", "weft", "cluster.local")
                 .map_err(Failure::fatal)?,
             token_file: Some(p(&format!("{name}.token"))),

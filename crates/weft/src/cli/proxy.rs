@@ -18,7 +18,7 @@ pub enum PlaintextArg {
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// The ExternalWorkload this proxy fronts, as namespace/name
+    /// The workload this proxy fronts: namespace/name of an ExternalWorkload, or a pod as {"ns":NAMESPACE,"pod":NAME}
     #[arg(long, env = "WEFT_PROXY_WORKLOAD")]
     pub workload: String,
     /// This workload's identity; default: from the token's service account
@@ -87,16 +87,11 @@ pub struct ProxyArgs {
 
 impl ProxyArgs {
     pub fn into_config(self) -> Result<ProxyConfig, Failure> {
-        let (ns, name) = self
+        let workload: proxy::WorkloadRef = self
             .workload
-            .split_once('/')
-            .filter(|(n, w)| !n.is_empty() && !w.is_empty())
-            .ok_or_else(|| {
-                Failure::input(format!(
-                    "--workload {:?}: expected namespace/name",
-                    self.workload
-                ))
-            })?;
+            .parse()
+            .map_err(|e| Failure::input(format!("--workload {e}")))?;
+        let ns = workload.namespace.as_str();
         let identity: pki::Identity = match (&self.identity, &self.token_file) {
             (Some(id), _) => id
                 .parse()
@@ -137,7 +132,7 @@ impl ProxyArgs {
             }
         };
         Ok(ProxyConfig {
-            workload: format!("{ns}/{name}"),
+            workload,
             identity,
             token_file: self.token_file,
             identity_addr: self
