@@ -180,7 +180,9 @@ setsid nohup "$K8S_BIN_DIR/kube-scheduler" --kubeconfig="$KC" \
   >"$R/scheduler.log" 2>&1 < /dev/null &
 echo $! > "$R/scheduler.pid"
 # kwok takes pod IPs from the node's spec.podCIDR (else --cidr), in order from the range's first address + 1
+# (plus weft's readiness stage: pods annotated weft.test/readiness=external wait for the test to make them Ready)
 setsid nohup "$K8S_BIN_DIR/kwok" --kubeconfig="$KC" --config="$K8S_BIN_DIR/kwok-stages.yaml" \
+  --config="$HERE/kwok-stages-readiness.yaml" \
   --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --node-ip="$NODE_IP" --cidr="$POD_CIDR" --node-lease-duration-seconds=40 \
   >"$R/kwok.log" 2>&1 < /dev/null &

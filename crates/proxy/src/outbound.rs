@@ -65,7 +65,7 @@ impl Outbound {
                         match crate::original_dst(&sock) {
                             Some(dst) if Some(dst) != local && !own.contains(&dst) => {
                                 let target = dst.to_string();
-                                this.handle(sock, target, dst.port()).await;
+                                this.handle(sock, target).await;
                             }
                             Some(dst) if own.contains(&dst) => {
                                 this.metrics.refuse("outbound", "loop");
@@ -89,15 +89,10 @@ impl Outbound {
     }
 
     async fn handle_mapping(self: Arc<Self>, app: TcpStream, mapping: Arc<OutboundMapping>) {
-        let port = mapping
-            .target
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .unwrap_or(0);
-        self.handle(app, mapping.target.clone(), port).await;
+        self.handle(app, mapping.target.clone()).await;
     }
 
-    async fn handle(self: Arc<Self>, app: TcpStream, target: String, port: u16) {
+    async fn handle(self: Arc<Self>, app: TcpStream, target: String) {
         let _in_flight = self.metrics.active.enter();
         let target = &target;
         let refuse = |reason: &'static str, detail: String| {
@@ -131,7 +126,7 @@ impl Outbound {
             match tokio::time::timeout(per_try, TcpStream::connect(dial)).await {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
-                    if let Err((reason, detail)) = self.forward(app, c, tcp, port).await {
+                    if let Err((reason, detail)) = self.forward(app, c, tcp).await {
                         refuse(reason, detail);
                     }
                     return;
@@ -161,15 +156,17 @@ impl Outbound {
         app: TcpStream,
         to: Resolution,
         tcp: TcpStream,
-        port: u16,
     ) -> Result<(), (&'static str, String)> {
         let dial = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        let (identity, proxy_port) = match to {
+        // The endpoint's own port (a Service's targetPort), not the port the
+        // app dialled (the Service port): the peer's proxy serves that one.
+        let (identity, proxy_port, port) = match to {
             Resolution::Meshed {
                 identity,
                 proxy_port,
+                addr,
                 ..
-            } => (identity, proxy_port),
+            } => (identity, proxy_port, addr.port()),
             Resolution::NotMeshed { addr } => {
                 let labels = ConnLabels {
                     direction: "outbound",

@@ -243,6 +243,21 @@ impl Bed {
         Ok(k)
     }
 
+    /// Removes a pod: its namespace and with it its veth and iptables
+    /// rules (kill what runs inside first; a namespace lives on while a
+    /// process holds it). Its address is free again afterwards.
+    pub fn remove(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no pod {name} in bed {}", self.id))?;
+        let pod = self.pods.remove(i);
+        let link = self.links.remove(i);
+        let _ = ip(&["netns", "exec", &self.fabric, "ip", "link", "del", &link]);
+        ip(&["netns", "del", &pod.ns]).map(|_| ())
+    }
+
     pub fn by_name(&self, name: &str) -> &Pod {
         self.pods
             .iter()

@@ -225,6 +225,13 @@ impl K8sEnv {
         Ok(bed.by_name(name).clone())
     }
 
+    /// Removes a stand-in (its pod is gone), freeing its address for the
+    /// pod that Kubernetes gives it to next.
+    pub fn remove_stand_in(&self, name: &str) -> Result<()> {
+        let mut bed = self.bed.lock().unwrap_or_else(|p| p.into_inner());
+        bed.remove(name)
+    }
+
     /// Process IDs of the running control plane, by component.
     pub fn pids(&self) -> Result<Vec<(&'static str, u32)>> {
         COMPONENTS

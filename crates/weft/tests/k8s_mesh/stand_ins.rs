@@ -1,0 +1,388 @@
+//! Stand-ins for the pods kwok runs: a network namespace with the pod's IP,
+//! `weft init`, an app that says which pod it is and whom the proxy said
+//! called, and `weft proxy` as the injector would run it (workload and
+//! identity from the pod, the pod's bound projected token). When its proxy
+//! is ready the test, as the kubelet whose readiness probe passed, marks the
+//! pod Ready; when the pod is gone and its endpoint left the Service, the
+//! stand-in goes too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::json;
+use testbed::k8s::K8sEnv;
+use testbed::k8s::api::{self, BoundTo};
+use testbed::k8s::k8s_openapi::api::core::v1::{Pod, Service};
+use testbed::k8s::k8s_openapi::api::discovery::v1::EndpointSlice;
+use testbed::k8s::kube::Client;
+use testbed::k8s::kube::api::{Api, ListParams, Patch, PatchParams};
+
+use crate::common::Scratch;
+use crate::common::kube::{CLUSTER_NETWORKS, identity, least_privilege_kubeconfig};
+use crate::common::netmesh::PROXY_UID;
+use crate::common::proc::Proc;
+
+pub const AUDIENCE: &str = "identity.l5d.io";
+const DEADLINE: Duration = Duration::from_secs(60);
+/// The API server's service range (testenv/k8s/up.sh).
+const SERVICE_NETWORK: &str = "10.96.0.0/16";
+
+/// What the stand-in app answered, through the proxies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub pod: String,
+    /// The `l5d-client-id` the server's proxy put on the request.
+    pub client_id: String,
+}
+
+/// One HTTP/1.0 GET on a new connection (from inside a pod's namespace).
+pub fn get(to: SocketAddr) -> std::io::Result<Reply> {
+    let (status, body) = crate::common::proc::http_get(to, "/")?;
+    let mut lines = body.lines();
+    Ok(Reply {
+        status,
+        pod: lines.next().unwrap_or_default().to_string(),
+        client_id: lines.next().unwrap_or_default().to_string(),
+    })
+}
+
+/// An app answering each request with its pod's name and the caller's
+/// identity as the proxy forwarded it.
+fn whoami(listener: TcpListener, pod: String) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let pod = pod.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut client_id = String::new();
+                let mut reader = BufReader::new(match conn.try_clone() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                });
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':')
+                        && k.eq_ignore_ascii_case("l5d-client-id")
+                    {
+                        client_id = v.trim().to_string();
+                    }
+                    line.clear();
+                }
+                let body = format!("{pod}\n{client_id}\n");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.flush();
+                let mut rest = Vec::new();
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let _ = conn.read_to_end(&mut rest);
+            });
+        }
+    });
+}
+
+struct StandIn {
+    /// First field: dropped (killed) before the namespace goes.
+    proxy: Proc,
+    ip: Ipv4Addr,
+    ns: String,
+}
+
+/// The control plane (in the cp namespace, on the pod network, least
+/// privilege) and the stand-ins of a tenant's pods.
+pub struct Mesh<'a> {
+    env: &'a K8sEnv,
+    rt: &'a tokio::runtime::Runtime,
+    client: Client,
+    s: &'a Scratch,
+    ns: String,
+    cp_ns: String,
+    bin: PathBuf,
+    stand_ins: BTreeMap<String, StandIn>,
+    /// Last field: dropped after the stand-ins.
+    _cp: Proc,
+}
+
+impl Drop for Mesh<'_> {
+    fn drop(&mut self) {
+        for (name, s) in std::mem::take(&mut self.stand_ins) {
+            drop(s.proxy);
+            let _ = self.env.remove_stand_in(&name);
+        }
+    }
+}
+
+impl<'a> Mesh<'a> {
+    pub fn start(
+        env: &'a K8sEnv,
+        rt: &'a tokio::runtime::Runtime,
+        client: Client,
+        s: &'a Scratch,
+        ns: &str,
+        cp_ns: &str,
+    ) -> Result<Self> {
+        std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let kubeconfig = rt.block_on(least_privilege_kubeconfig(env, &client, cp_ns, s))?;
+        crate::common::kube::install_identity(env, s, cp_ns)?;
+        let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
+        cmd.current_dir(s.path("."));
+        cmd.args([
+            "control-plane",
+            "--kubernetes",
+            "--kubeconfig",
+            &kubeconfig.to_string_lossy(),
+            "--cluster-networks",
+            &format!("{CLUSTER_NETWORKS},{SERVICE_NETWORK}"),
+            "--controller-namespace",
+            cp_ns,
+            "--state-dir",
+            "state",
+            "--identity-addr",
+            "0.0.0.0:8080",
+            "--destination-addr",
+            "0.0.0.0:8086",
+            "--policy-addr",
+            "0.0.0.0:8090",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ]);
+        let cp = Proc::spawn_cmd(cmd);
+        cp.wait_for_line("resources loaded", Duration::from_secs(30));
+        let weft = std::path::Path::new(env!("CARGO_BIN_EXE_weft"));
+        let bin = testbed::executable_copy(weft, s.dir.path(), PROXY_UID)?;
+        Ok(Self {
+            env,
+            rt,
+            client,
+            s,
+            ns: ns.to_string(),
+            cp_ns: cp_ns.to_string(),
+            bin,
+            stand_ins: BTreeMap::new(),
+            _cp: cp,
+        })
+    }
+
+    pub fn netns(&self, pod: &str) -> Result<String> {
+        self.stand_ins
+            .iter()
+            .find(|(name, _)| name.starts_with(&format!("{pod}-")) || name.as_str() == pod)
+            .map(|(_, s)| s.ns.clone())
+            .with_context(|| format!("no stand-in for {pod}"))
+    }
+
+    /// The last lines of every stand-in's proxy (for a failure's message).
+    pub fn proxy_logs(&self) -> String {
+        let mut out = String::new();
+        for (name, s) in &self.stand_ins {
+            let text = s.proxy.output();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(15);
+            out.push_str(&format!(
+                "--- proxy of {name}\n{}\n",
+                lines[from..].join("\n")
+            ));
+        }
+        out
+    }
+
+    pub fn cluster_ip(&self, service: &str) -> Result<IpAddr> {
+        let svc = self
+            .rt
+            .block_on(Api::<Service>::namespaced(self.client.clone(), &self.ns).get(service))?;
+        let ip = svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .with_context(|| format!("Service {service} has no cluster IP"))?;
+        Ok(ip.parse()?)
+    }
+
+    /// GETs `to` from `pod`'s stand-in until `want` holds.
+    pub fn poll_get(
+        &self,
+        pod: &str,
+        to: SocketAddr,
+        want: impl Fn(&Reply) -> bool + Send + Copy + 'static,
+    ) -> Result<Reply> {
+        let ns = self.netns(pod)?;
+        let end = Instant::now() + DEADLINE;
+        let mut last = None;
+        while Instant::now() < end {
+            let r = testbed::in_ns(&ns, move || get(to))?;
+            match r {
+                Ok(r) if want(&r) => return Ok(r),
+                other => last = Some(format!("{other:?}")),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!(
+            "{pod} -> {to}: no wanted answer within {DEADLINE:?}; last {last:?}\n{}",
+            self.proxy_logs()
+        )
+    }
+
+    /// Reconciles until `app` has exactly `n` pods, each Running with a
+    /// stand-in and Ready; returns their names.
+    pub fn until_running(&mut self, app: &str, n: usize) -> Result<BTreeSet<String>> {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let up = self.reconcile(app)?;
+            if up.len() == n {
+                return Ok(up);
+            }
+            ensure!(
+                Instant::now() < end,
+                "{app}: {} pods with stand-ins ({up:?}), want {n}",
+                up.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// One pass: a stand-in for each Running pod of `app` that has none,
+    /// and away with those whose pod is gone (once its endpoint left the
+    /// Service, as a terminating pod drains before it stops).
+    pub fn reconcile(&mut self, app: &str) -> Result<BTreeSet<String>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let lp = ListParams::default().labels(&format!("app={app}"));
+        let listed = self.rt.block_on(pods.list(&lp))?;
+        let mut live = BTreeMap::new();
+        for p in listed {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let st = p.status.clone().unwrap_or_default();
+            if p.metadata.deletion_timestamp.is_some() || st.phase.as_deref() != Some("Running") {
+                continue;
+            }
+            if let Some(ip) = st
+                .pod_ip
+                .as_deref()
+                .and_then(|i| i.parse::<Ipv4Addr>().ok())
+            {
+                live.insert(name, (ip, p));
+            }
+        }
+        let gone: Vec<String> = self
+            .stand_ins
+            .keys()
+            .filter(|n| n.starts_with(&format!("{app}-")) && !live.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.retire(&name)?;
+        }
+        for (name, (ip, pod)) in &live {
+            if !self.stand_ins.contains_key(name) {
+                self.stand_in(name, *ip, pod)?;
+            }
+        }
+        Ok(live.into_keys().collect())
+    }
+
+    fn retire(&mut self, name: &str) -> Result<()> {
+        let ip = self.stand_ins[name].ip.to_string();
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.ns);
+        let end = Instant::now() + DEADLINE;
+        while self
+            .rt
+            .block_on(slices.list(&ListParams::default()))?
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .any(|e| e.addresses.contains(&ip))
+        {
+            ensure!(Instant::now() < end, "{name}'s endpoint {ip} never left");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(s) = self.stand_ins.remove(name) {
+            drop(s.proxy);
+        }
+        self.env.remove_stand_in(name)
+    }
+
+    fn stand_in(&mut self, name: &str, ip: Ipv4Addr, pod: &Pod) -> Result<()> {
+        let t0 = Instant::now();
+        let sa = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .context("pod without a service account")?;
+        let uid = pod.metadata.uid.clone().context("pod without a uid")?;
+        let token = self.rt.block_on(api::token(
+            &self.client,
+            &self.ns,
+            &sa,
+            AUDIENCE,
+            Some(BoundTo {
+                kind: "Pod",
+                name: name.to_string(),
+                uid,
+            }),
+            Duration::from_secs(3600),
+        ))?;
+        let token_file = self.s.write(&format!("{name}.token"), token);
+        std::os::unix::fs::chown(&token_file, Some(PROXY_UID), Some(PROXY_UID))?;
+        let p = self.env.stand_in(name, ip)?;
+        // Pods have a default route (to reach cluster IPs at all).
+        testbed::run(p.cmd("ip").args(["route", "add", "default", "dev", "eth0"]))?;
+        testbed::run(
+            p.cmd(&self.bin)
+                .args(["init", "--proxy-uid", &PROXY_UID.to_string()]),
+        )?;
+        let listener = testbed::in_ns(&p.ns, || TcpListener::bind(("0.0.0.0", 8080)))??;
+        whoami(listener, name.to_string());
+        let mut cmd = p.cmd_as(PROXY_UID, &self.bin);
+        cmd.current_dir(self.s.dir.path())
+            .env(
+                "WEFT_PROXY_WORKLOAD",
+                json!({"ns": self.ns, "pod": name}).to_string(),
+            )
+            .env("WEFT_PROXY_IDENTITY", identity(&sa, &self.ns, &self.cp_ns))
+            .env("WEFT_PROXY_TOKEN_FILE", &token_file)
+            .env("WEFT_PROXY_TRUST_ANCHORS_FILE", self.s.path("ca.crt"))
+            .env("WEFT_PROXY_CONTROL_PLANE", self.env.cp().ip.to_string())
+            .env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "5s")
+            .arg("proxy");
+        let proxy = Proc::spawn_cmd(cmd);
+        let ns = p.ns.clone();
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let ready = crate::common::netmesh::get_in(&ns, "127.0.0.1:4191".parse()?, "/ready");
+            if matches!(ready, Some((200, _))) {
+                break;
+            }
+            ensure!(
+                Instant::now() < end,
+                "{name}'s proxy not ready: {ready:?}\n{}",
+                proxy.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.stand_ins
+            .insert(name.to_string(), StandIn { proxy, ip, ns });
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let ready = json!({"status": {"conditions": [
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "True"}]}});
+        self.rt.block_on(pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(ready),
+        ))?;
+        println!(
+            "stand-in {name} at {ip}: proxy ready, pod Ready after {:.1?}",
+            t0.elapsed()
+        );
+        Ok(())
+    }
+}
