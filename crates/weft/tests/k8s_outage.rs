@@ -1,7 +1,8 @@
-//! The API server goes away for 30 s: the control plane keeps serving the
-//! last state it read (policy streams stay, a fresh stream gets the same
-//! policy, certificates are still issued), `/ready` says why, and it
-//! catches up once the API server is back.
+//! The API server goes away for 30 s under traffic through weft proxies in
+//! stand-in pods: the control plane keeps serving the last state it read
+//! (policy streams stay, a fresh stream gets the same policy, certificates
+//! are still issued), no request fails, `/ready` says why, and it catches
+//! up once the API server is back.
 //!
 //! Its own test binary: stopping the API server must not disturb other
 //! tests sharing it. Needs root and the testenv/k8s binaries (built if
@@ -14,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use common::kube::{
-    Tenant, apply, certify, control_plane, guide_policy, install_crds, install_identity, kubectl,
-    least_privilege_kubeconfig, meshed_pod, running, tenant, watch_ports,
+    Tenant, apply, certify, guide_policy, install_crds, kubectl, tenant, watch_pod_ports,
 };
+use common::stand_ins::{Mesh, workloads};
+use common::traffic;
 use testbed::k8s::K8sEnv;
 
 const OUTAGE: Duration = Duration::from_secs(30);
@@ -53,22 +55,25 @@ fn an_api_server_outage_keeps_the_last_state_and_catches_up() -> Result<()> {
     install_crds(&env)?;
     let guide = guide_policy(&ns)?;
     apply(&env, &s, "policy.yaml", &guide)?;
+    let mut mesh = Mesh::start(&env, &rt, client.clone(), &s, &ns, &cp_ns)?;
     apply(
         &env,
         &s,
-        "backend.yaml",
-        &meshed_pod("backend", &ns, "backend", &cp_ns, ""),
+        "workloads.yaml",
+        &workloads(&ns, &cp_ns, &[("backend", 2), ("frontend", 1)]),
     )?;
-    rt.block_on(running(&client, &ns, "backend"))?;
-    let kubeconfig = rt.block_on(least_privilege_kubeconfig(&env, &client, &cp_ns, &s))?;
-    install_identity(&env, &s, &cp_ns)?;
-    let cp = control_plane(&env, &s, &cp_ns, &kubeconfig);
-    let ia = cp.addr("identity listening on");
-    let pa = cp.addr("policy listening on");
-    let admin = cp.addr("admin listening on");
-    cp.wait_for_line("resources loaded", Duration::from_secs(30));
+    let backends = mesh.until_running("backend", 2)?;
+    let pod = backends.first().cloned().unwrap_or_default();
+    mesh.until_running("frontend", 1)?;
+    let ia = mesh.cp_addr("identity listening on");
+    let pa = mesh.cp_addr("policy listening on");
+    let admin = mesh.cp_addr("admin listening on");
+    let svc = SocketAddr::new(mesh.cluster_ip("backend")?, 80);
+    mesh.poll_get("frontend", svc, |r| r.status == 200)?;
+    let running = traffic::start(&mesh, "frontend", svc)?;
+    traffic::until_spread(&mut mesh, &running.traffic, &backends)?;
     certify(&env, &s, ia, "backend", &ns, &cp_ns)?;
-    let mut w = watch_ports(&env, &s, pa, &ns, &cp_ns, &[8080])?;
+    let mut w = watch_pod_ports(&env, &s, pa, (&ns, &pod), &cp_ns, &[8080])?;
     ensure!(server_name(w.server(8080)) == "server:backend-server");
     let (code, body) = ready(&env, admin)?;
     ensure!(
@@ -100,7 +105,7 @@ fn an_api_server_outage_keeps_the_last_state_and_catches_up() -> Result<()> {
     let t1 = Instant::now();
     certify(&env, &s, ia, "frontend", &ns, &cp_ns)?;
     println!("Certify during the outage took {:.1?}", t1.elapsed());
-    let fresh = watch_ports(&env, &s, pa, &ns, &cp_ns, &[8080])?;
+    let fresh = watch_pod_ports(&env, &s, pa, (&ns, &pod), &cp_ns, &[8080])?;
     ensure!(
         server_name(fresh.server(8080)) == "server:backend-server",
         "during the outage a fresh WatchPort got {}",
@@ -150,6 +155,11 @@ fn an_api_server_outage_keeps_the_last_state_and_catches_up() -> Result<()> {
         srv.labels.get("kind").map(String::as_str) == Some("default")
     })?;
     println!("Server deleted after the outage -> WatchPort update in {took:.1?}");
-    drop(cp);
+    // Through the outage and after it, every request went through.
+    traffic::until_spread(&mut mesh, &running.traffic, &backends)?;
+    let t = running.stop()?;
+    println!("traffic through the outage: {}", t.summary());
+    ensure!(t.failed.is_empty(), "failed requests: {:?}", t.failed);
+    ensure!(t.total() > 500, "too few requests to judge: {}", t.total());
     Ok(())
 }

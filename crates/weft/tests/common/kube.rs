@@ -350,8 +350,20 @@ pub fn watch_ports(
     cp_ns: &str,
     ports: &[u16],
 ) -> Result<Watcher> {
+    watch_pod_ports(env, s, policy_addr, (ns, "backend"), cp_ns, ports)
+}
+
+/// WatchPort for pod `ns/pod` as backend's proxy, from the cp namespace.
+pub fn watch_pod_ports(
+    env: &K8sEnv,
+    s: &Scratch,
+    policy_addr: SocketAddr,
+    (ns, pod): (&str, &str),
+    cp_ns: &str,
+    ports: &[u16],
+) -> Result<Watcher> {
     let (rt, channel) = cp_channel(env, s, policy_addr, "backend", cp_ns)?;
-    let workload = format!(r#"{{"ns":"{ns}","pod":"backend"}}"#);
+    let workload = serde_json::json!({"ns": ns, "pod": pod}).to_string();
     let ports = ports.to_vec();
     let task = rt.spawn(async move {
         let mut client = InboundServerPoliciesClient::new(channel);

@@ -11,6 +11,8 @@ pub mod mesh;
 pub mod netmesh;
 pub mod proc;
 pub mod rotation;
+pub mod stand_ins;
+pub mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -112,7 +112,7 @@ pub struct Mesh<'a> {
     bin: PathBuf,
     stand_ins: BTreeMap<String, StandIn>,
     /// Last field: dropped after the stand-ins.
-    _cp: Proc,
+    cp: Proc,
 }
 
 impl Drop for Mesh<'_> {
@@ -171,7 +171,7 @@ impl<'a> Mesh<'a> {
             cp_ns: cp_ns.to_string(),
             bin,
             stand_ins: BTreeMap::new(),
-            _cp: cp,
+            cp: cp,
         })
     }
 
@@ -181,6 +181,17 @@ impl<'a> Mesh<'a> {
             .find(|(name, _)| name.starts_with(&format!("{pod}-")) || name.as_str() == pod)
             .map(|(_, s)| s.ns.clone())
             .with_context(|| format!("no stand-in for {pod}"))
+    }
+
+    /// An address the control plane printed at start (`"admin listening on"`),
+    /// reachable from the cp namespace.
+    pub fn cp_addr(&self, label: &str) -> SocketAddr {
+        let a = self.cp.addr(label);
+        if a.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), a.port())
+        } else {
+            a
+        }
     }
 
     /// The last lines of every stand-in's proxy (for a failure's message).
@@ -385,4 +396,66 @@ impl<'a> Mesh<'a> {
         );
         Ok(())
     }
+}
+
+/// Deployments (name and replicas, each with a ServiceAccount of its name,
+/// meshed by `cp_ns`, waiting for the test to make them Ready) and Service
+/// `backend` (port 80 to the named port `http`, 8080).
+pub fn workloads(ns: &str, cp_ns: &str, deployments: &[(&str, u32)]) -> String {
+    let template = |name: &str| {
+        format!(
+            "    metadata:
+      labels:
+        app: {name}
+        linkerd.io/control-plane-ns: {cp_ns}
+      annotations:
+        weft.test/readiness: external
+    spec:
+      serviceAccountName: {name}
+      containers:
+      - name: app
+        image: app
+        ports:
+        - containerPort: 8080
+          name: http
+"
+        )
+    };
+    let deployment = |name: &str, replicas: u32| {
+        format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+{}---
+",
+            template(name)
+        )
+    };
+    let all: String = deployments
+        .iter()
+        .map(|(name, replicas)| deployment(name, *replicas))
+        .collect();
+    format!(
+        "{all}apiVersion: v1
+kind: Service
+metadata:
+  name: backend
+  namespace: {ns}
+spec:
+  selector:
+    app: backend
+  ports:
+  - name: web
+    port: 80
+    targetPort: http
+"
+    )
 }

@@ -1,0 +1,131 @@
+//! A client's requests in a loop from inside a stand-in pod, each on a new
+//! connection, recorded: which pod answered, what failed, how long each took.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+
+use super::stand_ins::{self, Mesh, Reply};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Requests made by a client in a loop, each on a new connection.
+#[derive(Default)]
+pub struct Traffic {
+    pub ok: BTreeMap<String, u64>,
+    pub failed: Vec<String>,
+    pub latencies: Vec<Duration>,
+    pub last: Vec<String>,
+}
+
+/// The requests' record, the flag that stops them, and their thread.
+pub struct Running {
+    pub traffic: Arc<Mutex<Traffic>>,
+    pub stop: Arc<AtomicBool>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+pub fn start(mesh: &Mesh, from: &str, to: std::net::SocketAddr) -> Result<Running> {
+    let traffic = Arc::new(Mutex::new(Traffic::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ns = mesh.netns(from)?;
+    let (t, st) = (traffic.clone(), stop.clone());
+    let handle = std::thread::spawn(move || {
+        let _ = testbed::in_ns(&ns, move || {
+            while !st.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let r = stand_ins::get(to);
+                let took = t0.elapsed();
+                let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
+                t.latencies.push(took);
+                match r {
+                    Ok(Reply {
+                        status: 200, pod, ..
+                    }) => {
+                        *t.ok.entry(pod.clone()).or_default() += 1;
+                        t.last.push(pod);
+                    }
+                    Ok(other) => t.failed.push(format!("{other:?} after {took:?}")),
+                    Err(e) => t.failed.push(format!("{e} after {took:?}")),
+                }
+                drop(t);
+                // Pacing, not waiting: a steady stream on 2 shared cores.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    });
+    Ok(Running {
+        traffic,
+        stop,
+        thread: handle,
+    })
+}
+
+/// Polls until the most recent requests reached every pod of `pods` (and
+/// only those), reconciling stand-ins meanwhile.
+pub fn until_spread(
+    mesh: &mut Mesh,
+    traffic: &Mutex<Traffic>,
+    pods: &BTreeSet<String>,
+) -> Result<()> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        {
+            let mut t = traffic.lock().unwrap_or_else(|p| p.into_inner());
+            let n = t.last.len();
+            let recent: BTreeSet<String> = t.last[n.saturating_sub(30)..].iter().cloned().collect();
+            if n >= 30 && &recent == pods {
+                t.last.clear();
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < end,
+                "traffic did not spread over {pods:?}; recent {recent:?}, failures {:?}",
+                t.failed
+            );
+        }
+        mesh.reconcile("backend")?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+impl Running {
+    /// Stops the requests; the record, latencies sorted.
+    pub fn stop(self) -> Result<Traffic> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().ok().context("the traffic thread")?;
+        let mut t = std::mem::take(&mut *self.traffic.lock().unwrap_or_else(|p| p.into_inner()));
+        t.latencies.sort();
+        Ok(t)
+    }
+}
+
+impl Traffic {
+    pub fn total(&self) -> u64 {
+        self.ok.values().sum()
+    }
+
+    /// One line: counts, per pod, latency percentiles.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} ok, {} failed; per pod {:?}; latency p50 {:?} p99 {:?} max {:?}",
+            self.total(),
+            self.failed.len(),
+            self.ok,
+            percentile(&self.latencies, 0.5),
+            percentile(&self.latencies, 0.99),
+            percentile(&self.latencies, 1.0),
+        )
+    }
+}
