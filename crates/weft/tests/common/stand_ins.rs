@@ -171,7 +171,7 @@ impl<'a> Mesh<'a> {
             cp_ns: cp_ns.to_string(),
             bin,
             stand_ins: BTreeMap::new(),
-            cp: cp,
+            cp,
         })
     }
 
