@@ -403,7 +403,7 @@ fn translate_servers(
     servers.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
     let kept = in_force.and_then(|n| servers.iter().copied().find(|s| s.meta.name == n));
     let Some(server) = kept.or(servers.first().copied()) else {
-        if unsettled.covers(&ns) {
+        if unsettled.covers(w, port, port_name.as_deref()) {
             problems.push(format!(
                 "{} could not be loaded and may define a Server for {ns}/{} port {port}; denying instead of applying the default until it is fixed",
                 unsettled.files.join(", "),

@@ -399,6 +399,7 @@ fn an_unloadable_server_file_denies_instead_of_the_default() {
         namespaces: ["demo".to_string()].into(),
         all: false,
         files: vec!["policy.yaml".into()],
+        narrow: Default::default(),
     };
     let t = translate(
         &s,
@@ -426,6 +427,80 @@ fn an_unloadable_server_file_denies_instead_of_the_default() {
         &other,
     );
     assert!(authorize_connection(&t.server, &unmeshed("10.0.0.9")).allowed);
+}
+
+/// Verdicts of an unauthenticated client on backend's ports 8080 and 9090
+/// (no valid Server; the default allows) with `bad` as a refused file.
+fn verdicts_beside_refused(bad: &str) -> (bool, bool) {
+    let w = workloads("");
+    let mut read = BTreeMap::new();
+    let good = PathBuf::from("workloads.yaml");
+    let objects = parse_file(&good, &w).unwrap_or_else(|p| panic!("{p:?}"));
+    read.insert(
+        good,
+        FileOutcome::Parsed {
+            objects,
+            warnings: vec![],
+        },
+    );
+    let path = PathBuf::from("bad.yaml");
+    let problems = parse_file(&path, bad).expect_err("the file is refused");
+    read.insert(path, FileOutcome::Refused(problems));
+    let s = merge(&Snapshot::default(), Ok(read));
+    let unsettled = Unsettled::of(&s, |_| Some(bad.to_string()));
+    let allowed = |port| {
+        let t = translate(
+            &s,
+            &backend(&s),
+            port,
+            &defaults(DefaultPolicy::AllUnauthenticated),
+            &unsettled,
+        );
+        authorize_connection(&t.server, &unmeshed("10.0.0.9")).allowed
+    };
+    (allowed(8080), allowed(9090))
+}
+
+#[test]
+fn a_refused_server_denies_the_ports_it_selects_and_no_others() {
+    let server = |port: &str, selector: &str| {
+        format!(
+            "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata:\n  name: broken\n  namespace: demo\nspec:\n  {selector}\n  port: {port}\n  proxyProtocol: Bogus\n"
+        )
+    };
+    let by_label = "podSelector:\n    matchLabels:\n      app: backend";
+    // Readable selection: only what it selects denies, by number or name.
+    assert_eq!(
+        verdicts_beside_refused(&server("8080", by_label)),
+        (false, true)
+    );
+    assert_eq!(
+        verdicts_beside_refused(&server("http", by_label)),
+        (false, true)
+    );
+    // Selecting other workloads: nothing of backend's changes.
+    let other = "podSelector:\n    matchLabels:\n      app: other";
+    assert_eq!(
+        verdicts_beside_refused(&server("8080", other)),
+        (true, true)
+    );
+    // Unreadable selection: every port of the namespace denies.
+    let unreadable = "podSelector: 7";
+    assert_eq!(
+        verdicts_beside_refused(&server("8080", unreadable)),
+        (false, false)
+    );
+    assert_eq!(
+        verdicts_beside_refused(&server("[1]", by_label)),
+        (false, false)
+    );
+    // A selector Kubernetes would not accept selects nothing it meant.
+    let invalid =
+        "podSelector:\n    matchExpressions:\n    - key: app\n      operator: In\n      values: []";
+    assert_eq!(
+        verdicts_beside_refused(&server("8080", invalid)),
+        (false, false)
+    );
 }
 
 /// The guide's document of `kind`, verbatim.

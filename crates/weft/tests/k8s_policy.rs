@@ -235,6 +235,7 @@ fn kubernetes_policy_matches_explain_and_updates_live() -> Result<()> {
 
     probes_under_deny(&env, &s, &mut w, &ns, &cp_ns)?;
     refused_objects_grant_nothing(&env, &s, &mut w, &cp, (&guide, &ns, &cp_ns))?;
+    unreadable_server_denies_its_namespace(&env, &s, &mut w, &cp, (&ns, &cp_ns))?;
     drop(cp);
     Ok(())
 }
@@ -352,5 +353,91 @@ fn refused_objects_grant_nothing(
         |srv| proxy_verdict(srv, &frontend, None).unwrap_or(false),
     )?;
     println!("AuthorizationPolicy fixed -> WatchPort update in {took:.1?}");
+    Ok(())
+}
+
+/// A Server the API accepts but whose selection weft cannot read (a
+/// selector Kubernetes itself would not accept for a Deployment) may have
+/// meant any port of its namespace: every port no valid Server selects
+/// denies, named in a log line, until it is fixed; the valid Server's port
+/// keeps its own policy.
+fn unreadable_server_denies_its_namespace(
+    env: &K8sEnv,
+    s: &Scratch,
+    w: &mut Watcher,
+    cp: &Proc,
+    (ns, cp_ns): (&str, &str),
+) -> Result<()> {
+    let unmeshed = Caller::Unmeshed.client(ns, cp_ns);
+    let frontend = Caller::Frontend.client(ns, cp_ns);
+    kubectl(
+        env,
+        &[
+            "annotate",
+            "namespace",
+            ns,
+            "config.linkerd.io/default-inbound-policy-",
+        ],
+    )?;
+    w.wait(9090, "port 9090 back to the default (allow)", |srv| {
+        proxy_verdict(srv, &unmeshed, Some("/")).unwrap_or(false)
+    })?;
+    let broken = format!(
+        "apiVersion: policy.linkerd.io/v1beta3
+kind: Server
+metadata:
+  name: broken
+  namespace: {ns}
+spec:
+  podSelector:
+    matchExpressions:
+    - key: app
+      operator: In
+      values: []
+  port: 7777
+"
+    );
+    apply(env, s, "broken-server.yaml", &broken)?;
+    let t0 = Instant::now();
+    let took = w.wait(
+        9090,
+        "port 9090 denied while Server broken is unreadable",
+        |srv| proxy_verdict(srv, &unmeshed, Some("/")).is_ok_and(|a| !a),
+    )?;
+    println!("unreadable Server applied -> 9090 denied in {took:.1?}");
+    let line = loop {
+        let out = cp.output();
+        if let Some(l) = out
+            .lines()
+            .find(|l| l.contains("broken") && l.contains("matchExpressions[0].values"))
+        {
+            break l.to_string();
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no refusal of Server broken logged within 30s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!("refusal logged: {line}");
+    ensure!(
+        proxy_verdict(w.server(8080), &frontend, None)?,
+        "the valid Server's port keeps its policy"
+    );
+    export(env, s, ns)?;
+    ensure!(
+        !explain_verdict(s, Caller::Unmeshed, ns, cp_ns, 9090, Some("/"))?,
+        "explain allowed 9090 beside an unreadable Server"
+    );
+    kubectl(
+        env,
+        &["delete", "-n", ns, "servers.policy.linkerd.io", "broken"],
+    )?;
+    let took = w.wait(
+        9090,
+        "port 9090 allowed once Server broken is gone",
+        |srv| proxy_verdict(srv, &unmeshed, Some("/")).unwrap_or(false),
+    )?;
+    println!("unreadable Server deleted -> 9090 allowed again in {took:.1?}");
     Ok(())
 }

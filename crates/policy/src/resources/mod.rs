@@ -21,6 +21,7 @@ mod snapshot;
 mod types;
 mod workload;
 
+pub(crate) use parse::read_documents;
 pub use parse::{claimed_addresses, claimed_kinds, lint, parse_file, parse_values};
 pub use pod::{
     Container, ContainerPort, ENV_LINKERD_INBOUND, ENV_WEFT_INBOUND, LABEL_CONTROL_PLANE_NS, Pod,
@@ -34,6 +35,7 @@ pub use policy::{
     NetworkAuthentication, NetworkAuthenticationSpec, ParentRef, PathMatch, PathMatchType,
     ProxyProtocol, SelectorOperator, Server, ServerPort, ServerSpec, TargetKind, TargetRef,
 };
+pub(crate) use policy_check::selector_is_valid;
 pub use problem::{Problem, Severity};
 pub use service::{
     Endpoint, EndpointSlice, EndpointSliceBody, LABEL_SERVICE_NAME, Service, ServicePort,

@@ -142,6 +142,17 @@ impl Errors<'_> {
     }
 }
 
+/// Whether a label selector means what Kubernetes would let it mean (a
+/// refused Server's selection is trusted only then).
+pub(crate) fn selector_is_valid(sel: &super::policy::LabelSelector) -> bool {
+    let mut e = Errors {
+        base: "",
+        list: Vec::new(),
+    };
+    check_selector(sel, "", &mut e);
+    e.list.is_empty()
+}
+
 fn check_selector(sel: &super::policy::LabelSelector, rel: &str, e: &mut Errors<'_>) {
     for (i, x) in sel.match_expressions.iter().enumerate() {
         let at = format!("{rel}.matchExpressions[{i}]");
