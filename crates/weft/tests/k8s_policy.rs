@@ -420,6 +420,35 @@ spec:
         std::thread::sleep(Duration::from_millis(50));
     };
     println!("refusal logged: {line}");
+    let event = loop {
+        let out = kubectl(
+            env,
+            &[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={range .items[*]}{.reason}|{.involvedObject.kind}/{.involvedObject.name}|{.message}{\"\\n\"}{end}",
+            ],
+        )?;
+        if let Some(l) = out
+            .lines()
+            .find(|l| l.starts_with("PolicyObjectRefused|Server/broken|"))
+        {
+            break l.to_string();
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no PolicyObjectRefused Event on Server broken within 30s:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("Event: {event}");
+    ensure!(
+        event.contains("matchExpressions[0].values"),
+        "the Event does not name the field: {event}"
+    );
     ensure!(
         proxy_verdict(w.server(8080), &frontend, None)?,
         "the valid Server's port keeps its policy"

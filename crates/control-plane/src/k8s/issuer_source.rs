@@ -15,23 +15,19 @@ use identity::IssuerStatus;
 use identity::metrics::IdentityMetrics;
 use identity::reload::{Outcome, Publisher, Refusal};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use super::events::{self, Warning, reference};
 use super::issuer::{Names, SourceError, Which, snapshot};
 
 /// What the watch has seen of one object: None until first listed, then
 /// the object (or None: it does not exist).
 type Seen<K> = Option<Option<K>>;
-
-/// The controller name on weft's Events.
-pub const REPORTING_CONTROLLER: &str = "weft.dev/control-plane";
 
 pub struct KubeIssuer {
     pub client: Client,
@@ -171,47 +167,16 @@ impl KubeIssuer {
         related: Option<ObjectReference>,
         refusal: &Refusal,
     ) {
-        let ns = self.names.namespace.clone();
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let name = regarding.name.clone().unwrap_or_default();
-        let event = Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            event_time: Some(MicroTime(now)),
-            type_: Some("Warning".into()),
-            reason: Some("IssuerRefused".into()),
-            action: Some("JudgeIssuer".into()),
-            note: Some(truncate(
-                &format!(
-                    "{} ({}); the previous issuer, if any, keeps serving",
-                    refusal.reason, refusal.label
-                ),
-                1024,
-            )),
-            regarding: Some(regarding),
-            related,
-            reporting_controller: Some(REPORTING_CONTROLLER.into()),
-            reporting_instance: Some(instance()),
-            ..Default::default()
+        let note = format!(
+            "{} ({}); the previous issuer, if any, keeps serving",
+            refusal.reason, refusal.label
+        );
+        let w = Warning {
+            reason: "IssuerRefused",
+            action: "JudgeIssuer",
+            note: &note,
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            api.create(&PostParams::default(), &event),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %super::proofs::api_error(&e), "cannot record the IssuerRefused Event (logged above)")
-            }
-            Err(_) => tracing::warn!(
-                "the API server did not take the IssuerRefused Event within 10s (logged above)"
-            ),
-        }
+        events::warn(&self.client, regarding, related, &self.names.namespace, w).await;
     }
 }
 
@@ -225,40 +190,6 @@ fn at_fault(in_force: &InForce, cm: &Option<ConfigMap>, secret: &Option<Secret>)
     } else {
         Which::Secret
     }
-}
-
-fn reference<K: Resource<DynamicType = ()>>(o: &K) -> ObjectReference {
-    let meta = o.meta();
-    ObjectReference {
-        api_version: Some(K::api_version(&()).into_owned()),
-        kind: Some(K::kind(&()).into_owned()),
-        namespace: meta.namespace.clone(),
-        name: meta.name.clone(),
-        uid: meta.uid.clone(),
-        resource_version: meta.resource_version.clone(),
-        ..Default::default()
-    }
-}
-
-/// This replica, as Events name it: the pod name in a pod, else the host.
-fn instance() -> String {
-    std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .ok()
-        .filter(|s| !s.is_empty())
-        .map(|s| truncate(&s, 128))
-        .unwrap_or_else(|| "weft-control-plane".into())
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 /// Follows one object by name; publishes what is known of it on `tx`.

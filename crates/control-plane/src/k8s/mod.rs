@@ -2,6 +2,7 @@
 //! The watches here feed the same snapshot and indexes the resource
 //! directory feeds, so a verdict never depends on which source produced it.
 
+pub mod events;
 pub mod issuer;
 pub mod issuer_source;
 pub mod proofs;

@@ -13,11 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use policy::resources::{FileOutcome, Origin, Snapshot, read_value, replace};
 use tokio::sync::{mpsc, watch};
+
+use super::events::Warning;
 
 /// One watched kind: group, version, kind, plural, whether cluster-scoped.
 struct Watched {
@@ -169,6 +172,7 @@ impl KubeSource {
     /// on every change after that; the watches' state on `health`.
     pub async fn run(self, tx: watch::Sender<Arc<Snapshot>>, health: watch::Sender<KubeHealth>) {
         let (msg_tx, mut msgs) = mpsc::channel::<Msg>(1024);
+        let refusals = self.record_refusals();
         let mut tasks = tokio::task::JoinSet::new();
         for (i, watched) in WATCHED.iter().enumerate() {
             tasks.spawn(watch_kind(self.client.clone(), i, watched, msg_tx.clone()));
@@ -177,7 +181,7 @@ impl KubeSource {
         let mut state = State::new(WATCHED.len());
         let mut current = tx.borrow().clone();
         while let Some(first) = msgs.recv().await {
-            self.apply(&mut state, first);
+            self.apply(&mut state, first, &refusals);
             // Drain the burst, but publish at least every MAX_BURST: a
             // steady trickle must never hold a snapshot back.
             let until = tokio::time::Instant::now() + MAX_BURST;
@@ -186,7 +190,7 @@ impl KubeSource {
             })
             .await
             {
-                self.apply(&mut state, m);
+                self.apply(&mut state, m, &refusals);
             }
             health.send_if_modified(|h| {
                 let next = state.health();
@@ -210,11 +214,36 @@ impl KubeSource {
         }
     }
 
-    fn apply(&self, state: &mut State, msg: Msg) {
+    /// A task recording each refused object as a Warning Event, once per
+    /// version of it; what the channel cannot take is only logged.
+    fn record_refusals(&self) -> mpsc::Sender<(ObjectReference, String)> {
+        let (tx, mut rx) = mpsc::channel::<(ObjectReference, String)>(256);
+        let client = self.client.clone();
+        let fallback = self.control_plane_ns.clone();
+        tokio::spawn(async move {
+            while let Some((regarding, note)) = rx.recv().await {
+                let w = Warning {
+                    reason: "PolicyObjectRefused",
+                    action: "JudgePolicy",
+                    note: &note,
+                };
+                super::events::warn(&client, regarding, None, &fallback, w).await;
+            }
+        });
+        tx
+    }
+
+    fn apply(
+        &self,
+        state: &mut State,
+        msg: Msg,
+        refusals: &mpsc::Sender<(ObjectReference, String)>,
+    ) {
         match msg {
             Msg::Init(k) => state.buffer[k] = Some(BTreeMap::new()),
             Msg::InitApply(k, o) => {
                 let held = self.hold(k, &o);
+                state.report(k, &o, &held, refusals);
                 state.buffer[k]
                     .get_or_insert_with(BTreeMap::new)
                     .insert(origin(k, &o), held);
@@ -229,11 +258,13 @@ impl KubeSource {
             }
             Msg::Apply(k, o) => {
                 let held = self.hold(k, &o);
+                state.report(k, &o, &held, refusals);
                 state.objects[k].insert(origin(k, &o), held);
                 state.failing[k] = None;
                 state.dirty = true;
             }
             Msg::Delete(k, o) => {
+                state.reported.remove(&origin(k, &o));
                 state.objects[k].remove(&origin(k, &o));
                 state.dirty = true;
             }
@@ -292,6 +323,9 @@ struct State {
     absent: Vec<bool>,
     failing: Vec<Option<String>>,
     dirty: bool,
+    /// The resourceVersion of each refused object already recorded as an
+    /// Event: one Event per version, not one per relist.
+    reported: BTreeMap<Origin, String>,
 }
 
 impl State {
@@ -303,6 +337,48 @@ impl State {
             absent: vec![false; n],
             failing: vec![None; n],
             dirty: true,
+            reported: BTreeMap::new(),
+        }
+    }
+
+    /// Queues an Event for `o` when weft refused it and this version has
+    /// not been recorded yet.
+    fn report(
+        &mut self,
+        k: usize,
+        o: &DynamicObject,
+        held: &Held,
+        refusals: &mpsc::Sender<(ObjectReference, String)>,
+    ) {
+        let FileOutcome::Refused(problems) = &held.outcome else {
+            return;
+        };
+        let key = origin(k, o);
+        let version = o.metadata.resource_version.clone().unwrap_or_default();
+        if self.reported.get(&key) == Some(&version) {
+            return;
+        }
+        let w = &WATCHED[k];
+        let regarding = ObjectReference {
+            api_version: Some(if w.group.is_empty() {
+                w.version.to_string()
+            } else {
+                format!("{}/{}", w.group, w.version)
+            }),
+            kind: Some(w.kind.to_string()),
+            namespace: o.metadata.namespace.clone(),
+            name: o.metadata.name.clone(),
+            uid: o.metadata.uid.clone(),
+            resource_version: o.metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        let why: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let note = format!("{}; it grants nothing until fixed", why.join("; "));
+        match refusals.try_send((regarding, note)) {
+            Ok(()) => {
+                self.reported.insert(key, version);
+            }
+            Err(_) => tracing::debug!("too many refusals queued; this one is only logged"),
         }
     }
 
