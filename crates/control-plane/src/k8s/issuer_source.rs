@@ -225,6 +225,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use kube::api::ObjectMeta;
+
     use super::*;
 
     fn cm(rv: &str) -> Option<ConfigMap> {
@@ -264,13 +266,5 @@ mod tests {
             Which::Secret,
             "nothing in force yet: the issuer is what is judged"
         );
-    }
-
-    #[test]
-    fn notes_fit_an_event() {
-        let long = "é".repeat(1000);
-        let t = truncate(&long, 1024);
-        assert!(t.len() <= 1024 && t.ends_with("..."), "{}", t.len());
-        assert_eq!(truncate("short", 1024), "short");
     }
 }
