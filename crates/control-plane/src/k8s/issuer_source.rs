@@ -28,7 +28,7 @@ use super::issuer::{Names, SourceError, Which, snapshot};
 
 /// What the watch has seen of one object: None until first listed, then
 /// the object (or None: it does not exist).
-type Seen<K> = Option<Option<K>>;
+pub(super) type Seen<K> = Option<Option<K>>;
 
 /// The controller name on weft's Events.
 pub const REPORTING_CONTROLLER: &str = "weft.dev/control-plane";
@@ -262,7 +262,7 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Follows one object by name; publishes what is known of it on `tx`.
-async fn follow<K>(api: Api<K>, object: String, name: String, tx: watch::Sender<Seen<K>>)
+pub(super) async fn follow<K>(api: Api<K>, object: String, name: String, tx: watch::Sender<Seen<K>>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -280,7 +280,7 @@ where
                 tx.send_replace(Some(Some(o)));
             }
             Ok(watcher::Event::Delete(_)) => {
-                tracing::warn!(%object, "deleted; the issuer in force keeps serving");
+                tracing::warn!(%object, "deleted; what is in force keeps serving");
                 tx.send_replace(Some(None));
             }
             Err(e) => tracing::warn!(

@@ -2,10 +2,13 @@
 //! The watches here feed the same snapshot and indexes the resource
 //! directory feeds, so a verdict never depends on which source produced it.
 
+pub mod generation;
 pub mod issuer;
 pub mod issuer_source;
+pub mod lease;
 pub mod proofs;
 pub mod resources;
+pub mod tokens;
 pub mod wiring;
 
 use std::fmt;
