@@ -24,9 +24,15 @@ pub fn readiness(
     issuer: &IssuerStatus,
     own: Option<&OwnCert>,
     resources: Result<(), String>,
+    record_failure: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<(), String> {
     resources?;
+    if let Some(why) = record_failure {
+        return Err(format!(
+            "cannot write the issuance record, so no certificate is issued (proxies keep theirs): {why}"
+        ));
+    }
     if issuer.current.is_none() {
         return Err(match &issuer.refused {
             Some(why) => format!("no valid issuer: {why}"),
@@ -145,6 +151,7 @@ async fn handle(
                     &issuer,
                     own.as_deref(),
                     resources,
+                    st.record.failure().as_deref(),
                     OffsetDateTime::now_utc(),
                 ),
                 note,
@@ -193,23 +200,37 @@ mod tests {
             refused: Some("issuer certificate: expired".into()),
             ..Default::default()
         };
-        let e = readiness(&s, None, Ok(()), OffsetDateTime::now_utc()).unwrap_err();
+        let e = readiness(&s, None, Ok(()), None, OffsetDateTime::now_utc()).unwrap_err();
         assert!(e.contains("expired"), "{e}");
         assert_eq!(
             readiness(
                 &IssuerStatus::default(),
                 None,
                 Ok(()),
+                None,
                 OffsetDateTime::now_utc()
             )
             .unwrap_err(),
             "no valid issuer yet"
+        );
+        let e = readiness(
+            &IssuerStatus::default(),
+            None,
+            Ok(()),
+            Some("No space left on device"),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("issuance record") && e.contains("No space"),
+            "{e}"
         );
         assert!(
             readiness(
                 &IssuerStatus::default(),
                 None,
                 Err("the resource directory has not been read completely yet".into()),
+                None,
                 OffsetDateTime::now_utc()
             )
             .unwrap_err()

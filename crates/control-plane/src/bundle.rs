@@ -131,30 +131,17 @@ pub async fn track(
                     }
                 };
             if persisted {
-                let bundle = LiveBundle {
-                    version: version.clone(),
-                    pem: pki::cert::to_pem(&state.anchors),
-                    anchors: state.anchors.iter().map(|a| pki::fingerprint(a)).collect(),
-                    issuer_anchor: issuer_anchor(state),
-                    issuer_sha256: state.issuer_fingerprint.clone(),
-                };
                 if last.as_ref() != Some(&version) {
                     tracing::info!(
                         generation = version.generation,
                         sha256 = %version.sha256,
-                        anchors = bundle.anchors.len(),
+                        anchors = state.anchors.len(),
                         "trust bundle version in force"
                     );
                 }
                 generation_gauge.set(version.generation as i64);
+                publish(&tx, live_bundle(state, version.clone()));
                 last = Some(version);
-                tx.send_if_modified(|cur| {
-                    let changed = cur.as_deref() != Some(&bundle);
-                    if changed {
-                        *cur = Some(Arc::new(bundle));
-                    }
-                    changed
-                });
             }
         }
         let saved = match status.current.as_ref() {
@@ -176,6 +163,28 @@ pub async fn track(
             }
         }
     }
+}
+
+/// The bundle of `state`'s anchors, sent as `version`.
+pub fn live_bundle(state: &identity::IssuerState, version: Version) -> LiveBundle {
+    LiveBundle {
+        version,
+        pem: pki::cert::to_pem(&state.anchors),
+        anchors: state.anchors.iter().map(|a| pki::fingerprint(a)).collect(),
+        issuer_anchor: issuer_anchor(state),
+        issuer_sha256: state.issuer_fingerprint.clone(),
+    }
+}
+
+/// Publishes `bundle` when it differs from the one in force.
+pub fn publish(tx: &watch::Sender<Option<Arc<LiveBundle>>>, bundle: LiveBundle) {
+    tx.send_if_modified(|cur| {
+        let changed = cur.as_deref() != Some(&bundle);
+        if changed {
+            *cur = Some(Arc::new(bundle));
+        }
+        changed
+    });
 }
 
 /// The anchor the issuer's chain ends at (judged when it was put in force).

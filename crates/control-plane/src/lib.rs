@@ -25,8 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use identity::proof::StandaloneProofs;
-use identity::state::{IssuanceRecord, StateDir, StateError};
-use identity::token::TokenVerifier;
+use identity::state::IssuanceRecord;
 use identity::{CertifyConfig, IdentityService, IssuerStatus};
 use linkerd2_proxy_api::destination::destination_server::DestinationServer;
 use linkerd2_proxy_api::identity::identity_server::IdentityServer;
@@ -43,7 +42,7 @@ pub use config::ControlPlaneConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    State(#[from] StateError),
+    State(#[from] k8s::wiring::StateError),
     #[error(transparent)]
     BundleVersion(#[from] bundle::VersionError),
     #[error("--identity-trust-domain/--controller-namespace: {0}")]
@@ -55,8 +54,6 @@ pub enum StartError {
     },
     #[error("TLS setup: {0}")]
     Tls(String),
-    #[error("token verifier: {0}")]
-    Token(String),
     #[error(transparent)]
     Kube(#[from] k8s::ConnectError),
     #[error(transparent)]
@@ -82,14 +79,14 @@ pub async fn start(
 ) -> Result<(Started, impl std::future::Future<Output = ()>), StartError> {
     let own_identity = Identity::control_plane(&cfg.controller_namespace, &cfg.trust_domain)
         .map_err(|e| StartError::Names(e.to_string()))?;
-    let state = StateDir::open_or_init(&cfg.state_dir)?;
     // Kubernetes mode: the one client every watch and review shares.
     let kube = match &cfg.kubernetes {
         Some(settings) => Some(k8s::connect(settings).await?),
         None => None,
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let record = Arc::new(IssuanceRecord::open(state.issuances_file(), now)?);
+    let tokens = k8s::wiring::token_state(&cfg, kube.as_ref(), now).await?;
+    let record = Arc::new(tokens.record);
 
     let mut registry = Registry::default();
     let metrics = identity::metrics::IdentityMetrics::new(&mut registry);
@@ -104,9 +101,8 @@ pub async fn start(
     fleet.metrics.register(&mut registry);
     let limits = bounds::Metrics::default();
     limits.register(&mut registry);
+    let generations = k8s::wiring::generations(&cfg, kube.as_ref(), &mut registry)?;
     let registry = Arc::new(registry);
-    let versions = bundle::VersionStore::new(&cfg.state_dir);
-    let last_version = versions.load()?;
 
     let (issuer_tx, issuer_rx) = watch::channel(IssuerStatus::default());
     let (bundle_tx, bundle_rx) = watch::channel(None);
@@ -145,14 +141,13 @@ pub async fn start(
             .local_addr()
             .unwrap_or(cfg.destination_addr),
         admin_addr: admin_listener.local_addr().unwrap_or(cfg.admin_addr),
-        token_key_id: state.token_key_id(),
-        state_initialised: state.initialised,
+        token_key_id: tokens.key_id,
+        state_initialised: tokens.initialised,
     };
 
-    let tokens = TokenVerifier::new(&state.token_key, cfg.clock_skew, state.revoked_file())
-        .map_err(StartError::Token)?;
+    let revocations = tokens.follower;
     let standalone = StandaloneProofs {
-        tokens,
+        tokens: tokens.verifier,
         record: Some(record.clone()),
         issuer: issuer_rx.clone(),
         control_plane_ns: cfg.controller_namespace.clone(),
@@ -239,10 +234,8 @@ pub async fn start(
 
     let run = async move {
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(bundle::track(
+        tasks.spawn(generations.run(
             issuer_rx.clone(),
-            versions,
-            last_version,
             bundle_tx,
             fleet.metrics.bundle_generation.clone(),
         ));
@@ -253,6 +246,9 @@ pub async fn start(
         tasks.spawn(admin::serve(admin_listener, admin_state));
         tasks.spawn(track_own_expiry(own_rx, own_expiry));
         tasks.spawn(compact_record(record));
+        if let Some(follower) = revocations {
+            tasks.spawn(follower.run());
+        }
         if let Some(source) = resources {
             tasks.spawn(source.run(snap_tx));
         } else if let Some(source) = kube_resources {
@@ -462,14 +458,27 @@ async fn observe_fleet(
     }
 }
 
+/// Compacts the record every 10 minutes, and every 5 s while a write has
+/// failed: a successful rewrite ends the refusal to issue without waiting
+/// for the next Certify.
 async fn compact_record(record: Arc<IssuanceRecord>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
+    let mut last = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        let failing = record.failure();
+        if failing.is_none() && last.elapsed() < Duration::from_secs(600) {
+            continue;
+        }
+        last = tokio::time::Instant::now();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if let Err(e) = record.compact(now) {
-            tracing::warn!(error = %e, "cannot compact the issuance record");
+        match record.compact(now) {
+            Ok(_) if failing.is_some() => {
+                tracing::info!("the issuance record can be written again; issuing")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot compact the issuance record"),
         }
     }
 }

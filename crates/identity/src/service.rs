@@ -130,16 +130,6 @@ impl<P: ProofVerifier> IdentityService<P> {
 
         let fingerprint = pki::fingerprint(&leaf.der);
         let proof = subject.kind.describe();
-        tracing::info!(
-            target: "weft::audit",
-            identity = %identity,
-            serial = %leaf.serial,
-            fingerprint = %fingerprint,
-            not_after = %pki::info::rfc3339(leaf.not_after),
-            peer = %peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
-            proof = %proof,
-            "issued"
-        );
         if let Some(record) = &self.record {
             let entry = Issuance {
                 identity: identity.clone(),
@@ -155,12 +145,26 @@ impl<P: ProofVerifier> IdentityService<P> {
                     }
                     crate::proof::ProofKind::ServiceAccountToken { .. } => String::new(),
                 },
-                proof,
+                proof: proof.clone(),
             };
-            if let Err(e) = record.append(&entry) {
-                tracing::warn!(error = %e, "cannot persist the issuance record");
-            }
+            // Never hand out a certificate the record does not hold.
+            record.append(&entry).map_err(|e| {
+                tracing::error!(error = %e, "cannot write the issuance record; refusing to issue");
+                Status::unavailable(format!(
+                    "the control plane cannot record the certificate it would issue ({e}), so it issues none; keep the certificate you have and retry; the control plane's /ready says why until its state directory can be written again"
+                ))
+            })?;
         }
+        tracing::info!(
+            target: "weft::audit",
+            identity = %identity,
+            serial = %leaf.serial,
+            fingerprint = %fingerprint,
+            not_after = %pki::info::rfc3339(leaf.not_after),
+            peer = %peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            proof = %proof,
+            "issued"
+        );
         Ok(CertifyResponse {
             leaf_certificate: leaf.der.to_vec(),
             intermediate_certificates: issuer.chain.iter().map(|c| c.to_vec()).collect(),

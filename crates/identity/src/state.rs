@@ -14,7 +14,7 @@ use crate::token::{RevokedError, RevokedFile, key_id, read_revoked};
 const MARKER: &str = "weft-state.json";
 const TOKEN_KEY: &str = "token-signing.key";
 const REVOKED: &str = "revoked.json";
-const ISSUANCES: &str = "issuances.jsonl";
+pub const ISSUANCES: &str = "issuances.jsonl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -229,11 +229,15 @@ pub struct Issuance {
 
 /// Append-only log of issuances, compacted to the live ones on open and on
 /// demand, so a restarted control plane knows which certificates are live.
+/// A certificate is handed out only once its entry is written: when writing
+/// fails, issuance stops (and `/ready` says why) until a write succeeds.
 pub struct IssuanceRecord {
     path: PathBuf,
     file: Mutex<std::fs::File>,
     /// serial → origin token id, for live certificates.
     origins: Mutex<std::collections::HashMap<String, String>>,
+    /// Why the last write failed; None once one succeeds.
+    failure: Mutex<Option<String>>,
 }
 
 impl IssuanceRecord {
@@ -242,6 +246,7 @@ impl IssuanceRecord {
             file: Mutex::new(Self::open_append(&path)?),
             path,
             origins: Mutex::new(std::collections::HashMap::new()),
+            failure: Mutex::new(None),
         };
         rec.compact(now)?;
         Ok(rec)
@@ -265,15 +270,36 @@ impl IssuanceRecord {
             .cloned()
     }
 
+    /// Writes `i`; on failure nothing may be issued for it.
     pub fn append(&self, i: &Issuance) -> Result<(), StateError> {
+        let mut line = serde_json::to_vec(i).unwrap_or_default();
+        line.push(b'\n');
+        let written = {
+            let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            let before = f.metadata().map(|m| m.len());
+            let r = f.write_all(&line);
+            if let (Err(_), Ok(len)) = (&r, before) {
+                // No partial line for the next entry to be glued to.
+                let _ = f.set_len(len);
+            }
+            r.map_err(io(&self.path))
+        };
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+            written.as_ref().err().map(|e| e.to_string());
+        written?;
         self.origins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(i.serial.clone(), i.origin.clone());
-        let mut line = serde_json::to_vec(i).unwrap_or_default();
-        line.push(b'\n');
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(&line).map_err(io(&self.path))
+        Ok(())
+    }
+
+    /// Why the last write failed, while issuance is refused for it.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Every record still valid at `now`; unreadable lines are skipped.
@@ -302,6 +328,7 @@ impl IssuanceRecord {
             }
         })?;
         *f = Self::open_append(&self.path)?;
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.origins.lock().unwrap_or_else(|e| e.into_inner()) = live
             .iter()
             .map(|i| (i.serial.clone(), i.origin.clone()))
@@ -378,5 +405,34 @@ mod tests {
         assert_eq!(serials, vec!["02", "03"]);
         assert_eq!(rec.origin_of("02").as_deref(), Some("jti1"));
         assert_eq!(rec.origin_of("01"), None);
+    }
+
+    /// A failed write is refused and remembered until a write succeeds.
+    #[test]
+    fn a_failed_write_is_reported_until_one_succeeds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join(ISSUANCES);
+        let rec = IssuanceRecord::open(p.clone(), 100).unwrap();
+        let entry = Issuance {
+            identity: "web.demo.serviceaccount.identity.weft.cluster.local"
+                .parse()
+                .unwrap(),
+            serial: "01".into(),
+            spki_sha256: "ab".into(),
+            issuer_sha256: "cd".into(),
+            issued_at: 100,
+            not_after: 500,
+            proof: "renewal".into(),
+            origin: "jti1".into(),
+        };
+        // A handle that cannot write, as a full or read-only disk.
+        *rec.file.lock().unwrap() = std::fs::File::open(&p).unwrap();
+        assert!(rec.append(&entry).is_err());
+        assert!(rec.failure().is_some());
+        assert_eq!(rec.origin_of("01"), None, "an unwritten entry is not known");
+        rec.compact(200).unwrap();
+        rec.append(&entry).unwrap();
+        assert_eq!(rec.failure(), None);
+        assert_eq!(rec.live(200).unwrap(), vec![entry]);
     }
 }

@@ -220,12 +220,22 @@ impl TokenVerifier {
         skew: Duration,
         revoked_file: PathBuf,
     ) -> Result<Self, String> {
+        Self::with_revocations(key, skew, Revocations::new(revoked_file))
+    }
+
+    /// A verifier whose revocation list comes from `revocations` (a file, or
+    /// a list another task keeps current, as the Kubernetes Secret's watch).
+    pub fn with_revocations(
+        key: &rcgen::KeyPair,
+        skew: Duration,
+        revocations: Revocations,
+    ) -> Result<Self, String> {
         Ok(Self {
             key: DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())
                 .map_err(|e| e.to_string())?,
             kid: key_id(key),
             skew,
-            revocations: Revocations::new(revoked_file),
+            revocations,
         })
     }
 
@@ -288,11 +298,15 @@ impl TokenVerifier {
     }
 }
 
-/// Revoked token ids, persisted as JSON in the state dir and re-read when the
-/// file changes, so `weft token revoke` takes effect without a restart.
-pub struct Revocations {
-    path: PathBuf,
-    cache: Mutex<(Option<SystemTime>, HashMap<String, i64>)>,
+/// Revoked token ids: the JSON file in the state dir, re-read when it
+/// changes (so `weft token revoke` takes effect without a restart), or a
+/// list kept current by another task (Kubernetes: the key's Secret).
+pub enum Revocations {
+    File {
+        path: PathBuf,
+        cache: Mutex<(Option<SystemTime>, HashMap<String, i64>)>,
+    },
+    Shared(tokio::sync::watch::Receiver<HashMap<String, i64>>),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -303,23 +317,25 @@ pub struct RevokedFile {
 
 impl Revocations {
     pub fn new(path: PathBuf) -> Self {
-        Self {
+        Self::File {
             path,
             cache: Mutex::new((None, HashMap::new())),
         }
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (path, cache) = match self {
+            Self::Shared(rx) => return rx.borrow().contains_key(jti),
+            Self::File { path, cache } => (path, cache),
+        };
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.0 != mtime {
-            match read_revoked(&self.path) {
+            match read_revoked(path) {
                 Ok(f) => *cache = (mtime, f.revoked),
                 // Keep the last good list: a bad file never un-revokes a token.
                 Err(e) => {
-                    tracing::warn!(file = %self.path.display(), error = %e, "cannot read the revocation list; keeping the last one")
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read the revocation list; keeping the last one")
                 }
             }
         }
@@ -466,6 +482,27 @@ mod tests {
             serde_json::to_vec(&f).unwrap(),
         )
         .unwrap();
+        assert_eq!(
+            v.verify(&tok, now),
+            Err(TokenError::Revoked { jti: claims.jti })
+        );
+    }
+
+    /// A shared list (the Kubernetes Secret's watch) is read on every check.
+    #[test]
+    fn a_shared_revocation_list_is_read_live() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let s = TokenSigner::new(&key).unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(HashMap::new());
+        let v =
+            TokenVerifier::with_revocations(&key, Duration::from_secs(20), Revocations::Shared(rx))
+                .unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (tok, claims) = s
+            .create("demo", "web", Duration::from_secs(60), now)
+            .unwrap();
+        v.verify(&tok, now).unwrap();
+        tx.send_replace(HashMap::from([(claims.jti.clone(), claims.exp)]));
         assert_eq!(
             v.verify(&tok, now),
             Err(TokenError::Revoked { jti: claims.jti })

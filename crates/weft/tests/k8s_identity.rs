@@ -21,6 +21,7 @@ use testbed::k8s::k8s_openapi::api::core::v1::{Pod, Secret};
 use testbed::k8s::kube::api::{Api, DeleteParams, PostParams};
 use tonic::Code;
 
+use common::join::join_token;
 use common::proc::metric_sum;
 use support::*;
 
@@ -69,7 +70,7 @@ async fn kubernetes_identity_service_account_tokens_and_the_issuer_secret() -> R
         t0.elapsed()
     );
 
-    service_account_tokens(&admin, &cp, &mesh, &app, &scratch, &issuer1).await?;
+    service_account_tokens(&env, &admin, &cp, &mesh, &app, &scratch, &issuer1).await?;
     let issuer2 = issuer_secret_refusals(&admin, &cp, &mesh, &app, &cp_ns, &root, &issuer1).await?;
     trust_roots_append_and_remove(&admin, &cp, &mesh, &app, &cp_ns, &root, &issuer2).await?;
     Ok(())
@@ -79,6 +80,7 @@ async fn kubernetes_identity_service_account_tokens_and_the_issuer_secret() -> R
 /// for another audience, another identity, a deleted pod, garbage. A join
 /// token still works (ExternalWorkloads).
 async fn service_account_tokens(
+    env: &testbed::k8s::K8sEnv,
     admin: &testbed::k8s::kube::Client,
     cp: &Cp,
     mesh: &Mesh,
@@ -166,22 +168,9 @@ async fn service_account_tokens(
         "a token whose pod was deleted",
     )?;
 
-    // ExternalWorkloads keep their join tokens.
-    scratch
-        .weft(&[
-            "token",
-            "create",
-            "-n",
-            app,
-            "--service-account",
-            "ext",
-            "--state-dir",
-            "state",
-            "--out",
-            "ext.token",
-        ])
-        .ok();
-    let join = scratch.read("ext.token");
+    // ExternalWorkloads keep their join tokens, signed with the key of the
+    // Secret weft-join-token-key (the control plane's only copy).
+    let (join, _) = join_token(env, scratch, &mesh.cp, app, "ext")?;
     let r = cp
         .certify(&mesh.id("ext", app), &join)
         .await

@@ -27,7 +27,7 @@ use super::issuer::{Names, SourceError, Which, snapshot};
 
 /// What the watch has seen of one object: None until first listed, then
 /// the object (or None: it does not exist).
-type Seen<K> = Option<Option<K>>;
+pub(super) type Seen<K> = Option<Option<K>>;
 
 pub struct KubeIssuer {
     pub client: Client,
@@ -193,7 +193,7 @@ fn at_fault(in_force: &InForce, cm: &Option<ConfigMap>, secret: &Option<Secret>)
 }
 
 /// Follows one object by name; publishes what is known of it on `tx`.
-async fn follow<K>(api: Api<K>, object: String, name: String, tx: watch::Sender<Seen<K>>)
+pub(super) async fn follow<K>(api: Api<K>, object: String, name: String, tx: watch::Sender<Seen<K>>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -211,7 +211,7 @@ where
                 tx.send_replace(Some(Some(o)));
             }
             Ok(watcher::Event::Delete(_)) => {
-                tracing::warn!(%object, "deleted; the issuer in force keeps serving");
+                tracing::warn!(%object, "deleted; what is in force keeps serving");
                 tx.send_replace(Some(None));
             }
             Err(e) => tracing::warn!(

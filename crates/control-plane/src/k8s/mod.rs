@@ -3,10 +3,13 @@
 //! directory feeds, so a verdict never depends on which source produced it.
 
 pub mod events;
+pub mod generation;
 pub mod issuer;
 pub mod issuer_source;
+pub mod lease;
 pub mod proofs;
 pub mod resources;
+pub mod tokens;
 pub mod wiring;
 
 use std::fmt;

@@ -1,6 +1,7 @@
-//! Chooses the identity side's sources by mode: issuer files and join
-//! tokens standalone; the issuer Secret, trust-roots ConfigMap and
-//! ServiceAccount tokens (join tokens still accepted) in Kubernetes.
+//! Chooses the sources and state by mode: issuer files, join tokens and the
+//! state directory standalone; the issuer Secret, trust-roots ConfigMap,
+//! ServiceAccount tokens (join tokens still accepted) and state kept in the
+//! API (shared by every replica) in Kubernetes.
 
 use std::time::Duration;
 
@@ -95,4 +96,137 @@ pub fn identity_sources(
             ))
         }
     }
+}
+
+/// Where the trust bundle's generation is kept: the state directory's file
+/// (one control plane), or the ConfigMap every replica shares.
+pub enum Generations {
+    Files {
+        store: crate::bundle::VersionStore,
+        last: Option<crate::bundle::Version>,
+    },
+    Kube(super::generation::KubeGenerations),
+}
+
+impl Generations {
+    /// Runs forever, publishing the bundle with its generation on `tx`.
+    pub async fn run(
+        self,
+        issuer: watch::Receiver<IssuerStatus>,
+        tx: watch::Sender<Option<std::sync::Arc<crate::bundle::LiveBundle>>>,
+        gauge: prometheus_client::metrics::gauge::Gauge,
+    ) {
+        match self {
+            Self::Files { store, last } => {
+                crate::bundle::track(issuer, store, last, tx, gauge).await
+            }
+            Self::Kube(k) => k.run(issuer, tx, gauge).await,
+        }
+    }
+}
+
+/// The generation store of `cfg`'s mode. Kubernetes mode reads nothing
+/// local: replicas share the API's ConfigMap.
+pub fn generations(
+    cfg: &ControlPlaneConfig,
+    kube: Option<&kube::Client>,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<Generations, crate::bundle::VersionError> {
+    match kube {
+        Some(client) => {
+            let metrics = super::generation::GenerationMetrics::default();
+            metrics.register(registry);
+            Ok(Generations::Kube(super::generation::KubeGenerations {
+                client: client.clone(),
+                namespace: cfg.controller_namespace.clone(),
+                metrics,
+            }))
+        }
+        None => {
+            let store = crate::bundle::VersionStore::new(&cfg.state_dir);
+            let last = store.load()?;
+            Ok(Generations::Files { store, last })
+        }
+    }
+}
+
+/// The join-token side of the state: the verifier (key and revocations),
+/// and the issuance record.
+pub struct TokenState {
+    pub verifier: identity::token::TokenVerifier,
+    pub key_id: String,
+    /// The key was made by this start (new state dir, or new Secret).
+    pub initialised: bool,
+    pub record: identity::state::IssuanceRecord,
+    /// Kubernetes mode: keeps the revocation list current from the Secret.
+    pub follower: Option<RevocationFollower>,
+}
+
+pub struct RevocationFollower {
+    api: kube::Api<k8s_openapi::api::core::v1::Secret>,
+    namespace: String,
+    tx: watch::Sender<std::collections::HashMap<String, i64>>,
+}
+
+impl RevocationFollower {
+    pub async fn run(self) {
+        super::tokens::follow_revocations(self.api, self.namespace, self.tx).await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Dir(#[from] identity::state::StateError),
+    #[error(transparent)]
+    Key(#[from] super::tokens::TokenKeyError),
+    #[error("join-token verifier: {0}")]
+    Verifier(String),
+}
+
+/// The join-token key and revocations of `cfg`'s mode: the state directory,
+/// or (Kubernetes) the Secret every replica shares. The issuance record
+/// stays in the state directory in both modes for now.
+pub async fn token_state(
+    cfg: &ControlPlaneConfig,
+    kube: Option<&kube::Client>,
+    now: i64,
+) -> Result<TokenState, StateError> {
+    let Some(client) = kube else {
+        let dir = identity::state::StateDir::open_or_init(&cfg.state_dir)?;
+        let verifier =
+            identity::token::TokenVerifier::new(&dir.token_key, cfg.clock_skew, dir.revoked_file())
+                .map_err(StateError::Verifier)?;
+        return Ok(TokenState {
+            verifier,
+            key_id: dir.token_key_id(),
+            initialised: dir.initialised,
+            record: identity::state::IssuanceRecord::open(dir.issuances_file(), now)?,
+            follower: None,
+        });
+    };
+    let namespace = cfg.controller_namespace.clone();
+    let api = kube::Api::namespaced(client.clone(), &namespace);
+    let loaded = super::tokens::load_or_create(&api, &namespace).await?;
+    let (tx, rx) = watch::channel(loaded.revoked);
+    let verifier = identity::token::TokenVerifier::with_revocations(
+        &loaded.key,
+        cfg.clock_skew,
+        identity::token::Revocations::Shared(rx),
+    )
+    .map_err(StateError::Verifier)?;
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| identity::state::StateError::Io {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    Ok(TokenState {
+        verifier,
+        key_id: identity::token::key_id(&loaded.key),
+        initialised: loaded.created,
+        record: identity::state::IssuanceRecord::open(
+            cfg.state_dir.join(identity::state::ISSUANCES),
+            now,
+        )?,
+        follower: Some(RevocationFollower { api, namespace, tx }),
+    })
 }

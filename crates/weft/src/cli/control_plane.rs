@@ -46,7 +46,7 @@ pub struct ControlPlaneArgs {
     /// The control plane's namespace: the `identity.<ns>` part of identity names
     #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
     pub controller_namespace: String,
-    /// State directory: token signing key, revocations, issuance record (created 0700 if absent)
+    /// State directory: token signing key, revocations, issuance record (created 0700 if absent); with --kubernetes only the issuance record: the key and revocations are in Secret weft-join-token-key, the bundle generation in ConfigMap weft-bundle-generation
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "weft-state")]
     pub state_dir: PathBuf,
     /// Resource directory (policy, workloads) for the services that use it
@@ -218,7 +218,7 @@ pub fn run(args: ControlPlaneArgs) -> CmdResult {
             "  token signing key sha256      {}{}",
             started.token_key_id,
             if started.state_initialised {
-                " (new state dir initialised)"
+                " (new key made)"
             } else {
                 ""
             }

@@ -170,7 +170,8 @@ pub fn control_plane(env: &K8sEnv, s: &Scratch, cp_ns: &str, kubeconfig: &std::p
     Proc::spawn_cmd(cmd)
 }
 
-/// A certificate for `sa` in `ns` from the control plane (join token).
+/// A certificate for `sa` in `ns` from the control plane (a join token
+/// signed with the key of its Secret weft-join-token-key).
 pub fn certify(
     env: &K8sEnv,
     s: &Scratch,
@@ -179,21 +180,9 @@ pub fn certify(
     ns: &str,
     cp_ns: &str,
 ) -> Result<()> {
-    std::fs::create_dir_all(s.path("state"))?;
+    // Signed with the key of the Secret every replica verifies with.
+    super::join::join_token(env, s, cp_ns, ns, sa)?;
     let token = format!("{sa}.token");
-    s.weft(&[
-        "token",
-        "create",
-        "-n",
-        ns,
-        "--service-account",
-        sa,
-        "--state-dir",
-        "state",
-        "--out",
-        &token,
-    ])
-    .ok();
     let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
     cmd.current_dir(s.path(".")).args([
         "certs",

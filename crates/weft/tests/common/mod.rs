@@ -6,6 +6,7 @@
 
 pub mod certify;
 pub mod direct;
+pub mod join;
 pub mod kube;
 pub mod mesh;
 pub mod netmesh;
