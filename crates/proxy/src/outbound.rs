@@ -7,9 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bounds::Tracked;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::config::{OutboundMapping, Plaintext};
 use crate::discovery::{Discovery, Resolution};
@@ -25,22 +27,28 @@ pub struct Outbound {
     pub plaintext: Plaintext,
     pub connect_timeout: Duration,
     pub metrics: ProxyMetrics,
+    /// Connection cap, deadline to reach the destination, idle timeout.
+    pub gate: bounds::Gate,
 }
+
+/// A destination reached, ready to be piped to the application.
+enum Upstream {
+    /// Boxed: a TLS session is large beside a socket.
+    Mesh(Box<TlsStream<TcpStream>>, ConnLabels),
+    Plain(TcpStream, ConnLabels),
+}
+
+/// A refusal: the reason label and what happened.
+type Refusal = (&'static str, String);
 
 impl Outbound {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mapping: OutboundMapping) {
         let mapping = Arc::new(mapping);
         loop {
-            match listener.accept().await {
-                Ok((sock, _)) => {
-                    let _ = sock.set_nodelay(true);
-                    tokio::spawn(self.clone().handle_mapping(sock, mapping.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+            // Over the cap: closed at once, counted by the gate.
+            let (sock, slot) = self.gate.accept(&listener).await;
+            let _ = sock.set_nodelay(true);
+            tokio::spawn(self.clone().handle_mapping(sock, mapping.clone(), slot));
         }
     }
 
@@ -52,55 +60,95 @@ impl Outbound {
         own: Vec<std::net::SocketAddr>,
     ) {
         loop {
-            match listener.accept().await {
-                Ok((sock, _)) => {
-                    let _ = sock.set_nodelay(true);
-                    let this = self.clone();
-                    let own = own.clone();
-                    tokio::spawn(async move {
-                        let local = sock.local_addr().ok();
-                        match crate::original_dst(&sock) {
-                            Some(dst) if Some(dst) != local && !own.contains(&dst) => {
-                                let target = dst.to_string();
-                                this.handle(sock, target, dst.port()).await;
-                            }
-                            Some(dst) if own.contains(&dst) => {
-                                this.metrics.refuse("outbound", "loop");
-                                tracing::warn!(%dst, "outbound connection refused: it loops back to the proxy itself; the proxy uid is not exempt: rerun `weft init --proxy-uid <uid the proxy runs as>`");
-                            }
-                            _ => {
-                                this.metrics.refuse("outbound", "no_original_dst");
-                                tracing::warn!(
-                                    "outbound connection refused: no original destination (was it redirected by `weft init`? connect to an app address, not to the proxy's outbound port)"
-                                );
-                            }
-                        }
-                    });
+            let (sock, slot) = self.gate.accept(&listener).await;
+            let _ = sock.set_nodelay(true);
+            let this = self.clone();
+            let own = own.clone();
+            tokio::spawn(async move {
+                let local = sock.local_addr().ok();
+                match crate::original_dst(&sock) {
+                    Some(dst) if Some(dst) != local && !own.contains(&dst) => {
+                        let target = dst.to_string();
+                        this.handle(sock, target, dst.port(), slot).await;
+                    }
+                    Some(dst) if own.contains(&dst) => {
+                        this.metrics.refuse("outbound", "loop");
+                        tracing::warn!(%dst, "outbound connection refused: it loops back to the proxy itself; the proxy uid is not exempt: rerun `weft init --proxy-uid <uid the proxy runs as>`");
+                    }
+                    _ => {
+                        this.metrics.refuse("outbound", "no_original_dst");
+                        tracing::warn!(
+                            "outbound connection refused: no original destination (was it redirected by `weft init`? connect to an app address, not to the proxy's outbound port)"
+                        );
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+            });
         }
     }
 
-    async fn handle_mapping(self: Arc<Self>, app: TcpStream, mapping: Arc<OutboundMapping>) {
+    async fn handle_mapping(
+        self: Arc<Self>,
+        app: TcpStream,
+        mapping: Arc<OutboundMapping>,
+        slot: bounds::Admitted,
+    ) {
         let port = mapping
             .target
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse::<u16>().ok())
             .unwrap_or(0);
-        self.handle(app, mapping.target.clone(), port).await;
+        self.handle(app, mapping.target.clone(), port, slot).await;
     }
 
-    async fn handle(self: Arc<Self>, app: TcpStream, target: String, port: u16) {
+    async fn handle(
+        self: Arc<Self>,
+        app: TcpStream,
+        target: String,
+        port: u16,
+        slot: bounds::Admitted,
+    ) {
+        let _slot = slot;
         let _in_flight = self.metrics.active.enter();
         let target = &target;
-        let refuse = |reason: &'static str, detail: String| {
+        let refuse = |(reason, detail): Refusal| {
             self.metrics.refuse("outbound", reason);
             tracing::info!(%target, reason, "outbound connection refused: {detail}");
         };
+        let limits = self.gate.limits;
+        let up = match self.gate.handshake(self.reach(target, port)).await {
+            Some(Ok(up)) => up,
+            Some(Err(refusal)) => return refuse(refusal),
+            None => {
+                return refuse((
+                    "handshake_timeout",
+                    format!(
+                        "{target} not reached within {:?} (--outbound-connect-timeout)",
+                        limits.handshake_timeout
+                    ),
+                ));
+            }
+        };
+        let (app, activity) = Tracked::new(app);
+        let m = &self.metrics;
+        let served = match up {
+            Upstream::Mesh(tls, labels) => {
+                let conn = crate::forward::pipe(tls, app, labels, m);
+                self.gate.serve_until_idle(&activity, conn).await
+            }
+            Upstream::Plain(tcp, labels) => {
+                let conn = crate::forward::pipe(tcp, app, labels, m);
+                self.gate.serve_until_idle(&activity, conn).await
+            }
+        };
+        if served.is_none() {
+            tracing::info!(%target, "closed an outbound connection that moved no bytes either way for {:?} (--stream-idle-timeout)", limits.idle_timeout);
+        }
+    }
+
+    /// Resolves `target` and connects: mTLS with a transport header to a
+    /// meshed peer, plaintext to an unmeshed one if allowed.
+    async fn reach(&self, target: &str, port: u16) -> Result<Upstream, Refusal> {
+        let refuse = |reason, detail| -> Result<Upstream, Refusal> { Err((reason, detail)) };
         match self.discovery.resolve(target).await {
             Resolution::Meshed {
                 addr,
@@ -171,7 +219,7 @@ impl Outbound {
                     protocol: "opaque",
                     dst: String::new(),
                 };
-                crate::forward::pipe(tls, app, labels, &self.metrics).await;
+                Ok(Upstream::Mesh(Box::new(tls), labels))
             }
             Resolution::NotMeshed { addr } => {
                 if self.plaintext == Plaintext::Deny {
@@ -205,9 +253,9 @@ impl Outbound {
                     protocol: "opaque",
                     dst: addr.to_string(),
                 };
-                crate::forward::pipe(up, app, labels, &self.metrics).await;
+                Ok(Upstream::Plain(up, labels))
             }
-            Resolution::Unknown(why) => refuse("unknown_destination", why),
+            Resolution::Unknown(why) => Err(("unknown_destination", why)),
         }
     }
 }

@@ -290,6 +290,7 @@ async fn demo(dir: &Path) -> CmdResult {
         .map_err(Failure::fatal)?;
     tokio::spawn(backend_app(app));
 
+    let (inbound_limits, outbound_limits) = super::ProxyLimitArgs::defaults()?;
     let proxy_cfg = |name: &str,
                      inbound: u16,
                      outbound: Vec<proxy::OutboundMapping>|
@@ -315,6 +316,8 @@ async fn demo(dir: &Path) -> CmdResult {
             plaintext: proxy::Plaintext::Deny,
             shutdown_grace: Duration::from_secs(1),
             admin_limits: super::AdminLimitArgs::defaults(),
+            inbound_limits,
+            outbound_limits,
         })
     };
     let (backend, be_run) =

@@ -11,6 +11,8 @@ pub mod proxy;
 pub mod request;
 pub mod token;
 
+use std::time::Duration;
+
 use clap::{Args, ValueEnum};
 
 /// Limits of an admin listener (probes, metrics, operator endpoints): no
@@ -117,6 +119,84 @@ impl GrpcLimitArgs {
             },
             anonymous_streams: self.grpc_anonymous_max_streams,
         })
+    }
+}
+
+/// Limits of the proxy's data-plane listeners (inbound, and the outbound
+/// listeners together): no client can starve them, each other, or the admin
+/// listener. Each forwarded connection holds two descriptors.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyLimitArgs {
+    /// Inbound connections open at once; more are closed at accept (and counted). Default: a quarter of the open-file limit, keeping 1,024 descriptors in reserve
+    #[arg(long, env = "WEFT_PROXY_INBOUND_MAX_CONNECTIONS")]
+    pub inbound_max_connections: Option<usize>,
+    /// An inbound connection that has not sent its first bytes, finished the mTLS handshake and sent its transport header by then is closed
+    #[arg(long, env = "WEFT_PROXY_INBOUND_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration::parse_duration)]
+    pub inbound_handshake_timeout: std::time::Duration,
+    /// Outbound connections open at once, over all outbound listeners; more are closed at accept (and counted). Default: a fifth of the open-file limit, keeping 1,024 descriptors in reserve
+    #[arg(long, env = "WEFT_PROXY_OUTBOUND_MAX_CONNECTIONS")]
+    pub outbound_max_connections: Option<usize>,
+    /// An outbound connection not through to its destination (discovery, connect, mTLS, transport header) by then is closed
+    #[arg(long, env = "WEFT_PROXY_OUTBOUND_CONNECT_TIMEOUT", default_value = "15s", value_parser = duration::parse_duration)]
+    pub outbound_connect_timeout: std::time::Duration,
+    /// A forwarded connection (inbound or outbound) that moves no bytes either way for this long is closed; one that keeps moving bytes is never cut
+    #[arg(long, env = "WEFT_PROXY_STREAM_IDLE_TIMEOUT", default_value = "1h", value_parser = duration::parse_duration)]
+    pub stream_idle_timeout: std::time::Duration,
+}
+
+impl ProxyLimitArgs {
+    /// The defaults above, for processes started without a command line (the demo).
+    pub fn defaults() -> Result<(bounds::Limits, bounds::Limits), Failure> {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            limits: ProxyLimitArgs,
+        }
+        let d: Defaults = clap::Parser::parse_from(["weft"]);
+        d.limits.limits()
+    }
+
+    /// The inbound and the outbound limits.
+    pub fn limits(&self) -> Result<(bounds::Limits, bounds::Limits), Failure> {
+        let cap = |flag: &str, given: Option<usize>, fraction: f64| match given {
+            Some(0) => Err(Failure::input(format!("{flag} must be at least 1"))),
+            Some(n) => Ok(n),
+            None => Ok(bounds::share_of(bounds::raise_nofile(), fraction, 1024, 64)),
+        };
+        let inbound = cap(
+            "--inbound-max-connections",
+            self.inbound_max_connections,
+            0.25,
+        )?;
+        let outbound = cap(
+            "--outbound-max-connections",
+            self.outbound_max_connections,
+            0.2,
+        )?;
+        if [
+            self.inbound_handshake_timeout,
+            self.outbound_connect_timeout,
+            self.stream_idle_timeout,
+        ]
+        .iter()
+        .any(Duration::is_zero)
+        {
+            return Err(Failure::input(
+                "--inbound-handshake-timeout, --outbound-connect-timeout and --stream-idle-timeout must be more than 0",
+            ));
+        }
+        Ok((
+            bounds::Limits {
+                max_connections: inbound,
+                handshake_timeout: self.inbound_handshake_timeout,
+                idle_timeout: self.stream_idle_timeout,
+            },
+            bounds::Limits {
+                max_connections: outbound,
+                handshake_timeout: self.outbound_connect_timeout,
+                idle_timeout: self.stream_idle_timeout,
+            },
+        ))
     }
 }
 

@@ -83,6 +83,8 @@ pub struct ProxyArgs {
     pub outbound_plaintext: PlaintextArg,
     #[command(flatten)]
     pub admin_limits: super::AdminLimitArgs,
+    #[command(flatten)]
+    pub limits: super::ProxyLimitArgs,
 }
 
 impl ProxyArgs {
@@ -136,6 +138,7 @@ impl ProxyArgs {
                     .map_err(Failure::input)?
             }
         };
+        let (inbound_limits, outbound_limits) = self.limits.limits()?;
         Ok(ProxyConfig {
             workload: format!("{ns}/{name}"),
             identity,
@@ -167,6 +170,8 @@ impl ProxyArgs {
             min_refresh: self.identity_min_refresh,
             shutdown_grace: self.shutdown_grace_period,
             admin_limits: self.admin_limits.limits()?,
+            inbound_limits,
+            outbound_limits,
             plaintext: match self.outbound_plaintext {
                 PlaintextArg::Allow => Plaintext::Allow,
                 PlaintextArg::Deny => Plaintext::Deny,

@@ -11,6 +11,7 @@ pub mod mesh;
 pub mod netmesh;
 pub mod proc;
 pub mod rotation;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
