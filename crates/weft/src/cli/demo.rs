@@ -262,6 +262,7 @@ async fn demo(dir: &Path) -> CmdResult {
         admin_addr: local(0),
         admin_limits: super::AdminLimitArgs::defaults(),
         grpc_limits: super::GrpcLimitArgs::defaults()?,
+        shutdown_grace: Duration::from_secs(1),
         reread_interval: Duration::from_secs(5),
         min_refresh: Duration::from_secs(10),
     };
