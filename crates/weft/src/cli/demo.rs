@@ -47,7 +47,7 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
 async fn wait_ready(name: &str, admin: SocketAddr) -> Result<(), Failure> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = tokio::task::spawn_blocking(move || http_get(admin, "/ready"))
+        let r = tokio::task::spawn_blocking(move || http_get(&admin.to_string(), "/ready"))
             .await
             .ok()
             .flatten();
@@ -387,7 +387,7 @@ async fn demo(dir: &Path) -> CmdResult {
     );
 
     let admin = backend.admin_addr;
-    let metrics = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+    let metrics = tokio::task::spawn_blocking(move || http_get(&admin.to_string(), "/metrics"))
         .await
         .ok()
         .flatten()

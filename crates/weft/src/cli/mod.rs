@@ -200,6 +200,58 @@ impl ProxyLimitArgs {
     }
 }
 
+/// A `host:port` flag: the host a DNS name (resolved at each connect, so a
+/// reconnect follows the name to wherever it points now) or an IP address
+/// (IPv6 in brackets). Checked here so a typo fails at start, not at the
+/// first connection.
+pub fn host_port(s: &str) -> Result<String, String> {
+    let expected = "expected host:port, e.g. weft-identity.weft.svc.cluster.local:8080, localhost:8080 or 10.0.0.1:8080";
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} has no :port; {expected}"))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{port:?} in {s:?} is not a port (1-65535); {expected}"))?;
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.contains(':') && bare == host {
+        return Err(format!(
+            "{s:?}: expected host:port with an IPv6 address in brackets, as in [::1]:8080"
+        ));
+    }
+    rustls::pki_types::ServerName::try_from(bare)
+        .map_err(|_| format!("{host:?} in {s:?} is not a host name or IP address; {expected}"))?;
+    Ok(s.to_string())
+}
+
+/// `host` (a name or an IP address) with `port`, IPv6 in brackets.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The addresses `addr` (`host:port`) resolves to now.
+pub fn resolve(addr: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs() {
+        Ok(a) => {
+            let all: Vec<_> = a.collect();
+            if all.is_empty() {
+                Err(format!("{addr} resolves to no address"))
+            } else {
+                Ok(all)
+            }
+        }
+        Err(e) => Err(format!("cannot resolve {addr}: {e}")),
+    }
+}
+
 /// Output format shared by commands that print reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Output {
@@ -246,11 +298,13 @@ impl Failure {
 
 pub type CmdResult = Result<(), Failure>;
 
-/// A GET over plain HTTP/1.0 to an admin endpoint: (status, body).
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+/// A GET over plain HTTP/1.0 to an admin endpoint at `addr` (`host:port`,
+/// resolved now; each address tried in turn): (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    let mut s = resolve(addr).ok()?.into_iter().find_map(|a| {
+        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).ok()
+    })?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
@@ -294,4 +348,35 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports() {
+        for ok in [
+            "localhost:8080",
+            "weft-identity.weft.svc.cluster.local:8080",
+            "10.0.0.1:1",
+            "[::1]:8090",
+        ] {
+            assert_eq!(host_port(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "localhost",
+            "localhost:0",
+            "localhost:http",
+            "::1:8090",
+            "bad name!:80",
+            ":80",
+        ] {
+            let e = host_port(bad).expect_err(bad);
+            assert!(e.contains("host:port"), "{bad}: {e}");
+        }
+        assert_eq!(join_host_port("::1", 8080), "[::1]:8080");
+        assert_eq!(join_host_port("localhost", 8080), "localhost:8080");
+        assert!(resolve("localhost:8080").is_ok_and(|a| a.iter().all(|a| a.port() == 8080)));
+    }
 }
