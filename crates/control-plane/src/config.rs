@@ -32,6 +32,9 @@ pub struct ControlPlaneConfig {
     pub admin_limits: bounds::Limits,
     /// Connection caps, timeouts and stream caps of the gRPC listeners.
     pub grpc_limits: crate::grpc_bounds::GrpcLimits,
+    /// On shutdown, how long streams may go on after GOAWAY before their
+    /// connections are closed.
+    pub shutdown_grace: Duration,
     /// How often the issuer files are re-read even without a file event.
     pub reread_interval: Duration,
     /// Floor for the control plane's own certificate renewal.
@@ -103,6 +106,11 @@ impl fmt::Display for ControlPlaneConfig {
         row(f, "admin-addr", &self.admin_addr)?;
         row(f, "admin-limits", &self.admin_limits)?;
         row(f, "grpc-limits", &self.grpc_limits)?;
+        row(
+            f,
+            "shutdown-grace-period",
+            &format!("{}s", self.shutdown_grace.as_secs_f64()),
+        )?;
         row(
             f,
             "reread-interval",

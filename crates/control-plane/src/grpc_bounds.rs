@@ -81,16 +81,25 @@ type Conns = Arc<Mutex<HashMap<SocketAddr, Arc<Streams>>>>;
 pub struct Listener {
     gate: Gate,
     conns: Conns,
+    /// Turns true when the shutdown grace period is over: every connection
+    /// still open is closed.
+    closing: watch::Receiver<bool>,
 }
 
 pub type Conn = peer::Guarded<tokio_rustls::server::TlsStream<TcpStream>>;
 pub type ConnTx = mpsc::Sender<Result<Conn, io::Error>>;
 
 impl Listener {
-    pub fn new(name: &'static str, limits: bounds::Limits, metrics: &bounds::Metrics) -> Self {
+    pub fn new(
+        name: &'static str,
+        limits: bounds::Limits,
+        metrics: &bounds::Metrics,
+        closing: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             gate: Gate::new(name, limits, metrics),
             conns: Conns::default(),
+            closing,
         }
     }
 
@@ -141,8 +150,8 @@ impl Listener {
         }
     }
 
-    /// The connection, closed by whichever comes first: `expired`, or no
-    /// stream open for the idle timeout. It holds its slot under the cap and
+    /// The connection, closed by whichever comes first: `expired`, no
+    /// stream open for the idle timeout, or the end of a shutdown's grace. It holds its slot under the cap and
     /// its stream count while open.
     fn guarded<S>(
         &self,
@@ -167,10 +176,20 @@ impl Listener {
                 "no stream was open for the idle timeout",
             )
         };
+        let mut closing = self.closing.clone();
+        let shutdown = async move {
+            // A dropped sender is a stopped control plane too.
+            let _ = closing.wait_for(|c| *c).await;
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the control plane is shutting down and the grace period is over",
+            )
+        };
         let close = async move {
             tokio::select! {
                 e = expired => e,
                 e = idle => e,
+                e = shutdown => e,
             }
         };
         let registered = Registered {

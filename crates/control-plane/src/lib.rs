@@ -16,6 +16,7 @@ pub mod own_cert;
 pub mod peer;
 pub mod policy_service;
 pub mod services;
+pub mod shutdown;
 pub mod source;
 pub mod tls;
 pub mod workloads;
@@ -262,17 +263,21 @@ pub async fn start(
             cluster_networks,
         ));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (close_tx, close_rx) = watch::channel(false);
+        // The accept loops: aborted on shutdown, which closes the listeners.
+        let mut accepting = tokio::task::JoinSet::new();
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
         let incoming = |rx| tokio_stream::wrappers::ReceiverStream::new(rx);
         let limit = cfg.grpc_limits.listener;
         let (listeners, streams) = (&limits, grpc_bounds::MAX_STREAMS_PER_CONNECTION);
-        let identity_gate = grpc_bounds::Listener::new("identity", limit, listeners);
+        let identity_gate =
+            grpc_bounds::Listener::new("identity", limit, listeners, close_rx.clone());
         let svc = Arc::new(svc);
         let (conn_tx, conn_rx) = mpsc::channel(256);
         let (anon_tx, anon_rx) = mpsc::channel(256);
-        tasks.spawn(identity_gate.clone().accept_tls(
+        accepting.spawn(identity_gate.clone().accept_tls(
             identity_listener,
             TlsAcceptor::from(tls.clone()),
             conn_tx,
@@ -288,9 +293,10 @@ pub async fn start(
             .layer(identity_gate.layer())
             .add_service(IdentityServer::from_arc(svc))
             .serve_with_incoming_shutdown(incoming(anon_rx), stopped(stop_rx.clone()));
-        let destination_gate = grpc_bounds::Listener::new("destination", limit, listeners);
+        let destination_gate =
+            grpc_bounds::Listener::new("destination", limit, listeners, close_rx.clone());
         let (dconn_tx, dconn_rx) = mpsc::channel(256);
-        tasks.spawn(destination_gate.clone().accept_tls(
+        accepting.spawn(destination_gate.clone().accept_tls(
             destination_listener,
             TlsAcceptor::from(tls.clone()),
             dconn_tx,
@@ -302,9 +308,9 @@ pub async fn start(
             .add_service(DestinationServer::new(destination))
             .add_service(mesh_api::v1::mesh_server::MeshServer::new(mesh))
             .serve_with_incoming_shutdown(incoming(dconn_rx), stopped(stop_rx.clone()));
-        let policy_gate = grpc_bounds::Listener::new("policy", limit, listeners);
+        let policy_gate = grpc_bounds::Listener::new("policy", limit, listeners, close_rx.clone());
         let (pconn_tx, pconn_rx) = mpsc::channel(256);
-        tasks.spawn(policy_gate.clone().accept_tls(
+        accepting.spawn(policy_gate.clone().accept_tls(
             policy_listener,
             TlsAcceptor::from(tls),
             pconn_tx,
@@ -315,16 +321,30 @@ pub async fn start(
             .layer(policy_gate.layer())
             .add_service(InboundServerPoliciesServer::new(policy))
             .serve_with_incoming_shutdown(incoming(pconn_rx), stopped(stop_rx.clone()));
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-        let (a, n, b, c) = tokio::join!(
-            identity_server,
-            anonymous_server,
-            destination_server,
-            policy_server
-        );
+        let servers = async {
+            tokio::join!(
+                identity_server,
+                anonymous_server,
+                destination_server,
+                policy_server
+            )
+        };
+        let ended = shutdown::stop_after_grace(
+            servers,
+            shutdown,
+            shutdown::Handles {
+                accepting,
+                stop: stop_tx,
+                close: close_tx,
+                grace: cfg.shutdown_grace,
+            },
+        )
+        .await;
+        let Some((a, n, b, c)) = ended else {
+            tracing::warn!("connections still open after the grace period; stopping anyway");
+            tasks.abort_all();
+            return;
+        };
         let ends = [
             ("identity", a),
             ("identity (no client certificate)", n),

@@ -29,6 +29,10 @@ pub enum PeerRefused {
     Chain(#[source] VerifyError),
     #[error("client certificate refused: {0}")]
     Name(#[source] PeerIdentityError),
+    /// Not fit to be a client certificate however fresh (no clientAuth, an
+    /// unknown critical extension): renewing the same kind would not help.
+    #[error("client certificate refused: {0}")]
+    Unusable(#[source] VerifyError),
 }
 
 /// Judges a client chain against the bundle in force now: pure, so the
@@ -42,8 +46,14 @@ pub fn judge(
     let state = status.current.as_ref().ok_or(PeerRefused::NoIssuer)?;
     let mut intermediates = rest.to_vec();
     intermediates.extend(state.chain.iter().cloned());
-    pki::verify(leaf, &intermediates, &state.anchors, now, Purpose::Leaf)
-        .map_err(PeerRefused::Chain)?;
+    pki::verify(leaf, &intermediates, &state.anchors, now, Purpose::Client).map_err(
+        |e| match e {
+            VerifyError::MissingUsage { .. }
+            | VerifyError::UnknownCriticalExtension { .. }
+            | VerifyError::Webpki { .. } => PeerRefused::Unusable(e),
+            e => PeerRefused::Chain(e),
+        },
+    )?;
     // weft leaves name their DNS identity first, valid in any control-plane
     // namespace; only a SPIFFE-only leaf is read against the default one.
     pki::peer_identity(leaf).map_err(PeerRefused::Name)

@@ -150,7 +150,7 @@ impl StandaloneProofs {
         let (leaf, rest) = chain.split_first().ok_or(ProofError::EmptyChain)?;
         let mut intermediates: Vec<CertificateDer<'static>> = rest.to_vec();
         intermediates.extend(state.chain.iter().cloned());
-        pki::verify(leaf, &intermediates, &state.anchors, now, Purpose::Leaf)
+        pki::verify(leaf, &intermediates, &state.anchors, now, Purpose::Client)
             .map_err(ProofError::Certificate)?;
         let info = pki::info::CertInfo::from_der(leaf).map_err(|source| {
             ProofError::Certificate(pki::VerifyError::Unparseable { index: 1, source })

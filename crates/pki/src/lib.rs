@@ -14,6 +14,7 @@ pub mod key;
 pub mod peer;
 pub mod refresh;
 pub mod tls;
+pub mod usage;
 pub mod verify;
 
 pub use cert::{CertError, DerError, fingerprint, load_certs, parse_certs, parse_x509};

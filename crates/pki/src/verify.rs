@@ -3,6 +3,8 @@
 //! webpki verifies end-entity chains only; weft must also judge issuers (CAs)
 //! against anchors, so the path is checked here: names, signatures, validity,
 //! basicConstraints, pathLen and key usage, one typed refusal per reason.
+//! A leaf verified for a TLS role is also judged for its extended key usage
+//! and then by rustls-webpki's path validation (see [`crate::usage`]).
 
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -10,6 +12,7 @@ use x509_parser::certificate::X509Certificate;
 
 use crate::cert::{DerError, fingerprint, parse_x509};
 use crate::info::rfc3339;
+use crate::usage::{Role, check_critical, check_role, webpki_path};
 
 const MAX_DEPTH: usize = 8;
 
@@ -68,6 +71,26 @@ pub enum VerifyError {
         subject: String,
         problem: &'static str,
     },
+    #[error(
+        "wrong extended key usage: {subject:?} has {has}, not {usage}, so it cannot be used as a TLS {}; re-issue it as a weft leaf (serverAuth and clientAuth), e.g. with `weft certs create --profile leaf`", if *usage == "clientAuth" { "client" } else { "server" }
+    )]
+    MissingUsage {
+        subject: String,
+        usage: &'static str,
+        has: String,
+    },
+    #[error(
+        "unknown critical extension: {subject:?} carries critical extension {oid}, which weft does not process, so it must refuse the certificate; re-issue it without that extension, or mark it non-critical"
+    )]
+    UnknownCriticalExtension { subject: String, oid: String },
+    #[error(
+        "refused by path validation for {role} (rustls-webpki): {source}; check the chain with `weft certs inspect` and `weft certs verify`"
+    )]
+    Webpki {
+        role: &'static str,
+        #[source]
+        source: webpki::Error,
+    },
     #[error("the chain is longer than {MAX_DEPTH} certificates or loops")]
     TooDeep,
 }
@@ -77,6 +100,10 @@ pub enum VerifyError {
 pub enum Purpose {
     /// A workload certificate: not a CA, has a SAN, may sign TLS handshakes.
     Leaf,
+    /// A leaf presented as a TLS client: also carries clientAuth.
+    Client,
+    /// A leaf presented as a TLS server: also carries serverAuth.
+    Server,
     /// A CA that signs certificates.
     Ca,
     /// Whatever basicConstraints says it is.
@@ -140,9 +167,21 @@ pub fn verify_at(
     }
     let subject = leaf.subject().to_string();
     check_validity(&leaf, now)?;
+    check_critical(&leaf)?;
     let is_ca = leaf.is_ca();
+    let role = match purpose {
+        Purpose::Client => Some(Role::Client),
+        Purpose::Server => Some(Role::Server),
+        _ => None,
+    };
     match purpose {
         Purpose::Leaf => check_leaf(&leaf)?,
+        Purpose::Client | Purpose::Server => {
+            check_leaf(&leaf)?;
+            if let Some(role) = role {
+                check_role(&leaf, role)?;
+            }
+        }
         Purpose::Ca if !is_ca => {
             return Err(VerifyError::NotCa {
                 subject: subject.clone(),
@@ -164,6 +203,9 @@ pub fn verify_at(
     }
     let mut links = vec![(subject, target_fp)];
     extend(&leaf, &pool, now, 0, &mut links)?;
+    if let (Some(role), Some(now)) = (role, now) {
+        webpki_path(target, intermediates, anchors, now, role)?;
+    }
     Ok(VerifiedChain { links })
 }
 
@@ -204,6 +246,9 @@ fn extend(
             }
             check_signer(&cand.x509, &child_subject, cas_below)?;
             check_validity(&cand.x509, now)?;
+            if !cand.anchor {
+                check_critical(&cand.x509)?;
+            }
             let mut path = links.clone();
             path.push((cand.x509.subject().to_string(), fp.clone()));
             if !cand.anchor {

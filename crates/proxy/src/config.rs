@@ -151,6 +151,13 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// Connection cap and timeouts of the admin listener.
     pub admin_limits: bounds::Limits,
+    /// The inbound listener: connection cap, the deadline for the first
+    /// bytes and the mTLS handshake with its transport header, and the idle
+    /// timeout of a forwarded connection.
+    pub inbound_limits: bounds::Limits,
+    /// The outbound listeners: connection cap, the deadline for reaching the
+    /// destination (discovery, connect, mTLS, transport header), idle timeout.
+    pub outbound_limits: bounds::Limits,
 }
 
 /// One `key value` row per setting, as `weft proxy` prints them at start.
@@ -176,6 +183,8 @@ impl fmt::Display for ProxyConfig {
             ("inbound-addr", self.inbound_addr.to_string()),
             ("admin-addr", self.admin_addr.to_string()),
             ("admin-limits", self.admin_limits.to_string()),
+            ("inbound-limits", self.inbound_limits.to_string()),
+            ("outbound-limits", self.outbound_limits.to_string()),
             (
                 "outbound-addr",
                 outbound_addr.unwrap_or_else(|| "(off)".into()),

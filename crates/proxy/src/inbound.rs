@@ -7,13 +7,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bounds::Tracked;
 use policy::{Client, Denial, Facts, Handling, Traffic};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::authz::{self, Scene};
-use crate::detect::Protocol;
+use crate::detect::{Protocol, Start};
 use crate::discovery::{Discovery, Resolution};
 use crate::metrics::{ConnLabels, IdLabel, ProxyMetrics};
 use crate::policies::{Policies, Source};
@@ -32,112 +34,179 @@ pub struct Inbound {
     /// redirected passes through. In ports mode nothing but mTLS is served.
     pub transparent: bool,
     pub metrics: ProxyMetrics,
+    /// Connection cap, handshake deadline, idle timeout.
+    pub gate: bounds::Gate,
 }
+
+/// What the handshake phase of an inbound connection ends with.
+enum Opened {
+    /// mTLS for our identity from a client with a certificate, naming `port`.
+    Mesh {
+        /// Boxed: a TLS session is large beside a socket.
+        tls: Box<TlsStream<Tracked<TcpStream>>>,
+        client_id: pki::Identity,
+        port: u16,
+    },
+    /// Redirected traffic that is not mTLS for us (transparent mode only).
+    Passthrough {
+        sock: Tracked<TcpStream>,
+        port: u16,
+        start: Start,
+    },
+}
+
+/// A refusal in the handshake phase: the reason label and what happened.
+type Refusal = (&'static str, String);
+
+/// In ports mode nothing but mTLS is served, so the first bytes get the
+/// whole handshake deadline, which bounds this wait.
+const FIRST_BYTES_UNDER_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
 impl Inbound {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            match listener.accept().await {
-                Ok((sock, peer)) => {
-                    let _ = sock.set_nodelay(true);
-                    tokio::spawn(self.clone().handle(sock, peer));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+            // Over the cap: closed at once, counted by the gate.
+            let (sock, slot) = self.gate.accept(&listener).await;
+            let _ = sock.set_nodelay(true);
+            let peer = sock
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            tokio::spawn(self.clone().handle(sock, peer, slot));
         }
     }
 
-    async fn handle(self: Arc<Self>, sock: TcpStream, peer: SocketAddr) {
+    fn refuse(&self, peer: SocketAddr, (reason, detail): Refusal) {
+        self.metrics.refuse("inbound", reason);
+        tracing::info!(%peer, reason, "inbound connection refused: {detail}");
+    }
+
+    async fn handle(self: Arc<Self>, sock: TcpStream, peer: SocketAddr, slot: bounds::Admitted) {
+        let _slot = slot;
         // Counted from accept, so a drain also waits for handshakes in progress.
         let _in_flight = self.metrics.active.enter();
-        let refuse = |reason: &'static str, detail: String| {
-            self.metrics.refuse("inbound", reason);
-            tracing::info!(%peer, reason, "inbound connection refused: {detail}");
-        };
         // Redirected by `weft init`: the original destination names the port.
         let local = sock.local_addr().ok();
         let redirected = crate::original_dst(&sock)
             .filter(|d| Some(*d) != local)
             .map(|d| d.port());
-        let start = crate::detect::peek_start(&sock, self.detect_timeout).await;
-        let ours = matches!(&start, crate::detect::Start::Tls { sni: Some(n) } if *n == self.identity.to_string());
+        let (sock, activity) = Tracked::new(sock);
+        let limits = self.gate.limits;
+        let opened = match self.gate.handshake(self.open(sock, redirected)).await {
+            Some(Ok(o)) => o,
+            Some(Err(refusal)) => return self.refuse(peer, refusal),
+            None => {
+                return self.refuse(
+                    peer,
+                    (
+                        "handshake_timeout",
+                        format!(
+                            "no mTLS handshake and transport header within {:?} (--inbound-handshake-timeout)",
+                            limits.handshake_timeout
+                        ),
+                    ),
+                );
+            }
+        };
+        let served = match opened {
+            Opened::Mesh {
+                tls,
+                client_id,
+                port,
+            } => {
+                let conn = self.mesh(tls, peer, client_id, port);
+                self.gate.serve_until_idle(&activity, conn).await
+            }
+            Opened::Passthrough { sock, port, start } => {
+                let conn = self.passthrough(sock, peer, port, &start);
+                self.gate.serve_until_idle(&activity, conn).await
+            }
+        };
+        if served.is_none() {
+            tracing::info!(%peer, "closed an inbound connection that moved no bytes either way for {:?} (--stream-idle-timeout)", limits.idle_timeout);
+        }
+    }
+
+    /// The handshake phase, under the handshake deadline: the first bytes,
+    /// the mTLS handshake and the transport header.
+    async fn open(
+        &self,
+        sock: Tracked<TcpStream>,
+        redirected: Option<u16>,
+    ) -> Result<Opened, Refusal> {
+        let wait = if self.transparent {
+            self.detect_timeout
+        } else {
+            FIRST_BYTES_UNDER_DEADLINE
+        };
+        let start = crate::detect::peek_start(sock.get_ref(), wait).await;
+        let ours = matches!(&start, Start::Tls { sni: Some(n) } if *n == self.identity.to_string());
         if !ours {
             let Some(port) = redirected.filter(|_| self.transparent) else {
                 let what = match start {
-                    crate::detect::Start::Tls { sni } => {
-                        format!("TLS for {sni:?}, not {}", self.identity)
-                    }
-                    crate::detect::Start::Silent => "nothing within the detection timeout".into(),
-                    crate::detect::Start::Incomplete => {
+                    Start::Tls { sni } => format!("TLS for {sni:?}, not {}", self.identity),
+                    Start::Silent => "nothing within the detection timeout".into(),
+                    Start::Incomplete => {
                         "an incomplete TLS ClientHello (stalled mid-handshake)".into()
                     }
-                    crate::detect::Start::Closed => "a closed connection".into(),
-                    crate::detect::Start::Other => "plaintext".into(),
+                    Start::Closed => "a closed connection".into(),
+                    Start::Other => "plaintext".into(),
                 };
-                return refuse(
+                return Err((
                     "not_mesh_tls",
                     format!(
                         "got {what}; the proxy's inbound port serves only mTLS for {}",
                         self.identity
                     ),
-                );
+                ));
             };
-            return self.passthrough(sock, peer, port, &start).await;
+            return Ok(Opened::Passthrough { sock, port, start });
         }
-        let mut tls =
-            match tokio::time::timeout(self.detect_timeout, self.acceptor.accept(sock)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    return refuse(
-                        "tls_handshake",
-                        format!(
-                            "TLS handshake failed ({e}); only TLS for {} is served here",
-                            self.identity
-                        ),
-                    );
-                }
-                Err(_) => {
-                    return refuse(
-                        "tls_timeout",
-                        format!(
-                            "no TLS handshake within {}ms",
-                            self.detect_timeout.as_millis()
-                        ),
-                    );
-                }
-            };
+        let mut tls = self.acceptor.accept(sock).await.map_err(|e| {
+            (
+                "tls_handshake",
+                format!(
+                    "TLS handshake failed ({e}); only TLS for {} is served here",
+                    self.identity
+                ),
+            )
+        })?;
         let (_, conn) = tls.get_ref();
         let client_id = conn
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|c| pki::peer_identity_in(c, self.identity.control_plane_ns()).ok());
         if conn.alpn_protocol() != Some(ALPN) {
-            return refuse(
+            return Err((
                 "no_transport_header",
                 "the client did not negotiate transport.l5d.io/v1, so no port was named".into(),
-            );
+            ));
         }
-        if client_id.is_none() {
-            return refuse(
+        let Some(client_id) = client_id else {
+            return Err((
                 "no_client_identity",
                 "direct connections need a client certificate (mTLS)".into(),
-            );
-        }
-        let port = match tokio::time::timeout(self.detect_timeout, transport_header::read(&mut tls))
-            .await
-        {
-            Ok(Ok((_, port))) => port,
-            Ok(Err(e)) => return refuse("bad_transport_header", e.to_string()),
-            Err(_) => {
-                return refuse(
-                    "transport_header_timeout",
-                    "the transport header did not arrive in time".into(),
-                );
-            }
+            ));
         };
+        let (_, port) = transport_header::read(&mut tls)
+            .await
+            .map_err(|e| ("bad_transport_header", e.to_string()))?;
+        Ok(Opened::Mesh {
+            tls: Box::new(tls),
+            client_id,
+            port,
+        })
+    }
+
+    /// mTLS from a peer proxy naming `port`: checked against the workload's
+    /// resource, then served under the port's policy.
+    async fn mesh(
+        &self,
+        tls: Box<TlsStream<Tracked<TcpStream>>>,
+        peer: SocketAddr,
+        client_id: pki::Identity,
+        port: u16,
+    ) {
+        let refuse = |reason, detail| self.refuse(peer, (reason, detail));
         if self.own_ports.contains(&port) {
             return refuse(
                 "proxy_port",
@@ -179,14 +248,14 @@ impl Inbound {
             peer: "src",
             tls: "true",
             no_tls_reason: String::new(),
-            client_id: client_id.clone().map(IdLabel),
+            client_id: Some(IdLabel(client_id.clone())),
             server_id: Some(IdLabel(self.identity.clone())),
             target_port: port,
             protocol: "opaque",
             dst: String::new(),
         };
         let client = Client {
-            identity: client_id.clone(),
+            identity: Some(client_id),
             tls: true,
             ip: peer.ip(),
         };
@@ -198,17 +267,17 @@ impl Inbound {
     /// policy as an unauthenticated client (Linkerd's default allows it).
     async fn passthrough(
         &self,
-        sock: TcpStream,
+        sock: Tracked<TcpStream>,
         peer: SocketAddr,
         port: u16,
-        start: &crate::detect::Start,
+        start: &Start,
     ) {
         if self.own_ports.contains(&port) {
             self.metrics.refuse("inbound", "proxy_port");
             return;
         }
         let reason = match start {
-            crate::detect::Start::Tls { .. } => "tls_for_another_name",
+            Start::Tls { .. } => "tls_for_another_name",
             _ => "not_provided_by_remote",
         };
         let labels = ConnLabels {
@@ -228,7 +297,7 @@ impl Inbound {
             ip: peer.ip(),
         };
         // TLS for another name is never HTTP we could read: opaque.
-        let opaque = matches!(start, crate::detect::Start::Tls { .. });
+        let opaque = matches!(start, Start::Tls { .. });
         self.serve_port(sock, peer, port, client, opaque, labels)
             .await;
     }

@@ -191,6 +191,7 @@ pub async fn start(
             .collect(),
         transparent: cfg.outbound_addr.is_some(),
         metrics: metrics.clone(),
+        gate: bounds::Gate::new("inbound", cfg.inbound_limits, &limits),
     });
     let outbound = Arc::new(outbound::Outbound {
         connector: tokio_rustls::TlsConnector::from(outbound_cfg),
@@ -199,6 +200,8 @@ pub async fn start(
         plaintext: cfg.plaintext,
         connect_timeout: Duration::from_secs(5),
         metrics: metrics.clone(),
+        // The transparent and ports-mode listeners share one cap.
+        gate: bounds::Gate::new("outbound", cfg.outbound_limits, &limits),
     });
     let admin_state = admin::AdminState {
         registry,

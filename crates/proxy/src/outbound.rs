@@ -7,9 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bounds::Tracked;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::config::{OutboundMapping, Plaintext};
 use crate::discovery::{Discovery, Resolution};
@@ -28,22 +30,28 @@ pub struct Outbound {
     pub plaintext: Plaintext,
     pub connect_timeout: Duration,
     pub metrics: ProxyMetrics,
+    /// Connection cap, deadline to reach the destination, idle timeout.
+    pub gate: bounds::Gate,
 }
+
+/// A destination reached, ready to be piped to the application.
+enum Upstream {
+    /// Boxed: a TLS session is large beside a socket.
+    Mesh(Box<TlsStream<TcpStream>>, ConnLabels),
+    Plain(TcpStream, ConnLabels),
+}
+
+/// A refusal: the reason label and what happened.
+type Refusal = (&'static str, String);
 
 impl Outbound {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mapping: OutboundMapping) {
         let mapping = Arc::new(mapping);
         loop {
-            match listener.accept().await {
-                Ok((sock, _)) => {
-                    let _ = sock.set_nodelay(true);
-                    tokio::spawn(self.clone().handle_mapping(sock, mapping.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+            // Over the cap: closed at once, counted by the gate.
+            let (sock, slot) = self.gate.accept(&listener).await;
+            let _ = sock.set_nodelay(true);
+            tokio::spawn(self.clone().handle_mapping(sock, mapping.clone(), slot));
         }
     }
 
@@ -55,57 +63,90 @@ impl Outbound {
         own: Vec<std::net::SocketAddr>,
     ) {
         loop {
-            match listener.accept().await {
-                Ok((sock, _)) => {
-                    let _ = sock.set_nodelay(true);
-                    let this = self.clone();
-                    let own = own.clone();
-                    tokio::spawn(async move {
-                        let local = sock.local_addr().ok();
-                        match crate::original_dst(&sock) {
-                            Some(dst) if Some(dst) != local && !own.contains(&dst) => {
-                                let target = dst.to_string();
-                                this.handle(sock, target).await;
-                            }
-                            Some(dst) if own.contains(&dst) => {
-                                this.metrics.refuse("outbound", "loop");
-                                tracing::warn!(%dst, "outbound connection refused: it loops back to the proxy itself; the proxy uid is not exempt: rerun `weft init --proxy-uid <uid the proxy runs as>`");
-                            }
-                            _ => {
-                                this.metrics.refuse("outbound", "no_original_dst");
-                                tracing::warn!(
-                                    "outbound connection refused: no original destination (was it redirected by `weft init`? connect to an app address, not to the proxy's outbound port)"
-                                );
-                            }
-                        }
-                    });
+            let (sock, slot) = self.gate.accept(&listener).await;
+            let _ = sock.set_nodelay(true);
+            let this = self.clone();
+            let own = own.clone();
+            tokio::spawn(async move {
+                let local = sock.local_addr().ok();
+                match crate::original_dst(&sock) {
+                    Some(dst) if Some(dst) != local && !own.contains(&dst) => {
+                        let target = dst.to_string();
+                        this.handle(sock, target, slot).await;
+                    }
+                    Some(dst) if own.contains(&dst) => {
+                        this.metrics.refuse("outbound", "loop");
+                        tracing::warn!(%dst, "outbound connection refused: it loops back to the proxy itself; the proxy uid is not exempt: rerun `weft init --proxy-uid <uid the proxy runs as>`");
+                    }
+                    _ => {
+                        this.metrics.refuse("outbound", "no_original_dst");
+                        tracing::warn!(
+                            "outbound connection refused: no original destination (was it redirected by `weft init`? connect to an app address, not to the proxy's outbound port)"
+                        );
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+            });
         }
     }
 
-    async fn handle_mapping(self: Arc<Self>, app: TcpStream, mapping: Arc<OutboundMapping>) {
-        self.handle(app, mapping.target.clone()).await;
+    async fn handle_mapping(
+        self: Arc<Self>,
+        app: TcpStream,
+        mapping: Arc<OutboundMapping>,
+        slot: bounds::Admitted,
+    ) {
+        self.handle(app, mapping.target.clone(), slot).await;
     }
 
-    async fn handle(self: Arc<Self>, app: TcpStream, target: String) {
+    async fn handle(self: Arc<Self>, app: TcpStream, target: String, slot: bounds::Admitted) {
+        let _slot = slot;
         let _in_flight = self.metrics.active.enter();
         let target = &target;
-        let refuse = |reason: &'static str, detail: String| {
+        let refuse = |(reason, detail): Refusal| {
             self.metrics.refuse("outbound", reason);
             tracing::info!(%target, reason, "outbound connection refused: {detail}");
         };
+        let limits = self.gate.limits;
+        let up = match self.gate.handshake(self.reach(target)).await {
+            Some(Ok(up)) => up,
+            Some(Err(refusal)) => return refuse(refusal),
+            None => {
+                return refuse((
+                    "handshake_timeout",
+                    format!(
+                        "{target} not reached within {:?} (--outbound-connect-timeout)",
+                        limits.handshake_timeout
+                    ),
+                ));
+            }
+        };
+        let (app, activity) = Tracked::new(app);
+        let m = &self.metrics;
+        let served = match up {
+            Upstream::Mesh(tls, labels) => {
+                let conn = crate::forward::pipe(tls, app, labels, m);
+                self.gate.serve_until_idle(&activity, conn).await
+            }
+            Upstream::Plain(tcp, labels) => {
+                let conn = crate::forward::pipe(tcp, app, labels, m);
+                self.gate.serve_until_idle(&activity, conn).await
+            }
+        };
+        if served.is_none() {
+            tracing::info!(%target, "closed an outbound connection that moved no bytes either way for {:?} (--stream-idle-timeout)", limits.idle_timeout);
+        }
+    }
+
+    /// Resolves `target` and connects to one of its endpoints: mTLS with a
+    /// transport header to a meshed peer, plaintext to an unmeshed one if
+    /// allowed. Nothing was sent yet when a connect fails, so an endpoint
+    /// that cannot be reached (gone before its Remove arrived) is left for
+    /// the next one; the attempts share one connect budget.
+    async fn reach(&self, target: &str) -> Result<Upstream, Refusal> {
         let candidates = self
             .discovery
             .resolve_candidates(target, CONNECT_ATTEMPTS)
             .await;
-        // Nothing was sent yet, so an endpoint that cannot be reached (gone
-        // before its Remove arrived) is safely left for the next one; the
-        // attempts share one connect budget.
         let per_try = self.connect_timeout / u32::try_from(candidates.len().max(1)).unwrap_or(1);
         let mut failure = None;
         for c in candidates {
@@ -121,15 +162,12 @@ impl Outbound {
                     continue;
                 }
                 Resolution::NotMeshed { addr } => *addr,
-                Resolution::Unknown(why) => return refuse("unknown_destination", why.clone()),
+                Resolution::Unknown(why) => return Err(("unknown_destination", why.clone())),
             };
             match tokio::time::timeout(per_try, TcpStream::connect(dial)).await {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
-                    if let Err((reason, detail)) = self.forward(app, c, tcp).await {
-                        refuse(reason, detail);
-                    }
-                    return;
+                    return self.secure(c, tcp).await;
                 }
                 Ok(Err(e)) => failure = Some(("connect", format!("cannot connect to {dial}: {e}"))),
                 Err(_) => {
@@ -144,19 +182,12 @@ impl Outbound {
             }
             tracing::debug!(%target, %dial, "endpoint unreachable; trying the next one");
         }
-        let (reason, detail) =
-            failure.unwrap_or(("unknown_destination", "no endpoint to try".into()));
-        refuse(reason, detail);
+        Err(failure.unwrap_or(("unknown_destination", "no endpoint to try".into())))
     }
 
     /// Over a connected socket: mTLS with the expected identity (and the
     /// transport header) for a meshed endpoint, plaintext otherwise.
-    async fn forward(
-        &self,
-        app: TcpStream,
-        to: Resolution,
-        tcp: TcpStream,
-    ) -> Result<(), (&'static str, String)> {
+    async fn secure(&self, to: Resolution, tcp: TcpStream) -> Result<Upstream, Refusal> {
         let dial = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         // The endpoint's own port (a Service's targetPort), not the port the
         // app dialled (the Service port): the peer's proxy serves that one.
@@ -179,8 +210,7 @@ impl Outbound {
                     protocol: "opaque",
                     dst: addr.to_string(),
                 };
-                crate::forward::pipe(tcp, app, labels, &self.metrics).await;
-                return Ok(());
+                return Ok(Upstream::Plain(tcp, labels));
             }
             Resolution::Unknown(why) => return Err(("unknown_destination", why)),
         };
@@ -224,7 +254,6 @@ impl Outbound {
             protocol: "opaque",
             dst: String::new(),
         };
-        crate::forward::pipe(tls, app, labels, &self.metrics).await;
-        Ok(())
+        Ok(Upstream::Mesh(Box::new(tls), labels))
     }
 }

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "cli/host_names.rs"]
+mod host_names;
 
 use std::process::{Command, Stdio};
 

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "control_conn/shutdown.rs"]
+mod shutdown;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

@@ -4,6 +4,8 @@
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+#[path = "identity/client_auth.rs"]
+mod client_auth;
 mod common;
 
 use std::sync::Arc;

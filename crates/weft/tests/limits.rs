@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "limits/proxy.rs"]
+mod proxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::Scratch;
 use common::mesh::{echo_server, free_port, start_proxy, workload};
 use common::proc::{Proc, http_get, metric_sum, poll};
+use common::watch::CP_NAME;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const HELD: usize = 2_000;
@@ -167,7 +170,6 @@ const GRPC_IDLE: Duration = Duration::from_secs(10);
 /// Stated bounds for the control plane holding `HELD` idle TLS connections.
 const GRPC_FDS_OVER_HELD: usize = 64;
 const GRPC_RSS_KB: u64 = 256 * 1024;
-const CP_NAME: &str = "weft-identity.weft.serviceaccount.identity.weft.cluster.local";
 
 /// TLS 1.3 to the control plane, checked against `ca.crt`, ALPN h2, with
 /// `client` (certificate, key) as the client certificate if given.
@@ -292,7 +294,7 @@ async fn idle_grpc_connections_are_closed_while_certificates_are_issued() {
     block_in_place(|| certify("backend"));
 
     // A proxy's destination watch, which then stays silent.
-    let watch = watch_backend(&s, da).await;
+    let watch = common::watch::watch_backend(&s, da).await;
     let watching = Instant::now();
 
     // An attacker completes TLS without a certificate and sends nothing.
@@ -372,43 +374,6 @@ async fn idle_grpc_connections_are_closed_while_certificates_are_issued() {
     );
     assert_eq!(anon, 16);
     assert!(proxy >= 4096 + 1024);
-}
-
-/// A destination Get for backend's port, with backend's certificate, after
-/// its first update.
-async fn watch_backend(
-    s: &Scratch,
-    da: SocketAddr,
-) -> tonic::Streaming<linkerd2_proxy_api::destination::Update> {
-    use linkerd2_proxy_api::destination::GetDestination;
-    use linkerd2_proxy_api::destination::destination_client::DestinationClient;
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(s.read("ca.crt")))
-        .domain_name(CP_NAME)
-        .identity(Identity::from_pem(
-            s.read("backend.crt"),
-            s.read("backend.key"),
-        ));
-    let channel = Endpoint::from_shared(format!("https://{da}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut c = DestinationClient::new(channel);
-    let mut stream = c
-        .get(GetDestination {
-            path: "demo/backend:7000".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = tokio::time::timeout(DEADLINE, stream.message()).await;
-    assert!(matches!(first, Ok(Ok(Some(_)))), "{first:?}");
-    stream
 }
 
 /// A full gRPC listener closes further connections at once and counts them,

@@ -35,9 +35,9 @@ pub struct CheckArgs {
     /// With --proxy: warn about proxy certificates that expire sooner than this (healthy proxies renew at 70% of their lifetime)
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub proxy_expiry_warning: std::time::Duration,
-    /// The control plane's admin address (read by --proxy)
-    #[arg(long, default_value = "127.0.0.1:9990")]
-    pub admin_addr: std::net::SocketAddr,
+    /// The control plane's admin address, host:port (a DNS name is resolved when read; read by --proxy)
+    #[arg(long, default_value = "127.0.0.1:9990", value_parser = super::host_port)]
+    pub admin_addr: String,
     /// Check a resource directory (as given to `weft control-plane --resources`): conflicts and refusals
     #[arg(long)]
     pub resources: Option<PathBuf>,
@@ -134,7 +134,7 @@ fn resources(a: &CheckArgs, dir: &std::path::Path) -> Vec<CheckResult> {
 /// The fleet view from the control plane's admin endpoint, judged.
 fn fleet(a: &CheckArgs) -> (Option<String>, Vec<CheckResult>) {
     let reach = "the control plane's fleet view is reachable";
-    let fetched = http_get(a.admin_addr, "/fleet")
+    let fetched = http_get(&a.admin_addr, "/fleet")
         .ok_or_else(|| format!("no answer from {} (GET /fleet)", a.admin_addr))
         .and_then(|(code, body)| match code {
             200 => serde_json::from_str::<control_plane::fleet::FleetView>(&body)

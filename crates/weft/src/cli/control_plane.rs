@@ -96,6 +96,9 @@ pub struct ControlPlaneArgs {
     pub admin_limits: super::AdminLimitArgs,
     #[command(flatten)]
     pub grpc_limits: super::GrpcLimitArgs,
+    /// On SIGTERM: stop accepting, send GOAWAY, let streams go on for this long, then close what remains and exit
+    #[arg(long, env = "WEFT_SHUTDOWN_GRACE_PERIOD", default_value = "10s", value_parser = super::duration::parse_duration)]
+    pub shutdown_grace_period: std::time::Duration,
 }
 
 impl ControlPlaneArgs {
@@ -194,6 +197,7 @@ impl ControlPlaneArgs {
             admin_addr: self.admin_addr,
             admin_limits: self.admin_limits.limits()?,
             grpc_limits: self.grpc_limits.limits()?,
+            shutdown_grace: self.shutdown_grace_period,
             reread_interval: self.reread_interval,
             min_refresh: self.identity_min_refresh,
         })
@@ -206,7 +210,7 @@ pub fn run(args: ControlPlaneArgs) -> CmdResult {
     bounds::raise_nofile();
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         eprintln!("weft control-plane starting with:\n{cfg}");
         let (started, serve) = control_plane::start(cfg, super::shutdown_signal())
             .await
@@ -233,5 +237,9 @@ pub fn run(args: ControlPlaneArgs) -> CmdResult {
         serve.await;
         eprintln!("weft control-plane stopped");
         Ok(())
-    })
+    });
+    // Tasks still running (connections closed at the grace period's end)
+    // are dropped, not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }

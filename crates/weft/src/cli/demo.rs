@@ -47,7 +47,7 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
 async fn wait_ready(name: &str, admin: SocketAddr) -> Result<(), Failure> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = tokio::task::spawn_blocking(move || http_get(admin, "/ready"))
+        let r = tokio::task::spawn_blocking(move || http_get(&admin.to_string(), "/ready"))
             .await
             .ok()
             .flatten();
@@ -262,6 +262,7 @@ async fn demo(dir: &Path) -> CmdResult {
         admin_addr: local(0),
         admin_limits: super::AdminLimitArgs::defaults(),
         grpc_limits: super::GrpcLimitArgs::defaults()?,
+        shutdown_grace: Duration::from_secs(1),
         reread_interval: Duration::from_secs(5),
         min_refresh: Duration::from_secs(10),
     };
@@ -290,6 +291,7 @@ async fn demo(dir: &Path) -> CmdResult {
         .map_err(Failure::fatal)?;
     tokio::spawn(backend_app(app));
 
+    let (inbound_limits, outbound_limits) = super::ProxyLimitArgs::defaults()?;
     let proxy_cfg = |name: &str,
                      inbound: u16,
                      outbound: Vec<proxy::OutboundMapping>|
@@ -319,6 +321,8 @@ async fn demo(dir: &Path) -> CmdResult {
             plaintext: proxy::Plaintext::Deny,
             shutdown_grace: Duration::from_secs(1),
             admin_limits: super::AdminLimitArgs::defaults(),
+            inbound_limits,
+            outbound_limits,
         })
     };
     let (backend, be_run) =
@@ -387,7 +391,7 @@ async fn demo(dir: &Path) -> CmdResult {
     );
 
     let admin = backend.admin_addr;
-    let metrics = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+    let metrics = tokio::task::spawn_blocking(move || http_get(&admin.to_string(), "/metrics"))
         .await
         .ok()
         .flatten()

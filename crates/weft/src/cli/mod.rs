@@ -11,6 +11,8 @@ pub mod proxy;
 pub mod request;
 pub mod token;
 
+use std::time::Duration;
+
 use clap::{Args, ValueEnum};
 
 /// Limits of an admin listener (probes, metrics, operator endpoints): no
@@ -120,6 +122,136 @@ impl GrpcLimitArgs {
     }
 }
 
+/// Limits of the proxy's data-plane listeners (inbound, and the outbound
+/// listeners together): no client can starve them, each other, or the admin
+/// listener. Each forwarded connection holds two descriptors.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyLimitArgs {
+    /// Inbound connections open at once; more are closed at accept (and counted). Default: a quarter of the open-file limit, keeping 1,024 descriptors in reserve
+    #[arg(long, env = "WEFT_PROXY_INBOUND_MAX_CONNECTIONS")]
+    pub inbound_max_connections: Option<usize>,
+    /// An inbound connection that has not sent its first bytes, finished the mTLS handshake and sent its transport header by then is closed
+    #[arg(long, env = "WEFT_PROXY_INBOUND_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration::parse_duration)]
+    pub inbound_handshake_timeout: std::time::Duration,
+    /// Outbound connections open at once, over all outbound listeners; more are closed at accept (and counted). Default: a fifth of the open-file limit, keeping 1,024 descriptors in reserve
+    #[arg(long, env = "WEFT_PROXY_OUTBOUND_MAX_CONNECTIONS")]
+    pub outbound_max_connections: Option<usize>,
+    /// An outbound connection not through to its destination (discovery, connect, mTLS, transport header) by then is closed
+    #[arg(long, env = "WEFT_PROXY_OUTBOUND_CONNECT_TIMEOUT", default_value = "15s", value_parser = duration::parse_duration)]
+    pub outbound_connect_timeout: std::time::Duration,
+    /// A forwarded connection (inbound or outbound) that moves no bytes either way for this long is closed; one that keeps moving bytes is never cut
+    #[arg(long, env = "WEFT_PROXY_STREAM_IDLE_TIMEOUT", default_value = "1h", value_parser = duration::parse_duration)]
+    pub stream_idle_timeout: std::time::Duration,
+}
+
+impl ProxyLimitArgs {
+    /// The defaults above, for processes started without a command line (the demo).
+    pub fn defaults() -> Result<(bounds::Limits, bounds::Limits), Failure> {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            limits: ProxyLimitArgs,
+        }
+        let d: Defaults = clap::Parser::parse_from(["weft"]);
+        d.limits.limits()
+    }
+
+    /// The inbound and the outbound limits.
+    pub fn limits(&self) -> Result<(bounds::Limits, bounds::Limits), Failure> {
+        let cap = |flag: &str, given: Option<usize>, fraction: f64| match given {
+            Some(0) => Err(Failure::input(format!("{flag} must be at least 1"))),
+            Some(n) => Ok(n),
+            None => Ok(bounds::share_of(bounds::raise_nofile(), fraction, 1024, 64)),
+        };
+        let inbound = cap(
+            "--inbound-max-connections",
+            self.inbound_max_connections,
+            0.25,
+        )?;
+        let outbound = cap(
+            "--outbound-max-connections",
+            self.outbound_max_connections,
+            0.2,
+        )?;
+        if [
+            self.inbound_handshake_timeout,
+            self.outbound_connect_timeout,
+            self.stream_idle_timeout,
+        ]
+        .iter()
+        .any(Duration::is_zero)
+        {
+            return Err(Failure::input(
+                "--inbound-handshake-timeout, --outbound-connect-timeout and --stream-idle-timeout must be more than 0",
+            ));
+        }
+        Ok((
+            bounds::Limits {
+                max_connections: inbound,
+                handshake_timeout: self.inbound_handshake_timeout,
+                idle_timeout: self.stream_idle_timeout,
+            },
+            bounds::Limits {
+                max_connections: outbound,
+                handshake_timeout: self.outbound_connect_timeout,
+                idle_timeout: self.stream_idle_timeout,
+            },
+        ))
+    }
+}
+
+/// A `host:port` flag: the host a DNS name (resolved at each connect, so a
+/// reconnect follows the name to wherever it points now) or an IP address
+/// (IPv6 in brackets). Checked here so a typo fails at start, not at the
+/// first connection.
+pub fn host_port(s: &str) -> Result<String, String> {
+    let expected = "expected host:port, e.g. weft-identity.weft.svc.cluster.local:8080, localhost:8080 or 10.0.0.1:8080";
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} has no :port; {expected}"))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{port:?} in {s:?} is not a port (1-65535); {expected}"))?;
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.contains(':') && bare == host {
+        return Err(format!(
+            "{s:?}: expected host:port with an IPv6 address in brackets, as in [::1]:8080"
+        ));
+    }
+    rustls::pki_types::ServerName::try_from(bare)
+        .map_err(|_| format!("{host:?} in {s:?} is not a host name or IP address; {expected}"))?;
+    Ok(s.to_string())
+}
+
+/// `host` (a name or an IP address) with `port`, IPv6 in brackets.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The addresses `addr` (`host:port`) resolves to now.
+pub fn resolve(addr: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs() {
+        Ok(a) => {
+            let all: Vec<_> = a.collect();
+            if all.is_empty() {
+                Err(format!("{addr} resolves to no address"))
+            } else {
+                Ok(all)
+            }
+        }
+        Err(e) => Err(format!("cannot resolve {addr}: {e}")),
+    }
+}
+
 /// Output format shared by commands that print reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Output {
@@ -166,11 +298,13 @@ impl Failure {
 
 pub type CmdResult = Result<(), Failure>;
 
-/// A GET over plain HTTP/1.0 to an admin endpoint: (status, body).
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+/// A GET over plain HTTP/1.0 to an admin endpoint at `addr` (`host:port`,
+/// resolved now; each address tried in turn): (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    let mut s = resolve(addr).ok()?.into_iter().find_map(|a| {
+        std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).ok()
+    })?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
@@ -214,4 +348,35 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports() {
+        for ok in [
+            "localhost:8080",
+            "weft-identity.weft.svc.cluster.local:8080",
+            "10.0.0.1:1",
+            "[::1]:8090",
+        ] {
+            assert_eq!(host_port(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "localhost",
+            "localhost:0",
+            "localhost:http",
+            "::1:8090",
+            "bad name!:80",
+            ":80",
+        ] {
+            let e = host_port(bad).expect_err(bad);
+            assert!(e.contains("host:port"), "{bad}: {e}");
+        }
+        assert_eq!(join_host_port("::1", 8080), "[::1]:8080");
+        assert_eq!(join_host_port("localhost", 8080), "localhost:8080");
+        assert!(resolve("localhost:8080").is_ok_and(|a| a.iter().all(|a| a.port() == 8080)));
+    }
 }

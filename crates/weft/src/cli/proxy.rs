@@ -30,17 +30,17 @@ pub struct ProxyArgs {
     /// Trust anchors (bootstrap bundle), also used to verify the control plane
     #[arg(long, env = "WEFT_PROXY_TRUST_ANCHORS_FILE")]
     pub trust_anchors_file: PathBuf,
-    /// Control plane host; identity on :8080, destination on :8086 and policy on :8090 unless given below
+    /// Control plane host (a DNS name, resolved at each connect, or an IP); identity on :8080, destination on :8086 and policy on :8090 unless given below. TLS still expects --control-plane-identity, not this name
     #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE", default_value = "127.0.0.1")]
     pub control_plane: String,
-    /// Identity service address (default: --control-plane:8080)
-    #[arg(long, env = "WEFT_PROXY_IDENTITY_ADDR")]
+    /// Identity service address, host:port (default: --control-plane:8080)
+    #[arg(long, env = "WEFT_PROXY_IDENTITY_ADDR", value_parser = super::host_port)]
     pub identity_addr: Option<String>,
-    /// Destination service address (default: --control-plane:8086)
-    #[arg(long, env = "WEFT_PROXY_DESTINATION_ADDR")]
+    /// Destination service address, host:port (default: --control-plane:8086)
+    #[arg(long, env = "WEFT_PROXY_DESTINATION_ADDR", value_parser = super::host_port)]
     pub destination_addr: Option<String>,
-    /// Inbound policy service address (default: --control-plane:8090)
-    #[arg(long, env = "WEFT_PROXY_POLICY_ADDR")]
+    /// Inbound policy service address, host:port (default: --control-plane:8090)
+    #[arg(long, env = "WEFT_PROXY_POLICY_ADDR", value_parser = super::host_port)]
     pub policy_addr: Option<String>,
     /// The control plane's identity; default: weft-identity in this workload's mesh
     #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE_IDENTITY")]
@@ -83,6 +83,8 @@ pub struct ProxyArgs {
     pub outbound_plaintext: PlaintextArg,
     #[command(flatten)]
     pub admin_limits: super::AdminLimitArgs,
+    #[command(flatten)]
+    pub limits: super::ProxyLimitArgs,
 }
 
 impl ProxyArgs {
@@ -131,19 +133,24 @@ impl ProxyArgs {
                     .map_err(Failure::input)?
             }
         };
+        let (inbound_limits, outbound_limits) = self.limits.limits()?;
+        let on_control_plane = |port| {
+            super::host_port(&super::join_host_port(&self.control_plane, port))
+                .map_err(|e| Failure::input(format!("--control-plane: {e}")))
+        };
         Ok(ProxyConfig {
             workload,
             identity,
             token_file: self.token_file,
             identity_addr: self
                 .identity_addr
-                .unwrap_or_else(|| format!("{}:8080", self.control_plane)),
+                .map_or_else(|| on_control_plane(8080), Ok)?,
             destination_addr: self
                 .destination_addr
-                .unwrap_or_else(|| format!("{}:8086", self.control_plane)),
+                .map_or_else(|| on_control_plane(8086), Ok)?,
             policy_addr: self
                 .policy_addr
-                .unwrap_or_else(|| format!("{}:8090", self.control_plane)),
+                .map_or_else(|| on_control_plane(8090), Ok)?,
             control_plane_identity,
             anchors_file: self.trust_anchors_file,
             inbound_addr: self.inbound_addr,
@@ -162,6 +169,8 @@ impl ProxyArgs {
             min_refresh: self.identity_min_refresh,
             shutdown_grace: self.shutdown_grace_period,
             admin_limits: self.admin_limits.limits()?,
+            inbound_limits,
+            outbound_limits,
             plaintext: match self.outbound_plaintext {
                 PlaintextArg::Allow => Plaintext::Allow,
                 PlaintextArg::Deny => Plaintext::Deny,

@@ -19,8 +19,8 @@ pub struct RequestArgs {
     pub crt_file: PathBuf,
     /// Where to write the new private key (PKCS#8 PEM, mode 0600)
     pub key_file: PathBuf,
-    /// The identity service, host:port
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// The identity service, host:port (a DNS name is resolved when connecting; TLS still expects --control-plane-identity)
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = super::host_port)]
     pub control_plane: String,
     /// The control plane's identity (default: weft-identity in the identity's mesh)
     #[arg(long)]

@@ -14,6 +14,7 @@ pub mod proc;
 pub mod rotation;
 pub mod stand_ins;
 pub mod traffic;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
