@@ -6,6 +6,8 @@ pub mod control_plane;
 pub mod demo;
 pub mod duration;
 pub mod init;
+pub mod inject;
+pub mod manifests;
 pub mod policy;
 pub mod proxy;
 pub mod request;
