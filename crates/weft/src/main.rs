@@ -51,11 +51,15 @@ enum Cmd {
     Init(cli::init::InitArgs),
     /// Mesh the workloads in Kubernetes manifests: add linkerd.io/inject: enabled, or the proxy itself with --manual
     Inject(cli::inject::InjectArgs),
+    /// Print the control plane's Kubernetes manifests for `kubectl apply -f -` (`--crds` first)
+    Install(cli::install::InstallArgs),
     /// Authorization policy tools
     #[command(subcommand)]
     Policy(cli::policy::PolicyCmd),
     /// Run the sidecar proxy for one workload
     Proxy(Box<cli::proxy::ProxyArgs>),
+    /// Print what `weft install` created, for `kubectl delete -f -`
+    Uninstall(cli::install::UninstallArgs),
     /// Remove what `weft inject` added (the annotation or the proxy) from Kubernetes manifests
     Uninject(cli::inject::UninjectArgs),
     /// Create and revoke join tokens for workloads' first certificates
@@ -76,6 +80,8 @@ fn main() -> ExitCode {
         Cmd::Demo(c) => cli::demo::run(c),
         Cmd::Init(c) => cli::init::run(c),
         Cmd::Inject(c) => cli::inject::run_inject(c),
+        Cmd::Install(c) => cli::install::run_install(c),
+        Cmd::Uninstall(c) => cli::install::run_uninstall(c),
         Cmd::Uninject(c) => cli::inject::run_uninject(c),
         Cmd::Policy(c) => cli::policy::run(c),
     };
