@@ -49,11 +49,19 @@ enum Cmd {
     Demo(cli::demo::DemoArgs),
     /// Install (or remove, or list) the iptables rules that steer traffic through the proxy
     Init(cli::init::InitArgs),
+    /// Mesh the workloads in Kubernetes manifests: add linkerd.io/inject: enabled, or the proxy itself with --manual
+    Inject(cli::inject::InjectArgs),
+    /// Print the control plane's Kubernetes manifests for `kubectl apply -f -` (`--crds` first)
+    Install(cli::install::InstallArgs),
     /// Authorization policy tools
     #[command(subcommand)]
     Policy(cli::policy::PolicyCmd),
     /// Run the sidecar proxy for one workload
     Proxy(Box<cli::proxy::ProxyArgs>),
+    /// Print what `weft install` created, for `kubectl delete -f -`
+    Uninstall(cli::install::UninstallArgs),
+    /// Remove what `weft inject` added (the annotation or the proxy) from Kubernetes manifests
+    Uninject(cli::inject::UninjectArgs),
     /// Create and revoke join tokens for workloads' first certificates
     #[command(subcommand)]
     Token(cli::token::TokenCmd),
@@ -71,6 +79,10 @@ fn main() -> ExitCode {
         Cmd::Proxy(c) => cli::proxy::run(*c),
         Cmd::Demo(c) => cli::demo::run(c),
         Cmd::Init(c) => cli::init::run(c),
+        Cmd::Inject(c) => cli::inject::run_inject(c),
+        Cmd::Install(c) => cli::install::run_install(c),
+        Cmd::Uninstall(c) => cli::install::run_uninstall(c),
+        Cmd::Uninject(c) => cli::inject::run_uninject(c),
         Cmd::Policy(c) => cli::policy::run(c),
     };
     match result {

@@ -86,6 +86,9 @@ pub struct ControlPlaneArgs {
     /// Admin listener: /live /ready /metrics
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:9990")]
     pub admin_addr: SocketAddr,
+    /// Probe-only listener for kubelet (/live /ready /metrics and nothing else), e.g. 0.0.0.0:9995 on the pod IP; the admin listener stays on loopback
+    #[arg(long, env = "WEFT_PROBE_ADDR")]
+    pub probe_addr: Option<SocketAddr>,
     /// Re-read the issuer files this often even without a file event
     #[arg(long, env = "WEFT_REREAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reread_interval: Duration,
@@ -205,6 +208,7 @@ impl ControlPlaneArgs {
 }
 
 pub fn run(args: ControlPlaneArgs) -> CmdResult {
+    let probe_addr = args.probe_addr;
     let cfg = args.into_config()?;
     super::init_logging();
     bounds::raise_nofile();
@@ -234,6 +238,14 @@ pub fn run(args: ControlPlaneArgs) -> CmdResult {
         );
         eprintln!("  policy listening on           {}", started.policy_addr);
         eprintln!("  admin listening on            {}", started.admin_addr);
+        if let Some(addr) = probe_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::fatal(format!("cannot listen for probes on {addr}: {e}")))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tokio::spawn(super::probes::serve(listener, started.admin_addr));
+            eprintln!("  probes listening on           {bound}");
+        }
         serve.await;
         eprintln!("weft control-plane stopped");
         Ok(())

@@ -10,6 +10,7 @@ pub mod join;
 pub mod kube;
 pub mod mesh;
 pub mod netmesh;
+pub mod pipe;
 pub mod proc;
 pub mod rotation;
 pub mod stand_ins;
@@ -26,7 +27,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(out: Output) -> Self {
+    pub fn from(out: Output) -> Self {
         Self {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

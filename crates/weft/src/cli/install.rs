@@ -1,0 +1,213 @@
+//! `weft install` and `weft uninstall`: the manifests for `kubectl apply -f -`
+//! (and `kubectl delete -f -`). The identity files are checked exactly as
+//! `weft check` checks them, and nothing is printed unless they pass.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use pki::check::{CheckConfig, Status, identity_checks, load_identity_material};
+
+use super::install_manifests::{self as m, IssuerFiles, Object, Plan};
+use super::{CmdResult, Failure};
+
+/// Linkerd's default: the private ranges pods and services live in.
+const DEFAULT_CLUSTER_NETWORKS: &str =
+    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Trust anchor bundle (PEM): becomes the trust-roots ConfigMap
+    #[arg(long, required_unless_present = "crds")]
+    pub identity_trust_anchors_file: Option<PathBuf>,
+    /// Issuer certificate (PEM): becomes the issuer Secret
+    #[arg(long, conflicts_with = "identity_external_issuer")]
+    pub identity_issuer_certificate_file: Option<PathBuf>,
+    /// Issuer private key (PEM): becomes the issuer Secret
+    #[arg(long, conflicts_with = "identity_external_issuer")]
+    pub identity_issuer_key_file: Option<PathBuf>,
+    /// The issuer Secret is managed elsewhere (e.g. cert-manager) and must already exist; none is printed
+    #[arg(long)]
+    pub identity_external_issuer: bool,
+    /// The control plane's namespace
+    #[arg(long, default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
+    pub namespace: String,
+    /// High availability: two control plane replicas on different nodes, and a PodDisruptionBudget
+    #[arg(long)]
+    pub ha: bool,
+    /// The weft image
+    #[arg(long, default_value = super::inject::DEFAULT_IMAGE)]
+    pub image: String,
+    /// The trust domain of workload identities
+    #[arg(long, default_value = pki::identity::DEFAULT_TRUST_DOMAIN)]
+    pub identity_trust_domain: String,
+    /// The cluster's pod and service networks (comma-separated CIDRs)
+    #[arg(long, default_value = DEFAULT_CLUSTER_NETWORKS)]
+    pub cluster_networks: String,
+    /// Print only weft's CustomResourceDefinitions (apply them first, as with Linkerd)
+    #[arg(long, conflicts_with_all = ["identity_trust_anchors_file", "identity_issuer_certificate_file", "identity_issuer_key_file", "identity_external_issuer", "ha"])]
+    pub crds: bool,
+    /// Also install the Gateway API CRDs (never installed or overwritten otherwise)
+    #[arg(long)]
+    pub install_gateway_api: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// The control plane's namespace
+    #[arg(long, default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
+    pub namespace: String,
+    /// Also delete weft's CRDs, and with them every policy object in the cluster
+    #[arg(long)]
+    pub crds: bool,
+}
+
+fn read(path: &Path, what: &str) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Failure::input(format!("cannot read the {what} {}: {e}", path.display())))
+}
+
+/// The `weft check` identity checks on the files; any failure refuses.
+fn checked_issuer(a: &InstallArgs, anchors: &Path) -> Result<Option<IssuerFiles>, Failure> {
+    if a.identity_external_issuer {
+        let certs = pki::load_certs(anchors).map_err(|e| {
+            Failure::input(format!(
+                "--identity-trust-anchors-file {}: {e}; pass the PEM bundle of trust anchors",
+                anchors.display()
+            ))
+        })?;
+        eprintln!(
+            "note: {} anchor(s) read; the issuer Secret {}/{} is expected to exist already (e.g. from cert-manager) and is not printed",
+            certs.len(),
+            a.namespace,
+            control_plane::k8s::KubeSettings::DEFAULT_ISSUER_SECRET
+        );
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (
+        &a.identity_issuer_certificate_file,
+        &a.identity_issuer_key_file,
+    ) else {
+        return Err(Failure::input(
+            "pass --identity-issuer-certificate-file and --identity-issuer-key-file (create them with `weft certs create ... --profile intermediate-ca`), or --identity-external-issuer when the issuer Secret is managed elsewhere",
+        ));
+    };
+    let material = load_identity_material(anchors, cert, Some(key));
+    let checks = identity_checks(
+        material.as_ref().map_err(String::as_str),
+        time::OffsetDateTime::now_utc(),
+        CheckConfig::default(),
+    );
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| c.result == Status::Error)
+        .map(|c| format!("{}: {} (hint: {})", c.description, c.error, c.hint))
+        .collect();
+    if !failed.is_empty() {
+        return Err(Failure::input(format!(
+            "the identity files fail `weft check`, so nothing was printed:\n  {}\nfix them (see `weft check --identity-trust-anchors-file ... --identity-issuer-certificate-file ... --identity-issuer-key-file ...`) and run install again",
+            failed.join("\n  ")
+        )));
+    }
+    for w in checks.iter().filter(|c| c.result == Status::Warning) {
+        eprintln!("warning: {}: {} (hint: {})", w.description, w.error, w.hint);
+    }
+    Ok(Some(IssuerFiles {
+        cert_pem: read(cert, "issuer certificate")?,
+        key_pem: read(key, "issuer key")?,
+    }))
+}
+
+pub fn run_install(a: InstallArgs) -> CmdResult {
+    if a.install_gateway_api {
+        return Err(Failure::input(
+            "--install-gateway-api: this build of weft does not ship the Gateway API CRDs; install them from the Gateway API release (standard channel), then run install without this flag",
+        ));
+    }
+    if a.crds {
+        out!("{}", control_plane::k8s_manifests::CRDS);
+        return Ok(());
+    }
+    let Some(anchors) = &a.identity_trust_anchors_file else {
+        return Err(Failure::input(
+            "pass --identity-trust-anchors-file (or --crds to print only the CRDs)",
+        ));
+    };
+    let issuer = checked_issuer(&a, anchors)?;
+    let plan = Plan {
+        namespace: a.namespace.clone(),
+        image: a.image.clone(),
+        ha: a.ha,
+        trust_domain: a.identity_trust_domain.clone(),
+        cluster_networks: a.cluster_networks.clone(),
+        issuer,
+        anchors_pem: read(anchors, "trust anchors")?,
+    };
+    let text = m::render(&m::control_plane(&plan)).map_err(Failure::fatal)?;
+    eprintln!(
+        "note: apply `weft install --crds` first; the MutatingWebhookConfiguration has no caBundle: the control plane writes it"
+    );
+    out!("{text}");
+    Ok(())
+}
+
+/// What to delete, the webhook first (so no pod creation waits on a
+/// control plane being deleted) and the namespace last.
+pub fn run_uninstall(a: UninstallArgs) -> CmdResult {
+    let plan = Plan {
+        namespace: a.namespace.clone(),
+        image: String::new(),
+        ha: true,
+        trust_domain: String::new(),
+        cluster_networks: String::new(),
+        issuer: Some(IssuerFiles {
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        }),
+        anchors_pem: String::new(),
+    };
+    let mut objects: Vec<serde_json::Value> = Vec::new();
+    for o in m::control_plane(&plan) {
+        match o {
+            Object::Data(v) => objects.push(v),
+            Object::Text(t) => objects.extend(
+                serde_saphyr::from_multiple::<serde_json::Value>(&t)
+                    .map_err(|e| Failure::fatal(format!("shipped RBAC: {e}")))?
+                    .into_iter()
+                    .filter(|v| !v.is_null()),
+            ),
+        }
+    }
+    if a.crds {
+        objects.extend(
+            serde_saphyr::from_multiple::<serde_json::Value>(control_plane::k8s_manifests::CRDS)
+                .map_err(|e| Failure::fatal(format!("shipped CRDs: {e}")))?
+                .into_iter()
+                .filter(|v| !v.is_null()),
+        );
+    } else {
+        eprintln!(
+            "note: weft's CRDs are kept (and the policy objects in them); add --crds to delete them too"
+        );
+    }
+    // Webhook first, namespace last; the rest in install order.
+    let rank = |v: &serde_json::Value| match v["kind"].as_str() {
+        Some("MutatingWebhookConfiguration") => 0,
+        Some("Namespace") => 2,
+        _ => 1,
+    };
+    objects.sort_by_key(rank);
+    let stubs: Vec<Object> = objects
+        .iter()
+        .map(|v| {
+            let mut meta = serde_json::json!({"name": v["metadata"]["name"]});
+            if let Some(ns) = v["metadata"].get("namespace") {
+                meta["namespace"] = ns.clone();
+            }
+            Object::Data(serde_json::json!({
+                "apiVersion": v["apiVersion"], "kind": v["kind"], "metadata": meta,
+            }))
+        })
+        .collect();
+    out!("{}", m::render(&stubs).map_err(Failure::fatal)?);
+    Ok(())
+}
