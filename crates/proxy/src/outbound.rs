@@ -139,9 +139,9 @@ impl Outbound {
 
     /// Resolves `target` and connects to one of its endpoints: mTLS with a
     /// transport header to a meshed peer, plaintext to an unmeshed one if
-    /// allowed. Nothing was sent yet when a connect fails, so an endpoint
-    /// that cannot be reached (gone before its Remove arrived) is left for
-    /// the next one; the attempts share one connect budget.
+    /// allowed. Nothing was sent yet when a connect or handshake fails, so
+    /// an endpoint that cannot be reached (gone before its Remove arrived)
+    /// is left for the next one; the TCP connects share one budget.
     async fn reach(&self, target: &str) -> Result<Upstream, Refusal> {
         let candidates = self
             .discovery
@@ -167,7 +167,17 @@ impl Outbound {
             match tokio::time::timeout(per_try, TcpStream::connect(dial)).await {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
-                    return self.secure(c, tcp).await;
+                    // Still nothing of the app's sent: an endpoint whose proxy
+                    // is shutting down (or refuses mTLS) leaves the connection
+                    // to the next; each is verified on its own.
+                    match self.secure(c, tcp).await {
+                        Ok(up) => return Ok(up),
+                        Err((reason, detail)) => {
+                            tracing::info!(%target, %dial, reason, "endpoint failed before any byte was forwarded; trying the next one: {detail}");
+                            failure = Some((reason, detail));
+                            continue;
+                        }
+                    }
                 }
                 Ok(Err(e)) => failure = Some(("connect", format!("cannot connect to {dial}: {e}"))),
                 Err(_) => {

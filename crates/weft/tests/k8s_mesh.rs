@@ -103,7 +103,13 @@ fn proxies_in_stand_ins_follow_scaling_and_policy() -> Result<()> {
     }
     let t = running.stop()?;
     println!("traffic: {}", t.summary());
-    ensure!(t.failed.is_empty(), "failed requests: {:?}", t.failed);
+    ensure!(
+        t.failed.is_empty(),
+        "failed requests: {:?}\nthe frontend proxy's refusals and warnings:\n{}\n{}",
+        t.failed,
+        mesh.proxy_lines("frontend", "refused").join("\n"),
+        mesh.proxy_lines("frontend", "WARN").join("\n"),
+    );
     ensure!(t.total() > 100, "too few requests to judge: {}", t.total());
 
     // The policy is live: without the MeshTLSAuthentication, denied.

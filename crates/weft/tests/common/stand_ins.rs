@@ -194,6 +194,22 @@ impl<'a> Mesh<'a> {
         }
     }
 
+    /// The lines of `pod`'s proxy log that contain `needle`.
+    pub fn proxy_lines(&self, pod: &str, needle: &str) -> Vec<String> {
+        self.stand_ins
+            .iter()
+            .filter(|(name, _)| name.starts_with(&format!("{pod}-")) || name.as_str() == pod)
+            .flat_map(|(_, s)| {
+                s.proxy
+                    .output()
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// The last lines of every stand-in's proxy (for a failure's message).
     pub fn proxy_logs(&self) -> String {
         let mut out = String::new();
@@ -315,8 +331,19 @@ impl<'a> Mesh<'a> {
             ensure!(Instant::now() < end, "{name}'s endpoint {ip} never left");
             std::thread::sleep(Duration::from_millis(100));
         }
-        if let Some(s) = self.stand_ins.remove(name) {
-            drop(s.proxy);
+        // As the kubelet stops a pod: SIGTERM, so the proxy stops accepting
+        // and lets requests in flight finish (its grace period), then gone.
+        if let Some(mut s) = self.stand_ins.remove(name) {
+            let pid = s.proxy.child.id().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            let exited = s.proxy.wait_exit(DEADLINE);
+            ensure!(
+                exited == Some(0),
+                "{name}'s proxy did not stop cleanly on SIGTERM ({exited:?}):\n{}",
+                s.proxy.output()
+            );
         }
         self.env.remove_stand_in(name)
     }
