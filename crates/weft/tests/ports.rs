@@ -364,26 +364,31 @@ fn inbound_refuses_bad_input_with_a_reason() {
         "got plaintext; the proxy's inbound port serves only mTLS",
         DEADLINE,
     );
-    // Half-open: connected, silent.
-    {
+    // Half-open (connected, silent), then stalled mid-handshake (the start
+    // of a ClientHello, then nothing): in ports mode both are closed at the
+    // inbound handshake deadline, each refusal logged with its peer.
+    for first in [
+        &[][..],
+        &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc][..],
+    ] {
         let mut s = TcpStream::connect(inbound).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let me = s.local_addr().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(first).unwrap();
+        let t0 = std::time::Instant::now();
         let mut buf = [0u8; 1];
         assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "closed by the proxy");
+        let line = m.backend.wait_for_line(&format!("peer={me}"), DEADLINE);
+        println!(
+            "{} bytes then silence: closed after {:.1?}: {line}",
+            first.len(),
+            t0.elapsed()
+        );
+        assert!(
+            line.contains("handshake_timeout") && line.contains("--inbound-handshake-timeout"),
+            "{line}"
+        );
     }
-    m.backend
-        .wait_for_line("nothing within the detection timeout", DEADLINE);
-    // Stalls mid-handshake: the start of a ClientHello, then nothing.
-    {
-        let mut s = TcpStream::connect(inbound).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
-            .unwrap();
-        let mut buf = [0u8; 1];
-        assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
-    }
-    m.backend
-        .wait_for_line("incomplete TLS ClientHello", DEADLINE);
     // TLS for another name.
     let s2 = tokio::runtime::Builder::new_current_thread()
         .enable_all()
