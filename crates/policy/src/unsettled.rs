@@ -24,16 +24,16 @@ pub struct NarrowClaim {
 
 /// A refused document's claim on policy: narrow when it is a Server whose
 /// selector and port are readable, its whole namespace otherwise.
-fn claim_of(doc: &Value) -> Result<NarrowClaim, ()> {
-    let spec = doc.get("spec").cloned().ok_or(())?;
-    let sel: Selection = serde_json::from_value(spec).map_err(|_| ())?;
+fn claim_of(doc: &Value) -> Option<NarrowClaim> {
+    let spec = doc.get("spec").cloned()?;
+    let sel: Selection = serde_json::from_value(spec).ok()?;
     // Exactly one selector, and one Kubernetes would accept: anything else
     // cannot say what the Server meant to select.
     match (&sel.pod_selector, &sel.external_workload_selector) {
         (Some(one), None) | (None, Some(one)) if crate::resources::selector_is_valid(one) => {}
-        _ => return Err(()),
+        _ => return None,
     }
-    Ok(NarrowClaim {
+    Some(NarrowClaim {
         server: Server {
             meta: Meta {
                 name: doc
@@ -102,7 +102,7 @@ impl Unsettled {
                     let mut hit = false;
                     for (i, (kind, ns)) in kinds.into_iter().enumerate() {
                         if kind == "Server"
-                            && let Some(claim) = docs.get(i).and_then(|d| claim_of(d).ok())
+                            && let Some(claim) = docs.get(i).and_then(claim_of)
                         {
                             u.narrow.entry(ns).or_default().push(claim);
                             hit = true;

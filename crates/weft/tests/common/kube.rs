@@ -154,19 +154,32 @@ pub fn install_identity(env: &K8sEnv, s: &Scratch, cp_ns: &str) -> Result<()> {
 /// mode, as the weft-identity ServiceAccount under the shipped RBAC, with
 /// the guide's anchor and issuer (`install_identity`).
 pub fn control_plane(env: &K8sEnv, s: &Scratch, cp_ns: &str, kubeconfig: &std::path::Path) -> Proc {
-    let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
-    cmd.current_dir(s.path("."));
-    cmd.args([
+    control_plane_with(env, s, cp_ns, kubeconfig, &[])
+}
+
+/// [`control_plane`] with `extra` flags, each replacing the default it names.
+pub fn control_plane_with(
+    env: &K8sEnv,
+    s: &Scratch,
+    cp_ns: &str,
+    kubeconfig: &std::path::Path,
+    extra: &[&str],
+) -> Proc {
+    let kubeconfig = kubeconfig.to_string_lossy();
+    let mut args = vec![
         "control-plane",
         "--kubernetes",
         "--kubeconfig",
-        &kubeconfig.to_string_lossy(),
+        &kubeconfig,
         "--cluster-networks",
         CLUSTER_NETWORKS,
         "--controller-namespace",
         cp_ns,
-    ]);
-    cmd.args(super::LOOPBACK_LISTENERS);
+    ];
+    args.extend(super::LOOPBACK_LISTENERS);
+    super::replace_defaults(&mut args, extra);
+    let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
+    cmd.current_dir(s.path(".")).args(args);
     Proc::spawn_cmd(cmd)
 }
 

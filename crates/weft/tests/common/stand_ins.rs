@@ -23,7 +23,9 @@ use testbed::k8s::kube::Client;
 use testbed::k8s::kube::api::{Api, ListParams, Patch, PatchParams};
 
 use crate::common::Scratch;
-use crate::common::kube::{CLUSTER_NETWORKS, identity, least_privilege_kubeconfig};
+use crate::common::kube::{
+    CLUSTER_NETWORKS, control_plane_with, identity, least_privilege_kubeconfig,
+};
 use crate::common::netmesh::PROXY_UID;
 use crate::common::proc::Proc;
 
@@ -136,29 +138,24 @@ impl<'a> Mesh<'a> {
         std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let kubeconfig = rt.block_on(least_privilege_kubeconfig(env, &client, cp_ns, s))?;
         crate::common::kube::install_identity(env, s, cp_ns)?;
-        let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
-        cmd.current_dir(s.path("."));
-        cmd.args([
-            "control-plane",
-            "--kubernetes",
-            "--kubeconfig",
-            &kubeconfig.to_string_lossy(),
-            "--cluster-networks",
-            &format!("{CLUSTER_NETWORKS},{SERVICE_NETWORK}"),
-            "--controller-namespace",
+        let networks = format!("{CLUSTER_NETWORKS},{SERVICE_NETWORK}");
+        // On the pod network at the ports proxies default to.
+        let cp = control_plane_with(
+            env,
+            s,
             cp_ns,
-            "--state-dir",
-            "state",
-            "--identity-addr",
-            "0.0.0.0:8080",
-            "--destination-addr",
-            "0.0.0.0:8086",
-            "--policy-addr",
-            "0.0.0.0:8090",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ]);
-        let cp = Proc::spawn_cmd(cmd);
+            &kubeconfig,
+            &[
+                "--cluster-networks",
+                &networks,
+                "--identity-addr",
+                "0.0.0.0:8080",
+                "--destination-addr",
+                "0.0.0.0:8086",
+                "--policy-addr",
+                "0.0.0.0:8090",
+            ],
+        );
         cp.wait_for_line("resources loaded", Duration::from_secs(30));
         let weft = std::path::Path::new(env!("CARGO_BIN_EXE_weft"));
         let bin = testbed::executable_copy(weft, s.dir.path(), PROXY_UID)?;
@@ -175,11 +172,18 @@ impl<'a> Mesh<'a> {
         })
     }
 
-    pub fn netns(&self, pod: &str) -> Result<String> {
+    /// The stand-ins of `pod`: that pod, or a Deployment's pods named after it.
+    fn of_pod<'b>(&'b self, pod: &'b str) -> impl Iterator<Item = &'b StandIn> {
         self.stand_ins
             .iter()
-            .find(|(name, _)| name.starts_with(&format!("{pod}-")) || name.as_str() == pod)
-            .map(|(_, s)| s.ns.clone())
+            .filter(move |(name, _)| name.as_str() == pod || name.starts_with(&format!("{pod}-")))
+            .map(|(_, s)| s)
+    }
+
+    pub fn netns(&self, pod: &str) -> Result<String> {
+        self.of_pod(pod)
+            .next()
+            .map(|s| s.ns.clone())
             .with_context(|| format!("no stand-in for {pod}"))
     }
 
@@ -196,10 +200,8 @@ impl<'a> Mesh<'a> {
 
     /// The lines of `pod`'s proxy log that contain `needle`.
     pub fn proxy_lines(&self, pod: &str, needle: &str) -> Vec<String> {
-        self.stand_ins
-            .iter()
-            .filter(|(name, _)| name.starts_with(&format!("{pod}-")) || name.as_str() == pod)
-            .flat_map(|(_, s)| {
+        self.of_pod(pod)
+            .flat_map(|s| {
                 s.proxy
                     .output()
                     .lines()

@@ -299,21 +299,18 @@ pub fn start_control_plane(
     scratch: &common::Scratch,
     anchors: &str,
 ) -> Result<Cp> {
-    let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
-    cmd.current_dir(scratch.dir.path()).args([
-        "control-plane",
-        "--kubernetes",
-        "--kubeconfig",
-        kubeconfig.to_str().context("kubeconfig path")?,
-        "--controller-namespace",
+    let proc = common::kube::control_plane_with(
+        env,
+        scratch,
         cp_ns,
-        "--cluster-networks",
-        "10.10.0.0/24,10.96.0.0/16",
-        "--reread-interval",
-        "5s",
-    ]);
-    cmd.args(common::LOOPBACK_LISTENERS);
-    let proc = Proc::spawn_cmd(cmd);
+        kubeconfig,
+        &[
+            "--cluster-networks",
+            "10.10.0.0/24,10.96.0.0/16",
+            "--reread-interval",
+            "5s",
+        ],
+    );
     let identity = proc.addr("identity listening on");
     let destination = proc.addr("destination listening on");
     let admin = proc.addr("admin listening on");
