@@ -59,6 +59,8 @@ pub enum StartError {
     Kube(#[from] k8s::ConnectError),
     #[error(transparent)]
     NoIssuerSource(#[from] k8s::wiring::NoIssuerSource),
+    #[error(transparent)]
+    Webhook(#[from] k8s::webhook::WebhookError),
 }
 
 /// What a started control plane reports (addresses actually bound).
@@ -70,6 +72,8 @@ pub struct Started {
     pub admin_addr: SocketAddr,
     pub token_key_id: String,
     pub state_initialised: bool,
+    /// The injector's listener, when this replica serves it.
+    pub webhook_addr: Option<SocketAddr>,
 }
 
 /// Starts every part and returns once listening; the returned future runs
@@ -103,6 +107,8 @@ pub async fn start(
     let limits = bounds::Metrics::default();
     limits.register(&mut registry);
     let generations = k8s::wiring::generations(&cfg, kube.as_ref(), &mut registry)?;
+    let webhook_metrics = k8s::webhook::server::WebhookMetrics::default();
+    webhook_metrics.register(&mut registry);
     let registry = Arc::new(registry);
 
     let (issuer_tx, issuer_rx) = watch::channel(IssuerStatus::default());
@@ -135,6 +141,21 @@ pub async fn start(
                 addr: cfg.admin_addr,
                 source,
             })?;
+    let webhook = cfg.kubernetes.as_ref().and_then(|k| k.webhook.as_ref());
+    let injector = match (webhook, &kube) {
+        (Some(w), Some(client)) => Some(
+            k8s::webhook::Injector::bind(
+                w,
+                client.clone(),
+                &cfg.controller_namespace,
+                bundle_rx.clone(),
+                &limits,
+                webhook_metrics,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
     let started = Started {
         identity_addr: identity_listener.local_addr().unwrap_or(cfg.identity_addr),
         policy_addr: policy_listener.local_addr().unwrap_or(cfg.policy_addr),
@@ -144,6 +165,7 @@ pub async fn start(
         admin_addr: admin_listener.local_addr().unwrap_or(cfg.admin_addr),
         token_key_id: tokens.key_id,
         state_initialised: tokens.initialised,
+        webhook_addr: injector.as_ref().map(|i| i.addr),
     };
 
     let revocations = tokens.follower;
@@ -266,6 +288,9 @@ pub async fn start(
         let (close_tx, close_rx) = watch::channel(false);
         // The accept loops: aborted on shutdown, which closes the listeners.
         let mut accepting = tokio::task::JoinSet::new();
+        if let Some(injector) = injector {
+            accepting.spawn(injector.run(cfg.controller_namespace.clone()));
+        }
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };

@@ -23,10 +23,17 @@ pub use sidecar::{INIT_CONTAINER, PROXY_CONTAINER};
 /// plane reads pods by it).
 pub const LABEL_CONTROL_PLANE_NS: &str = "linkerd.io/control-plane-ns";
 pub const ANN_PROXY_VERSION: &str = "linkerd.io/proxy-version";
+/// The namespace label that makes meshing required: every pod there is
+/// meshed or refused, and its webhook fails closed.
+pub const MESH_REQUIRED_LABEL: &str = "weft.dev/mesh";
 /// Says weft injected the pod (and which version), for operators and `uninject`.
 pub const ANN_INJECTED_BY: &str = "weft.dev/injected-by";
-/// The ConfigMap whose `ca-bundle.crt` the proxy reads as a mounted file.
+/// The operator's trust-roots ConfigMap, in the control plane's namespace.
 pub const DEFAULT_TRUST_ROOTS_CONFIGMAP: &str = "linkerd-identity-trust-roots";
+/// The copy of the anchors the control plane keeps in every meshed
+/// namespace (a pod mounts only its own namespace's ConfigMaps): its
+/// `ca-bundle.crt` is the file an injected proxy boots with.
+pub const TRUST_ROOTS_COPY: &str = "weft-identity-trust-roots";
 
 /// Where the mesh lives and which proxy to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +44,9 @@ pub struct Settings {
     pub image: String,
     pub proxy_version: String,
     /// Mounted as a volume, so it must exist in the pod's namespace (a pod
-    /// cannot mount another namespace's ConfigMap); the pod does not start
-    /// without it (fail closed).
+    /// cannot mount another namespace's ConfigMap; the webhook places the
+    /// copy before it admits the pod); the pod does not start without it
+    /// (fail closed).
     pub trust_roots_configmap: String,
 }
 

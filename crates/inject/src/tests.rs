@@ -12,7 +12,7 @@ fn settings() -> Settings {
         cluster_domain: "cluster.local".into(),
         image: "ghcr.io/weft/weft:0.1.0".into(),
         proxy_version: "0.1.0".into(),
-        trust_roots_configmap: DEFAULT_TRUST_ROOTS_CONFIGMAP.into(),
+        trust_roots_configmap: TRUST_ROOTS_COPY.into(),
     }
 }
 
@@ -122,7 +122,7 @@ fn an_enabled_pod_gets_the_init_container_the_native_sidecar_and_its_volumes() {
     );
     assert_eq!(
         vols[1],
-        json!({"name": "weft-trust-roots", "configMap": {"name": "linkerd-identity-trust-roots",
+        json!({"name": "weft-trust-roots", "configMap": {"name": "weft-identity-trust-roots",
             "items": [{"key": "ca-bundle.crt", "path": "ca-bundle.crt"}]}})
     );
     assert_eq!(

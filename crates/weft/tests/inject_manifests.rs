@@ -186,7 +186,7 @@ fn manual_inject_adds_the_proxy_once_and_uninject_removes_it() {
         cluster_domain: "cluster.local".into(),
         image: concat!("ghcr.io/weft-mesh/weft:", env!("CARGO_PKG_VERSION")).into(),
         proxy_version: env!("CARGO_PKG_VERSION").into(),
-        trust_roots_configmap: inject::DEFAULT_TRUST_ROOTS_CONFIGMAP.into(),
+        trust_roots_configmap: inject::TRUST_ROOTS_COPY.into(),
     };
     let pod = docs(&input).remove(0);
     let want = match inject::inject(&pod, &inject::NamespaceMeta::enabled(), &settings).unwrap() {

@@ -10,6 +10,7 @@ pub mod lease;
 pub mod proofs;
 pub mod resources;
 pub mod tokens;
+pub mod webhook;
 pub mod wiring;
 
 use std::fmt;
@@ -25,6 +26,8 @@ pub struct KubeSettings {
     pub trust_roots_configmap: String,
     /// Secret (in the control plane's namespace) holding the issuer.
     pub issuer_secret: String,
+    /// The injector, when this replica serves it.
+    pub webhook: Option<webhook::WebhookSettings>,
 }
 
 impl KubeSettings {
@@ -42,7 +45,11 @@ impl fmt::Display for KubeSettings {
             f,
             "; trust roots ConfigMap {}, issuer Secret {}",
             self.trust_roots_configmap, self.issuer_secret
-        )
+        )?;
+        match &self.webhook {
+            Some(w) => write!(f, "; injector on {w}"),
+            None => f.write_str("; no injector (--webhook-addr not given)"),
+        }
     }
 }
 

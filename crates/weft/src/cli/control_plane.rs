@@ -99,6 +99,8 @@ pub struct ControlPlaneArgs {
     pub admin_limits: super::AdminLimitArgs,
     #[command(flatten)]
     pub grpc_limits: super::GrpcLimitArgs,
+    #[command(flatten)]
+    pub webhook: super::webhook::WebhookArgs,
     /// On SIGTERM: stop accepting, send GOAWAY, let streams go on for this long, then close what remains and exit
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE_PERIOD", default_value = "10s", value_parser = super::duration::parse_duration)]
     pub shutdown_grace_period: std::time::Duration,
@@ -169,7 +171,17 @@ impl ControlPlaneArgs {
             kubeconfig: self.kubeconfig.clone(),
             trust_roots_configmap: self.identity_trust_roots_configmap.clone(),
             issuer_secret: self.identity_issuer_secret.clone(),
+            webhook: None,
         });
+        let kubernetes = match kubernetes {
+            Some(mut k) => {
+                k.webhook = self
+                    .webhook
+                    .settings(&self.controller_namespace, &self.identity_trust_domain)?;
+                Some(k)
+            }
+            None => None,
+        };
         Ok(ControlPlaneConfig {
             issuer_files,
             issuance_lifetime: self.identity_issuance_lifetime,
@@ -238,6 +250,9 @@ pub fn run(args: ControlPlaneArgs) -> CmdResult {
         );
         eprintln!("  policy listening on           {}", started.policy_addr);
         eprintln!("  admin listening on            {}", started.admin_addr);
+        if let Some(addr) = started.webhook_addr {
+            eprintln!("  webhook listening on          {addr}");
+        }
         if let Some(addr) = probe_addr {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -106,15 +106,31 @@ fn annotations(t: &mut Value) -> &mut serde_json::Map<String, Value> {
     }
 }
 
-pub fn run_inject(a: InjectArgs) -> CmdResult {
-    let settings = Settings {
-        control_plane_ns: a.controller_namespace.clone(),
-        trust_domain: a.identity_trust_domain.clone(),
-        cluster_domain: a.cluster_domain.clone(),
-        image: a.image.clone(),
+/// What `weft inject --manual` and the control plane's webhook inject:
+/// the same settings from the same flags.
+pub fn settings(
+    control_plane_ns: &str,
+    trust_domain: &str,
+    cluster_domain: &str,
+    image: &str,
+) -> Settings {
+    Settings {
+        control_plane_ns: control_plane_ns.into(),
+        trust_domain: trust_domain.into(),
+        cluster_domain: cluster_domain.into(),
+        image: image.into(),
         proxy_version: env!("CARGO_PKG_VERSION").into(),
-        trust_roots_configmap: inject::DEFAULT_TRUST_ROOTS_CONFIGMAP.into(),
-    };
+        trust_roots_configmap: inject::TRUST_ROOTS_COPY.into(),
+    }
+}
+
+pub fn run_inject(a: InjectArgs) -> CmdResult {
+    let settings = settings(
+        &a.controller_namespace,
+        &a.identity_trust_domain,
+        &a.cluster_domain,
+        &a.image,
+    );
     // An explicit `weft inject` opts the workload in, as an annotated
     // namespace would; a pod's own `disabled` still wins.
     let ns = NamespaceMeta::enabled();

@@ -49,6 +49,18 @@ pub struct InstallArgs {
     /// Also install the Gateway API CRDs (never installed or overwritten otherwise)
     #[arg(long)]
     pub install_gateway_api: bool,
+    /// Development: the API server calls the injector at this https URL (e.g. a control plane run as a local process, as envtest does) instead of the weft-webhook Service
+    #[arg(long, value_parser = parse_webhook_url)]
+    pub webhook_url: Option<String>,
+}
+
+fn parse_webhook_url(s: &str) -> Result<String, String> {
+    if !s.starts_with("https://") || s.contains('#') || s.contains('?') {
+        return Err(format!(
+            "{s:?}: expected an https:// URL without query or fragment (the API server only calls webhooks over TLS), e.g. https://10.0.0.5:8443/inject"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +153,7 @@ pub fn run_install(a: InstallArgs) -> CmdResult {
         cluster_networks: a.cluster_networks.clone(),
         issuer,
         anchors_pem: read(anchors, "trust anchors")?,
+        webhook_url: a.webhook_url.clone(),
     };
     let text = m::render(&m::control_plane(&plan)).map_err(Failure::fatal)?;
     eprintln!(
@@ -164,6 +177,7 @@ pub fn run_uninstall(a: UninstallArgs) -> CmdResult {
             key_pem: String::new(),
         }),
         anchors_pem: String::new(),
+        webhook_url: None,
     };
     let mut objects: Vec<serde_json::Value> = Vec::new();
     for o in m::control_plane(&plan) {

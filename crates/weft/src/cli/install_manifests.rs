@@ -15,9 +15,9 @@
 
 use serde_json::{Value, json};
 
-/// The label that makes meshing required in a namespace.
-pub const MESH_REQUIRED_LABEL: &str = "weft.dev/mesh";
-pub const WEBHOOK_CONFIGURATION: &str = "weft-injector";
+pub use inject::MESH_REQUIRED_LABEL;
+pub const WEBHOOK_CONFIGURATION: &str =
+    control_plane::k8s::webhook::WebhookSettings::DEFAULT_CONFIGURATION;
 pub const DEPLOYMENT: &str = "weft-control-plane";
 pub const SERVICE_ACCOUNT: &str = "weft-identity";
 /// Probe-only port: `/live`, `/ready`, `/metrics` and nothing else on the pod IP.
@@ -36,6 +36,8 @@ pub struct Plan {
     /// None with an external issuer (the Secret exists already).
     pub issuer: Option<IssuerFiles>,
     pub anchors_pem: String,
+    /// Development: the webhook at a URL instead of the Service.
+    pub webhook_url: Option<String>,
 }
 
 /// The issuer Secret's contents (`kubernetes.io/tls`).
@@ -142,6 +144,8 @@ fn deployment(p: &Plan) -> Value {
         "/var/lib/weft",
         "--probe-addr",
         &format!("0.0.0.0:{PROBE_PORT}"),
+        "--webhook-addr",
+        &format!("0.0.0.0:{WEBHOOK_PORT}"),
     ];
     let port =
         |name: &str, port: u16| json!({"name": name, "containerPort": port, "protocol": "TCP"});
@@ -207,10 +211,14 @@ fn pdb(p: &Plan) -> Value {
 }
 
 fn webhook(p: &Plan, name: &str, failure: &str, required: &str) -> Value {
+    let client = match &p.webhook_url {
+        Some(url) => json!({"url": url}),
+        None => json!({"service": {"name": "weft-webhook", "namespace": p.namespace,
+                                   "path": "/inject", "port": 443}}),
+    };
     json!({
         "name": name,
-        "clientConfig": {"service": {"name": "weft-webhook", "namespace": p.namespace,
-                                     "path": "/inject", "port": 443}},
+        "clientConfig": client,
         "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                    "resources": ["pods"], "scope": "Namespaced"}],
         "namespaceSelector": {"matchExpressions": [
@@ -220,7 +228,9 @@ fn webhook(p: &Plan, name: &str, failure: &str, required: &str) -> Value {
         ]},
         "failurePolicy": failure,
         "matchPolicy": "Equivalent",
-        "sideEffects": "None",
+        // The one side effect, the trust-anchor copy in the pod's namespace,
+        // is skipped on dry runs.
+        "sideEffects": "NoneOnDryRun",
         "admissionReviewVersions": ["v1"],
         "timeoutSeconds": 10,
         "reinvocationPolicy": "Never",

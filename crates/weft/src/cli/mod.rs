@@ -15,6 +15,7 @@ pub mod probes;
 pub mod proxy;
 pub mod request;
 pub mod token;
+pub mod webhook;
 
 use std::time::Duration;
 

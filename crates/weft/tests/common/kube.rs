@@ -270,6 +270,17 @@ pub async fn least_privilege_kubeconfig(
     );
     let file = scratch.write("rbac.yaml", &rbac);
     testbed::run(env.kubectl().args(["apply", "-f"]).arg(&file))?;
+    kubeconfig_for(env, admin, cp_ns, scratch).await
+}
+
+/// A kubeconfig with a token of `cp_ns`'s weft-identity ServiceAccount
+/// (its RBAC applied already, e.g. by `weft install`), checked not to be admin.
+pub async fn kubeconfig_for(
+    env: &K8sEnv,
+    admin: &testbed::k8s::kube::Client,
+    cp_ns: &str,
+    scratch: &Scratch,
+) -> Result<std::path::PathBuf> {
     let token = testbed::k8s::api::token(
         admin,
         cp_ns,
