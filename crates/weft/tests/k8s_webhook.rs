@@ -101,8 +101,12 @@ async fn point_at(client: &Client, addr: SocketAddr) -> Result<()> {
         .map(|i| json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig/url"), "value": url(addr)}))
         .collect();
     let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
-    api.patch(CONFIGURATION, &PatchParams::default(), &Patch::Json::<()>(patch))
-        .await?;
+    api.patch(
+        CONFIGURATION,
+        &PatchParams::default(),
+        &Patch::Json::<()>(patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -141,7 +145,9 @@ fn names(list: &Value) -> Vec<String> {
 }
 
 /// Every field `want` sets is in `got` with the same value (the API server
-/// adds defaults beside them): the field-by-field comparison.
+/// adds defaults beside them): the field-by-field comparison. In lists of
+/// named items the API server's ServiceAccount admission adds its token
+/// volume (and mounts) to every container; those are the only extra items.
 fn subset(path: &str, want: &Value, got: &Value) -> Result<()> {
     match (want, got) {
         (Value::Object(w), Value::Object(g)) => {
@@ -151,8 +157,18 @@ fn subset(path: &str, want: &Value, got: &Value) -> Result<()> {
             Ok(())
         }
         (Value::Array(w), Value::Array(g)) => {
-            ensure!(w.len() == g.len(), "{path}: {} items, expected {}", g.len(), w.len());
-            for (i, (a, b)) in w.iter().zip(g).enumerate() {
+            let name = |v: &Value| v["name"].as_str().map(str::to_string);
+            let got: Vec<&Value> = g
+                .iter()
+                .filter(|v| !name(v).is_some_and(|n| n.starts_with("kube-api-access-")))
+                .collect();
+            ensure!(
+                w.len() == got.len(),
+                "{path}: {} items, expected {}: {g:?}",
+                got.len(),
+                w.len()
+            );
+            for (i, (a, b)) in w.iter().zip(got).enumerate() {
                 subset(&format!("{path}[{i}]"), a, b)?;
             }
             Ok(())
@@ -231,8 +247,10 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
     rt.block_on(point_at(&client, a.webhook))?;
     let t0 = Instant::now();
     for r in [&a, &b] {
-        r.proc
-            .wait_for_line("webhook serving certificate issued", Duration::from_secs(60));
+        r.proc.wait_for_line(
+            "webhook serving certificate issued",
+            Duration::from_secs(60),
+        );
     }
     println!("both replicas serve the webhook after {:.1?}", t0.elapsed());
 
@@ -263,7 +281,11 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
         for field in ["initContainers", "containers", "volumes"] {
             subset(field, &template["spec"][field], &got["spec"][field])?;
         }
-        subset("labels", &template["metadata"]["labels"], &got["metadata"]["labels"])?;
+        subset(
+            "labels",
+            &template["metadata"]["labels"],
+            &got["metadata"]["labels"],
+        )?;
         subset(
             "annotations",
             &template["metadata"]["annotations"],
@@ -273,8 +295,9 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
     println!("webhook pods equal `weft inject --manual` field by field");
 
     // The anchors the proxy boots with, copied into the pod's namespace.
-    let copy = rt
-        .block_on(Api::<ConfigMap>::namespaced(client.clone(), &ns).get("weft-identity-trust-roots"))?;
+    let copy = rt.block_on(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns).get("weft-identity-trust-roots"),
+    )?;
     let held = copy
         .data
         .and_then(|d| d.get("ca-bundle.crt").cloned())
@@ -287,14 +310,24 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
 
     rt.block_on(async {
         // Opted out, hostNetwork, already injected: left alone.
-        let off = create(&client, &ns, &pod("off", json!({"linkerd.io/inject": "disabled"}), false))
-            .await
-            .map_err(anyhow::Error::msg)?;
-        ensure!(weft_containers(&off).is_empty(), "an opted-out pod was meshed");
+        let off = create(
+            &client,
+            &ns,
+            &pod("off", json!({"linkerd.io/inject": "disabled"}), false),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        ensure!(
+            weft_containers(&off).is_empty(),
+            "an opted-out pod was meshed"
+        );
         let host = create(&client, &ns, &pod("host", json!({}), true))
             .await
             .map_err(anyhow::Error::msg)?;
-        ensure!(weft_containers(&host).is_empty(), "a hostNetwork pod was meshed");
+        ensure!(
+            weft_containers(&host).is_empty(),
+            "a hostNetwork pod was meshed"
+        );
         let why = host
             .metadata
             .annotations
@@ -307,7 +340,9 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
             &serde_json::to_string(&pod("pre", json!({}), false))?,
         );
         let injected: Value = serde_saphyr::from_str(&injected.stdout)?;
-        let pre = create(&client, &ns, &injected).await.map_err(anyhow::Error::msg)?;
+        let pre = create(&client, &ns, &injected)
+            .await
+            .map_err(anyhow::Error::msg)?;
         ensure!(
             weft_containers(&pre) == ["weft-init", "weft-proxy"],
             "an injected pod was changed: {:?}",
@@ -317,12 +352,18 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
         let bad = create(
             &client,
             &ns,
-            &pod("bad", json!({"config.linkerd.io/skip-inbound-ports": "eighty"}), false),
+            &pod(
+                "bad",
+                json!({"config.linkerd.io/skip-inbound-ports": "eighty"}),
+                false,
+            ),
         )
         .await;
         match bad {
             Err(e) if e.contains("skip-inbound-ports") => println!("refused: {e}"),
-            other => bail!("a bad annotation was admitted or refused for another reason: {other:?}"),
+            other => {
+                bail!("a bad annotation was admitted or refused for another reason: {other:?}")
+            }
         }
         anyhow::Ok(())
     })?;
@@ -330,17 +371,35 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
     // A malformed AdmissionReview gets an error, and the webhook goes on.
     let garbage = env
         .cp_cmd("curl")
-        .args(["-sk", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "--data", "{\"kind\":"])
+        .args([
+            "-sk",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "--data",
+            "{\"kind\":",
+        ])
         .arg(url(a.webhook))
         .output()?;
     let answer = String::from_utf8_lossy(&garbage.stdout).to_string();
-    ensure!(answer.ends_with("400"), "malformed review answered: {answer}");
+    ensure!(
+        answer.ends_with("400"),
+        "malformed review answered: {answer}"
+    );
     println!("malformed review: {}", answer.replace('\n', " "));
 
     // A required namespace: what cannot be meshed is refused.
     let required = rt.block_on(testbed::k8s::api::namespace(&client, "req"))?;
-    common::kube::kubectl(&env, &["label", "namespace", &required, "weft.dev/mesh=required"])?;
-    rt.block_on(testbed::k8s::api::service_account(&client, &required, "web"))?;
+    common::kube::kubectl(
+        &env,
+        &["label", "namespace", &required, "weft.dev/mesh=required"],
+    )?;
+    rt.block_on(testbed::k8s::api::service_account(
+        &client, &required, "web",
+    ))?;
     match rt.block_on(create(
         &client,
         &required,
@@ -373,7 +432,13 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
                 point_at(&client, if on_a { a.webhook } else { b.webhook }).await?;
                 last_flip = Instant::now();
             }
-            match create(&client, &required, &pod(&format!("r{created}-{}", refused.len()), json!({}), false)).await {
+            match create(
+                &client,
+                &required,
+                &pod(&format!("r{created}-{}", refused.len()), json!({}), false),
+            )
+            .await
+            {
                 Ok(p) if weft_containers(&p).len() == 2 => created += 1,
                 Ok(_) => refused.push("admitted unmeshed".to_string()),
                 Err(e) => refused.push(e),
@@ -386,7 +451,10 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
         "CA rotation: {created} pods meshed through both replicas, {} refused; CAs {ids:?}",
         refused.len()
     );
-    ensure!(refused.is_empty(), "pods refused during rotation: {refused:?}");
+    ensure!(
+        refused.is_empty(),
+        "pods refused during rotation: {refused:?}"
+    );
     let second = ids.iter().last().cloned().unwrap_or_default();
     for r in [&a, &b] {
         r.proc
@@ -400,10 +468,17 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
     rt.block_on(async {
         for n in ["kube-system", cp_ns.as_str()] {
             let t = Instant::now();
-            create(&client, n, &system_pod(&format!("sys-{}", std::process::id()), json!({})))
-                .await
-                .map_err(|e| anyhow::anyhow!("{n}: {e}"))?;
-            println!("a pod in {n} created in {:.1?} with the control plane down", t.elapsed());
+            create(
+                &client,
+                n,
+                &system_pod(&format!("sys-{}", std::process::id()), json!({})),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{n}: {e}"))?;
+            println!(
+                "a pod in {n} created in {:.1?} with the control plane down",
+                t.elapsed()
+            );
         }
         let plain = create(&client, &ns, &pod("late", json!({}), false))
             .await

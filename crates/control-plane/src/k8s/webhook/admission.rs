@@ -101,7 +101,9 @@ mod tests {
     }
 
     fn ns(labels: Value, annotations: Value) -> NamespaceMeta {
-        NamespaceMeta::from_namespace(&json!({"metadata": {"labels": labels, "annotations": annotations}}))
+        NamespaceMeta::from_namespace(
+            &json!({"metadata": {"labels": labels, "annotations": annotations}}),
+        )
     }
 
     fn apply(pod: &Value, patch: &json_patch::Patch) -> Value {
@@ -113,11 +115,16 @@ mod tests {
     #[test]
     fn the_patch_gives_exactly_what_inject_manual_gives() {
         let p = pod(json!({"linkerd.io/inject": "enabled"}), false);
-        let Verdict::Patch { patch, injected, .. } = decide(&p, &ns(json!({}), json!({})), &settings()) else {
+        let Verdict::Patch {
+            patch, injected, ..
+        } = decide(&p, &ns(json!({}), json!({})), &settings())
+        else {
             panic!("not injected")
         };
         assert!(injected);
-        let Outcome::Injected(manual) = inject::inject(&p, &NamespaceMeta::enabled(), &settings()).unwrap() else {
+        let Outcome::Injected(manual) =
+            inject::inject(&p, &NamespaceMeta::enabled(), &settings()).unwrap()
+        else {
             panic!()
         };
         assert_eq!(apply(&p, &patch), manual);
@@ -133,8 +140,14 @@ mod tests {
         let bare = pod(json!({}), false);
         assert!(matches!(decide(&bare, &plain, &s), Verdict::Allow(_)));
         assert!(matches!(decide(&off, &on, &s), Verdict::Allow(_)));
-        assert!(matches!(decide(&bare, &on, &s), Verdict::Patch { injected: true, .. }));
-        assert!(matches!(decide(&bare, &required, &s), Verdict::Patch { injected: true, .. }));
+        assert!(matches!(
+            decide(&bare, &on, &s),
+            Verdict::Patch { injected: true, .. }
+        ));
+        assert!(matches!(
+            decide(&bare, &required, &s),
+            Verdict::Patch { injected: true, .. }
+        ));
         let Verdict::Deny(why) = decide(&off, &required, &s) else {
             panic!("a disabled pod in a required namespace must be refused")
         };
@@ -146,14 +159,21 @@ mod tests {
         let s = settings();
         let on = ns(json!({}), json!({"linkerd.io/inject": "enabled"}));
         let p = pod(json!({}), true);
-        let Verdict::Patch { patch, injected: false, .. } = decide(&p, &on, &s) else {
+        let Verdict::Patch {
+            patch,
+            injected: false,
+            ..
+        } = decide(&p, &on, &s)
+        else {
             panic!("expected a note")
         };
         let noted = apply(&p, &patch);
-        assert!(noted["metadata"]["annotations"][ANN_NOT_INJECTED]
-            .as_str()
-            .unwrap()
-            .contains("hostNetwork"));
+        assert!(
+            noted["metadata"]["annotations"][ANN_NOT_INJECTED]
+                .as_str()
+                .unwrap()
+                .contains("hostNetwork")
+        );
         assert_eq!(noted["spec"], p["spec"]);
         let required = ns(json!({MESH_REQUIRED_LABEL: "required"}), json!({}));
         assert!(matches!(decide(&p, &required, &s), Verdict::Deny(_)));
@@ -168,7 +188,10 @@ mod tests {
         };
         let meshed = apply(&pod(json!({}), false), &patch);
         assert!(matches!(decide(&meshed, &on, &s), Verdict::Allow(_)));
-        let bad = pod(json!({"config.linkerd.io/skip-inbound-ports": "eighty"}), false);
+        let bad = pod(
+            json!({"config.linkerd.io/skip-inbound-ports": "eighty"}),
+            false,
+        );
         let Verdict::Deny(why) = decide(&bad, &on, &s) else {
             panic!()
         };

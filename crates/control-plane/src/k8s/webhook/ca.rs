@@ -74,7 +74,10 @@ impl WebhookCa {
                 format!("{}.crt", self.id),
                 pki::cert::to_pem(std::slice::from_ref(&self.cert)).into_bytes(),
             ),
-            (format!("{}.key", self.id), self.key_pem.clone().into_bytes()),
+            (
+                format!("{}.key", self.id),
+                self.key_pem.clone().into_bytes(),
+            ),
         ]
     }
 }
@@ -364,7 +367,11 @@ mod tests {
         .cert;
         let secret = parse(&data(&[&a])).unwrap();
         // A replica that has not seen b yet keeps b, which another added.
-        let got = bundle(&secret, &[b.cert.clone(), foreign, a.cert.clone()], now + 601);
+        let got = bundle(
+            &secret,
+            &[b.cert.clone(), foreign, a.cert.clone()],
+            now + 601,
+        );
         assert_eq!(got, vec![a.cert.clone(), b.cert.clone()]);
         // After a expires, only b.
         let secret = parse(&data(&[&a, &b])).unwrap();

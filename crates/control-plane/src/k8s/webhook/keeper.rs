@@ -133,7 +133,11 @@ impl Keeper {
     }
 
     /// The CA set, made or rotated as [`ca::plan`] says.
-    async fn secret(&self, api: &Api<Secret>, now: OffsetDateTime) -> Result<Vec<WebhookCa>, String> {
+    async fn secret(
+        &self,
+        api: &Api<Secret>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<WebhookCa>, String> {
         let name = &self.cfg.secret;
         let ns = &self.cfg.namespace;
         let found = api
@@ -167,7 +171,9 @@ impl Keeper {
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                resource_version: found.as_ref().and_then(|s| s.metadata.resource_version.clone()),
+                resource_version: found
+                    .as_ref()
+                    .and_then(|s| s.metadata.resource_version.clone()),
                 labels: Some(BTreeMap::from([(
                     "app.kubernetes.io/part-of".to_string(),
                     "weft".to_string(),
@@ -175,7 +181,11 @@ impl Keeper {
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
-            data: Some(next.iter().map(|(k, v)| (k.clone(), ByteString(v.clone()))).collect()),
+            data: Some(
+                next.iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                    .collect(),
+            ),
             ..Default::default()
         };
         let written = match found {
@@ -184,12 +194,20 @@ impl Keeper {
         };
         match written {
             Ok(s) => {
-                let data = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+                let data = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
                 ca::parse(&data).map_err(|e| e.to_string())
             }
             // Another replica wrote first: judge its set at the next pass.
             Err(e) if status(&e) == Some(409) => Ok(cas),
-            Err(e) => Err(format!("cannot write Secret {ns}/{name}: {}", api_error(&e))),
+            Err(e) => Err(format!(
+                "cannot write Secret {ns}/{name}: {}",
+                api_error(&e)
+            )),
         }
     }
 

@@ -195,14 +195,16 @@ async fn admit(req: &AdmissionRequest<DynamicObject>, h: &Handler) -> AdmissionR
             injected,
             note,
         } => {
-            if injected && !req.dry_run
+            if injected
+                && !req.dry_run
                 && let Err(e) = h.copies.ensure(&ns).await
             {
                 h.metrics.count("denied");
                 tracing::warn!(namespace = %ns, pod = %name, error = %e, "pod refused");
                 return allow.deny(format!("weft cannot mesh this pod: {e}"));
             }
-            h.metrics.count(if injected { "injected" } else { "skipped" });
+            h.metrics
+                .count(if injected { "injected" } else { "skipped" });
             tracing::info!(namespace = %ns, pod = %name, note, "admitted");
             match allow.clone().with_patch(patch) {
                 Ok(r) => r,
