@@ -39,6 +39,8 @@ pub struct ControlPlaneConfig {
     pub reread_interval: Duration,
     /// Floor for the control plane's own certificate renewal.
     pub min_refresh: Duration,
+    /// How often Certify may be asked: per client, in all, refusals per peer.
+    pub certify_limits: identity::limit::CertifyLimits,
 }
 
 impl fmt::Display for ControlPlaneConfig {
@@ -120,6 +122,7 @@ impl fmt::Display for ControlPlaneConfig {
             f,
             "identity-min-refresh",
             &format!("{}s", self.min_refresh.as_secs()),
-        )
+        )?;
+        row(f, "certify-limits", &self.certify_limits)
     }
 }

@@ -184,6 +184,7 @@ pub async fn start(
             skew: cfg.clock_skew,
             control_plane_ns: cfg.controller_namespace.clone(),
             trust_domain: cfg.trust_domain.clone(),
+            limits: cfg.certify_limits,
         },
         issuer_rx.clone(),
         proofs,

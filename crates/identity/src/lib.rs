@@ -3,8 +3,11 @@
 
 pub mod csr;
 pub mod issuer;
+pub mod keys;
+pub mod limit;
 pub mod metrics;
 pub mod proof;
+pub mod refusal_log;
 pub mod reload;
 pub mod service;
 pub mod state;

@@ -14,6 +14,17 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// The KIND of key a rate limit is held under, never the key itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabel {
+    pub key: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FingerprintLabel {
     pub fingerprint: String,
 }
@@ -28,6 +39,9 @@ pub struct IdentityMetrics {
     pub issuer_expiry: Family<FingerprintLabel, FGauge>,
     pub anchor_expiry: Family<FingerprintLabel, FGauge>,
     pub certify_duration: Histogram,
+    /// Every refused Certify, logged or not.
+    pub refusals: Family<ReasonLabel, Counter>,
+    pub rate_limited: Family<KeyLabel, Counter>,
 }
 
 impl IdentityMetrics {
@@ -41,7 +55,19 @@ impl IdentityMetrics {
             certify_duration: Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
+            refusals: Family::default(),
+            rate_limited: Family::default(),
         };
+        registry.register(
+            "certify_refusals",
+            "Refused Certify requests by reason (the gRPC code), every one counted whether logged or not",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "certify_rate_limited",
+            "Certify requests refused by a rate limit, by the kind of key limited (renewal, join_token, pod, token, peer, global, global_verify)",
+            m.rate_limited.clone(),
+        );
         registry.register(
             "identity_cert_issued",
             "Certify requests by result (ok, or the gRPC code of the refusal)",

@@ -1,9 +1,13 @@
 //! `io.linkerd.proxy.identity.Identity/Certify`: checks in a fixed order
-//! (issuer, cheap parsing, CSR content, proof, proof of possession), each
-//! refusal with its gRPC code and a message naming the failed check.
+//! (the peer's refusal budget, issuer, cheap parsing, CSR content, the
+//! claimed client's rate limit, the token verification ceiling, proof, proof
+//! of possession, the proven client's and the global issuance limit), each
+//! refusal with its gRPC code and a message naming the failed check. Cheap
+//! checks come first so a flood cannot buy costly work (token reviews,
+//! signing) beyond the ceilings.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use linkerd2_proxy_api::identity::identity_server::Identity as IdentityApi;
@@ -14,8 +18,10 @@ use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status};
 
 use crate::csr::{CsrError, check_csr};
-use crate::metrics::IdentityMetrics;
+use crate::limit::{CertifyLimits, Limited, Limiter};
+use crate::metrics::{IdentityMetrics, KeyLabel, ReasonLabel};
 use crate::proof::{Proof, ProofError, ProofVerifier};
+use crate::refusal_log::{RefusalLog, Sample};
 use crate::reload::IssuerStatus;
 use crate::state::{Issuance, IssuanceRecord};
 
@@ -26,6 +32,8 @@ pub struct CertifyConfig {
     pub skew: Duration,
     pub control_plane_ns: String,
     pub trust_domain: String,
+    /// How often Certify may be asked, per client and in all.
+    pub limits: CertifyLimits,
 }
 
 pub struct IdentityService<P> {
@@ -34,6 +42,8 @@ pub struct IdentityService<P> {
     proofs: P,
     metrics: IdentityMetrics,
     record: Option<Arc<IssuanceRecord>>,
+    limiter: Mutex<Limiter>,
+    refusal_log: Mutex<RefusalLog>,
 }
 
 impl<P: ProofVerifier> IdentityService<P> {
@@ -45,11 +55,63 @@ impl<P: ProofVerifier> IdentityService<P> {
         record: Option<Arc<IssuanceRecord>>,
     ) -> Self {
         Self {
+            limiter: Mutex::new(Limiter::new(cfg.limits)),
+            refusal_log: Mutex::new(RefusalLog::default()),
             cfg,
             issuer,
             proofs,
             metrics,
             record,
+        }
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, Limiter> {
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// RESOURCE_EXHAUSTED naming the limit, with gRPC's retry pushback.
+    fn limited(&self, l: Limited) -> Status {
+        self.metrics
+            .rate_limited
+            .get_or_create(&KeyLabel {
+                key: l.kind.label(),
+            })
+            .inc();
+        let mut status = Status::resource_exhausted(l.to_string());
+        let millis = l.retry_after.as_millis().max(1).to_string();
+        if let Ok(v) = millis.parse() {
+            status.metadata_mut().insert("grpc-retry-pushback-ms", v);
+        }
+        status
+    }
+
+    /// Counts every refusal; logs a few lines a second at most.
+    fn refused(&self, peer: Option<SocketAddr>, s: &Status) {
+        let reason = code_label(s.code());
+        self.metrics.count_issue(reason);
+        self.metrics
+            .refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        let now = Instant::now();
+        let sample = self
+            .refusal_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sample(now);
+        if let Sample::Log { suppressed } = sample {
+            tracing::info!(
+                peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
+                code = ?s.code(),
+                reason = %s.message(),
+                suppressed,
+                "certify refused{}",
+                if suppressed > 0 {
+                    format!(" ({suppressed} more refusals not logged since the last line; certify_refusals_total counts them all)")
+                } else {
+                    String::new()
+                }
+            );
         }
     }
 
@@ -91,11 +153,28 @@ impl<P: ProofVerifier> IdentityService<P> {
             _ => Status::failed_precondition(e.to_string()),
         })?;
 
+        let now = Instant::now();
+        let chain = client_chain.as_deref().map(Vec::as_slice);
+        if let Some(claimed) = crate::keys::claimed(
+            &req.token,
+            chain,
+            &self.cfg.control_plane_ns,
+            peer.map(|p| p.ip()),
+        ) {
+            self.limiter()
+                .check_claimed(&claimed, now)
+                .map_err(|l| self.limited(l))?;
+        }
+        if !req.token.is_empty() {
+            self.limiter()
+                .admit_verify(now)
+                .map_err(|l| self.limited(l))?;
+        }
         let subject = self
             .proofs
             .verify(&Proof {
                 token: &req.token,
-                client_chain: client_chain.as_deref().map(Vec::as_slice),
+                client_chain: chain,
             })
             .await
             .map_err(|e| match e {
@@ -112,6 +191,10 @@ impl<P: ProofVerifier> IdentityService<P> {
         }
         csr.verify_possession()
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let key = crate::keys::proven(&subject.kind, &identity, &req.token, peer.map(|p| p.ip()));
+        self.limiter()
+            .admit_issue(&key, Instant::now())
+            .map_err(|l| self.limited(l))?;
 
         let spki = rcgen::SubjectPublicKeyInfo::from_der(csr.public_key_der()).map_err(|e| {
             Status::failed_precondition(format!("CSR public key cannot be used: {e}"))
@@ -176,6 +259,17 @@ impl<P: ProofVerifier> IdentityService<P> {
     }
 }
 
+/// A refusal for what the request itself got wrong (not a limit, not ours).
+fn is_wrong(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+    )
+}
+
 fn code_label(code: Code) -> &'static str {
     match code {
         Code::InvalidArgument => "invalid_argument",
@@ -183,6 +277,7 @@ fn code_label(code: Code) -> &'static str {
         Code::Unauthenticated => "unauthenticated",
         Code::PermissionDenied => "permission_denied",
         Code::Unavailable => "unavailable",
+        Code::ResourceExhausted => "resource_exhausted",
         _ => "error",
     }
 }
@@ -196,21 +291,28 @@ impl<P: ProofVerifier> IdentityApi for IdentityService<P> {
         let start = Instant::now();
         let peer = request.remote_addr();
         let chain = request.peer_certs();
-        let result = self.certify_inner(request.into_inner(), peer, chain).await;
+        // Before any work: a peer that spent its refusal budget waits.
+        let admitted = match peer {
+            Some(p) => self.limiter().admit_peer(p.ip(), start),
+            None => Ok(()),
+        };
+        let result = match admitted {
+            Ok(()) => {
+                let result = self.certify_inner(request.into_inner(), peer, chain).await;
+                // Only a wrong request spends its peer's refusal budget.
+                if let (false, Some(p)) = (result.as_ref().is_err_and(is_wrong), peer) {
+                    self.limiter().refund_peer(p.ip());
+                }
+                result
+            }
+            Err(l) => Err(self.limited(l)),
+        };
         self.metrics
             .certify_duration
             .observe(start.elapsed().as_secs_f64());
         match &result {
             Ok(_) => self.metrics.count_issue("ok"),
-            Err(s) => {
-                self.metrics.count_issue(code_label(s.code()));
-                tracing::info!(
-                    peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
-                    code = ?s.code(),
-                    reason = %s.message(),
-                    "certify refused"
-                );
-            }
+            Err(s) => self.refused(peer, s),
         }
         result.map(Response::new)
     }

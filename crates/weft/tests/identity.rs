@@ -27,7 +27,18 @@ struct Cp {
 }
 
 fn start_cp(s: &Scratch, extra: &[&str]) -> Cp {
-    let mut args = vec!["--reread-interval", "1s"];
+    // These tests hammer Certify and provoke refusals on purpose: the rate
+    // limits are tested in limits.rs.
+    let mut args = vec![
+        "--reread-interval",
+        "1s",
+        "--certify-rate-per-client",
+        "1000/s:1000",
+        "--certify-rate-global",
+        "1000/s:1000",
+        "--certify-refusals-per-peer",
+        "1000/s:1000",
+    ];
     args.extend_from_slice(extra);
     let proc = s.control_plane(&args);
     let identity = proc.addr("identity listening on");

@@ -1,9 +1,11 @@
 //! Bounded listeners: idle connections held against the admin ports (which
 //! any pod can reach on a proxy) cannot starve them, the process, or the
-//! mesh traffic beside them.
+//! mesh traffic beside them; a Certify flood gets its configured rate.
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+#[path = "limits/certify.rs"]
+mod certify;
 mod common;
 #[path = "limits/proxy.rs"]
 mod proxy;

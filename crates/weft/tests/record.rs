@@ -87,7 +87,8 @@ async fn an_unwritable_record_refuses_issuance_and_says_why() {
     let s = Scratch::new();
     s.guide_material();
     let disk = Tmpfs::mount(s.path("state"));
-    let cp = s.control_plane(&[]);
+    // Certifies in a loop until the disk is full: no rate limit in the way.
+    let cp = s.control_plane(&["--certify-rate-per-client", "1000/s:1000"]);
     let identity = cp.addr("identity listening on");
     let admin = cp.addr("admin listening on");
     let anchors = s.read("ca.crt");

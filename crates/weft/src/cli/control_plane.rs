@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use control_plane::ControlPlaneConfig;
 use identity::IssuerFiles;
+use identity::limit::{CertifyLimits, Rate};
 
 use super::duration::parse_duration;
 use super::{CmdResult, Failure};
@@ -101,6 +102,8 @@ pub struct ControlPlaneArgs {
     pub grpc_limits: super::GrpcLimitArgs,
     #[command(flatten)]
     pub webhook: super::webhook::WebhookArgs,
+    #[command(flatten)]
+    pub certify_limits: CertifyLimitArgs,
     /// On SIGTERM: stop accepting, send GOAWAY, let streams go on for this long, then close what remains and exit
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE_PERIOD", default_value = "10s", value_parser = super::duration::parse_duration)]
     pub shutdown_grace_period: std::time::Duration,
@@ -215,6 +218,53 @@ impl ControlPlaneArgs {
             shutdown_grace: self.shutdown_grace_period,
             reread_interval: self.reread_interval,
             min_refresh: self.identity_min_refresh,
+            certify_limits: self.certify_limits.limits()?,
+        })
+    }
+}
+
+/// How often Certify may be asked (RATE is COUNT/UNIT:BURST, UNIT s, m or h).
+#[derive(Debug, Clone, Args)]
+pub struct CertifyLimitArgs {
+    /// Certificates per client: per renewing identity, per join token, per pod (a ServiceAccount token's bound pod), never per ServiceAccount; more are refused RESOURCE_EXHAUSTED with when to retry
+    #[arg(long, env = "WEFT_CERTIFY_RATE_PER_CLIENT", default_value = "6/m:3")]
+    pub certify_rate_per_client: Rate,
+    /// Certificates issued by this control plane in all; the same ceiling, separately, caps token verifications (Kubernetes TokenReviews)
+    #[arg(long, env = "WEFT_CERTIFY_RATE_GLOBAL", default_value = "200/s:200")]
+    pub certify_rate_global: Rate,
+    /// Refused Certify requests (bad proof or request) per peer address; past it the address is refused before any work until its budget refills
+    #[arg(
+        long,
+        env = "WEFT_CERTIFY_REFUSALS_PER_PEER",
+        default_value = "10/s:20"
+    )]
+    pub certify_refusals_per_peer: Rate,
+    /// Clients and peer addresses tracked at once (each table); the least recently limited are forgotten first
+    #[arg(long, env = "WEFT_CERTIFY_MAX_TRACKED", default_value_t = 10_000)]
+    pub certify_max_tracked: usize,
+}
+
+impl CertifyLimitArgs {
+    /// The defaults above, for processes started without a command line (the demo).
+    pub fn defaults() -> Result<CertifyLimits, Failure> {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            limits: CertifyLimitArgs,
+        }
+        let d: Defaults = clap::Parser::parse_from(["weft"]);
+        d.limits.limits()
+    }
+
+    pub fn limits(&self) -> Result<CertifyLimits, Failure> {
+        if self.certify_max_tracked == 0 {
+            return Err(Failure::input("--certify-max-tracked must be at least 1"));
+        }
+        Ok(CertifyLimits {
+            per_client: self.certify_rate_per_client,
+            global: self.certify_rate_global,
+            refusals_per_peer: self.certify_refusals_per_peer,
+            max_keys: self.certify_max_tracked,
         })
     }
 }

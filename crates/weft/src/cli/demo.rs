@@ -265,6 +265,7 @@ async fn demo(dir: &Path) -> CmdResult {
         shutdown_grace: Duration::from_secs(1),
         reread_interval: Duration::from_secs(5),
         min_refresh: Duration::from_secs(10),
+        certify_limits: super::control_plane::CertifyLimitArgs::defaults()?,
     };
     let (cp, cp_run) = control_plane::start(cp_cfg, std::future::pending())
         .await
