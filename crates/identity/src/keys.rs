@@ -104,7 +104,10 @@ mod tests {
             ProofKind::ServiceAccountToken { pod: None },
             ProofKind::ServiceAccountToken { pod: None },
         );
-        assert_ne!(proven(&a, &web(), b"one", None), proven(&b, &web(), b"two", None));
+        assert_ne!(
+            proven(&a, &web(), b"one", None),
+            proven(&b, &web(), b"two", None)
+        );
         assert_eq!(
             claimed(b"one", None, "weft", None),
             Some(proven(&a, &web(), b"one", None))

@@ -36,6 +36,22 @@ pub fn retry_in(
     }
 }
 
+/// `d` shortened by up to a tenth, by random `r`: proxies started (or
+/// refused) together renew apart, never later than the rule says. Pure.
+pub fn spread(d: Duration, r: u64) -> Duration {
+    let tenth = d.as_millis() as u64 / 10;
+    d - Duration::from_millis(if tenth == 0 { 0 } else { r % (tenth + 1) })
+}
+
+/// [`spread`] with a random `r` (not for secrets: enough to spread renewals).
+pub fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    spread(d, r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +81,21 @@ mod tests {
         assert_eq!(
             refresh_in(T, T - time::Duration::seconds(5), MIN),
             Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn spread_shortens_by_at_most_a_tenth() {
+        let d = Duration::from_secs(100);
+        assert_eq!(spread(d, 0), d);
+        assert_eq!(spread(d, 10_000), Duration::from_secs(90));
+        for r in [1, 77, 9_999, u64::MAX] {
+            let s = spread(d, r);
+            assert!(s <= d && s >= Duration::from_secs(90), "{s:?}");
+        }
+        assert_eq!(
+            spread(Duration::from_millis(5), 3),
+            Duration::from_millis(5)
         );
     }
 

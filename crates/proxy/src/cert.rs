@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pki::Identity;
-use pki::refresh::{refresh_in, retry_in};
+use pki::refresh::{jitter, refresh_in, retry_in};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 
@@ -170,8 +170,12 @@ impl CertLoop {
             let wait = match &result {
                 Ok(Certified { cert, .. }) => {
                     failures = 0;
-                    let wait =
-                        refresh_in(OffsetDateTime::now_utc(), cert.not_after, self.min_refresh);
+                    // Jittered: a fleet started together renews apart.
+                    let wait = jitter(refresh_in(
+                        OffsetDateTime::now_utc(),
+                        cert.not_after,
+                        self.min_refresh,
+                    ));
                     tracing::info!(
                         identity = %self.identity,
                         serial = %cert.serial,
@@ -186,13 +190,13 @@ impl CertLoop {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let expiry = current.as_ref().map(|c| c.not_after);
-                    let wait = retry_in(
+                    let wait = jitter(retry_in(
                         failures,
                         Duration::from_secs(1),
                         Duration::from_secs(60),
                         now,
                         expiry,
-                    );
+                    ));
                     self.failed(e, current.as_deref(), wait, &tx);
                     wait
                 }

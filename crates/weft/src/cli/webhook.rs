@@ -59,7 +59,7 @@ impl WebhookArgs {
             .webhook_name
             .iter()
             .map(|n| {
-                n.parse()
+                n.parse::<pki::create::San>()
                     .map_err(|e| Failure::input(format!("--webhook-name {n:?}: {e}")))
             })
             .collect::<Result<_, _>>()?;

@@ -91,11 +91,6 @@ fn validity(cert: &CertificateDer<'_>) -> Result<(i64, i64, String), String> {
     ))
 }
 
-/// Whether `cert` is one of weft's webhook CAs (by subject).
-pub fn is_ours(cert: &CertificateDer<'_>) -> bool {
-    validity(cert).is_ok_and(|(_, _, subject)| subject.contains(CA_SUBJECT_PREFIX))
-}
-
 /// The CAs a Secret's data holds, oldest first. Entries that are not
 /// `*.crt`/`*.key` are ignored; a half pair or an unreadable one is refused.
 pub fn parse(data: &BTreeMap<String, Vec<u8>>) -> Result<Vec<WebhookCa>, CaError> {
@@ -161,7 +156,7 @@ pub fn plan(cas: &[WebhookCa], now: i64) -> Plan {
         .filter(|c| c.not_after <= now)
         .map(|c| c.id.clone())
         .collect();
-    let add = match cas.iter().filter(|c| c.not_after > now).last() {
+    let add = match cas.iter().rev().find(|c| c.not_after > now) {
         None => true,
         Some(newest) => {
             let life = newest.not_after - newest.not_before;
@@ -208,14 +203,12 @@ pub fn serving<'a>(
     now: i64,
     settle: Duration,
 ) -> Option<&'a WebhookCa> {
-    cas.iter()
-        .filter(|c| c.not_after > now)
-        .filter(|c| {
-            trusted_since
+    cas.iter().rev().find(|c| {
+        c.not_after > now
+            && trusted_since
                 .get(&c.id)
                 .is_some_and(|since| now - since >= settle.as_secs() as i64)
-        })
-        .last()
+    })
 }
 
 /// A new CA valid from `now` for `lifetime`.
