@@ -222,3 +222,27 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::host_ports;
+
+    #[test]
+    fn control_plane_addresses_are_one_or_several_host_ports() {
+        assert_eq!(host_ports("10.0.0.1:8086").unwrap(), "10.0.0.1:8086");
+        assert_eq!(
+            host_ports(" cp-a.weft:8086, 10.0.0.2:18086 ,[::1]:8086").unwrap(),
+            "cp-a.weft:8086,10.0.0.2:18086,[::1]:8086"
+        );
+        for bad in [
+            "",
+            " , ",
+            "10.0.0.1:8086,localhost",
+            "a:1,bad name!:2",
+            "::1:8086",
+        ] {
+            let e = host_ports(bad).unwrap_err();
+            assert!(e.contains("host:port"), "{bad}: {e}");
+        }
+    }
+}
