@@ -19,7 +19,7 @@ pub fn jittered(failures: u32, r: u64) -> Duration {
 
 /// Not for secrets: enough to spread retries. std seeds each `RandomState`
 /// from the OS and varies it per instance.
-fn random() -> u64 {
+pub fn random() -> u64 {
     std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()

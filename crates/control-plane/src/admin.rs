@@ -61,6 +61,8 @@ pub struct AdminState {
     pub gate: bounds::Gate,
     /// Kubernetes mode: how the watches stand.
     pub kube: Option<watch::Receiver<crate::k8s::resources::KubeHealth>>,
+    /// Kubernetes mode: the other replicas, merged into /fleet.
+    pub peers: Option<crate::fleet_peers::Peers>,
 }
 
 impl AdminState {
@@ -136,10 +138,11 @@ async fn handle(
             let now = OffsetDateTime::now_utc().unix_timestamp();
             let live = st.record.live(now).unwrap_or_default();
             let current = st.bundle.borrow().clone();
-            json(
-                StatusCode::OK,
-                &st.fleet.view(now, current.as_deref(), &live),
-            )
+            let mut view = st.fleet.view(now, current.as_deref(), &live);
+            if let Some(peers) = &st.peers {
+                view = peers.merged(view).await;
+            }
+            json(StatusCode::OK, &view)
         }
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" => {

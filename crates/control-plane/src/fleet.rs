@@ -460,6 +460,10 @@ pub struct FleetView {
     pub bundle: Option<BundleView>,
     pub proxies: Vec<ProxyView>,
     pub unmanaged: Vec<UnmanagedView>,
+    /// Kubernetes mode: the other replicas whose proxies are merged in
+    /// (see `fleet_peers`); one that could not be asked says why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<crate::fleet_peers::PeerStatus>,
 }
 
 /// The view: pure over the registry, the bundle in force and the live
@@ -537,6 +541,7 @@ pub fn view(
         }),
         proxies,
         unmanaged,
+        peers: Vec::new(),
     }
 }
 

@@ -58,6 +58,29 @@ pub fn summary(v: &FleetView) -> String {
     )
 }
 
+/// Kubernetes mode: whether every other replica answered for its proxies.
+fn peers_check(v: &FleetView) -> CheckResult {
+    let unreachable: Vec<String> = v
+        .peers
+        .iter()
+        .filter_map(|p| Some(format!("{}: {}", p.address, p.error.as_deref()?)))
+        .collect();
+    let desc = format!(
+        "every other control-plane replica answered for its proxies ({} of {})",
+        v.peers.len() - unreachable.len(),
+        v.peers.len()
+    );
+    if unreachable.is_empty() {
+        CheckResult::ok(desc)
+    } else {
+        CheckResult::warn(
+            desc,
+            list(&unreachable),
+            "the proxies whose stream that replica holds are missing from this view: check that replica (its /ready, its log), or wait until its endpoint leaves the Service",
+        )
+    }
+}
+
 pub fn fleet_checks(v: &FleetView, expiry_warning: std::time::Duration) -> Vec<CheckResult> {
     let mut out = Vec::new();
     let Some(bundle) = &v.bundle else {
@@ -72,6 +95,9 @@ pub fn fleet_checks(v: &FleetView, expiry_warning: std::time::Duration) -> Vec<C
         "the control plane serves trust bundle generation {}",
         bundle.generation
     )));
+    if !v.peers.is_empty() {
+        out.push(peers_check(v));
+    }
     let connected: Vec<_> = v
         .proxies
         .iter()
@@ -276,6 +302,7 @@ mod tests {
             }),
             proxies,
             unmanaged: vec![],
+            peers: vec![],
         }
     }
 

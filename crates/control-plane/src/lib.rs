@@ -7,6 +7,7 @@ pub mod destination;
 pub mod fleet;
 pub mod fleet_check;
 pub mod fleet_metrics;
+pub mod fleet_peers;
 pub mod grpc_bounds;
 pub mod index;
 pub mod k8s;
@@ -194,7 +195,7 @@ pub async fn start(
     let tls = tls::server_config(own_rx.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
 
     let own_cfg = own_cert::OwnCertConfig {
-        identity: own_identity,
+        identity: own_identity.clone(),
         lifetime: cfg.issuance_lifetime,
         skew: cfg.clock_skew,
         min_refresh: cfg.min_refresh,
@@ -231,11 +232,29 @@ pub async fn start(
         index: index_rx.clone(),
         issuer: issuer_rx.clone(),
     };
+    // This process among the replicas: peers skip themselves by it.
+    let replica_id = format!("{:016x}", bounds::retry::random());
+    let peers = cfg
+        .kubernetes
+        .as_ref()
+        .zip(kube.clone())
+        .map(|(k, client)| fleet_peers::Peers {
+            client,
+            namespace: cfg.controller_namespace.clone(),
+            service: k.fleet_peers_service.clone(),
+            port_name: "destination".into(),
+            replica_id: replica_id.clone(),
+            control_plane: own_identity.clone(),
+            own: own_rx.clone(),
+            issuer: issuer_rx.clone(),
+        });
     let mesh = mesh_service::MeshService {
         fleet: fleet.clone(),
         bundle: bundle_rx.clone(),
         own: own_rx.clone(),
         issuer: issuer_rx.clone(),
+        control_plane: own_identity.clone(),
+        replica_id,
     };
     let admin_state = admin::AdminState {
         registry,
@@ -247,6 +266,7 @@ pub async fn start(
         record: record.clone(),
         gate: bounds::Gate::new("admin", cfg.admin_limits, &limits),
         kube: kube.is_some().then_some(kube_health_rx),
+        peers,
     };
     let cp_ns = cfg.controller_namespace.clone();
     let trust_domain = cfg.trust_domain.clone();

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use identity::IssuerStatus;
 use mesh_api::v1::mesh_server::Mesh;
-use mesh_api::v1::{Bundle, BundleVersion, ControlMessage, ProxyReport, control_message};
+use mesh_api::v1::{
+    Bundle, BundleVersion, ControlMessage, LocalFleetReply, LocalFleetRequest, ProxyReport,
+    control_message,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -23,6 +26,10 @@ pub struct MeshService {
     pub bundle: Bundles,
     pub own: Own,
     pub issuer: watch::Receiver<IssuerStatus>,
+    /// The control plane's identity: the only caller of LocalFleet.
+    pub control_plane: pki::Identity,
+    /// This process among the replicas (see `fleet_peers`).
+    pub replica_id: String,
 }
 
 fn now() -> i64 {
@@ -48,6 +55,31 @@ pub fn bundle_message(b: &LiveBundle, own: Option<&OwnCert>) -> ControlMessage {
 #[tonic::async_trait]
 impl Mesh for MeshService {
     type AttachStream = ReceiverStream<Result<ControlMessage, Status>>;
+
+    /// This replica's own proxies, for a peer replica's merged view: only
+    /// the control plane's identity may ask (proxies' reports stay private).
+    async fn local_fleet(
+        &self,
+        req: Request<LocalFleetRequest>,
+    ) -> Result<Response<LocalFleetReply>, Status> {
+        let caller = crate::peer::authenticated(&req, &self.issuer)?;
+        if caller != self.control_plane {
+            return Err(Status::permission_denied(format!(
+                "only the control plane ({}) may read a replica's fleet; you are {caller}",
+                self.control_plane
+            )));
+        }
+        let now = now();
+        let bundle = self.bundle.borrow().clone();
+        let view = self.fleet.view(now, bundle.as_deref(), &[]);
+        let proxies_json = serde_json::to_string(&view.proxies)
+            .map_err(|e| Status::internal(format!("cannot encode the fleet: {e}")))?;
+        Ok(Response::new(LocalFleetReply {
+            replica_id: self.replica_id.clone(),
+            proxies_json,
+            now,
+        }))
+    }
 
     async fn attach(
         &self,

@@ -122,7 +122,7 @@ impl CertLoop {
         let anchors = trust.anchors.clone();
         let token = self.token();
         if current.is_some() {
-            let (channel, _) =
+            let lease =
                 self.control
                     .channel(&self.addr)
                     .await
@@ -130,14 +130,23 @@ impl CertLoop {
                         addr: self.addr.clone(),
                         detail: e.to_string(),
                     })?;
-            return crate::certify::certify(
-                channel,
+            let r = crate::certify::certify(
+                lease.channel.clone(),
                 &self.identity,
                 token.as_deref(),
                 &anchors,
                 self.timeout,
             )
             .await;
+            // The call failed on the way: the next goes to another replica.
+            if let Err(e) = &r
+                && e.is_transport()
+            {
+                self.control
+                    .failed(&self.addr, &lease, &e.to_string())
+                    .await;
+            }
+            return r;
         }
         let (_keep_trust, trust_rx) = watch::channel(trust);
         let (_keep_own, own_rx) = watch::channel(current);

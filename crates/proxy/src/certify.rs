@@ -38,6 +38,17 @@ impl CertifyError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, Self::Refused { .. } | Self::BadResponse(_))
     }
+
+    /// Whether the call failed on the way (the connection or the replica
+    /// behind it), not by the identity service's answer.
+    pub fn is_transport(&self) -> bool {
+        use tonic::Code::*;
+        match self {
+            Self::Connect { .. } | Self::Timeout(_) => true,
+            Self::Refused { code, .. } => matches!(code, Unavailable | Unknown | Cancelled),
+            _ => false,
+        }
+    }
 }
 
 /// A certificate as obtained and checked, with its new key (for callers that
@@ -66,7 +77,8 @@ pub async fn connect(
         Err(e) => {
             let mut detail = crate::connect::describe(&e);
             if (detail.contains("UnknownIssuer") || detail.contains("invalid peer certificate"))
-                && let Some(chain) = crate::probe::server_chain(addr, &name).await
+                && let Some(first) = crate::replicas::entries(addr).first().copied()
+                && let Some(chain) = crate::probe::server_chain(first, &name).await
             {
                 detail = format!("{detail}; {}", crate::probe::explain(&chain, anchors));
             }

@@ -3,6 +3,7 @@
 //! TLS 1.3 with SNI = the control plane's identity, then HTTP/2.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -98,21 +99,88 @@ pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, Conne
         .keep_alive_while_idle(true))
 }
 
-/// One connected channel (one TCP connection, one handshake) to `addr`.
+/// One connected channel (one TCP connection, one handshake) to a replica
+/// of `addr` (a comma-separated list of `host:port`): see [`connect_replicas`].
 pub async fn connect(
     addr: &str,
     server_name: &str,
     config: Arc<ClientConfig>,
     connect_timeout: Duration,
 ) -> Result<Channel, ConnectError> {
-    let connector = RustlsConnector::new(config, server_name)?;
-    endpoint(addr, connect_timeout)?
-        .connect_with_connector(connector)
+    let failures = std::sync::Mutex::default();
+    connect_replicas(addr, server_name, config, connect_timeout, &failures)
         .await
-        .map_err(|e| ConnectError::Connect {
+        .map(|(c, _)| c)
+}
+
+/// The addresses the entries of `addr` resolve to now, in order, each once.
+pub async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ConnectError> {
+    let mut all = Vec::new();
+    let mut errors = Vec::new();
+    for entry in crate::replicas::entries(addr) {
+        match tokio::net::lookup_host(entry).await {
+            Ok(found) => all.extend(found.filter(|a| !all.contains(a)).collect::<Vec<_>>()),
+            Err(e) => errors.push(format!("{entry}: {e}")),
+        }
+    }
+    if all.is_empty() {
+        return Err(ConnectError::Connect {
             addr: addr.to_string(),
-            detail: describe(&e),
-        })
+            detail: if errors.is_empty() {
+                "no address to connect to; pass host:port[,host:port...]".into()
+            } else {
+                format!("no entry resolves ({})", errors.join("; "))
+            },
+        });
+    }
+    Ok(all)
+}
+
+/// Connects to one replica of `addr`: the replicas in the order
+/// [`crate::replicas::order`] gives (spread at random, those that failed
+/// lately last), the next after each failure, which `failures` records.
+/// Returns the channel and the replica it reached.
+pub async fn connect_replicas(
+    addr: &str,
+    server_name: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+    failures: &std::sync::Mutex<crate::replicas::Failures>,
+) -> Result<(Channel, SocketAddr), ConnectError> {
+    let candidates = resolve(addr).await?;
+    let order = {
+        let f = failures.lock().unwrap_or_else(|p| p.into_inner());
+        crate::replicas::order(
+            &candidates,
+            &f,
+            std::time::Instant::now(),
+            crate::replicas::PENALTY,
+            bounds::retry::random(),
+        )
+    };
+    let mut tried = Vec::new();
+    for replica in order {
+        let connector = RustlsConnector::new(config.clone(), server_name)?;
+        match endpoint(&replica.to_string(), connect_timeout)?
+            .connect_with_connector(connector)
+            .await
+        {
+            Ok(c) => return Ok((c, replica)),
+            Err(e) => {
+                let detail = describe(&e);
+                tracing::debug!(%replica, error = %detail, "control-plane replica unreachable; trying the next");
+                failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(replica, std::time::Instant::now());
+                tried.push(format!("{replica}: {detail}"));
+            }
+        }
+    }
+    Err(ConnectError::Connect {
+        addr: addr.to_string(),
+        detail: tried.join("; "),
+    })
 }
 
 /// An error with its causes, one after another.

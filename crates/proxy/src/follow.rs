@@ -2,14 +2,14 @@
 //! proxy runs: destination watches and policy watches are both this. The
 //! stream rides the shared connection to its address, moves at once to a
 //! new connection when the leaf or bundle changes, and after a failure
-//! comes back with jittered backoff.
+//! comes back with jittered backoff, to another replica first.
 
 use std::future::Future;
 
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::control::{ControlPlane, backoff, is_refusal};
+use crate::control::{ControlPlane, Lease, backoff, is_refusal};
 
 /// What the follower hands its owner.
 pub enum Event<M> {
@@ -79,14 +79,34 @@ where
     O: FnMut(Channel) -> F,
     F: Future<Output = Result<Streaming<M>, tonic::Status>>,
 {
-    let (channel, epoch) = match control.channel(addr).await {
+    let lease = match control.channel(addr).await {
         Ok(c) => c,
         Err(e) => return End::Transport(e.to_string()),
     };
-    let moved = control.moved(&epoch);
+    let end = on_lease(control, &lease, open, on, failures).await;
+    // A connection that failed under a stream: its replica goes last for
+    // the next connection of every stream.
+    if let End::Transport(why) = &end {
+        control.failed(addr, &lease, why).await;
+    }
+    end
+}
+
+async fn on_lease<M, O, F>(
+    control: &ControlPlane,
+    lease: &Lease,
+    open: &mut O,
+    on: &mut impl FnMut(Event<M>),
+    failures: &mut u32,
+) -> End
+where
+    O: FnMut(Channel) -> F,
+    F: Future<Output = Result<Streaming<M>, tonic::Status>>,
+{
+    let moved = control.moved(lease);
     tokio::pin!(moved);
     let mut stream = tokio::select! {
-        s = open(channel) => match s {
+        s = open(lease.channel.clone()) => match s {
             Ok(s) => s,
             Err(s) => return classify(s),
         },

@@ -22,6 +22,7 @@ pub mod outbound;
 pub mod policies;
 pub mod prefixed;
 pub mod probe;
+pub mod replicas;
 pub mod tls;
 pub mod transport_header;
 pub mod trust;

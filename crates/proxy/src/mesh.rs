@@ -29,6 +29,8 @@ pub enum MeshError {
     Ended,
     #[error("the stream's sending half closed")]
     Closed,
+    #[error(transparent)]
+    Stale(#[from] crate::replicas::Stale),
 }
 
 pub struct MeshLink {
@@ -105,6 +107,14 @@ impl MeshLink {
         }
     }
 
+    /// A bundle older than the one in force: this replica is stale (never
+    /// a rollback); the stream ends and goes to another replica.
+    fn stale(&self, b: &Bundle) -> Result<(), crate::replicas::Stale> {
+        let offered = b.version.as_ref().map(|v| v.generation).unwrap_or_default();
+        let in_force = self.trust.borrow().version.as_ref().map(|v| v.generation);
+        crate::replicas::stale(offered, in_force).map_or(Ok(()), Err)
+    }
+
     /// Judges a pushed bundle and applies it, or records why not.
     fn take_bundle(&self, b: Bundle, refused: &mut Refused) {
         let v = b.version.clone().unwrap_or_default();
@@ -157,14 +167,41 @@ impl MeshLink {
         }
     }
 
+    /// One stream on a connection to a replica; a replica that failed
+    /// under it, or offered an older bundle, goes last for the next one.
     async fn stream(&self, refused: &mut Refused, failures: &mut u32) -> Result<(), MeshError> {
-        let (channel, epoch) = self
+        let lease = self
             .control
             .channel(&self.addr)
             .await
             .map_err(MeshError::Connect)?;
-        // A new leaf or bundle: the stream moves to the new connection.
-        let moved = self.control.moved(&epoch);
+        let r = self.on_lease(&lease, refused, failures).await;
+        if let Err(MeshError::Stale(s)) = &r {
+            tracing::warn!(
+                replica = %lease.replica,
+                offered_generation = s.offered,
+                in_force_generation = s.in_force,
+                "{s}"
+            );
+            self.metrics.stale_control_planes.inc();
+        }
+        if let Err(e) = &r {
+            self.control
+                .failed(&self.addr, &lease, &e.to_string())
+                .await;
+        }
+        r
+    }
+
+    async fn on_lease(
+        &self,
+        lease: &crate::control::Lease,
+        refused: &mut Refused,
+        failures: &mut u32,
+    ) -> Result<(), MeshError> {
+        let channel = lease.channel.clone();
+        // A new leaf or bundle, or a failed replica: the stream moves.
+        let moved = self.control.moved(lease);
         tokio::pin!(moved);
         let (tx, rx) = mpsc::channel(8);
         tx.send(self.report(refused))
@@ -185,6 +222,10 @@ impl MeshLink {
                     let m = m
                         .map_err(MeshError::Status)?
                         .ok_or(MeshError::Ended)?;
+                    // A stale replica is no healthy answer: it backs off.
+                    if let Some(control_message::Kind::Bundle(b)) = &m.kind {
+                        self.stale(b)?;
+                    }
                     // A stream that answers is healthy: the next drop retries soon.
                     *failures = 0;
                     match m.kind {

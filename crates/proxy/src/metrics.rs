@@ -118,6 +118,8 @@ pub struct ProxyMetrics {
     /// 0 until the control plane pushed a bundle (the bootstrap file).
     pub bundle_generation: Gauge,
     pub bundle_refusals: Family<ReasonLabel, Counter>,
+    /// Control-plane replicas left because they offered an older bundle.
+    pub stale_control_planes: Counter,
     pub active: std::sync::Arc<Active>,
 }
 
@@ -179,6 +181,11 @@ impl ProxyMetrics {
             "trust_bundle_refusals",
             "Trust bundles refused, by reason",
             self.bundle_refusals.clone(),
+        );
+        r.register(
+            "control_plane_stale",
+            "Control-plane replicas left because they offered an older trust bundle than the one in force",
+            self.stale_control_planes.clone(),
         );
         r.register(
             "inbound_http_authz_deny",

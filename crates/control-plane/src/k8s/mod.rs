@@ -28,11 +28,16 @@ pub struct KubeSettings {
     pub issuer_secret: String,
     /// The injector, when this replica serves it.
     pub webhook: Option<webhook::WebhookSettings>,
+    /// Service (in the control plane's namespace) whose EndpointSlices list
+    /// the replicas, for the merged fleet view (port named "destination").
+    pub fleet_peers_service: String,
 }
 
 impl KubeSettings {
     pub const DEFAULT_TRUST_ROOTS_CONFIGMAP: &'static str = "linkerd-identity-trust-roots";
     pub const DEFAULT_ISSUER_SECRET: &'static str = "linkerd-identity-issuer";
+    /// `weft install`'s destination Service: every replica is behind it.
+    pub const DEFAULT_FLEET_PEERS_SERVICE: &'static str = "weft-destination";
 }
 
 impl fmt::Display for KubeSettings {
@@ -43,8 +48,8 @@ impl fmt::Display for KubeSettings {
         }
         write!(
             f,
-            "; trust roots ConfigMap {}, issuer Secret {}",
-            self.trust_roots_configmap, self.issuer_secret
+            "; trust roots ConfigMap {}, issuer Secret {}, fleet peers behind Service {}",
+            self.trust_roots_configmap, self.issuer_secret, self.fleet_peers_service
         )?;
         match &self.webhook {
             Some(w) => write!(f, "; injector on {w}"),

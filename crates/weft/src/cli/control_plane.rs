@@ -65,6 +65,9 @@ pub struct ControlPlaneArgs {
     /// Secret in the controller namespace holding the issuer certificate and key, with --kubernetes
     #[arg(long, env = "WEFT_IDENTITY_ISSUER_SECRET", default_value = control_plane::k8s::KubeSettings::DEFAULT_ISSUER_SECRET)]
     pub identity_issuer_secret: String,
+    /// Service in the controller namespace whose EndpointSlices list the control plane's replicas (port "destination"): /fleet and `weft check --proxy` merge every replica's proxies, with --kubernetes
+    #[arg(long, env = "WEFT_FLEET_PEERS_SERVICE", default_value = control_plane::k8s::KubeSettings::DEFAULT_FLEET_PEERS_SERVICE)]
+    pub fleet_peers_service: String,
     /// Identity gRPC listener (TLS)
     #[arg(long, env = "WEFT_IDENTITY_ADDR", default_value = "0.0.0.0:8080")]
     pub identity_addr: SocketAddr,
@@ -175,6 +178,7 @@ impl ControlPlaneArgs {
             trust_roots_configmap: self.identity_trust_roots_configmap.clone(),
             issuer_secret: self.identity_issuer_secret.clone(),
             webhook: None,
+            fleet_peers_service: self.fleet_peers_service.clone(),
         });
         let kubernetes = match kubernetes {
             Some(mut k) => {

@@ -30,17 +30,17 @@ pub struct ProxyArgs {
     /// Trust anchors (bootstrap bundle), also used to verify the control plane
     #[arg(long, env = "WEFT_PROXY_TRUST_ANCHORS_FILE")]
     pub trust_anchors_file: PathBuf,
-    /// Control plane host (a DNS name, resolved at each connect, or an IP); identity on :8080, destination on :8086 and policy on :8090 unless given below. TLS still expects --control-plane-identity, not this name
+    /// Control plane host, or several replicas' hosts comma-separated (each a DNS name, resolved at each connect and maybe to several addresses, or an IP); identity on :8080, destination on :8086 and policy on :8090 unless given below. Each connection goes to one replica at random, another when it fails or serves an older bundle. TLS still expects --control-plane-identity, not this name
     #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE", default_value = "127.0.0.1")]
     pub control_plane: String,
-    /// Identity service address, host:port (default: --control-plane:8080)
-    #[arg(long, env = "WEFT_PROXY_IDENTITY_ADDR", value_parser = super::host_port)]
+    /// Identity service address, host:port[,host:port...] for replicas (default: --control-plane:8080)
+    #[arg(long, env = "WEFT_PROXY_IDENTITY_ADDR", value_parser = host_ports)]
     pub identity_addr: Option<String>,
-    /// Destination service address, host:port (default: --control-plane:8086)
-    #[arg(long, env = "WEFT_PROXY_DESTINATION_ADDR", value_parser = super::host_port)]
+    /// Destination service address, host:port[,host:port...] for replicas (default: --control-plane:8086)
+    #[arg(long, env = "WEFT_PROXY_DESTINATION_ADDR", value_parser = host_ports)]
     pub destination_addr: Option<String>,
-    /// Inbound policy service address, host:port (default: --control-plane:8090)
-    #[arg(long, env = "WEFT_PROXY_POLICY_ADDR", value_parser = super::host_port)]
+    /// Inbound policy service address, host:port[,host:port...] for replicas (default: --control-plane:8090)
+    #[arg(long, env = "WEFT_PROXY_POLICY_ADDR", value_parser = host_ports)]
     pub policy_addr: Option<String>,
     /// The control plane's identity; default: weft-identity in this workload's mesh
     #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE_IDENTITY")]
@@ -135,8 +135,12 @@ impl ProxyArgs {
         };
         let (inbound_limits, outbound_limits) = self.limits.limits()?;
         let on_control_plane = |port| {
-            super::host_port(&super::join_host_port(&self.control_plane, port))
-                .map_err(|e| Failure::input(format!("--control-plane: {e}")))
+            let each: Vec<String> = self
+                .control_plane
+                .split(',')
+                .map(|h| super::join_host_port(h.trim(), port))
+                .collect();
+            host_ports(&each.join(",")).map_err(|e| Failure::input(format!("--control-plane: {e}")))
         };
         Ok(ProxyConfig {
             workload,
@@ -179,6 +183,21 @@ impl ProxyArgs {
     }
 }
 
+/// A control-plane address: one `host:port`, or several replicas'
+/// comma-separated.
+fn host_ports(s: &str) -> Result<String, String> {
+    let entries = proxy::replicas::entries(s);
+    if entries.is_empty() {
+        return Err(format!(
+            "{s:?} names no address; expected host:port[,host:port...], e.g. 10.0.0.1:8086,10.0.0.2:8086"
+        ));
+    }
+    for e in &entries {
+        super::host_port(e)?;
+    }
+    Ok(entries.join(","))
+}
+
 pub fn run(args: ProxyArgs) -> CmdResult {
     let cfg = args.into_config()?;
     super::init_logging();
@@ -202,4 +221,28 @@ pub fn run(args: ProxyArgs) -> CmdResult {
         eprintln!("weft proxy stopped");
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_ports;
+
+    #[test]
+    fn control_plane_addresses_are_one_or_several_host_ports() {
+        assert_eq!(host_ports("10.0.0.1:8086").unwrap(), "10.0.0.1:8086");
+        assert_eq!(
+            host_ports(" cp-a.weft:8086, 10.0.0.2:18086 ,[::1]:8086").unwrap(),
+            "cp-a.weft:8086,10.0.0.2:18086,[::1]:8086"
+        );
+        for bad in [
+            "",
+            " , ",
+            "10.0.0.1:8086,localhost",
+            "a:1,bad name!:2",
+            "::1:8086",
+        ] {
+            let e = host_ports(bad).unwrap_err();
+            assert!(e.contains("host:port"), "{bad}: {e}");
+        }
+    }
 }

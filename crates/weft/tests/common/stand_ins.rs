@@ -113,8 +113,11 @@ pub struct Mesh<'a> {
     cp_ns: String,
     bin: PathBuf,
     stand_ins: BTreeMap<String, StandIn>,
-    /// Last field: dropped after the stand-ins.
-    cp: Proc,
+    /// The proxies' control-plane settings (one replica, or a list).
+    proxy_cp: Vec<(&'static str, String)>,
+    /// Last field: dropped after the stand-ins. One per replica; None once
+    /// killed.
+    cps: Vec<Option<Proc>>,
 }
 
 impl Drop for Mesh<'_> {
@@ -135,28 +138,76 @@ impl<'a> Mesh<'a> {
         ns: &str,
         cp_ns: &str,
     ) -> Result<Self> {
+        Self::start_replicas(env, rt, client, s, ns, cp_ns, 1)
+    }
+
+    /// As [`Mesh::start`] with `replicas` control planes in the cp
+    /// namespace: replica i listens on the default ports + 10000·i, with a
+    /// state directory of its own; proxies are given every replica.
+    pub fn start_replicas(
+        env: &'a K8sEnv,
+        rt: &'a tokio::runtime::Runtime,
+        client: Client,
+        s: &'a Scratch,
+        ns: &str,
+        cp_ns: &str,
+        replicas: u16,
+    ) -> Result<Self> {
         std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let kubeconfig = rt.block_on(least_privilege_kubeconfig(env, &client, cp_ns, s))?;
         crate::common::kube::install_identity(env, s, cp_ns)?;
         let networks = format!("{CLUSTER_NETWORKS},{SERVICE_NETWORK}");
-        // On the pod network at the ports proxies default to.
-        let cp = control_plane_with(
-            env,
-            s,
-            cp_ns,
-            &kubeconfig,
-            &[
-                "--cluster-networks",
-                &networks,
-                "--identity-addr",
-                "0.0.0.0:8080",
-                "--destination-addr",
-                "0.0.0.0:8086",
-                "--policy-addr",
-                "0.0.0.0:8090",
-            ],
-        );
-        cp.wait_for_line("resources loaded", Duration::from_secs(30));
+        let port = |base: u16, i: u16| base + 10_000 * i;
+        let mut cps = Vec::new();
+        for i in 0..replicas {
+            let (ia, da, pa) = (
+                format!("0.0.0.0:{}", port(8080, i)),
+                format!("0.0.0.0:{}", port(8086, i)),
+                format!("0.0.0.0:{}", port(8090, i)),
+            );
+            let state = if i == 0 {
+                "state".into()
+            } else {
+                format!("state-{i}")
+            };
+            // On the pod network at the ports proxies default to (+ 10000·i).
+            let cp = control_plane_with(
+                env,
+                s,
+                cp_ns,
+                &kubeconfig,
+                &[
+                    "--cluster-networks",
+                    &networks,
+                    "--identity-addr",
+                    &ia,
+                    "--destination-addr",
+                    &da,
+                    "--policy-addr",
+                    &pa,
+                    "--state-dir",
+                    &state,
+                ],
+            );
+            cp.wait_for_line("resources loaded", Duration::from_secs(30));
+            cps.push(Some(cp));
+        }
+        let ip = env.cp().ip;
+        let list = |base: u16| {
+            (0..replicas)
+                .map(|i| format!("{ip}:{}", port(base, i)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let proxy_cp = if replicas == 1 {
+            vec![("WEFT_PROXY_CONTROL_PLANE", ip.to_string())]
+        } else {
+            vec![
+                ("WEFT_PROXY_IDENTITY_ADDR", list(8080)),
+                ("WEFT_PROXY_DESTINATION_ADDR", list(8086)),
+                ("WEFT_PROXY_POLICY_ADDR", list(8090)),
+            ]
+        };
         let weft = std::path::Path::new(env!("CARGO_BIN_EXE_weft"));
         let bin = testbed::executable_copy(weft, s.dir.path(), PROXY_UID)?;
         Ok(Self {
@@ -168,8 +219,48 @@ impl<'a> Mesh<'a> {
             cp_ns: cp_ns.to_string(),
             bin,
             stand_ins: BTreeMap::new(),
-            cp,
+            proxy_cp,
+            cps,
         })
+    }
+
+    /// The destination address of control-plane replica `i`, as proxies
+    /// are given it.
+    pub fn replica_destination(&self, i: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.env.cp().ip), 8086 + 10_000 * i)
+    }
+
+    /// SIGKILLs control-plane replica `i`.
+    pub fn kill_replica(&mut self, i: usize) -> Result<()> {
+        let mut cp = self.cps[i]
+            .take()
+            .with_context(|| format!("replica {i} is already gone"))?;
+        cp.child.kill()?;
+        cp.child.wait()?;
+        Ok(())
+    }
+
+    /// Every stand-in: (pod name, network namespace).
+    pub fn stand_in_namespaces(&self) -> Vec<(String, String)> {
+        self.stand_ins
+            .iter()
+            .map(|(n, s)| (n.clone(), s.ns.clone()))
+            .collect()
+    }
+
+    /// The lines of every stand-in's proxy log that contain `needle`.
+    pub fn all_proxy_lines(&self, needle: &str) -> Vec<(String, String)> {
+        self.stand_ins
+            .iter()
+            .flat_map(|(n, s)| {
+                s.proxy
+                    .output()
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .map(|l| (n.clone(), l.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// The stand-ins of `pod`: that pod, or a Deployment's pods named after it.
@@ -190,7 +281,15 @@ impl<'a> Mesh<'a> {
     /// An address the control plane printed at start (`"admin listening on"`),
     /// reachable from the cp namespace.
     pub fn cp_addr(&self, label: &str) -> SocketAddr {
-        let a = self.cp.addr(label);
+        self.replica_addr(0, label)
+    }
+
+    /// [`Mesh::cp_addr`] of replica `i` (which must be running).
+    pub fn replica_addr(&self, i: usize, label: &str) -> SocketAddr {
+        let a = self.cps[i]
+            .as_ref()
+            .unwrap_or_else(|| panic!("replica {i} was killed"))
+            .addr(label);
         if a.ip().is_unspecified() {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), a.port())
         } else {
@@ -390,7 +489,7 @@ impl<'a> Mesh<'a> {
             .env("WEFT_PROXY_IDENTITY", identity(&sa, &self.ns, &self.cp_ns))
             .env("WEFT_PROXY_TOKEN_FILE", &token_file)
             .env("WEFT_PROXY_TRUST_ANCHORS_FILE", self.s.path("ca.crt"))
-            .env("WEFT_PROXY_CONTROL_PLANE", self.env.cp().ip.to_string())
+            .envs(self.proxy_cp.iter().map(|(k, v)| (k, v)))
             .env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "5s")
             .arg("proxy");
         let proxy = Proc::spawn_cmd(cmd);
