@@ -407,9 +407,13 @@ mod tests {
                 !(r.cluster && r.covers("", "secrets")),
                 "cluster-wide secrets: {r:?}"
             );
+            // Cluster-wide ConfigMaps: only the trust-anchor copies, by
+            // name, and their creation (which names cannot limit).
             assert!(
-                !(r.cluster && r.covers("", "configmaps")),
-                "cluster-wide configmaps: {r:?}"
+                !(r.cluster && r.covers("", "configmaps"))
+                    || r.names == [inject::TRUST_ROOTS_COPY]
+                    || r.verbs == ["create"],
+                "cluster-wide configmaps beyond the anchor copies: {r:?}"
             );
         }
         assert!(
