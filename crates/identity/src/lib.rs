@@ -5,6 +5,7 @@ pub mod csr;
 pub mod issuer;
 pub mod metrics;
 pub mod proof;
+pub mod record;
 pub mod reload;
 pub mod service;
 pub mod state;
