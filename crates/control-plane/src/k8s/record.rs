@@ -12,7 +12,7 @@
 //! live certificate (renewal lines for join-token revocation included),
 //! also after a restart. Measured through one replica against the test
 //! API server (k8s_record test: 1000 Certify renewals, 200 at once, on a
-//! 2-core machine shared with other builds): 64 and 90 Certify/s in two
+//! 2-core machine shared with other builds): 64 to 104 Certify/s in three
 //! runs, over 5 million certificates a day (a batch of up to 500 entries
 //! is one write; where the time goes was not profiled): enough for 3
 //! million proxies renewing 24 h leaves at 70% of their life. The cap on live
