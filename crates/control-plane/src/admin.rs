@@ -56,7 +56,7 @@ pub struct AdminState {
     pub index: watch::Receiver<Arc<crate::workloads::Index>>,
     pub fleet: Arc<crate::fleet::Fleet>,
     pub bundle: watch::Receiver<Option<Arc<crate::bundle::LiveBundle>>>,
-    pub record: Arc<identity::state::IssuanceRecord>,
+    pub record: Arc<dyn identity::record::Record>,
     /// Connections are capped and timed, so none can starve the process.
     pub gate: bounds::Gate,
     /// Kubernetes mode: how the watches stand.
@@ -136,7 +136,7 @@ async fn handle(
     Ok(match req.uri().path() {
         "/fleet" => {
             let now = OffsetDateTime::now_utc().unix_timestamp();
-            let live = st.record.live(now).unwrap_or_default();
+            let live = st.record.live(now);
             let current = st.bundle.borrow().clone();
             let mut view = st.fleet.view(now, current.as_deref(), &live);
             if let Some(peers) = &st.peers {

@@ -15,7 +15,12 @@ pub struct ControlPlaneConfig {
     pub clock_skew: Duration,
     pub trust_domain: String,
     pub controller_namespace: String,
+    /// Standalone: token key, revocations, issuance record, bundle
+    /// generation. Unused in Kubernetes mode (all of it is in the API).
     pub state_dir: PathBuf,
+    /// Past this many live certificates Certify is refused (never dropping
+    /// a live entry of the issuance record).
+    pub max_live_certificates: usize,
     /// Resource directory (policy, workloads); used by later services.
     pub resources: Option<PathBuf>,
     /// Kubernetes mode: resources from the API server instead of a directory.
@@ -73,7 +78,11 @@ impl fmt::Display for ControlPlaneConfig {
         )?;
         row(f, "identity-trust-domain", &self.trust_domain)?;
         row(f, "controller-namespace", &self.controller_namespace)?;
-        row(f, "state-dir", &self.state_dir.display())?;
+        match &self.kubernetes {
+            None => row(f, "state-dir", &self.state_dir.display())?,
+            Some(_) => row(f, "state-dir", &"(unused: state is kept in the API)")?,
+        }
+        row(f, "max-live-certificates", &self.max_live_certificates)?;
         row(
             f,
             "resources",

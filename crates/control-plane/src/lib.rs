@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use identity::proof::StandaloneProofs;
-use identity::state::IssuanceRecord;
+use identity::record::Record;
 use identity::{CertifyConfig, IdentityService, IssuerStatus};
 use linkerd2_proxy_api::destination::destination_server::DestinationServer;
 use linkerd2_proxy_api::identity::identity_server::IdentityServer;
@@ -91,10 +91,11 @@ pub async fn start(
         None => None,
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let tokens = k8s::wiring::token_state(&cfg, kube.as_ref(), now).await?;
-    let record = Arc::new(tokens.record);
-
     let mut registry = Registry::default();
+    let cap = identity::record::Cap::new(cfg.max_live_certificates);
+    cap.register(&mut registry);
+    let tokens = k8s::wiring::token_state(&cfg, kube.as_ref(), now, cap.clone()).await?;
+    let record = tokens.record.clone();
     let metrics = identity::metrics::IdentityMetrics::new(&mut registry);
     let own_expiry =
         prometheus_client::metrics::gauge::Gauge::<f64, std::sync::atomic::AtomicU64>::default();
@@ -170,6 +171,7 @@ pub async fn start(
     };
 
     let revocations = tokens.follower;
+    let record_task = tokens.record_task;
     let standalone = StandaloneProofs {
         tokens: tokens.verifier,
         record: Some(record.clone()),
@@ -284,12 +286,15 @@ pub async fn start(
             fleet.metrics.bundle_generation.clone(),
         ));
         tasks.spawn(renew_passes(fleet.clone(), bundle_rx.clone()));
-        tasks.spawn(observe_fleet(fleet, bundle_rx, record.clone()));
+        tasks.spawn(observe_fleet(fleet, bundle_rx, record.clone(), cap));
         tasks.spawn(issuer_source.run(issuer_tx));
         tasks.spawn(own_cert::run(own_cfg, issuer_rx.clone(), own_tx));
         tasks.spawn(admin::serve(admin_listener, admin_state));
         tasks.spawn(track_own_expiry(own_rx, own_expiry));
         tasks.spawn(compact_record(record));
+        if let Some(task) = record_task {
+            tasks.spawn(task);
+        }
         if let Some(follower) = revocations {
             tasks.spawn(follower.run());
         }
@@ -510,13 +515,15 @@ async fn renew_passes(
 async fn observe_fleet(
     fleet: Arc<fleet::Fleet>,
     bundle: watch::Receiver<Option<Arc<bundle::LiveBundle>>>,
-    record: Arc<IssuanceRecord>,
+    record: Arc<dyn Record>,
+    cap: identity::record::Cap,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let live = record.live(now).unwrap_or_default();
+        let live = record.live(now);
+        cap.live.set(i64::try_from(live.len()).unwrap_or(i64::MAX));
         let current = bundle.borrow().clone();
         fleet
             .metrics
@@ -524,22 +531,22 @@ async fn observe_fleet(
     }
 }
 
-/// Compacts the record every 10 minutes, and every 5 s while a write has
-/// failed: a successful rewrite ends the refusal to issue without waiting
-/// for the next Certify.
-async fn compact_record(record: Arc<IssuanceRecord>) {
+/// Compacts the record when due (every 10 minutes for the file), and every
+/// 5 s while a write has failed: a successful rewrite ends the refusal to
+/// issue without waiting for the next Certify.
+async fn compact_record(record: Arc<dyn Record>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     let mut last = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let failing = record.failure();
-        if failing.is_none() && last.elapsed() < Duration::from_secs(600) {
+        if failing.is_none() && last.elapsed() < record.compact_every() {
             continue;
         }
         last = tokio::time::Instant::now();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match record.compact(now) {
+        match record.compact(now).await {
             Ok(_) if failing.is_some() => {
                 tracing::info!("the issuance record can be written again; issuing")
             }

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod limit;
 pub mod metrics;
 pub mod proof;
+pub mod record;
 pub mod refusal_log;
 pub mod reload;
 pub mod service;

@@ -118,7 +118,7 @@ pub trait ProofVerifier: Send + Sync + 'static {
 pub struct StandaloneProofs {
     pub tokens: TokenVerifier,
     /// Traces renewals back to their token, so revocation ends the line.
-    pub record: Option<std::sync::Arc<crate::state::IssuanceRecord>>,
+    pub record: Option<std::sync::Arc<dyn crate::record::Record>>,
     pub issuer: watch::Receiver<IssuerStatus>,
     pub control_plane_ns: String,
     pub trust_domain: String,

@@ -21,9 +21,10 @@ use crate::csr::{CsrError, check_csr};
 use crate::limit::{CertifyLimits, Limited, Limiter};
 use crate::metrics::{IdentityMetrics, KeyLabel, ReasonLabel};
 use crate::proof::{Proof, ProofError, ProofVerifier};
+use crate::record::{Record, RecordRefusal};
 use crate::refusal_log::{RefusalLog, Sample};
 use crate::reload::IssuerStatus;
-use crate::state::{Issuance, IssuanceRecord};
+use crate::state::Issuance;
 
 /// How certificates are issued.
 #[derive(Debug, Clone)]
@@ -41,7 +42,7 @@ pub struct IdentityService<P> {
     issuer: watch::Receiver<IssuerStatus>,
     proofs: P,
     metrics: IdentityMetrics,
-    record: Option<Arc<IssuanceRecord>>,
+    record: Option<Arc<dyn Record>>,
     limiter: Mutex<Limiter>,
     refusal_log: Mutex<RefusalLog>,
 }
@@ -52,7 +53,7 @@ impl<P: ProofVerifier> IdentityService<P> {
         issuer: watch::Receiver<IssuerStatus>,
         proofs: P,
         metrics: IdentityMetrics,
-        record: Option<Arc<IssuanceRecord>>,
+        record: Option<Arc<dyn Record>>,
     ) -> Self {
         Self {
             limiter: Mutex::new(Limiter::new(cfg.limits)),
@@ -231,11 +232,17 @@ impl<P: ProofVerifier> IdentityService<P> {
                 proof: proof.clone(),
             };
             // Never hand out a certificate the record does not hold.
-            record.append(&entry).map_err(|e| {
-                tracing::error!(error = %e, "cannot write the issuance record; refusing to issue");
-                Status::unavailable(format!(
-                    "the control plane cannot record the certificate it would issue ({e}), so it issues none; keep the certificate you have and retry; the control plane's /ready says why until its state directory can be written again"
-                ))
+            record.record(&entry).await.map_err(|e| match e {
+                RecordRefusal::Full { .. } => {
+                    tracing::warn!(error = %e, "the issuance record is full; refusing to issue");
+                    Status::resource_exhausted(e.to_string())
+                }
+                RecordRefusal::Unavailable(why) => {
+                    tracing::error!(error = %why, "cannot write the issuance record; refusing to issue");
+                    Status::unavailable(format!(
+                        "the control plane cannot record the certificate it would issue ({why}), so it issues none; keep the certificate you have and retry"
+                    ))
+                }
             })?;
         }
         tracing::info!(

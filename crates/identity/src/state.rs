@@ -234,10 +234,11 @@ pub struct Issuance {
 pub struct IssuanceRecord {
     path: PathBuf,
     file: Mutex<std::fs::File>,
-    /// serial → origin token id, for live certificates.
-    origins: Mutex<std::collections::HashMap<String, String>>,
+    /// serial → (origin token id, notAfter), for live certificates.
+    origins: Mutex<std::collections::HashMap<String, (String, i64)>>,
     /// Why the last write failed; None once one succeeds.
     failure: Mutex<Option<String>>,
+    cap: crate::record::Cap,
 }
 
 impl IssuanceRecord {
@@ -247,9 +248,35 @@ impl IssuanceRecord {
             path,
             origins: Mutex::new(std::collections::HashMap::new()),
             failure: Mutex::new(None),
+            cap: crate::record::Cap::new(usize::MAX),
         };
         rec.compact(now)?;
         Ok(rec)
+    }
+
+    /// Refuses entries past `cap` live ones (none by default).
+    pub fn with_cap(mut self, cap: crate::record::Cap) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    pub fn cap(&self) -> &crate::record::Cap {
+        &self.cap
+    }
+
+    /// Entries known since the last compaction (some may have expired).
+    pub fn known(&self) -> usize {
+        self.origins.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Entries still valid at `now`.
+    pub fn live_count(&self, now: i64) -> usize {
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|(_, not_after)| *not_after > now)
+            .count()
     }
 
     fn open_append(path: &Path) -> Result<std::fs::File, StateError> {
@@ -266,6 +293,7 @@ impl IssuanceRecord {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(serial)
+            .map(|(o, _)| o)
             .filter(|o| !o.is_empty())
             .cloned()
     }
@@ -290,7 +318,7 @@ impl IssuanceRecord {
         self.origins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(i.serial.clone(), i.origin.clone());
+            .insert(i.serial.clone(), (i.origin.clone(), i.not_after));
         Ok(())
     }
 
@@ -331,7 +359,7 @@ impl IssuanceRecord {
         *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.origins.lock().unwrap_or_else(|e| e.into_inner()) = live
             .iter()
-            .map(|i| (i.serial.clone(), i.origin.clone()))
+            .map(|i| (i.serial.clone(), (i.origin.clone(), i.not_after)))
             .collect();
         Ok(live.len())
     }

@@ -1,8 +1,11 @@
 //! The API server goes away for 30 s under traffic through weft proxies in
 //! stand-in pods: the control plane keeps serving the last state it read
-//! (policy streams stay, a fresh stream gets the same policy, certificates
-//! are still issued), no request fails, `/ready` says why, and it catches
-//! up once the API server is back.
+//! (policy streams stay, a fresh stream gets the same policy), no request
+//! fails (proxies keep their valid certificates), `/ready` says why; Certify
+//! is refused with UNAVAILABLE and the reason, since the issuance record
+//! lives in the API and weft never issues a certificate it cannot account
+//! for, and `/ready` then names the record. Once the API server is back the
+//! control plane catches up and issues again.
 //!
 //! Its own test binary: stopping the API server must not disturb other
 //! tests sharing it. Needs root and the testenv/k8s binaries (built if
@@ -100,25 +103,39 @@ fn an_api_server_outage_keeps_the_last_state_and_catches_up() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    // While it lasts: certificates are issued, a fresh WatchPort gets the
-    // policy in force, and the open stream stays.
+    // While it lasts: Certify is refused with the reason (the record cannot
+    // be written), a fresh WatchPort gets the policy in force, and the open
+    // stream stays.
     let t1 = Instant::now();
-    certify(&env, &s, ia, "frontend", &ns, &cp_ns)?;
-    println!("Certify during the outage took {:.1?}", t1.elapsed());
+    let refused = match certify(&env, &s, ia, "frontend", &ns, &cp_ns) {
+        Ok(()) => anyhow::bail!("a certificate was issued while the record could not be written"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        refused.contains("Unavailable") && refused.contains("cannot record the certificate"),
+        "Certify during the outage: {refused}"
+    );
+    println!(
+        "Certify during the outage refused after {:.1?}: {}",
+        t1.elapsed(),
+        refused.lines().last().unwrap_or_default()
+    );
     let fresh = watch_pod_ports(&env, &s, pa, (&ns, &pod), &cp_ns, &[8080])?;
     ensure!(
         server_name(fresh.server(8080)) == "server:backend-server",
         "during the outage a fresh WatchPort got {}",
         server_name(fresh.server(8080))
     );
+    // /ready names the record until it can be written again.
     while t0.elapsed() < OUTAGE {
         let (code, body) = ready(&env, admin)?;
         ensure!(
-            code == 200,
-            "during the outage /ready answered {code}: {body}"
+            code == 503 && body.contains("issuance record"),
+            "during the outage, after a refused Certify, /ready answered {code}: {body}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    println!("/ready during the outage: {}", ready(&env, admin)?.1.trim());
     let back = stopped.restart()?;
     println!(
         "API server stopped for {:.1?} (noticed after {noticed:.1?}); ready again {back:.1?} after its restart",
@@ -140,6 +157,10 @@ fn an_api_server_outage_keeps_the_last_state_and_catches_up() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Issuing again.
+    let t3 = Instant::now();
+    certify(&env, &s, ia, "frontend", &ns, &cp_ns)?;
+    println!("Certify after the outage took {:.1?}", t3.elapsed());
     // A change made now reaches the stream opened before the outage.
     kubectl(
         &env,

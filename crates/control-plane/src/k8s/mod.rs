@@ -8,6 +8,8 @@ pub mod issuer;
 pub mod issuer_source;
 pub mod lease;
 pub mod proofs;
+pub mod record;
+pub mod record_parts;
 pub mod resources;
 pub mod tokens;
 pub mod webhook;

@@ -3,10 +3,12 @@
 //! ServiceAccount tokens (join tokens still accepted) and state kept in the
 //! API (shared by every replica) in Kubernetes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use identity::metrics::IdentityMetrics;
 use identity::proof::{Proof, ProofError, ProofVerifier, StandaloneProofs, Subject};
+use identity::record::{BoxFuture, Cap, Record};
 use identity::{IssuerStatus, Reloader};
 use tokio::sync::watch;
 
@@ -157,7 +159,9 @@ pub struct TokenState {
     pub key_id: String,
     /// The key was made by this start (new state dir, or new Secret).
     pub initialised: bool,
-    pub record: identity::state::IssuanceRecord,
+    pub record: Arc<dyn Record>,
+    /// Kubernetes mode: writes and follows the record's parts.
+    pub record_task: Option<BoxFuture<'static, ()>>,
     /// Kubernetes mode: keeps the revocation list current from the Secret.
     pub follower: Option<RevocationFollower>,
 }
@@ -184,24 +188,27 @@ pub enum StateError {
     Verifier(String),
 }
 
-/// The join-token key and revocations of `cfg`'s mode: the state directory,
-/// or (Kubernetes) the Secret every replica shares. The issuance record
-/// stays in the state directory in both modes for now.
+/// The join-token key, revocations and issuance record of `cfg`'s mode: the
+/// state directory, or (Kubernetes) the Secret and IssuanceRecord objects
+/// every replica shares; nothing local, so no --state-dir is made.
 pub async fn token_state(
     cfg: &ControlPlaneConfig,
     kube: Option<&kube::Client>,
     now: i64,
+    cap: Cap,
 ) -> Result<TokenState, StateError> {
     let Some(client) = kube else {
         let dir = identity::state::StateDir::open_or_init(&cfg.state_dir)?;
         let verifier =
             identity::token::TokenVerifier::new(&dir.token_key, cfg.clock_skew, dir.revoked_file())
                 .map_err(StateError::Verifier)?;
+        let record = identity::state::IssuanceRecord::open(dir.issuances_file(), now)?;
         return Ok(TokenState {
             verifier,
             key_id: dir.token_key_id(),
             initialised: dir.initialised,
-            record: identity::state::IssuanceRecord::open(dir.issuances_file(), now)?,
+            record: Arc::new(record.with_cap(cap)),
+            record_task: None,
             follower: None,
         });
     };
@@ -215,18 +222,18 @@ pub async fn token_state(
         identity::token::Revocations::Shared(rx),
     )
     .map_err(StateError::Verifier)?;
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| identity::state::StateError::Io {
-        path: cfg.state_dir.clone(),
-        source,
-    })?;
+    let (record, task) = super::record::KubeRecord::start(
+        client.clone(),
+        &namespace,
+        cap,
+        cfg.issuance_lifetime + cfg.clock_skew,
+    );
     Ok(TokenState {
         verifier,
         key_id: identity::token::key_id(&loaded.key),
         initialised: loaded.created,
-        record: identity::state::IssuanceRecord::open(
-            cfg.state_dir.join(identity::state::ISSUANCES),
-            now,
-        )?,
+        record,
+        record_task: Some(task),
         follower: Some(RevocationFollower { api, namespace, tx }),
     })
 }

@@ -47,9 +47,12 @@ pub struct ControlPlaneArgs {
     /// The control plane's namespace: the `identity.<ns>` part of identity names
     #[arg(long, env = "WEFT_CONTROLLER_NAMESPACE", default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
     pub controller_namespace: String,
-    /// State directory: token signing key, revocations, issuance record (created 0700 if absent); with --kubernetes only the issuance record: the key and revocations are in Secret weft-join-token-key, the bundle generation in ConfigMap weft-bundle-generation
+    /// State directory: token signing key, revocations, issuance record, bundle generation (created 0700 if absent); unused with --kubernetes: the key and revocations are in Secret weft-join-token-key, the bundle generation in ConfigMap weft-bundle-generation, the issuance record in IssuanceRecord objects
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "weft-state")]
     pub state_dir: PathBuf,
+    /// Past this many live (unexpired) certificates in the issuance record, Certify answers RESOURCE_EXHAUSTED rather than forget a valid certificate (default: 100000, a day of 24h leaves for a large fleet)
+    #[arg(long, env = "WEFT_MAX_LIVE_CERTIFICATES", default_value_t = identity::record::DEFAULT_MAX_LIVE)]
+    pub max_live_certificates: usize,
     /// Resource directory (policy, workloads) for the services that use it
     #[arg(long, env = "WEFT_RESOURCES", conflicts_with = "kubernetes")]
     pub resources: Option<PathBuf>,
@@ -157,6 +160,11 @@ impl ControlPlaneArgs {
                 "--identity-issuance-lifetime must be at least 1s",
             ));
         }
+        if self.max_live_certificates == 0 {
+            return Err(Failure::input(
+                "--max-live-certificates must be at least 1 (it caps live certificates; 0 would refuse every Certify)",
+            ));
+        }
         if self.reread_interval.is_zero() {
             return Err(Failure::input("--reread-interval must be more than 0"));
         }
@@ -196,6 +204,7 @@ impl ControlPlaneArgs {
             trust_domain: self.identity_trust_domain.clone(),
             controller_namespace: self.controller_namespace.clone(),
             state_dir: std::path::absolute(&self.state_dir).unwrap_or(self.state_dir),
+            max_live_certificates: self.max_live_certificates,
             resources: self.resources,
             kubernetes,
             identity_addr: self.identity_addr,

@@ -246,6 +246,7 @@ async fn demo(dir: &Path) -> CmdResult {
         trust_domain: pki::identity::DEFAULT_TRUST_DOMAIN.into(),
         controller_namespace: pki::identity::DEFAULT_CONTROL_PLANE_NS.into(),
         state_dir: p("state"),
+        max_live_certificates: identity::record::DEFAULT_MAX_LIVE,
         resources: Some(p("resources")),
         kubernetes: None,
         identity_addr: local(0),

@@ -157,7 +157,8 @@ pub fn control_plane(env: &K8sEnv, s: &Scratch, cp_ns: &str, kubeconfig: &std::p
     control_plane_with(env, s, cp_ns, kubeconfig, &[])
 }
 
-/// [`control_plane`] with `extra` flags, each replacing the default it names.
+/// [`control_plane`] with `extra` flags, each replacing the default it names
+/// (weft's CRDs applied first).
 pub fn control_plane_with(
     env: &K8sEnv,
     s: &Scratch,
@@ -165,6 +166,11 @@ pub fn control_plane_with(
     kubeconfig: &std::path::Path,
     extra: &[&str],
 ) -> Proc {
+    // The issuance record lives in IssuanceRecord objects: no Certify
+    // (and no /ready) without weft's CRDs.
+    if let Err(e) = install_crds(env) {
+        panic!("cannot install weft's CRDs: {e:#}");
+    }
     let kubeconfig = kubeconfig.to_string_lossy();
     let mut args = vec![
         "control-plane",

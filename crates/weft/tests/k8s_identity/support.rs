@@ -100,7 +100,7 @@ pub struct Cp {
 impl Cp {
     /// A TLS channel to `addr` (inside the cp namespace), verifying the
     /// control plane's identity, presenting `client` (chain, key PEM).
-    async fn channel(
+    pub async fn channel(
         &self,
         addr: SocketAddr,
         client: Option<(String, String)>,
