@@ -21,7 +21,6 @@ use testbed::k8s::k8s_openapi::api::core::v1::{Pod, Secret};
 use testbed::k8s::kube::api::{Api, DeleteParams, PostParams};
 use tonic::Code;
 
-use common::join::join_token;
 use common::proc::metric_sum;
 use support::*;
 
@@ -169,16 +168,77 @@ async fn service_account_tokens(
     )?;
 
     // ExternalWorkloads keep their join tokens, signed with the key of the
-    // Secret weft-join-token-key (the control plane's only copy).
-    let (join, _) = join_token(env, scratch, &mesh.cp, app, "ext")?;
+    // Secret weft-join-token-key (the control plane's only copy), made and
+    // revoked with `weft token --kubernetes`.
+    let kubeconfig = env.kubeconfig();
+    let kube_flags = |extra: &[&str]| {
+        let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
+        cmd.current_dir(scratch.path(".")).args(extra).args([
+            "--kubernetes",
+            "--controller-namespace",
+            &mesh.cp,
+        ]);
+        cmd.arg("--kubeconfig").arg(&kubeconfig);
+        common::Run::from(cmd.output().expect("weft token"))
+    };
+    let made = kube_flags(&["token", "create", "-n", app, "--service-account", "ext"]).ok();
+    let join = made.stdout.trim().to_string();
+    let jti = made
+        .stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "jti")
+        .nth(1)
+        .context("no jti printed")?
+        .to_string();
+    ensure!(
+        made.stderr
+            .contains(&format!("weft token revoke {jti} --kubernetes")),
+        "the hint does not say how to revoke: {}",
+        made.stderr
+    );
     let r = cp
         .certify(&mesh.id("ext", app), &join)
         .await
         .context("join token")?;
     ensure!(leaf_identity(&r, &mesh.cp)? == mesh.id("ext", app));
     println!(
-        "join token (ExternalWorkload): leaf for {}",
+        "join token from `weft token create --kubernetes` (ExternalWorkload): leaf for {}",
         mesh.id("ext", app)
+    );
+    let revoked = kube_flags(&["token", "revoke", &jti]).ok();
+    ensure!(revoked.stdout.contains("revoked"), "{}", revoked.stdout);
+    let t0 = Instant::now();
+    poll("the revoked join token refused", DEADLINE, || async {
+        Ok(match cp.certify(&mesh.id("ext", app), &join).await {
+            Err(s) if s.message().contains("revoked") => Some(()),
+            _ => None,
+        })
+    })
+    .await?;
+    println!(
+        "`weft token revoke --kubernetes`: refused after {:.1?}",
+        t0.elapsed()
+    );
+    // A namespace with no control plane: the Secret is named, nothing made.
+    let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
+    cmd.args([
+        "token",
+        "create",
+        "-n",
+        app,
+        "--service-account",
+        "ext",
+        "--kubernetes",
+    ])
+    .args(["--controller-namespace", "no-such-cp", "--kubeconfig"])
+    .arg(&kubeconfig);
+    let missing = common::Run::from(cmd.output()?).refused(2);
+    ensure!(
+        missing
+            .stderr
+            .contains("no-such-cp/weft-join-token-key does not exist"),
+        "{}",
+        missing.stderr
     );
     Ok(())
 }

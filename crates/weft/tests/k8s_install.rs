@@ -8,38 +8,12 @@
 mod common;
 
 use anyhow::{Result, ensure};
-use common::kube::{Tenant, tenant};
-use common::pipe::with_stdin;
+use common::kube::{Tenant, Uninstall, kubectl_stdin, tenant};
 use testbed::k8s::K8sEnv;
-
-/// `kubectl ARGS -f -` with `input`: (stdout, stderr), failing on an error.
-fn kubectl_stdin(env: &K8sEnv, args: &[&str], input: &str) -> Result<(String, String)> {
-    let mut cmd = env.kubectl();
-    cmd.args(args).args(["-f", "-"]);
-    let r = with_stdin(&mut cmd, input);
-    ensure!(r.code == 0, "kubectl {args:?}: {}\n{}", r.stderr, r.stdout);
-    Ok((r.stdout, r.stderr))
-}
 
 /// Each object's kind, name and resourceVersion, one a line.
 const VERSIONS: &str =
     "jsonpath={range .items[*]}{.kind}/{.metadata.name}={.metadata.resourceVersion}{\"\\n\"}{end}";
-
-/// Deletes what install made even when the test fails: the webhook
-/// configuration would otherwise be called for every other test's pods.
-struct Uninstall<'a> {
-    env: &'a K8sEnv,
-    manifest: String,
-}
-
-impl Drop for Uninstall<'_> {
-    fn drop(&mut self) {
-        let mut cmd = self.env.kubectl();
-        cmd.args(["delete", "--ignore-not-found", "--wait=false", "-f", "-"]);
-        let r = with_stdin(&mut cmd, &self.manifest);
-        println!("uninstall: {}{}", r.stdout, r.stderr);
-    }
-}
 
 #[test]
 fn install_applies_cleanly_and_a_second_apply_changes_nothing() -> Result<()> {

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use common::Scratch;
-use common::kube::{Tenant, control_plane_with, kubeconfig_for, tenant};
-use common::pipe::with_stdin;
+use common::kube::{Tenant, Uninstall, control_plane_with, kubeconfig_for, kubectl_stdin, tenant};
 use common::proc::Proc;
 use serde_json::{Value, json};
 use testbed::k8s::K8sEnv;
@@ -34,28 +33,6 @@ use testbed::k8s::kube::api::{Api, Patch, PatchParams, PostParams};
 
 const CONFIGURATION: &str = "weft-injector";
 const CA_LIFETIME: &str = "60s";
-
-fn kubectl_stdin(env: &K8sEnv, args: &[&str], input: &str) -> Result<String> {
-    let mut cmd = env.kubectl();
-    cmd.args(args).args(["-f", "-"]);
-    let r = with_stdin(&mut cmd, input);
-    ensure!(r.code == 0, "kubectl {args:?}: {}\n{}", r.stderr, r.stdout);
-    Ok(r.stdout)
-}
-
-/// Deletes what install made even when the test fails.
-struct Uninstall<'a> {
-    env: &'a K8sEnv,
-    manifest: String,
-}
-
-impl Drop for Uninstall<'_> {
-    fn drop(&mut self) {
-        let mut cmd = self.env.kubectl();
-        cmd.args(["delete", "--ignore-not-found", "--wait=false", "-f", "-"]);
-        let _ = with_stdin(&mut cmd, &self.manifest);
-    }
-}
 
 /// One replica: its process, its scratch directory and its webhook address.
 struct Replica {

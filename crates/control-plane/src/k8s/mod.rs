@@ -87,19 +87,25 @@ pub enum ConnectError {
 
 /// A client for the configured API server (rustls with aws-lc-rs).
 pub async fn connect(settings: &KubeSettings) -> Result<kube::Client, ConnectError> {
+    client(settings.kubeconfig.as_deref()).await
+}
+
+/// A client from `kubeconfig`, or the in-cluster configuration (or
+/// `KUBECONFIG`) when None.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, ConnectError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let config = match &settings.kubeconfig {
+    let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 ConnectError::Kubeconfig {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     source,
                 }
             })?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
                 .map_err(|source| ConnectError::Kubeconfig {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     source,
                 })?
         }

@@ -40,6 +40,10 @@ pub enum TokenKeyError {
     #[error("cannot make a join-token signing key: {0}")]
     KeyGen(#[source] rcgen::Error),
     #[error(
+        "Secret {namespace}/weft-join-token-key does not exist: the control plane makes it when it first starts with --kubernetes; start it, or pass the namespace it runs in"
+    )]
+    Missing { namespace: String },
+    #[error(
         "Secret {namespace}/weft-join-token-key: changed under each of 5 revocation attempts; try again"
     )]
     Contended { namespace: String },
@@ -146,6 +150,35 @@ pub async fn load_or_create(api: &Api<Secret>, namespace: &str) -> Result<Loaded
         }
         Err(e) => Err(api_err(namespace, "create", &e)),
     }
+}
+
+/// The Secret's key, read and never created (`weft token create
+/// --kubernetes`: a token signed with a key no control plane holds would
+/// never work).
+pub async fn read_key(
+    client: kube::Client,
+    namespace: &str,
+) -> Result<rcgen::KeyPair, TokenKeyError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let s = api
+        .get_opt(SECRET)
+        .await
+        .map_err(|e| api_err(namespace, "read", &e))?
+        .ok_or_else(|| TokenKeyError::Missing {
+            namespace: namespace.to_string(),
+        })?;
+    key_of(&s, namespace)
+}
+
+/// [`revoke`] with a client, for `weft token revoke --kubernetes`.
+pub async fn revoke_with(
+    client: kube::Client,
+    namespace: &str,
+    jti: &str,
+    now: i64,
+) -> Result<bool, TokenKeyError> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    revoke(&api, namespace, jti, None, now).await
 }
 
 /// Adds `jti` to the Secret's revocation list (compare-and-swap on

@@ -20,6 +20,70 @@ pub enum TokenCmd {
     Revoke(RevokeArgs),
 }
 
+/// Where the signing key lives when the control plane runs in Kubernetes
+/// mode: Secret weft-join-token-key of its namespace, never a directory.
+#[derive(Debug, Args)]
+pub struct KubeKey {
+    /// The control plane runs with --kubernetes: use the key (and revocation list) in its Secret weft-join-token-key instead of --state-dir
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig for --kubernetes (default: in-cluster configuration, or KUBECONFIG); it must allow get (and for revoke, update) on that Secret
+    #[arg(long, requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The control plane's namespace, where the Secret is (with --kubernetes)
+    #[arg(long, default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
+    pub controller_namespace: String,
+}
+
+impl KubeKey {
+    fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))
+    }
+
+    /// The signing key from the Secret; never creates it (the control
+    /// plane does, at its first start).
+    fn key(&self) -> Result<rcgen::KeyPair, Failure> {
+        Self::runtime()?.block_on(async {
+            let client = control_plane::k8s::client(self.kubeconfig.as_deref())
+                .await
+                .map_err(Failure::input)?;
+            control_plane::k8s::tokens::read_key(client, &self.controller_namespace)
+                .await
+                .map_err(Failure::input)
+        })
+    }
+
+    fn revoke(&self, jti: &str) -> Result<bool, Failure> {
+        Self::runtime()?.block_on(async {
+            let client = control_plane::k8s::client(self.kubeconfig.as_deref())
+                .await
+                .map_err(Failure::input)?;
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            control_plane::k8s::tokens::revoke_with(client, &self.controller_namespace, jti, now)
+                .await
+                .map_err(Failure::input)
+        })
+    }
+
+    /// How to pass the same key source again, for hints.
+    fn flags(&self, state_dir: &std::path::Path) -> String {
+        if !self.kubernetes {
+            return format!("--state-dir {}", state_dir.display());
+        }
+        let mut f = format!(
+            "--kubernetes --controller-namespace {}",
+            self.controller_namespace
+        );
+        if let Some(k) = &self.kubeconfig {
+            f.push_str(&format!(" --kubeconfig {}", k.display()));
+        }
+        f
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// The workload's namespace
@@ -40,6 +104,8 @@ pub struct CreateArgs {
     /// Replace an existing --out file
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub kube: KubeKey,
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +115,8 @@ pub struct RevokeArgs {
     /// The control plane's state directory (holds the revocation list); never created here
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "weft-state")]
     pub state_dir: PathBuf,
+    #[command(flatten)]
+    pub kube: KubeKey,
 }
 
 pub fn run(cmd: TokenCmd) -> CmdResult {
@@ -65,8 +133,14 @@ fn create(a: CreateArgs) -> CmdResult {
     if a.ttl.is_zero() {
         return Err(Failure::input("--ttl must be more than 0"));
     }
-    let state = StateDir::open_existing(&a.state_dir).map_err(Failure::input)?;
-    let signer = TokenSigner::new(&state.token_key).map_err(Failure::input)?;
+    let key = if a.kube.kubernetes {
+        a.kube.key()?
+    } else {
+        StateDir::open_existing(&a.state_dir)
+            .map_err(Failure::input)?
+            .token_key
+    };
+    let signer = TokenSigner::new(&key).map_err(Failure::input)?;
     let (token, claims) = signer
         .create(
             &a.namespace,
@@ -91,10 +165,10 @@ fn create(a: CreateArgs) -> CmdResult {
         None => outln!("{token}"),
     }
     eprintln!(
-        "jti {} expires {exp}; revoke with `weft token revoke {} --state-dir {}`",
+        "jti {} expires {exp}; revoke with `weft token revoke {} {}`",
         claims.jti,
         claims.jti,
-        a.state_dir.display()
+        a.kube.flags(&a.state_dir)
     );
     Ok(())
 }
@@ -106,16 +180,17 @@ fn revoke(a: RevokeArgs) -> CmdResult {
             a.jti
         )));
     }
-    let state = StateDir::open_existing(&a.state_dir).map_err(Failure::input)?;
-    let fresh = state
-        .revoke(
-            &a.jti.to_lowercase(),
-            None,
-            OffsetDateTime::now_utc().unix_timestamp(),
-        )
-        .map_err(Failure::input)?;
+    let jti = a.jti.to_lowercase();
+    let fresh = if a.kube.kubernetes {
+        a.kube.revoke(&jti)?
+    } else {
+        StateDir::open_existing(&a.state_dir)
+            .map_err(Failure::input)?
+            .revoke(&jti, None, OffsetDateTime::now_utc().unix_timestamp())
+            .map_err(Failure::input)?
+    };
     outln!(
-        "token {} {}; the control plane refuses it from its next request",
+        "token {} {}; every control-plane replica refuses it from its next request",
         a.jti,
         if fresh {
             "revoked"

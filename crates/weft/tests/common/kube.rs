@@ -183,6 +183,9 @@ pub fn control_plane_with(
         cp_ns,
     ];
     args.extend(super::LOOPBACK_LISTENERS);
+    // These tests certify one pod many times in a row, as no proxy does;
+    // the limits have their own test (limits/certify.rs).
+    args.extend(["--certify-rate-per-client", "1000/s:1000"]);
     super::replace_defaults(&mut args, extra);
     let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
     cmd.current_dir(s.path(".")).args(args);
@@ -451,5 +454,30 @@ impl Watcher {
             self.latest[i].1 = next;
         }
         Ok(t0.elapsed())
+    }
+}
+
+/// `kubectl ARGS -f -` with `input`: (stdout, stderr), failing on an error.
+pub fn kubectl_stdin(env: &K8sEnv, args: &[&str], input: &str) -> Result<(String, String)> {
+    let mut cmd = env.kubectl();
+    cmd.args(args).args(["-f", "-"]);
+    let r = super::pipe::with_stdin(&mut cmd, input);
+    ensure!(r.code == 0, "kubectl {args:?}: {}\n{}", r.stderr, r.stdout);
+    Ok((r.stdout, r.stderr))
+}
+
+/// Deletes what install made even when the test fails: the webhook
+/// configuration would otherwise be called for every other test's pods.
+pub struct Uninstall<'a> {
+    pub env: &'a K8sEnv,
+    pub manifest: String,
+}
+
+impl Drop for Uninstall<'_> {
+    fn drop(&mut self) {
+        let mut cmd = self.env.kubectl();
+        cmd.args(["delete", "--ignore-not-found", "--wait=false", "-f", "-"]);
+        let r = super::pipe::with_stdin(&mut cmd, &self.manifest);
+        println!("uninstall: {}{}", r.stdout, r.stderr);
     }
 }
