@@ -183,9 +183,16 @@ pub fn control_plane_with(
         cp_ns,
     ];
     args.extend(super::LOOPBACK_LISTENERS);
-    // These tests certify one pod many times in a row, as no proxy does;
-    // the limits have their own test (limits/certify.rs).
-    args.extend(["--certify-rate-per-client", "1000/s:1000"]);
+    // These tests certify one pod many times in a row and in parallel, as
+    // no proxy does; the limits have their own test (limits/certify.rs).
+    args.extend([
+        "--certify-rate-per-client",
+        "1000/s:1000",
+        "--certify-refusals-per-peer",
+        "10000/s:10000",
+        "--certify-rate-global",
+        "10000/s:10000",
+    ]);
     super::replace_defaults(&mut args, extra);
     let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
     cmd.current_dir(s.path(".")).args(args);
