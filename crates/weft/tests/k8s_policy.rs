@@ -345,6 +345,38 @@ fn refused_objects_grant_nothing(
         !explain_verdict(s, Caller::Frontend, ns, cp_ns, 8080, None)?,
         "explain granted frontend"
     );
+    // A restarted replica (a new process, reading the same objects): the
+    // same answer.
+    let restarted = common::kube::control_plane(env, s, cp_ns, &s.path("weft-identity.kubeconfig"));
+    restarted.wait_for_line("resources loaded", Duration::from_secs(30));
+    let t0 = Instant::now();
+    let again = loop {
+        match watch_ports(
+            env,
+            s,
+            restarted.addr("policy listening on"),
+            ns,
+            cp_ns,
+            &[8080],
+        ) {
+            Ok(w) => break w,
+            Err(e) if t0.elapsed() < Duration::from_secs(30) => {
+                println!("restarted replica not serving yet: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    ensure!(
+        !proxy_verdict(again.server(8080), &frontend, None)?,
+        "a restarted replica granted frontend"
+    );
+    println!(
+        "a restarted replica denies frontend too, after {:.1?}",
+        t0.elapsed()
+    );
+    drop(again);
+    drop(restarted);
     // Fixed: frontend is allowed again, live.
     apply(env, s, "policy.yaml", guide)?;
     let took = w.wait(
