@@ -80,6 +80,15 @@ fn sample_generations(stand_ins: Vec<(String, String)>) -> Generations {
 }
 
 impl Generations {
+    /// Waits until every proxy has been sampled at least once (the
+    /// generation before the kill is on record).
+    fn until_each_sampled(&self, n: usize) {
+        common::proc::poll("a generation sample from every proxy", DEADLINE, || {
+            let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            (s.len() == n && s.values().all(|v| !v.is_empty())).then_some(())
+        });
+    }
+
     fn finish(self) -> Result<BTreeMap<String, Vec<f64>>> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().ok().context("the sampling thread")?;
@@ -289,8 +298,10 @@ fn proxies_spread_over_two_replicas_and_survive_one_killed_under_traffic() -> Re
     let frontend = frontends.iter().next().context("no frontend")?.clone();
     let running = traffic::start(&mesh, &frontend, svc)?;
     traffic::until_spread(&mut mesh, &running.traffic, &backends)?;
-    let generations = sample_generations(mesh.stand_in_namespaces());
-    std::thread::sleep(Duration::from_millis(500));
+    let stand_ins = mesh.stand_in_namespaces();
+    let n = stand_ins.len();
+    let generations = sample_generations(stand_ins);
+    generations.until_each_sampled(n);
 
     // Kill the replica holding more streams (the other takes them all).
     let (victim, survivor, moving) = if on_a >= on_b {
