@@ -83,12 +83,39 @@ pub fn load_identity_material(
     issuer_key: Option<&Path>,
 ) -> Result<IdentityMaterial, String> {
     let anchors = load_certs(anchors).map_err(|e| e.to_string())?;
-    let mut issuer_certs = load_certs(issuer).map_err(|e| e.to_string())?;
-    let issuer_cert = issuer_certs.remove(0);
+    let issuer_certs = load_certs(issuer).map_err(|e| e.to_string())?;
     let issuer_key = issuer_key
         .map(load_key)
         .transpose()
         .map_err(|e| e.to_string())?;
+    material(anchors, issuer_certs, issuer_key)
+}
+
+/// Like [`load_identity_material`] from objects already read (e.g. a
+/// cluster's ConfigMap and Secret); each `(name, bytes)` names its source.
+pub fn parse_identity_material(
+    anchors: (&Path, &[u8]),
+    issuer: (&Path, &[u8]),
+    issuer_key: Option<(&Path, &[u8])>,
+) -> Result<IdentityMaterial, String> {
+    let anchors = crate::parse_certs(anchors.0, anchors.1).map_err(|e| e.to_string())?;
+    let issuer_certs = crate::parse_certs(issuer.0, issuer.1).map_err(|e| e.to_string())?;
+    let issuer_key = issuer_key
+        .map(|(p, b)| crate::parse_key(p, b))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    material(anchors, issuer_certs, issuer_key)
+}
+
+fn material(
+    anchors: Vec<CertificateDer<'static>>,
+    mut issuer_certs: Vec<CertificateDer<'static>>,
+    issuer_key: Option<KeyPair>,
+) -> Result<IdentityMaterial, String> {
+    if issuer_certs.is_empty() {
+        return Err("the issuer holds no certificate".into());
+    }
+    let issuer_cert = issuer_certs.remove(0);
     Ok(IdentityMaterial {
         anchors,
         issuer: issuer_cert,

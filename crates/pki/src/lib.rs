@@ -20,7 +20,7 @@ pub mod verify;
 pub use cert::{CertError, DerError, fingerprint, load_certs, parse_certs, parse_x509};
 pub use identity::{Identity, IdentityError, SpiffeId};
 pub use in_force::{CertInForce, InForceError};
-pub use key::{KeyAlgorithm, KeyError, load_key};
+pub use key::{KeyAlgorithm, KeyError, load_key, parse_key};
 pub use peer::{PeerIdentityError, peer_identity, peer_identity_in};
 pub use rcgen::KeyPair;
 pub use rustls_pki_types::CertificateDer;

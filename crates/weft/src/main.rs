@@ -60,6 +60,8 @@ enum Cmd {
     Proxy(Box<cli::proxy::ProxyArgs>),
     /// Print what `weft install` created, for `kubectl delete -f -`
     Uninstall(cli::install::UninstallArgs),
+    /// Print a running installation's manifests again (e.g. with a new --image), keeping the cluster's identity objects
+    Upgrade(cli::install::UpgradeArgs),
     /// Remove what `weft inject` added (the annotation or the proxy) from Kubernetes manifests
     Uninject(cli::inject::UninjectArgs),
     /// Create and revoke join tokens for workloads' first certificates
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Cmd::Inject(c) => cli::inject::run_inject(c),
         Cmd::Install(c) => cli::install::run_install(c),
         Cmd::Uninstall(c) => cli::install::run_uninstall(c),
+        Cmd::Upgrade(c) => cli::install::run_upgrade(c),
         Cmd::Uninject(c) => cli::inject::run_uninject(c),
         Cmd::Policy(c) => cli::policy::run(c),
     };

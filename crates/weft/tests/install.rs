@@ -33,7 +33,7 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 fn install(s: &Scratch, extra: &[&str]) -> common::Run {
-    let mut args = vec!["install"];
+    let mut args = vec!["install", "--ignore-cluster"];
     args.extend(FILES);
     args.extend(extra);
     s.weft(&args)
@@ -69,6 +69,7 @@ fn install_prints_every_object_deterministically() {
             "ClusterRoleBinding/weft-control-plane",
             "Role/weft-control-plane",
             "RoleBinding/weft-control-plane",
+            "ConfigMap/weft-config",
             "ConfigMap/linkerd-identity-trust-roots",
             "Secret/linkerd-identity-issuer",
             "Deployment/weft-control-plane",
@@ -123,6 +124,16 @@ fn install_prints_every_object_deterministically() {
             .any(|w| w == ["--controller-namespace", "mesh"]),
         "{args:?}"
     );
+    // No local state with --kubernetes: no --state-dir, no volume.
+    assert!(!args.contains(&"--state-dir"), "{args:?}");
+    assert!(pod.get("volumes").is_none() && c.get("volumeMounts").is_none());
+    // How it was installed, recorded for `weft upgrade` (no secrets).
+    let config = find(&d, "ConfigMap", "weft-config");
+    let values: serde_json::Value =
+        serde_json::from_str(config["data"]["values.json"].as_str().unwrap()).unwrap();
+    assert_eq!(values["ha"], true);
+    assert_eq!(values["externalIssuer"], false);
+    assert!(!config.to_string().contains("PRIVATE KEY"));
     for (svc, port) in [
         ("weft-identity", 8080),
         ("weft-destination", 8086),
@@ -187,6 +198,7 @@ fn crds_alone_external_issuer_and_uninstall() {
             "--identity-trust-anchors-file",
             "ca.crt",
             "--identity-external-issuer",
+            "--ignore-cluster",
         ])
         .ok();
     let d = docs(&ext.stdout);
@@ -298,6 +310,26 @@ fn broken_identity_files_are_refused_before_anything_is_printed() {
     let r = install(&s, &["--install-gateway-api"]).refused(2);
     assert!(
         r.stdout.is_empty() && r.stderr.contains("Gateway API"),
+        "{}",
+        r.stderr
+    );
+    // No cluster to read: install will not guess that none of its identity
+    // objects exist there, and upgrade has nothing to read.
+    let mut args = vec!["install", "--kubeconfig", "missing.yaml"];
+    args.extend(FILES);
+    let r = s.weft(&args).refused(2);
+    assert!(
+        r.stdout.is_empty()
+            && r.stderr.contains("missing.yaml")
+            && r.stderr.contains("--ignore-cluster"),
+        "{}",
+        r.stderr
+    );
+    let r = s
+        .weft(&["upgrade", "--kubeconfig", "missing.yaml"])
+        .refused(2);
+    assert!(
+        r.stdout.is_empty() && r.stderr.contains("missing.yaml"),
         "{}",
         r.stderr
     );

@@ -1,6 +1,8 @@
 //! `weft install` on a real API server: the CRDs, then the control plane,
 //! applied with strict field validation and no warnings; a server dry run
 //! and a second apply change nothing; `weft uninstall` deletes it all.
+//! After a rotation, install refuses to print the identity objects again
+//! and `weft upgrade` applies cleanly without touching them.
 //!
 //! Needs root (network namespaces) and the testenv/k8s binaries (built if
 //! missing); skips loudly without them unless WEFT_REQUIRE_K8S=1.
@@ -8,7 +10,7 @@
 mod common;
 
 use anyhow::{Result, ensure};
-use common::kube::{Tenant, Uninstall, kubectl_stdin, tenant};
+use common::kube::{Installed, Tenant, kubectl, kubectl_stdin, tenant, weft_admin, weft_install};
 use testbed::k8s::K8sEnv;
 
 /// Each object's kind, name and resourceVersion, one a line.
@@ -26,46 +28,27 @@ fn install_applies_cleanly_and_a_second_apply_changes_nothing() -> Result<()> {
     // A namespace install creates itself (the tenant's exists already).
     let ns = format!("{cp_ns}-i");
 
-    let crds = s.weft(&["install", "--crds"]).ok();
-    kubectl_stdin(&env, &["apply", "--validate=strict"], &crds.stdout)?;
-
-    let install = s
-        .weft(&[
-            "install",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--namespace",
-            &ns,
-            "--ha",
-        ])
-        .ok();
-    let uninstall = s.weft(&["uninstall", "--namespace", &ns]).ok();
-    let _cleanup = Uninstall {
-        env: &env,
-        manifest: uninstall.stdout.clone(),
-    };
-
-    let (out, err) = kubectl_stdin(&env, &["apply", "--validate=strict"], &install.stdout)?;
+    let Installed {
+        manifest: install,
+        uninstall,
+    } = weft_install(&env, &s, &ns, &["--ha"])?;
+    let (out, err) = kubectl_stdin(&env, &["apply", "--validate=strict"], &install)?;
     println!("first apply:\n{out}");
     ensure!(!err.to_lowercase().contains("warning"), "warnings: {err}");
     let objects = out.lines().count();
-    ensure!(objects == 15, "15 objects applied:\n{out}");
+    ensure!(objects == 16, "16 objects applied:\n{out}");
 
     let (dry, err) = kubectl_stdin(
         &env,
         &["apply", "--dry-run=server", "--validate=strict"],
-        &install.stdout,
+        &install,
     )?;
     ensure!(!err.to_lowercase().contains("warning"), "warnings: {err}");
     println!("server dry run:\n{dry}");
 
-    let versions = || kubectl_stdin(&env, &["get", "-o", VERSIONS], &install.stdout).map(|r| r.0);
+    let versions = || kubectl_stdin(&env, &["get", "-o", VERSIONS], &install).map(|r| r.0);
     let before = versions()?;
-    let (again, err) = kubectl_stdin(&env, &["apply", "--validate=strict"], &install.stdout)?;
+    let (again, err) = kubectl_stdin(&env, &["apply", "--validate=strict"], &install)?;
     ensure!(!err.to_lowercase().contains("warning"), "warnings: {err}");
     let after = versions()?;
     ensure!(
@@ -86,12 +69,170 @@ fn install_applies_cleanly_and_a_second_apply_changes_nothing() -> Result<()> {
     );
     println!("second apply:\n{again}");
 
+    rotation_keeps_identity_objects(&env, &s, &ns, objects)?;
+
     // What uninstall prints names exactly what exists (a dry-run delete
     // finds every object).
-    let (deleted, err) = kubectl_stdin(&env, &["delete", "--dry-run=server"], &uninstall.stdout)?;
+    let (deleted, err) = kubectl_stdin(&env, &["delete", "--dry-run=server"], &uninstall.manifest)?;
     ensure!(
         deleted.lines().count() == objects && !err.contains("NotFound"),
         "uninstall:\n{deleted}\n{err}"
+    );
+    Ok(())
+}
+
+/// After a rotation through the API: install refuses to print the identity
+/// objects again (applying them would revert it), `--force` prints them,
+/// and `weft upgrade` applies cleanly without touching them.
+fn rotation_keeps_identity_objects(
+    env: &K8sEnv,
+    s: &common::Scratch,
+    ns: &str,
+    objects: usize,
+) -> Result<()> {
+    let files = [
+        "--identity-trust-anchors-file",
+        "ca.crt",
+        "--identity-issuer-certificate-file",
+        "issuer.crt",
+        "--identity-issuer-key-file",
+        "issuer.key",
+    ];
+    let install = |extra: &[&str]| {
+        let mut args = vec!["install", "--namespace", ns, "--ha"];
+        args.extend_from_slice(&files);
+        args.extend_from_slice(extra);
+        weft_admin(env, s, &args)
+    };
+
+    // The rotation: a second anchor beside the first, an issuer under it.
+    common::rotation::new_anchor_and_issuer(s);
+    let bundle = format!("{}{}", s.read("ca.crt"), s.read("ca2.crt"));
+    let patch = |kind: &str, name: &str, body: serde_json::Value| {
+        kubectl(
+            env,
+            &[
+                "patch",
+                kind,
+                name,
+                "-n",
+                ns,
+                "--type",
+                "merge",
+                "-p",
+                &body.to_string(),
+            ],
+        )
+    };
+    patch(
+        "configmap",
+        "linkerd-identity-trust-roots",
+        serde_json::json!({"data": {"ca-bundle.crt": bundle}}),
+    )?;
+    patch(
+        "secret",
+        "linkerd-identity-issuer",
+        serde_json::json!({"stringData": {"tls.crt": s.read("issuer2.crt"), "tls.key": s.read("issuer2.key")}}),
+    )?;
+    let identity_versions = || {
+        kubectl(
+            env,
+            &[
+                "get",
+                "-n",
+                ns,
+                "configmap/linkerd-identity-trust-roots",
+                "secret/linkerd-identity-issuer",
+                "-o",
+                VERSIONS,
+            ],
+        )
+    };
+    let rotated = identity_versions()?;
+
+    let again = install(&[]);
+    ensure!(
+        again.code == 2
+            && again.stdout.is_empty()
+            && again.stderr.contains("ConfigMap")
+            && again.stderr.contains("linkerd-identity-issuer")
+            && again.stderr.contains("weft upgrade"),
+        "install over existing identity objects must refuse and print nothing: {again:?}"
+    );
+    println!("install after the rotation: {}", again.stderr.trim());
+    let forced = install(&["--force"]).ok();
+    ensure!(
+        forced.stdout.contains("kind: Secret") && forced.stderr.contains("--force"),
+        "--force prints the identity objects, with a warning: {}",
+        forced.stderr
+    );
+
+    let upgrade = weft_admin(env, s, &["upgrade", "--namespace", ns]).ok();
+    let (names, _) = kubectl_stdin(
+        env,
+        &["apply", "--dry-run=client", "-o", "name"],
+        &upgrade.stdout,
+    )?;
+    ensure!(
+        !names.contains("configmap/linkerd-identity-trust-roots")
+            && !names.contains("secret/")
+            && upgrade
+                .stderr
+                .trim()
+                .lines()
+                .all(|l| l.starts_with("note:")),
+        "upgrade prints no identity object and no warning about the rotated ones:\n{names}\n{}",
+        upgrade.stderr
+    );
+    let versions = || kubectl_stdin(env, &["get", "-o", VERSIONS], &upgrade.stdout).map(|r| r.0);
+    let before = versions()?;
+    let (applied, err) = kubectl_stdin(env, &["apply", "--validate=strict"], &upgrade.stdout)?;
+    ensure!(!err.to_lowercase().contains("warning"), "warnings: {err}");
+    ensure!(
+        applied.lines().count() == objects - 2 && before == versions()?,
+        "upgrade of an unchanged installation changes nothing:\n{applied}"
+    );
+    ensure!(
+        identity_versions()? == rotated
+            && kubectl(
+                env,
+                &[
+                    "get",
+                    "-n",
+                    ns,
+                    "configmap/linkerd-identity-trust-roots",
+                    "-o",
+                    "jsonpath={.data.ca-bundle\\.crt}"
+                ]
+            )? == bundle,
+        "the rotated identity objects are kept"
+    );
+    println!("upgrade applied:\n{applied}");
+
+    let newer = weft_admin(
+        env,
+        s,
+        &["upgrade", "--namespace", ns, "--image", "weft:next"],
+    )
+    .ok();
+    let (applied, _) = kubectl_stdin(env, &["apply", "--validate=strict"], &newer.stdout)?;
+    let changed: Vec<&str> = applied
+        .lines()
+        .filter(|l| !l.ends_with(" unchanged") && !l.starts_with("poddisruptionbudget"))
+        .collect();
+    ensure!(
+        changed
+            == [
+                "configmap/weft-config configured",
+                "deployment.apps/weft-control-plane configured"
+            ],
+        "upgrade --image changes the Deployment (and the record of the install) only: {applied}"
+    );
+
+    let missing = weft_admin(env, s, &["upgrade", "--namespace", "kube-public"]);
+    ensure!(
+        missing.code == 2 && missing.stdout.is_empty() && missing.stderr.contains("not installed"),
+        "upgrade where weft is not installed names it: {missing:?}"
     );
     Ok(())
 }

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use common::Scratch;
-use common::kube::{Tenant, Uninstall, control_plane_with, kubeconfig_for, kubectl_stdin, tenant};
+use common::kube::{
+    Tenant, control_plane_with, kubeconfig_for, kubectl_stdin, tenant, weft_install,
+};
 use common::proc::Proc;
 use serde_json::{Value, json};
 use testbed::k8s::K8sEnv;
@@ -195,29 +197,13 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
     } = tenant("hook", &["web"], &env)?;
 
     // Install, its webhook at a placeholder URL until a replica listens.
-    let crds = s.weft(&["install", "--crds"]).ok();
-    kubectl_stdin(&env, &["apply", "--validate=strict"], &crds.stdout)?;
-    let install = s
-        .weft(&[
-            "install",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--namespace",
-            &cp_ns,
-            "--webhook-url",
-            "https://127.0.0.1:1/inject",
-        ])
-        .ok();
-    let uninstall = s.weft(&["uninstall", "--namespace", &cp_ns]).ok();
-    let _cleanup = Uninstall {
-        env: &env,
-        manifest: uninstall.stdout.clone(),
-    };
-    kubectl_stdin(&env, &["apply", "--validate=strict"], &install.stdout)?;
+    let install = weft_install(
+        &env,
+        &s,
+        &cp_ns,
+        &["--webhook-url", "https://127.0.0.1:1/inject"],
+    )?;
+    kubectl_stdin(&env, &["apply", "--validate=strict"], &install.manifest)?;
     let kubeconfig = rt.block_on(kubeconfig_for(&env, &client, &cp_ns, &s))?;
     let a = replica(&env, &s, &cp_ns, &kubeconfig);
     let b = replica(&env, &s, &cp_ns, &kubeconfig);

@@ -1,13 +1,19 @@
-//! `weft install` and `weft uninstall`: the manifests for `kubectl apply -f -`
-//! (and `kubectl delete -f -`). The identity files are checked exactly as
-//! `weft check` checks them, and nothing is printed unless they pass.
+//! `weft install`, `weft upgrade` and `weft uninstall`: the manifests for
+//! `kubectl apply -f -` (and `kubectl delete -f -`). The identity files are
+//! checked exactly as `weft check` checks them, and nothing is printed
+//! unless they pass; identity objects the cluster already has are never
+//! printed without `--force` (re-applying install after a rotation must not
+//! revert it), and `weft upgrade` never prints them at all.
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use pki::check::{CheckConfig, Status, identity_checks, load_identity_material};
+use pki::check::{
+    CheckConfig, Status, identity_checks, load_identity_material, parse_identity_material,
+};
 
-use super::install_manifests::{self as m, IssuerFiles, Object, Plan};
+use super::install_cluster::{self as cluster, Found};
+use super::install_manifests::{self as m, IdentityObjects, IssuerFiles, Object, Plan, Values};
 use super::{CmdResult, Failure};
 
 /// Linkerd's default: the private ranges pods and services live in.
@@ -52,6 +58,38 @@ pub struct InstallArgs {
     /// Development: the API server calls the injector at this https URL (e.g. a control plane run as a local process, as envtest does) instead of the weft-webhook Service
     #[arg(long, value_parser = parse_webhook_url)]
     pub webhook_url: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// How install finds out which identity objects the cluster has already.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig of the cluster to check for existing identity objects (default: KUBECONFIG, ~/.kube/config, or in-cluster)
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Print without reading the cluster (e.g. for GitOps): identity objects are printed even if the cluster has its own, and applying them reverts a rotation
+    #[arg(long, conflicts_with = "force")]
+    pub ignore_cluster: bool,
+    /// Print the identity objects even though the cluster has them (applying replaces the anchors and issuer in force)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The control plane's namespace
+    #[arg(long, default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
+    pub namespace: String,
+    /// Kubeconfig of the cluster (default: KUBECONFIG, ~/.kube/config, or in-cluster)
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// A new weft image (default: the one installed)
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Switch to high availability (two replicas and a PodDisruptionBudget)
+    #[arg(long)]
+    pub ha: bool,
 }
 
 fn parse_webhook_url(s: &str) -> Result<String, String> {
@@ -145,19 +183,139 @@ pub fn run_install(a: InstallArgs) -> CmdResult {
         ));
     };
     let issuer = checked_issuer(&a, anchors)?;
+    if !a.cluster.ignore_cluster {
+        let found = cluster::read(a.cluster.kubeconfig.as_deref(), &a.namespace).map_err(|e| {
+            Failure::input(format!(
+                "{e}; install reads the cluster so that it never prints over identity objects already there (a rotation would be reverted): pass --kubeconfig, or --ignore-cluster to print without looking"
+            ))
+        })?;
+        cluster::refuse_existing(&found, issuer.is_some(), &a.namespace, a.cluster.force)?;
+        if a.identity_external_issuer && found.issuer.is_none() {
+            eprintln!(
+                "warning: the issuer Secret {}/{} does not exist yet: the control plane is not ready until it does",
+                a.namespace,
+                control_plane::k8s::KubeSettings::DEFAULT_ISSUER_SECRET
+            );
+        }
+    }
     let plan = Plan {
         namespace: a.namespace.clone(),
-        image: a.image.clone(),
-        ha: a.ha,
-        trust_domain: a.identity_trust_domain.clone(),
-        cluster_networks: a.cluster_networks.clone(),
-        issuer,
-        anchors_pem: read(anchors, "trust anchors")?,
-        webhook_url: a.webhook_url.clone(),
+        values: Values {
+            image: a.image.clone(),
+            ha: a.ha,
+            trust_domain: a.identity_trust_domain.clone(),
+            cluster_networks: a.cluster_networks.clone(),
+            external_issuer: a.identity_external_issuer,
+            webhook_url: a.webhook_url.clone(),
+        },
+        identity: Some(IdentityObjects {
+            anchors_pem: read(anchors, "trust anchors")?,
+            issuer,
+        }),
     };
-    let text = m::render(&m::control_plane(&plan)).map_err(Failure::fatal)?;
+    let text =
+        m::render(&m::control_plane(&plan).map_err(Failure::fatal)?).map_err(Failure::fatal)?;
     eprintln!(
         "note: apply `weft install --crds` first; the MutatingWebhookConfiguration has no caBundle: the control plane writes it"
+    );
+    out!("{text}");
+    Ok(())
+}
+
+/// The recorded install values, after the identity checks on what the
+/// cluster holds: upgrade keeps those objects as they are, so a failure is
+/// reported, never fixed by it.
+fn installed_values(found: &Found, namespace: &str) -> Result<Values, Failure> {
+    let not_installed = |what: String| {
+        Failure::input(format!(
+            "{what} does not exist: weft is not installed in namespace {namespace}; run `weft install` (or pass the --namespace it was installed in)"
+        ))
+    };
+    let values = match &found.values {
+        None => {
+            return Err(not_installed(format!(
+                "ConfigMap {namespace}/{}",
+                m::CONFIG
+            )));
+        }
+        Some(Err(e)) => {
+            return Err(Failure::input(format!(
+                "ConfigMap {namespace}/{}: {e}; it records how weft was installed: re-create it with `weft install ... --force` using the original flags",
+                m::CONFIG
+            )));
+        }
+        Some(Ok(v)) => v.clone(),
+    };
+    let Some(anchors) = &found.anchors else {
+        return Err(not_installed(format!(
+            "ConfigMap {namespace}/{}",
+            inject::DEFAULT_TRUST_ROOTS_CONFIGMAP
+        )));
+    };
+    let Some((cert, key)) = &found.issuer else {
+        let secret = control_plane::k8s::KubeSettings::DEFAULT_ISSUER_SECRET;
+        if values.external_issuer {
+            eprintln!(
+                "warning: the issuer Secret {namespace}/{secret} (managed outside weft) does not exist: the control plane is not ready until it does"
+            );
+            return Ok(values);
+        }
+        return Err(not_installed(format!("Secret {namespace}/{secret}")));
+    };
+    let name =
+        |kind: &str, obj: &str, key: &str| PathBuf::from(format!("{kind} {namespace}/{obj} {key}"));
+    let secret = control_plane::k8s::KubeSettings::DEFAULT_ISSUER_SECRET;
+    let (an, cn, kn) = (
+        name(
+            "ConfigMap",
+            inject::DEFAULT_TRUST_ROOTS_CONFIGMAP,
+            "ca-bundle.crt",
+        ),
+        name("Secret", secret, "tls.crt"),
+        name("Secret", secret, "tls.key"),
+    );
+    let material = parse_identity_material(
+        (&an, anchors.as_bytes()),
+        (&cn, cert.as_bytes()),
+        Some((&kn, key.as_bytes())),
+    );
+    let checks = identity_checks(
+        material.as_ref().map_err(String::as_str),
+        time::OffsetDateTime::now_utc(),
+        CheckConfig::default(),
+    );
+    for c in checks.iter().filter(|c| c.result != Status::Success) {
+        eprintln!(
+            "warning: the cluster's identity objects: {}: {} (hint: {}); upgrade leaves them as they are",
+            c.description, c.error, c.hint
+        );
+    }
+    Ok(values)
+}
+
+/// The running installation as install printed it (its recorded values,
+/// with `--image` / `--ha` applied), without the identity objects: those
+/// are the cluster's, and may have been rotated since.
+pub fn run_upgrade(a: UpgradeArgs) -> CmdResult {
+    let found = cluster::read(a.kubeconfig.as_deref(), &a.namespace).map_err(|e| {
+        Failure::input(format!(
+            "{e}; upgrade reads the installation from the cluster: pass --kubeconfig"
+        ))
+    })?;
+    let mut values = installed_values(&found, &a.namespace)?;
+    if let Some(image) = a.image {
+        values.image = image;
+    }
+    values.ha |= a.ha;
+    let plan = Plan {
+        namespace: a.namespace.clone(),
+        values,
+        identity: None,
+    };
+    let text =
+        m::render(&m::control_plane(&plan).map_err(Failure::fatal)?).map_err(Failure::fatal)?;
+    eprintln!(
+        "note: the trust-roots ConfigMap and issuer Secret are not printed: the cluster's are kept (rotate them with the steps in the README)"
     );
     out!("{text}");
     Ok(())
@@ -168,19 +326,24 @@ pub fn run_install(a: InstallArgs) -> CmdResult {
 pub fn run_uninstall(a: UninstallArgs) -> CmdResult {
     let plan = Plan {
         namespace: a.namespace.clone(),
-        image: String::new(),
-        ha: true,
-        trust_domain: String::new(),
-        cluster_networks: String::new(),
-        issuer: Some(IssuerFiles {
-            cert_pem: String::new(),
-            key_pem: String::new(),
+        values: Values {
+            image: String::new(),
+            ha: true,
+            trust_domain: String::new(),
+            cluster_networks: String::new(),
+            external_issuer: false,
+            webhook_url: None,
+        },
+        identity: Some(IdentityObjects {
+            anchors_pem: String::new(),
+            issuer: Some(IssuerFiles {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            }),
         }),
-        anchors_pem: String::new(),
-        webhook_url: None,
     };
     let mut objects: Vec<serde_json::Value> = Vec::new();
-    for o in m::control_plane(&plan) {
+    for o in m::control_plane(&plan).map_err(Failure::fatal)? {
         match o {
             Object::Data(v) => objects.push(v),
             Object::Text(t) => objects.extend(

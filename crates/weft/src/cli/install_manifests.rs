@@ -26,18 +26,39 @@ pub const WEBHOOK_PORT: u16 = 8443;
 /// The control plane's own uid (not the proxy's 2102).
 pub const CONTROL_PLANE_UID: u32 = 2103;
 
+/// The ConfigMap that records how weft was installed, so `weft upgrade`
+/// prints the same installation without the flags being given again.
+pub const CONFIG: &str = "weft-config";
+/// Its key: [`Values`] as JSON.
+pub const CONFIG_KEY: &str = "values.json";
+
 /// Everything install needs to know.
 pub struct Plan {
     pub namespace: String,
+    pub values: Values,
+    /// None for `weft upgrade`: the cluster's identity objects are kept.
+    pub identity: Option<IdentityObjects>,
+}
+
+/// The settings of an installation (no secrets), recorded in [`CONFIG`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Values {
     pub image: String,
     pub ha: bool,
     pub trust_domain: String,
     pub cluster_networks: String,
-    /// None with an external issuer (the Secret exists already).
-    pub issuer: Option<IssuerFiles>,
-    pub anchors_pem: String,
+    /// The issuer Secret is managed elsewhere (e.g. cert-manager).
+    pub external_issuer: bool,
     /// Development: the webhook at a URL instead of the Service.
     pub webhook_url: Option<String>,
+}
+
+/// The trust-roots ConfigMap and (unless external) the issuer Secret.
+pub struct IdentityObjects {
+    pub anchors_pem: String,
+    /// None with an external issuer (the Secret exists already).
+    pub issuer: Option<IssuerFiles>,
 }
 
 /// The issuer Secret's contents (`kubernetes.io/tls`).
@@ -80,15 +101,24 @@ fn namespace(p: &Plan) -> Value {
     }})
 }
 
-fn identity_objects(p: &Plan) -> Vec<Value> {
+fn config(p: &Plan) -> Result<Value, String> {
+    let values = serde_json::to_string_pretty(&p.values).map_err(|e| e.to_string())?;
+    Ok(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CONFIG, "namespace": p.namespace, "labels": labels("control-plane")},
+        "data": {CONFIG_KEY: values + "\n"},
+    }))
+}
+
+fn identity_objects(p: &Plan, id: &IdentityObjects) -> Vec<Value> {
     let meta =
         |name: &str| json!({"name": name, "namespace": p.namespace, "labels": labels("identity")});
     let mut out = vec![json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": meta(inject::DEFAULT_TRUST_ROOTS_CONFIGMAP),
-        "data": {"ca-bundle.crt": p.anchors_pem},
+        "data": {"ca-bundle.crt": id.anchors_pem},
     })];
-    if let Some(i) = &p.issuer {
+    if let Some(i) = &id.issuer {
         out.push(json!({
             "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
             "metadata": meta(control_plane::k8s::KubeSettings::DEFAULT_ISSUER_SECRET),
@@ -96,7 +126,7 @@ fn identity_objects(p: &Plan) -> Vec<Value> {
             // stringData with the live object, so every re-apply would
             // report the Secret configured.
             "data": {"tls.crt": base64(i.cert_pem.as_bytes()), "tls.key": base64(i.key_pem.as_bytes()),
-                     "ca.crt": base64(p.anchors_pem.as_bytes())},
+                     "ca.crt": base64(id.anchors_pem.as_bytes())},
         }));
     }
     out
@@ -130,18 +160,20 @@ fn http_probe(path: &str, period: u32, failures: u32) -> Value {
            "timeoutSeconds": 1, "successThreshold": 1})
 }
 
+/// The control plane keeps no local state with `--kubernetes` (the token
+/// key, record and bundle generation live in the API), so it runs on a
+/// read-only root filesystem with no volume at all.
 fn deployment(p: &Plan) -> Value {
+    let v = &p.values;
     let args = [
         "control-plane",
         "--kubernetes",
         "--controller-namespace",
         &p.namespace,
         "--identity-trust-domain",
-        &p.trust_domain,
+        &v.trust_domain,
         "--cluster-networks",
-        &p.cluster_networks,
-        "--state-dir",
-        "/var/lib/weft",
+        &v.cluster_networks,
         "--probe-addr",
         &format!("0.0.0.0:{PROBE_PORT}"),
         "--webhook-addr",
@@ -155,7 +187,7 @@ fn deployment(p: &Plan) -> Value {
             "runAsGroup": CONTROL_PLANE_UID, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "control-plane",
-            "image": p.image,
+            "image": v.image,
             "imagePullPolicy": "IfNotPresent",
             "args": args,
             "ports": [port("identity", 8080), port("destination", 8086), port("policy", 8090),
@@ -166,11 +198,9 @@ fn deployment(p: &Plan) -> Value {
             "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                 "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]}},
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "volumeMounts": [{"name": "state", "mountPath": "/var/lib/weft"}],
         }],
-        "volumes": [{"name": "state", "emptyDir": {}}],
     });
-    if p.ha {
+    if v.ha {
         pod_spec["affinity"] = json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
             "weight": 100,
             "podAffinityTerm": {"labelSelector": {"matchLabels": selector()},
@@ -182,7 +212,7 @@ fn deployment(p: &Plan) -> Value {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": DEPLOYMENT, "namespace": p.namespace, "labels": labels("control-plane")},
         "spec": {
-            "replicas": if p.ha { 2 } else { 1 },
+            "replicas": if v.ha { 2 } else { 1 },
             "selector": {"matchLabels": selector()},
             "template": {
                 "metadata": {"labels": template_labels,
@@ -211,7 +241,7 @@ fn pdb(p: &Plan) -> Value {
 }
 
 fn webhook(p: &Plan, name: &str, failure: &str, required: &str) -> Value {
-    let client = match &p.webhook_url {
+    let client = match &p.values.webhook_url {
         Some(url) => json!({"url": url}),
         None => json!({"service": {"name": "weft-webhook", "namespace": p.namespace,
                                    "path": "/inject", "port": 443}}),
@@ -250,11 +280,17 @@ fn webhook_configuration(p: &Plan) -> Value {
 
 /// Every object of the control plane, in apply order (the namespace first,
 /// the webhook last, once what it points at exists).
-pub fn control_plane(p: &Plan) -> Vec<Object> {
-    let mut out = vec![Object::Data(namespace(p)), Object::Text(rbac(&p.namespace))];
-    out.extend(identity_objects(p).into_iter().map(Object::Data));
+pub fn control_plane(p: &Plan) -> Result<Vec<Object>, String> {
+    let mut out = vec![
+        Object::Data(namespace(p)),
+        Object::Text(rbac(&p.namespace)),
+        Object::Data(config(p)?),
+    ];
+    if let Some(id) = &p.identity {
+        out.extend(identity_objects(p, id).into_iter().map(Object::Data));
+    }
     out.push(Object::Data(deployment(p)));
-    if p.ha {
+    if p.values.ha {
         out.push(Object::Data(pdb(p)));
     }
     for (name, port, target) in [
@@ -266,7 +302,7 @@ pub fn control_plane(p: &Plan) -> Vec<Object> {
         out.push(Object::Data(service(p, name, port, target)));
     }
     out.push(Object::Data(webhook_configuration(p)));
-    out
+    Ok(out)
 }
 
 /// The stream `kubectl apply -f -` reads.

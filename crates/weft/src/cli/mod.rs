@@ -8,6 +8,7 @@ pub mod duration;
 pub mod init;
 pub mod inject;
 pub mod install;
+pub mod install_cluster;
 pub mod install_manifests;
 pub mod manifests;
 pub mod policy;

@@ -488,3 +488,55 @@ impl Drop for Uninstall<'_> {
         println!("uninstall: {}{}", r.stdout, r.stderr);
     }
 }
+
+/// `weft` with the admin kubeconfig (`--kubeconfig` appended), in the cp
+/// namespace where the API server is reachable, in the scratch directory.
+pub fn weft_admin(env: &K8sEnv, s: &Scratch, args: &[&str]) -> super::Run {
+    let mut cmd = env.cp_cmd(env!("CARGO_BIN_EXE_weft"));
+    cmd.current_dir(s.path("."))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(env.kubeconfig());
+    super::Run::from(cmd.output().expect("run weft"))
+}
+
+/// What `weft install` printed for a test, and the guard that deletes it.
+pub struct Installed<'a> {
+    pub manifest: String,
+    pub uninstall: Uninstall<'a>,
+}
+
+/// `weft install --crds` applied, then `weft install` of the scratch's
+/// guide material (ca.crt, issuer.crt, issuer.key) into `cp_ns` with
+/// `extra` flags, reading the test cluster for existing identity objects.
+/// The manifest is returned unapplied; the guard uninstalls.
+pub fn weft_install<'a>(
+    env: &'a K8sEnv,
+    s: &Scratch,
+    cp_ns: &str,
+    extra: &[&str],
+) -> Result<Installed<'a>> {
+    let crds = s.weft(&["install", "--crds"]).ok();
+    kubectl_stdin(env, &["apply", "--validate=strict"], &crds.stdout)?;
+    let mut args = vec![
+        "install",
+        "--identity-trust-anchors-file",
+        "ca.crt",
+        "--identity-issuer-certificate-file",
+        "issuer.crt",
+        "--identity-issuer-key-file",
+        "issuer.key",
+        "--namespace",
+        cp_ns,
+    ];
+    args.extend_from_slice(extra);
+    let manifest = weft_admin(env, s, &args).ok().stdout;
+    let uninstall = s.weft(&["uninstall", "--namespace", cp_ns]).ok();
+    Ok(Installed {
+        manifest,
+        uninstall: Uninstall {
+            env,
+            manifest: uninstall.stdout,
+        },
+    })
+}

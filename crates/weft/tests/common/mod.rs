@@ -20,6 +20,7 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[derive(Debug)]
 pub struct Run {
     pub code: i32,
     pub stdout: String,
