@@ -35,6 +35,12 @@ pub struct FleetMetrics {
     pub bundle_generation: Gauge,
     pub proxies: Family<StateLabel, Gauge>,
     pub proxies_per_bundle: Family<GenerationLabel, Gauge>,
+    /// Proxies (connected or stale) not on the bundle in force.
+    pub old_bundle: Gauge,
+    /// Proxies (connected or stale) whose leaf is not from the issuer in force.
+    pub old_issuer: Gauge,
+    /// The earliest NotAfter of the leaves the fleet holds (managed and unmanaged).
+    pub leaf_earliest_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub renew_requests: Family<TriggerLabel, Counter>,
     pub renew_results: Family<ResultLabels, Counter>,
 }
@@ -55,6 +61,21 @@ impl FleetMetrics {
             "fleet_proxies_bundle",
             "Proxies (connected or stale) by the bundle generation they applied",
             self.proxies_per_bundle.clone(),
+        );
+        r.register(
+            "fleet_proxies_old_bundle",
+            "Proxies (connected or stale) that have not applied the trust bundle in force",
+            self.old_bundle.clone(),
+        );
+        r.register(
+            "fleet_proxies_old_issuer",
+            "Proxies (connected or stale) whose certificate is not from the issuer in force",
+            self.old_issuer.clone(),
+        );
+        r.register(
+            "fleet_leaf_earliest_expiration_timestamp_seconds",
+            "The earliest NotAfter among the certificates the fleet holds, managed and unmanaged (unix seconds; absent until one is known)",
+            self.leaf_earliest_expiry.clone(),
         );
         r.register(
             "renew_now_requests",
@@ -100,6 +121,21 @@ impl FleetMetrics {
             self.proxies_per_bundle
                 .get_or_create(&GenerationLabel { generation })
                 .inc();
+        }
+        let count = |f: fn(&crate::fleet::ProxyView) -> bool| {
+            v.proxies.iter().filter(|p| f(p)).count() as i64
+        };
+        self.old_bundle.set(count(|p| !p.bundle_current));
+        self.old_issuer.set(count(|p| !p.issuer_current));
+        let earliest = v
+            .proxies
+            .iter()
+            .map(|p| p.not_after)
+            .chain(v.unmanaged.iter().map(|u| u.not_after))
+            .filter(|t| *t > 0)
+            .min();
+        if let Some(t) = earliest {
+            self.leaf_earliest_expiry.set(t as f64);
         }
     }
 }

@@ -177,7 +177,7 @@ pub async fn start(
     let outbound_cfg =
         tls::outbound_config(trust_rx.clone(), cert_rx.clone(), true).map_err(StartError::Tls)?;
     let outbound_plain =
-        tls::outbound_config(trust_rx, cert_rx.clone(), false).map_err(StartError::Tls)?;
+        tls::outbound_config(trust_rx.clone(), cert_rx.clone(), false).map_err(StartError::Tls)?;
     let inbound = Arc::new(inbound::Inbound {
         acceptor: tokio_rustls::TlsAcceptor::from(inbound_cfg),
         workload: cfg.workload.to_string(),
@@ -221,6 +221,7 @@ pub async fn start(
         let mut background = tokio::task::JoinSet::new();
         background.spawn(cert_loop.run(cert_tx));
         background.spawn(mesh_link.run());
+        background.spawn(track_trust(trust_rx, metrics.clone()));
         background.spawn(track_cert(cert_rx, metrics));
         background.spawn(admin::serve(
             admin_listener,
@@ -265,6 +266,27 @@ pub async fn start(
 pub fn original_dst(sock: &tokio::net::TcpStream) -> Option<SocketAddr> {
     let r = socket2::SockRef::from(sock);
     r.original_dst_v4().ok().and_then(|a| a.as_socket())
+}
+
+/// Each anchor held, by fingerprint, with its NotAfter: the anchors a proxy
+/// holds can differ from the control plane's while a bundle is refused.
+async fn track_trust(mut rx: trust::TrustRx, m: metrics::ProxyMetrics) {
+    loop {
+        let anchors = rx.borrow_and_update().anchors.clone();
+        m.anchor_expiry.clear();
+        for a in &anchors {
+            if let Ok(x) = pki::parse_x509(a) {
+                m.anchor_expiry
+                    .get_or_create(&metrics::FingerprintLabel {
+                        fingerprint: pki::fingerprint(a),
+                    })
+                    .set(x.validity().not_after.timestamp() as f64);
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn track_cert(

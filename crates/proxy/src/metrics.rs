@@ -101,6 +101,11 @@ impl Drop for ActiveGuard {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FingerprintLabel {
+    pub fingerprint: String,
+}
+
 #[derive(Clone, Default)]
 pub struct ProxyMetrics {
     pub tcp_open: Family<ConnLabels, Counter>,
@@ -109,6 +114,8 @@ pub struct ProxyMetrics {
     pub write_bytes: Family<ConnLabels, Counter>,
     pub refused: Family<RefusedLabels, Counter>,
     pub cert_expiry: FGauge,
+    /// NotAfter of each anchor held, by fingerprint.
+    pub anchor_expiry: Family<FingerprintLabel, FGauge>,
     pub cert_refresh: FGauge,
     pub refreshes: Family<ResultLabel, Counter>,
     pub tcp_authz_allow: Family<AuthzLabels, Counter>,
@@ -146,6 +153,11 @@ impl ProxyMetrics {
             "control_identity_cert_expiration_timestamp_seconds",
             "NotAfter of the proxy's certificate (unix seconds)",
             self.cert_expiry.clone(),
+        );
+        r.register(
+            "control_identity_trust_anchor_expiration_timestamp_seconds",
+            "NotAfter of each trust anchor the proxy holds (unix seconds)",
+            self.anchor_expiry.clone(),
         );
         r.register(
             "control_identity_cert_refresh_timestamp_seconds",
