@@ -40,6 +40,45 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// A container image's default PATH (the weft image sets none).
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Pod-level fields the stand-in honours, or that change nothing its
+/// processes can observe (scheduling, the API server's defaults).
+const POD_FIELDS: &[&str] = &[
+    "containers",
+    "initContainers",
+    "volumes",
+    "serviceAccountName",
+    "serviceAccount",
+    "nodeName",
+    "restartPolicy",
+    "dnsPolicy",
+    "schedulerName",
+    "securityContext",
+    "terminationGracePeriodSeconds",
+    "tolerations",
+    "priority",
+    "enableServiceLinks",
+    "preemptionPolicy",
+];
+
+/// Refuses a pod whose spec asks for what the stand-in cannot do.
+fn pod_level(pod: &Value) -> Result<()> {
+    let spec = &pod["spec"];
+    for k in spec.as_object().into_iter().flat_map(|o| o.keys()) {
+        ensure!(
+            POD_FIELDS.contains(&k.as_str()),
+            "pod spec field {k} is not supported by the stand-in (supported: {POD_FIELDS:?})"
+        );
+    }
+    // A pod-level user, group or fsGroup would change every container's.
+    let sc = spec["securityContext"].as_object();
+    ensure!(
+        sc.is_none_or(|o| o.is_empty()),
+        "pod securityContext {} is not supported by the stand-in",
+        spec["securityContext"]
+    );
+    Ok(())
+}
+
 /// File contents and mode, by path in the volume.
 type Payload = BTreeMap<String, (Vec<u8>, u32)>;
 
@@ -127,6 +166,7 @@ impl Kubelet {
         pod: &Pod,
     ) -> Result<(PodRun, Vec<(String, Proc)>)> {
         let pod = serde_json::to_value(pod)?;
+        pod_level(&pod)?;
         let name = pod["metadata"]["name"]
             .as_str()
             .unwrap_or("pod")
