@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use anyhow::{Result, ensure};
 use common::kube::{Tenant, apply, guide_policy, identity, install_crds, kubectl, tenant};
-use common::stand_ins::{Mesh, workloads};
+use common::stand_in_app::workloads;
+use common::stand_ins::Mesh;
 use common::traffic;
 use testbed::k8s::K8sEnv;
 

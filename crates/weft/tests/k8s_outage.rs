@@ -20,7 +20,8 @@ use anyhow::{Result, ensure};
 use common::kube::{
     Tenant, apply, certify, guide_policy, install_crds, kubectl, tenant, watch_pod_ports,
 };
-use common::stand_ins::{Mesh, workloads};
+use common::stand_in_app::workloads;
+use common::stand_ins::Mesh;
 use common::traffic;
 use testbed::k8s::K8sEnv;
 

@@ -21,19 +21,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use common::Scratch;
-use common::kube::{
-    Tenant, control_plane_with, kubeconfig_for, kubectl_stdin, tenant, weft_install,
-};
+use common::injector::{self, point_at, url};
+use common::kube::{Tenant, control_plane_with, kubeconfig_for, kubectl_stdin, tenant};
 use common::proc::Proc;
 use serde_json::{Value, json};
 use testbed::k8s::K8sEnv;
 use testbed::k8s::api::{DEADLINE, poll};
-use testbed::k8s::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use testbed::k8s::k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use testbed::k8s::kube::Client;
-use testbed::k8s::kube::api::{Api, Patch, PatchParams, PostParams};
+use testbed::k8s::kube::api::{Api, PostParams};
 
-const CONFIGURATION: &str = "weft-injector";
 const CA_LIFETIME: &str = "60s";
 
 /// One replica: its process, its scratch directory and its webhook address.
@@ -52,13 +49,10 @@ fn replica(env: &K8sEnv, s: &Scratch, cp_ns: &str, kubeconfig: &std::path::Path)
         cp_ns,
         kubeconfig,
         &[
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--webhook-name",
-            "127.0.0.1",
-            "--webhook-ca-lifetime",
-            CA_LIFETIME,
-        ],
+            &injector::WEBHOOK_FLAGS[..],
+            &["--webhook-ca-lifetime", CA_LIFETIME],
+        ]
+        .concat(),
     );
     let webhook = proc.addr("webhook listening on");
     Replica {
@@ -66,27 +60,6 @@ fn replica(env: &K8sEnv, s: &Scratch, cp_ns: &str, kubeconfig: &std::path::Path)
         webhook,
         _s: own,
     }
-}
-
-fn url(addr: SocketAddr) -> String {
-    format!("https://{addr}/inject")
-}
-
-/// Points every webhook of the configuration at `addr`, touching nothing
-/// else (the caBundle is the control plane's).
-async fn point_at(client: &Client, addr: SocketAddr) -> Result<()> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let ops: Vec<Value> = (0..2)
-        .map(|i| json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig/url"), "value": url(addr)}))
-        .collect();
-    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
-    api.patch(
-        CONFIGURATION,
-        &PatchParams::default(),
-        &Patch::Json::<()>(patch),
-    )
-    .await?;
-    Ok(())
 }
 
 /// A pod running as ServiceAccount `web` (which each test namespace has).
@@ -197,13 +170,7 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
     } = tenant("hook", &["web"], &env)?;
 
     // Install, its webhook at a placeholder URL until a replica listens.
-    let install = weft_install(
-        &env,
-        &s,
-        &cp_ns,
-        &["--webhook-url", "https://127.0.0.1:1/inject"],
-    )?;
-    kubectl_stdin(&env, &["apply", "--validate=strict"], &install.manifest)?;
+    let _cleanup = injector::install(&env, &s, &cp_ns)?;
     let kubeconfig = rt.block_on(kubeconfig_for(&env, &client, &cp_ns, &s))?;
     let a = replica(&env, &s, &cp_ns, &kubeconfig);
     let b = replica(&env, &s, &cp_ns, &kubeconfig);

@@ -6,13 +6,18 @@
 
 pub mod certify;
 pub mod direct;
+pub mod injected_mesh;
+pub mod injector;
 pub mod join;
 pub mod kube;
+pub mod kubelet;
 pub mod mesh;
 pub mod netmesh;
 pub mod pipe;
+pub mod pod_spec;
 pub mod proc;
 pub mod rotation;
+pub mod stand_in_app;
 pub mod stand_ins;
 pub mod traffic;
 pub mod watch;

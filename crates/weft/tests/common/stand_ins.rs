@@ -4,10 +4,11 @@
 //! identity from the pod, the pod's bound projected token). When its proxy
 //! is ready the test, as the kubelet whose readiness probe passed, marks the
 //! pod Ready; when the pod is gone and its endpoint left the Service, the
-//! stand-in goes too.
+//! stand-in goes too. With [`Mesh::start_installed`] (weft installed, its
+//! webhook injecting) a stand-in instead runs what the pod object says:
+//! its init container and sidecar as a kubelet would (`common::kubelet`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -26,98 +27,48 @@ use crate::common::Scratch;
 use crate::common::kube::{
     CLUSTER_NETWORKS, control_plane_with, identity, least_privilege_kubeconfig,
 };
+use crate::common::kubelet::{Kubelet, PodRun};
 use crate::common::netmesh::PROXY_UID;
 use crate::common::proc::Proc;
+use crate::common::stand_in_app::whoami;
+use crate::common::stand_in_app::{Reply, get};
 
 pub const AUDIENCE: &str = "identity.l5d.io";
+/// The image `weft install` injects (its default), run as this build's binary.
+pub const WEFT_IMAGE: &str = concat!("ghcr.io/weft-mesh/weft:", env!("CARGO_PKG_VERSION"));
+/// The Dockerfile's `USER`.
+pub(super) const IMAGE_UID: u32 = 2103;
 const DEADLINE: Duration = Duration::from_secs(60);
 /// The API server's service range (testenv/k8s/up.sh).
 const SERVICE_NETWORK: &str = "10.96.0.0/16";
 
-/// What the stand-in app answered, through the proxies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
-    pub pod: String,
-    /// The `l5d-client-id` the server's proxy put on the request.
-    pub client_id: String,
-}
-
-/// One HTTP/1.0 GET on a new connection (from inside a pod's namespace).
-pub fn get(to: SocketAddr) -> std::io::Result<Reply> {
-    let (status, body) = crate::common::proc::http_get(to, "/")?;
-    let mut lines = body.lines();
-    Ok(Reply {
-        status,
-        pod: lines.next().unwrap_or_default().to_string(),
-        client_id: lines.next().unwrap_or_default().to_string(),
-    })
-}
-
-/// An app answering each request with its pod's name and the caller's
-/// identity as the proxy forwarded it.
-fn whoami(listener: TcpListener, pod: String) {
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let pod = pod.clone();
-            std::thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut client_id = String::new();
-                let mut reader = BufReader::new(match conn.try_clone() {
-                    Ok(c) => c,
-                    Err(_) => return,
-                });
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    if line == "\r\n" {
-                        break;
-                    }
-                    if let Some((k, v)) = line.split_once(':')
-                        && k.eq_ignore_ascii_case("l5d-client-id")
-                    {
-                        client_id = v.trim().to_string();
-                    }
-                    line.clear();
-                }
-                let body = format!("{pod}\n{client_id}\n");
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.flush();
-                let mut rest = Vec::new();
-                let _ = conn.shutdown(std::net::Shutdown::Write);
-                let _ = conn.read_to_end(&mut rest);
-            });
-        }
-    });
-}
-
-struct StandIn {
+pub(super) struct StandIn {
     /// First field: dropped (killed) before the namespace goes.
-    proxy: Proc,
-    ip: Ipv4Addr,
-    ns: String,
+    pub(super) proxy: Proc,
+    pub(super) ip: Ipv4Addr,
+    pub(super) ns: String,
+    /// What the kubelet made of the pod object (injected pods only).
+    pub(super) run: Option<PodRun>,
 }
 
 /// The control plane (in the cp namespace, on the pod network, least
 /// privilege) and the stand-ins of a tenant's pods.
 pub struct Mesh<'a> {
-    env: &'a K8sEnv,
-    rt: &'a tokio::runtime::Runtime,
-    client: Client,
-    s: &'a Scratch,
-    ns: String,
-    cp_ns: String,
-    bin: PathBuf,
-    stand_ins: BTreeMap<String, StandIn>,
+    pub(super) env: &'a K8sEnv,
+    pub(super) rt: &'a tokio::runtime::Runtime,
+    pub(super) client: Client,
+    pub(super) s: &'a Scratch,
+    pub(super) ns: String,
+    pub(super) cp_ns: String,
+    pub(super) bin: PathBuf,
+    pub(super) stand_ins: BTreeMap<String, StandIn>,
     /// The proxies' control-plane settings (one replica, or a list).
-    proxy_cp: Vec<(&'static str, String)>,
+    pub(super) proxy_cp: Vec<(&'static str, String)>,
+    /// Set when pods are injected: stand-ins run their pod objects' spec.
+    pub(super) kubelet: Option<Kubelet>,
     /// Last field: dropped after the stand-ins. One per replica; None once
     /// killed.
-    cps: Vec<Option<Proc>>,
+    pub(super) cps: Vec<Option<Proc>>,
 }
 
 impl Drop for Mesh<'_> {
@@ -127,6 +78,42 @@ impl Drop for Mesh<'_> {
             let _ = self.env.remove_stand_in(&name);
         }
     }
+}
+
+/// Control-plane replica `i` in the cp namespace, on the pod network at the
+/// ports proxies default to (+ 10000·i), with a state directory of its own.
+pub(super) fn start_cp(
+    env: &K8sEnv,
+    s: &Scratch,
+    cp_ns: &str,
+    kubeconfig: &std::path::Path,
+    i: u16,
+    extra: &[&str],
+) -> Proc {
+    let networks = format!("{CLUSTER_NETWORKS},{SERVICE_NETWORK}");
+    let port = |base: u16| format!("0.0.0.0:{}", base + 10_000 * i);
+    let (ia, da, pa) = (port(8080), port(8086), port(8090));
+    let state = if i == 0 {
+        "state".into()
+    } else {
+        format!("state-{i}")
+    };
+    let mut args = vec![
+        "--cluster-networks",
+        &networks,
+        "--identity-addr",
+        &ia,
+        "--destination-addr",
+        &da,
+        "--policy-addr",
+        &pa,
+        "--state-dir",
+        &state,
+    ];
+    args.extend(extra);
+    let cp = control_plane_with(env, s, cp_ns, kubeconfig, &args);
+    cp.wait_for_line("resources loaded", Duration::from_secs(30));
+    cp
 }
 
 impl<'a> Mesh<'a> {
@@ -156,46 +143,14 @@ impl<'a> Mesh<'a> {
         std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let kubeconfig = rt.block_on(least_privilege_kubeconfig(env, &client, cp_ns, s))?;
         crate::common::kube::install_identity(env, s, cp_ns)?;
-        let networks = format!("{CLUSTER_NETWORKS},{SERVICE_NETWORK}");
-        let port = |base: u16, i: u16| base + 10_000 * i;
         let mut cps = Vec::new();
         for i in 0..replicas {
-            let (ia, da, pa) = (
-                format!("0.0.0.0:{}", port(8080, i)),
-                format!("0.0.0.0:{}", port(8086, i)),
-                format!("0.0.0.0:{}", port(8090, i)),
-            );
-            let state = if i == 0 {
-                "state".into()
-            } else {
-                format!("state-{i}")
-            };
-            // On the pod network at the ports proxies default to (+ 10000·i).
-            let cp = control_plane_with(
-                env,
-                s,
-                cp_ns,
-                &kubeconfig,
-                &[
-                    "--cluster-networks",
-                    &networks,
-                    "--identity-addr",
-                    &ia,
-                    "--destination-addr",
-                    &da,
-                    "--policy-addr",
-                    &pa,
-                    "--state-dir",
-                    &state,
-                ],
-            );
-            cp.wait_for_line("resources loaded", Duration::from_secs(30));
-            cps.push(Some(cp));
+            cps.push(Some(start_cp(env, s, cp_ns, &kubeconfig, i, &[])));
         }
         let ip = env.cp().ip;
         let list = |base: u16| {
             (0..replicas)
-                .map(|i| format!("{ip}:{}", port(base, i)))
+                .map(|i| format!("{ip}:{}", base + 10_000 * i))
                 .collect::<Vec<_>>()
                 .join(",")
         };
@@ -220,6 +175,7 @@ impl<'a> Mesh<'a> {
             bin,
             stand_ins: BTreeMap::new(),
             proxy_cp,
+            kubelet: None,
             cps,
         })
     }
@@ -264,7 +220,7 @@ impl<'a> Mesh<'a> {
     }
 
     /// The stand-ins of `pod`: that pod, or a Deployment's pods named after it.
-    fn of_pod<'b>(&'b self, pod: &'b str) -> impl Iterator<Item = &'b StandIn> {
+    pub(super) fn of_pod<'b>(&'b self, pod: &'b str) -> impl Iterator<Item = &'b StandIn> {
         self.stand_ins
             .iter()
             .filter(move |(name, _)| name.as_str() == pod || name.starts_with(&format!("{pod}-")))
@@ -451,6 +407,58 @@ impl<'a> Mesh<'a> {
 
     fn stand_in(&mut self, name: &str, ip: Ipv4Addr, pod: &Pod) -> Result<()> {
         let t0 = Instant::now();
+        let p = self.env.stand_in(name, ip)?;
+        // Pods have a default route (to reach cluster IPs at all).
+        testbed::run(p.cmd("ip").args(["route", "add", "default", "dev", "eth0"]))?;
+        let (proxy, run) = match &self.kubelet {
+            Some(k) => {
+                let (run, mut sidecars) = k.start(self.rt, &self.client, &p.ns, ip, pod)?;
+                ensure!(
+                    sidecars.len() == 1 && sidecars[0].0 == inject::PROXY_CONTAINER,
+                    "{name}: sidecars {:?}, expected only {}",
+                    sidecars.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                    inject::PROXY_CONTAINER
+                );
+                (sidecars.remove(0).1, Some(run))
+            }
+            None => (self.proxy_as_injector(name, pod, &p)?, None),
+        };
+        let listener = testbed::in_ns(&p.ns, || TcpListener::bind(("0.0.0.0", 8080)))??;
+        whoami(listener, name.to_string());
+        self.stand_ins.insert(
+            name.to_string(),
+            StandIn {
+                proxy,
+                ip,
+                ns: p.ns.clone(),
+                run,
+            },
+        );
+        self.mark_ready(name)?;
+        println!(
+            "stand-in {name} at {ip}: proxy ready, pod Ready after {:.1?}",
+            t0.elapsed()
+        );
+        Ok(())
+    }
+
+    /// As the kubelet once the readiness probes passed.
+    fn mark_ready(&self, name: &str) -> Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let ready = json!({"status": {"conditions": [
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "True"}]}});
+        self.rt.block_on(pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(ready),
+        ))?;
+        Ok(())
+    }
+
+    /// `weft init`, then `weft proxy` with what the injector would give it
+    /// (the test builds it), until ready.
+    fn proxy_as_injector(&self, name: &str, pod: &Pod, p: &testbed::Pod) -> Result<Proc> {
         let sa = pod
             .spec
             .as_ref()
@@ -471,15 +479,10 @@ impl<'a> Mesh<'a> {
         ))?;
         let token_file = self.s.write(&format!("{name}.token"), token);
         std::os::unix::fs::chown(&token_file, Some(PROXY_UID), Some(PROXY_UID))?;
-        let p = self.env.stand_in(name, ip)?;
-        // Pods have a default route (to reach cluster IPs at all).
-        testbed::run(p.cmd("ip").args(["route", "add", "default", "dev", "eth0"]))?;
         testbed::run(
             p.cmd(&self.bin)
                 .args(["init", "--proxy-uid", &PROXY_UID.to_string()]),
         )?;
-        let listener = testbed::in_ns(&p.ns, || TcpListener::bind(("0.0.0.0", 8080)))??;
-        whoami(listener, name.to_string());
         let mut cmd = p.cmd_as(PROXY_UID, &self.bin);
         cmd.current_dir(self.s.dir.path())
             .env(
@@ -493,12 +496,11 @@ impl<'a> Mesh<'a> {
             .env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "5s")
             .arg("proxy");
         let proxy = Proc::spawn_cmd(cmd);
-        let ns = p.ns.clone();
         let end = Instant::now() + DEADLINE;
         loop {
-            let ready = crate::common::netmesh::get_in(&ns, "127.0.0.1:4191".parse()?, "/ready");
+            let ready = crate::common::netmesh::get_in(&p.ns, "127.0.0.1:4191".parse()?, "/ready");
             if matches!(ready, Some((200, _))) {
-                break;
+                return Ok(proxy);
             }
             ensure!(
                 Instant::now() < end,
@@ -507,83 +509,5 @@ impl<'a> Mesh<'a> {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.stand_ins
-            .insert(name.to_string(), StandIn { proxy, ip, ns });
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
-        let ready = json!({"status": {"conditions": [
-            {"type": "ContainersReady", "status": "True"},
-            {"type": "Ready", "status": "True"}]}});
-        self.rt.block_on(pods.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Strategic(ready),
-        ))?;
-        println!(
-            "stand-in {name} at {ip}: proxy ready, pod Ready after {:.1?}",
-            t0.elapsed()
-        );
-        Ok(())
     }
-}
-
-/// Deployments (name and replicas, each with a ServiceAccount of its name,
-/// meshed by `cp_ns`, waiting for the test to make them Ready) and Service
-/// `backend` (port 80 to the named port `http`, 8080).
-pub fn workloads(ns: &str, cp_ns: &str, deployments: &[(&str, u32)]) -> String {
-    let template = |name: &str| {
-        format!(
-            "    metadata:
-      labels:
-        app: {name}
-        linkerd.io/control-plane-ns: {cp_ns}
-      annotations:
-        weft.test/readiness: external
-    spec:
-      serviceAccountName: {name}
-      containers:
-      - name: app
-        image: app
-        ports:
-        - containerPort: 8080
-          name: http
-"
-        )
-    };
-    let deployment = |name: &str, replicas: u32| {
-        format!(
-            "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels:
-      app: {name}
-  template:
-{}---
-",
-            template(name)
-        )
-    };
-    let all: String = deployments
-        .iter()
-        .map(|(name, replicas)| deployment(name, *replicas))
-        .collect();
-    format!(
-        "{all}apiVersion: v1
-kind: Service
-metadata:
-  name: backend
-  namespace: {ns}
-spec:
-  selector:
-    app: backend
-  ports:
-  - name: web
-    port: 80
-    targetPort: http
-"
-    )
 }

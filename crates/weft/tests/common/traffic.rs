@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 
-use super::stand_ins::{self, Mesh, Reply};
+use super::stand_in_app::{self, Reply};
+use super::stand_ins::Mesh;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -37,7 +38,7 @@ pub fn start(mesh: &Mesh, from: &str, to: std::net::SocketAddr) -> Result<Runnin
         let _ = testbed::in_ns(&ns, move || {
             while !st.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                let r = stand_ins::get(to);
+                let r = stand_in_app::get(to);
                 let took = t0.elapsed();
                 let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
                 t.latencies.push(took);

@@ -1,0 +1,61 @@
+//! `weft install` applied to the test cluster with its webhook pointed at a
+//! local control-plane process (`--webhook-url`, as envtest does): what the
+//! injector tests share.
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use testbed::k8s::K8sEnv;
+use testbed::k8s::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use testbed::k8s::kube::Client;
+use testbed::k8s::kube::api::{Api, Patch, PatchParams};
+
+use super::Scratch;
+use super::kube::{Uninstall, kubectl_stdin, weft_install};
+
+pub const CONFIGURATION: &str = "weft-injector";
+
+/// The control-plane flags of a replica serving the webhook on the cp
+/// namespace's loopback (where the API server calls it).
+pub const WEBHOOK_FLAGS: [&str; 4] = [
+    "--webhook-addr",
+    "127.0.0.1:0",
+    "--webhook-name",
+    "127.0.0.1",
+];
+
+/// `weft install --crds` and `weft install` (the guide's anchor and issuer,
+/// namespace `cp_ns`, the webhook at a placeholder URL until a replica
+/// listens) applied strictly; the guard deletes it all again.
+pub fn install<'a>(env: &'a K8sEnv, s: &Scratch, cp_ns: &str) -> Result<Uninstall<'a>> {
+    let installed = weft_install(
+        env,
+        s,
+        cp_ns,
+        &["--webhook-url", "https://127.0.0.1:1/inject"],
+    )?;
+    kubectl_stdin(env, &["apply", "--validate=strict"], &installed.manifest)?;
+    Ok(installed.uninstall)
+}
+
+pub fn url(addr: SocketAddr) -> String {
+    format!("https://{addr}/inject")
+}
+
+/// Points every webhook of the configuration at `addr`, touching nothing
+/// else (the caBundle is the control plane's).
+pub async fn point_at(client: &Client, addr: SocketAddr) -> Result<()> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let ops: Vec<Value> = (0..2)
+        .map(|i| json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig/url"), "value": url(addr)}))
+        .collect();
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
+    api.patch(
+        CONFIGURATION,
+        &PatchParams::default(),
+        &Patch::Json::<()>(patch),
+    )
+    .await?;
+    Ok(())
+}
