@@ -16,76 +16,20 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use common::Scratch;
-use common::kube::{Tenant, Uninstall, control_plane_with, kubeconfig_for, kubectl_stdin, tenant};
-use common::proc::Proc;
+use common::kube::{
+    Tenant, Uninstall, kubeconfig_for, kubectl_stdin, point_at, tenant, url, webhook_replica,
+};
 use serde_json::{Value, json};
 use testbed::k8s::K8sEnv;
 use testbed::k8s::api::{DEADLINE, poll};
-use testbed::k8s::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use testbed::k8s::k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use testbed::k8s::kube::Client;
-use testbed::k8s::kube::api::{Api, Patch, PatchParams, PostParams};
+use testbed::k8s::kube::api::{Api, PostParams};
 
-const CONFIGURATION: &str = "weft-injector";
 const CA_LIFETIME: &str = "60s";
-
-/// One replica: its process, its scratch directory and its webhook address.
-struct Replica {
-    proc: Proc,
-    webhook: SocketAddr,
-    _s: Scratch,
-}
-
-fn replica(env: &K8sEnv, s: &Scratch, cp_ns: &str, kubeconfig: &std::path::Path) -> Replica {
-    let own = Scratch::new();
-    std::fs::copy(s.path("ca.crt"), own.path("ca.crt")).ok();
-    let proc = control_plane_with(
-        env,
-        &own,
-        cp_ns,
-        kubeconfig,
-        &[
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--webhook-name",
-            "127.0.0.1",
-            "--webhook-ca-lifetime",
-            CA_LIFETIME,
-        ],
-    );
-    let webhook = proc.addr("webhook listening on");
-    Replica {
-        proc,
-        webhook,
-        _s: own,
-    }
-}
-
-fn url(addr: SocketAddr) -> String {
-    format!("https://{addr}/inject")
-}
-
-/// Points every webhook of the configuration at `addr`, touching nothing
-/// else (the caBundle is the control plane's).
-async fn point_at(client: &Client, addr: SocketAddr) -> Result<()> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let ops: Vec<Value> = (0..2)
-        .map(|i| json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig/url"), "value": url(addr)}))
-        .collect();
-    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
-    api.patch(
-        CONFIGURATION,
-        &PatchParams::default(),
-        &Patch::Json::<()>(patch),
-    )
-    .await?;
-    Ok(())
-}
 
 /// A pod running as ServiceAccount `web` (which each test namespace has).
 fn pod(name: &str, annotations: Value, host_network: bool) -> Value {
@@ -219,8 +163,20 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
     };
     kubectl_stdin(&env, &["apply", "--validate=strict"], &install.stdout)?;
     let kubeconfig = rt.block_on(kubeconfig_for(&env, &client, &cp_ns, &s))?;
-    let a = replica(&env, &s, &cp_ns, &kubeconfig);
-    let b = replica(&env, &s, &cp_ns, &kubeconfig);
+    let a = webhook_replica(
+        &env,
+        &s,
+        &cp_ns,
+        &kubeconfig,
+        &["--webhook-ca-lifetime", CA_LIFETIME],
+    );
+    let b = webhook_replica(
+        &env,
+        &s,
+        &cp_ns,
+        &kubeconfig,
+        &["--webhook-ca-lifetime", CA_LIFETIME],
+    );
     rt.block_on(point_at(&client, a.webhook))?;
     let t0 = Instant::now();
     for r in [&a, &b] {

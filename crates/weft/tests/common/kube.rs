@@ -488,3 +488,65 @@ impl Drop for Uninstall<'_> {
         println!("uninstall: {}{}", r.stdout, r.stderr);
     }
 }
+
+/// The injector's MutatingWebhookConfiguration, as `weft install` names it.
+pub const WEBHOOK_CONFIGURATION: &str = "weft-injector";
+
+/// A control plane serving the injector: its process, its scratch
+/// directory and its webhook address.
+pub struct Replica {
+    pub proc: Proc,
+    pub webhook: SocketAddr,
+    _s: Scratch,
+}
+
+/// A control plane serving the injector on its loopback (a scratch
+/// directory of its own, the anchors copied), `extra` flags added.
+pub fn webhook_replica(
+    env: &K8sEnv,
+    s: &Scratch,
+    cp_ns: &str,
+    kubeconfig: &std::path::Path,
+    extra: &[&str],
+) -> Replica {
+    let own = Scratch::new();
+    std::fs::copy(s.path("ca.crt"), own.path("ca.crt")).ok();
+    let mut flags = vec![
+        "--webhook-addr",
+        "127.0.0.1:0",
+        "--webhook-name",
+        "127.0.0.1",
+    ];
+    flags.extend(extra);
+    let proc = control_plane_with(env, &own, cp_ns, kubeconfig, &flags);
+    let webhook = proc.addr("webhook listening on");
+    Replica {
+        proc,
+        webhook,
+        _s: own,
+    }
+}
+
+pub fn url(addr: SocketAddr) -> String {
+    format!("https://{addr}/inject")
+}
+
+/// Points every webhook of the configuration at `addr`, touching nothing
+/// else (the caBundle is the control plane's).
+pub async fn point_at(client: &testbed::k8s::kube::Client, addr: SocketAddr) -> Result<()> {
+    use serde_json::{Value, json};
+    use testbed::k8s::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use testbed::k8s::kube::api::{Patch, PatchParams};
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let ops: Vec<Value> = (0..2)
+        .map(|i| json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig/url"), "value": url(addr)}))
+        .collect();
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
+    api.patch(
+        WEBHOOK_CONFIGURATION,
+        &PatchParams::default(),
+        &Patch::Json::<()>(patch),
+    )
+    .await?;
+    Ok(())
+}
