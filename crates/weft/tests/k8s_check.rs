@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use common::kube::{
-    Tenant, Uninstall, identity, kubeconfig_for, kubectl, kubectl_stdin, point_at, running, tenant,
-    webhook_replica,
+    Tenant, identity, install_local, kubeconfig_for, kubectl, kubectl_stdin, point_at, running,
+    tenant, webhook_replica,
 };
 use common::netmesh::get_in;
 use common::proc::Proc;
@@ -239,29 +239,7 @@ fn check_pre_and_check_pass_on_a_cluster_and_fail_naming_the_check() -> Result<(
     pre(&env, &t)?;
 
     // Install (the webhook at a local control plane, as envtest does).
-    let crds = t.s.weft(&["install", "--crds"]).ok();
-    kubectl_stdin(&env, &["apply", "--validate=strict"], &crds.stdout)?;
-    let install =
-        t.s.weft(&[
-            "install",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--namespace",
-            &t.cp_ns,
-            "--webhook-url",
-            "https://127.0.0.1:1/inject",
-        ])
-        .ok();
-    let uninstall = t.s.weft(&["uninstall", "--namespace", &t.cp_ns]).ok();
-    let _cleanup = Uninstall {
-        env: &env,
-        manifest: uninstall.stdout.clone(),
-    };
-    kubectl_stdin(&env, &["apply", "--validate=strict"], &install.stdout)?;
+    let (crds, _cleanup) = install_local(&env, &t.s, &t.cp_ns)?;
     let kubeconfig =
         t.rt.block_on(kubeconfig_for(&env, &t.client, &t.cp_ns, &t.s))?;
     // The installed Deployment's pod is kwok's (no process behind it): the
@@ -393,7 +371,7 @@ fn check_pre_and_check_pass_on_a_cluster_and_fail_naming_the_check() -> Result<(
         "{out}"
     );
     println!("{}", failed(&out));
-    kubectl_stdin(&env, &["apply", "--server-side"], &crds.stdout)?;
+    kubectl_stdin(&env, &["apply", "--server-side"], &crds)?;
 
     // A foreign issuer (another CA's) in the issuer Secret.
     common::rotation::new_anchor_and_issuer(&t.s);

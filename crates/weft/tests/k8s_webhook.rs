@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use common::kube::{
-    Tenant, Uninstall, kubeconfig_for, kubectl_stdin, point_at, tenant, url, webhook_replica,
+    Tenant, install_local, kubeconfig_for, kubectl_stdin, point_at, tenant, url, webhook_replica,
 };
 use serde_json::{Value, json};
 use testbed::k8s::K8sEnv;
@@ -139,29 +139,7 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
     } = tenant("hook", &["web"], &env)?;
 
     // Install, its webhook at a placeholder URL until a replica listens.
-    let crds = s.weft(&["install", "--crds"]).ok();
-    kubectl_stdin(&env, &["apply", "--validate=strict"], &crds.stdout)?;
-    let install = s
-        .weft(&[
-            "install",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--namespace",
-            &cp_ns,
-            "--webhook-url",
-            "https://127.0.0.1:1/inject",
-        ])
-        .ok();
-    let uninstall = s.weft(&["uninstall", "--namespace", &cp_ns]).ok();
-    let _cleanup = Uninstall {
-        env: &env,
-        manifest: uninstall.stdout.clone(),
-    };
-    kubectl_stdin(&env, &["apply", "--validate=strict"], &install.stdout)?;
+    let (_crds, _cleanup) = install_local(&env, &s, &cp_ns)?;
     let kubeconfig = rt.block_on(kubeconfig_for(&env, &client, &cp_ns, &s))?;
     let a = webhook_replica(
         &env,

@@ -550,3 +550,38 @@ pub async fn point_at(client: &testbed::k8s::kube::Client, addr: SocketAddr) -> 
     .await?;
     Ok(())
 }
+
+/// `weft install --crds` and `weft install` (the guide's anchor and issuer
+/// in `s`, namespace `cp_ns`) applied, the webhook at a placeholder URL
+/// until a local control plane listens (see [`point_at`]): the CRDs
+/// applied, and what deletes the rest when dropped.
+pub fn install_local<'a>(
+    env: &'a K8sEnv,
+    s: &Scratch,
+    cp_ns: &str,
+) -> Result<(String, Uninstall<'a>)> {
+    let crds = s.weft(&["install", "--crds"]).ok();
+    kubectl_stdin(env, &["apply", "--validate=strict"], &crds.stdout)?;
+    let install = s
+        .weft(&[
+            "install",
+            "--identity-trust-anchors-file",
+            "ca.crt",
+            "--identity-issuer-certificate-file",
+            "issuer.crt",
+            "--identity-issuer-key-file",
+            "issuer.key",
+            "--namespace",
+            cp_ns,
+            "--webhook-url",
+            "https://127.0.0.1:1/inject",
+        ])
+        .ok();
+    let uninstall = s.weft(&["uninstall", "--namespace", cp_ns]).ok();
+    let cleanup = Uninstall {
+        env,
+        manifest: uninstall.stdout,
+    };
+    kubectl_stdin(env, &["apply", "--validate=strict"], &install.stdout)?;
+    Ok((crds.stdout, cleanup))
+}
