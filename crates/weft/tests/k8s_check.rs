@@ -301,6 +301,13 @@ fn check_pre_and_check_pass_on_a_cluster_and_fail_naming_the_check() -> Result<(
         code == 0 && narrowed.contains("(1 of 1)") && !narrowed.contains("weft-identity"),
         "{narrowed}"
     );
+    let (code, no_admin) = check(&env, &t.cp_ns, &["--proxy"]);
+    ensure!(
+        code == 1
+            && no_admin.contains("× the control plane's fleet view is reachable")
+            && no_admin.contains("port-forward"),
+        "{no_admin}"
+    );
     let (_, elsewhere) = check(
         &env,
         &t.cp_ns,

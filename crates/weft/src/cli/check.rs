@@ -44,7 +44,7 @@ pub struct CheckArgs {
     /// Kubeconfig for a cluster check (default: KUBECONFIG, then ~/.kube/config); with one, `weft check` checks the cluster
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// With a cluster check: narrow the data plane to this namespace's pods and proxies
+    /// Narrow the data plane (a cluster check) or the fleet (--proxy) to this namespace's pods and proxies
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// Check a resource directory (as given to `weft control-plane --resources`): conflicts and refusals
@@ -164,7 +164,7 @@ pub(super) fn fleet(
             vec![CheckResult::fail(
                 reach,
                 "the fleet view is on the control plane's admin endpoint, which listens on the pod's loopback only; this weft does not reach it through the API server",
-                "kubectl -n weft port-forward deploy/weft-control-plane 9990:9990, then pass --admin-addr 127.0.0.1:9990",
+                "kubectl -n <the control plane's namespace> port-forward deploy/weft-control-plane 9990:9990, then pass --admin-addr 127.0.0.1:9990",
             )],
             None,
         );
@@ -262,6 +262,10 @@ fn file_categories(a: &CheckArgs) -> Result<Vec<Category>, Failure> {
     if a.proxy {
         let addr = a.admin_addr.as_deref().unwrap_or(LOCAL_ADMIN);
         let (summary, mut checks, view) = fleet(Some(addr));
+        let view = match &a.namespace {
+            Some(ns) => view.map(|v| super::check_plane::narrow(v, ns)),
+            None => view,
+        };
         if let Some(v) = view {
             checks.extend(control_plane::fleet_check::fleet_checks(
                 &v,
