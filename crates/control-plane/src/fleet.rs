@@ -464,7 +464,14 @@ pub struct FleetView {
     /// (see `fleet_peers`); one that could not be asked says why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<crate::fleet_peers::PeerStatus>,
+    /// The control plane's release, so `weft check` can judge proxy
+    /// version skew (empty from a control plane older than this field).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
+
+/// This build's release (the workspace version), as the fleet view states it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The view: pure over the registry, the bundle in force and the live
 /// certificates of the issuance record.
@@ -542,6 +549,7 @@ pub fn view(
         proxies,
         unmanaged,
         peers: Vec::new(),
+        version: VERSION.into(),
     }
 }
 

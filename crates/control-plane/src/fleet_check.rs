@@ -303,6 +303,7 @@ mod tests {
             proxies,
             unmanaged: vec![],
             peers: vec![],
+            version: String::new(),
         }
     }
 

@@ -37,6 +37,7 @@ fn view(now: i64, proxies: Vec<ProxyView>) -> FleetView {
         proxies,
         unmanaged: vec![],
         peers: vec![],
+        version: String::new(),
     }
 }
 

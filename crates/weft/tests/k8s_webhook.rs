@@ -16,14 +16,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use common::Scratch;
-use common::injector::{self, point_at, url};
-use common::kube::{Tenant, control_plane_with, kubeconfig_for, kubectl_stdin, tenant};
-use common::proc::Proc;
+use common::injector::{self, point_at, url, webhook_replica};
+use common::kube::{Tenant, kubeconfig_for, kubectl_stdin, tenant};
 use serde_json::{Value, json};
 use testbed::k8s::K8sEnv;
 use testbed::k8s::api::{DEADLINE, poll};
@@ -32,35 +29,6 @@ use testbed::k8s::kube::Client;
 use testbed::k8s::kube::api::{Api, PostParams};
 
 const CA_LIFETIME: &str = "60s";
-
-/// One replica: its process, its scratch directory and its webhook address.
-struct Replica {
-    proc: Proc,
-    webhook: SocketAddr,
-    _s: Scratch,
-}
-
-fn replica(env: &K8sEnv, s: &Scratch, cp_ns: &str, kubeconfig: &std::path::Path) -> Replica {
-    let own = Scratch::new();
-    std::fs::copy(s.path("ca.crt"), own.path("ca.crt")).ok();
-    let proc = control_plane_with(
-        env,
-        &own,
-        cp_ns,
-        kubeconfig,
-        &[
-            &injector::WEBHOOK_FLAGS[..],
-            &["--webhook-ca-lifetime", CA_LIFETIME],
-        ]
-        .concat(),
-    );
-    let webhook = proc.addr("webhook listening on");
-    Replica {
-        proc,
-        webhook,
-        _s: own,
-    }
-}
 
 /// A pod running as ServiceAccount `web` (which each test namespace has).
 fn pod(name: &str, annotations: Value, host_network: bool) -> Value {
@@ -172,8 +140,9 @@ fn the_injector_meshes_pods_rotates_its_ca_and_never_blocks_system_pods() -> Res
     // Install, its webhook at a placeholder URL until a replica listens.
     let _cleanup = injector::install(&env, &s, &cp_ns)?;
     let kubeconfig = rt.block_on(kubeconfig_for(&env, &client, &cp_ns, &s))?;
-    let a = replica(&env, &s, &cp_ns, &kubeconfig);
-    let b = replica(&env, &s, &cp_ns, &kubeconfig);
+    let ca = ["--webhook-ca-lifetime", CA_LIFETIME];
+    let a = webhook_replica(&env, &s, &cp_ns, &kubeconfig, &ca);
+    let b = webhook_replica(&env, &s, &cp_ns, &kubeconfig, &ca);
     rt.block_on(point_at(&client, a.webhook))?;
     let t0 = Instant::now();
     for r in [&a, &b] {

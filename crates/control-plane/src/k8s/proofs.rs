@@ -155,7 +155,7 @@ impl KubeProofs {
 
 /// The API server's own words for a refused call (its message and HTTP
 /// code), not the whole Status structure.
-pub(super) fn api_error(e: &kube::Error) -> String {
+pub fn api_error(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} (HTTP {})", s.message, s.code),
         other => other.to_string(),

@@ -35,13 +35,22 @@ pub struct CheckArgs {
     /// With --proxy: warn about proxy certificates that expire sooner than this (healthy proxies renew at 70% of their lifetime)
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub proxy_expiry_warning: std::time::Duration,
-    /// The control plane's admin address, host:port (a DNS name is resolved when read; read by --proxy)
-    #[arg(long, default_value = "127.0.0.1:9990", value_parser = super::host_port)]
-    pub admin_addr: String,
+    /// The control plane's admin address, host:port (a DNS name is resolved when read; read by --proxy and by a cluster check's data plane). Default: the local control plane (127.0.0.1:9990) when no kubeconfig is found
+    #[arg(long, value_parser = super::host_port)]
+    pub admin_addr: Option<String>,
+    /// Pre-installation checks against the cluster of the kubeconfig: API reachable, Kubernetes version, clock skew, permissions to create what install creates, CRDs, Pod Security of meshed namespaces
+    #[arg(long, conflicts_with_all = ["identity_trust_anchors_file", "identity_issuer_certificate_file", "resources", "proxy"])]
+    pub pre: bool,
+    /// Kubeconfig for a cluster check (default: KUBECONFIG, then ~/.kube/config); with one, `weft check` checks the cluster
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Narrow the data plane (a cluster check) or the fleet (--proxy) to this namespace's pods and proxies
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
     /// Check a resource directory (as given to `weft control-plane --resources`): conflicts and refusals
     #[arg(long)]
     pub resources: Option<PathBuf>,
-    /// With --resources: the control plane's namespace (identity names)
+    /// The control plane's namespace (identity names with --resources; where it runs for a cluster check)
     #[arg(long, default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
     pub controller_namespace: String,
     /// With --resources: the trust domain (identity names)
@@ -56,7 +65,7 @@ const CATEGORY: &str = "weft-identity";
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Category<'a> {
+struct JsonCategory<'a> {
     category_name: &'a str,
     checks: &'a [CheckResult],
 }
@@ -64,7 +73,7 @@ struct Category<'a> {
 #[derive(Serialize)]
 struct Report<'a> {
     success: bool,
-    categories: Vec<Category<'a>>,
+    categories: Vec<JsonCategory<'a>>,
 }
 
 const FLEET: &str = "weft-fleet";
@@ -131,29 +140,48 @@ fn resources(a: &CheckArgs, dir: &std::path::Path) -> Vec<CheckResult> {
     checks
 }
 
-/// The fleet view from the control plane's admin endpoint, judged.
-fn fleet(a: &CheckArgs) -> (Option<String>, Vec<CheckResult>) {
+/// One category of the report: its name, an optional summary line and
+/// its checks.
+pub type Category = (String, Option<String>, Vec<CheckResult>);
+
+/// The local control plane's admin endpoint (its default).
+const LOCAL_ADMIN: &str = "127.0.0.1:9990";
+
+/// The fleet view from the control plane's admin endpoint: the summary,
+/// the reachability check, and the view when it was read. `None`: no
+/// address given in a cluster check.
+pub(super) fn fleet(
+    admin_addr: Option<&str>,
+) -> (
+    Option<String>,
+    Vec<CheckResult>,
+    Option<control_plane::fleet::FleetView>,
+) {
     let reach = "the control plane's fleet view is reachable";
-    let fetched = http_get(&a.admin_addr, "/fleet")
-        .ok_or_else(|| format!("no answer from {} (GET /fleet)", a.admin_addr))
+    let Some(addr) = admin_addr else {
+        return (
+            None,
+            vec![CheckResult::fail(
+                reach,
+                "the fleet view is on the control plane's admin endpoint, which listens on the pod's loopback only; this weft does not reach it through the API server",
+                "kubectl -n <the control plane's namespace> port-forward deploy/weft-control-plane 9990:9990, then pass --admin-addr 127.0.0.1:9990",
+            )],
+            None,
+        );
+    };
+    let fetched = http_get(addr, "/fleet")
+        .ok_or_else(|| format!("no answer from {addr} (GET /fleet)"))
         .and_then(|(code, body)| match code {
             200 => serde_json::from_str::<control_plane::fleet::FleetView>(&body)
-                .map_err(|e| format!("{}/fleet is not a fleet view: {e}", a.admin_addr)),
-            code => Err(format!(
-                "{}/fleet answered {code}: {}",
-                a.admin_addr,
-                body.trim()
-            )),
+                .map_err(|e| format!("{addr}/fleet is not a fleet view: {e}")),
+            code => Err(format!("{addr}/fleet answered {code}: {}", body.trim())),
         });
     match fetched {
-        Ok(v) => {
-            let mut checks = vec![CheckResult::ok(reach)];
-            checks.extend(control_plane::fleet_check::fleet_checks(
-                &v,
-                a.proxy_expiry_warning,
-            ));
-            (Some(control_plane::fleet_check::summary(&v)), checks)
-        }
+        Ok(v) => (
+            Some(control_plane::fleet_check::summary(&v)),
+            vec![CheckResult::ok(reach)],
+            Some(v),
+        ),
         Err(e) => (
             None,
             vec![CheckResult::fail(
@@ -161,12 +189,52 @@ fn fleet(a: &CheckArgs) -> (Option<String>, Vec<CheckResult>) {
                 e,
                 "pass the control plane's --admin-addr with --admin-addr (it listens on 127.0.0.1:9990 by default; run this on that host)",
             )],
+            None,
         ),
     }
 }
 
-pub fn run(a: CheckArgs) -> CmdResult {
-    let mut categories: Vec<(&str, Option<String>, Vec<CheckResult>)> = Vec::new();
+/// What `weft check` checks, from its flags and the environment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Identity files, a resource directory and/or the local fleet.
+    Files,
+    Pre,
+    /// The cluster of this kubeconfig (None: the default one).
+    Cluster,
+    /// No kubeconfig: the local control plane's fleet.
+    Local,
+    Nothing,
+}
+
+/// Files given → file mode; `--pre` → pre-install checks; a kubeconfig
+/// found → the cluster; `--proxy` → the local control plane.
+pub fn mode(files: bool, pre: bool, proxy: bool, kubeconfig: bool) -> Mode {
+    match (files, pre, kubeconfig, proxy) {
+        (true, ..) => Mode::Files,
+        (_, true, ..) => Mode::Pre,
+        (_, _, true, _) => Mode::Cluster,
+        (_, _, false, true) => Mode::Local,
+        _ => Mode::Nothing,
+    }
+}
+
+/// The kubeconfig a cluster check uses: --kubeconfig, KUBECONFIG, then
+/// ~/.kube/config, if it exists.
+fn kubeconfig(a: &CheckArgs) -> Option<PathBuf> {
+    if let Some(k) = &a.kubeconfig {
+        return Some(k.clone());
+    }
+    if let Some(k) = std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()) {
+        return Some(PathBuf::from(k));
+    }
+    let home = PathBuf::from(std::env::var_os("HOME")?).join(".kube/config");
+    home.is_file().then_some(home)
+}
+
+/// File mode (and the local fleet): the checks as before cluster checks.
+fn file_categories(a: &CheckArgs) -> Result<Vec<Category>, Failure> {
+    let mut categories: Vec<Category> = Vec::new();
     match (
         &a.identity_trust_anchors_file,
         &a.identity_issuer_certificate_file,
@@ -177,30 +245,69 @@ pub fn run(a: CheckArgs) -> CmdResult {
             let cfg = CheckConfig {
                 expiry_warning: a.expiry_warning,
             };
-            categories.push((
-                CATEGORY,
-                None,
-                identity_checks(
-                    material.as_ref().map_err(String::as_str),
-                    OffsetDateTime::now_utc(),
-                    cfg,
-                ),
-            ));
+            let checks = identity_checks(
+                material.as_ref().map_err(String::as_str),
+                OffsetDateTime::now_utc(),
+                cfg,
+            );
+            categories.push((CATEGORY.into(), None, checks));
         }
         (None, None) if a.proxy || a.resources.is_some() => {}
         _ => {
             return Err(Failure::input(
-                "nothing to check: pass --identity-trust-anchors-file and --identity-issuer-certificate-file (and --identity-issuer-key-file), or --proxy, or --resources",
+                "nothing to check: pass --identity-trust-anchors-file and --identity-issuer-certificate-file (and --identity-issuer-key-file), or --proxy, or --resources, or a kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config) for a cluster check",
             ));
         }
     }
     if a.proxy {
-        let (summary, checks) = fleet(&a);
-        categories.push((FLEET, summary, checks));
+        let addr = a.admin_addr.as_deref().unwrap_or(LOCAL_ADMIN);
+        let (summary, mut checks, view) = fleet(Some(addr));
+        let view = match &a.namespace {
+            Some(ns) => view.map(|v| super::check_plane::narrow(v, ns)),
+            None => view,
+        };
+        if let Some(v) = view {
+            checks.extend(control_plane::fleet_check::fleet_checks(
+                &v,
+                a.proxy_expiry_warning,
+            ));
+        }
+        categories.push((FLEET.into(), summary, checks));
     }
     if let Some(dir) = &a.resources {
-        categories.push((POLICY, None, resources(&a, dir)));
+        categories.push((POLICY.into(), None, resources(a, dir)));
     }
+    Ok(categories)
+}
+
+pub fn run(a: CheckArgs) -> CmdResult {
+    let files = a.identity_trust_anchors_file.is_some()
+        || a.identity_issuer_certificate_file.is_some()
+        || a.resources.is_some();
+    let kc = kubeconfig(&a);
+    // An explicit admin address without a kubeconfig flag is today's fleet check.
+    let cluster_kc = kc.is_some() && (a.admin_addr.is_none() || a.kubeconfig.is_some());
+    let categories = match mode(files, a.pre, a.proxy, cluster_kc) {
+        Mode::Files | Mode::Local | Mode::Nothing => file_categories(&a)?,
+        Mode::Pre => {
+            super::check_cluster::pre(kc, &a.controller_namespace).map_err(Failure::fatal)?
+        }
+        Mode::Cluster => super::check_cluster::cluster(&super::check_cluster::Cluster {
+            kubeconfig: kc,
+            controller_namespace: a.controller_namespace.clone(),
+            namespace: a.namespace.clone(),
+            admin_addr: a.admin_addr.clone(),
+            proxy_only: a.proxy,
+            expiry_warning: a.expiry_warning,
+            proxy_expiry_warning: a.proxy_expiry_warning,
+        })
+        .map_err(Failure::fatal)?,
+    };
+    report(&a, &categories)
+}
+
+/// Prints the report (text or Linkerd's JSON); an error exit on failure.
+fn report(a: &CheckArgs, categories: &[Category]) -> CmdResult {
     let all: Vec<CheckResult> = categories.iter().flat_map(|c| c.2.clone()).collect();
     let status = worst(&all);
     let failed = status == Status::Error || (a.fail_on_warning && status == Status::Warning);
@@ -210,7 +317,7 @@ pub fn run(a: CheckArgs) -> CmdResult {
                 success: !failed,
                 categories: categories
                     .iter()
-                    .map(|(name, _, checks)| Category {
+                    .map(|(name, _, checks)| JsonCategory {
                         category_name: name,
                         checks,
                     })

@@ -324,24 +324,7 @@ pub fn run_upgrade(a: UpgradeArgs) -> CmdResult {
 /// What to delete, the webhook first (so no pod creation waits on a
 /// control plane being deleted) and the namespace last.
 pub fn run_uninstall(a: UninstallArgs) -> CmdResult {
-    let plan = Plan {
-        namespace: a.namespace.clone(),
-        values: Values {
-            image: String::new(),
-            ha: true,
-            trust_domain: String::new(),
-            cluster_networks: String::new(),
-            external_issuer: false,
-            webhook_url: None,
-        },
-        identity: Some(IdentityObjects {
-            anchors_pem: String::new(),
-            issuer: Some(IssuerFiles {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            }),
-        }),
-    };
+    let plan = m::every_object(&a.namespace);
     let mut objects: Vec<serde_json::Value> = Vec::new();
     for o in m::control_plane(&plan).map_err(Failure::fatal)? {
         match o {

@@ -278,6 +278,30 @@ fn webhook_configuration(p: &Plan) -> Value {
     })
 }
 
+/// A plan with every object install can print (HA, an issuer Secret) and
+/// empty contents: which objects an installation in `namespace` has, for
+/// uninstall and for the checks of what install needs.
+pub fn every_object(namespace: &str) -> Plan {
+    Plan {
+        namespace: namespace.to_string(),
+        values: Values {
+            image: String::new(),
+            ha: true,
+            trust_domain: pki::identity::DEFAULT_TRUST_DOMAIN.into(),
+            cluster_networks: String::new(),
+            external_issuer: false,
+            webhook_url: None,
+        },
+        identity: Some(IdentityObjects {
+            anchors_pem: String::new(),
+            issuer: Some(IssuerFiles {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            }),
+        }),
+    }
+}
+
 /// Every object of the control plane, in apply order (the namespace first,
 /// the webhook last, once what it points at exists).
 pub fn control_plane(p: &Plan) -> Result<Vec<Object>, String> {

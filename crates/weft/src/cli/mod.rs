@@ -2,6 +2,10 @@
 
 pub mod certs;
 pub mod check;
+mod check_cluster;
+mod check_facts;
+mod check_kube;
+mod check_plane;
 pub mod control_plane;
 pub mod demo;
 pub mod duration;

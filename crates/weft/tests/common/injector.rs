@@ -12,7 +12,8 @@ use testbed::k8s::kube::Client;
 use testbed::k8s::kube::api::{Api, Patch, PatchParams};
 
 use super::Scratch;
-use super::kube::{Uninstall, kubectl_stdin, weft_install};
+use super::kube::{Uninstall, control_plane_with, kubectl_stdin, weft_install};
+use super::proc::Proc;
 
 pub const CONFIGURATION: &str = "weft-injector";
 
@@ -37,6 +38,40 @@ pub fn install<'a>(env: &'a K8sEnv, s: &Scratch, cp_ns: &str) -> Result<Uninstal
     )?;
     kubectl_stdin(env, &["apply", "--validate=strict"], &installed.manifest)?;
     Ok(installed.uninstall)
+}
+
+/// A control plane serving the injector: its process, its scratch
+/// directory and its webhook address.
+pub struct Replica {
+    pub proc: Proc,
+    pub webhook: SocketAddr,
+    _s: Scratch,
+}
+
+/// A control plane serving the injector on the cp namespace's loopback (a
+/// scratch directory of its own, the anchors copied), `extra` flags added.
+pub fn webhook_replica(
+    env: &K8sEnv,
+    s: &Scratch,
+    cp_ns: &str,
+    kubeconfig: &std::path::Path,
+    extra: &[&str],
+) -> Replica {
+    let own = Scratch::new();
+    std::fs::copy(s.path("ca.crt"), own.path("ca.crt")).ok();
+    let proc = control_plane_with(
+        env,
+        &own,
+        cp_ns,
+        kubeconfig,
+        &[&WEBHOOK_FLAGS[..], extra].concat(),
+    );
+    let webhook = proc.addr("webhook listening on");
+    Replica {
+        proc,
+        webhook,
+        _s: own,
+    }
 }
 
 pub fn url(addr: SocketAddr) -> String {
