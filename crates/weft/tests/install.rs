@@ -9,14 +9,7 @@ mod common;
 use common::Scratch;
 use serde_json::Value;
 
-const FILES: [&str; 6] = [
-    "--identity-trust-anchors-file",
-    "ca.crt",
-    "--identity-issuer-certificate-file",
-    "issuer.crt",
-    "--identity-issuer-key-file",
-    "issuer.key",
-];
+use common::GUIDE_FILES as FILES;
 
 fn docs(text: &str) -> Vec<Value> {
     serde_saphyr::from_multiple::<Value>(text)

@@ -90,17 +90,9 @@ fn rotation_keeps_identity_objects(
     ns: &str,
     objects: usize,
 ) -> Result<()> {
-    let files = [
-        "--identity-trust-anchors-file",
-        "ca.crt",
-        "--identity-issuer-certificate-file",
-        "issuer.crt",
-        "--identity-issuer-key-file",
-        "issuer.key",
-    ];
     let install = |extra: &[&str]| {
         let mut args = vec!["install", "--namespace", ns, "--ha"];
-        args.extend_from_slice(&files);
+        args.extend(common::GUIDE_FILES);
         args.extend_from_slice(extra);
         weft_admin(env, s, &args)
     };

@@ -518,17 +518,8 @@ pub fn weft_install<'a>(
 ) -> Result<Installed<'a>> {
     let crds = s.weft(&["install", "--crds"]).ok();
     kubectl_stdin(env, &["apply", "--validate=strict"], &crds.stdout)?;
-    let mut args = vec![
-        "install",
-        "--identity-trust-anchors-file",
-        "ca.crt",
-        "--identity-issuer-certificate-file",
-        "issuer.crt",
-        "--identity-issuer-key-file",
-        "issuer.key",
-        "--namespace",
-        cp_ns,
-    ];
+    let mut args = vec!["install", "--namespace", cp_ns];
+    args.extend(super::GUIDE_FILES);
     args.extend_from_slice(extra);
     let manifest = weft_admin(env, s, &args).ok().stdout;
     let uninstall = s.weft(&["uninstall", "--namespace", cp_ns]).ok();

@@ -25,6 +25,18 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The flags naming the guide material [`Scratch::guide_material`] writes
+/// (`linkerd install`'s three files), as install, check and the control
+/// plane take them.
+pub const GUIDE_FILES: [&str; 6] = [
+    "--identity-trust-anchors-file",
+    "ca.crt",
+    "--identity-issuer-certificate-file",
+    "issuer.crt",
+    "--identity-issuer-key-file",
+    "issuer.key",
+];
+
 #[derive(Debug)]
 pub struct Run {
     pub code: i32,
@@ -177,15 +189,8 @@ impl Scratch {
     /// with the guide's material in this directory, plus `extra` flags (a
     /// flag given there replaces the default above).
     pub fn control_plane(&self, extra: &[&str]) -> proc::Proc {
-        let mut args = vec![
-            "control-plane",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-        ];
+        let mut args = vec!["control-plane"];
+        args.extend(GUIDE_FILES);
         args.extend(LOOPBACK_LISTENERS);
         replace_defaults(&mut args, extra);
         proc::Proc::spawn(self.dir.path(), &args)
