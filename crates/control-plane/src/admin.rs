@@ -48,6 +48,22 @@ pub fn readiness(
     }
 }
 
+/// Ready, and why it is only so: the API unreachable (the last state is
+/// served) or newer issuer material refused (the previous one serves).
+pub fn ready_with_notes(note: Option<String>, refused: Option<&str>) -> String {
+    let mut out = String::from("ready");
+    if let Some(note) = note {
+        out.push_str(&format!("; {note}"));
+    }
+    if let Some(why) = refused {
+        out.push_str(&format!(
+            "; a replacement issuer or trust anchors was refused, the previous issuer keeps serving: {why}"
+        ));
+    }
+    out.push('\n');
+    out
+}
+
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
@@ -139,6 +155,7 @@ async fn handle(
             let live = st.record.live(now);
             let current = st.bundle.borrow().clone();
             let mut view = st.fleet.view(now, current.as_deref(), &live);
+            view.issuer_refused = st.issuer.borrow().refused.clone();
             if let Some(peers) = &st.peers {
                 view = peers.merged(view).await;
             }
@@ -159,7 +176,10 @@ async fn handle(
                 ),
                 note,
             ) {
-                (Ok(()), Some(note)) => text(StatusCode::OK, format!("ready; {note}\n")),
+                (Ok(()), note) if note.is_some() || issuer.refused.is_some() => text(
+                    StatusCode::OK,
+                    ready_with_notes(note, issuer.refused.as_deref()),
+                ),
                 (r, _) => ready(r),
             }
         }

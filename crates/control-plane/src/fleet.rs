@@ -468,6 +468,10 @@ pub struct FleetView {
     /// version skew (empty from a control plane older than this field).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
+    /// Why the newest issuer/anchor material was refused while the previous
+    /// issuer keeps serving (absent when the newest is in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_refused: Option<String>,
 }
 
 /// This build's release (the workspace version), as the fleet view states it.
@@ -550,6 +554,7 @@ pub fn view(
         unmanaged,
         peers: Vec::new(),
         version: VERSION.into(),
+        issuer_refused: None,
     }
 }
 

@@ -59,6 +59,21 @@ pub fn summary(v: &FleetView) -> String {
 }
 
 /// Kubernetes mode: whether every other replica answered for its proxies.
+/// A refused replacement keeps the mesh working on the previous issuer, so
+/// nothing else shows it; it is a failure because what the operator put in
+/// place is not what serves.
+fn refused_check(v: &FleetView) -> CheckResult {
+    let what = "the control plane accepted its newest issuer and trust anchors";
+    match &v.issuer_refused {
+        None => CheckResult::ok(what),
+        Some(why) => CheckResult::fail(
+            what,
+            format!("refused, the previous issuer keeps serving: {why}"),
+            "check the new files with `weft check --identity-trust-anchors-file ... --identity-issuer-certificate-file ... --identity-issuer-key-file ...`, fix what it names and put them in place again",
+        ),
+    }
+}
+
 fn peers_check(v: &FleetView) -> CheckResult {
     let unreachable: Vec<String> = v
         .peers
@@ -95,6 +110,7 @@ pub fn fleet_checks(v: &FleetView, expiry_warning: std::time::Duration) -> Vec<C
         "the control plane serves trust bundle generation {}",
         bundle.generation
     )));
+    out.push(refused_check(v));
     if !v.peers.is_empty() {
         out.push(peers_check(v));
     }
@@ -304,6 +320,7 @@ mod tests {
             unmanaged: vec![],
             peers: vec![],
             version: String::new(),
+            issuer_refused: None,
         }
     }
 

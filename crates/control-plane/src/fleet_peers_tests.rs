@@ -38,6 +38,7 @@ fn view(now: i64, proxies: Vec<ProxyView>) -> FleetView {
         unmanaged: vec![],
         peers: vec![],
         version: String::new(),
+        issuer_refused: None,
     }
 }
 

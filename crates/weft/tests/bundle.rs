@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::Scratch;
 use common::mesh::{free_port, spawn_app, start_proxy, workload};
 use common::proc::{Proc, http_get, metric, poll};
-use common::rotation::{self, Counters};
+use common::rotation;
 use control_plane::fleet::FleetView;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -51,36 +51,6 @@ fn fleet(admin: SocketAddr) -> Option<FleetView> {
 
 fn check_proxy(s: &Scratch, admin: SocketAddr) -> common::Run {
     s.weft(&["check", "--proxy", "--admin-addr", &admin.to_string()])
-}
-
-/// GETs through frontend's outbound listener, a new connection (and mTLS
-/// handshake between the proxies) each time, until stopped.
-fn traffic(to: SocketAddr) -> Counters {
-    let c = Counters::default();
-    let counters = c.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            while counters.running() {
-                let r = async {
-                    let s = tokio::net::TcpStream::connect(to)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    testbed::http_app::h1(s, testbed::http_app::Req::get("/tick")).await
-                }
-                .await;
-                counters.record(match r {
-                    Ok(reply) if reply.status == 200 => Ok(()),
-                    other => Err(format!("{other:?}")),
-                });
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        });
-    });
-    c
 }
 
 /// Polls the fleet view until `ok` holds; returns it and how long it took.
@@ -132,7 +102,7 @@ fn anchor_rotation_without_restart_or_failed_requests() {
     let first = v.bundle.clone().unwrap();
     assert_eq!((first.generation, first.anchors.len()), (1, 1));
     let serials: Vec<String> = v.proxies.iter().map(|p| p.leaf_serial.clone()).collect();
-    let traffic = traffic(out);
+    let traffic = rotation::http_traffic(out);
     traffic.more(20);
     check_proxy(&s, admin).ok();
 

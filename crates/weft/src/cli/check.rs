@@ -77,6 +77,7 @@ struct Report<'a> {
 }
 
 const FLEET: &str = "weft-fleet";
+const CONTROL_PLANE: &str = "weft-control-plane";
 const POLICY: &str = "weft-policy";
 
 /// The resource directory read with the control plane's own rules: every
@@ -202,20 +203,19 @@ pub enum Mode {
     Pre,
     /// The cluster of this kubeconfig (None: the default one).
     Cluster,
-    /// No kubeconfig: the local control plane's fleet.
+    /// No kubeconfig: the local control plane (`--admin-addr`, default
+    /// 127.0.0.1:9990); with `--proxy` only its fleet.
     Local,
-    Nothing,
 }
 
 /// Files given → file mode; `--pre` → pre-install checks; a kubeconfig
-/// found → the cluster; `--proxy` → the local control plane.
-pub fn mode(files: bool, pre: bool, proxy: bool, kubeconfig: bool) -> Mode {
-    match (files, pre, kubeconfig, proxy) {
+/// found → the cluster; otherwise the local control plane.
+pub fn mode(files: bool, pre: bool, kubeconfig: bool) -> Mode {
+    match (files, pre, kubeconfig) {
         (true, ..) => Mode::Files,
-        (_, true, ..) => Mode::Pre,
-        (_, _, true, _) => Mode::Cluster,
-        (_, _, false, true) => Mode::Local,
-        _ => Mode::Nothing,
+        (_, true, _) => Mode::Pre,
+        (_, _, true) => Mode::Cluster,
+        _ => Mode::Local,
     }
 }
 
@@ -230,6 +230,74 @@ fn kubeconfig(a: &CheckArgs) -> Option<PathBuf> {
     }
     let home = PathBuf::from(std::env::var_os("HOME")?).join(".kube/config");
     home.is_file().then_some(home)
+}
+
+/// The local control plane's fleet, judged (narrowed with `-n`).
+fn fleet_category(a: &CheckArgs) -> Category {
+    let addr = a.admin_addr.as_deref().unwrap_or(LOCAL_ADMIN);
+    let (summary, mut checks, view) = fleet(Some(addr));
+    let view = match &a.namespace {
+        Some(ns) => view.map(|v| super::check_plane::narrow(v, ns)),
+        None => view,
+    };
+    if let Some(v) = view {
+        checks.extend(control_plane::fleet_check::fleet_checks(
+            &v,
+            a.proxy_expiry_warning,
+        ));
+    }
+    (FLEET.into(), summary, checks)
+}
+
+/// No files and no cluster: the control plane at `--admin-addr` (or the
+/// default), its readiness and then its fleet; `--proxy` keeps to the
+/// fleet. Nothing answering there is not a verdict on the mesh, so it is a
+/// one-line error rather than a report.
+fn local_categories(a: &CheckArgs) -> Result<Vec<Category>, Failure> {
+    let addr = a.admin_addr.as_deref().unwrap_or(LOCAL_ADMIN);
+    let Some((code, body)) = http_get(addr, "/ready") else {
+        return Err(Failure::input(match &a.admin_addr {
+            None => format!(
+                "nothing to check: no control plane answers at {LOCAL_ADMIN} (the default admin address) and no kubeconfig was found; pass --admin-addr HOST:PORT of the control plane's admin listener, a kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config) for a cluster, or the identity files (--identity-trust-anchors-file ... --identity-issuer-certificate-file ...)"
+            ),
+            Some(addr) => format!(
+                "no control plane answers at {addr} (GET /ready); pass the address its admin listener prints at startup (\"admin listening on\") with --admin-addr HOST:PORT"
+            ),
+        }));
+    };
+    let mut categories = Vec::new();
+    if !a.proxy {
+        categories.push((
+            CONTROL_PLANE.into(),
+            None,
+            vec![
+                CheckResult::ok(format!("the control plane answers at {addr}")),
+                readiness_check(code, &body),
+            ],
+        ));
+    }
+    categories.push(fleet_category(a));
+    Ok(categories)
+}
+
+/// `/ready`'s verdict: 200 is ready (with notes, a warning), anything else
+/// names why not.
+fn readiness_check(code: u16, body: &str) -> CheckResult {
+    let what = "the control plane is ready";
+    let body = body.trim();
+    match (code, body.split_once("; ")) {
+        (200, None) => CheckResult::ok(what),
+        (200, Some((_, notes))) => CheckResult::warn(
+            what,
+            format!("ready, but {notes}"),
+            "the control plane keeps serving; act on what it names",
+        ),
+        (code, _) => CheckResult::fail(
+            what,
+            format!("/ready answered {code}: {body}"),
+            "fix what it names; its log says more",
+        ),
+    }
 }
 
 /// File mode (and the local fleet): the checks as before cluster checks.
@@ -260,19 +328,7 @@ fn file_categories(a: &CheckArgs) -> Result<Vec<Category>, Failure> {
         }
     }
     if a.proxy {
-        let addr = a.admin_addr.as_deref().unwrap_or(LOCAL_ADMIN);
-        let (summary, mut checks, view) = fleet(Some(addr));
-        let view = match &a.namespace {
-            Some(ns) => view.map(|v| super::check_plane::narrow(v, ns)),
-            None => view,
-        };
-        if let Some(v) = view {
-            checks.extend(control_plane::fleet_check::fleet_checks(
-                &v,
-                a.proxy_expiry_warning,
-            ));
-        }
-        categories.push((FLEET.into(), summary, checks));
+        categories.push(fleet_category(a));
     }
     if let Some(dir) = &a.resources {
         categories.push((POLICY.into(), None, resources(a, dir)));
@@ -287,8 +343,9 @@ pub fn run(a: CheckArgs) -> CmdResult {
     let kc = kubeconfig(&a);
     // An explicit admin address without a kubeconfig flag is today's fleet check.
     let cluster_kc = kc.is_some() && (a.admin_addr.is_none() || a.kubeconfig.is_some());
-    let categories = match mode(files, a.pre, a.proxy, cluster_kc) {
-        Mode::Files | Mode::Local | Mode::Nothing => file_categories(&a)?,
+    let categories = match mode(files, a.pre, cluster_kc) {
+        Mode::Files => file_categories(&a)?,
+        Mode::Local => local_categories(&a)?,
         Mode::Pre => {
             super::check_cluster::pre(kc, &a.controller_namespace).map_err(Failure::fatal)?
         }

@@ -187,11 +187,10 @@ fn replicas_ready_against_desired() {
 #[test]
 fn the_mode_follows_files_pre_kubeconfig_then_proxy() {
     use crate::cli::check::{Mode, mode};
-    assert_eq!(mode(true, false, true, true), Mode::Files);
-    assert_eq!(mode(false, true, false, true), Mode::Pre);
-    assert_eq!(mode(false, false, true, true), Mode::Cluster);
-    assert_eq!(mode(false, false, true, false), Mode::Local);
-    assert_eq!(mode(false, false, false, false), Mode::Nothing);
+    assert_eq!(mode(true, false, true), Mode::Files);
+    assert_eq!(mode(false, true, true), Mode::Pre);
+    assert_eq!(mode(false, false, true), Mode::Cluster);
+    assert_eq!(mode(false, false, false), Mode::Local);
 }
 
 #[test]

@@ -49,6 +49,7 @@ fn fleet(proxies: Vec<ProxyView>) -> FleetView {
         unmanaged: vec![],
         peers: vec![],
         version: "0.2.0".into(),
+        issuer_refused: None,
     }
 }
 

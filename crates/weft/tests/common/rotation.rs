@@ -58,6 +58,36 @@ pub fn until(
     (v, start.elapsed())
 }
 
+/// GETs through a proxy's outbound listener at `to`, a new connection (and
+/// mTLS handshake between the proxies) each time, until stopped.
+pub fn http_traffic(to: std::net::SocketAddr) -> Counters {
+    let c = Counters::default();
+    let counters = c.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async move {
+            while counters.running() {
+                let r = async {
+                    let s = tokio::net::TcpStream::connect(to)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    testbed::http_app::h1(s, testbed::http_app::Req::get("/tick")).await
+                }
+                .await;
+                counters.record(match r {
+                    Ok(reply) if reply.status == 200 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                });
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    });
+    c
+}
+
 /// What continuous traffic saw; loads stop when `stop` is set.
 #[derive(Default, Clone)]
 pub struct Counters {
