@@ -67,6 +67,9 @@ enum Cmd {
     /// Create and revoke join tokens for workloads' first certificates
     #[command(subcommand)]
     Token(cli::token::TokenCmd),
+    /// Rotate identity material without a step skipped: `rotate issuer` judges the new issuer, installs it and waits until every proxy serves a leaf from it
+    #[command(subcommand)]
+    Rotate(cli::rotate::RotateCmd),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Check(c) => cli::check::run(c),
         Cmd::ControlPlane(c) => cli::control_plane::run(*c),
         Cmd::Token(c) => cli::token::run(c),
+        Cmd::Rotate(c) => cli::rotate::run(c),
         Cmd::Proxy(c) => cli::proxy::run(*c),
         Cmd::Demo(c) => cli::demo::run(c),
         Cmd::Init(c) => cli::init::run(c),

@@ -301,4 +301,4 @@ pub fn proxy_versions(pods: &[InjectedPod], cp_version: &str) -> CheckResult {
 
 #[cfg(test)]
 #[path = "check_plane_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,7 @@ use pki::check::Status;
 
 use super::*;
 
-fn proxy(workload: &str, generation: u64, state: &str) -> ProxyView {
+pub(crate) fn proxy(workload: &str, generation: u64, state: &str) -> ProxyView {
     let (ns, name) = workload.split_once('/').unwrap();
     ProxyView {
         workload: workload.into(),
@@ -35,7 +35,7 @@ fn proxy(workload: &str, generation: u64, state: &str) -> ProxyView {
     }
 }
 
-fn fleet(proxies: Vec<ProxyView>) -> FleetView {
+pub(crate) fn fleet(proxies: Vec<ProxyView>) -> FleetView {
     FleetView {
         now: 1000,
         bundle: Some(BundleView {

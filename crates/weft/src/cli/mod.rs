@@ -19,6 +19,7 @@ pub mod policy;
 pub mod probes;
 pub mod proxy;
 pub mod request;
+pub mod rotate;
 pub mod token;
 pub mod webhook;
 
@@ -312,13 +313,25 @@ pub type CmdResult = Result<(), Failure>;
 /// A GET over plain HTTP/1.0 to an admin endpoint at `addr` (`host:port`,
 /// resolved now; each address tried in turn): (status, body).
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path)
+}
+
+/// One plain HTTP/1.0 request (GET, or a POST with no body, which carries a
+/// header no browser form can send); the status and body, None when
+/// nothing answered.
+pub fn http_request(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = resolve(addr).ok()?.into_iter().find_map(|a| {
         std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).ok()
     })?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let extra = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\nX-Weft-Operator: 1\r\n"
+    };
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
