@@ -89,9 +89,9 @@ fn mesh(s: &Scratch) -> Mesh {
     s.guide_material();
     let be_app = echo_server();
     std::fs::create_dir(s.path("resources")).unwrap();
-    let cp = s.control_plane(&["--resources", "resources"]);
-    ready(cp.addr("admin listening on"));
     let (be_in, fe_in, fe_app, out) = (free_port(), free_port(), free_port(), free_port());
+    // Written before the control plane starts, so it is read with the rest
+    // (not left to a file event, which a loaded machine may deliver late).
     s.write(
         "resources/demo.yaml",
         [
@@ -100,6 +100,8 @@ fn mesh(s: &Scratch) -> Mesh {
         ]
         .concat(),
     );
+    let cp = s.control_plane(&["--resources", "resources"]);
+    ready(cp.addr("admin listening on"));
     let (cap, handshake) = (CAP.to_string(), format!("{}s", HANDSHAKE.as_secs()));
     let be_limits = [
         "--inbound-max-connections",
