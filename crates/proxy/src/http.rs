@@ -242,8 +242,9 @@ fn unavailable(grpc: bool, port: u16, e: impl std::fmt::Display) -> Response<Bod
 
 /// Rewrites the request's path to its normal form (the query kept), or says
 /// why it has none. A request without a path (CONNECT's authority form) is
-/// left as it is.
-fn normalize_path<B>(req: &mut Request<B>, keep_encoded_slashes: bool) -> Result<(), String> {
+/// left as it is. Public (hidden) for the fuzz targets in fuzz/.
+#[doc(hidden)]
+pub fn normalize_path<B>(req: &mut Request<B>, keep_encoded_slashes: bool) -> Result<(), String> {
     let Some(pq) = req.uri().path_and_query() else {
         return Ok(());
     };
