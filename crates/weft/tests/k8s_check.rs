@@ -211,7 +211,7 @@ fn forward_admin(env: &K8sEnv, cp_ns: &str, target: SocketAddr) -> Result<String
 /// refused while kwok has no forward for the pod, passing once it forwards
 /// to the local control plane's admin address, failing again when the
 /// forward points nowhere.
-fn tunnel(env: &K8sEnv, cp_ns: &str, admin: SocketAddr) -> Result<()> {
+fn tunnel(env: &K8sEnv, cp_ns: &str, admin: SocketAddr, no_rbac: &Path) -> Result<()> {
     let reach = "the control plane's fleet view is reachable";
     let (code, refused) = check(env, cp_ns, &["--proxy"]);
     println!("weft check --proxy, no --admin-addr, kwok forwards nothing:\n{refused}");
@@ -244,6 +244,27 @@ fn tunnel(env: &K8sEnv, cp_ns: &str, admin: SocketAddr) -> Result<()> {
     let (code, out) = check(env, cp_ns, &[]);
     println!("weft check, no --admin-addr (runs took {took:.1?}):\n{out}");
     ensure!(code == 0 && out.contains(&format!("√ {reach}")), "{out}");
+
+    // A user without get/create on pods/portforward (the control plane's own
+    // ServiceAccount): the API server refuses the forward.
+    let out = env
+        .cp_cmd(env!("CARGO_BIN_EXE_weft"))
+        .args(["check", "--proxy", "--kubeconfig"])
+        .arg(no_rbac)
+        .args(["--controller-namespace", cp_ns])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "weft check --proxy as {cp_ns}/weft-identity:\n{}",
+        failed(&text)
+    );
+    ensure!(
+        out.status.code() == Some(1)
+            && text.contains(&format!("× {reach}"))
+            && text.contains(&format!("refused a port-forward to pod {pod}"))
+            && text.contains("create on pods/portforward"),
+        "{text}"
+    );
 
     // The forward pointing nowhere: the fleet check fails, naming the pod.
     forward_admin(env, cp_ns, "127.0.0.1:1".parse()?)?;
@@ -376,7 +397,7 @@ fn check_pre_and_check_pass_on_a_cluster_and_fail_naming_the_check() -> Result<(
         code == 0 && narrowed.contains("(1 of 1)") && !narrowed.contains("weft-identity"),
         "{narrowed}"
     );
-    tunnel(&env, &t.cp_ns, admin_addr)?;
+    tunnel(&env, &t.cp_ns, admin_addr, &kubeconfig)?;
     let (_, elsewhere) = check(
         &env,
         &t.cp_ns,

@@ -35,7 +35,7 @@ pub struct CheckArgs {
     /// With --proxy: warn about proxy certificates that expire sooner than this (healthy proxies renew at 70% of their lifetime)
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub proxy_expiry_warning: std::time::Duration,
-    /// The control plane's admin address, host:port (a DNS name is resolved when read; read by --proxy and by a cluster check's data plane). Default: with a kubeconfig, a port-forward through the API server to a Ready control-plane pod (needs create on pods/portforward); without one, the local control plane (127.0.0.1:9990)
+    /// The control plane's admin address, host:port (a DNS name is resolved when read; read by --proxy and by a cluster check's data plane). Default: with a kubeconfig, a port-forward through the API server to a Ready control-plane pod (needs get and create on pods/portforward); without one, the local control plane (127.0.0.1:9990)
     #[arg(long, value_parser = super::host_port)]
     pub admin_addr: Option<String>,
     /// Pre-installation checks against the cluster of the kubeconfig: API reachable, Kubernetes version, clock skew, permissions to create what install creates, CRDs, Pod Security of meshed namespaces

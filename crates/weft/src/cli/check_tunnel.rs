@@ -67,10 +67,12 @@ fn selector() -> String {
     format!("app.kubernetes.io/name={DEPLOYMENT}")
 }
 
-/// The hint a failed tunnel ends with: the RBAC it needs, and the manual way.
+/// The hint a failed tunnel ends with: the RBAC it needs (a WebSocket
+/// port-forward is a GET, authorized as get; newer API servers also ask
+/// for create, which kubectl's port-forward needs), and the manual way.
 pub fn hint(namespace: &str) -> String {
     format!(
-        "the caller needs create on pods/portforward in {namespace} (kubectl auth can-i create pods/portforward -n {namespace}); or kubectl -n {namespace} port-forward deploy/{DEPLOYMENT} {ADMIN_PORT}:{ADMIN_PORT}, then pass --admin-addr 127.0.0.1:{ADMIN_PORT}"
+        "the caller needs get and create on pods/portforward in {namespace} (kubectl auth can-i get pods/portforward -n {namespace}); or kubectl -n {namespace} port-forward deploy/{DEPLOYMENT} {ADMIN_PORT}:{ADMIN_PORT}, then pass --admin-addr 127.0.0.1:{ADMIN_PORT}"
     )
 }
 
@@ -264,7 +266,8 @@ mod tests {
             c.error
         );
         assert!(
-            c.hint.contains("create on pods/portforward in weft"),
+            c.hint
+                .contains("get and create on pods/portforward in weft"),
             "{}",
             c.hint
         );
