@@ -18,6 +18,10 @@
 #                  EndpointSlice validation rejects 127.0.0.0/8, so never a loopback range)
 #   K8S_READY_TIMEOUT  seconds to wait for /readyz (default 120)
 #   K8S_APISERVER_EXTRA_FLAGS  extra kube-apiserver flags (word-split)
+#   K8S_KUBELET_PORT  kwok serves the kubelet API (port-forward) on 0.0.0.0:PORT, the node's kubeletEndpoint
+#                  (default: a free port). The API server reaches it at the node's InternalIP (no verification of
+#                  kwok's self-signed serving cert: no --kubelet-certificate-authority). kwok forwards a pod's port
+#                  where a PortForward object (kwok.x-k8s.io/v1alpha1, named after the pod) says; none: refused.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/versions.env"
@@ -58,6 +62,7 @@ ETCD_PORT=${K8S_ETCD_PORT:-$(free_port)}
 ETCD_PEER_PORT=${K8S_ETCD_PEER_PORT:-$(free_port)}
 CM_PORT=${K8S_CONTROLLER_MANAGER_PORT:-$(free_port)}
 SCHED_PORT=${K8S_SCHEDULER_PORT:-$(free_port)}
+KUBELET_PORT=${K8S_KUBELET_PORT:-$(free_port)}
 # every check below talks to loopback: never through a proxy from the environment
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 
@@ -115,6 +120,7 @@ setsid nohup "$K8S_BIN_DIR/kube-apiserver" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
   --service-cluster-ip-range=10.96.0.0/16 \
+  --kubelet-preferred-address-types=InternalIP \
   --endpoint-reconciler-type=none \
   --allow-privileged=true \
   --profiling=false \
@@ -165,6 +171,17 @@ KC
 chmod 600 "$R/kubeconfig"
 
 KC="$R/kubeconfig"
+# kwok's PortForward CRD, served before kwok starts watching it
+curl -fsS -o /dev/null --cacert "$P/ca.crt" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/yaml' \
+  -X POST --data-binary @"$HERE/kwok-crd-portforwards.yaml" \
+  "https://127.0.0.1:$API_PORT/apis/apiextensions.k8s.io/v1/customresourcedefinitions" \
+  || { log "cannot create kwok's PortForward CRD"; exit 1; }
+T3=$SECONDS
+until curl -fsS -o /dev/null --cacert "$P/ca.crt" -H "Authorization: Bearer $TOKEN" \
+        "https://127.0.0.1:$API_PORT/apis/kwok.x-k8s.io/v1alpha1/portforwards" 2>/dev/null; do
+  [ $((SECONDS - T3)) -lt 60 ] || { log "kwok's PortForward CRD not served after 60s"; exit 1; }
+  sleep 0.2
+done
 log "starting kube-controller-manager, kube-scheduler, kwok (node IP $NODE_IP, pod CIDR $POD_CIDR)"
 setsid nohup "$K8S_BIN_DIR/kube-controller-manager" --kubeconfig="$KC" \
   --authentication-kubeconfig="$KC" --authorization-kubeconfig="$KC" \
@@ -185,6 +202,7 @@ setsid nohup "$K8S_BIN_DIR/kwok" --kubeconfig="$KC" --config="$K8S_BIN_DIR/kwok-
   --config="$HERE/kwok-stages-readiness.yaml" \
   --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --node-ip="$NODE_IP" --cidr="$POD_CIDR" --node-lease-duration-seconds=40 \
+  --node-port="$KUBELET_PORT" --enable-crds=PortForward \
   >"$R/kwok.log" 2>&1 < /dev/null &
 echo $! > "$R/kwok.pid"
 cat > "$R/node.json" <<N
@@ -224,6 +242,7 @@ export K8S_APISERVER_PID=$(cat "$R/apiserver.pid")
 export K8S_ETCD_PID=$(cat "$R/etcd.pid")
 export K8S_ETCD_URL=http://127.0.0.1:$ETCD_PORT
 export K8S_POD_CIDR=$POD_CIDR
+export K8S_KUBELET_PORT=$KUBELET_PORT
 ENV
 log "kubeconfig: $R/kubeconfig   pids: apiserver=$(cat "$R/apiserver.pid") etcd=$(cat "$R/etcd.pid")   logs: $R/*.log"
 log "stop with: K8S_RUN_DIR=$R $HERE/down.sh"

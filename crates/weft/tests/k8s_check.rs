@@ -6,7 +6,9 @@
 //! `weft proxy` connected to it, `weft check` passes (text and `-o json`);
 //! a proxy one release behind is a warning; and it fails, naming the check,
 //! when the webhook is unreachable, a CRD is missing, the issuer Secret
-//! holds a foreign issuer, and a proxy is on an old bundle.
+//! holds a foreign issuer, and a proxy is on an old bundle. Without
+//! `--admin-addr` it reads the fleet view through a port-forward to the
+//! control plane's pod (kwok forwards it to the local control plane).
 //!
 //! Its own test binary: the webhook configuration is cluster-wide.
 //! Needs root (network namespaces) and the testenv/k8s binaries (built if
@@ -178,6 +180,101 @@ fn signal(p: &Proc, sig: &str) -> Result<()> {
     Ok(())
 }
 
+/// kwok forwards port 9990 of the control plane's (fake) pod to `target`
+/// (a PortForward object named after the pod): the pod's name.
+fn forward_admin(env: &K8sEnv, cp_ns: &str, target: SocketAddr) -> Result<String> {
+    let pod = kubectl(
+        env,
+        &[
+            "get",
+            "pods",
+            "-n",
+            cp_ns,
+            "-l",
+            "app.kubernetes.io/name=weft-control-plane",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    )?;
+    ensure!(!pod.is_empty(), "no control-plane pod in {cp_ns}");
+    let yaml = format!(
+        "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: PortForward\nmetadata: {{name: {pod}, namespace: {cp_ns}}}\nspec:\n  forwards:\n  - ports: [9990]\n    target: {{address: \"{}\", port: {}}}\n",
+        target.ip(),
+        target.port()
+    );
+    kubectl_stdin(env, &["apply"], &yaml)?;
+    Ok(pod)
+}
+
+/// Without --admin-addr the check reaches the fleet view through the API
+/// server (a port-forward to the control plane's pod, which kwok serves):
+/// refused while kwok has no forward for the pod, passing once it forwards
+/// to the local control plane's admin address, failing again when the
+/// forward points nowhere.
+fn tunnel(env: &K8sEnv, cp_ns: &str, admin: SocketAddr, no_rbac: &Path) -> Result<()> {
+    let reach = "the control plane's fleet view is reachable";
+    let (code, refused) = check(env, cp_ns, &["--proxy"]);
+    println!("weft check --proxy, no --admin-addr, kwok forwards nothing:\n{refused}");
+    ensure!(
+        code == 1
+            && refused.contains(&format!("× {reach}"))
+            && refused.contains("port-forward to pod weft-control-plane-")
+            && refused.contains("pods/portforward")
+            && refused.contains("--admin-addr 127.0.0.1:9990"),
+        "{refused}"
+    );
+    let pod = forward_admin(env, cp_ns, admin)?;
+    let (_, out) = until_check(
+        env,
+        cp_ns,
+        &["--proxy"],
+        &[
+            &format!("√ {reach}"),
+            "√ every injected pod's proxy is connected and on the current trust bundle (1 of 1)",
+        ],
+    )?;
+    println!("weft check --proxy through a port-forward to {pod}:\n{out}");
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let (code, out) = check(env, cp_ns, &[]);
+        took.push(t0.elapsed());
+        ensure!(code == 0, "weft check without --admin-addr failed:\n{out}");
+    }
+    let (code, out) = check(env, cp_ns, &[]);
+    println!("weft check, no --admin-addr (runs took {took:.1?}):\n{out}");
+    ensure!(code == 0 && out.contains(&format!("√ {reach}")), "{out}");
+
+    // A user without get/create on pods/portforward (the control plane's own
+    // ServiceAccount): the API server refuses the forward.
+    let out = env
+        .cp_cmd(env!("CARGO_BIN_EXE_weft"))
+        .args(["check", "--proxy", "--kubeconfig"])
+        .arg(no_rbac)
+        .args(["--controller-namespace", cp_ns])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "weft check --proxy as {cp_ns}/weft-identity:\n{}",
+        failed(&text)
+    );
+    ensure!(
+        out.status.code() == Some(1)
+            && text.contains(&format!("× {reach}"))
+            && text.contains(&format!("refused a port-forward to pod {pod}"))
+            && text.contains("create on pods/portforward"),
+        "{text}"
+    );
+
+    // The forward pointing nowhere: the fleet check fails, naming the pod.
+    forward_admin(env, cp_ns, "127.0.0.1:1".parse()?)?;
+    let (code, out) = until_check(env, cp_ns, &[], &[&format!("× {reach}")])?;
+    ensure!(code == 1 && out.contains(&pod), "{out}");
+    println!("{}", failed(&out));
+    kubectl(env, &["delete", "portforward", "-n", cp_ns, &pod])?;
+    Ok(())
+}
+
 /// The pre-install checks: pass on a fresh cluster, fail for a meshed
 /// namespace that enforces Pod Security `restricted`.
 fn pre(env: &K8sEnv, t: &Tenant) -> Result<()> {
@@ -300,13 +397,7 @@ fn check_pre_and_check_pass_on_a_cluster_and_fail_naming_the_check() -> Result<(
         code == 0 && narrowed.contains("(1 of 1)") && !narrowed.contains("weft-identity"),
         "{narrowed}"
     );
-    let (code, no_admin) = check(&env, &t.cp_ns, &["--proxy"]);
-    ensure!(
-        code == 1
-            && no_admin.contains("× the control plane's fleet view is reachable")
-            && no_admin.contains("port-forward"),
-        "{no_admin}"
-    );
+    tunnel(&env, &t.cp_ns, admin_addr, &kubeconfig)?;
     let (_, elsewhere) = check(
         &env,
         &t.cp_ns,

@@ -46,6 +46,11 @@ pub const POD_CIDR: &str = "10.10.0.128/25";
 /// namespace, so fixed ports never collide).
 pub const API_PORT: u16 = 6443;
 
+/// kwok's kubelet API port (the fake node's kubeletEndpoint) inside the cp
+/// namespace: the API server's port-forwards go there, and kwok forwards
+/// them where a PortForward object (kwok.x-k8s.io/v1alpha1) says.
+pub const KUBELET_PORT: u16 = 10250;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// What starting the environment cost.
@@ -145,6 +150,8 @@ impl K8sEnv {
             .env("K8S_ETCD_PEER_PORT", "2380")
             .env("K8S_CONTROLLER_MANAGER_PORT", "10257")
             .env("K8S_SCHEDULER_PORT", "10259")
+            // kwok's kubelet API (port-forward to PortForward objects' targets), at the node's InternalIP
+            .env("K8S_KUBELET_PORT", KUBELET_PORT.to_string())
             // every address of the cp namespace (its loopback and pod IP), none of the host's
             .env("K8S_BIND_ADDRESS", "0.0.0.0")
             .env("K8S_ADVERTISE_ADDRESS", self.cp.ip.to_string())

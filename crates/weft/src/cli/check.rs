@@ -35,7 +35,7 @@ pub struct CheckArgs {
     /// With --proxy: warn about proxy certificates that expire sooner than this (healthy proxies renew at 70% of their lifetime)
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub proxy_expiry_warning: std::time::Duration,
-    /// The control plane's admin address, host:port (a DNS name is resolved when read; read by --proxy and by a cluster check's data plane). Default: the local control plane (127.0.0.1:9990) when no kubeconfig is found
+    /// The control plane's admin address, host:port (a DNS name is resolved when read; read by --proxy and by a cluster check's data plane). Default: with a kubeconfig, a port-forward through the API server to a Ready control-plane pod (needs get and create on pods/portforward); without one, the local control plane (127.0.0.1:9990)
     #[arg(long, value_parser = super::host_port)]
     pub admin_addr: Option<String>,
     /// Pre-installation checks against the cluster of the kubeconfig: API reachable, Kubernetes version, clock skew, permissions to create what install creates, CRDs, Pod Security of meshed namespaces
@@ -148,51 +148,54 @@ pub type Category = (String, Option<String>, Vec<CheckResult>);
 /// The local control plane's admin endpoint (its default).
 const LOCAL_ADMIN: &str = "127.0.0.1:9990";
 
-/// The fleet view from the control plane's admin endpoint: the summary,
-/// the reachability check, and the view when it was read. `None`: no
-/// address given in a cluster check.
-pub(super) fn fleet(
-    admin_addr: Option<&str>,
-) -> (
+/// A category's fleet part: the summary, the reachability check, and the
+/// view when it was read.
+pub(super) type Fleet = (
     Option<String>,
     Vec<CheckResult>,
     Option<control_plane::fleet::FleetView>,
-) {
+);
+
+/// What GET /fleet answered, as a fleet view; `source` names where it
+/// asked (an address, a pod's port).
+pub(super) fn parse_fleet(
+    source: &str,
+    answer: Option<(u16, String)>,
+) -> Result<control_plane::fleet::FleetView, String> {
+    match answer {
+        None => Err(format!("no answer from {source} (GET /fleet)")),
+        Some((200, body)) => serde_json::from_str(&body)
+            .map_err(|e| format!("GET /fleet from {source}: not a fleet view: {e}")),
+        Some((code, body)) => Err(format!(
+            "GET /fleet from {source} answered {code}: {}",
+            body.trim()
+        )),
+    }
+}
+
+/// The reachability check and summary from what fetching the view gave;
+/// `hint` says how to reach it when it failed.
+pub(super) fn judge_fleet(
+    fetched: Result<control_plane::fleet::FleetView, String>,
+    hint: &str,
+) -> Fleet {
     let reach = "the control plane's fleet view is reachable";
-    let Some(addr) = admin_addr else {
-        return (
-            None,
-            vec![CheckResult::fail(
-                reach,
-                "the fleet view is on the control plane's admin endpoint, which listens on the pod's loopback only; this weft does not reach it through the API server",
-                "kubectl -n <the control plane's namespace> port-forward deploy/weft-control-plane 9990:9990, then pass --admin-addr 127.0.0.1:9990",
-            )],
-            None,
-        );
-    };
-    let fetched = http_get(addr, "/fleet")
-        .ok_or_else(|| format!("no answer from {addr} (GET /fleet)"))
-        .and_then(|(code, body)| match code {
-            200 => serde_json::from_str::<control_plane::fleet::FleetView>(&body)
-                .map_err(|e| format!("{addr}/fleet is not a fleet view: {e}")),
-            code => Err(format!("{addr}/fleet answered {code}: {}", body.trim())),
-        });
     match fetched {
         Ok(v) => (
             Some(control_plane::fleet_check::summary(&v)),
             vec![CheckResult::ok(reach)],
             Some(v),
         ),
-        Err(e) => (
-            None,
-            vec![CheckResult::fail(
-                reach,
-                e,
-                "pass the control plane's --admin-addr with --admin-addr (it listens on 127.0.0.1:9990 by default; run this on that host)",
-            )],
-            None,
-        ),
+        Err(e) => (None, vec![CheckResult::fail(reach, e, hint)], None),
     }
+}
+
+/// The fleet view from the control plane's admin endpoint at `addr`.
+pub(super) fn fleet(addr: &str) -> Fleet {
+    judge_fleet(
+        parse_fleet(addr, http_get(addr, "/fleet")),
+        "pass the control plane's --admin-addr with --admin-addr (it listens on 127.0.0.1:9990 by default; run this on that host)",
+    )
 }
 
 /// What `weft check` checks, from its flags and the environment.
@@ -235,7 +238,7 @@ fn kubeconfig(a: &CheckArgs) -> Option<PathBuf> {
 /// The local control plane's fleet, judged (narrowed with `-n`).
 fn fleet_category(a: &CheckArgs) -> Category {
     let addr = a.admin_addr.as_deref().unwrap_or(LOCAL_ADMIN);
-    let (summary, mut checks, view) = fleet(Some(addr));
+    let (summary, mut checks, view) = fleet(addr);
     let view = match &a.namespace {
         Some(ns) => view.map(|v| super::check_plane::narrow(v, ns)),
         None => view,

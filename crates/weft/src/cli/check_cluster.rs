@@ -14,6 +14,7 @@ use super::check::Category;
 use super::check_facts as f;
 use super::check_kube as k;
 use super::check_plane as p;
+use super::check_tunnel as t;
 use super::install_manifests as m;
 
 /// Where a dry-run pod asks the injector (a namespace it covers).
@@ -218,8 +219,24 @@ async fn identity(c: &Client, cp_ns: &str, expiry_warning: Duration) -> Vec<Chec
     checks
 }
 
+/// The fleet view through the API server: a port-forward to a Ready
+/// control-plane pod's admin port.
+async fn fleet_through_api(c: &Client, cp_ns: &str) -> super::check::Fleet {
+    let fetched = match t::fleet(c, cp_ns).await {
+        Ok((pod, answer)) => {
+            let source = format!("pod {cp_ns}/{pod} port {} (a port-forward)", t::ADMIN_PORT);
+            super::check::parse_fleet(&source, Some(answer))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    super::check::judge_fleet(fetched, &t::hint(cp_ns))
+}
+
 async fn data_plane(c: &Client, a: &Cluster) -> Category {
-    let (summary, mut checks, view) = super::check::fleet(a.admin_addr.as_deref());
+    let (summary, mut checks, view) = match a.admin_addr.as_deref() {
+        Some(addr) => super::check::fleet(addr),
+        None => fleet_through_api(c, &a.controller_namespace).await,
+    };
     let Some(view) = view else {
         return ("weft-data-plane".into(), summary, checks);
     };

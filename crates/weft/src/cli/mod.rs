@@ -6,6 +6,7 @@ mod check_cluster;
 mod check_facts;
 mod check_kube;
 mod check_plane;
+mod check_tunnel;
 pub mod control_plane;
 pub mod demo;
 pub mod duration;
