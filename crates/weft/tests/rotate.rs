@@ -50,6 +50,7 @@ fn rotate_issuer_renews_the_fleet_with_no_failed_request() {
     rotation::new_anchor_and_issuer(&s);
     issuer_under_ca(&s, "next", "8760h");
     issuer_under_ca(&s, "short", "240h");
+    issuer_under_ca(&s, "third", "8760h");
     let app = spawn_app();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     std::fs::create_dir(s.path("resources")).unwrap();
@@ -156,6 +157,30 @@ fn rotate_issuer_renews_the_fleet_with_no_failed_request() {
         assert_eq!(p.issuer_sha256, new_issuer, "{}", p.workload);
         assert_ne!(p.leaf_serial, old.leaf_serial, "{} renewed", p.workload);
     }
+    // Again, for automation: one JSON event a line, ending in "done".
+    let r = rotate(
+        "third.crt",
+        "third.key",
+        &["--timeout", "60s", "-o", "json"],
+    )
+    .ok();
+    let events: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    println!("events: {kinds:?}");
+    assert_eq!(kinds.first(), Some(&"installed"), "{}", r.stdout);
+    assert!(
+        kinds.contains(&"in_force") && kinds.contains(&"renew_now"),
+        "{kinds:?}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last["event"].as_str(), last["proxies"].as_u64()),
+        (Some("done"), Some(3))
+    );
     traffic.more(20);
     let (ok, failed) = traffic.finish();
     println!("traffic through the rotation: {ok} requests, {failed} failed");

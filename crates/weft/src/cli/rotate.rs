@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use control_plane::fleet::FleetView;
 use pki::check::{CheckConfig, Status, identity_checks, load_identity_material};
+use serde_json::json;
 
 use super::duration::parse_duration;
 use super::{CmdResult, Failure, http_get, http_request};
@@ -48,6 +49,56 @@ pub struct IssuerArgs {
     /// How long to wait for the control plane and then the fleet
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Output: text (a live progress line on a terminal, plain lines when piped) or json (one event object a line)
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: super::Output,
+}
+
+/// Where the rotation's steps are told: one JSON object a line, or text
+/// (progress rewritten in place on a terminal, a line each when piped).
+struct Events {
+    json: bool,
+    live: bool,
+    start: Instant,
+    /// A live line is on screen and needs its newline before the next.
+    open: std::cell::Cell<bool>,
+}
+
+impl Events {
+    fn new(output: &super::Output, start: Instant) -> Self {
+        use std::io::IsTerminal;
+        let json = matches!(output, super::Output::Json);
+        Self {
+            json,
+            live: !json && std::io::stdout().is_terminal(),
+            start,
+            open: std::cell::Cell::new(false),
+        }
+    }
+
+    /// One step: `event` names it, `fields` carry its data, `text` says it.
+    fn say(&self, event: &str, fields: serde_json::Value, text: &str) {
+        let elapsed = self.start.elapsed();
+        if self.json {
+            let mut v = serde_json::json!({"event": event, "elapsed_s": elapsed.as_secs_f64(), "message": text});
+            if let (Some(o), serde_json::Value::Object(f)) = (v.as_object_mut(), fields) {
+                o.extend(f);
+            }
+            outln!("{v}");
+        } else if self.live && event == "progress" {
+            out!("\r{text} ({elapsed:.1?})\x1b[K");
+            self.open.set(true);
+        } else {
+            if self.open.replace(false) {
+                outln!();
+            }
+            if event == "progress" {
+                outln!("{text} ({elapsed:.1?})");
+            } else {
+                outln!("{text}");
+            }
+        }
+    }
 }
 
 pub fn run(c: RotateCmd) -> CmdResult {
@@ -186,21 +237,27 @@ fn issuer(a: IssuerArgs) -> CmdResult {
         .filter(|p| p.state == "connected")
         .map(|p| p.workload.clone())
         .collect();
+    let ev = Events::new(&a.output, start);
+    let short = &new_issuer[..12];
     if before
         .bundle
         .as_ref()
         .is_some_and(|b| b.issuer_sha256 == new_issuer)
     {
-        outln!(
-            "the control plane already serves issuer {}",
-            &new_issuer[..12]
+        ev.say(
+            "already_in_force",
+            json!({"issuer": new_issuer}),
+            &format!("the control plane already serves issuer {short}"),
         );
     } else if a.dry_run {
-        outln!(
-            "dry run: issuer {} ({}) passes every check against {}; nothing was changed",
-            &new_issuer[..12],
-            a.cert.display(),
-            a.identity_trust_anchors_file.display()
+        ev.say(
+            "dry_run",
+            json!({"issuer": new_issuer}),
+            &format!(
+                "dry run: issuer {short} ({}) passes every check against {}; nothing was changed",
+                a.cert.display(),
+                a.identity_trust_anchors_file.display()
+            ),
         );
         return Ok(());
     } else {
@@ -209,10 +266,13 @@ fn issuer(a: IssuerArgs) -> CmdResult {
             read(&a.identity_issuer_key_file)?,
         );
         install(&a, &new_cert, &new_key)?;
-        outln!(
-            "installed issuer {} over {}",
-            &new_issuer[..12],
-            a.identity_issuer_certificate_file.display()
+        ev.say(
+            "installed",
+            json!({"issuer": new_issuer}),
+            &format!(
+                "installed issuer {short} over {}",
+                a.identity_issuer_certificate_file.display()
+            ),
         );
         if let Err(why) = wait_in_force(&a, &new_issuer, &expected, start) {
             install(&a, &old_cert, &old_key)?;
@@ -221,14 +281,23 @@ fn issuer(a: IssuerArgs) -> CmdResult {
             )));
         }
     }
-    outln!(
-        "the control plane serves the new issuer ({:.1?})",
-        start.elapsed()
+    ev.say(
+        "in_force",
+        json!({"issuer": new_issuer}),
+        &format!(
+            "the control plane serves the new issuer ({:.1?})",
+            start.elapsed()
+        ),
     );
     if let Some((code, body)) = http_request(&a.admin_addr, "POST", "/renew-now") {
-        outln!("renew-now: {code} {}", body.trim().replace('\n', " "));
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or(json!(body.trim()));
+        ev.say(
+            "renew_now",
+            json!({"status": code, "answer": answer}),
+            &format!("renew-now: {code} {}", body.trim().replace('\n', " ")),
+        );
     }
-    wait_converged(&a, &new_issuer, &expected, start)
+    wait_converged(&a, &new_issuer, &expected, start, &ev)
 }
 
 fn wait_in_force(
@@ -260,15 +329,20 @@ fn wait_converged(
     new_issuer: &str,
     expected: &BTreeSet<String>,
     start: Instant,
+    ev: &Events,
 ) -> CmdResult {
     let mut last = String::new();
     loop {
         let p = fleet(&a.admin_addr).map(|v| progress(&v, new_issuer, expected));
         let line = match &p {
             Ok(Progress::Done { proxies }) => {
-                outln!(
-                    "every connected proxy serves a leaf from the new issuer ({proxies} of {proxies}, {:.1?})",
-                    start.elapsed()
+                ev.say(
+                    "done",
+                    json!({"proxies": proxies}),
+                    &format!(
+                        "every connected proxy serves a leaf from the new issuer ({proxies} of {proxies}, {:.1?})",
+                        start.elapsed()
+                    ),
                 );
                 return Ok(());
             }
@@ -287,7 +361,17 @@ fn wait_converged(
             Err(e) => e.clone(),
         };
         if line != last {
-            outln!("{line} ({:.1?})", start.elapsed());
+            let fields = match &p {
+                Ok(Progress::Converging {
+                    done,
+                    of,
+                    stragglers,
+                }) => {
+                    json!({"done": done, "of": of, "stragglers": stragglers})
+                }
+                _ => json!({}),
+            };
+            ev.say("progress", fields, &line);
             last = line;
         }
         if start.elapsed() > a.timeout {
