@@ -44,10 +44,7 @@ fn start_cp(s: &Scratch, ports: &[u16; 4]) -> Proc {
     cp
 }
 
-fn fleet(admin: SocketAddr) -> Option<FleetView> {
-    let (code, body) = http_get(admin, "/fleet").ok()?;
-    (code == 200).then(|| serde_json::from_str(&body).expect("fleet JSON"))
-}
+use common::rotation::fleet;
 
 fn check_proxy(s: &Scratch, admin: SocketAddr) -> common::Run {
     s.weft(&["check", "--proxy", "--admin-addr", &admin.to_string()])

@@ -13,14 +13,10 @@ use common::Scratch;
 use common::mesh::{free_port, spawn_app, start_proxy, workload};
 use common::proc::{http_get, poll};
 use common::rotation;
-use control_plane::fleet::FleetView;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn fleet(admin: SocketAddr) -> Option<FleetView> {
-    let (code, body) = http_get(admin, "/fleet").ok()?;
-    (code == 200).then(|| serde_json::from_str(&body).expect("fleet JSON"))
-}
+use common::rotation::fleet;
 
 #[test]
 fn a_refused_issuer_is_named_by_ready_fleet_and_check_while_traffic_flows() {

@@ -10,16 +10,11 @@ use std::time::Duration;
 
 use common::Scratch;
 use common::mesh::{free_port, spawn_app, start_proxy, workload};
-use common::proc::http_get;
 use common::rotation;
-use control_plane::fleet::FleetView;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn fleet(admin: SocketAddr) -> Option<FleetView> {
-    let (code, body) = http_get(admin, "/fleet").ok()?;
-    (code == 200).then(|| serde_json::from_str(&body).expect("fleet JSON"))
-}
+use common::rotation::fleet;
 
 /// An issuer under the guide's anchor (ca.crt), with `not_after`.
 fn issuer_under_ca(s: &Scratch, name: &str, not_after: &str) {

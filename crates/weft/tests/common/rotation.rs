@@ -46,6 +46,12 @@ pub fn new_anchor_and_issuer(s: &Scratch) {
     .ok();
 }
 
+/// The control plane's fleet view at `admin`, if it answers.
+pub fn fleet(admin: std::net::SocketAddr) -> Option<FleetView> {
+    let (code, body) = super::proc::http_get(admin, "/fleet").ok()?;
+    (code == 200).then(|| serde_json::from_str(&body).expect("fleet JSON"))
+}
+
 /// Polls `fetch` until `ok` holds; returns the view and how long it took.
 pub fn until(
     what: &str,
