@@ -163,11 +163,14 @@ impl Gate {
             .inc();
     }
 
-    /// Runs `handshake` under the handshake deadline; a timeout is counted.
+    /// Runs `handshake` under the handshake deadline; a timeout is counted
+    /// before the handshake (and the socket it owns) is dropped, so whoever
+    /// sees the close also sees the count.
     pub async fn handshake<T, E>(
         &self,
         handshake: impl Future<Output = Result<T, E>>,
     ) -> Option<Result<T, E>> {
+        let handshake = std::pin::pin!(handshake);
         match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
             Ok(r) => Some(r),
             Err(_) => {
@@ -184,8 +187,11 @@ impl Gate {
         activity: &Activity,
         conn: F,
     ) -> Option<F::Output> {
+        // Pinned here, not inside select!, so the connection is dropped
+        // after the count.
+        let mut conn = std::pin::pin!(conn);
         tokio::select! {
-            out = conn => Some(out),
+            out = conn.as_mut() => Some(out),
             () = idle_for(activity, self.limits.idle_timeout) => {
                 self.count(Hit::IdleTimeout);
                 None
