@@ -93,17 +93,20 @@ pub async fn run(
             Some(issuer) if due || held_generation != Some(status.generation) => {
                 match issue(&cfg, issuer, status.generation) {
                     Ok(own) => {
+                        // In force before it is logged: the line means the
+                        // TLS listeners present it.
+                        let (serial, not_after) = (own.serial.clone(), own.not_after);
+                        tx.send_replace(Some(Arc::new(own)));
                         let wait =
-                            refresh_in(OffsetDateTime::now_utc(), own.not_after, cfg.min_refresh);
+                            refresh_in(OffsetDateTime::now_utc(), not_after, cfg.min_refresh);
+                        renew_at = Some(tokio::time::Instant::now() + wait);
                         tracing::info!(
                             identity = %cfg.identity,
-                            serial = %own.serial,
-                            not_after = %pki::info::rfc3339(own.not_after),
+                            %serial,
+                            not_after = %pki::info::rfc3339(not_after),
                             renew_in_s = wait.as_secs(),
                             "control plane certificate issued"
                         );
-                        renew_at = Some(tokio::time::Instant::now() + wait);
-                        tx.send_replace(Some(Arc::new(own)));
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot issue the control plane's own certificate; retrying");

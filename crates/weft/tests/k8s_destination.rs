@@ -50,7 +50,7 @@ fn destination_answers_for_cluster_addresses() -> Result<()> {
     let cp = control_plane(&env, &s, &cp_ns, &kubeconfig);
     let ia = cp.addr("identity listening on");
     let da = cp.addr("destination listening on");
-    cp.wait_for_line("resources loaded", Duration::from_secs(30));
+    common::kube::serving(&cp);
     certify(&env, &s, ia, "web", &ns, &cp_ns)?;
     let (crt, channel) = cp_channel(&env, &s, da, "web", &cp_ns)?;
     // Nothing in the bed's pod range is at .250 (kwok hands out from .129).
@@ -283,7 +283,7 @@ spec:
     let cp = control_plane(&env, &s, &cp_ns, &kubeconfig);
     let ia = cp.addr("identity listening on");
     let da = cp.addr("destination listening on");
-    cp.wait_for_line("resources loaded", Duration::from_secs(30));
+    common::kube::serving(&cp);
     certify(&env, &s, ia, "web", &ns, &cp_ns)?;
     let (crt, channel) = cp_channel(&env, &s, da, "web", &cp_ns)?;
     let want_id = identity("web", &ns, &cp_ns);

@@ -175,7 +175,7 @@ fn kubernetes_policy_matches_explain_and_updates_live() -> Result<()> {
     let ia = cp.addr("identity listening on");
     let pa = cp.addr("policy listening on");
     let t0 = Instant::now();
-    cp.wait_for_line("resources loaded", Duration::from_secs(30));
+    common::kube::serving(&cp);
     println!(
         "control plane started -> Kubernetes resources loaded in {:.1?}",
         t0.elapsed()
@@ -348,7 +348,7 @@ fn refused_objects_grant_nothing(
     // A restarted replica (a new process, reading the same objects): the
     // same answer.
     let restarted = common::kube::control_plane(env, s, cp_ns, &s.path("weft-identity.kubeconfig"));
-    restarted.wait_for_line("resources loaded", Duration::from_secs(30));
+    common::kube::serving(&restarted);
     let t0 = Instant::now();
     let again = loop {
         match watch_ports(

@@ -199,6 +199,14 @@ pub fn control_plane_with(
     Proc::spawn_cmd(cmd)
 }
 
+/// Waits until the control plane serves: Kubernetes resources loaded and
+/// its own certificate issued (the line follows the certificate's entry in
+/// force, so TLS to it no longer ends in "no server certificate").
+pub fn serving(cp: &Proc) {
+    cp.wait_for_line("resources loaded", Duration::from_secs(30));
+    cp.wait_for_line("control plane certificate issued", Duration::from_secs(30));
+}
+
 /// A certificate for `sa` in `ns` from the control plane (a join token
 /// signed with the key of its Secret weft-join-token-key).
 pub fn certify(

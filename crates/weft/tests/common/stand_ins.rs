@@ -112,7 +112,7 @@ pub(super) fn start_cp(
     ];
     args.extend(extra);
     let cp = control_plane_with(env, s, cp_ns, kubeconfig, &args);
-    cp.wait_for_line("resources loaded", Duration::from_secs(30));
+    super::kube::serving(&cp);
     cp
 }
 
