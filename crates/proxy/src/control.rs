@@ -24,12 +24,15 @@ use crate::connect::ConnectError;
 use crate::replicas::Failures;
 use crate::trust::TrustRx;
 
-/// What a connection was made under: the leaf it presents and the bundle
-/// its peer was judged by. A change means a new connection.
+/// What a connection was made under: the leaf it presents and the anchors
+/// its peer was judged by. A change means a new connection; a bundle that
+/// only renumbers the same anchors (the first push of the file the proxy
+/// started with) is none.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Epoch {
     pub leaf_serial: Option<String>,
-    pub bundle: Option<(u64, String)>,
+    /// Sorted, so the order a bundle lists them in does not count.
+    pub anchors: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// A connection to one replica, as handed to a stream: the stream rides it
@@ -80,13 +83,11 @@ impl ControlPlane {
 
     /// The epoch in force now.
     pub fn epoch(&self) -> Epoch {
-        let trust = self.trust.borrow();
+        let mut anchors = self.trust.borrow().anchors.clone();
+        anchors.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
         Epoch {
             leaf_serial: self.own.borrow().as_ref().map(|c| c.serial.clone()),
-            bundle: trust
-                .version
-                .as_ref()
-                .map(|v| (v.generation, v.sha256.clone())),
+            anchors,
         }
     }
 
@@ -137,7 +138,13 @@ impl ControlPlane {
             %addr,
             %replica,
             leaf_serial = epoch.leaf_serial.as_deref().unwrap_or_default(),
-            bundle_generation = epoch.bundle.as_ref().map(|b| b.0).unwrap_or_default(),
+            bundle_generation = self
+                .trust
+                .borrow()
+                .version
+                .as_ref()
+                .map(|v| v.generation)
+                .unwrap_or_default(),
             "control-plane connection opened; streams move to it"
         );
         let lease = Lease {

@@ -296,55 +296,6 @@ async fn transport_header_must_name_a_declared_port() {
     assert_eq!(&buf, b"ping");
 }
 
-#[test]
-fn demo_runs_and_shows_the_evidence() {
-    let s = Scratch::new();
-    // As a non-root user when we are root (CI): ports mode needs no privilege.
-    let exe = env!("CARGO_BIN_EXE_weft");
-    let out = if rustix_is_root() && std::path::Path::new("/usr/bin/setpriv").exists() {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                exe,
-                "demo",
-            ])
-            .env("TMPDIR", "/tmp")
-            .output()
-            .unwrap()
-    } else {
-        std::process::Command::new(exe)
-            .arg("demo")
-            .current_dir(s.dir.path())
-            .output()
-            .unwrap()
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed\n{stdout}\n{stderr}");
-    for want in [
-        "NOT FOR PRODUCTION",
-        "frontend.demo.serviceaccount.identity.weft.cluster.local  certificate",
-        "backend.demo.serviceaccount.identity.weft.cluster.local  certificate",
-        "frontend GET /hello  HTTP/1.1 200 OK",
-        "hello frontend.demo.serviceaccount.identity.weft.cluster.local",
-        "intruder GET /hello  HTTP/1.1 403 Forbidden  l5d-proxy-error: unauthorized request",
-        "intruder.demo.serviceaccount.identity.weft.cluster.local is not among its identities",
-        "tls=true client_id=frontend.demo.serviceaccount.identity.weft.cluster.local protocol=http/1",
-        "inbound_http_authz_allow_total{srv_kind=\"server\",srv_name=\"backend-server\",authz_kind=\"authorizationpolicy\",authz_name=\"backend-allow-frontend\"",
-        "inbound_http_authz_deny_total{srv_kind=\"server\",srv_name=\"backend-server\"",
-    ] {
-        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
-    }
-}
-
-fn rustix_is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
 /// Things that are not mTLS for the backend, sent straight to its proxy:
 /// each refused with a logged reason, and the proxy keeps serving.
 #[test]

@@ -20,6 +20,15 @@ pub struct DemoArgs {
     /// Keep the demo's directory (certificates, resources, state) afterwards
     #[arg(long)]
     pub keep: bool,
+    /// Keep the mesh running until Ctrl-C and print commands to try against
+    /// it (the development anchor key is kept too, so rotation can be practised)
+    #[arg(long)]
+    pub stay: bool,
+}
+
+/// What a staying demo prints commands against.
+struct Running {
+    cp_admin: SocketAddr,
 }
 
 /// A free port below the kernel's ephemeral range (32768 and up), so no
@@ -156,7 +165,17 @@ pub fn run(args: DemoArgs) -> CmdResult {
     let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Failure::fatal(format!("{}: {e}", dir.display())))?;
     let rt = tokio::runtime::Runtime::new().map_err(Failure::fatal)?;
-    let result = rt.block_on(demo(&dir));
+    let result = rt.block_on(async {
+        let running = demo(&dir, args.stay).await?;
+        if args.stay {
+            for line in next_steps(&dir, running.cp_admin) {
+                outln!("{line}");
+            }
+            stop_signal().await;
+            outln!("\nstopping the demo mesh");
+        }
+        Ok(())
+    });
     rt.shutdown_timeout(Duration::from_secs(1));
     if args.keep {
         outln!("\nkept {}", dir.display());
@@ -166,7 +185,66 @@ pub fn run(args: DemoArgs) -> CmdResult {
     result
 }
 
-async fn demo(dir: &Path) -> CmdResult {
+/// Ctrl-C or SIGTERM, whichever comes first.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The commands a staying demo offers, each runnable as printed (lines that
+/// start with "  $ ").
+fn next_steps(dir: &Path, admin: SocketAddr) -> Vec<String> {
+    let p = |n: &str| shell_word(&dir.join(n).to_string_lossy());
+    let files = format!(
+        "--identity-trust-anchors-file {} --identity-issuer-certificate-file {}",
+        p("ca.crt"),
+        p("issuer.crt")
+    );
+    vec![
+        String::new(),
+        "The demo mesh keeps running until Ctrl-C. Try, in another terminal:".into(),
+        "  # the identity files in force and every proxy of the fleet".into(),
+        format!("  $ weft check {files} --proxy --admin-addr {admin}"),
+        "  # rotate the issuer with zero failed requests: make one from the anchor, then install it"
+            .into(),
+        format!(
+            "  $ weft certs create identity.linkerd.cluster.local {} {} --profile intermediate-ca --not-after 8760h --ca {} --ca-key {}",
+            p("issuer-2.crt"),
+            p("issuer-2.key"),
+            p("ca.crt"),
+            p("ca.key")
+        ),
+        format!(
+            "  $ weft rotate issuer --cert {} --key {} {files} --identity-issuer-key-file {} --admin-addr {admin}",
+            p("issuer-2.crt"),
+            p("issuer-2.key"),
+            p("issuer.key")
+        ),
+        format!("  $ weft check {files} --proxy --admin-addr {admin}"),
+    ]
+}
+
+/// `s` quoted for a POSIX shell when it needs to be.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-:=@%+,".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+async fn demo(dir: &Path, keep_anchor_key: bool) -> Result<Running, Failure> {
     let now = OffsetDateTime::now_utc();
     outln!(
         "weft demo: three workloads on 127.0.0.1 talking over mutual TLS, one not allowed (ports mode, no root)"
@@ -193,6 +271,13 @@ async fn demo(dir: &Path) -> CmdResult {
     let root = make("root.linkerd.cluster.local", Profile::RootCa, None, 3650)?;
     let root_pem = pki::cert::to_pem(std::slice::from_ref(&root.cert));
     let root_fp = pki::fingerprint(&root.cert);
+    if keep_anchor_key {
+        write(
+            &dir.join("ca.key"),
+            root.key.serialize_pem().as_bytes(),
+            KEY_MODE,
+        )?;
+    }
     let root = Signer::new(root.cert, root.key, "ca.crt", "ca.key").map_err(Failure::fatal)?;
     let issuer = make(
         "identity.linkerd.cluster.local",
@@ -427,5 +512,7 @@ async fn demo(dir: &Path) -> CmdResult {
     {
         outln!("  {l}");
     }
-    Ok(())
+    Ok(Running {
+        cp_admin: cp.admin_addr,
+    })
 }
