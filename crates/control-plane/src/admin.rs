@@ -1,5 +1,7 @@
 //! The admin endpoint (127.0.0.1 by default): /live, /ready, /metrics, the
-//! fleet view (/fleet) and POST /renew-now.
+//! fleet view (/fleet) and POST /renew-now, behind the operator guard
+//! (`operator`: this listener's own host, no foreign origin, a header on
+//! every mutation).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -136,10 +138,35 @@ fn renew_now(st: &AdminState) -> Response<Full<Bytes>> {
     )
 }
 
+/// The operator guard's verdict on `req`, reached at `local`.
+fn guard(req: &Request<Incoming>, local: std::net::IpAddr) -> Result<(), crate::operator::Refusal> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+    };
+    // An HTTP/1.1 request line may carry the authority instead of Host.
+    let host = header("host").or_else(|| req.uri().authority().map(|a| a.as_str()));
+    crate::operator::judge(
+        &crate::operator::Request {
+            method: req.method().as_str(),
+            host,
+            origin: header("origin"),
+            operator_header: req.headers().contains_key(crate::operator::OPERATOR_HEADER),
+        },
+        local,
+    )
+}
+
 async fn handle(
     req: Request<Incoming>,
     st: AdminState,
+    local: std::net::IpAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Err(e) = guard(&req, local) {
+        tracing::info!(path = %req.uri().path(), "admin request refused: {e}");
+        return Ok(text(StatusCode::FORBIDDEN, format!("{e}\n")));
+    }
     if req.method() == Method::POST && req.uri().path() == "/renew-now" {
         return Ok(renew_now(&st));
     }
@@ -197,11 +224,14 @@ pub async fn serve(listener: TcpListener, st: AdminState) {
     loop {
         let (stream, slot) = st.gate.accept(&listener).await;
         let st = st.clone();
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         tokio::spawn(async move {
             let _slot = slot;
             let gate = st.gate.clone();
             let (stream, activity) = bounds::Tracked::new(stream);
-            let svc = hyper::service::service_fn(move |req| handle(req, st.clone()));
+            let svc = hyper::service::service_fn(move |req| handle(req, st.clone(), local.ip()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
             gate.serve_until_idle(&activity, conn).await;

@@ -13,6 +13,7 @@ pub mod index;
 pub mod k8s;
 pub mod k8s_manifests;
 pub mod mesh_service;
+pub mod operator;
 pub mod own_cert;
 pub mod peer;
 pub mod policy_service;

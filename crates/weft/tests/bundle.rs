@@ -429,7 +429,7 @@ fn post(addr: SocketAddr, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nX-Weft-Operator: 1\r\n\r\n"
     )
     .unwrap();
     let mut buf = String::new();

@@ -137,3 +137,105 @@ fn nothing_answering_is_a_one_line_error() {
         );
     }
 }
+
+/// One raw HTTP/1.1 request to `addr`: (status, body).
+fn raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (status, body.unwrap_or_default())
+}
+
+/// The operator endpoints are out of a browser's reach: a foreign `Host`
+/// (DNS rebinding), a foreign `Origin`, and a simple cross-site POST are
+/// refused with the reason; weft's own requests, by address or by name,
+/// are served, and no CORS header is ever sent.
+#[test]
+fn the_admin_listener_refuses_what_a_browser_on_another_site_could_send() {
+    let s = Scratch::new();
+    s.guide_material();
+    let cp = s.control_plane(&[]);
+    let admin = cp.addr("admin listening on");
+    poll("ready", DEADLINE, || {
+        http_get(admin, "/ready").ok().filter(|(c, _)| *c == 200)
+    });
+    let close = "Connection: close\r\n\r\n";
+    let cases = [
+        (
+            format!(
+                "GET /fleet HTTP/1.1\r\nHost: rebound.example:{}\r\n{close}",
+                admin.port()
+            ),
+            "DNS rebinding",
+        ),
+        (
+            format!(
+                "GET /fleet HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n{close}"
+            ),
+            "another site's",
+        ),
+        (
+            format!(
+                "POST /renew-now HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n{close}"
+            ),
+            "x-weft-operator",
+        ),
+        (
+            format!(
+                "POST /renew-now HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\nX-Weft-Operator: 1\r\nContent-Length: 0\r\n{close}"
+            ),
+            "another site's",
+        ),
+    ];
+    for (request, why) in &cases {
+        let (code, body) = raw(admin, request);
+        println!(
+            "{} -> {code} {}",
+            request.lines().next().unwrap(),
+            body.trim()
+        );
+        assert_eq!(code, 403, "{request}: {body}");
+        assert!(body.contains(why), "{request}: {body}");
+    }
+    // With the header it is served (202 once the bundle is in force).
+    poll(
+        "POST /renew-now with the operator header answered 202",
+        DEADLINE,
+        || {
+            let (code, body) = raw(
+                admin,
+                &format!(
+                    "POST /renew-now HTTP/1.1\r\nHost: {admin}\r\nX-Weft-Operator: 1\r\nContent-Length: 0\r\n{close}"
+                ),
+            );
+            assert_ne!(code, 403, "{body}");
+            (code == 202).then_some(())
+        },
+    );
+    let (code, head) = raw(
+        admin,
+        &format!(
+            "GET /fleet HTTP/1.1\r\nHost: localhost:{}\r\nOrigin: http://localhost:{}\r\n{close}",
+            admin.port(),
+            admin.port()
+        ),
+    );
+    assert_eq!(code, 200, "{head}");
+    // weft by name: the Host it sends is the address it reached.
+    let by_name = format!("localhost:{}", admin.port());
+    let out = s.weft(&["check", "--proxy", "--admin-addr", &by_name]).ok();
+    assert!(
+        out.stdout.contains("fleet view is reachable"),
+        "{}",
+        out.stdout
+    );
+}

@@ -332,7 +332,10 @@ pub fn http_request(addr: &str, method: &str, path: &str) -> Option<(u16, String
     } else {
         "Content-Length: 0\r\nX-Weft-Operator: 1\r\n"
     };
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n").ok()?;
+    // The address reached, not the name given: the admin listener answers
+    // only requests addressed to it (no DNS-rebound names).
+    let host = s.peer_addr().ok()?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{extra}\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
