@@ -3,6 +3,8 @@
 //! the previous issuer serving and traffic flowing, is named on `/ready`,
 //! in `/fleet` and as × in `weft check`; nothing answering is a one-line
 //! error.
+// Test helpers may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
