@@ -241,3 +241,37 @@ fn the_admin_listener_refuses_what_a_browser_on_another_site_could_send() {
         out.stdout
     );
 }
+
+/// Without authentication the admin listener binds loopback only: another
+/// address is refused at start, naming the flag and the way out.
+#[test]
+fn the_admin_listener_is_refused_on_a_non_loopback_address() {
+    let s = Scratch::new();
+    s.guide_material();
+    for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:9990"] {
+        let r = s.weft(&[
+            "control-plane",
+            "--identity-trust-anchors-file",
+            "ca.crt",
+            "--identity-issuer-certificate-file",
+            "issuer.crt",
+            "--identity-issuer-key-file",
+            "issuer.key",
+            "--state-dir",
+            "state",
+            "--admin-addr",
+            addr,
+        ]);
+        println!("{addr}: exit {} {}", r.code, r.stderr.trim());
+        assert_eq!(r.code, 2, "{addr}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("--admin-addr") && r.stderr.contains("--probe-addr"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            !s.path("state").exists(),
+            "{addr}: state written before the refusal"
+        );
+    }
+}

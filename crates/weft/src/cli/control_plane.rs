@@ -90,7 +90,7 @@ pub struct ControlPlaneArgs {
     /// Pod and service networks (CIDRs): the cluster-* default policies admit them, and with --kubernetes an address outside them is not meshed (required with --kubernetes; default without it: the private ranges)
     #[arg(long, env = "WEFT_CLUSTER_NETWORKS", value_delimiter = ',')]
     pub cluster_networks: Option<Vec<String>>,
-    /// Admin listener: /live /ready /metrics
+    /// Admin (operator) listener: /live /ready /metrics /fleet POST /renew-now; loopback only (reach it with ssh or a port-forward; kubelet probes use --probe-addr)
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:9990")]
     pub admin_addr: SocketAddr,
     /// Probe-only listener for kubelet (/live /ready /metrics and nothing else), e.g. 0.0.0.0:9995 on the pod IP; the admin listener stays on loopback
@@ -225,7 +225,7 @@ impl ControlPlaneArgs {
                 trust_domain: self.identity_trust_domain.clone(),
                 detect_timeout: Duration::from_secs(10),
             },
-            admin_addr: self.admin_addr,
+            admin_addr: operator_addr(self.admin_addr)?,
             admin_limits: self.admin_limits.limits()?,
             grpc_limits: self.grpc_limits.limits()?,
             shutdown_grace: self.shutdown_grace_period,
@@ -234,6 +234,18 @@ impl ControlPlaneArgs {
             certify_limits: self.certify_limits.limits()?,
         })
     }
+}
+
+/// The admin listener serves operator endpoints (the fleet, renewals)
+/// without authentication, so it binds loopback only.
+fn operator_addr(addr: SocketAddr) -> Result<SocketAddr, Failure> {
+    if addr.ip().is_loopback() {
+        return Ok(addr);
+    }
+    Err(Failure::input(format!(
+        "--admin-addr {addr}: the admin listener serves operator endpoints (/fleet, POST /renew-now) without authentication, so it binds a loopback address only (e.g. 127.0.0.1:9990); reach it with ssh or kubectl port-forward, and give kubelet --probe-addr {} for /live, /ready and /metrics",
+        SocketAddr::new(addr.ip(), 9995)
+    )))
 }
 
 /// How often Certify may be asked (RATE is COUNT/UNIT:BURST, UNIT s, m or h).
