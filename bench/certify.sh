@@ -14,7 +14,6 @@ trap cleanup EXIT
 cd "$work"
 "$bin/weft" certs create root.linkerd.cluster.local ca.crt ca.key --profile root-ca >/dev/null
 "$bin/weft" certs create identity.linkerd.cluster.local issuer.crt issuer.key --profile intermediate-ca --ca ca.crt --ca-key ca.key >/dev/null
-"$bin/weft" token create -n demo --service-account web --ttl 1h --state-dir state -o token 2>/dev/null
 WEFT_LOG=${WEFT_LOG:-info} taskset -c 0 "$bin/weft" control-plane --identity-trust-anchors-file ca.crt \
   --identity-issuer-certificate-file issuer.crt --identity-issuer-key-file issuer.key \
   --state-dir state --identity-addr 127.0.0.1:0 --destination-addr 127.0.0.1:0 --policy-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 2>cp.log &
@@ -23,6 +22,8 @@ for _ in $(seq 100); do grep -q "identity listening on" cp.log 2>/dev/null && br
 addr=$(grep "identity listening on" cp.log | awk '{print $NF}')
 admin=$(grep "admin listening on" cp.log | awk '{print $NF}')
 for _ in $(seq 100); do curl -sf "http://$admin/ready" >/dev/null && break; sleep 0.1; done
+# The control plane made the token key in its state directory.
+"$bin/weft" token create -n demo --service-account web --ttl 1h --state-dir state --out token
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$cp/stat"; }
 hz=$(getconf CLK_TCK)

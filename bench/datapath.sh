@@ -50,7 +50,7 @@ wait_line cp.log "destination listening on"
 ia=$(grep "identity listening on" cp.log | awk '{print $NF}')
 da=$(grep "destination listening on" cp.log | awk '{print $NF}')
 pa=$(grep "policy listening on" cp.log | awk '{print $NF}')
-for w in frontend backend; do "$bin/weft" token create -n bench --service-account $w --state-dir state -o $w.token 2>/dev/null; done
+for w in frontend backend; do "$bin/weft" token create -n bench --service-account $w --state-dir state --out $w.token 2>/dev/null; done
 WEFT_LOG=warn "$bin/weft" proxy --workload bench/backend --token-file backend.token --trust-anchors-file ca.crt \
   --identity-addr "$ia" --destination-addr "$da" --policy-addr "$pa" --inbound-addr "127.0.0.1:$be_in" --admin-addr 127.0.0.1:0 --outbound-addr off 2> be.log & be=$!; pids+=($be)
 WEFT_LOG=warn "$bin/weft" proxy --workload bench/frontend --token-file frontend.token --trust-anchors-file ca.crt \
