@@ -8,6 +8,7 @@ pub mod certify;
 pub mod config;
 pub mod connect;
 pub mod control;
+pub mod copy;
 pub mod detect;
 pub mod discovery;
 pub mod endpoints;
