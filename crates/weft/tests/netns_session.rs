@@ -14,10 +14,13 @@ use std::time::Duration;
 
 use common::netmesh::{DEADLINE, NetMesh, app_in};
 use common::proc::{metric_sum, poll};
+use testbed::http_app::{self, Proto, Req};
 use testbed::{have_root, in_ns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PORT: u16 = 8080;
+/// No Server: the default policy (all-unauthenticated) for HTTP/2.
+const H2_PORT: u16 = 8081;
 const TD: &str = "demo.serviceaccount.identity.weft.cluster.local";
 
 /// An HTTP/1 Server on 8080 with two routes: /open for client, /secret for
@@ -131,12 +134,13 @@ fn http_is_declared_judged_per_request_and_lies_are_refused() {
         return;
     }
     let m = NetMesh::build(
-        &[("client", &[9]), ("server", &[PORT])],
+        &[("client", &[9]), ("server", &[PORT, H2_PORT])],
         &["c"],
         &[],
         &[("routes.yaml", ROUTES)],
     );
     app_in(&m.ns("server"), PORT);
+    app_in(&m.ns("server"), H2_PORT);
     let to = m.addr("server", PORT);
     let client_ns = m.ns("client");
 
@@ -170,6 +174,35 @@ fn http_is_declared_judged_per_request_and_lies_are_refused() {
     );
     assert!(out >= 2.0, "the client declared http/1: {out}");
     println!("declared http/1 used by the server: {n}; client's http/1 connections: {out}");
+
+    // HTTP/2 (prior knowledge) is declared as such and served per request.
+    let h2 = m.addr("server", H2_PORT);
+    let replies = in_ns(&client_ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(h2).await.unwrap();
+            http_app::requests(tcp, Proto::H2, vec![Req::get("/h2"), Req::get("/h2-again")]).await
+        })
+    })
+    .unwrap()
+    .unwrap();
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-app-version"), Some("HTTP/2"));
+        assert_eq!(
+            r.header("x-client-id").map(str::to_string),
+            Some(format!("client.{TD}"))
+        );
+    }
+    let h2_used = metric_sum(
+        &m.metrics("server"),
+        "inbound_session_protocol_total",
+        &["protocol=\"h2\"", "outcome=\"used\""],
+    );
+    assert_eq!(h2_used, 1.0, "one HTTP/2 connection, declared h2");
 
     // A header that claims HTTP/1 over bytes that are not HTTP: refused.
     let ia = format!("{}:8080", m.cp_ip);
