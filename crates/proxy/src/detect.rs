@@ -102,6 +102,42 @@ pub async fn detect_protocol<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// What the first bytes of a stream whose transport header declared a
+/// session protocol turned out to be, when they are not that protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// Bytes of another protocol (or not HTTP at all).
+    Other(Protocol),
+    /// Nothing conclusive within the timeout, or the stream ended.
+    Nothing,
+}
+
+/// Checks that a stream declared as `declared` (by the client proxy, which
+/// detected it on its side) starts as that protocol: no fallback to opaque,
+/// so bytes that lie about being HTTP are refused rather than forwarded
+/// under a weaker verdict. Returns the bytes read, to be replayed.
+pub async fn confirm<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    declared: Protocol,
+    timeout: Duration,
+) -> Result<Vec<u8>, Mismatch> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(Mismatch::Nothing),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+        match classify(&buf) {
+            Some(p) if p == declared => return Ok(buf),
+            Some(p) => return Err(Mismatch::Other(p)),
+            None => {}
+        }
+    }
+}
+
 /// Judges the first bytes of a peeked buffer. `None`: need more bytes.
 pub fn judge(buf: &[u8]) -> Option<Start> {
     if buf.is_empty() {
@@ -173,6 +209,30 @@ mod tests {
             Some(Protocol::Opaque)
         );
         assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Protocol::Opaque));
+    }
+
+    #[tokio::test]
+    async fn confirms_only_the_declared_protocol() {
+        let t = Duration::from_secs(5);
+        let mut r: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let got = confirm(&mut r, Protocol::Http1, t).await.unwrap();
+        assert!(got.starts_with(b"GET / HTTP/1.1"));
+        let mut r: &[u8] = b"\x00\x01binary\r\n";
+        assert_eq!(
+            confirm(&mut r, Protocol::Http1, t).await,
+            Err(Mismatch::Other(Protocol::Opaque))
+        );
+        let mut r: &[u8] = b"GET / HTTP/1.1\r\n";
+        assert_eq!(
+            confirm(&mut r, Protocol::Http2, t).await,
+            Err(Mismatch::Other(Protocol::Http1))
+        );
+        // Ends before anything conclusive: refused, never opaque.
+        let mut r: &[u8] = b"GE";
+        assert_eq!(
+            confirm(&mut r, Protocol::Http1, t).await,
+            Err(Mismatch::Nothing)
+        );
     }
 
     #[test]

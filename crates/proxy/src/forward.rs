@@ -1,4 +1,4 @@
-//! Moving bytes both ways with half-close, counted.
+//! Moving bytes both ways with half-close, counted (buffers: `copy`).
 
 use std::future::Future;
 
@@ -30,7 +30,7 @@ where
 {
     m.tcp_open.get_or_create(&labels).inc();
     let stopped = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut a, &mut b) => {
+        r = crate::copy::bidirectional(&mut a, &mut b) => {
             match r {
                 Ok((from_a, from_b)) => {
                     m.read_bytes.get_or_create(&labels).inc_by(from_a);

@@ -155,7 +155,10 @@ where
             let up = Arc::new(Mutex::new(None));
             let svc =
                 hyper::service::service_fn(move |req| h1_request(conn.clone(), up.clone(), req));
+            // A client that half-closes after its request still gets the
+            // response (as through an L4 hop).
             hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades()
                 .await
@@ -436,7 +439,7 @@ async fn splice(
         Ok((d, u)) => {
             let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
             tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut d, &mut u) => if let Err(e) = r {
+                r = crate::copy::bidirectional(&mut d, &mut u) => if let Err(e) = r {
                     tracing::debug!(error = %e, "upgraded connection ended with an error");
                 },
                 () = stop => tracing::info!(

@@ -15,9 +15,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::authz::{self, Scene};
-use crate::detect::{Protocol, Start};
+use crate::detect::{Mismatch, Protocol, Start};
 use crate::discovery::{Discovery, Resolution};
-use crate::metrics::{ConnLabels, IdLabel, ProxyMetrics};
+use crate::metrics::{ConnLabels, IdLabel, ProxyMetrics, SessionLabels};
 use crate::policies::{Policies, Source};
 use crate::transport_header::{self, ALPN};
 
@@ -46,6 +46,8 @@ enum Opened {
         tls: Box<TlsStream<Tracked<TcpStream>>>,
         client_id: pki::Identity,
         port: u16,
+        /// The session protocol the transport header declared, if any.
+        declared: Option<Protocol>,
     },
     /// Redirected traffic that is not mTLS for us (transparent mode only).
     Passthrough {
@@ -112,8 +114,9 @@ impl Inbound {
                 tls,
                 client_id,
                 port,
+                declared,
             } => {
-                let conn = self.mesh(tls, peer, client_id, port);
+                let conn = self.mesh(tls, peer, client_id, port, declared);
                 self.gate.serve_until_idle(&activity, conn).await
             }
             Opened::Passthrough { sock, port, start } => {
@@ -187,13 +190,14 @@ impl Inbound {
                 "direct connections need a client certificate (mTLS)".into(),
             ));
         };
-        let (_, port) = transport_header::read(&mut tls)
+        let (header, port) = transport_header::read(&mut tls)
             .await
             .map_err(|e| ("bad_transport_header", e.to_string()))?;
         Ok(Opened::Mesh {
             tls: Box::new(tls),
             client_id,
             port,
+            declared: transport_header::declared(&header),
         })
     }
 
@@ -205,6 +209,7 @@ impl Inbound {
         peer: SocketAddr,
         client_id: pki::Identity,
         port: u16,
+        declared: Option<Protocol>,
     ) {
         let refuse = |reason, detail| self.refuse(peer, (reason, detail));
         if self.own_ports.contains(&port) {
@@ -259,7 +264,7 @@ impl Inbound {
             tls: true,
             ip: peer.ip(),
         };
-        self.serve_port(tls, peer, port, client, opaque, labels)
+        self.serve_port(tls, peer, port, client, (opaque, declared), labels)
             .await;
     }
 
@@ -298,19 +303,20 @@ impl Inbound {
         };
         // TLS for another name is never HTTP we could read: opaque.
         let opaque = matches!(start, Start::Tls { .. });
-        self.serve_port(sock, peer, port, client, opaque, labels)
+        self.serve_port(sock, peer, port, client, (opaque, None), labels)
             .await;
     }
 
     /// Applies the port's policy: per connection when opaque, per request
-    /// when HTTP is detected.
+    /// when HTTP is detected or declared by the client proxy. `hints`: the
+    /// destination's opaque hint and the transport header's session protocol.
     async fn serve_port<S>(
         &self,
         mut io: S,
         peer: SocketAddr,
         port: u16,
         client: Client,
-        opaque_hint: bool,
+        (opaque_hint, declared): (bool, Option<Protocol>),
         mut labels: ConnLabels,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -331,10 +337,18 @@ impl Inbound {
             port,
         };
         let facts = Facts { opaque_hint };
-        let (protocol, prefix) = match policy::handling(&server, opaque_hint) {
-            Handling::Opaque => (Protocol::Opaque, Vec::new()),
+        let (protocol, prefix) = match (policy::handling(&server, opaque_hint), declared) {
+            // The Server (or the destination) says opaque: a header's
+            // session protocol does not override that.
+            (Handling::Opaque, _) => (Protocol::Opaque, Vec::new()),
+            (Handling::Detect, Some(p)) => match self.confirm(&mut io, p, peer, port).await {
+                Some(prefix) => (p, prefix),
+                None => return,
+            },
             // A client that says nothing (server speaks first) is opaque.
-            Handling::Detect => crate::detect::detect_protocol(&mut io, self.detect_timeout).await,
+            (Handling::Detect, None) => {
+                crate::detect::detect_protocol(&mut io, self.detect_timeout).await
+            }
         };
         let io = crate::prefixed::Prefixed::new(prefix, io);
         labels.protocol = protocol.label();
@@ -395,6 +409,54 @@ impl Inbound {
         };
         if crate::forward::pipe_until(io, app, labels, &self.metrics, revoked).await {
             tracing::info!(%peer, port, client = %authz::client_name(&client), "closed an open connection: the policy changed and no longer allows it");
+        }
+    }
+
+    /// The protocol a transport header declared, used instead of detecting
+    /// again once the first bytes bear it out; a header that claims HTTP over
+    /// bytes that are not is refused (None), logged and counted.
+    async fn confirm<S: AsyncRead + Unpin>(
+        &self,
+        io: &mut S,
+        declared: Protocol,
+        peer: SocketAddr,
+        port: u16,
+    ) -> Option<Vec<u8>> {
+        let counted = |outcome| {
+            self.metrics
+                .session_protocol
+                .get_or_create(&SessionLabels {
+                    protocol: declared.label(),
+                    outcome,
+                })
+                .inc();
+        };
+        match crate::detect::confirm(io, declared, self.detect_timeout).await {
+            Ok(prefix) => {
+                counted("used");
+                Some(prefix)
+            }
+            Err(m) => {
+                counted("refused");
+                let got = match m {
+                    Mismatch::Other(p) => format!("bytes of {}", p.label()),
+                    Mismatch::Nothing => format!(
+                        "nothing conclusive within {}ms",
+                        self.detect_timeout.as_millis()
+                    ),
+                };
+                self.refuse(
+                    peer,
+                    (
+                        "session_protocol_mismatch",
+                        format!(
+                            "the transport header declared {} for port {port}, but the connection carried {got}; the client proxy must declare only what it detected (or send no session protocol)",
+                            declared.label()
+                        ),
+                    ),
+                );
+                None
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod certify;
 pub mod config;
 pub mod connect;
 pub mod control;
+pub mod copy;
 pub mod detect;
 pub mod discovery;
 pub mod endpoints;
@@ -200,6 +201,7 @@ pub async fn start(
         discovery,
         plaintext: cfg.plaintext,
         connect_timeout: Duration::from_secs(5),
+        detect_timeout: cfg.detect_timeout,
         metrics: metrics.clone(),
         // The transparent and ports-mode listeners share one cap.
         gate: bounds::Gate::new("outbound", cfg.outbound_limits, &limits),

@@ -52,6 +52,14 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// A session protocol declared in an inbound transport header, and whether
+/// the connection's bytes bore it out ("used") or not ("refused").
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    pub protocol: &'static str,
+    pub outcome: &'static str,
+}
+
 /// Which policy decided: Linkerd's authorization labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthzLabels {
@@ -113,6 +121,8 @@ pub struct ProxyMetrics {
     pub read_bytes: Family<ConnLabels, Counter>,
     pub write_bytes: Family<ConnLabels, Counter>,
     pub refused: Family<RefusedLabels, Counter>,
+    /// Inbound connections whose transport header declared HTTP.
+    pub session_protocol: Family<SessionLabels, Counter>,
     pub cert_expiry: FGauge,
     /// NotAfter of each anchor held, by fingerprint.
     pub anchor_expiry: Family<FingerprintLabel, FGauge>,
@@ -198,6 +208,11 @@ impl ProxyMetrics {
             "control_plane_stale",
             "Control-plane replicas left because they offered an older trust bundle than the one in force",
             self.stale_control_planes.clone(),
+        );
+        r.register(
+            "inbound_session_protocol",
+            "Inbound connections whose transport header declared a session protocol, by protocol and outcome (used instead of detection, or refused: the bytes were not that protocol)",
+            self.session_protocol.clone(),
         );
         r.register(
             "inbound_http_authz_deny",

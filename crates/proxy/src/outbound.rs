@@ -14,8 +14,10 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::{OutboundMapping, Plaintext};
+use crate::detect::Protocol;
 use crate::discovery::{Discovery, Resolution};
 use crate::metrics::{ConnLabels, IdLabel, ProxyMetrics};
+use crate::prefixed::Prefixed;
 use crate::transport_header;
 
 /// Endpoints tried for one connection before it is refused.
@@ -29,6 +31,9 @@ pub struct Outbound {
     pub discovery: Arc<Discovery>,
     pub plaintext: Plaintext,
     pub connect_timeout: Duration,
+    /// How long the application's first bytes are awaited to detect HTTP
+    /// (the inbound's timeout; skipped on opaque ports).
+    pub detect_timeout: Duration,
     pub metrics: ProxyMetrics,
     /// Connection cap, deadline to reach the destination, idle timeout.
     pub gate: bounds::Gate,
@@ -98,7 +103,7 @@ impl Outbound {
         self.handle(app, mapping.target.clone(), slot).await;
     }
 
-    async fn handle(self: Arc<Self>, app: TcpStream, target: String, slot: bounds::Admitted) {
+    async fn handle(self: Arc<Self>, mut app: TcpStream, target: String, slot: bounds::Admitted) {
         let _slot = slot;
         let _in_flight = self.metrics.active.enter();
         let target = &target;
@@ -107,7 +112,16 @@ impl Outbound {
             tracing::info!(%target, reason, "outbound connection refused: {detail}");
         };
         let limits = self.gate.limits;
-        let up = match self.gate.handshake(self.reach(target)).await {
+        let candidates = self
+            .discovery
+            .resolve_candidates(target, CONNECT_ATTEMPTS)
+            .await;
+        let (protocol, prefix) = self.sniff(&mut app, &candidates).await;
+        let up = match self
+            .gate
+            .handshake(self.reach(target, candidates, protocol))
+            .await
+        {
             Some(Ok(up)) => up,
             Some(Err(refusal)) => return refuse(refusal),
             None => {
@@ -120,7 +134,8 @@ impl Outbound {
                 ));
             }
         };
-        let (app, activity) = Tracked::new(app);
+        // The bytes read to detect the protocol go first.
+        let (app, activity) = Tracked::new(Prefixed::new(prefix, app));
         let m = &self.metrics;
         let served = match up {
             Upstream::Mesh(tls, labels) => {
@@ -137,16 +152,34 @@ impl Outbound {
         }
     }
 
-    /// Resolves `target` and connects to one of its endpoints: mTLS with a
-    /// transport header to a meshed peer, plaintext to an unmeshed one if
-    /// allowed. Nothing was sent yet when a connect or handshake fails, so
-    /// an endpoint that cannot be reached (gone before its Remove arrived)
-    /// is left for the next one; the TCP connects share one budget.
-    async fn reach(&self, target: &str) -> Result<Upstream, Refusal> {
-        let candidates = self
-            .discovery
-            .resolve_candidates(target, CONNECT_ATTEMPTS)
-            .await;
+    /// The application's protocol, for a meshed peer reached with a
+    /// transport header whose port is not opaque: HTTP/1 or HTTP/2 is
+    /// declared in the header, so the peer serves it per request without
+    /// detecting again. Opaque ports skip this, so a server that speaks first
+    /// is not delayed. Returns the bytes read, to be replayed.
+    async fn sniff(&self, app: &mut TcpStream, candidates: &[Resolution]) -> (Protocol, Vec<u8>) {
+        match candidates.first() {
+            Some(Resolution::Meshed {
+                proxy_port: Some(_),
+                opaque: false,
+                ..
+            }) => crate::detect::detect_protocol(app, self.detect_timeout).await,
+            _ => (Protocol::Opaque, Vec::new()),
+        }
+    }
+
+    /// Connects to one of `candidates` (a target's endpoints): mTLS with a
+    /// transport header declaring `protocol` to a meshed peer, plaintext to
+    /// an unmeshed one if allowed. Nothing was sent yet when a connect or
+    /// handshake fails, so an endpoint that cannot be reached (gone before
+    /// its Remove arrived) is left for the next one; the TCP connects share
+    /// one budget.
+    async fn reach(
+        &self,
+        target: &str,
+        candidates: Vec<Resolution>,
+        protocol: Protocol,
+    ) -> Result<Upstream, Refusal> {
         let per_try = self.connect_timeout / u32::try_from(candidates.len().max(1)).unwrap_or(1);
         let mut failure = None;
         for c in candidates {
@@ -170,7 +203,7 @@ impl Outbound {
                     // Still nothing of the app's sent: an endpoint whose proxy
                     // is shutting down (or refuses mTLS) leaves the connection
                     // to the next; each is verified on its own.
-                    match self.secure(c, tcp).await {
+                    match self.secure(c, tcp, protocol).await {
                         Ok(up) => return Ok(up),
                         Err((reason, detail)) => {
                             tracing::info!(%target, %dial, reason, "endpoint failed before any byte was forwarded; trying the next one: {detail}");
@@ -197,7 +230,12 @@ impl Outbound {
 
     /// Over a connected socket: mTLS with the expected identity (and the
     /// transport header) for a meshed endpoint, plaintext otherwise.
-    async fn secure(&self, to: Resolution, tcp: TcpStream) -> Result<Upstream, Refusal> {
+    async fn secure(
+        &self,
+        to: Resolution,
+        tcp: TcpStream,
+        protocol: Protocol,
+    ) -> Result<Upstream, Refusal> {
         let dial = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         // The endpoint's own port (a Service's targetPort), not the port the
         // app dialled (the Service port): the peer's proxy serves that one.
@@ -244,7 +282,7 @@ impl Outbound {
                 Err(_) => return Err(("tls_timeout", format!("mTLS with {dial} timed out"))),
             };
         if proxy_port.is_some() {
-            transport_header::write(&mut tls, port, "")
+            transport_header::write(&mut tls, port, "", protocol)
                 .await
                 .map_err(|e| {
                     (
@@ -261,7 +299,12 @@ impl Outbound {
             client_id: None,
             server_id: Some(IdLabel(identity)),
             target_port: port,
-            protocol: "opaque",
+            // Declared only where a header carries it.
+            protocol: if proxy_port.is_some() {
+                protocol.label()
+            } else {
+                "opaque"
+            },
             dst: String::new(),
         };
         Ok(Upstream::Mesh(Box::new(tls), labels))

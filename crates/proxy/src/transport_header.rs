@@ -4,6 +4,8 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::detect::Protocol;
+
 pub const ALPN: &[u8] = b"transport.l5d.io/v1";
 pub const PREFACE: &[u8] = b"transport.l5d.io/v1\r\n\r\n";
 /// Headers are a few bytes; anything large is a lie.
@@ -86,12 +88,37 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<(TransportHeader, u
     Ok((h, port))
 }
 
-/// Writes a header naming `port` (opaque: no session protocol).
-pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, port: u16, name: &str) -> std::io::Result<()> {
+/// The session protocol a header declares: HTTP/1 or HTTP/2, or None
+/// (opaque, or a client that did not say).
+pub fn declared(h: &TransportHeader) -> Option<Protocol> {
+    match h.session_protocol.as_ref()?.kind.as_ref()? {
+        session_protocol::Kind::Http1(_) => Some(Protocol::Http1),
+        session_protocol::Kind::Http2(_) => Some(Protocol::Http2),
+    }
+}
+
+/// The header field for a detected protocol (None for opaque).
+fn session(p: Protocol) -> Option<SessionProtocol> {
+    let kind = match p {
+        Protocol::Http1 => session_protocol::Kind::Http1(Http1 {}),
+        Protocol::Http2 => session_protocol::Kind::Http2(Http2 {}),
+        Protocol::Opaque => return None,
+    };
+    Some(SessionProtocol { kind: Some(kind) })
+}
+
+/// Writes a header naming `port` and, for detected HTTP, the session
+/// protocol (so the peer's inbound serves it as HTTP without detecting).
+pub async fn write<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    port: u16,
+    name: &str,
+    protocol: Protocol,
+) -> std::io::Result<()> {
     let h = TransportHeader {
         port: i32::from(port),
         name: name.to_string(),
-        session_protocol: None,
+        session_protocol: session(protocol),
     };
     let body = prost::Message::encode_to_vec(&h);
     let mut out = Vec::with_capacity(PREFACE.len() + 4 + body.len());
@@ -108,19 +135,26 @@ mod tests {
     #[tokio::test]
     async fn round_trip() {
         let mut buf = Vec::new();
-        write(&mut buf, 8080, "").await.unwrap();
+        write(&mut buf, 8080, "", Protocol::Opaque).await.unwrap();
         buf.extend_from_slice(b"app bytes");
         let mut r = buf.as_slice();
         let (h, port) = read(&mut r).await.unwrap();
         assert_eq!(port, 8080);
         assert_eq!(h.session_protocol, None);
+        assert_eq!(declared(&h), None);
         assert_eq!(r, b"app bytes");
+        for p in [Protocol::Http1, Protocol::Http2] {
+            let mut buf = Vec::new();
+            write(&mut buf, 80, "", p).await.unwrap();
+            let (h, _) = read(&mut buf.as_slice()).await.unwrap();
+            assert_eq!(declared(&h), Some(p));
+        }
     }
 
     #[tokio::test]
     async fn refuses_lies_and_truncation() {
         let mut full = Vec::new();
-        write(&mut full, 8080, "").await.unwrap();
+        write(&mut full, 8080, "", Protocol::Http1).await.unwrap();
         for cut in [0, 5, PREFACE.len(), PREFACE.len() + 2, full.len() - 1] {
             let mut r = &full[..cut];
             assert!(
