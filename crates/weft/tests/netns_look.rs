@@ -206,6 +206,7 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
     assert!(table.stdout.contains(&format!("{client_ip}  ")) && table.stdout.contains("PLAINTEXT"));
 
     let gate = weft(&m, &["edges", "--plaintext", "--since", "10m"]).refused(1);
+    println!("{}{}", gate.stdout, gate.stderr);
     assert!(gate.stderr.contains(&client_ip), "{}", gate.stderr);
     assert!(
         gate.stdout.contains("not every hop was mTLS"),
@@ -215,11 +216,12 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
 
     // The client stops; frontend goes on. A window later the gate passes.
     let stopped = Instant::now();
-    poll("a window without the plaintext edge", LONG, || {
+    let passed = poll("a window without the plaintext edge", LONG, || {
         let _ = get_in(&m.ns("frontend"), backend, "/");
         let r = weft(&m, &["edges", "--plaintext", "--since", "20s"]);
         (r.code == 0).then_some(r)
     });
+    println!("{}", passed.stdout);
     println!(
         "the gate passed {:?} after the last plaintext request",
         stopped.elapsed()
@@ -229,6 +231,7 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
 
     // Bad input: one line, exit 2.
     let r = weft(&m, &["identity", "nosuch", "-n", "demo"]).refused(2);
+    println!("{}", r.stderr.trim());
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("demo/nosuch") && r.stderr.contains("demo/backend"));
 }
