@@ -18,7 +18,7 @@ pub const BUCKET: i64 = 15;
 /// Edges kept over the whole fleet.
 pub const MAX_EDGES: usize = 10_000;
 /// Proxy processes whose last counters are kept (to take deltas).
-pub const MAX_INSTANCES: usize = 20_000;
+pub const MAX_INSTANCES: usize = 10_000;
 
 /// One end of an edge: a proven identity, or only an address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -142,10 +142,22 @@ fn prune(b: &mut Buckets, now: i64) {
     }
 }
 
+/// An edge key's 64-bit hash: a proxy's last counters are kept by hash, so
+/// the book holds each edge's names once (in `edges`), not once per report.
+fn key_hash(k: &EdgeKey) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    k.hash(&mut h);
+    h.finish()
+}
+
 #[derive(Default)]
 struct Book {
-    /// Each proxy process's last cumulative counters, and when it reported.
-    last: HashMap<String, (i64, HashMap<EdgeKey, Counts>, u64)>,
+    /// Each proxy process's last cumulative counters (by key hash), when it
+    /// reported, and its drop counter.
+    last: HashMap<String, (i64, HashMap<u64, Counts>, u64)>,
+    /// Old buckets are pruned once per bucket, not on every report.
+    pruned_at: i64,
     edges: HashMap<EdgeKey, Buckets>,
     /// Edges the proxies could not keep, by workload, in buckets.
     proxy_drops: HashMap<String, Buckets>,
@@ -172,7 +184,7 @@ impl EdgeBook {
         };
         let mut own_dropped = 0;
         for (key, counts) in &r.edges {
-            let delta = counts.since(prev.get(key).copied().unwrap_or_default());
+            let delta = counts.since(prev.get(&key_hash(key)).copied().unwrap_or_default());
             if delta.is_zero() {
                 continue;
             }
@@ -201,9 +213,12 @@ impl EdgeBook {
             };
             bump(b.proxy_drops.entry(r.workload.clone()).or_default(), now, c);
         }
-        let cumulative = r.edges.into_iter().collect();
+        let cumulative = r.edges.iter().map(|(k, c)| (key_hash(k), *c)).collect();
         b.last.insert(r.instance, (now, cumulative, r.dropped));
-        prune_book(b, now);
+        if now >= b.pruned_at + BUCKET || now < b.pruned_at {
+            prune_book(b, now);
+            b.pruned_at = now;
+        }
     }
 
     /// The edges active in the last `since_s` seconds (see `window`).
