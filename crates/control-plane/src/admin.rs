@@ -277,6 +277,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn edges_query_is_read_strictly() {
+        assert_eq!(edges_query(""), Ok((600, None)));
+        assert_eq!(
+            edges_query("since=20&namespace=demo"),
+            Ok((20, Some("demo".into())))
+        );
+        for bad in ["since=0", "since=3601", "since=x", "window=5", "namespace"] {
+            let e = edges_query(bad).unwrap_err();
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn not_ready_without_issuer_and_says_why() {
         let s = IssuerStatus {
             refused: Some("issuer certificate: expired".into()),
