@@ -1,7 +1,7 @@
 //! The admin endpoint (127.0.0.1 by default): /live, /ready, /metrics, the
-//! fleet view (/fleet) and POST /renew-now, behind the operator guard
-//! (`operator`: this listener's own host, no foreign origin, a header on
-//! every mutation).
+//! fleet view (/fleet), the edges (/edges) and POST /renew-now, behind the
+//! operator guard (`operator`: this listener's own host, no foreign origin,
+//! a header on every mutation).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -188,6 +188,7 @@ async fn handle(
             }
             json(StatusCode::OK, &view)
         }
+        "/edges" => edges(&st, req.uri().query().unwrap_or("")),
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" => {
             let issuer = st.issuer.borrow().clone();
@@ -214,10 +215,68 @@ async fn handle(
         other => text(
             StatusCode::NOT_FOUND,
             format!(
-                "no such endpoint {other}; try /live, /ready, /metrics, /fleet or POST /renew-now\n"
+                "no such endpoint {other}; try /live, /ready, /metrics, /fleet, /edges or POST /renew-now\n"
             ),
         ),
     })
+}
+
+/// The query of GET /edges: `since` (seconds, default 600, at most
+/// `MAX_WINDOW`) and `namespace` (default: all).
+pub fn edges_query(query: &str) -> Result<(i64, Option<String>), String> {
+    let mut since = 600;
+    let mut namespace = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("since", v)) => {
+                since = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|s| (1..=crate::fleet_edges::MAX_WINDOW).contains(s))
+                    .ok_or_else(|| {
+                        format!(
+                            "since={v}: expected whole seconds from 1 to {}",
+                            crate::fleet_edges::MAX_WINDOW
+                        )
+                    })?;
+            }
+            Some(("namespace", v)) if !v.is_empty() => namespace = Some(v.to_string()),
+            _ => {
+                return Err(format!(
+                    "unknown query {pair:?}; expected since=SECONDS and/or namespace=NS"
+                ));
+            }
+        }
+    }
+    Ok((since, namespace))
+}
+
+/// GET /edges: the edges active in the window, and the declared workloads
+/// in scope without a connected proxy.
+fn edges(st: &AdminState, query: &str) -> Response<Full<Bytes>> {
+    let (since, namespace) = match edges_query(query) {
+        Ok(q) => q,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let view = st.fleet.view(now, None, &[]);
+    let scope = crate::fleet_edges::Scope {
+        namespace,
+        declared: st
+            .index
+            .borrow()
+            .workloads
+            .iter()
+            .map(|w| format!("{}/{}", w.namespace, w.name))
+            .collect(),
+        meshed: view
+            .proxies
+            .iter()
+            .filter(|p| p.state == "connected")
+            .map(|p| p.workload.clone())
+            .collect(),
+    };
+    json(StatusCode::OK, &st.fleet.edges.window(now, since, &scope))
 }
 
 pub async fn serve(listener: TcpListener, st: AdminState) {
@@ -246,6 +305,19 @@ pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edges_query_is_read_strictly() {
+        assert_eq!(edges_query(""), Ok((600, None)));
+        assert_eq!(
+            edges_query("since=20&namespace=demo"),
+            Ok((20, Some("demo".into())))
+        );
+        for bad in ["since=0", "since=3601", "since=x", "window=5", "namespace"] {
+            let e = edges_query(bad).unwrap_err();
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn not_ready_without_issuer_and_says_why() {

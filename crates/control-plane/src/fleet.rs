@@ -76,6 +76,22 @@ pub struct Report {
     pub last_refresh: LastRefresh,
     pub last_refresh_at: i64,
     pub renew_request_id: String,
+    /// Where its admin endpoint answers (see `admin_endpoint`).
+    #[serde(default)]
+    pub admin_addr: String,
+}
+
+/// Where a proxy's admin endpoint answers: the address it reported, with
+/// an unspecified host (it listens on every address) replaced by the
+/// address its stream comes from. Empty when neither says.
+pub fn admin_endpoint(reported: &str, stream_from: Option<std::net::IpAddr>) -> String {
+    match reported.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => stream_from
+            .map(|ip| std::net::SocketAddr::new(ip, a.port()).to_string())
+            .unwrap_or_default(),
+        Ok(a) => a.to_string(),
+        Err(_) => String::new(),
+    }
 }
 
 fn version(v: Option<mesh_api::v1::BundleVersion>) -> Option<Version> {
@@ -88,8 +104,13 @@ fn version(v: Option<mesh_api::v1::BundleVersion>) -> Option<Version> {
 impl Report {
     /// A report from the stream of `identity` (its mTLS identity: what the
     /// report claims is checked by the caller, never trusted).
-    pub fn from_proto(r: ProxyReport, identity: Identity) -> Self {
+    pub fn from_proto(
+        r: ProxyReport,
+        identity: Identity,
+        stream_from: Option<std::net::IpAddr>,
+    ) -> Self {
         Self {
+            admin_addr: admin_endpoint(&r.admin_addr, stream_from),
             identity,
             workload: r.workload,
             bundle: version(r.bundle),
@@ -134,6 +155,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Fleet {
     inner: Mutex<Inner>,
+    /// The edges the proxies report, over a window.
+    pub edges: crate::fleet_edges::EdgeBook,
     pub metrics: crate::fleet_metrics::FleetMetrics,
 }
 
@@ -439,6 +462,10 @@ pub struct ProxyView {
     pub expires_in_s: i64,
     pub last_refresh: LastRefresh,
     pub renew_request_id: String,
+    /// Where its admin endpoint answers (host:port); empty from a proxy
+    /// that does not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub admin_addr: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -508,6 +535,7 @@ pub fn view(
                 expires_in_s: r.not_after - now,
                 last_refresh: r.last_refresh.clone(),
                 renew_request_id: r.renew_request_id.clone(),
+                admin_addr: r.admin_addr.clone(),
             })
         })
         .collect();

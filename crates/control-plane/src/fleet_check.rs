@@ -303,6 +303,7 @@ mod tests {
             expires_in_s: 9_000,
             last_refresh: crate::fleet::LastRefresh::Ok,
             renew_request_id: String::new(),
+            admin_addr: String::new(),
         }
     }
 

@@ -27,6 +27,7 @@ fn proxy(workload: &str, state: &str, age: i64, serial: &str) -> ProxyView {
         expires_in_s: 9_000,
         last_refresh: LastRefresh::Ok,
         renew_request_id: String::new(),
+        admin_addr: String::new(),
     }
 }
 

@@ -37,6 +37,7 @@ fn report(identity: &str, generation: u64, issuer: &str, anchor: &str) -> Report
         last_refresh: LastRefresh::Ok,
         last_refresh_at: 900,
         renew_request_id: String::new(),
+        admin_addr: String::new(),
     }
 }
 
@@ -205,4 +206,13 @@ async fn passes_ask_within_the_limit_and_count_results() {
     // By hand: everyone connected, even those already current.
     let (marked, skipped) = f.force_renewal(&b);
     assert_eq!((marked, skipped.len()), (3, 0));
+}
+
+#[test]
+fn an_admin_listening_everywhere_is_found_where_its_stream_comes_from() {
+    let from = Some("10.10.0.4".parse().unwrap());
+    assert_eq!(admin_endpoint("0.0.0.0:4191", from), "10.10.0.4:4191");
+    assert_eq!(admin_endpoint("127.0.0.1:4191", from), "127.0.0.1:4191");
+    assert_eq!(admin_endpoint("0.0.0.0:4191", None), "");
+    assert_eq!(admin_endpoint("", from), "", "an older proxy says nothing");
 }

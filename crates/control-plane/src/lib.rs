@@ -6,6 +6,7 @@ pub mod config;
 pub mod destination;
 pub mod fleet;
 pub mod fleet_check;
+pub mod fleet_edges;
 pub mod fleet_metrics;
 pub mod fleet_peers;
 pub mod grpc_bounds;

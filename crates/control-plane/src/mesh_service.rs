@@ -96,6 +96,7 @@ impl Mesh for MeshService {
             })
             .map(|i| i.serial)
             .unwrap_or_default();
+        let from = req.remote_addr().map(|a| a.ip());
         let mut reports = req.into_inner();
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMessage>(16);
         let (out_tx, out) = mpsc::channel(16);
@@ -134,7 +135,9 @@ impl Mesh for MeshService {
                             Some(None)
                         }
                         Ok(Some(r)) => {
-                            fleet.report(id, Report::from_proto(r, caller.clone()), now());
+                            let edges = crate::fleet_edges::Reported::from_proto(&r, &caller);
+                            fleet.edges.record(edges, now());
+                            fleet.report(id, Report::from_proto(r, caller.clone(), from), now());
                             Some(None)
                         }
                         Ok(None) | Err(_) => None,

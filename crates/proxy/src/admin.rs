@@ -1,4 +1,4 @@
-//! The proxy's admin endpoint: /live, /ready, /metrics.
+//! The proxy's admin endpoint: /live, /ready, /metrics, /identity.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +27,18 @@ pub fn readiness(cert: Option<&ProxyCert>, now: OffsetDateTime) -> Result<(), St
     }
 }
 
+/// The chain this proxy serves now, PEM, leaf first: public certificates
+/// only (what any TLS peer sees), for `weft identity`.
+fn identity(cert: Option<&ProxyCert>) -> Response<Full<Bytes>> {
+    match cert {
+        Some(c) => text(StatusCode::OK, pki::cert::to_pem(&c.certified.cert)),
+        None => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no certificate yet (waiting for the identity service)\n".into(),
+        ),
+    }
+}
+
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
@@ -46,9 +58,10 @@ async fn handle(
             ready(readiness(cert.as_deref(), OffsetDateTime::now_utc()))
         }
         "/metrics" => metrics(&st.registry),
+        "/identity" => identity(st.cert.borrow().as_deref()),
         other => text(
             StatusCode::NOT_FOUND,
-            format!("no such endpoint {other}; try /live, /ready or /metrics\n"),
+            format!("no such endpoint {other}; try /live, /ready, /metrics or /identity\n"),
         ),
     })
 }

@@ -145,16 +145,18 @@ where
     let result = match protocol {
         Protocol::Http2 => {
             let up = Arc::new(Mutex::new(None));
-            let svc =
-                hyper::service::service_fn(move |req| h2_request(conn.clone(), up.clone(), req));
+            let svc = hyper::service::service_fn(move |req| {
+                counted(conn.clone(), h2_request(conn.clone(), up.clone(), req))
+            });
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(io), svc)
                 .await
         }
         _ => {
             let up = Arc::new(Mutex::new(None));
-            let svc =
-                hyper::service::service_fn(move |req| h1_request(conn.clone(), up.clone(), req));
+            let svc = hyper::service::service_fn(move |req| {
+                counted(conn.clone(), h1_request(conn.clone(), up.clone(), req))
+            });
             // A client that half-closes after its request still gets the
             // response (as through an L4 hop).
             hyper::server::conn::http1::Builder::new()
@@ -167,6 +169,20 @@ where
     if let Err(e) = result {
         tracing::debug!(error = %e, "inbound HTTP connection ended with an error");
     }
+}
+
+/// A request's answer, counted on its edge.
+async fn counted(
+    conn: Arc<HttpConn>,
+    answer: impl std::future::Future<Output = Result<Response<Body>, Infallible>>,
+) -> Result<Response<Body>, Infallible> {
+    let r = answer.await;
+    if let Ok(resp) = &r {
+        conn.metrics
+            .edges
+            .request(&conn.client, resp.status().as_u16());
+    }
+    r
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {

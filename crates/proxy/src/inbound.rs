@@ -321,6 +321,7 @@ impl Inbound {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.metrics.edges.inbound(&client, &labels.no_tls_reason);
         let (server, source, mut rx) = self.policies.port(port).await;
         if source != Source::ControlPlane {
             tracing::warn!(

@@ -11,6 +11,7 @@ pub mod control;
 pub mod copy;
 pub mod detect;
 pub mod discovery;
+pub mod edges;
 pub mod endpoints;
 pub mod follow;
 pub mod forward;
@@ -160,6 +161,8 @@ pub async fn start(
         identity: cfg.identity.clone(),
         workload: cfg.workload.to_string(),
         metrics: metrics.clone(),
+        admin_addr: started.admin_addr,
+        instance: instance_id(),
     };
     let discovery = discovery::Discovery::new(
         cfg.destination_addr.clone(),
@@ -261,6 +264,15 @@ pub async fn start(
         background.abort_all();
     };
     Ok((started, run))
+}
+
+/// 64 random bits, hex: this process among its workload's proxies.
+fn instance_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut b);
+    pki::cert::hex(&b)
 }
 
 /// Where a redirected connection was going (SO_ORIGINAL_DST); for a

@@ -44,6 +44,12 @@ pub struct MeshLink {
     pub identity: pki::Identity,
     pub workload: String,
     pub metrics: ProxyMetrics,
+    /// Where the admin endpoint listens (reported, so `weft identity` can
+    /// read the chain it serves).
+    pub admin_addr: std::net::SocketAddr,
+    /// Random per process: the control plane tells a restart (counters
+    /// from zero) from a reconnect.
+    pub instance: String,
 }
 
 /// The last refused bundle and why: reported, and tried again whenever the
@@ -85,6 +91,7 @@ impl MeshLink {
             .as_ref()
             .map(|c| c.certified.cert.clone())
             .unwrap_or_default();
+        let (edges, edges_dropped) = self.metrics.edges.report();
         ProxyReport {
             identity: self.identity.to_string(),
             workload: self.workload.clone(),
@@ -104,6 +111,10 @@ impl MeshLink {
             last_refresh: status.result.to_string(),
             last_refresh_unix: status.at,
             renew_request_id: status.renew_request_id,
+            admin_addr: self.admin_addr.to_string(),
+            instance: self.instance.clone(),
+            edges,
+            edges_dropped,
         }
     }
 

@@ -138,6 +138,9 @@ pub struct ProxyMetrics {
     /// Control-plane replicas left because they offered an older bundle.
     pub stale_control_planes: Counter,
     pub active: std::sync::Arc<Active>,
+    /// Who talked to whom, reported to the control plane (not a metric:
+    /// bounded by its own cap, not by label cardinality).
+    pub edges: crate::edges::Edges,
 }
 
 impl ProxyMetrics {

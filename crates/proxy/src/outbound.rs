@@ -247,6 +247,9 @@ impl Outbound {
                 ..
             } => (identity, proxy_port, addr.port()),
             Resolution::NotMeshed { addr } => {
+                self.metrics
+                    .edges
+                    .outbound_plain(addr, "not_provided_by_service_discovery");
                 let labels = ConnLabels {
                     direction: "outbound",
                     peer: "dst",

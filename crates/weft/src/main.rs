@@ -47,6 +47,10 @@ enum Cmd {
     ControlPlane(Box<cli::control_plane::ControlPlaneArgs>),
     /// Run the whole mesh on 127.0.0.1 and show a request over mutual TLS
     Demo(cli::demo::DemoArgs),
+    /// Every edge the proxies saw (client → server) with counts and whether it was mTLS; `--plaintext` is a compliance gate
+    Edges(cli::edges::EdgesArgs),
+    /// The certificate chain a workload's proxies serve right now, read from the proxies themselves
+    Identity(cli::identity::IdentityArgs),
     /// Install (or remove, or list) the iptables rules that steer traffic through the proxy
     Init(cli::init::InitArgs),
     /// Mesh the workloads in Kubernetes manifests: add linkerd.io/inject: enabled, or the proxy itself with --manual
@@ -85,6 +89,8 @@ fn main() -> ExitCode {
         Cmd::Proxy(c) => cli::proxy::run(*c),
         Cmd::Demo(c) => cli::demo::run(c),
         Cmd::Init(c) => cli::init::run(c),
+        Cmd::Edges(c) => cli::edges::run(c),
+        Cmd::Identity(c) => cli::identity::run(c),
         Cmd::Inject(c) => cli::inject::run_inject(c),
         Cmd::Install(c) => cli::install::run_install(c),
         Cmd::Uninstall(c) => cli::install::run_uninstall(c),

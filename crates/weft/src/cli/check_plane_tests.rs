@@ -32,6 +32,7 @@ pub(crate) fn proxy(workload: &str, generation: u64, state: &str) -> ProxyView {
         expires_in_s: 9_000,
         last_refresh: LastRefresh::Ok,
         renew_request_id: String::new(),
+        admin_addr: String::new(),
     }
 }
 

@@ -10,6 +10,8 @@ mod check_tunnel;
 pub mod control_plane;
 pub mod demo;
 pub mod duration;
+pub mod edges;
+pub mod identity;
 pub mod init;
 pub mod inject;
 pub mod install;
