@@ -250,7 +250,12 @@ fn trust_anchor_rotation_by_the_commands_alone() {
         println!("status {step}:\n{}", r.stdout);
         r.stdout
     };
-    assert!(status("prepared").contains("phase: prepared"));
+    let st = status("prepared");
+    assert!(st.contains("phase: prepared"), "{st}");
+    assert!(
+        st.contains("next: weft certs create identity.linkerd.cluster.local issuer-new.crt issuer-new.key --profile intermediate-ca --ca ca2.crt --ca-key ca2.key"),
+        "{st}"
+    );
 
     // Issuers refused before anything changes.
     let in_force = s.read("issuer.crt");
@@ -371,9 +376,25 @@ fn trust_anchor_rotation_by_the_commands_alone() {
     assert!(!r.stderr.contains("demo/stuck"), "{}", r.stderr);
     assert!(r.stderr.contains(legacy), "{}", r.stderr);
     request_legacy();
-    let r = weft(&["rotate", "trust-anchor", "retire"]).ok();
+
+    // Retire killed mid-phase (batch paused again), then re-run: resumes.
+    signal(batch, "-STOP");
+    let retire = args(&["rotate", "trust-anchor", "retire"], &admin_s);
+    let mut killed = spawn(&s, &retire, "retire.out");
+    poll("retire waits for batch", DEADLINE, || {
+        s.read("retire.out")
+            .contains("waiting for demo/batch")
+            .then_some(())
+    });
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    signal(batch, "-CONT");
+    assert_eq!(phase(&s).as_deref(), Some("retiring"));
+    let r = s.weft(&retire).ok();
     println!("{}", r.stdout);
-    assert!(r.stdout.contains("retired:"), "{}", r.stdout);
+    for said in ["resuming retire", "(5 of 5", "retired:"] {
+        assert!(r.stdout.contains(said), "{said}: {}", r.stdout);
+    }
     assert_eq!(s.read("ca.crt"), s.read("ca2.crt"));
     let v = fleet(admin).unwrap();
     let new_anchor = pki::fingerprint(&pki::load_certs(&s.path("ca2.crt")).unwrap()[0]);

@@ -71,6 +71,28 @@ impl PlaneArgs {
         }
     }
 
+    /// The issuer files the hints name, beside the control plane's.
+    fn new_issuer_files(&self) -> (PathBuf, PathBuf) {
+        let f = &self.identity_issuer_certificate_file;
+        (
+            f.with_file_name("issuer-new.crt"),
+            f.with_file_name("issuer-new.key"),
+        )
+    }
+
+    /// The exact command that makes a new issuer under `anchor` (its key
+    /// beside it, as `weft certs create` writes them).
+    fn certs_create_issuer(&self, anchor: &Path) -> String {
+        let (crt, key) = self.new_issuer_files();
+        format!(
+            "weft certs create identity.linkerd.cluster.local {} {} --profile intermediate-ca --ca {} --ca-key {}",
+            crt.display(),
+            key.display(),
+            anchor.display(),
+            key_beside(anchor).display()
+        )
+    }
+
     /// The same flags, as a next-step hint prints them.
     fn flags(&self) -> String {
         format!(
@@ -96,6 +118,11 @@ pub struct IssuerArgs {
     /// Only judge the new pair; change nothing
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `ca2.crt` → `ca2.key`: where `weft certs create` put a CA's key.
+fn key_beside(cert: &Path) -> PathBuf {
+    cert.with_extension("key")
 }
 
 pub fn run(c: RotateCmd) -> CmdResult {
@@ -160,9 +187,11 @@ fn install(a: &PlaneArgs, cert: &[u8], key: &[u8]) -> Result<(), Failure> {
 
 fn issuer(a: IssuerArgs) -> CmdResult {
     let anchors = read(&a.plane.identity_trust_anchors_file)?;
+    // `--ca` may name the whole bundle: the certificate the key belongs to signs.
     let create = format!(
-        "`weft certs create identity.linkerd.cluster.local NEW.crt NEW.key --profile intermediate-ca --ca ANCHOR.crt --ca-key ANCHOR.key` (ANCHOR in {})",
-        a.plane.identity_trust_anchors_file.display()
+        "`{}`",
+        a.plane
+            .certs_create_issuer(&a.plane.identity_trust_anchors_file)
     );
     let new_issuer = judge(
         (&a.plane.identity_trust_anchors_file, &anchors),
@@ -272,7 +301,7 @@ fn put_in_force(
         "in_force",
         json!({"issuer": new_issuer}),
         &format!(
-            "the control plane serves issuer {short} ({:.1?})",
+            "the control plane serves {label} ({:.1?})",
             ev.start.elapsed()
         ),
     );
@@ -287,7 +316,7 @@ fn put_in_force(
     progress::wait_converged(
         &t,
         ev,
-        &format!("issuer {short}"),
+        label,
         |v| progress::progress(v, new_issuer, expected),
         |n| {
             format!(

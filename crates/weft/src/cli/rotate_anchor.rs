@@ -196,7 +196,7 @@ fn new_rotation(a: &PrepareArgs) -> Result<Rotation, Failure> {
             "the new anchor {} is refused, nothing was changed: {why}; create one with `weft certs create root.linkerd.cluster.local {} {} --profile root-ca`",
             a.new_anchor.display(),
             a.new_anchor.display(),
-            key_beside(&a.new_anchor).display()
+            super::key_beside(&a.new_anchor).display()
         ))
     };
     let pem = String::from_utf8(read(&a.new_anchor)?).map_err(|_| refuse("not PEM text".into()))?;
@@ -244,29 +244,19 @@ fn new_rotation(a: &PrepareArgs) -> Result<Rotation, Failure> {
     })
 }
 
-/// `ca2.crt` → `ca2.key`: where `weft certs create` put the anchor's key.
-pub fn key_beside(cert: &Path) -> PathBuf {
-    cert.with_extension("key")
-}
-
-/// The issuer files the hints name, beside the control plane's.
-fn new_issuer_files(a: &PlaneArgs) -> (PathBuf, PathBuf) {
-    let f = &a.identity_issuer_certificate_file;
-    (
-        f.with_file_name("issuer-new.crt"),
-        f.with_file_name("issuer-new.key"),
-    )
-}
-
 /// The exact command that makes an issuer under the new anchor.
-pub fn certs_create_issuer(a: &PlaneArgs, r: &Rotation) -> String {
-    let (crt, key) = new_issuer_files(a);
+pub(super) fn certs_create_issuer(a: &PlaneArgs, r: &Rotation) -> String {
+    a.certs_create_issuer(&r.new_anchor_file)
+}
+
+/// The exact command that activates the issuer the hint made.
+pub(super) fn activate_command(a: &PlaneArgs) -> String {
+    let (crt, key) = a.new_issuer_files();
     format!(
-        "weft certs create identity.linkerd.cluster.local {} {} --profile intermediate-ca --ca {} --ca-key {}",
+        "weft rotate trust-anchor activate --issuer-cert {} --issuer-key {} {}",
         crt.display(),
         key.display(),
-        r.new_anchor_file.display(),
-        key_beside(&r.new_anchor_file).display()
+        a.flags()
     )
 }
 
@@ -321,13 +311,7 @@ fn prepare(a: PrepareArgs) -> CmdResult {
             ),
         );
     }
-    let (crt, key) = new_issuer_files(&a.plane);
-    let activate = format!(
-        "weft rotate trust-anchor activate --issuer-cert {} --issuer-key {} {}",
-        crt.display(),
-        key.display(),
-        a.plane.flags()
-    );
+    let activate = activate_command(&a.plane);
     ev.say(
         "next",
         json!({"commands": [certs_create_issuer(&a.plane, &r), activate]}),

@@ -115,8 +115,18 @@ pub fn status(a: &PlaneArgs) -> CmdResult {
             plan::label(&u.issuer_sha256, &[], "")
         );
     }
-    if let Some(n) = next(phase) {
-        outln!("next: weft rotate trust-anchor {n} {}", a.flags());
+    match (&r, phase) {
+        // The exact commands: an issuer under the new anchor, then activate.
+        (Some(r), Some(Phase::Prepared)) => outln!(
+            "next: {}\n      {}",
+            super::anchor::certs_create_issuer(a, r),
+            super::anchor::activate_command(a)
+        ),
+        _ => {
+            if let Some(n) = next(phase) {
+                outln!("next: weft rotate trust-anchor {n} {}", a.flags());
+            }
+        }
     }
     if blockers.is_empty() {
         outln!("blocked by: nothing");
