@@ -418,7 +418,7 @@ fn retire(a: &PlaneArgs) -> CmdResult {
     };
     if admit == Admit::Start {
         let v = progress::fleet_or_refuse(&a.admin_addr)?;
-        let deps = plan::dependents(&v, &r);
+        let deps = plan::dependents(&v, &r, &a.admin_addr);
         if !deps.is_empty() {
             let list: Vec<String> = deps
                 .iter()

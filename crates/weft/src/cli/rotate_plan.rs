@@ -143,8 +143,9 @@ fn short(fp: &str) -> &str {
 /// What still depends on the anchors retire would remove: the issuer in
 /// force if it chains to one of them, every live leaf (connected or stale
 /// proxy) chaining to one, every live unmanaged certificate not from the
-/// new issuer. Empty: retire may go ahead.
-pub fn dependents(v: &FleetView, r: &Rotation) -> Vec<Dependent> {
+/// new issuer. Empty: retire may go ahead. `admin` (the control plane's
+/// admin address) goes into the hints.
+pub fn dependents(v: &FleetView, r: &Rotation, admin: &str) -> Vec<Dependent> {
     let old = r.retiring();
     let mut out = Vec::new();
     match &v.bundle {
@@ -169,7 +170,7 @@ pub fn dependents(v: &FleetView, r: &Rotation) -> Vec<Dependent> {
             out.push(Dependent {
                 name: format!("{} ({})", p.workload, p.identity),
                 why: format!(
-                    "its leaf (serial {}, {} proxy, expires in {}s) chains to the old anchor; last refresh: {}; once it can reach the identity service, renew it with `curl -X POST http://ADMIN/renew-now` (or re-run `weft rotate trust-anchor activate`)",
+                    "its leaf (serial {}, {} proxy, expires in {}s) chains to the old anchor; last refresh: {}; once it can reach the identity service, renew it with `curl -X POST http://{admin}/renew-now` (or re-run `weft rotate trust-anchor activate`)",
                     p.leaf_serial,
                     p.state,
                     p.expires_in_s,
@@ -200,7 +201,12 @@ fn refresh(p: &ProxyView) -> String {
 }
 
 /// What stops the rotation from moving on from `phase`: pure, for status.
-pub fn blockers(phase: Option<Phase>, r: Option<&Rotation>, v: &FleetView) -> Vec<String> {
+pub fn blockers(
+    phase: Option<Phase>,
+    r: Option<&Rotation>,
+    v: &FleetView,
+    admin: &str,
+) -> Vec<String> {
     let (Some(phase), Some(r)) = (phase, r) else {
         return Vec::new();
     };
@@ -228,7 +234,7 @@ pub fn blockers(phase: Option<Phase>, r: Option<&Rotation>, v: &FleetView) -> Ve
             ),
             None => vec!["no new issuer was installed yet".into()],
         },
-        Phase::Activated => dependents(v, r)
+        Phase::Activated => dependents(v, r, admin)
             .into_iter()
             .map(|d| format!("{}: {}", d.name, d.why))
             .collect(),

@@ -41,7 +41,7 @@ pub fn status(a: &PlaneArgs) -> CmdResult {
             String::new(),
         ),
     };
-    let blockers = plan::blockers(phase, r.as_ref(), &v);
+    let blockers = plan::blockers(phase, r.as_ref(), &v, &a.admin_addr);
     let proxies: Vec<serde_json::Value> = v
         .proxies
         .iter()
