@@ -183,11 +183,18 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Loads a CA certificate (the first in the file) and its key, checking they
-    /// belong together and that the certificate may sign.
+    /// Loads a CA certificate and its key, checking they belong together and
+    /// that the certificate may sign. A file of several certificates (a
+    /// bundle of old + new anchor during a rotation, or a chain) gives the
+    /// one the key belongs to, else the first.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, CreateError> {
-        let cert = load_certs(cert_path)?.remove(0);
+        let mut certs = load_certs(cert_path)?;
         let key = load_key(key_path)?;
+        let at = certs
+            .iter()
+            .position(|c| key_matches_cert(&key, c))
+            .unwrap_or(0);
+        let cert = certs.swap_remove(at);
         Self::new(
             cert,
             key,
@@ -447,6 +454,40 @@ mod tests {
             signer,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_signer_from_a_bundle_is_the_certificate_its_key_belongs_to() {
+        let d = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            make(Profile::RootCa, "root-1", None, 3650),
+            make(Profile::RootCa, "root-2", None, 3650),
+        );
+        let bundle = d.path().join("ca.crt");
+        std::fs::write(
+            &bundle,
+            crate::cert::to_pem(&[old.cert.clone(), new.cert.clone()]),
+        )
+        .unwrap();
+        let key = d.path().join("ca2.key");
+        std::fs::write(&key, new.key.serialize_pem()).unwrap();
+        let s = Signer::load(&bundle, &key).unwrap();
+        let issuer = make(Profile::IntermediateCa, "issuer", Some(&s), 365);
+        verify(
+            &issuer.cert,
+            &[],
+            std::slice::from_ref(&new.cert),
+            now(),
+            Purpose::Ca,
+        )
+        .unwrap();
+        // A key that belongs to none of them is still refused.
+        let other = make(Profile::RootCa, "root-3", None, 3650);
+        std::fs::write(&key, other.key.serialize_pem()).unwrap();
+        assert!(matches!(
+            Signer::load(&bundle, &key),
+            Err(CreateError::KeyMismatch { .. })
+        ));
     }
 
     fn signer(c: Created) -> Signer {

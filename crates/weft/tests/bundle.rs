@@ -8,8 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::Scratch;
@@ -437,54 +436,6 @@ fn post(addr: SocketAddr, path: &str) -> String {
     buf
 }
 
-/// A TCP forwarder that can be shut: connections while shut are dropped,
-/// and those open when it shuts are cut (a proxy keeps one connection to
-/// each control-plane address, so cutting only new ones would not isolate it).
-struct Gate {
-    open: Arc<AtomicBool>,
-    addr: SocketAddr,
-}
-
-fn gate(to: SocketAddr) -> Gate {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let open = Arc::new(AtomicBool::new(true));
-    let is_open = open.clone();
-    let live = Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
-    let (watch_open, watch_live) = (open.clone(), live.clone());
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(Duration::from_millis(50));
-            if !watch_open.load(Ordering::Relaxed) {
-                for s in watch_live.lock().unwrap().drain(..) {
-                    let _ = s.shutdown(std::net::Shutdown::Both);
-                }
-            }
-        }
-    });
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(a) = s else { continue };
-            if !is_open.load(Ordering::Relaxed) {
-                continue;
-            }
-            let Ok(b) = std::net::TcpStream::connect(to) else {
-                continue;
-            };
-            if let (Ok(x), Ok(y)) = (a.try_clone(), b.try_clone()) {
-                live.lock().unwrap().extend([x, y]);
-            }
-            for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut into);
-                    let _ = into.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        }
-    });
-    Gate { open, addr }
-}
-
 #[test]
 fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
     let s = Scratch::new();
@@ -503,7 +454,7 @@ fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let admin = SocketAddr::from(([127, 0, 0, 1], ports[3]));
     let cp = start_cp(&s, &ports);
-    let identity = gate(cp.addr("identity listening on"));
+    let identity = rotation::gate(cp.addr("identity listening on"));
     let _backend = start_proxy(&s, "backend", be_in, &cp, &[], &[]);
     let ga = identity.addr.to_string();
     // Its identity service is reached through the gate.

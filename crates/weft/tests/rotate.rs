@@ -123,6 +123,13 @@ fn rotate_issuer_renews_the_fleet_with_no_failed_request() {
         );
         assert_eq!(s.read("issuer.crt"), in_force, "{cert} changed the files");
     }
+    // The refusal's `weft certs create` hint works as printed.
+    let r = rotate("issuer2.crt", "issuer2.key", &[]).refused(2);
+    let hint = r.stderr.split('`').nth(1).unwrap();
+    assert!(hint.starts_with("weft certs create"), "{}", r.stderr);
+    s.weft(&hint.split_whitespace().skip(1).collect::<Vec<_>>())
+        .ok();
+    rotate("issuer-new.crt", "issuer-new.key", &["--dry-run"]).ok();
     let dry = rotate("next.crt", "next.key", &["--dry-run"]).ok();
     assert!(dry.stdout.contains("dry run"), "{}", dry.stdout);
     assert_eq!(s.read("issuer.crt"), in_force);

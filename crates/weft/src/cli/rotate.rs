@@ -10,27 +10,39 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use control_plane::fleet::FleetView;
-use pki::check::{CheckConfig, Status, identity_checks, load_identity_material};
+use pki::check::{CheckConfig, Status, identity_checks, parse_identity_material};
 use serde_json::json;
 
 use super::duration::parse_duration;
-use super::{CmdResult, Failure, http_get, http_request};
+use super::{CmdResult, Failure, http_request};
+
+#[path = "rotate_abort.rs"]
+mod abort;
+#[path = "rotate_anchor.rs"]
+mod anchor;
+#[path = "rotate_plan.rs"]
+mod plan;
+#[path = "rotate_progress.rs"]
+mod progress;
+#[path = "rotate_state.rs"]
+mod state;
+#[path = "rotate_status.rs"]
+mod status;
+
+use progress::{Events, Target};
 
 #[derive(Debug, Subcommand)]
 pub enum RotateCmd {
     /// Put a new issuer (signed by an anchor in force) in force and renew the fleet under it
     Issuer(IssuerArgs),
+    /// Replace the trust anchor in three verified phases: prepare, activate, retire (also status, abort)
+    #[command(subcommand)]
+    TrustAnchor(anchor::AnchorCmd),
 }
 
-#[derive(Debug, Args)]
-pub struct IssuerArgs {
-    /// The new issuer certificate (PEM), e.g. from `weft certs create identity.linkerd.cluster.local issuer-new.crt issuer-new.key --profile intermediate-ca --ca ca.crt --ca-key ca.key`
-    #[arg(long)]
-    pub cert: PathBuf,
-    /// The new issuer's private key (PEM)
-    #[arg(long)]
-    pub key: PathBuf,
+/// The control plane's identity files (standalone mode) and where it answers.
+#[derive(Debug, Clone, Args)]
+pub struct PlaneArgs {
     /// The trust anchors in force (the control plane's --identity-trust-anchors-file)
     #[arg(long)]
     pub identity_trust_anchors_file: PathBuf,
@@ -43,9 +55,6 @@ pub struct IssuerArgs {
     /// The control plane's admin address
     #[arg(long, default_value = "127.0.0.1:9990", value_parser = super::host_port)]
     pub admin_addr: String,
-    /// Only judge the new pair; change nothing
-    #[arg(long)]
-    pub dry_run: bool,
     /// How long to wait for the control plane and then the fleet
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -54,56 +63,72 @@ pub struct IssuerArgs {
     pub output: super::Output,
 }
 
-/// Where the rotation's steps are told: one JSON object a line, or text
-/// (progress rewritten in place on a terminal, a line each when piped).
-struct Events {
-    json: bool,
-    live: bool,
-    start: Instant,
-    /// A live line is on screen and needs its newline before the next.
-    open: std::cell::Cell<bool>,
+impl PlaneArgs {
+    fn target(&self) -> Target {
+        Target {
+            admin: self.admin_addr.clone(),
+            timeout: self.timeout,
+        }
+    }
+
+    /// The issuer files the hints name, beside the control plane's.
+    fn new_issuer_files(&self) -> (PathBuf, PathBuf) {
+        let f = &self.identity_issuer_certificate_file;
+        (
+            f.with_file_name("issuer-new.crt"),
+            f.with_file_name("issuer-new.key"),
+        )
+    }
+
+    /// The exact command that makes a new issuer under `anchor` (its key
+    /// beside it, as `weft certs create` writes them).
+    fn certs_create_issuer(&self, anchor: &Path) -> String {
+        let (crt, key) = self.new_issuer_files();
+        format!(
+            "weft certs create identity.linkerd.cluster.local {} {} --profile intermediate-ca --ca {} --ca-key {}",
+            crt.display(),
+            key.display(),
+            anchor.display(),
+            key_beside(anchor).display()
+        )
+    }
+
+    /// The same flags, as a next-step hint prints them.
+    fn flags(&self) -> String {
+        format!(
+            "--identity-trust-anchors-file {} --identity-issuer-certificate-file {} --identity-issuer-key-file {} --admin-addr {}",
+            self.identity_trust_anchors_file.display(),
+            self.identity_issuer_certificate_file.display(),
+            self.identity_issuer_key_file.display(),
+            self.admin_addr
+        )
+    }
 }
 
-impl Events {
-    fn new(output: &super::Output, start: Instant) -> Self {
-        use std::io::IsTerminal;
-        let json = matches!(output, super::Output::Json);
-        Self {
-            json,
-            live: !json && std::io::stdout().is_terminal(),
-            start,
-            open: std::cell::Cell::new(false),
-        }
-    }
+#[derive(Debug, Args)]
+pub struct IssuerArgs {
+    /// The new issuer certificate (PEM), e.g. from `weft certs create identity.linkerd.cluster.local issuer-new.crt issuer-new.key --profile intermediate-ca --ca ca.crt --ca-key ca.key`
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// The new issuer's private key (PEM)
+    #[arg(long)]
+    pub key: PathBuf,
+    #[command(flatten)]
+    pub plane: PlaneArgs,
+    /// Only judge the new pair; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
 
-    /// One step: `event` names it, `fields` carry its data, `text` says it.
-    fn say(&self, event: &str, fields: serde_json::Value, text: &str) {
-        let elapsed = self.start.elapsed();
-        if self.json {
-            let mut v = serde_json::json!({"event": event, "elapsed_s": elapsed.as_secs_f64(), "message": text});
-            if let (Some(o), serde_json::Value::Object(f)) = (v.as_object_mut(), fields) {
-                o.extend(f);
-            }
-            outln!("{v}");
-        } else if self.live && event == "progress" {
-            out!("\r{text} ({elapsed:.1?})\x1b[K");
-            self.open.set(true);
-        } else {
-            if self.open.replace(false) {
-                outln!();
-            }
-            if event == "progress" {
-                outln!("{text} ({elapsed:.1?})");
-            } else {
-                outln!("{text}");
-            }
-        }
-    }
+/// `ca2.crt` → `ca2.key`: where `weft certs create` put a CA's key.
+fn key_beside(cert: &Path) -> PathBuf {
+    cert.with_extension("key")
 }
 
 pub fn run(c: RotateCmd) -> CmdResult {
     match c {
         RotateCmd::Issuer(a) => issuer(a),
+        RotateCmd::TrustAnchor(c) => anchor::run(c),
     }
 }
 
@@ -111,11 +136,19 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| Failure::input(format!("cannot read {}: {e}", path.display())))
 }
 
-/// Every identity check on the new pair against the anchors in force; a
-/// warning (e.g. less than 60 days left) refuses too: a rotation should not
-/// install an issuer that is already due for the next one.
-fn judge(a: &IssuerArgs) -> Result<String, Failure> {
-    let material = load_identity_material(&a.identity_trust_anchors_file, &a.cert, Some(&a.key));
+/// Every identity check on the new pair against `anchors` (a label and
+/// PEM bytes); a warning (e.g. less than 60 days left) refuses too: a
+/// rotation should not install an issuer that is already due for the next
+/// one. `create` is the command that makes a good one. Returns the new
+/// issuer's fingerprint.
+fn judge(
+    anchors: (&Path, &[u8]),
+    cert: &Path,
+    key: &Path,
+    create: &str,
+) -> Result<String, Failure> {
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let material = parse_identity_material(anchors, (cert, &cert_pem), Some((key, &key_pem)));
     let checks = identity_checks(
         material.as_ref().map_err(String::as_str),
         time::OffsetDateTime::now_utc(),
@@ -128,89 +161,19 @@ fn judge(a: &IssuerArgs) -> Result<String, Failure> {
         .collect();
     if !bad.is_empty() {
         return Err(Failure::input(format!(
-            "the new issuer {} is refused, nothing was changed: {}; create one with `weft certs create identity.linkerd.cluster.local NEW.crt NEW.key --profile intermediate-ca --ca ANCHOR.crt --ca-key ANCHOR.key` (ANCHOR in {})",
-            a.cert.display(),
+            "the new issuer {} is refused, nothing was changed: {}; create one with {create}",
+            cert.display(),
             bad.join("; "),
-            a.identity_trust_anchors_file.display()
         )));
     }
     let cert = material.map_err(Failure::input)?.issuer;
     Ok(pki::fingerprint(&cert))
 }
 
-fn fleet(addr: &str) -> Result<FleetView, String> {
-    match http_get(addr, "/fleet") {
-        Some((200, body)) => serde_json::from_str(&body)
-            .map_err(|e| format!("{addr}/fleet is not a fleet view: {e}")),
-        Some((code, body)) => Err(format!("{addr}/fleet answered {code}: {}", body.trim())),
-        None => Err(format!("no control plane answers at {addr}")),
-    }
-}
-
-/// Where the rotation stands, from one fleet view: pure.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// The control plane still serves the previous issuer.
-    Waiting,
-    Refused(String),
-    /// In force; the connected proxies not yet on it, by workload.
-    Converging {
-        done: usize,
-        of: usize,
-        stragglers: Vec<String>,
-    },
-    Done {
-        proxies: usize,
-    },
-}
-
-/// `expected`: the workloads whose proxies were connected when the rotation
-/// began; one that is not connected now is a straggler too, so a moment
-/// when proxies reconnect is never taken for "all done".
-pub fn progress(v: &FleetView, new_issuer: &str, expected: &BTreeSet<String>) -> Progress {
-    let in_force = v
-        .bundle
-        .as_ref()
-        .is_some_and(|b| b.issuer_sha256 == new_issuer);
-    if !in_force {
-        return match &v.issuer_refused {
-            Some(why) => Progress::Refused(why.clone()),
-            None => Progress::Waiting,
-        };
-    }
-    let connected: Vec<_> = v
-        .proxies
-        .iter()
-        .filter(|p| p.state == "connected")
-        .collect();
-    let now: BTreeSet<&String> = connected.iter().map(|p| &p.workload).collect();
-    let missing: Vec<String> = expected
-        .iter()
-        .filter(|w| !now.contains(w))
-        .map(|w| format!("{w} (not connected)"))
-        .collect();
-    let of = connected.len() + missing.len();
-    let mut stragglers: Vec<String> = connected
-        .iter()
-        .filter(|p| p.issuer_sha256 != new_issuer)
-        .map(|p| p.workload.clone())
-        .collect();
-    stragglers.extend(missing);
-    if stragglers.is_empty() {
-        Progress::Done { proxies: of }
-    } else {
-        Progress::Converging {
-            done: of - stragglers.len(),
-            of,
-            stragglers,
-        }
-    }
-}
-
 /// Both files replaced, the key first: the control plane reads them as a
 /// pair after a debounce, and judges a half-written pair as refused only
 /// if it outlasts that.
-fn install(a: &IssuerArgs, cert: &[u8], key: &[u8]) -> Result<(), Failure> {
+fn install(a: &PlaneArgs, cert: &[u8], key: &[u8]) -> Result<(), Failure> {
     let write = |path: &Path, bytes: &[u8], mode| {
         pki::files::write_atomic(path, bytes, mode, true).map_err(|e| Failure::fatal(e.to_string()))
     };
@@ -223,49 +186,100 @@ fn install(a: &IssuerArgs, cert: &[u8], key: &[u8]) -> Result<(), Failure> {
 }
 
 fn issuer(a: IssuerArgs) -> CmdResult {
-    let new_issuer = judge(&a)?;
-    let (new_cert, new_key) = (read(&a.cert)?, read(&a.key)?);
+    let anchors = read(&a.plane.identity_trust_anchors_file)?;
+    // `--ca` may name the whole bundle: the certificate the key belongs to signs.
+    let create = format!(
+        "`{}`",
+        a.plane
+            .certs_create_issuer(&a.plane.identity_trust_anchors_file)
+    );
+    let new_issuer = judge(
+        (&a.plane.identity_trust_anchors_file, &anchors),
+        &a.cert,
+        &a.key,
+        &create,
+    )?;
     let start = Instant::now();
-    let before = fleet(&a.admin_addr).map_err(|e| {
-        Failure::input(format!(
-            "{e}; nothing was changed; pass the control plane's admin address with --admin-addr HOST:PORT"
-        ))
-    })?;
-    let expected: BTreeSet<String> = before
-        .proxies
-        .iter()
-        .filter(|p| p.state == "connected")
-        .map(|p| p.workload.clone())
-        .collect();
-    let ev = Events::new(&a.output, start);
-    let short = &new_issuer[..12];
-    if before
+    let before = progress::fleet_or_refuse(&a.plane.admin_addr)?;
+    let expected = progress::connected(&before);
+    let ev = Events::new(&a.plane.output, start);
+    let in_force = before
         .bundle
         .as_ref()
-        .is_some_and(|b| b.issuer_sha256 == new_issuer)
-    {
+        .is_some_and(|b| b.issuer_sha256 == new_issuer);
+    if a.dry_run && !in_force {
+        ev.say(
+            "dry_run",
+            json!({"issuer": new_issuer}),
+            &format!(
+                "dry run: issuer {} ({}) passes every check against {}; nothing was changed",
+                &new_issuer[..12],
+                a.cert.display(),
+                a.plane.identity_trust_anchors_file.display()
+            ),
+        );
+        return Ok(());
+    }
+    let new = (read(&a.cert)?, read(&a.key)?);
+    put_in_force(
+        &a.plane,
+        &new_issuer,
+        &new,
+        &expected,
+        &ev,
+        "the new issuer",
+    )
+    .map_err(InForce::into_failure)
+}
+
+/// How putting an issuer in force stopped.
+pub(crate) enum InForce {
+    /// The control plane refused it (or never took it): the previous
+    /// files were put back and keep serving.
+    PutBack(Failure),
+    /// In force, but something after that failed (e.g. the fleet did not
+    /// converge in time): re-running resumes.
+    After(Failure),
+}
+
+impl InForce {
+    fn into_failure(self) -> Failure {
+        match self {
+            InForce::PutBack(f) | InForce::After(f) => f,
+        }
+    }
+}
+
+/// The issuer `new` (cert, key; fingerprint `new_issuer`) installed unless
+/// already in force, taken by the control plane, the fleet asked to renew,
+/// and every proxy of `expected` (and any connected) serving a leaf from it
+/// (`label` names it in the final line).
+fn put_in_force(
+    a: &PlaneArgs,
+    new_issuer: &str,
+    new: &(Vec<u8>, Vec<u8>),
+    expected: &BTreeSet<String>,
+    ev: &Events,
+    label: &str,
+) -> Result<(), InForce> {
+    let t = a.target();
+    let short = &new_issuer[..12];
+    let served = progress::fleet(&a.admin_addr)
+        .ok()
+        .and_then(|v| v.bundle)
+        .is_some_and(|b| b.issuer_sha256 == new_issuer);
+    if served {
         ev.say(
             "already_in_force",
             json!({"issuer": new_issuer}),
             &format!("the control plane already serves issuer {short}"),
         );
-    } else if a.dry_run {
-        ev.say(
-            "dry_run",
-            json!({"issuer": new_issuer}),
-            &format!(
-                "dry run: issuer {short} ({}) passes every check against {}; nothing was changed",
-                a.cert.display(),
-                a.identity_trust_anchors_file.display()
-            ),
-        );
-        return Ok(());
     } else {
-        let (old_cert, old_key) = (
-            read(&a.identity_issuer_certificate_file)?,
-            read(&a.identity_issuer_key_file)?,
+        let old = (
+            read(&a.identity_issuer_certificate_file).map_err(InForce::PutBack)?,
+            read(&a.identity_issuer_key_file).map_err(InForce::PutBack)?,
         );
-        install(&a, &new_cert, &new_key)?;
+        install(a, &new.0, &new.1).map_err(InForce::PutBack)?;
         ev.say(
             "installed",
             json!({"issuer": new_issuer}),
@@ -274,19 +288,21 @@ fn issuer(a: IssuerArgs) -> CmdResult {
                 a.identity_issuer_certificate_file.display()
             ),
         );
-        if let Err(why) = wait_in_force(&a, &new_issuer, &expected, start) {
-            install(&a, &old_cert, &old_key)?;
-            return Err(Failure::fatal(format!(
+        let judge =
+            |v: &control_plane::fleet::FleetView| progress::progress(v, new_issuer, expected);
+        if let Err(why) = progress::wait_in_force(&t, Instant::now(), judge) {
+            install(a, &old.0, &old.1).map_err(InForce::PutBack)?;
+            return Err(InForce::PutBack(Failure::fatal(format!(
                 "{why}; the previous issuer files were put back and it keeps serving"
-            )));
+            ))));
         }
     }
     ev.say(
         "in_force",
         json!({"issuer": new_issuer}),
         &format!(
-            "the control plane serves the new issuer ({:.1?})",
-            start.elapsed()
+            "the control plane serves {label} ({:.1?})",
+            ev.start.elapsed()
         ),
     );
     if let Some((code, body)) = http_request(&a.admin_addr, "POST", "/renew-now") {
@@ -297,149 +313,17 @@ fn issuer(a: IssuerArgs) -> CmdResult {
             &format!("renew-now: {code} {}", body.trim().replace('\n', " ")),
         );
     }
-    wait_converged(&a, &new_issuer, &expected, start, &ev)
-}
-
-fn wait_in_force(
-    a: &IssuerArgs,
-    new_issuer: &str,
-    expected: &BTreeSet<String>,
-    start: Instant,
-) -> Result<(), String> {
-    loop {
-        match fleet(&a.admin_addr).map(|v| progress(&v, new_issuer, expected)) {
-            Ok(Progress::Refused(why)) => {
-                return Err(format!("the control plane refused it: {why}"));
-            }
-            Ok(Progress::Waiting) | Err(_) => {}
-            Ok(_) => return Ok(()),
-        }
-        if start.elapsed() > a.timeout {
-            return Err(format!(
-                "the control plane did not take it within {:?}",
-                a.timeout
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn wait_converged(
-    a: &IssuerArgs,
-    new_issuer: &str,
-    expected: &BTreeSet<String>,
-    start: Instant,
-    ev: &Events,
-) -> CmdResult {
-    let mut last = String::new();
-    loop {
-        let p = fleet(&a.admin_addr).map(|v| progress(&v, new_issuer, expected));
-        let line = match &p {
-            Ok(Progress::Done { proxies }) => {
-                ev.say(
-                    "done",
-                    json!({"proxies": proxies}),
-                    &format!(
-                        "every connected proxy serves a leaf from the new issuer ({proxies} of {proxies}, {:.1?})",
-                        start.elapsed()
-                    ),
-                );
-                return Ok(());
-            }
-            Ok(Progress::Converging {
-                done,
-                of,
-                stragglers,
-            }) => {
-                format!(
-                    "proxies on the new issuer: {done}/{of}; waiting for {}",
-                    stragglers.join(", ")
-                )
-            }
-            Ok(Progress::Refused(why)) => format!("the control plane no longer serves it: {why}"),
-            Ok(Progress::Waiting) => "the control plane no longer serves the new issuer".into(),
-            Err(e) => e.clone(),
-        };
-        if line != last {
-            let fields = match &p {
-                Ok(Progress::Converging {
-                    done,
-                    of,
-                    stragglers,
-                }) => {
-                    json!({"done": done, "of": of, "stragglers": stragglers})
-                }
-                _ => json!({}),
-            };
-            ev.say("progress", fields, &line);
-            last = line;
-        }
-        if start.elapsed() > a.timeout {
-            return Err(Failure::fatal(format!(
-                "not converged within {:?}: {last}; the mesh keeps working (proxies renew at 70% of their leaf's life); see `weft check --proxy --admin-addr {}`",
-                a.timeout, a.admin_addr
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cli::check_plane::tests::{fleet, proxy};
-
-    fn on(issuer: &str, workload: &str, state: &str) -> control_plane::fleet::ProxyView {
-        let mut p = proxy(workload, 2, state);
-        p.issuer_sha256 = issuer.into();
-        p
-    }
-
-    #[test]
-    fn done_only_when_every_proxy_connected_at_the_start_is_back_on_the_new_issuer() {
-        let expected: BTreeSet<String> = ["web/a".into(), "web/b".into()].into();
-        // fleet()'s bundle serves issuer "i".
-        let mut v = fleet(vec![on("old", "web/a", "connected")]);
-        v.bundle.as_mut().unwrap().issuer_sha256 = "old".into();
-        assert_eq!(progress(&v, "i", &expected), Progress::Waiting);
-        v.issuer_refused = Some("unknown issuer".into());
-        assert_eq!(
-            progress(&v, "i", &expected),
-            Progress::Refused("unknown issuer".into())
-        );
-
-        // In force; b reconnecting (stale) is not "done", nor is a moment
-        // with no proxy connected at all.
-        let v = fleet(vec![
-            on("i", "web/a", "connected"),
-            on("old", "web/b", "stale"),
-        ]);
-        assert_eq!(
-            progress(&v, "i", &expected),
-            Progress::Converging {
-                done: 1,
-                of: 2,
-                stragglers: vec!["web/b (not connected)".into()]
-            }
-        );
-        let v = fleet(vec![]);
-        assert!(matches!(
-            progress(&v, "i", &expected),
-            Progress::Converging { done: 0, of: 2, .. }
-        ));
-        let v = fleet(vec![
-            on("i", "web/a", "connected"),
-            on("old", "web/b", "connected"),
-        ]);
-        assert!(matches!(
-            progress(&v, "i", &expected),
-            Progress::Converging { done: 1, of: 2, .. }
-        ));
-        let v = fleet(vec![
-            on("i", "web/a", "connected"),
-            on("i", "web/b", "connected"),
-            on("i", "web/c", "connected"),
-        ]);
-        assert_eq!(progress(&v, "i", &expected), Progress::Done { proxies: 3 });
-    }
+    progress::wait_converged(
+        &t,
+        ev,
+        label,
+        |v| progress::progress(v, new_issuer, expected),
+        |n| {
+            format!(
+                "every connected proxy serves a leaf from {label} ({n} of {n}, {:.1?})",
+                ev.start.elapsed()
+            )
+        },
+    )
+    .map_err(InForce::After)
 }

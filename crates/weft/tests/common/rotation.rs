@@ -1,6 +1,7 @@
 //! Anchor rotations under traffic: a second anchor and issuer, request
 //! counters that must stay clean, and polling the fleet view.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -146,4 +147,93 @@ impl Counters {
             self.failed.load(Ordering::Relaxed),
         )
     }
+}
+
+/// A TCP forwarder that can be shut: connections while shut are dropped,
+/// and those open when it shuts are cut (a proxy keeps one connection to
+/// each control-plane address, so cutting only new ones would not isolate it).
+pub struct Gate {
+    pub open: Arc<AtomicBool>,
+    pub addr: SocketAddr,
+}
+
+pub fn gate(to: SocketAddr) -> Gate {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let open = Arc::new(AtomicBool::new(true));
+    let is_open = open.clone();
+    let live = Arc::new(std::sync::Mutex::new(Vec::<std::net::TcpStream>::new()));
+    let (watch_open, watch_live) = (open.clone(), live.clone());
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if !watch_open.load(Ordering::Relaxed) {
+                for s in watch_live.lock().unwrap().drain(..) {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(a) = s else { continue };
+            if !is_open.load(Ordering::Relaxed) {
+                continue;
+            }
+            let Ok(b) = std::net::TcpStream::connect(to) else {
+                continue;
+            };
+            if let (Ok(x), Ok(y)) = (a.try_clone(), b.try_clone()) {
+                live.lock().unwrap().extend([x, y]);
+            }
+            for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    Gate { open, addr }
+}
+
+/// One long-lived connection through a proxy's outbound listener at `to`
+/// (to an echo server): a line written and read back every 20 ms, on the
+/// same connection (and TLS session between the proxies) until stopped;
+/// a reconnect counts as a failure.
+pub fn long_lived(to: SocketAddr) -> Counters {
+    use std::io::{BufRead, BufReader, Write};
+    let c = Counters::default();
+    let counters = c.clone();
+    std::thread::spawn(move || {
+        let conn = std::net::TcpStream::connect(to).and_then(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            Ok(s)
+        });
+        let mut s = match conn {
+            Ok(s) => s,
+            Err(e) => return counters.record(Err(format!("connect {to}: {e}"))),
+        };
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut n = 0u64;
+        while counters.running() {
+            n += 1;
+            let mut line = String::new();
+            let r = writeln!(s, "ping {n}")
+                .and_then(|()| r.read_line(&mut line))
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    (line == format!("ping {n}\n"))
+                        .then_some(())
+                        .ok_or_else(|| format!("echoed {line:?}"))
+                });
+            let broken = r.is_err();
+            counters.record(r);
+            if broken {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    c
 }
