@@ -16,6 +16,7 @@ pub mod mesh_service;
 pub mod own_cert;
 pub mod peer;
 pub mod policy_service;
+pub mod refusals;
 pub mod services;
 pub mod shutdown;
 pub mod source;
@@ -111,6 +112,7 @@ pub async fn start(
     let generations = k8s::wiring::generations(&cfg, kube.as_ref(), &mut registry)?;
     let webhook_metrics = k8s::webhook::server::WebhookMetrics::default();
     webhook_metrics.register(&mut registry);
+    let refusals = refusals::ApiRefusals::new(&mut registry);
     let registry = Arc::new(registry);
 
     let (issuer_tx, issuer_rx) = watch::channel(IssuerStatus::default());
@@ -229,10 +231,13 @@ pub async fn start(
         defaults: cfg.policy.clone(),
         in_force: Default::default(),
         unsettled: Default::default(),
+        pods_known: cfg.kubernetes.is_some(),
+        refusals: refusals.clone(),
     };
     let destination = destination::DestinationService {
         index: index_rx.clone(),
         issuer: issuer_rx.clone(),
+        refusals: refusals.clone(),
     };
     // This process among the replicas: peers skip themselves by it.
     let replica_id = format!("{:016x}", bounds::retry::random());
