@@ -15,6 +15,7 @@ pub mod k8s_manifests;
 pub mod mesh_service;
 pub mod own_cert;
 pub mod peer;
+pub mod plaintext;
 pub mod policy_service;
 pub mod refusals;
 pub mod services;
@@ -55,6 +56,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "--control-plaintext-loopback {addr}: not a loopback address; plaintext gRPC is served on loopback only: use 127.0.0.1:PORT or [::1]:PORT, and TLS (--identity-addr, --destination-addr, --policy-addr) for everything off the host"
+    )]
+    NotLoopback { addr: SocketAddr },
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error(transparent)]
@@ -72,6 +77,8 @@ pub struct Started {
     pub policy_addr: SocketAddr,
     pub destination_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The plaintext loopback listener, when asked for.
+    pub plaintext_addr: Option<SocketAddr>,
     pub token_key_id: String,
     pub state_initialised: bool,
     /// The injector's listener, when this replica serves it.
@@ -132,6 +139,7 @@ pub async fn start(
                 addr: cfg.policy_addr,
                 source,
             })?;
+    let plaintext_listener = plaintext::bind(cfg.plaintext_loopback).await?;
     let destination_listener = TcpListener::bind(cfg.destination_addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -167,6 +175,9 @@ pub async fn start(
             .local_addr()
             .unwrap_or(cfg.destination_addr),
         admin_addr: admin_listener.local_addr().unwrap_or(cfg.admin_addr),
+        plaintext_addr: plaintext_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok()),
         token_key_id: tokens.key_id,
         state_initialised: tokens.initialised,
         webhook_addr: injector.as_ref().map(|i| i.addr),
@@ -347,8 +358,28 @@ pub async fn start(
         // Without a client certificate: a few streams per connection.
         let anonymous_server = grpc_bounds::server(cfg.grpc_limits.anonymous_streams)
             .layer(identity_gate.layer())
-            .add_service(IdentityServer::from_arc(svc))
+            .add_service(IdentityServer::from_arc(svc.clone()))
             .serve_with_incoming_shutdown(incoming(anon_rx), stopped(stop_rx.clone()));
+        let plaintext_server = plaintext_listener.map(|listener| {
+            let gate = grpc_bounds::Listener::new("plaintext", limit, listeners, close_rx.clone());
+            let (tx, rx) = mpsc::channel(256);
+            accepting.spawn(gate.clone().accept_plain(listener, tx));
+            grpc_bounds::server(streams)
+                .layer(gate.layer())
+                .add_service(IdentityServer::from_arc(svc.clone()))
+                .add_service(DestinationServer::new(destination.clone()))
+                .add_service(InboundServerPoliciesServer::new(policy.clone()))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    stopped(stop_rx.clone()),
+                )
+        });
+        let plaintext_server = async move {
+            match plaintext_server {
+                Some(server) => server.await,
+                None => Ok(()),
+            }
+        };
         let destination_gate =
             grpc_bounds::Listener::new("destination", limit, listeners, close_rx.clone());
         let (dconn_tx, dconn_rx) = mpsc::channel(256);
@@ -382,7 +413,8 @@ pub async fn start(
                 identity_server,
                 anonymous_server,
                 destination_server,
-                policy_server
+                policy_server,
+                plaintext_server
             )
         };
         let ended = shutdown::stop_after_grace(
@@ -396,7 +428,7 @@ pub async fn start(
             },
         )
         .await;
-        let Some((a, n, b, c)) = ended else {
+        let Some((a, n, b, c, p)) = ended else {
             tracing::warn!("connections still open after the grace period; stopping anyway");
             tasks.abort_all();
             return;
@@ -406,6 +438,7 @@ pub async fn start(
             ("identity (no client certificate)", n),
             ("destination", b),
             ("policy", c),
+            ("plaintext", p),
         ];
         for (name, r) in ends {
             if let Err(e) = r {

@@ -19,6 +19,7 @@ use linkerd2_proxy_api::destination::{GetDestination, Update, tls_identity, upda
 use linkerd2_proxy_api::inbound::PortSpec;
 use linkerd2_proxy_api::inbound::inbound_server_policies_client::InboundServerPoliciesClient;
 use tonic::Code;
+use tonic::transport::Channel;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const BACKEND_WORKLOAD: &str = r#"{"ns":"demo","external_workload":"backend"}"#;
@@ -146,6 +147,102 @@ async fn connections_opened_before_the_certificate_are_served() {
         certified.elapsed()
     );
     assert_eq!(refusals(&cp, "destination.Get", "unauthenticated"), 0.0);
+    // The mesh stream is bound to an identity: still refused without one.
+    let e = attach(dst_conn).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+}
+
+/// Opens weft's mesh stream with one report; its first answer or the refusal.
+async fn attach(ch: Channel) -> Result<(), tonic::Status> {
+    let report = mesh_api::v1::ProxyReport {
+        identity: id("backend", "demo"),
+        workload: "demo/backend".into(),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(report).await.unwrap();
+    let mut answers = mesh_api::v1::mesh_client::MeshClient::new(ch)
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(DEADLINE, answers.message()).await;
+    drop(tx);
+    first.unwrap().map(|_| ())
+}
+
+/// A plaintext (h2c) gRPC client, as linkerd2-proxy talks to a loopback
+/// control-plane address.
+async fn plaintext(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// `--control-plaintext-loopback`: Identity (a token still required),
+/// Destination, policy and OutboundPolicies over plaintext on 127.0.0.1; no
+/// mesh stream there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plaintext_loopback_listener_serves_the_proxy_apis() {
+    let (s, cp) = setup(&["--control-plaintext-loopback", "127.0.0.1:0"]);
+    let addr = cp.addr("plaintext listening on");
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let ch = plaintext(addr).await;
+
+    let proxy = FakeProxy::new(&id("backend", "demo"));
+    let mut identity =
+        linkerd2_proxy_api::identity::identity_client::IdentityClient::new(ch.clone());
+    let e = identity.certify(proxy.request("")).await.unwrap_err();
+    println!("plaintext Certify without a token: {e:?}");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let token = s.read(&s.token("backend"));
+    let issued = identity
+        .certify(proxy.request(token.trim()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!issued.leaf_certificate.is_empty());
+
+    let mut dst = DestinationClient::new(ch.clone());
+    let mut endpoints = dst.get(get("127.0.0.1:8080")).await.unwrap().into_inner();
+    let first = next(&mut endpoints, "plaintext Destination.Get").await;
+    assert_eq!(identities(&first), vec![id("backend", "demo")]);
+
+    let mut policy = InboundServerPoliciesClient::new(ch.clone());
+    let server = policy
+        .get_port(PortSpec {
+            workload: BACKEND_WORKLOAD.into(),
+            port: 8080,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        server.labels.get("name").map(String::as_str),
+        Some("backend-server")
+    );
+
+    let e = attach(ch).await.unwrap_err();
+    println!("mesh stream on the plaintext listener: {e:?}");
+    assert_eq!(e.code(), Code::Unimplemented);
+}
+
+/// Anywhere but loopback, the listener is refused at start, saying what to do.
+#[test]
+fn the_plaintext_listener_is_refused_off_loopback() {
+    let s = Scratch::new();
+    s.guide_material();
+    let mut cp = s.control_plane(&["--control-plaintext-loopback", "0.0.0.0:0"]);
+    assert_eq!(cp.wait_exit(DEADLINE), Some(2), "{}", cp.output());
+    let out = cp.output();
+    let line = out
+        .lines()
+        .find(|l| l.contains("--control-plaintext-loopback 0.0.0.0:0"))
+        .unwrap_or_else(|| panic!("{out}"));
+    println!("{line}");
+    assert!(line.contains("not a loopback address"), "{line}");
+    assert!(line.contains("127.0.0.1:PORT"), "{line}");
 }
 
 /// Malformed or unservable requests: each a clear status, logged with the

@@ -252,6 +252,7 @@ async fn demo(dir: &Path) -> CmdResult {
         identity_addr: local(0),
         destination_addr: local(0),
         policy_addr: local(0),
+        plaintext_loopback: None,
         policy: policy::translate::PolicyDefaults {
             default_policy: policy::translate::parse_default("all-unauthenticated")
                 .ok_or_else(|| Failure::fatal("default policy"))?,
