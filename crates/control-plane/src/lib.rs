@@ -13,6 +13,7 @@ pub mod index;
 pub mod k8s;
 pub mod k8s_manifests;
 pub mod mesh_service;
+pub mod outbound;
 pub mod own_cert;
 pub mod peer;
 pub mod plaintext;
@@ -34,6 +35,7 @@ use identity::{CertifyConfig, IdentityService, IssuerStatus};
 use linkerd2_proxy_api::destination::destination_server::DestinationServer;
 use linkerd2_proxy_api::identity::identity_server::IdentityServer;
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer;
+use linkerd2_proxy_api::outbound::outbound_policies_server::OutboundPoliciesServer;
 use pki::Identity;
 use policy::resources::Snapshot;
 use prometheus_client::registry::Registry;
@@ -250,6 +252,11 @@ pub async fn start(
         issuer: issuer_rx.clone(),
         refusals: refusals.clone(),
     };
+    let outbound = outbound::OutboundService {
+        index: index_rx.clone(),
+        issuer: issuer_rx.clone(),
+        refusals: refusals.clone(),
+    };
     // This process among the replicas: peers skip themselves by it.
     let replica_id = format!("{:016x}", bounds::retry::random());
     let peers = cfg
@@ -369,6 +376,7 @@ pub async fn start(
                 .add_service(IdentityServer::from_arc(svc.clone()))
                 .add_service(DestinationServer::new(destination.clone()))
                 .add_service(InboundServerPoliciesServer::new(policy.clone()))
+                .add_service(OutboundPoliciesServer::new(outbound.clone()))
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::ReceiverStream::new(rx),
                     stopped(stop_rx.clone()),
@@ -407,6 +415,7 @@ pub async fn start(
         let policy_server = grpc_bounds::server(streams)
             .layer(policy_gate.layer())
             .add_service(InboundServerPoliciesServer::new(policy))
+            .add_service(OutboundPoliciesServer::new(outbound))
             .serve_with_incoming_shutdown(incoming(pconn_rx), stopped(stop_rx.clone()));
         let servers = async {
             tokio::join!(

@@ -18,6 +18,9 @@ use linkerd2_proxy_api::destination::destination_client::DestinationClient;
 use linkerd2_proxy_api::destination::{GetDestination, Update, tls_identity, update};
 use linkerd2_proxy_api::inbound::PortSpec;
 use linkerd2_proxy_api::inbound::inbound_server_policies_client::InboundServerPoliciesClient;
+use linkerd2_proxy_api::net::TcpAddress;
+use linkerd2_proxy_api::outbound::outbound_policies_client::OutboundPoliciesClient;
+use linkerd2_proxy_api::outbound::{Backend, OutboundPolicy, TrafficSpec, traffic_spec};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -118,7 +121,7 @@ async fn connections_opened_before_the_certificate_are_served() {
         .unwrap();
     let certified = Instant::now();
 
-    let mut policy = InboundServerPoliciesClient::new(pol_conn);
+    let mut policy = InboundServerPoliciesClient::new(pol_conn.clone());
     let mut dst = DestinationClient::new(dst_conn.clone());
     let spec = PortSpec {
         workload: BACKEND_WORKLOAD.into(),
@@ -135,11 +138,16 @@ async fn connections_opened_before_the_certificate_are_served() {
     let profile = next(profile.get_mut(), "GetProfile").await;
     let endpoint = profile.endpoint.expect("the profile names the endpoint");
     assert!(endpoint.tls_identity.is_some(), "{endpoint:?}");
-    let mut endpoints = dst
-        .get(get("demo/backend:8080"))
+    // Routes from OutboundPolicies, endpoints from the Get its backend names.
+    let mut outbound = OutboundPoliciesClient::new(pol_conn);
+    let mut routes = outbound
+        .watch(to_authority("demo/backend:8080"))
         .await
         .unwrap()
         .into_inner();
+    let routes = next(&mut routes, "OutboundPolicies.Watch").await;
+    let path = dst_path(&route_backend(&routes).1);
+    let mut endpoints = dst.get(get(&path)).await.unwrap().into_inner();
     let first = next(&mut endpoints, "Destination.Get").await;
     assert_eq!(identities(&first), vec![id("backend", "demo")]);
     println!(
@@ -223,6 +231,13 @@ async fn the_plaintext_loopback_listener_serves_the_proxy_apis() {
         Some("backend-server")
     );
 
+    let p = OutboundPoliciesClient::new(ch.clone())
+        .get(to_addr("127.0.0.1:8080"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dst_path(&route_backend(&p).1), "127.0.0.1:8080");
+
     let e = attach(ch).await.unwrap_err();
     println!("mesh stream on the plaintext listener: {e:?}");
     assert_eq!(e.code(), Code::Unimplemented);
@@ -298,4 +313,196 @@ async fn bad_requests_get_clear_statuses() {
     println!("{line}");
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
     assert!(line.contains("policy.WatchPort"), "{line}");
+}
+
+/// linkerd2-proxy's rule: these codes from OutboundPolicies mean "no
+/// policy" (it then synthesizes one from GetProfile and forwards); any
+/// other is an error that fails the connection.
+fn read_as_no_policy(code: Code) -> bool {
+    matches!(code, Code::NotFound | Code::Unimplemented)
+}
+
+fn to_addr(addr: &str) -> TrafficSpec {
+    let a: SocketAddr = addr.parse().unwrap();
+    TrafficSpec {
+        source_workload: BACKEND_WORKLOAD.into(),
+        target: Some(traffic_spec::Target::Addr(a.into())),
+    }
+}
+
+fn to_authority(authority: &str) -> TrafficSpec {
+    TrafficSpec {
+        source_workload: BACKEND_WORKLOAD.into(),
+        target: Some(traffic_spec::Target::Authority(authority.into())),
+    }
+}
+
+/// The protocol's name and the backend its first route sends to.
+fn route_backend(p: &OutboundPolicy) -> (&'static str, Backend) {
+    use linkerd2_proxy_api::outbound::{http_route, opaque_route, proxy_protocol::Kind};
+    let opaque = |o: &linkerd2_proxy_api::outbound::proxy_protocol::Opaque| match o.routes[0].rules
+        [0]
+    .backends
+    .as_ref()
+    .and_then(|d| d.kind.as_ref())
+    {
+        Some(opaque_route::distribution::Kind::FirstAvailable(f)) => {
+            f.backends[0].backend.clone().unwrap()
+        }
+        other => panic!("opaque route distribution {other:?}"),
+    };
+    match p.protocol.as_ref().and_then(|p| p.kind.as_ref()) {
+        Some(Kind::Opaque(o)) => ("opaque", opaque(o)),
+        Some(Kind::Detect(d)) => {
+            let http1 = d.http1.as_ref().expect("HTTP/1 routes");
+            assert!(d.http2.is_some() && d.opaque.is_some(), "{d:?}");
+            let rule = &http1.routes[0].rules[0];
+            match rule.backends.as_ref().and_then(|d| d.kind.as_ref()) {
+                Some(http_route::distribution::Kind::FirstAvailable(f)) => {
+                    ("detect", f.backends[0].backend.clone().unwrap())
+                }
+                other => panic!("HTTP route distribution {other:?}"),
+            }
+        }
+        other => panic!("protocol {other:?}"),
+    }
+}
+
+/// The Destination.Get path a balancer backend resolves through.
+fn dst_path(b: &Backend) -> String {
+    use linkerd2_proxy_api::outbound::backend::{Kind, endpoint_discovery};
+    match &b.kind {
+        Some(Kind::Balancer(p2c)) => match p2c.discovery.as_ref().and_then(|d| d.kind.as_ref()) {
+            Some(endpoint_discovery::Kind::Dst(d)) => d.path.clone(),
+            None => panic!("a balancer without discovery"),
+        },
+        other => panic!("not a balancer: {other:?}"),
+    }
+}
+
+/// OutboundPolicies against a meshed target (by address and by name), an
+/// opaque port, an unmeshed address and unknown ones; Destination.Get for
+/// the same; updates streamed when the resources change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_policies_answer_as_weft_judges_the_target() {
+    // A second workload on 127.0.0.1: a port neither declares is unknown.
+    let (s, cp) = setup(&[]);
+    s.write(
+        "res/frontend.yaml",
+        workload_ports("frontend", &[7000], 4143, ""),
+    );
+    let anchors = s.read("ca.crt");
+    let pol_conn = channel(cp.addr("policy listening on"), &anchors, None)
+        .await
+        .unwrap();
+    let dst_conn = channel(cp.addr("destination listening on"), &anchors, None)
+        .await
+        .unwrap();
+    let mut outbound = OutboundPoliciesClient::new(pol_conn);
+    let mut dst = DestinationClient::new(dst_conn);
+    let loaded = Instant::now() + DEADLINE;
+    loop {
+        match outbound.get(to_addr("127.0.0.1:9999")).await {
+            Err(e) if e.code() == Code::FailedPrecondition => break,
+            r => assert!(Instant::now() < loaded, "frontend never loaded: {r:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Meshed, by address and by name: a balancer resolving through Destination.Get.
+    for (spec, path) in [
+        (to_addr("127.0.0.1:8080"), "127.0.0.1:8080"),
+        (to_authority("demo/backend:8080"), "demo/backend:8080"),
+    ] {
+        let p = outbound.get(spec).await.unwrap().into_inner();
+        let (proto, backend) = route_backend(&p);
+        assert_eq!(proto, "detect", "{p:?}");
+        assert_eq!(dst_path(&backend), path);
+        let mut ends = dst.get(get(path)).await.unwrap().into_inner();
+        let first = next(&mut ends, path).await;
+        assert_eq!(identities(&first), vec![id("backend", "demo")]);
+    }
+    // The opaque port.
+    let p = outbound
+        .get(to_addr("127.0.0.1:5432"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (proto, backend) = route_backend(&p);
+    assert_eq!(proto, "opaque", "{p:?}");
+    assert_eq!(dst_path(&backend), "127.0.0.1:5432");
+    // Unmeshed: forwarded, without TLS.
+    let p = outbound
+        .get(to_addr("192.0.2.10:80"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, backend) = route_backend(&p);
+    match &backend.kind {
+        Some(linkerd2_proxy_api::outbound::backend::Kind::Forward(a)) => {
+            assert!(a.tls_identity.is_none(), "{a:?}");
+            let to: SocketAddr = a.addr.unwrap().try_into().unwrap();
+            assert_eq!(to, "192.0.2.10:80".parse::<SocketAddr>().unwrap());
+        }
+        other => panic!("unmeshed: not a forward backend: {other:?}"),
+    }
+    let mut ends = dst.get(get("192.0.2.10:80")).await.unwrap().into_inner();
+    let first = next(&mut ends, "unmeshed Get").await;
+    assert!(
+        matches!(&first.update, Some(update::Update::Add(set)) if set.addrs[0].tls_identity.is_none()),
+        "{first:?}"
+    );
+    // Unknown: an error to linkerd2-proxy, never "no policy".
+    for (spec, path, dst_code) in [
+        (
+            to_addr("127.0.0.1:9999"),
+            "127.0.0.1:9999",
+            Code::FailedPrecondition,
+        ),
+        (to_authority("demo/nope:80"), "demo/nope:80", Code::NotFound),
+    ] {
+        let e = outbound.get(spec.clone()).await.unwrap_err();
+        println!("unknown target {path}: {}", e.message());
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(!read_as_no_policy(e.code()));
+        let e = outbound.watch(spec).await.unwrap_err();
+        assert!(!read_as_no_policy(e.code()), "{e:?}");
+        let e = dst.get(get(path)).await.unwrap_err();
+        assert_eq!(e.code(), dst_code, "{e:?}");
+    }
+    // Malformed.
+    let zero = TrafficSpec {
+        source_workload: String::new(),
+        target: Some(traffic_spec::Target::Addr(TcpAddress { ip: None, port: 0 })),
+    };
+    for bad in [to_authority("not a target"), zero, TrafficSpec::default()] {
+        let e = outbound.get(bad).await.unwrap_err();
+        println!("malformed: {}", e.message());
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+    assert!(refusals(&cp, "outbound.Get", "invalid_argument") >= 3.0);
+
+    // A resource change streams: port 8080 turns opaque.
+    let mut watch = outbound
+        .watch(to_addr("127.0.0.1:8080"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(route_backend(&next(&mut watch, "Watch").await).0, "detect");
+    s.write(
+        "res/backend.yaml",
+        workload_ports(
+            "backend",
+            &[8080, 5432],
+            4143,
+            "    config.linkerd.io/opaque-ports: \"5432,8080\"\n",
+        ),
+    );
+    let changed = Instant::now();
+    let update = next(&mut watch, "Watch after the change").await;
+    println!(
+        "update streamed {:?} after the file was written",
+        changed.elapsed()
+    );
+    assert_eq!(route_backend(&update).0, "opaque", "{update:?}");
 }
