@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod bundle;
+pub mod changes;
 pub mod config;
 pub mod destination;
 pub mod fleet;

@@ -26,7 +26,7 @@ use linkerd2_proxy_api::outbound::{
     Backend, HttpRoute, OpaqueRoute, OutboundPolicy, ProxyProtocol, Queue, TrafficSpec, backend,
     http_route, opaque_route, proxy_protocol, traffic_spec,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -277,35 +277,11 @@ impl OutboundPolicies for OutboundService {
         let (target, path, first) = self
             .first(&req, &mut index)
             .map_err(|s| refusals.refused("outbound.Watch", peer, s))?;
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut last = first;
-            if tx.send(Ok(last.clone())).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    changed = index.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                }
-                let next = policy_for(&index.borrow_and_update(), &target, &path);
-                match next {
-                    Ok(p) if p == last => {}
-                    Ok(p) => {
-                        last = p;
-                        if tx.send(Ok(last.clone())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(r) => {
-                        let s = refusals.refused("outbound.Watch", peer, status_of(r));
-                        let _ = tx.send(Err(s)).await;
-                        return;
-                    }
-                }
-            }
+        let stream = crate::changes::changes(index, first, move |index| {
+            policy_for(index, &target, &path)
+                .map_err(|r| refusals.refused("outbound.Watch", peer, status_of(r)))
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(stream))
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPolicies;
 use linkerd2_proxy_api::inbound::{PortSpec, Server};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -177,36 +177,12 @@ impl InboundServerPolicies for PolicyService {
                 caller.as_ref(),
             )
             .map_err(refused)?;
-        let (tx, out) = mpsc::channel(4);
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut last = first;
-            if tx.send(Ok(last.clone())).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                }
-                let snap = rx.borrow_and_update().clone();
-                match this.resolve(&snap, (kind, &ns, &name), port, caller.as_ref()) {
-                    Ok(s) if s == last => {}
-                    Ok(s) => {
-                        last = s;
-                        if tx.send(Ok(last.clone())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let e = this.refusals.refused("policy.WatchPort", peer, e);
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
+        let stream = crate::changes::changes(rx, first, move |snap| {
+            this.resolve(snap, (kind, &ns, &name), port, caller.as_ref())
+                .map_err(|e| this.refusals.refused("policy.WatchPort", peer, e))
         });
-        Ok(Response::new(ReceiverStream::new(out)))
+        Ok(Response::new(stream))
     }
 }
 

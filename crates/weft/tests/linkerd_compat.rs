@@ -27,27 +27,24 @@ use tonic::transport::Channel;
 const DEADLINE: Duration = Duration::from_secs(30);
 const BACKEND_WORKLOAD: &str = r#"{"ns":"demo","external_workload":"backend"}"#;
 
+/// Workload demo/backend on 127.0.0.1 (ports 8080 and 5432), `opaque` its
+/// opaque ports.
+fn backend_yaml(opaque: &str) -> String {
+    let ann = format!("    config.linkerd.io/opaque-ports: \"{opaque}\"\n");
+    workload_ports("backend", &[8080, 5432], 4143, &ann)
+}
+
 /// The guide's policy and backend (8080 HTTP, 5432 opaque) on 127.0.0.1,
 /// and a control plane serving them, ready.
 fn setup(extra: &[&str]) -> (Scratch, Proc) {
     let s = Scratch::new();
     s.guide_material();
     std::fs::create_dir(s.path("res")).unwrap();
-    let guide = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/guide/policy.yaml"
-    ))
-    .unwrap();
-    s.write("res/policy.yaml", guide);
     s.write(
-        "res/backend.yaml",
-        workload_ports(
-            "backend",
-            &[8080, 5432],
-            4143,
-            "    config.linkerd.io/opaque-ports: \"5432\"\n",
-        ),
+        "res/policy.yaml",
+        include_str!("fixtures/guide/policy.yaml"),
     );
+    s.write("res/backend.yaml", backend_yaml("5432"));
     let mut args = vec!["--resources", "res", "--reread-interval", "1s"];
     args.extend_from_slice(extra);
     let cp = s.control_plane(&args);
@@ -489,15 +486,7 @@ async fn outbound_policies_answer_as_weft_judges_the_target() {
         .unwrap()
         .into_inner();
     assert_eq!(route_backend(&next(&mut watch, "Watch").await).0, "detect");
-    s.write(
-        "res/backend.yaml",
-        workload_ports(
-            "backend",
-            &[8080, 5432],
-            4143,
-            "    config.linkerd.io/opaque-ports: \"5432,8080\"\n",
-        ),
-    );
+    s.write("res/backend.yaml", backend_yaml("5432,8080"));
     let changed = Instant::now();
     let update = next(&mut watch, "Watch after the change").await;
     println!(
