@@ -26,10 +26,12 @@ pub struct ControlPlaneConfig {
     /// Kubernetes mode: resources from the API server instead of a directory.
     pub kubernetes: Option<crate::k8s::KubeSettings>,
     pub identity_addr: SocketAddr,
-    /// Destination service (mTLS required).
+    /// Destination service, and the mesh stream (mTLS required).
     pub destination_addr: SocketAddr,
-    /// Inbound policy service (mTLS required).
+    /// Inbound and outbound policy services.
     pub policy_addr: SocketAddr,
+    /// Plaintext gRPC on loopback (see [`crate::plaintext`]).
+    pub plaintext_loopback: Option<SocketAddr>,
     /// Default inbound policy, cluster networks and the like.
     pub policy: policy::translate::PolicyDefaults,
     pub admin_addr: SocketAddr,
@@ -98,6 +100,9 @@ impl fmt::Display for ControlPlaneConfig {
         row(f, "identity-addr", &self.identity_addr)?;
         row(f, "destination-addr", &self.destination_addr)?;
         row(f, "policy-addr", &self.policy_addr)?;
+        if let Some(addr) = &self.plaintext_loopback {
+            row(f, "control-plaintext-loopback", addr)?;
+        }
         row(
             f,
             "default-inbound-policy",

@@ -1,6 +1,7 @@
 //! `io.linkerd.proxy.destination.Destination`: Get and GetProfile for
 //! `ip:port` and (weft's extension) `ns/name:port`, streaming updates as the
-//! resources change. mTLS required.
+//! resources change. Served with or without a client certificate (see
+//! [`crate::peer::caller`]); every refusal counted and logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,14 +18,17 @@ use tonic::{Request, Response, Status};
 
 use identity::IssuerStatus;
 
+use crate::refusals::ApiRefusals;
 use crate::workloads::{Answer, Index, Refusal, parse_target};
 
+#[derive(Clone)]
 pub struct DestinationService {
     pub index: watch::Receiver<Arc<Index>>,
     pub issuer: watch::Receiver<IssuerStatus>,
+    pub refusals: Arc<ApiRefusals>,
 }
 
-fn status_of(r: Refusal) -> Status {
+pub fn status_of(r: Refusal) -> Status {
     match r {
         Refusal::NotLoaded => Status::unavailable(r.to_string()),
         Refusal::NoWorkload(..)
@@ -39,7 +43,7 @@ fn status_of(r: Refusal) -> Status {
     }
 }
 
-fn weighted(a: &Answer) -> WeightedAddr {
+pub fn weighted(a: &Answer) -> WeightedAddr {
     match a {
         Answer::NotMeshed { addr } => WeightedAddr {
             addr: Some((*addr).into()),
@@ -139,6 +143,7 @@ fn follow<T: Send + 'static>(
     mut index: watch::Receiver<Arc<Index>>,
     path: String,
     make: impl Fn(Option<&[Answer]>, &[Answer]) -> Vec<T> + Send + 'static,
+    ended: impl FnOnce(Status) -> Status + Send + 'static,
 ) -> Result<ReceiverStream<Result<T, Status>>, Status> {
     let target = parse_target(&path).map_err(Status::invalid_argument)?;
     let first = index
@@ -170,7 +175,7 @@ fn follow<T: Send + 'static>(
                     last = set;
                 }
                 Err(r) => {
-                    let _ = tx.send(Err(status_of(r))).await;
+                    let _ = tx.send(Err(ended(status_of(r)))).await;
                     return;
                 }
             }
@@ -179,28 +184,52 @@ fn follow<T: Send + 'static>(
     Ok(ReceiverStream::new(rx))
 }
 
+impl DestinationService {
+    /// Counts and logs a refusal of `api` to `peer`.
+    fn refuser(
+        &self,
+        api: &'static str,
+        peer: Option<SocketAddr>,
+    ) -> impl FnOnce(Status) -> Status + Send + 'static {
+        let refusals = self.refusals.clone();
+        move |s| refusals.refused(api, peer, s)
+    }
+}
+
 #[tonic::async_trait]
 impl Destination for DestinationService {
     type GetStream = ReceiverStream<Result<Update, Status>>;
     type GetProfileStream = ReceiverStream<Result<DestinationProfile, Status>>;
 
     async fn get(&self, req: Request<GetDestination>) -> Result<Response<Self::GetStream>, Status> {
-        let caller = crate::peer::authenticated(&req, &self.issuer)?;
+        let peer = req.remote_addr();
+        let caller = crate::peer::caller(&req, &self.issuer)
+            .map_err(self.refuser("destination.Get", peer))?;
         let path = req.into_inner().path;
-        tracing::debug!(%caller, %path, "destination get");
-        follow(self.index.clone(), path, updates_between).map(Response::new)
+        tracing::debug!(caller = ?caller.map(|c| c.to_string()), %path, "destination get");
+        let ended = self.refuser("destination.Get", peer);
+        follow(self.index.clone(), path, updates_between, ended)
+            .map(Response::new)
+            .map_err(self.refuser("destination.Get", peer))
     }
 
     async fn get_profile(
         &self,
         req: Request<GetDestination>,
     ) -> Result<Response<Self::GetProfileStream>, Status> {
-        crate::peer::authenticated(&req, &self.issuer)?;
+        let peer = req.remote_addr();
+        crate::peer::caller(&req, &self.issuer)
+            .map_err(self.refuser("destination.GetProfile", peer))?;
         let path = req.into_inner().path;
         let p = path.clone();
-        follow(self.index.clone(), path, move |_, set| {
-            vec![profile_for(&p, set)]
-        })
+        let ended = self.refuser("destination.GetProfile", peer);
+        follow(
+            self.index.clone(),
+            path,
+            move |_, set| vec![profile_for(&p, set)],
+            ended,
+        )
         .map(Response::new)
+        .map_err(self.refuser("destination.GetProfile", peer))
     }
 }

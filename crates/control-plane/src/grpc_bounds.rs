@@ -88,6 +88,9 @@ pub struct Listener {
 
 pub type Conn = peer::Guarded<tokio_rustls::server::TlsStream<TcpStream>>;
 pub type ConnTx = mpsc::Sender<Result<Conn, io::Error>>;
+/// A connection of the plaintext loopback listener.
+pub type PlainConn = peer::Guarded<TcpStream>;
+pub type PlainConnTx = mpsc::Sender<Result<PlainConn, io::Error>>;
 
 impl Listener {
     pub fn new(
@@ -147,6 +150,21 @@ impl Listener {
                 let conn = this.guarded(peer, tls, expired, slot);
                 let _ = tx.send(Ok(conn)).await;
             });
+        }
+    }
+
+    /// Accepts plaintext TCP (the loopback listener) within the cap and
+    /// hands it to tonic; each closes once idle or at the end of a shutdown.
+    pub async fn accept_plain(self, listener: TcpListener, tx: PlainConnTx) {
+        loop {
+            let (sock, slot) = self.gate.accept(&listener).await;
+            let Ok(peer) = sock.peer_addr() else { continue };
+            let _ = sock.set_nodelay(true);
+            // No certificate, so nothing expires.
+            let conn = self.guarded(peer, sock, std::future::pending(), slot);
+            if tx.send(Ok(conn)).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -275,11 +293,11 @@ impl Drop for StreamGuard {
 
 impl<S> CountStreams<S> {
     fn streams_of(&self, req: &Request<Body>) -> Option<Arc<Streams>> {
-        let peer = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()?
-            .get_ref()
-            .remote_addr()?;
+        let ext = req.extensions();
+        let peer = match ext.get::<TlsConnectInfo<TcpConnectInfo>>() {
+            Some(tls) => tls.get_ref().remote_addr()?,
+            None => ext.get::<TcpConnectInfo>()?.remote_addr()?,
+        };
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         conns.get(&peer).cloned()
     }

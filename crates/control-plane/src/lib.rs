@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod bundle;
+pub mod changes;
 pub mod config;
 pub mod destination;
 pub mod fleet;
@@ -15,9 +16,12 @@ pub mod k8s;
 pub mod k8s_manifests;
 pub mod mesh_service;
 pub mod operator;
+pub mod outbound;
 pub mod own_cert;
 pub mod peer;
+pub mod plaintext;
 pub mod policy_service;
+pub mod refusals;
 pub mod services;
 pub mod shutdown;
 pub mod source;
@@ -34,6 +38,7 @@ use identity::{CertifyConfig, IdentityService, IssuerStatus};
 use linkerd2_proxy_api::destination::destination_server::DestinationServer;
 use linkerd2_proxy_api::identity::identity_server::IdentityServer;
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer;
+use linkerd2_proxy_api::outbound::outbound_policies_server::OutboundPoliciesServer;
 use pki::Identity;
 use policy::resources::Snapshot;
 use prometheus_client::registry::Registry;
@@ -56,6 +61,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "--control-plaintext-loopback {addr}: not a loopback address; plaintext gRPC is served on loopback only: use 127.0.0.1:PORT or [::1]:PORT, and TLS (--identity-addr, --destination-addr, --policy-addr) for everything off the host"
+    )]
+    NotLoopback { addr: SocketAddr },
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error(transparent)]
@@ -73,6 +82,8 @@ pub struct Started {
     pub policy_addr: SocketAddr,
     pub destination_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The plaintext loopback listener, when asked for.
+    pub plaintext_addr: Option<SocketAddr>,
     pub token_key_id: String,
     pub state_initialised: bool,
     /// The injector's listener, when this replica serves it.
@@ -113,6 +124,7 @@ pub async fn start(
     let generations = k8s::wiring::generations(&cfg, kube.as_ref(), &mut registry)?;
     let webhook_metrics = k8s::webhook::server::WebhookMetrics::default();
     webhook_metrics.register(&mut registry);
+    let refusals = refusals::ApiRefusals::new(&mut registry);
     let registry = Arc::new(registry);
 
     let (issuer_tx, issuer_rx) = watch::channel(IssuerStatus::default());
@@ -132,6 +144,7 @@ pub async fn start(
                 addr: cfg.policy_addr,
                 source,
             })?;
+    let plaintext_listener = plaintext::bind(cfg.plaintext_loopback).await?;
     let destination_listener = TcpListener::bind(cfg.destination_addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -167,6 +180,9 @@ pub async fn start(
             .local_addr()
             .unwrap_or(cfg.destination_addr),
         admin_addr: admin_listener.local_addr().unwrap_or(cfg.admin_addr),
+        plaintext_addr: plaintext_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok()),
         token_key_id: tokens.key_id,
         state_initialised: tokens.initialised,
         webhook_addr: injector.as_ref().map(|i| i.addr),
@@ -231,10 +247,18 @@ pub async fn start(
         defaults: cfg.policy.clone(),
         in_force: Default::default(),
         unsettled: Default::default(),
+        pods_known: cfg.kubernetes.is_some(),
+        refusals: refusals.clone(),
     };
     let destination = destination::DestinationService {
         index: index_rx.clone(),
         issuer: issuer_rx.clone(),
+        refusals: refusals.clone(),
+    };
+    let outbound = outbound::OutboundService {
+        index: index_rx.clone(),
+        issuer: issuer_rx.clone(),
+        refusals: refusals.clone(),
     };
     // This process among the replicas: peers skip themselves by it.
     let replica_id = format!("{:016x}", bounds::retry::random());
@@ -344,8 +368,29 @@ pub async fn start(
         // Without a client certificate: a few streams per connection.
         let anonymous_server = grpc_bounds::server(cfg.grpc_limits.anonymous_streams)
             .layer(identity_gate.layer())
-            .add_service(IdentityServer::from_arc(svc))
+            .add_service(IdentityServer::from_arc(svc.clone()))
             .serve_with_incoming_shutdown(incoming(anon_rx), stopped(stop_rx.clone()));
+        let plaintext_server = plaintext_listener.map(|listener| {
+            let gate = grpc_bounds::Listener::new("plaintext", limit, listeners, close_rx.clone());
+            let (tx, rx) = mpsc::channel(256);
+            accepting.spawn(gate.clone().accept_plain(listener, tx));
+            grpc_bounds::server(streams)
+                .layer(gate.layer())
+                .add_service(IdentityServer::from_arc(svc.clone()))
+                .add_service(DestinationServer::new(destination.clone()))
+                .add_service(InboundServerPoliciesServer::new(policy.clone()))
+                .add_service(OutboundPoliciesServer::new(outbound.clone()))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    stopped(stop_rx.clone()),
+                )
+        });
+        let plaintext_server = async move {
+            match plaintext_server {
+                Some(server) => server.await,
+                None => Ok(()),
+            }
+        };
         let destination_gate =
             grpc_bounds::Listener::new("destination", limit, listeners, close_rx.clone());
         let (dconn_tx, dconn_rx) = mpsc::channel(256);
@@ -373,13 +418,15 @@ pub async fn start(
         let policy_server = grpc_bounds::server(streams)
             .layer(policy_gate.layer())
             .add_service(InboundServerPoliciesServer::new(policy))
+            .add_service(OutboundPoliciesServer::new(outbound))
             .serve_with_incoming_shutdown(incoming(pconn_rx), stopped(stop_rx.clone()));
         let servers = async {
             tokio::join!(
                 identity_server,
                 anonymous_server,
                 destination_server,
-                policy_server
+                policy_server,
+                plaintext_server
             )
         };
         let ended = shutdown::stop_after_grace(
@@ -393,7 +440,7 @@ pub async fn start(
             },
         )
         .await;
-        let Some((a, n, b, c)) = ended else {
+        let Some((a, n, b, c, p)) = ended else {
             tracing::warn!("connections still open after the grace period; stopping anyway");
             tasks.abort_all();
             return;
@@ -403,6 +450,7 @@ pub async fn start(
             ("identity (no client certificate)", n),
             ("destination", b),
             ("policy", c),
+            ("plaintext", p),
         ];
         for (name, r) in ends {
             if let Err(e) = r {

@@ -72,6 +72,24 @@ pub fn authenticated<T>(
     })
 }
 
+/// The caller of a discovery API (Destination, InboundServerPolicies,
+/// OutboundPolicies): None on a connection without a client certificate.
+/// linkerd2-proxy opens these connections before its first certificate
+/// exists and keeps them for good, so, as in Linkerd, these read-only APIs
+/// serve it there (the control plane is still authenticated to it by its
+/// server certificate). A certificate that is presented must verify: a
+/// stale or foreign one is refused, never ignored. Identity-bound requests
+/// (renewal, the mesh stream) use [`authenticated`].
+pub fn caller<T>(
+    req: &Request<T>,
+    issuer: &watch::Receiver<IssuerStatus>,
+) -> Result<Option<Identity>, Status> {
+    if req.peer_certs().is_none_or(|c| c.is_empty()) {
+        return Ok(None);
+    }
+    authenticated(req, issuer).map(Some)
+}
+
 /// Resolves, with the reason, once a peer that verified at the handshake
 /// stops verifying because its leaf expired. A peer that never verified is
 /// left to each request's judgement (which says why). A peer whose anchor

@@ -1,22 +1,27 @@
 //! `io.linkerd.proxy.inbound.InboundServerPolicies`: GetPort and WatchPort,
-//! mTLS required, the workload named as `{"ns":..,"external_workload":..}`
-//! and matching the caller's identity. A port without a Server gets the
-//! default-policy Server, never an error.
+//! the workload named as `{"ns":..,"external_workload":..}` or (Kubernetes
+//! mode) Linkerd's `{"ns":..,"pod":..}`. Served with or without a client
+//! certificate (see [`crate::peer::caller`]); a caller that presents one
+//! must be the workload it asks about. A port without a Server gets the
+//! default-policy Server, never an error. Every refusal counted and logged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPolicies;
 use linkerd2_proxy_api::inbound::{PortSpec, Server};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use identity::IssuerStatus;
 
+use crate::refusals::ApiRefusals;
+
 use policy::resources::{Snapshot, WorkloadKind};
 use policy::translate::{PolicyDefaults, Unsettled, translate_keeping};
 
+#[derive(Clone)]
 pub struct PolicyService {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub issuer: watch::Receiver<IssuerStatus>,
@@ -26,6 +31,10 @@ pub struct PolicyService {
     pub in_force: InForce,
     /// `Unsettled::of` reads files: once per snapshot, not per stream.
     pub unsettled: UnsettledCache,
+    /// Kubernetes mode: pods are known (from the API server). Standalone,
+    /// a pod workload is refused saying so.
+    pub pods_known: bool,
+    pub refusals: Arc<ApiRefusals>,
 }
 
 pub type InForce = Arc<Mutex<HashMap<(WorkloadKind, String, String, u16), String>>>;
@@ -72,7 +81,7 @@ impl PolicyService {
         snap: &Arc<Snapshot>,
         (kind, ns, name): (WorkloadKind, &str, &str),
         port: u16,
-        caller: &pki::Identity,
+        caller: Option<&pki::Identity>,
     ) -> Result<Server, Status> {
         if !snap.loaded {
             return Err(Status::unavailable(
@@ -86,7 +95,7 @@ impl PolicyService {
         let declared = w
             .identity(&self.defaults.control_plane_ns)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        if declared != *caller {
+        if let Some(caller) = caller.filter(|c| **c != declared) {
             return Err(Status::permission_denied(format!(
                 "{caller} may not read the policy of {ns}/{name}, whose identity is {declared}"
             )));
@@ -118,10 +127,16 @@ impl PolicyService {
     fn spec(
         &self,
         req: &Request<PortSpec>,
-    ) -> Result<(WorkloadKind, String, String, u16, pki::Identity), Status> {
-        let caller = crate::peer::authenticated(req, &self.issuer)?;
+    ) -> Result<(WorkloadKind, String, String, u16, Option<pki::Identity>), Status> {
+        let caller = crate::peer::caller(req, &self.issuer)?;
         let spec = req.get_ref();
         let (kind, ns, name) = parse_workload(&spec.workload).map_err(Status::invalid_argument)?;
+        if kind == WorkloadKind::Pod && !self.pods_known {
+            return Err(Status::failed_precondition(format!(
+                "workload {:?} names a pod, but this control plane runs standalone (without --kubernetes) and knows no pods; name an ExternalWorkload of the resource directory ({{\"ns\":\"{ns}\",\"external_workload\":\"<name>\"}}), or run the control plane with --kubernetes",
+                spec.workload
+            )));
+        }
         let port = u16::try_from(spec.port)
             .ok()
             .filter(|p| *p != 0)
@@ -135,10 +150,13 @@ impl PolicyService {
 #[tonic::async_trait]
 impl InboundServerPolicies for PolicyService {
     async fn get_port(&self, req: Request<PortSpec>) -> Result<Response<Server>, Status> {
-        let (kind, ns, name, port, caller) = self.spec(&req)?;
+        let peer = req.remote_addr();
+        let refused = |s| self.refusals.refused("policy.GetPort", peer, s);
+        let (kind, ns, name, port, caller) = self.spec(&req).map_err(refused)?;
         let snap = self.snapshot.borrow().clone();
-        self.resolve(&snap, (kind, &ns, &name), port, &caller)
+        self.resolve(&snap, (kind, &ns, &name), port, caller.as_ref())
             .map(Response::new)
+            .map_err(refused)
     }
 
     type WatchPortStream = ReceiverStream<Result<Server, Status>>;
@@ -147,49 +165,24 @@ impl InboundServerPolicies for PolicyService {
         &self,
         req: Request<PortSpec>,
     ) -> Result<Response<Self::WatchPortStream>, Status> {
-        let (kind, ns, name, port, caller) = self.spec(&req)?;
+        let peer = req.remote_addr();
+        let refused = |s| self.refusals.refused("policy.WatchPort", peer, s);
+        let (kind, ns, name, port, caller) = self.spec(&req).map_err(refused)?;
         let mut rx = self.snapshot.clone();
-        let first = self.resolve(
-            &rx.borrow_and_update().clone(),
-            (kind, &ns, &name),
-            port,
-            &caller,
-        )?;
-        let (tx, out) = mpsc::channel(4);
-        let this = PolicyService {
-            snapshot: self.snapshot.clone(),
-            issuer: self.issuer.clone(),
-            defaults: self.defaults.clone(),
-            in_force: self.in_force.clone(),
-            unsettled: self.unsettled.clone(),
-        };
-        tokio::spawn(async move {
-            let mut last = first;
-            if tx.send(Ok(last.clone())).await.is_err() {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    changed = rx.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                }
-                let snap = rx.borrow_and_update().clone();
-                match this.resolve(&snap, (kind, &ns, &name), port, &caller) {
-                    Ok(s) if s == last => {}
-                    Ok(s) => {
-                        last = s;
-                        if tx.send(Ok(last.clone())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
+        let first = self
+            .resolve(
+                &rx.borrow_and_update().clone(),
+                (kind, &ns, &name),
+                port,
+                caller.as_ref(),
+            )
+            .map_err(refused)?;
+        let this = self.clone();
+        let stream = crate::changes::changes(rx, first, move |snap| {
+            this.resolve(snap, (kind, &ns, &name), port, caller.as_ref())
+                .map_err(|e| this.refusals.refused("policy.WatchPort", peer, e))
         });
-        Ok(Response::new(ReceiverStream::new(out)))
+        Ok(Response::new(stream))
     }
 }
 

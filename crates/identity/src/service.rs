@@ -277,7 +277,8 @@ fn is_wrong(s: &Status) -> bool {
     )
 }
 
-fn code_label(code: Code) -> &'static str {
+/// A gRPC code as a metric label: the refusals a caller can act on by name.
+pub fn code_label(code: Code) -> &'static str {
     match code {
         Code::InvalidArgument => "invalid_argument",
         Code::FailedPrecondition => "failed_precondition",
@@ -285,6 +286,7 @@ fn code_label(code: Code) -> &'static str {
         Code::PermissionDenied => "permission_denied",
         Code::Unavailable => "unavailable",
         Code::ResourceExhausted => "resource_exhausted",
+        Code::NotFound => "not_found",
         _ => "error",
     }
 }

@@ -74,12 +74,15 @@ pub struct ControlPlaneArgs {
     /// Identity gRPC listener (TLS)
     #[arg(long, env = "WEFT_IDENTITY_ADDR", default_value = "0.0.0.0:8080")]
     pub identity_addr: SocketAddr,
-    /// Destination gRPC listener (TLS, client certificate required)
+    /// Destination gRPC listener (TLS; a client certificate, when presented, must verify; the mesh stream requires one)
     #[arg(long, env = "WEFT_DESTINATION_ADDR", default_value = "0.0.0.0:8086")]
     pub destination_addr: SocketAddr,
-    /// Inbound policy gRPC listener (TLS, client certificate required)
+    /// Inbound and outbound policy gRPC listener (TLS; a client certificate, when presented, must verify)
     #[arg(long, env = "WEFT_POLICY_ADDR", default_value = "0.0.0.0:8090")]
     pub policy_addr: SocketAddr,
+    /// Plaintext gRPC (h2c) for Identity, Destination, policy and OutboundPolicies, on a loopback address only (linkerd2-proxy speaks plaintext to a loopback control-plane address); Certify there still needs a join token, and the mesh stream is not offered
+    #[arg(long, env = "WEFT_CONTROL_PLAINTEXT_LOOPBACK")]
+    pub control_plaintext_loopback: Option<SocketAddr>,
     /// The default inbound policy for ports no Server selects
     #[arg(
         long,
@@ -210,6 +213,7 @@ impl ControlPlaneArgs {
             identity_addr: self.identity_addr,
             destination_addr: self.destination_addr,
             policy_addr: self.policy_addr,
+            plaintext_loopback: self.control_plaintext_loopback,
             policy: policy::translate::PolicyDefaults {
                 default_policy: policy::translate::parse_default(&self.default_inbound_policy).ok_or_else(|| {
                     Failure::input(format!(
@@ -306,7 +310,8 @@ pub fn run(args: ControlPlaneArgs) -> CmdResult {
         let (started, serve) = control_plane::start(cfg, super::shutdown_signal())
             .await
             .map_err(|e| match e {
-                control_plane::StartError::State(_) => Failure::input(e),
+                control_plane::StartError::State(_)
+                | control_plane::StartError::NotLoopback { .. } => Failure::input(e),
                 other => Failure::fatal(other),
             })?;
         eprintln!(
@@ -325,6 +330,9 @@ pub fn run(args: ControlPlaneArgs) -> CmdResult {
         );
         eprintln!("  policy listening on           {}", started.policy_addr);
         eprintln!("  admin listening on            {}", started.admin_addr);
+        if let Some(addr) = started.plaintext_addr {
+            eprintln!("  plaintext listening on        {addr}");
+        }
         if let Some(addr) = started.webhook_addr {
             eprintln!("  webhook listening on          {addr}");
         }

@@ -337,6 +337,7 @@ async fn demo(dir: &Path, keep_anchor_key: bool) -> Result<Running, Failure> {
         identity_addr: local(0),
         destination_addr: local(0),
         policy_addr: local(0),
+        plaintext_loopback: None,
         policy: policy::translate::PolicyDefaults {
             default_policy: policy::translate::parse_default("all-unauthenticated")
                 .ok_or_else(|| Failure::fatal("default policy"))?,

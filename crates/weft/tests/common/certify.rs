@@ -40,20 +40,9 @@ impl FakeProxy {
         anchors_pem: &str,
         client: Option<(String, String)>,
     ) -> Result<IdentityClient<tonic::transport::Channel>, tonic::Status> {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(anchors_pem))
-            .domain_name(CP_IDENTITY);
-        if let Some((cert, key)) = client {
-            tls = tls.identity(TlsIdentity::from_pem(cert, key));
-        }
-        let ch = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-            .tls_config(tls)
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-            .connect()
+        channel(addr, anchors_pem, client)
             .await
-            .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))?;
-        Ok(IdentityClient::new(ch))
+            .map(IdentityClient::new)
     }
 
     pub fn request(&self, token: &str) -> CertifyRequest {
@@ -86,6 +75,30 @@ impl FakeProxy {
         );
         (certs.concat(), self.key.serialize_pem())
     }
+}
+
+/// An HTTP/2 connection to a control-plane listener over TLS, the server
+/// verified as the control plane, optionally presenting a client certificate
+/// (linkerd2-proxy opens its destination and policy connections before it
+/// has one).
+pub async fn channel(
+    addr: SocketAddr,
+    anchors_pem: &str,
+    client: Option<(String, String)>,
+) -> Result<tonic::transport::Channel, tonic::Status> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(anchors_pem))
+        .domain_name(CP_IDENTITY);
+    if let Some((cert, key)) = client {
+        tls = tls.identity(TlsIdentity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))
 }
 
 pub fn rustls_pem(label: &str, der: &[u8]) -> String {
