@@ -104,8 +104,11 @@ fn demo_stay_prints_commands_that_work_as_printed() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
     let mut commands = Vec::new();
-    // The commands follow the invitation; the last is a check after the rotation.
-    while commands.len() < 4 {
+    // The commands follow the invitation, up to the line saying how to stop.
+    while !seen
+        .last()
+        .is_some_and(|l: &String| l.contains("Ctrl-C stops"))
+    {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).unwrap_or_else(|_| {
             panic!(
@@ -151,6 +154,12 @@ fn demo_stay_prints_commands_that_work_as_printed() {
             assert!(
                 stdout.contains("Status check results are √\n"),
                 "{cmd}: not all green\n{stdout}"
+            );
+        }
+        if cmd.starts_with("weft identity backend ") {
+            assert!(
+                stdout.contains("backend.demo.serviceaccount.identity.weft.cluster.local"),
+                "{stdout}"
             );
         }
         if cmd.starts_with("weft rotate issuer ") {

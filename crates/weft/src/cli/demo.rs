@@ -215,6 +215,10 @@ fn next_steps(dir: &Path, admin: SocketAddr) -> Vec<String> {
         "The demo mesh keeps running until Ctrl-C. Try, in another terminal:".into(),
         "  # the identity files in force and every proxy of the fleet".into(),
         format!("  $ weft check {files} --proxy --admin-addr {admin}"),
+        "  # the certificate chain backend's proxy serves right now".into(),
+        format!("  $ weft identity backend -n demo --admin-addr {admin}"),
+        "  # every hop the proxies saw, and whether it was mTLS (they report every 15 s)".into(),
+        format!("  $ weft edges -n demo --admin-addr {admin}"),
         "  # rotate the issuer with zero failed requests: make one from the anchor, then install it"
             .into(),
         format!(
@@ -231,6 +235,7 @@ fn next_steps(dir: &Path, admin: SocketAddr) -> Vec<String> {
             p("issuer.key")
         ),
         format!("  $ weft check {files} --proxy --admin-addr {admin}"),
+        "(Ctrl-C stops the demo mesh)".into(),
     ]
 }
 
