@@ -242,6 +242,29 @@ fn trust_anchor_rotation_by_the_commands_alone() {
         assert!(r.stdout.contains(said), "{said}: {}", r.stdout);
     }
     check("after prepare resumed");
+    // Another anchor while one is in progress: refused, nothing changed.
+    s.weft(&[
+        "certs",
+        "create",
+        "root.linkerd.cluster.local",
+        "ca3.crt",
+        "ca3.key",
+        "--profile",
+        "root-ca",
+    ])
+    .ok();
+    let bundle = s.read("ca.crt");
+    let r = weft(&[
+        "rotate",
+        "trust-anchor",
+        "prepare",
+        "--new-anchor",
+        "ca3.crt",
+    ]);
+    println!("{}", r.stderr);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is in progress"), "{}", r.stderr);
+    assert_eq!((s.read("ca.crt"), phase(&s)), (bundle, Some("prepared".into())));
 
     // The hint's `weft certs create` works as printed.
     run_printed(&s, &r.stdout, "weft certs create").ok();

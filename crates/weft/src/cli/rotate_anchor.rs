@@ -244,6 +244,28 @@ fn new_rotation(a: &PrepareArgs) -> Result<Rotation, Failure> {
     })
 }
 
+/// A re-run prepare resumes only the anchor in progress: naming another
+/// would otherwise be taken silently for it.
+fn same_anchor(a: &PrepareArgs, r: &Rotation) -> Result<(), Failure> {
+    let asked = read(&a.new_anchor)
+        .ok()
+        .and_then(|pem| pki::parse_certs(&a.new_anchor, &pem).ok())
+        .and_then(|certs| match certs.as_slice() {
+            [cert] => Some(pki::fingerprint(cert)),
+            _ => None,
+        });
+    if asked.as_deref() == Some(r.new_anchor.as_str()) {
+        return Ok(());
+    }
+    Err(Failure::input(format!(
+        "a rotation to anchor {} ({}) is in progress (phase {}) and {} is not that anchor; nothing was changed: finish that rotation, or undo it with `weft rotate trust-anchor abort` (same flags), before preparing another",
+        &r.new_anchor[..12.min(r.new_anchor.len())],
+        r.new_anchor_file.display(),
+        r.phase.name(),
+        a.new_anchor.display()
+    )))
+}
+
 /// The exact command that makes an issuer under the new anchor.
 pub(super) fn certs_create_issuer(a: &PlaneArgs, r: &Rotation) -> String {
     a.certs_create_issuer(&r.new_anchor_file)
@@ -263,7 +285,10 @@ pub(super) fn activate_command(a: &PlaneArgs) -> String {
 fn prepare(a: PrepareArgs) -> CmdResult {
     let (_lock, r, admit, ev) = begin(&a.plane, Command::Prepare)?;
     let mut r = match (admit, r) {
-        (Admit::Resume | Admit::AlreadyDone, Some(r)) => r,
+        (Admit::Resume | Admit::AlreadyDone, Some(r)) => {
+            same_anchor(&a, &r)?;
+            r
+        }
         _ => {
             let r = new_rotation(&a)?;
             save(&a.plane, &r)?;
