@@ -254,17 +254,20 @@ fn trust_anchor_rotation_by_the_commands_alone() {
     ])
     .ok();
     let bundle = s.read("ca.crt");
-    let r = weft(&[
+    let other = weft(&[
         "rotate",
         "trust-anchor",
         "prepare",
         "--new-anchor",
         "ca3.crt",
     ]);
-    println!("{}", r.stderr);
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("is in progress"), "{}", r.stderr);
-    assert_eq!((s.read("ca.crt"), phase(&s)), (bundle, Some("prepared".into())));
+    println!("{}", other.stderr);
+    assert_eq!(other.code, 2, "{}", other.stderr);
+    assert!(other.stderr.contains("is in progress"), "{}", other.stderr);
+    assert_eq!(
+        (s.read("ca.crt"), phase(&s)),
+        (bundle, Some("prepared".into()))
+    );
 
     // The hint's `weft certs create` works as printed.
     run_printed(&s, &r.stdout, "weft certs create").ok();

@@ -232,6 +232,13 @@ impl K8sEnv {
         Ok(bed.by_name(name).clone())
     }
 
+    /// The stand-in holding `ip`, if any: kwok can hand one address to two
+    /// live pods (an address released twice comes back twice).
+    pub fn holder_of(&self, ip: Ipv4Addr) -> Option<String> {
+        let bed = self.bed.lock().unwrap_or_else(|p| p.into_inner());
+        bed.pods.iter().find(|p| p.ip == ip).map(|p| p.name.clone())
+    }
+
     /// Removes a stand-in (its pod is gone), freeing its address for the
     /// pod that Kubernetes gives it to next.
     pub fn remove_stand_in(&self, name: &str) -> Result<()> {

@@ -21,7 +21,7 @@ use testbed::k8s::api::{self, BoundTo};
 use testbed::k8s::k8s_openapi::api::core::v1::{Pod, Service};
 use testbed::k8s::k8s_openapi::api::discovery::v1::EndpointSlice;
 use testbed::k8s::kube::Client;
-use testbed::k8s::kube::api::{Api, ListParams, Patch, PatchParams};
+use testbed::k8s::kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
 use crate::common::Scratch;
 use crate::common::kube::{
@@ -366,12 +366,36 @@ impl<'a> Mesh<'a> {
         for name in gone {
             self.retire(&name)?;
         }
+        let mut up = BTreeSet::new();
         for (name, (ip, pod)) in &live {
-            if !self.stand_ins.contains_key(name) {
-                self.stand_in(name, *ip, pod)?;
+            if self.stand_ins.contains_key(name) {
+                up.insert(name.clone());
+                continue;
             }
+            // kwok gave a live pod's address out again: a pod its controller
+            // replaces goes (the replacement gets another address); a bare
+            // pod cannot, and is an error as before.
+            if let Some(holder) = self.env.holder_of(*ip).filter(|h| h != name)
+                && pod
+                    .metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|o| !o.is_empty())
+            {
+                println!(
+                    "kwok gave {name} the address {ip} of live pod {holder}; deleting {name} so its controller makes another"
+                );
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                };
+                let _ = self.rt.block_on(pods.delete(name, &dp))?;
+                continue;
+            }
+            self.stand_in(name, *ip, pod)?;
+            up.insert(name.clone());
         }
-        Ok(live.into_keys().collect())
+        Ok(up)
     }
 
     fn retire(&mut self, name: &str) -> Result<()> {
