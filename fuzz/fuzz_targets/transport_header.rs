@@ -6,7 +6,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use proxy::transport_header::{PREFACE, TransportHeader, read, write};
+use proxy::detect::Protocol;
+use proxy::transport_header::{PREFACE, TransportHeader, declared, read, write};
 
 fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -40,14 +41,24 @@ fuzz_target!(|data: &[u8]| {
         let (h2, port2) = read(&mut r2).await.expect("a re-encoded header reads back");
         assert_eq!((&h2, port2), (&h, port));
         assert_eq!(r2, b"rest");
-        // What the outbound proxy writes for the same port and name reads back too.
+        // What the outbound proxy writes for the same port, name and
+        // declared protocol reads back too, declaring the same.
+        let protocol = declared(&h);
         let mut written = Vec::new();
-        write(&mut written, port, &h.name)
-            .await
-            .expect("write to a Vec");
+        write(
+            &mut written,
+            port,
+            &h.name,
+            protocol.unwrap_or(Protocol::Opaque),
+        )
+        .await
+        .expect("write to a Vec");
         let (h3, port3) = read(&mut written.as_slice())
             .await
             .expect("a written header reads back");
-        assert_eq!((h3.name.as_str(), port3), (h.name.as_str(), port));
+        assert_eq!(
+            (h3.name.as_str(), port3, declared(&h3)),
+            (h.name.as_str(), port, protocol)
+        );
     });
 });
