@@ -104,26 +104,12 @@ fn anchor_rotation_without_restart_or_failed_requests() {
 
     // An unmanaged client (a linkerd2-proxy would look like this): a
     // certificate by hand, no stream.
-    s.token("legacy");
     let ia = cp
         .as_ref()
         .unwrap()
         .addr("identity listening on")
         .to_string();
-    s.weft(&[
-        "certs",
-        "request",
-        "legacy.demo.serviceaccount.identity.weft.cluster.local",
-        "legacy.crt",
-        "legacy.key",
-        "--control-plane",
-        &ia,
-        "--roots",
-        "ca.crt",
-        "--token-file",
-        "legacy.token",
-    ])
-    .ok();
+    common::rotation::request_legacy(&s, &ia);
     let (v, _) = until(admin, "the hand-made certificate shows as unmanaged", |v| {
         v.unmanaged.len() == 1
     });

@@ -249,21 +249,11 @@ fn the_admin_listener_is_refused_on_a_non_loopback_address() {
     let s = Scratch::new();
     s.guide_material();
     for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:9990"] {
-        let r = s.weft(&[
-            "control-plane",
-            "--identity-trust-anchors-file",
-            "ca.crt",
-            "--identity-issuer-certificate-file",
-            "issuer.crt",
-            "--identity-issuer-key-file",
-            "issuer.key",
-            "--state-dir",
-            "state",
-            "--admin-addr",
-            addr,
-        ]);
-        println!("{addr}: exit {} {}", r.code, r.stderr.trim());
-        assert_eq!(r.code, 2, "{addr}: {}", r.stderr);
+        let mut args = vec!["control-plane"];
+        args.extend(common::GUIDE_FILES);
+        args.extend(["--state-dir", "state", "--admin-addr", addr]);
+        let r = s.weft(&args).refused(2);
+        println!("{addr}: {}", r.stderr.trim());
         assert!(
             r.stderr.contains("--admin-addr") && r.stderr.contains("--probe-addr"),
             "{}",

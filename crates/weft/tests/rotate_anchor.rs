@@ -162,21 +162,7 @@ fn trust_anchor_rotation_by_the_commands_alone() {
         for f in ["legacy.token", "legacy.crt", "legacy.key"] {
             let _ = std::fs::remove_file(s.path(f));
         }
-        s.token("legacy");
-        s.weft(&[
-            "certs",
-            "request",
-            legacy,
-            "legacy.crt",
-            "legacy.key",
-            "--control-plane",
-            &ia,
-            "--roots",
-            "ca.crt",
-            "--token-file",
-            "legacy.token",
-        ])
-        .ok();
+        common::rotation::request_legacy(&s, &ia);
     };
     request_legacy();
 

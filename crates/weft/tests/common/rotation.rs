@@ -48,6 +48,26 @@ pub fn new_anchor_and_issuer(s: &Scratch) {
 }
 
 /// The control plane's fleet view at `admin`, if it answers.
+/// An unmanaged client, as a linkerd2-proxy looks to the fleet: a fresh
+/// join token and a certificate for `demo/legacy` by hand, no stream.
+pub fn request_legacy(s: &Scratch, identity_addr: &str) {
+    s.token("legacy");
+    s.weft(&[
+        "certs",
+        "request",
+        "legacy.demo.serviceaccount.identity.weft.cluster.local",
+        "legacy.crt",
+        "legacy.key",
+        "--control-plane",
+        identity_addr,
+        "--roots",
+        "ca.crt",
+        "--token-file",
+        "legacy.token",
+    ])
+    .ok();
+}
+
 pub fn fleet(admin: std::net::SocketAddr) -> Option<FleetView> {
     let (code, body) = super::proc::http_get(admin, "/fleet").ok()?;
     (code == 200).then(|| serde_json::from_str(&body).expect("fleet JSON"))
