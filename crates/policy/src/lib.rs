@@ -7,6 +7,7 @@
 //! control plane; sockets live in the proxy. Nothing here does I/O.
 
 mod defaults;
+pub mod describe;
 pub mod eval;
 pub mod judge;
 pub mod model;

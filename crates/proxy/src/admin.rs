@@ -1,4 +1,4 @@
-//! The proxy's admin endpoint: /live, /ready, /metrics, /identity.
+//! The proxy's admin endpoint: /live, /ready, /metrics, /identity, /policy.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cert::ProxyCert;
+use crate::policies::{Held, Policies};
 
 /// Ready means: a certificate that is valid now.
 pub fn readiness(cert: Option<&ProxyCert>, now: OffsetDateTime) -> Result<(), String> {
@@ -39,10 +40,50 @@ fn identity(cert: Option<&ProxyCert>) -> Response<Full<Bytes>> {
     }
 }
 
+/// GET /policy?port=N: the inbound policy this proxy holds for port N now
+/// (names, networks, identities and routes: what `weft diagnostics policy`
+/// compares with the resources). Never starts following a port.
+fn policy(query: Option<&str>, policies: &Policies) -> Response<Full<Bytes>> {
+    let port = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("port="))
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|p| *p != 0);
+    let Some(port) = port else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected /policy?port=N, N the workload port (1-65535)\n".into(),
+        );
+    };
+    let view = |s: &policy::Server| policy::describe::describe(s);
+    let body = match policies.held(port) {
+        Held::Current(s) => serde_json::json!({
+            "port": port, "state": "current", "policy": view(&s),
+        }),
+        Held::Waiting => serde_json::json!({
+            "port": port, "state": "waiting",
+            "note": "the proxy asked the control plane for this port's policy and has no answer yet; connections wait, then use the last default or deny",
+        }),
+        Held::NotFollowed(default) => serde_json::json!({
+            "port": port, "state": "not followed",
+            "note": "no connection has arrived on this port yet; the proxy fetches its policy at the first one",
+            "default": default.as_deref().map(view),
+        }),
+    };
+    let mut r = text(StatusCode::OK, format!("{body}\n"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
     pub cert: watch::Receiver<Option<Arc<ProxyCert>>>,
+    pub policies: Arc<Policies>,
     /// Any pod can reach this port: its connections are capped and timed.
     pub gate: bounds::Gate,
 }
@@ -59,9 +100,12 @@ async fn handle(
         }
         "/metrics" => metrics(&st.registry),
         "/identity" => identity(st.cert.borrow().as_deref()),
+        "/policy" => policy(req.uri().query(), &st.policies),
         other => text(
             StatusCode::NOT_FOUND,
-            format!("no such endpoint {other}; try /live, /ready, /metrics or /identity\n"),
+            format!(
+                "no such endpoint {other}; try /live, /ready, /metrics, /identity or /policy?port=N\n"
+            ),
         ),
     })
 }

@@ -182,6 +182,7 @@ pub async fn start(
         tls::outbound_config(trust_rx.clone(), cert_rx.clone(), true).map_err(StartError::Tls)?;
     let outbound_plain =
         tls::outbound_config(trust_rx.clone(), cert_rx.clone(), false).map_err(StartError::Tls)?;
+    let held_policies = policies.clone();
     let inbound = Arc::new(inbound::Inbound {
         acceptor: tokio_rustls::TlsAcceptor::from(inbound_cfg),
         workload: cfg.workload.to_string(),
@@ -212,6 +213,7 @@ pub async fn start(
     let admin_state = admin::AdminState {
         registry,
         cert: cert_rx.clone(),
+        policies: held_policies,
         gate: bounds::Gate::new("admin", cfg.admin_limits, &limits),
     };
 

@@ -41,6 +41,18 @@ pub enum Source {
     Deny,
 }
 
+/// A port's policy as the proxy holds it now.
+#[derive(Debug, Clone)]
+pub enum Held {
+    /// Followed, and the control plane's latest answer.
+    Current(Arc<Server>),
+    /// Followed, no answer yet: connections wait, then use the last default or deny.
+    Waiting,
+    /// No connection has arrived on the port; the last default the control
+    /// plane sent (what a first connection would get without an answer).
+    NotFollowed(Option<Arc<Server>>),
+}
+
 pub struct Policies {
     pub addr: String,
     pub control: ControlPlane,
@@ -95,6 +107,22 @@ impl Policies {
                 Arc::new(deny_server("no policy from the control plane yet")),
                 Source::Deny,
                 rx,
+            ),
+        }
+    }
+
+    /// What this proxy holds for `port` now, without following it: the
+    /// admin endpoint's answer (`weft diagnostics policy`).
+    pub fn held(&self, port: u16) -> Held {
+        let ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        match ports.get(&port).map(|s| s.tx.borrow().clone()) {
+            Some(Some(s)) => Held::Current(s),
+            Some(None) => Held::Waiting,
+            None => Held::NotFollowed(
+                self.last_default
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
             ),
         }
     }

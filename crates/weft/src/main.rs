@@ -47,6 +47,9 @@ enum Cmd {
     ControlPlane(Box<cli::control_plane::ControlPlaneArgs>),
     /// Run the whole mesh on 127.0.0.1 and show a request over mutual TLS
     Demo(cli::demo::DemoArgs),
+    /// What a workload's proxies hold right now: their metrics, the policy of a port beside the resources'
+    #[command(subcommand)]
+    Diagnostics(cli::diagnostics::DiagnosticsCmd),
     /// Every edge the proxies saw (client → server) with counts and whether it was mTLS; `--plaintext` is a compliance gate
     Edges(cli::edges::EdgesArgs),
     /// The certificate chain a workload's proxies serve right now, read from the proxies themselves
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Cmd::Demo(c) => cli::demo::run(c),
         Cmd::Init(c) => cli::init::run(c),
         Cmd::Edges(c) => cli::edges::run(c),
+        Cmd::Diagnostics(c) => cli::diagnostics::run(c),
         Cmd::Identity(c) => cli::identity::run(c),
         Cmd::Inject(c) => cli::inject::run_inject(c),
         Cmd::Install(c) => cli::install::run_install(c),

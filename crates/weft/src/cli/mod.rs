@@ -9,6 +9,7 @@ mod check_plane;
 mod check_tunnel;
 pub mod control_plane;
 pub mod demo;
+pub mod diagnostics;
 pub mod duration;
 pub mod edges;
 pub mod identity;

@@ -25,29 +25,16 @@ pub enum PolicyCmd {
     Explain(ExplainArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct ExplainArgs {
+/// The resources a verdict is computed from, and the control plane's
+/// settings that shape it (shared with `weft diagnostics policy`).
+#[derive(Debug, Clone, Args)]
+pub struct ResourceArgs {
     /// The resource directory (as given to `weft control-plane --resources`)
     #[arg(long)]
     pub resources: PathBuf,
     /// The files are an export of a Kubernetes API (`kubectl get -o yaml`): judge each object alone, as `weft control-plane --kubernetes` does
     #[arg(long)]
     pub kubernetes: bool,
-    /// The client: a mesh identity (or its SPIFFE ID), an IP address (unmeshed), or "unmeshed"
-    #[arg(long)]
-    pub from: String,
-    /// The client's address (for network-based authorizations and cluster-* defaults)
-    #[arg(long, default_value = "10.0.0.1")]
-    pub from_ip: IpAddr,
-    /// The target, namespace/workload:port
-    #[arg(long)]
-    pub to: String,
-    /// An HTTP request path (or absolute-form target): judge a request (routes) on its normal form, as the proxy does; without it the client's bytes are taken to be not HTTP
-    #[arg(long)]
-    pub path: Option<String>,
-    /// The request method (with --path)
-    #[arg(long, default_value = "GET", requires = "path")]
-    pub method: String,
     /// The cluster-wide default policy, as the control plane's --default-inbound-policy
     #[arg(long, default_value = "all-unauthenticated")]
     pub default_inbound_policy: String,
@@ -60,14 +47,42 @@ pub struct ExplainArgs {
     /// The trust domain (identity names, SPIFFE IDs)
     #[arg(long, default_value = pki::identity::DEFAULT_TRUST_DOMAIN)]
     pub identity_trust_domain: String,
+}
+
+/// Who asks: the client of a verdict (shared with `weft diagnostics policy`).
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The client's address (for network-based authorizations and cluster-* defaults)
+    #[arg(long, default_value = "10.0.0.1")]
+    pub from_ip: IpAddr,
+    /// An HTTP request path (or absolute-form target): judge a request (routes) on its normal form, as the proxy does; without it the client's bytes are taken to be not HTTP
+    #[arg(long)]
+    pub path: Option<String>,
+    /// The request method (with --path)
+    #[arg(long, default_value = "GET", requires = "path")]
+    pub method: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub files: ResourceArgs,
+    /// The client: a mesh identity (or its SPIFFE ID), an IP address (unmeshed), or "unmeshed"
+    #[arg(long)]
+    pub from: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The target, namespace/workload:port
+    #[arg(long)]
+    pub to: String,
     /// Output format: text or json
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
 }
 
-#[derive(Serialize)]
-struct Explained {
-    allowed: bool,
+#[derive(Debug, Serialize)]
+pub struct Explained {
+    pub allowed: bool,
     /// `opaque` (judged per connection) or `http` (per request).
     mode: policy::Mode,
     /// Allowed by the audit default (the proxy logs it as though denied).
@@ -152,14 +167,48 @@ pub fn load_export(
     ))
 }
 
-fn explain(a: ExplainArgs) -> CmdResult {
-    let default_policy = parse_default(&a.default_inbound_policy).ok_or_else(|| {
+/// The resource files' policy for one workload port, as the proxy would
+/// receive it (converted once), with what the files got wrong.
+pub struct Translated {
+    pub server: policy::Server,
+    /// Problems in the files (what they name grants nothing).
+    pub problems: Vec<String>,
+    /// Objects defined more than once: every definition refused, judged absent.
+    pub conflicts: Vec<String>,
+    /// The destination's opaque-port hint, from the annotations the control plane reads.
+    pub opaque_hint: bool,
+}
+
+/// `namespace/workload:port` as (namespace, workload, port), or a refusal
+/// naming `flag`.
+pub fn parse_target(flag: &str, to: &str) -> Result<(String, String, u16), Failure> {
+    let bad = || Failure::input(format!("{flag} {to:?}: expected namespace/workload:port"));
+    let (wl, port) = to
+        .rsplit_once(':')
+        .and_then(|(w, p)| Some((w, p.parse::<u16>().ok().filter(|p| *p != 0)?)))
+        .ok_or_else(bad)?;
+    let (ns, name) = wl.split_once('/').ok_or_else(bad)?;
+    if ns.is_empty() || name.is_empty() {
+        return Err(bad());
+    }
+    Ok((ns.into(), name.into(), port))
+}
+
+/// What the files say for `ns/name:port`, read once as the control plane
+/// would at cold start (or, with --kubernetes, each object alone).
+pub fn translated(
+    f: &ResourceArgs,
+    ns: &str,
+    name: &str,
+    port: u16,
+) -> Result<Translated, Failure> {
+    let default_policy = parse_default(&f.default_inbound_policy).ok_or_else(|| {
         Failure::input(format!(
             "--default-inbound-policy {:?}: expected all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny or audit",
-            a.default_inbound_policy
+            f.default_inbound_policy
         ))
     })?;
-    let cluster_networks = a
+    let cluster_networks = f
         .cluster_networks
         .iter()
         .map(|c| {
@@ -167,38 +216,21 @@ fn explain(a: ExplainArgs) -> CmdResult {
                 .map_err(|e| Failure::input(format!("--cluster-networks {c:?}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let (wl, port) =
-        a.to.rsplit_once(':')
-            .and_then(|(w, p)| Some((w, p.parse::<u16>().ok().filter(|p| *p != 0)?)))
-            .ok_or_else(|| {
-                Failure::input(format!("--to {:?}: expected namespace/workload:port", a.to))
-            })?;
-    let (ns, name) = wl.split_once('/').ok_or_else(|| {
-        Failure::input(format!("--to {:?}: expected namespace/workload:port", a.to))
-    })?;
-    let client = client_of(&a)?;
-    let snap = if a.kubernetes {
-        load_export(
-            &a.resources,
-            &a.controller_namespace,
-            &a.identity_trust_domain,
-        )?
+    let (cp_ns, td) = (&f.controller_namespace, &f.identity_trust_domain);
+    let snap = if f.kubernetes {
+        load_export(&f.resources, cp_ns, td)?
     } else {
-        load(
-            &a.resources,
-            &a.controller_namespace,
-            &a.identity_trust_domain,
-        )?
+        load(&f.resources, cp_ns, td)?
     };
     let mut problems: Vec<String> = snap.errors().map(|p| p.to_string()).collect();
     // Said up front: the proxy judges conflicted objects the same way.
-    let conflicts: Vec<String> = snap
+    let conflicts = snap
         .conflicted
         .keys()
         .map(|k| format!("{k} is defined more than once: every definition is refused and it is judged absent (fail-closed)"))
         .collect();
     let w = snap
-        .workloads(&a.controller_namespace, &a.identity_trust_domain)
+        .workloads(cp_ns, td)
         .find(|w| w.meta.name == name && w.namespace() == ns)
         .ok_or_else(|| {
             let unmeshed = snap.pods().any(|p| {
@@ -206,23 +238,22 @@ fn explain(a: ExplainArgs) -> CmdResult {
             });
             Failure::input(if unmeshed {
                 format!(
-                    "Pod {ns}/{name} in {} is not meshed by this control plane: it lacks the label {}={}, or it has finished or uses the host's network",
-                    a.resources.display(),
+                    "Pod {ns}/{name} in {} is not meshed by this control plane: it lacks the label {}={cp_ns}, or it has finished or uses the host's network",
+                    f.resources.display(),
                     policy::resources::LABEL_CONTROL_PLANE_NS,
-                    a.controller_namespace
                 )
             } else {
                 format!(
                     "no ExternalWorkload or meshed Pod {ns}/{name} in {}",
-                    a.resources.display()
+                    f.resources.display()
                 )
             })
         })?;
     let d = PolicyDefaults {
         default_policy,
         cluster_networks,
-        control_plane_ns: a.controller_namespace.clone(),
-        trust_domain: a.identity_trust_domain.clone(),
+        control_plane_ns: cp_ns.clone(),
+        trust_domain: td.clone(),
         detect_timeout: std::time::Duration::from_secs(10),
     };
     let unsettled = Unsettled::of(&snap, |f| match &snap.held {
@@ -234,7 +265,6 @@ fn explain(a: ExplainArgs) -> CmdResult {
     // As the proxy receives it: converted once, then judged.
     let server = policy::Server::try_from(t.server)
         .map_err(|e| Failure::input(format!("the translated policy is malformed: {e}")))?;
-    // The destination's hint, from the same annotations the control plane reads.
     let opaque_hint =
         policy::ports::opaque_ports(&w.meta.annotations, snap.namespace_annotations(ns))
             .map_err(|e| {
@@ -243,57 +273,78 @@ fn explain(a: ExplainArgs) -> CmdResult {
                 ))
             })?
             .contains(&port);
-    // The path as the proxy judges (and forwards) it: its normal form, or
-    // refused (400) when it has none.
-    let path = match a.path.as_deref().map(|p| {
+    Ok(Translated {
+        server,
+        problems,
+        conflicts,
+        opaque_hint,
+    })
+}
+
+/// The verdict for `client` on the files' policy, as the proxy judges: the
+/// path in its normal form (or refused, 400, when it has none), then
+/// `policy::judge`.
+pub fn verdict(t: Translated, client: &policy::Client, c: &ClientArgs, target: &str) -> Explained {
+    let Translated {
+        server,
+        problems,
+        conflicts,
+        opaque_hint,
+    } = t;
+    let refused = |raw: &str, why: String| Explained {
+        allowed: false,
+        mode: policy::Mode::Http,
+        audit: false,
+        client: client_desc(client),
+        target: target.into(),
+        server: server.name.to_string(),
+        authorization: None,
+        route: None,
+        path: None,
+        reasons: conflicts
+            .iter()
+            .cloned()
+            .chain([format!("the path {raw:?} is refused (400): {why}")])
+            .collect(),
+        problems: problems.clone(),
+    };
+    let path = match c.path.as_deref().map(|p| {
         policy::path::normalize(policy::path::target_path(p), server.keep_encoded_slashes)
             .map_err(|e| (p, e))
     }) {
-        Some(Err((raw, why))) => {
-            let out = Explained {
-                allowed: false,
-                mode: policy::Mode::Http,
-                audit: false,
-                client: client_desc(&client),
-                target: a.to.clone(),
-                server: server.name.to_string(),
-                authorization: None,
-                route: None,
-                path: None,
-                reasons: conflicts
-                    .into_iter()
-                    .chain([format!("the path {raw:?} is refused (400): {why}")])
-                    .collect(),
-                problems,
-            };
-            print(&out, &a)?;
-            return Err(Failure::invalid(""));
-        }
+        Some(Err((raw, why))) => return refused(raw, why.to_string()),
         Some(Ok(n)) => Some(n.0),
         None => None,
     };
     let request = path.as_ref().map(|path| policy::Request {
-        method: a.method.to_uppercase(),
+        method: c.method.to_uppercase(),
         path: path.clone(),
         headers: vec![],
     });
     // No --path: the client's bytes are not HTTP.
     let traffic = request.as_ref().map_or(Traffic::NotHttp, Traffic::Http);
-    let v = policy::judge(&server, Facts { opaque_hint }, &client, traffic);
-    let out = Explained {
+    let v = policy::judge(&server, Facts { opaque_hint }, client, traffic);
+    Explained {
         allowed: v.allowed,
         mode: v.mode,
         audit: v.audit,
-        client: client_desc(&client),
+        client: client_desc(client),
         path,
-        target: a.to.clone(),
+        target: target.into(),
         server: server.name.to_string(),
         authorization: v.authz.as_ref().map(ToString::to_string),
         route: v.route.as_ref().map(ToString::to_string),
         reasons: conflicts.into_iter().chain(v.reasons).collect(),
         problems,
-    };
-    print(&out, &a)?;
+    }
+}
+
+fn explain(a: ExplainArgs) -> CmdResult {
+    let (ns, name, port) = parse_target("--to", &a.to)?;
+    let client = client_of(&a.from, &a.client, &a.files.controller_namespace)?;
+    let t = translated(&a.files, &ns, &name, port)?;
+    let out = verdict(t, &client, &a.client, &a.to);
+    print(&out, &a.client, a.output)?;
     if out.allowed {
         Ok(())
     } else {
@@ -309,49 +360,53 @@ fn client_desc(client: &policy::Client) -> String {
 }
 
 /// The client `--from`/`--from-ip` describe.
-fn client_of(a: &ExplainArgs) -> Result<policy::Client, Failure> {
-    Ok(if a.from == "unmeshed" {
+pub fn client_of(
+    from: &str,
+    c: &ClientArgs,
+    controller_namespace: &str,
+) -> Result<policy::Client, Failure> {
+    Ok(if from == "unmeshed" {
         policy::Client {
             identity: None,
             tls: false,
-            ip: a.from_ip,
+            ip: c.from_ip,
         }
-    } else if let Ok(ip) = a.from.parse::<IpAddr>() {
+    } else if let Ok(ip) = from.parse::<IpAddr>() {
         policy::Client {
             identity: None,
             tls: false,
             ip,
         }
     } else {
-        let id = match a.from.parse::<pki::SpiffeId>() {
+        let id = match from.parse::<pki::SpiffeId>() {
             Ok(s) => s
-                .to_identity(&a.controller_namespace)
+                .to_identity(controller_namespace)
                 .map_err(|e| Failure::input(format!("--from: {e}")))?,
-            Err(_) => a.from.parse::<pki::Identity>().map_err(|e| {
+            Err(_) => from.parse::<pki::Identity>().map_err(|e| {
                 Failure::input(format!("--from: {e}; or pass an IP address, or unmeshed"))
             })?,
         };
         policy::Client {
             identity: Some(id),
             tls: true,
-            ip: a.from_ip,
+            ip: c.from_ip,
         }
     })
 }
 
 /// Text for people, or JSON for scripts.
-fn print(out: &Explained, a: &ExplainArgs) -> Result<(), Failure> {
-    match a.output {
+pub fn print(out: &Explained, c: &ClientArgs, output: Output) -> Result<(), Failure> {
+    match output {
         Output::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&out).map_err(Failure::input)?
         ),
         Output::Text => {
-            let what = match (&out.path, &a.path) {
+            let what = match (&out.path, &c.path) {
                 (Some(p), Some(raw)) if p != raw => {
-                    format!("{} {p} (sent as {raw}) ", a.method.to_uppercase())
+                    format!("{} {p} (sent as {raw}) ", c.method.to_uppercase())
                 }
-                (_, Some(raw)) => format!("{} {raw} ", a.method.to_uppercase()),
+                (_, Some(raw)) => format!("{} {raw} ", c.method.to_uppercase()),
                 _ => String::new(),
             };
             outln!(
