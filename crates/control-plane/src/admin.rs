@@ -1,5 +1,6 @@
 //! The admin endpoint (127.0.0.1 by default): /live, /ready, /metrics, the
-//! fleet view (/fleet), the edges (/edges) and POST /renew-now, behind the
+//! fleet view (/fleet), the edges (/edges), the web view (/ui) and POST
+//! /renew-now, behind the
 //! operator guard (`operator`: this listener's own host, no foreign origin,
 //! a header on every mutation).
 
@@ -212,12 +213,14 @@ async fn handle(
             }
         }
         "/metrics" => metrics(&st.registry),
-        other => text(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no such endpoint {other}; try /live, /ready, /metrics, /fleet, /edges or POST /renew-now\n"
-            ),
-        ),
+        other => crate::ui::asset(other).unwrap_or_else(|| {
+            text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no such endpoint {other}; try /live, /ready, /metrics, /fleet, /edges, /ui or POST /renew-now\n"
+                ),
+            )
+        }),
     })
 }
 

@@ -28,6 +28,9 @@ pub struct LiveBundle {
     /// The fingerprint of the anchor the current issuer chains to.
     pub issuer_anchor: String,
     pub issuer_sha256: String,
+    /// Each anchor's NotAfter (unix seconds), in bundle order.
+    pub anchor_not_after: Vec<i64>,
+    pub issuer_not_after: i64,
 }
 
 /// SHA-256 over the anchors' DER, in order: the bundle's content hash.
@@ -173,6 +176,17 @@ pub fn live_bundle(state: &identity::IssuerState, version: Version) -> LiveBundl
         anchors: state.anchors.iter().map(|a| pki::fingerprint(a)).collect(),
         issuer_anchor: issuer_anchor(state),
         issuer_sha256: state.issuer_fingerprint.clone(),
+        // An anchor in force parsed when it was judged; 0 never shows.
+        anchor_not_after: state
+            .anchors
+            .iter()
+            .map(|a| {
+                pki::info::CertInfo::from_der(a)
+                    .map(|i| i.not_after.unix_timestamp())
+                    .unwrap_or(0)
+            })
+            .collect(),
+        issuer_not_after: state.issuer_not_after.unix_timestamp(),
     }
 }
 

@@ -437,6 +437,13 @@ pub struct BundleView {
     pub anchors: Vec<String>,
     pub issuer_sha256: String,
     pub issuer_anchor: String,
+    /// Each anchor's NotAfter (unix seconds), in the order of `anchors`
+    /// (empty from a control plane older than this field).
+    #[serde(default)]
+    pub anchor_not_after: Vec<i64>,
+    /// The issuer in force's NotAfter (unix seconds; 0 from an older one).
+    #[serde(default)]
+    pub issuer_not_after: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -577,6 +584,8 @@ pub fn view(
             anchors: b.anchors.clone(),
             issuer_sha256: b.issuer_sha256.clone(),
             issuer_anchor: b.issuer_anchor.clone(),
+            anchor_not_after: b.anchor_not_after.clone(),
+            issuer_not_after: b.issuer_not_after,
         }),
         proxies,
         unmanaged,

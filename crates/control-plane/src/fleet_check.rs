@@ -316,6 +316,8 @@ mod tests {
                 anchors: vec!["anchor-a".into(), "anchor-b".into()],
                 issuer_sha256: "issuer-b".into(),
                 issuer_anchor: "anchor-b".into(),
+                anchor_not_after: vec![],
+                issuer_not_after: 0,
             }),
             proxies,
             unmanaged: vec![],

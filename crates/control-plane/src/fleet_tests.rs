@@ -10,6 +10,8 @@ fn bundle(anchors: &[&str], issuer: &str, issuer_anchor: &str, generation: u64) 
         anchors: anchors.iter().map(|s| s.to_string()).collect(),
         issuer_anchor: issuer_anchor.into(),
         issuer_sha256: issuer.into(),
+        anchor_not_after: vec![0; anchors.len()],
+        issuer_not_after: 0,
     }
 }
 

@@ -26,6 +26,7 @@ pub mod services;
 pub mod shutdown;
 pub mod source;
 pub mod tls;
+pub mod ui;
 pub mod workloads;
 
 use std::net::SocketAddr;

@@ -204,6 +204,7 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
     let table = weft(&m, &["edges", "-n", "demo"]).ok();
     println!("{}", table.stdout);
     assert!(table.stdout.contains(&format!("{client_ip}  ")) && table.stdout.contains("PLAINTEXT"));
+    web_view(&m);
 
     let gate = weft(&m, &["edges", "--plaintext", "--since", "10m"]).refused(1);
     println!("{}{}", gate.stdout, gate.stderr);
@@ -234,6 +235,134 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
     println!("{}", r.stderr.trim());
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("demo/nosuch") && r.stderr.contains("demo/backend"));
+}
+
+/// The control plane's admin endpoint, read inside its namespace.
+fn admin_json<T: serde::de::DeserializeOwned>(m: &NetMesh, path: &'static str) -> T {
+    let (code, body) = in_ns(&m.ns("cp"), move || {
+        common::proc::http_get(SocketAddr::from(([127, 0, 0, 1], 9990)), path)
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The web view in headless Chromium (inside the control plane's
+/// namespace, where its admin listens) shows what /fleet and /edges say:
+/// the same proxies, the same edges with the plaintext one marked, the
+/// same expiry dates. A screenshot stays under target/tmp/web-view/.
+fn web_view(m: &NetMesh) {
+    if !common::browser::have_chromium("web view") {
+        return;
+    }
+    let in_cp = |program: &str| m.bed.by_name("cp").cmd(program);
+    let url = "http://127.0.0.1:9990/ui";
+    let start = Instant::now();
+    let dom = common::browser::dump_dom(in_cp, url);
+    println!("web view rendered in {:?}", start.elapsed());
+    let fleet: control_plane::fleet::FleetView = admin_json(m, "/fleet");
+    let view: EdgesView = admin_json(m, "/edges?since=600");
+    assert!(
+        dom.contains(r#"data-loaded="true""#),
+        "the page read the API: {dom}"
+    );
+    let rows = |marker: &str| common::browser::rows(&dom, marker);
+    let attr = |r: &std::collections::BTreeMap<String, String>, k: &str| r[k].clone();
+
+    // The same proxies: workload, identity, leaf expiry.
+    let mut shown: Vec<_> = rows("data-state")
+        .iter()
+        .map(|r| {
+            (
+                attr(r, "data-workload"),
+                attr(r, "data-identity"),
+                attr(r, "data-not-after"),
+            )
+        })
+        .collect();
+    let mut want: Vec<_> = fleet
+        .proxies
+        .iter()
+        .map(|p| {
+            (
+                p.workload.clone(),
+                p.identity.to_string(),
+                p.not_after.to_string(),
+            )
+        })
+        .collect();
+    shown.sort();
+    want.sort();
+    assert_eq!(shown, want, "proxies on the page and in /fleet");
+
+    // The same edges, the plaintext one marked.
+    let peer = |p: &Peer| p.to_string();
+    let mut shown: Vec<_> = rows("data-connections")
+        .iter()
+        .map(|r| {
+            (
+                attr(r, "data-client"),
+                attr(r, "data-server"),
+                attr(r, "data-mtls"),
+            )
+        })
+        .collect();
+    let mut want: Vec<_> = view
+        .edges
+        .iter()
+        .map(|e| (peer(&e.client), peer(&e.server), e.mtls.to_string()))
+        .collect();
+    shown.sort();
+    want.sort();
+    assert_eq!(shown, want, "edges on the page and in /edges");
+    assert!(
+        want.iter().any(|e| e.2 == "false"),
+        "a plaintext edge to mark"
+    );
+    assert!(
+        dom.contains(r#"class="plaintext""#) && dom.contains("plaintext (not_provided_by_remote)"),
+        "the plaintext edge is marked"
+    );
+
+    // The same expiry dates: each anchor, the issuer, each leaf.
+    let b = fleet.bundle.as_ref().unwrap();
+    let mut want: Vec<(String, String, String)> = b
+        .anchors
+        .iter()
+        .zip(&b.anchor_not_after)
+        .map(|(a, t)| ("anchor".into(), a.clone(), t.to_string()))
+        .chain([(
+            "issuer".into(),
+            b.issuer_sha256.clone(),
+            b.issuer_not_after.to_string(),
+        )])
+        .chain(fleet.proxies.iter().map(|p| {
+            (
+                "leaf".into(),
+                p.identity.to_string(),
+                p.not_after.to_string(),
+            )
+        }))
+        .collect();
+    let mut shown: Vec<_> = rows("data-kind")
+        .iter()
+        .filter(|r| r.contains_key("data-name"))
+        .map(|r| {
+            (
+                attr(r, "data-kind"),
+                attr(r, "data-name"),
+                attr(r, "data-not-after"),
+            )
+        })
+        .collect();
+    shown.sort();
+    want.sort();
+    assert_eq!(shown, want, "expiry on the page and in /fleet");
+    assert!(b.anchor_not_after.iter().all(|t| *t > fleet.now) && b.issuer_not_after > fleet.now);
+
+    let png = common::browser::screenshot(in_cp, url, "netns_look.png");
+    println!("web view screenshot: {}", png.display());
 }
 
 /// Bad input with nothing running: one-line errors and exit code 2.

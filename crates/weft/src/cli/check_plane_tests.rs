@@ -45,6 +45,8 @@ pub(crate) fn fleet(proxies: Vec<ProxyView>) -> FleetView {
             anchors: vec!["a".into()],
             issuer_sha256: "i".into(),
             issuer_anchor: "a".into(),
+            anchor_not_after: vec![],
+            issuer_not_after: 0,
         }),
         proxies,
         unmanaged: vec![],

@@ -4,6 +4,7 @@
 // Test support: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+pub mod browser;
 pub mod certify;
 pub mod direct;
 pub mod injected_mesh;
