@@ -162,6 +162,12 @@ fn demo_stay_prints_commands_that_work_as_printed() {
                 "{stdout}"
             );
         }
+        if cmd.starts_with("weft diagnostics policy ") {
+            assert!(
+                stdout.contains("holds the same policy") && stdout.contains("ALLOWED: GET /hello"),
+                "{stdout}"
+            );
+        }
         if cmd.starts_with("weft rotate issuer ") {
             assert!(
                 stdout.contains("every connected proxy serves a leaf from the new issuer (3 of 3"),
@@ -169,6 +175,18 @@ fn demo_stay_prints_commands_that_work_as_printed() {
             );
         }
     }
+    // The web view it names answers with the page.
+    let url = seen
+        .iter()
+        .find_map(|l| l.split("open http://").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no web view URL in\n{}", seen.join("\n")));
+    let (host, path) = url.split_once('/').unwrap();
+    let (code, page) = common::proc::http_get(host.parse().unwrap(), &format!("/{path}")).unwrap();
+    assert!(
+        code == 200 && page.contains("<title>weft"),
+        "{code}: {page}"
+    );
     // Ctrl-C stops the demo cleanly and it removes its directory.
     let pid = rustix::process::Pid::from_child(&demo.0);
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
