@@ -6,7 +6,8 @@
 //! unchanged; a new issuer goes in through the Secret and every proxy
 //! serves a leaf from it; a rotation killed after it wrote the Secret is
 //! re-run and completes; 0 failed requests, no proxy restarted, and
-//! `weft check --proxy` green after.
+//! `weft check --proxy` green after. A caller without the RBAC the command
+//! needs is refused in one line naming what to grant.
 //!
 //! Its own test binary: the webhook configuration is cluster-wide.
 //! Needs root (network namespaces) and the testenv/k8s binaries (built if
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use common::injector::{self, forward_admin, point_at};
-use common::kube::{Tenant, apply, kubectl, tenant};
+use common::kube::{Tenant, apply, kubectl, kubectl_stdin, tenant};
 use common::netmesh::get_in;
 use common::stand_in_app::workloads;
 use common::stand_ins::Mesh;
@@ -257,6 +258,68 @@ fn rotations(env: &K8sEnv, t: &Tenant, mesh: &Mesh) -> Result<()> {
         v.proxies.iter().all(|p| p.issuer_sha256 == c)
     })?;
     ensure!(v.proxies.len() == APPS.len(), "{v:?}");
+    rbac(env, t)
+}
+
+/// As the control plane's own ServiceAccount (it may read the two objects,
+/// neither port-forward nor update the Secret): refused in one line naming
+/// what to grant; with pods/portforward granted, the Secret's update is
+/// refused the same way. The Secret unchanged both times.
+fn rbac(env: &K8sEnv, t: &Tenant) -> Result<()> {
+    let (s, cp_ns) = (&t.s, t.cp_ns.as_str());
+    issuer_under_guide_anchor(s, "issuer-d");
+    let before = secret(t)?;
+    let run = || -> Result<(i32, String)> {
+        let out = env
+            .cp_cmd(env!("CARGO_BIN_EXE_weft"))
+            .args([
+                "rotate",
+                "issuer",
+                "--cert",
+                "issuer-d.crt",
+                "--key",
+                "issuer-d.key",
+            ])
+            .arg("--kubeconfig")
+            .arg(s.path("weft-identity.kubeconfig"))
+            .args(["--namespace", cp_ns, "--timeout", "20s"])
+            .current_dir(s.dir.path())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        Ok((out.status.code().unwrap_or(-1), text))
+    };
+    let (code, out) = run()?;
+    println!("weft rotate issuer as {cp_ns}/weft-identity (exit {code}):\n{out}");
+    ensure!(
+        code == 2 && out.contains("create on pods/portforward") && out.lines().count() == 1,
+        "{out}"
+    );
+    let role = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: rotate-forward, namespace: {cp_ns}}}\nrules:\n- apiGroups: [\"\"]\n  resources: [pods/portforward]\n  verbs: [get, create]\n- apiGroups: [\"\"]\n  resources: [pods]\n  verbs: [list]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: rotate-forward, namespace: {cp_ns}}}\nsubjects: [{{kind: ServiceAccount, name: weft-identity, namespace: {cp_ns}}}]\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: rotate-forward}}\n"
+    );
+    kubectl_stdin(env, &["apply"], &role)?;
+    let t0 = Instant::now();
+    let out = loop {
+        let (code, out) = run()?;
+        if out.contains("refused to update Secret") {
+            ensure!(code == 1 && out.lines().count() == 1, "{out}");
+            break out;
+        }
+        ensure!(t0.elapsed() < DEADLINE, "never refused the update: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("with pods/portforward granted:\n{out}");
+    ensure!(
+        out.contains(&format!(
+            "grant the caller update on secrets in namespace {cp_ns} (kubectl auth can-i update secrets/{SECRET} -n {cp_ns})"
+        )) && out.contains("nothing was changed"),
+        "{out}"
+    );
+    ensure!(
+        secret(t)? == before,
+        "a refused rotation changed the Secret"
+    );
     Ok(())
 }
 

@@ -77,7 +77,16 @@ fn selector() -> String {
 /// for create, which kubectl's port-forward needs), and the manual way.
 pub fn hint(namespace: &str) -> String {
     format!(
-        "the caller needs get and create on pods/portforward in {namespace} (kubectl auth can-i get pods/portforward -n {namespace}); or kubectl -n {namespace} port-forward deploy/{DEPLOYMENT} {ADMIN_PORT}:{ADMIN_PORT}, then pass --admin-addr 127.0.0.1:{ADMIN_PORT}"
+        "{}; or kubectl -n {namespace} port-forward deploy/{DEPLOYMENT} {ADMIN_PORT}:{ADMIN_PORT}, then pass --admin-addr 127.0.0.1:{ADMIN_PORT}",
+        rbac_hint(namespace)
+    )
+}
+
+/// The RBAC a port-forward needs, alone (for commands that have no
+/// `--admin-addr` way round it).
+pub fn rbac_hint(namespace: &str) -> String {
+    format!(
+        "the caller needs get and create on pods/portforward in {namespace} (kubectl auth can-i get pods/portforward -n {namespace})"
     )
 }
 

@@ -213,7 +213,7 @@ impl Cluster {
         let (pod, (code, body)) = self
             .rt
             .block_on(tunnel::fleet(&self.client, self.namespace()))
-            .map_err(|e| format!("{e}; {}", tunnel::hint(self.namespace())))?;
+            .map_err(|e| format!("{e}; {}", tunnel::rbac_hint(self.namespace())))?;
         match code {
             200 => serde_json::from_str(&body)
                 .map_err(|e| format!("GET /fleet from pod {pod} is not a fleet view: {e}")),

@@ -74,6 +74,38 @@ fn decide(a: &IssuerArgs, kubeconfig: Option<PathBuf>) -> Result<Mode, String> {
     }
 }
 
+/// What installing over the Secret keeps to put back on a refusal.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// The Secret holds the issuer in force: keep its pair.
+    InForce,
+    /// The Secret already holds the new issuer (an interrupted run wrote
+    /// it): the pair in force before it is not known here.
+    Nothing,
+}
+
+/// Judged before anything changes, from fingerprints: the Secret's issuer,
+/// the one the control plane serves, the new one. A Secret holding a third
+/// issuer is an edit the control plane has not taken (or refused); putting
+/// it back on a refusal would restore that, so the rotation refuses. Pure.
+pub fn keep(secret: &str, served: Option<&str>, new: &str, object: &str) -> Result<Keep, String> {
+    if secret == new {
+        return Ok(Keep::Nothing);
+    }
+    match served {
+        Some(served) if served != secret => Err(format!(
+            "{object} holds issuer {}, but the control plane serves issuer {}: an edit it has not taken or refused (see `weft check`); nothing was changed: put the issuer in force back into {object}, or wait until the control plane takes it, then re-run",
+            short(secret),
+            short(served)
+        )),
+        _ => Ok(Keep::InForce),
+    }
+}
+
+fn short(fp: &str) -> &str {
+    &fp[..12.min(fp.len())]
+}
+
 /// The issuer Secret as the rotation found it, and the control plane
 /// reached through the API server.
 struct ClusterPlane<'a> {
@@ -83,11 +115,12 @@ struct ClusterPlane<'a> {
     read: RefCell<Secret>,
     anchors: String,
     timeout: std::time::Duration,
+    keep: Keep,
 }
 
 impl Plane for ClusterPlane<'_> {
-    /// The old pair and the Secret as written (its resourceVersion).
-    type Saved = ((Vec<u8>, Vec<u8>), Secret);
+    /// The old pair (if known) and the Secret as written (its resourceVersion).
+    type Saved = (Option<(Vec<u8>, Vec<u8>)>, Secret);
 
     fn target(&self) -> Target<'_> {
         Target {
@@ -115,12 +148,18 @@ impl Plane for ClusterPlane<'_> {
         let written = self
             .cluster
             .replace_secret(&with_pair(&read, &new.0, &new.1))
-            .map_err(Failure::fatal)?;
+            .map_err(|e| Failure::fatal(format!("{e}; nothing was changed")))?;
         *self.read.borrow_mut() = written.clone();
-        Ok((old, written))
+        Ok(((self.keep == Keep::InForce).then_some(old), written))
     }
 
     fn put_back(&self, (old, written): Self::Saved) -> Result<(), Failure> {
+        let Some(old) = old else {
+            return Err(Failure::fatal(format!(
+                "an earlier, interrupted run wrote the new issuer into {} and the pair in force before it is not known here: the control plane keeps serving its last good issuer; put that pair back into the Secret",
+                self.holder()
+            )));
+        };
         let back = self
             .cluster
             .replace_secret(&with_pair(&written, &old.0, &old.1))
@@ -148,16 +187,27 @@ pub fn run(a: &IssuerArgs, kubeconfig: PathBuf) -> CmdResult {
         cluster.names.configmap_object()
     );
     let new_issuer = judge((&label, &anchors), &a.cert, &a.key, &create)?;
-    let before = cluster.fleet().map_err(|e| {
-        Failure::input(format!(
-            "{e}; nothing was changed; with the control plane elsewhere, pass its files and --admin-addr"
-        ))
-    })?;
+    let before = cluster
+        .fleet()
+        .map_err(|e| Failure::input(format!("{e}; nothing was changed")))?;
+    let in_secret = pair_of(&secret)
+        .and_then(|(crt, _)| pki::parse_certs(&label, &crt).ok())
+        .and_then(|certs| certs.first().map(|c| pki::fingerprint(c)))
+        .unwrap_or_default();
+    let served = before.bundle.as_ref().map(|b| b.issuer_sha256.as_str());
+    let keep = keep(
+        &in_secret,
+        served,
+        &new_issuer,
+        &cluster.names.secret_object(),
+    )
+    .map_err(Failure::fatal)?;
     let plane = ClusterPlane {
         cluster: &cluster,
         read: RefCell::new(secret),
         anchors: label.display().to_string(),
         timeout: a.timeout,
+        keep,
     };
     issuer_in_force(a, &plane, &new_issuer, &before)
 }
@@ -177,6 +227,21 @@ mod tests {
         let mut argv = vec!["x", "--cert", "n.crt", "--key", "n.key"];
         argv.extend(extra);
         Cli::parse_from(argv).a
+    }
+
+    #[test]
+    fn the_pair_kept_to_put_back_is_the_one_in_force() {
+        let o = "Secret weft/linkerd-identity-issuer";
+        assert_eq!(keep("old", Some("old"), "new", o), Ok(Keep::InForce));
+        assert_eq!(keep("old", None, "new", o), Ok(Keep::InForce));
+        assert_eq!(keep("new", Some("old"), "new", o), Ok(Keep::Nothing));
+        assert_eq!(keep("new", Some("new"), "new", o), Ok(Keep::Nothing));
+        let e = keep("edited", Some("old"), "new", o).unwrap_err();
+        assert!(
+            e.starts_with("Secret weft/linkerd-identity-issuer holds issuer edited, but the control plane serves issuer old")
+                && e.contains("nothing was changed"),
+            "{e}"
+        );
     }
 
     #[test]
