@@ -246,12 +246,27 @@ fn rotations(env: &K8sEnv, t: &Tenant, mesh: &Mesh) -> Result<()> {
     println!("killed weft rotate issuer after: {installed:?}");
     ensure!(installed.is_some(), "the killed rotation never installed");
     ensure!(secret(t)?.1 == s.read("issuer-c.crt").into_bytes());
-    let (code, out, took) = rotate(env, &t.cp_ns, s, &c_args);
-    println!("weft rotate issuer re-run (exit {code}, {took:.1?}):\n{out}");
+    let json_args = [&c_args[..], &["-o", "json"]].concat();
+    let (code, out, took) = rotate(env, &t.cp_ns, s, &json_args);
+    println!("weft rotate issuer -o json re-run (exit {code}, {took:.1?}):\n{out}");
+    ensure!(code == 0, "{out}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("not one JSON event a line:\n{out}"))?;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
     ensure!(
-        code == 0
-            && out.contains("every connected proxy serves a leaf from the new issuer (2 of 2"),
-        "{out}"
+        kinds.contains(&"in_force")
+            && kinds.contains(&"renew_now")
+            && kinds.last() == Some(&"done")
+            && events.last().is_some_and(|e| e["proxies"] == 2)
+            && events.iter().any(|e| e["event"] == "renew_now"
+                && e["status"] == 202
+                && e["replica"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("weft-control-plane-"))),
+        "{kinds:?}"
     );
     let c = fingerprint(s, "issuer-c.crt")?;
     let (v, _) = until(env, mesh, "every proxy on issuer-c", |v| {

@@ -264,8 +264,9 @@ fn issuer_in_force<P: Plane>(
         .map_err(InForce::into_failure)
 }
 
-/// Each replica's answer to a request: (where, (status, body) or why none).
-pub(crate) type Answers = Vec<(String, Result<(u16, String), String>)>;
+/// Each replica's answer to a request: (the replica's pod, None for the
+/// one admin address; (status, body) or why none).
+pub(crate) type Answers = Vec<(Option<String>, Result<(u16, String), String>)>;
 
 /// Where an issuer is installed and the control plane reached: the files
 /// and admin address (standalone), or the Secret and the API server.
@@ -279,7 +280,7 @@ pub(crate) trait Plane {
     fn holder(&self) -> String;
     fn install(&self, new: &(Vec<u8>, Vec<u8>)) -> Result<Self::Saved, Failure>;
     fn put_back(&self, saved: Self::Saved) -> Result<(), Failure>;
-    /// POST /renew-now on every replica: (" at REPLICA" or "", its answer).
+    /// POST /renew-now on every replica.
     fn renew_now(&self) -> Answers;
 }
 
@@ -314,7 +315,7 @@ impl Plane for PlaneArgs {
     fn renew_now(&self) -> Answers {
         let answer = http_request(&self.admin_addr, "POST", "/renew-now")
             .ok_or_else(|| format!("no control plane answers at {}", self.admin_addr));
-        vec![(String::new(), answer)]
+        vec![(None, answer)]
     }
 }
 
@@ -392,21 +393,25 @@ fn put_in_force<P: Plane>(
             ev.start.elapsed()
         ),
     );
-    for (at, answer) in a.renew_now() {
+    for (replica, answer) in a.renew_now() {
+        let at = replica
+            .as_ref()
+            .map(|r| format!(" at pod {r}"))
+            .unwrap_or_default();
         match answer {
             Ok((code, body)) => {
                 let answer: serde_json::Value =
                     serde_json::from_str(&body).unwrap_or(json!(body.trim()));
                 ev.say(
                     "renew_now",
-                    json!({"status": code, "answer": answer, "replica": at.trim_start_matches(" at ")}),
+                    json!({"status": code, "answer": answer, "replica": replica}),
                     &format!("renew-now{at}: {code} {}", body.trim().replace('\n', " ")),
                 );
             }
             // Not fatal: the wait below tells whether the fleet got there.
             Err(e) => ev.say(
                 "renew_now",
-                json!({"error": e, "replica": at.trim_start_matches(" at ")}),
+                json!({"error": e, "replica": replica}),
                 &format!(
                     "renew-now{at} not sent: {e}; its proxies renew at 70% of their leaf's life"
                 ),

@@ -225,24 +225,24 @@ impl Cluster {
     }
 
     /// POST /renew-now to every Ready replica: each renews the proxies
-    /// connected to it. (replica, its answer or why none).
+    /// connected to it. (the replica's pod, its answer or why none).
     pub fn renew_now(&self) -> super::Answers {
         let ns = self.namespace();
         self.rt.block_on(async {
             let pods = match tunnel::ready(&self.client, ns).await {
                 Ok(p) if p.is_empty() => {
                     return vec![(
-                        ns.to_string(),
+                        None,
                         Err(format!("no Ready control-plane pod in namespace {ns}")),
                     )];
                 }
                 Ok(p) => p,
-                Err(e) => return vec![(ns.to_string(), Err(e.to_string()))],
+                Err(e) => return vec![(None, Err(e.to_string()))],
             };
             let mut out = Vec::new();
             for pod in pods {
                 let r = tunnel::request(&self.client, ns, &pod, "POST", "/renew-now").await;
-                out.push((pod, r.map_err(|e| e.to_string())));
+                out.push((Some(pod), r.map_err(|e| e.to_string())));
             }
             out
         })

@@ -169,11 +169,7 @@ impl Plane for ClusterPlane<'_> {
     }
 
     fn renew_now(&self) -> super::Answers {
-        self.cluster
-            .renew_now()
-            .into_iter()
-            .map(|(pod, r)| (format!(" at pod {pod}"), r))
-            .collect()
+        self.cluster.renew_now()
     }
 }
 
