@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use common::injector::{self, point_at, webhook_replica};
+use common::injector::{self, forward_admin, point_at, webhook_replica};
 use common::kube::{Tenant, identity, kubeconfig_for, kubectl, kubectl_stdin, running, tenant};
 use common::netmesh::get_in;
 use common::proc::Proc;
@@ -178,32 +178,6 @@ fn signal(p: &Proc, sig: &str) -> Result<()> {
     let pid = p.child.id().to_string();
     testbed::run(std::process::Command::new("kill").args([sig, &pid]))?;
     Ok(())
-}
-
-/// kwok forwards port 9990 of the control plane's (fake) pod to `target`
-/// (a PortForward object named after the pod): the pod's name.
-fn forward_admin(env: &K8sEnv, cp_ns: &str, target: SocketAddr) -> Result<String> {
-    let pod = kubectl(
-        env,
-        &[
-            "get",
-            "pods",
-            "-n",
-            cp_ns,
-            "-l",
-            "app.kubernetes.io/name=weft-control-plane",
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ],
-    )?;
-    ensure!(!pod.is_empty(), "no control-plane pod in {cp_ns}");
-    let yaml = format!(
-        "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: PortForward\nmetadata: {{name: {pod}, namespace: {cp_ns}}}\nspec:\n  forwards:\n  - ports: [9990]\n    target: {{address: \"{}\", port: {}}}\n",
-        target.ip(),
-        target.port()
-    );
-    kubectl_stdin(env, &["apply"], &yaml)?;
-    Ok(pod)
 }
 
 /// Without --admin-addr the check reaches the fleet view through the API

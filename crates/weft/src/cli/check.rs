@@ -225,8 +225,14 @@ pub fn mode(files: bool, pre: bool, kubeconfig: bool) -> Mode {
 /// The kubeconfig a cluster check uses: --kubeconfig, KUBECONFIG, then
 /// ~/.kube/config, if it exists.
 fn kubeconfig(a: &CheckArgs) -> Option<PathBuf> {
-    if let Some(k) = &a.kubeconfig {
-        return Some(k.clone());
+    find_kubeconfig(a.kubeconfig.as_deref())
+}
+
+/// `flag`, else KUBECONFIG, else ~/.kube/config if it exists: the rule
+/// every cluster-mode command (check, rotate) follows.
+pub fn find_kubeconfig(flag: Option<&std::path::Path>) -> Option<PathBuf> {
+    if let Some(k) = flag {
+        return Some(k.to_path_buf());
     }
     if let Some(k) = std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()) {
         return Some(PathBuf::from(k));

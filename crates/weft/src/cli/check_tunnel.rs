@@ -47,20 +47,25 @@ pub enum TunnelError {
     NoStream { pod: String },
     #[error("the port-forward to pod {pod} port {ADMIN_PORT} failed: {message}")]
     Forward { pod: String, message: String },
-    #[error("GET /fleet through the port-forward to pod {pod} port {ADMIN_PORT}: {source}")]
+    #[error("{what} through the port-forward to pod {pod} port {ADMIN_PORT}: {source}")]
     Io {
+        what: String,
         pod: String,
         #[source]
         source: std::io::Error,
     },
     #[error(
-        "GET /fleet through the port-forward to pod {pod} port {ADMIN_PORT}: no complete answer within {TIMEOUT:?}"
+        "{what} through the port-forward to pod {pod} port {ADMIN_PORT}: no complete answer within {TIMEOUT:?}"
     )]
-    Timeout { pod: String },
+    Timeout { what: String, pod: String },
     #[error(
-        "GET /fleet through the port-forward to pod {pod} port {ADMIN_PORT}: the stream closed without an HTTP answer ({got} bytes)"
+        "{what} through the port-forward to pod {pod} port {ADMIN_PORT}: the stream closed without an HTTP answer ({got} bytes)"
     )]
-    NoAnswer { pod: String, got: usize },
+    NoAnswer {
+        what: String,
+        pod: String,
+        got: usize,
+    },
 }
 
 fn selector() -> String {
@@ -72,14 +77,24 @@ fn selector() -> String {
 /// for create, which kubectl's port-forward needs), and the manual way.
 pub fn hint(namespace: &str) -> String {
     format!(
-        "the caller needs get and create on pods/portforward in {namespace} (kubectl auth can-i get pods/portforward -n {namespace}); or kubectl -n {namespace} port-forward deploy/{DEPLOYMENT} {ADMIN_PORT}:{ADMIN_PORT}, then pass --admin-addr 127.0.0.1:{ADMIN_PORT}"
+        "{}; or kubectl -n {namespace} port-forward deploy/{DEPLOYMENT} {ADMIN_PORT}:{ADMIN_PORT}, then pass --admin-addr 127.0.0.1:{ADMIN_PORT}",
+        rbac_hint(namespace)
     )
 }
 
-/// The pod to forward to: a Running, Ready one not being deleted (the
-/// first by name, so repeated checks ask the same replica).
-pub fn ready_pod(pods: &[Pod]) -> Option<String> {
-    let mut ready: Vec<&str> = pods
+/// The RBAC a port-forward needs, alone (for commands that have no
+/// `--admin-addr` way round it).
+pub fn rbac_hint(namespace: &str) -> String {
+    format!(
+        "the caller needs get and create on pods/portforward in {namespace} (kubectl auth can-i get pods/portforward -n {namespace})"
+    )
+}
+
+/// Every Running, Ready pod not being deleted, by name: the first is the
+/// one a single request goes to (so repeated checks ask the same replica),
+/// a request for all of them (POST /renew-now) goes to each.
+pub fn ready_pods(pods: &[Pod]) -> Vec<String> {
+    let mut ready: Vec<String> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
@@ -91,10 +106,10 @@ pub fn ready_pod(pods: &[Pod]) -> Option<String> {
                         .any(|c| c.type_ == "Ready" && c.status == "True")
             })
         })
-        .filter_map(|p| p.metadata.name.as_deref())
+        .filter_map(|p| p.metadata.name.clone())
         .collect();
     ready.sort_unstable();
-    ready.first().map(|n| n.to_string())
+    ready
 }
 
 /// An HTTP/1.x answer read so far: `Some((status, body))` once complete
@@ -128,6 +143,16 @@ pub fn answer(buf: &[u8], eof: bool) -> Option<(u16, String)> {
 /// GET /fleet from a Ready control-plane pod's admin port, through a
 /// port-forward: (the pod, (status, body)).
 pub async fn fleet(c: &Client, namespace: &str) -> Result<(String, (u16, String)), TunnelError> {
+    let pods = ready(c, namespace).await?;
+    let pod = pods.first().ok_or_else(|| TunnelError::NoReadyPod {
+        namespace: namespace.to_string(),
+    })?;
+    let answer = request(c, namespace, pod, "GET", "/fleet").await?;
+    Ok((pod.clone(), answer))
+}
+
+/// The control plane's Ready pods (see [`ready_pods`]).
+pub async fn ready(c: &Client, namespace: &str) -> Result<Vec<String>, TunnelError> {
     let pods: Api<Pod> = Api::namespaced(c.clone(), namespace);
     let list = pods
         .list(&ListParams::default().labels(&selector()))
@@ -137,15 +162,31 @@ pub async fn fleet(c: &Client, namespace: &str) -> Result<(String, (u16, String)
             detail: control_plane::k8s::proofs::api_error(&source),
             source,
         })?;
-    let pod = ready_pod(&list.items).ok_or_else(|| TunnelError::NoReadyPod {
-        namespace: namespace.to_string(),
-    })?;
-    let got = tokio::time::timeout(TIMEOUT, get(&pods, &pod)).await;
-    let answer = got.unwrap_or_else(|_| Err(TunnelError::Timeout { pod: pod.clone() }))?;
-    Ok((pod, answer))
+    Ok(ready_pods(&list.items))
 }
 
-async fn get(pods: &Api<Pod>, pod: &str) -> Result<(u16, String), TunnelError> {
+/// `method path` (no body; a POST carries the operator header the admin
+/// listener asks of unsafe methods) to `pod`'s admin port through a
+/// port-forward: (status, body).
+pub async fn request(
+    c: &Client,
+    namespace: &str,
+    pod: &str,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String), TunnelError> {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), namespace);
+    let what = format!("{method} {path}");
+    let got = tokio::time::timeout(TIMEOUT, forward(&pods, pod, &what)).await;
+    got.unwrap_or_else(|_| {
+        Err(TunnelError::Timeout {
+            what: what.clone(),
+            pod: pod.to_string(),
+        })
+    })
+}
+
+async fn forward(pods: &Api<Pod>, pod: &str, what: &str) -> Result<(u16, String), TunnelError> {
     let mut pf = pods
         .portforward(pod, &[ADMIN_PORT])
         .await
@@ -160,10 +201,15 @@ async fn get(pods: &Api<Pod>, pod: &str) -> Result<(u16, String), TunnelError> {
     let mut stream = pf.take_stream(ADMIN_PORT).ok_or_else(no_stream)?;
     let mut refused = std::pin::pin!(pf.take_error(ADMIN_PORT).ok_or_else(no_stream)?);
     let io = |source| TunnelError::Io {
+        what: what.to_string(),
         pod: pod.to_string(),
         source,
     };
-    let request = format!("GET /fleet HTTP/1.0\r\nHost: 127.0.0.1:{ADMIN_PORT}\r\n\r\n");
+    let operator = match what.starts_with("GET ") {
+        true => "",
+        false => "Content-Length: 0\r\nX-Weft-Operator: 1\r\n",
+    };
+    let request = format!("{what} HTTP/1.0\r\nHost: 127.0.0.1:{ADMIN_PORT}\r\n{operator}\r\n");
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let (mut buf, mut chunk, mut errors_open) = (Vec::new(), vec![0u8; 64 << 10], true);
     let result = loop {
@@ -182,7 +228,7 @@ async fn get(pods: &Api<Pod>, pod: &str) -> Result<(u16, String), TunnelError> {
                     };
                     break Err(match why {
                         Some(message) => TunnelError::Forward { pod: pod.to_string(), message },
-                        None => TunnelError::NoAnswer { pod: pod.to_string(), got: buf.len() },
+                        None => TunnelError::NoAnswer { what: what.to_string(), pod: pod.to_string(), got: buf.len() },
                     });
                 }
             }
@@ -227,7 +273,8 @@ mod tests {
     }
 
     #[test]
-    fn the_first_ready_running_pod_not_being_deleted() {
+    fn the_ready_running_pods_not_being_deleted_by_name() {
+        let ready_pod = |p: &[Pod]| ready_pods(p).first().cloned();
         assert_eq!(ready_pod(&[]), None);
         let pods = [
             pod("c", "Running", "True", false),
@@ -236,6 +283,9 @@ mod tests {
             pod("0", "Running", "True", true),
         ];
         assert_eq!(ready_pod(&pods).as_deref(), Some("c"));
+        let mut both = pods.to_vec();
+        both.push(pod("b2", "Running", "True", false));
+        assert_eq!(ready_pods(&both), ["b2", "c"]);
         assert_eq!(ready_pod(&pods[1..]), None);
     }
 

@@ -20,6 +20,10 @@ use super::{CmdResult, Failure, http_request};
 mod abort;
 #[path = "rotate_anchor.rs"]
 mod anchor;
+#[path = "rotate_cluster.rs"]
+mod cluster;
+#[path = "rotate_cluster_issuer.rs"]
+mod cluster_issuer;
 #[path = "rotate_plan.rs"]
 mod plan;
 #[path = "rotate_progress.rs"]
@@ -29,7 +33,7 @@ mod state;
 #[path = "rotate_status.rs"]
 mod status;
 
-use progress::{Events, Target};
+use progress::{Events, Source, Target};
 
 #[derive(Debug, Subcommand)]
 pub enum RotateCmd {
@@ -64,9 +68,9 @@ pub struct PlaneArgs {
 }
 
 impl PlaneArgs {
-    fn target(&self) -> Target {
+    fn target(&self) -> Target<'static> {
         Target {
-            admin: self.admin_addr.clone(),
+            source: Source::Admin(self.admin_addr.clone()),
             timeout: self.timeout,
         }
     }
@@ -113,8 +117,30 @@ pub struct IssuerArgs {
     /// The new issuer's private key (PEM)
     #[arg(long)]
     pub key: PathBuf,
-    #[command(flatten)]
-    pub plane: PlaneArgs,
+    /// Standalone: the trust anchors in force (the control plane's --identity-trust-anchors-file). Without the three files and with a kubeconfig, the cluster's ConfigMap and Secret
+    #[arg(long)]
+    pub identity_trust_anchors_file: Option<PathBuf>,
+    /// Standalone: the control plane's issuer certificate file, replaced atomically
+    #[arg(long)]
+    pub identity_issuer_certificate_file: Option<PathBuf>,
+    /// Standalone: the control plane's issuer key file, replaced atomically (mode 0600)
+    #[arg(long)]
+    pub identity_issuer_key_file: Option<PathBuf>,
+    /// Standalone: the control plane's admin address (default 127.0.0.1:9990)
+    #[arg(long, value_parser = super::host_port)]
+    pub admin_addr: Option<String>,
+    /// Kubernetes mode: the kubeconfig (default: KUBECONFIG, then ~/.kube/config); the issuer Secret is replaced and the control plane reached through the API server (needs get/update on the Secret, get on the ConfigMap, get and create on pods/portforward)
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: the control plane's namespace
+    #[arg(short = 'n', long, default_value = pki::identity::DEFAULT_CONTROL_PLANE_NS)]
+    pub namespace: String,
+    /// How long to wait for the control plane and then the fleet
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Output: text (a live progress line on a terminal, plain lines when piped) or json (one event object a line)
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: super::Output,
     /// Only judge the new pair; change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -127,7 +153,10 @@ fn key_beside(cert: &Path) -> PathBuf {
 
 pub fn run(c: RotateCmd) -> CmdResult {
     match c {
-        RotateCmd::Issuer(a) => issuer(a),
+        RotateCmd::Issuer(a) => match cluster_issuer::mode(&a)? {
+            cluster_issuer::Mode::Files(plane) => issuer(&a, &plane),
+            cluster_issuer::Mode::Cluster(kubeconfig) => cluster_issuer::run(&a, kubeconfig),
+        },
         RotateCmd::TrustAnchor(c) => anchor::run(c),
     }
 }
@@ -185,24 +214,34 @@ fn install(a: &PlaneArgs, cert: &[u8], key: &[u8]) -> Result<(), Failure> {
     )
 }
 
-fn issuer(a: IssuerArgs) -> CmdResult {
-    let anchors = read(&a.plane.identity_trust_anchors_file)?;
+fn issuer(a: &IssuerArgs, plane: &PlaneArgs) -> CmdResult {
+    let anchors = read(&plane.identity_trust_anchors_file)?;
     // `--ca` may name the whole bundle: the certificate the key belongs to signs.
     let create = format!(
         "`{}`",
-        a.plane
-            .certs_create_issuer(&a.plane.identity_trust_anchors_file)
+        plane.certs_create_issuer(&plane.identity_trust_anchors_file)
     );
     let new_issuer = judge(
-        (&a.plane.identity_trust_anchors_file, &anchors),
+        (&plane.identity_trust_anchors_file, &anchors),
         &a.cert,
         &a.key,
         &create,
     )?;
+    let before = progress::fleet_or_refuse(&plane.admin_addr)?;
+    issuer_in_force(a, plane, &new_issuer, &before)
+}
+
+/// The judged pair (fingerprint `new_issuer`) put in force on `plane`
+/// (`before`: the fleet view first seen), or only reported with --dry-run.
+fn issuer_in_force<P: Plane>(
+    a: &IssuerArgs,
+    plane: &P,
+    new_issuer: &str,
+    before: &control_plane::fleet::FleetView,
+) -> CmdResult {
     let start = Instant::now();
-    let before = progress::fleet_or_refuse(&a.plane.admin_addr)?;
-    let expected = progress::connected(&before);
-    let ev = Events::new(&a.plane.output, start);
+    let expected = progress::connected(before);
+    let ev = Events::new(&a.output, start);
     let in_force = before
         .bundle
         .as_ref()
@@ -215,21 +254,69 @@ fn issuer(a: IssuerArgs) -> CmdResult {
                 "dry run: issuer {} ({}) passes every check against {}; nothing was changed",
                 &new_issuer[..12],
                 a.cert.display(),
-                a.plane.identity_trust_anchors_file.display()
+                plane.anchors_label()
             ),
         );
         return Ok(());
     }
     let new = (read(&a.cert)?, read(&a.key)?);
-    put_in_force(
-        &a.plane,
-        &new_issuer,
-        &new,
-        &expected,
-        &ev,
-        "the new issuer",
-    )
-    .map_err(InForce::into_failure)
+    put_in_force(plane, new_issuer, &new, &expected, &ev, "the new issuer")
+        .map_err(InForce::into_failure)
+}
+
+/// Each replica's answer to a request: (the replica's pod, None for the
+/// one admin address; (status, body) or why none).
+pub(crate) type Answers = Vec<(Option<String>, Result<(u16, String), String>)>;
+
+/// Where an issuer is installed and the control plane reached: the files
+/// and admin address (standalone), or the Secret and the API server.
+pub(crate) trait Plane {
+    /// What [`Plane::put_back`] needs to undo an install.
+    type Saved;
+    fn target(&self) -> Target<'_>;
+    /// The anchors the new issuer was judged against, as messages name them.
+    fn anchors_label(&self) -> String;
+    /// Where the issuer is installed, as messages name it.
+    fn holder(&self) -> String;
+    fn install(&self, new: &(Vec<u8>, Vec<u8>)) -> Result<Self::Saved, Failure>;
+    fn put_back(&self, saved: Self::Saved) -> Result<(), Failure>;
+    /// POST /renew-now on every replica.
+    fn renew_now(&self) -> Answers;
+}
+
+impl Plane for PlaneArgs {
+    type Saved = (Vec<u8>, Vec<u8>);
+
+    fn target(&self) -> Target<'_> {
+        PlaneArgs::target(self)
+    }
+
+    fn anchors_label(&self) -> String {
+        self.identity_trust_anchors_file.display().to_string()
+    }
+
+    fn holder(&self) -> String {
+        self.identity_issuer_certificate_file.display().to_string()
+    }
+
+    fn install(&self, new: &(Vec<u8>, Vec<u8>)) -> Result<Self::Saved, Failure> {
+        let old = (
+            read(&self.identity_issuer_certificate_file)?,
+            read(&self.identity_issuer_key_file)?,
+        );
+        install(self, &new.0, &new.1)?;
+        Ok(old)
+    }
+
+    fn put_back(&self, old: Self::Saved) -> Result<(), Failure> {
+        install(self, &old.0, &old.1)
+    }
+
+    fn renew_now(&self) -> Answers {
+        let answer = http_request(&self.admin_addr, "POST", "/renew-now")
+            .ok_or_else(|| format!("no control plane answers at {}", self.admin_addr));
+        vec![(None, answer)]
+    }
 }
 
 /// How putting an issuer in force stopped.
@@ -254,8 +341,8 @@ impl InForce {
 /// already in force, taken by the control plane, the fleet asked to renew,
 /// and every proxy of `expected` (and any connected) serving a leaf from it
 /// (`label` names it in the final line).
-fn put_in_force(
-    a: &PlaneArgs,
+fn put_in_force<P: Plane>(
+    a: &P,
     new_issuer: &str,
     new: &(Vec<u8>, Vec<u8>),
     expected: &BTreeSet<String>,
@@ -264,7 +351,9 @@ fn put_in_force(
 ) -> Result<(), InForce> {
     let t = a.target();
     let short = &new_issuer[..12];
-    let served = progress::fleet(&a.admin_addr)
+    let served = t
+        .source
+        .fleet()
         .ok()
         .and_then(|v| v.bundle)
         .is_some_and(|b| b.issuer_sha256 == new_issuer);
@@ -275,25 +364,24 @@ fn put_in_force(
             &format!("the control plane already serves issuer {short}"),
         );
     } else {
-        let old = (
-            read(&a.identity_issuer_certificate_file).map_err(InForce::PutBack)?,
-            read(&a.identity_issuer_key_file).map_err(InForce::PutBack)?,
-        );
-        install(a, &new.0, &new.1).map_err(InForce::PutBack)?;
+        let old = a.install(new).map_err(InForce::PutBack)?;
         ev.say(
             "installed",
             json!({"issuer": new_issuer}),
-            &format!(
-                "installed issuer {short} over {}",
-                a.identity_issuer_certificate_file.display()
-            ),
+            &format!("installed issuer {short} over {}", a.holder()),
         );
         let judge =
             |v: &control_plane::fleet::FleetView| progress::progress(v, new_issuer, expected);
         if let Err(why) = progress::wait_in_force(&t, Instant::now(), judge) {
-            install(a, &old.0, &old.1).map_err(InForce::PutBack)?;
+            a.put_back(old).map_err(|e| {
+                InForce::PutBack(Failure::fatal(format!(
+                    "{why}; putting the previous issuer back failed too: {}",
+                    e.message
+                )))
+            })?;
             return Err(InForce::PutBack(Failure::fatal(format!(
-                "{why}; the previous issuer files were put back and it keeps serving"
+                "{why}; the previous issuer was put back into {} and it keeps serving",
+                a.holder()
             ))));
         }
     }
@@ -305,13 +393,30 @@ fn put_in_force(
             ev.start.elapsed()
         ),
     );
-    if let Some((code, body)) = http_request(&a.admin_addr, "POST", "/renew-now") {
-        let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or(json!(body.trim()));
-        ev.say(
-            "renew_now",
-            json!({"status": code, "answer": answer}),
-            &format!("renew-now: {code} {}", body.trim().replace('\n', " ")),
-        );
+    for (replica, answer) in a.renew_now() {
+        let at = replica
+            .as_ref()
+            .map(|r| format!(" at pod {r}"))
+            .unwrap_or_default();
+        match answer {
+            Ok((code, body)) => {
+                let answer: serde_json::Value =
+                    serde_json::from_str(&body).unwrap_or(json!(body.trim()));
+                ev.say(
+                    "renew_now",
+                    json!({"status": code, "answer": answer, "replica": replica}),
+                    &format!("renew-now{at}: {code} {}", body.trim().replace('\n', " ")),
+                );
+            }
+            // Not fatal: the wait below tells whether the fleet got there.
+            Err(e) => ev.say(
+                "renew_now",
+                json!({"error": e, "replica": replica}),
+                &format!(
+                    "renew-now{at} not sent: {e}; its proxies renew at 70% of their leaf's life"
+                ),
+            ),
+        }
     }
     progress::wait_converged(
         &t,

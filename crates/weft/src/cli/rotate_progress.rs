@@ -59,9 +59,38 @@ impl Events {
 }
 
 /// The control plane the commands talk to and how long they wait for it.
-pub struct Target {
-    pub admin: String,
+pub struct Target<'a> {
+    pub source: Source<'a>,
     pub timeout: Duration,
+}
+
+/// Where the fleet view comes from: the admin address (standalone), or
+/// through the API server (Kubernetes mode).
+pub enum Source<'a> {
+    Admin(String),
+    Cluster(&'a super::cluster::Cluster),
+}
+
+impl Source<'_> {
+    pub fn fleet(&self) -> Result<FleetView, String> {
+        match self {
+            Source::Admin(addr) => fleet(addr),
+            Source::Cluster(c) => c.fleet(),
+        }
+    }
+
+    /// The check that shows the fleet, as a hint names it.
+    pub fn check_command(&self) -> String {
+        match self {
+            Source::Admin(addr) => format!("weft check --proxy --admin-addr {addr}"),
+            Source::Cluster(c) => {
+                format!(
+                    "weft check --proxy --controller-namespace {}",
+                    c.namespace()
+                )
+            }
+        }
+    }
 }
 
 pub fn fleet(addr: &str) -> Result<FleetView, String> {
@@ -195,7 +224,7 @@ pub fn wait_in_force(
     judge: impl Fn(&FleetView) -> Progress,
 ) -> Result<(), String> {
     loop {
-        match fleet(&t.admin).map(|v| judge(&v)) {
+        match t.source.fleet().map(|v| judge(&v)) {
             Ok(Progress::Refused(why)) => {
                 return Err(format!("the control plane refused it: {why}"));
             }
@@ -223,7 +252,7 @@ pub fn wait_converged(
 ) -> CmdResult {
     let mut last = String::new();
     loop {
-        let p = fleet(&t.admin).map(|v| judge(&v));
+        let p = t.source.fleet().map(|v| judge(&v));
         let line = match &p {
             Ok(Progress::Done { proxies }) => {
                 ev.say("done", json!({"proxies": proxies}), &done(*proxies));
@@ -255,8 +284,9 @@ pub fn wait_converged(
         }
         if ev.start.elapsed() > t.timeout {
             return Err(Failure::fatal(format!(
-                "not converged within {:?}: {last}; the mesh keeps working (proxies renew at 70% of their leaf's life, and keep the bundle they have); see `weft check --proxy --admin-addr {}`; re-run the command to resume",
-                t.timeout, t.admin
+                "not converged within {:?}: {last}; the mesh keeps working (proxies renew at 70% of their leaf's life, and keep the bundle they have); see `{}`; re-run the command to resume",
+                t.timeout,
+                t.source.check_command()
             )));
         }
         std::thread::sleep(Duration::from_millis(250));

@@ -147,3 +147,16 @@ impl<'a> Mesh<'a> {
         ))
     }
 }
+
+impl Mesh<'_> {
+    /// Each stand-in's proxy process id, by pod: the same ids later mean
+    /// no proxy was restarted.
+    pub fn proxy_pids(&mut self) -> Result<BTreeMap<String, u32>> {
+        let mut pids = BTreeMap::new();
+        for (name, s) in &mut self.stand_ins {
+            anyhow::ensure!(s.proxy.child.try_wait()?.is_none(), "{name}'s proxy exited");
+            pids.insert(name.clone(), s.proxy.child.id());
+        }
+        Ok(pids)
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use serde_json::{Value, json};
 use testbed::k8s::K8sEnv;
 use testbed::k8s::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -12,7 +12,7 @@ use testbed::k8s::kube::Client;
 use testbed::k8s::kube::api::{Api, Patch, PatchParams};
 
 use super::Scratch;
-use super::kube::{Uninstall, control_plane_with, kubectl_stdin, weft_install};
+use super::kube::{Uninstall, control_plane_with, kubectl, kubectl_stdin, weft_install};
 use super::proc::Proc;
 
 pub const CONFIGURATION: &str = "weft-injector";
@@ -93,4 +93,30 @@ pub async fn point_at(client: &Client, addr: SocketAddr) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// kwok forwards port 9990 of the control plane's (fake) pod to `target`
+/// (a PortForward object named after the pod): the pod's name.
+pub fn forward_admin(env: &K8sEnv, cp_ns: &str, target: SocketAddr) -> Result<String> {
+    let pod = kubectl(
+        env,
+        &[
+            "get",
+            "pods",
+            "-n",
+            cp_ns,
+            "-l",
+            "app.kubernetes.io/name=weft-control-plane",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    )?;
+    ensure!(!pod.is_empty(), "no control-plane pod in {cp_ns}");
+    let yaml = format!(
+        "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: PortForward\nmetadata: {{name: {pod}, namespace: {cp_ns}}}\nspec:\n  forwards:\n  - ports: [9990]\n    target: {{address: \"{}\", port: {}}}\n",
+        target.ip(),
+        target.port()
+    );
+    kubectl_stdin(env, &["apply"], &yaml)?;
+    Ok(pod)
 }
