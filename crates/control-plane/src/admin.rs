@@ -189,7 +189,7 @@ async fn handle(
             }
             json(StatusCode::OK, &view)
         }
-        "/edges" => edges(&st, req.uri().query().unwrap_or("")),
+        "/edges" => edges(&st, req.uri().query().unwrap_or("")).await,
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" => {
             let issuer = st.issuer.borrow().clone();
@@ -255,14 +255,19 @@ pub fn edges_query(query: &str) -> Result<(i64, Option<String>), String> {
 }
 
 /// GET /edges: the edges active in the window, and the declared workloads
-/// in scope without a connected proxy.
-fn edges(st: &AdminState, query: &str) -> Response<Full<Bytes>> {
+/// in scope without a connected proxy; in Kubernetes mode merged over every
+/// replica (a proxy reports to the replica holding its stream).
+async fn edges(st: &AdminState, query: &str) -> Response<Full<Bytes>> {
     let (since, namespace) = match edges_query(query) {
         Ok(q) => q,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let view = st.fleet.view(now, None, &[]);
+    let local = st.fleet.view(now, None, &[]);
+    let (view, peer_edges) = match &st.peers {
+        Some(p) => p.merged_with_edges(local, since, namespace.clone()).await,
+        None => (local, Vec::new()),
+    };
     let scope = crate::fleet_edges::Scope {
         namespace,
         declared: st
@@ -279,7 +284,10 @@ fn edges(st: &AdminState, query: &str) -> Response<Full<Bytes>> {
             .map(|p| p.workload.clone())
             .collect(),
     };
-    json(StatusCode::OK, &st.fleet.edges.window(now, since, &scope))
+    let mut merged =
+        crate::fleet_edges::merge_views(st.fleet.edges.window(now, since, &scope), peer_edges);
+    merged.peers = view.peers;
+    json(StatusCode::OK, &merged)
 }
 
 pub async fn serve(listener: TcpListener, st: AdminState) {
