@@ -406,6 +406,7 @@ async fn demo(dir: &Path, keep_anchor_key: bool) -> Result<Running, Failure> {
             anchors_file: p("ca.crt"),
             inbound_addr: local(inbound),
             admin_addr: local(0),
+            tap_addr: local(0),
             outbound_addr: None,
             outbound,
             detect_timeout: Duration::from_secs(1),
