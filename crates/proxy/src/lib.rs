@@ -169,6 +169,7 @@ pub async fn start(
         workload: cfg.workload.to_string(),
         metrics: metrics.clone(),
         admin_addr: started.admin_addr,
+        tap_addr: started.tap_addr,
         instance: instance_id(),
     };
     let discovery = discovery::Discovery::new(
