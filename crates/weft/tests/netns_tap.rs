@@ -290,9 +290,16 @@ fn tap_shows_tls_identities_and_why_not_and_never_slows_traffic() {
         let d = metric_sum(&m.metrics("backend"), "tap_events_dropped_total", &[]);
         (d > 0.0).then_some(d)
     });
+    // The queues are full now: every event is dropped, none waited for.
+    let full_rps = burst(&m.ns("frontend"), backend, n);
     let rss_after = rss_kib(pid);
+    drop(stalled);
+    poll("the stalled tap closed", LONG, || {
+        (metric_sum(&m.metrics("backend"), "tap_open", &[]) == 0.0).then_some(())
+    });
+    let after_rps = burst(&m.ns("frontend"), backend, n);
     println!(
-        "throughput, {n} keep-alive GETs frontend -> backend: {plain_rps:.0} req/s without a tap; with a stalled tap: {}",
+        "throughput, {n} keep-alive GETs frontend -> backend (req/s): no tap {plain_rps:.0}; stalled tap while its queues fill {}; stalled tap, queues full {full_rps:.0}; tap closed again {after_rps:.0}",
         stalled_rps
             .iter()
             .map(|r| format!("{r:.0}"))
@@ -300,13 +307,12 @@ fn tap_shows_tls_identities_and_why_not_and_never_slows_traffic() {
             .join(", ")
     );
     println!(
-        "backend proxy RSS: {rss_before} KiB before the stalled tap, {rss_after} KiB after; {dropped} events dropped"
+        "backend proxy RSS: {rss_before} KiB before the stalled tap, {rss_after} KiB with it; {dropped} events dropped"
     );
     assert!(
         rss_after < rss_before + 64 * 1024,
         "the proxy's memory stays bounded"
     );
-    drop(stalled);
 
     // Bad input: one line, exit 2.
     for (args, says) in [

@@ -269,14 +269,16 @@ impl Tap {
         if !filter::matches(&self.filter, facts) {
             return false;
         }
-        if let Some(r) = &self.remaining
-            && r.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                .is_err()
-        {
+        // The rate first: a request it turns away must not use up the limit.
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if !filter::admit(&mut w, self.max_rps, now) {
             return false;
         }
-        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        filter::admit(&mut w, self.max_rps, now)
+        drop(w);
+        self.remaining.as_ref().is_none_or(|r| {
+            r.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+        })
     }
 
     /// Its limit is used up: no more requests are tapped.

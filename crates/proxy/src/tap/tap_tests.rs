@@ -196,3 +196,20 @@ async fn response_end_counts_bytes_and_reads_grpc_status_from_trailers() {
     assert_eq!(end.response_bytes, 11);
     assert_eq!(end.eos, Some(Eos::from_grpc_status(5)));
 }
+
+#[test]
+fn requests_over_the_rate_do_not_use_up_the_limit() {
+    let taps = Taps::new(TapMetrics::default());
+    let (c, s) = ids();
+    let (_reg, _rx) = taps.open(Ask {
+        limit: Some(2),
+        max_rps: Some(1),
+        ..everything()
+    });
+    assert!(taps.request(&conn(&c, &s), &get("/a")).is_some());
+    // Over the rate within this second: not tapped, the limit kept.
+    assert!(taps.request(&conn(&c, &s), &get("/b")).is_none());
+    let t = taps.inner.taps.read().unwrap();
+    let left = t[0].remaining.as_ref().unwrap().load(Ordering::Acquire);
+    assert_eq!(left, 1);
+}
