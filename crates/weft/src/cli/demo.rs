@@ -29,6 +29,8 @@ pub struct DemoArgs {
 /// What a staying demo prints commands against.
 struct Running {
     cp_admin: SocketAddr,
+    /// Frontend's proxy (its outbound listener to backend).
+    frontend: u16,
 }
 
 /// A free port below the kernel's ephemeral range (32768 and up), so no
@@ -168,7 +170,7 @@ pub fn run(args: DemoArgs) -> CmdResult {
     let result = rt.block_on(async {
         let running = demo(&dir, args.stay).await?;
         if args.stay {
-            for line in next_steps(&dir, running.cp_admin) {
+            for line in next_steps(&dir, running.cp_admin, running.frontend) {
                 outln!("{line}");
             }
             stop_signal().await;
@@ -203,7 +205,7 @@ async fn stop_signal() {
 
 /// The commands a staying demo offers, each runnable as printed (lines that
 /// start with "  $ ").
-fn next_steps(dir: &Path, admin: SocketAddr) -> Vec<String> {
+fn next_steps(dir: &Path, admin: SocketAddr, frontend: u16) -> Vec<String> {
     let p = |n: &str| shell_word(&dir.join(n).to_string_lossy());
     let files = format!(
         "--identity-trust-anchors-file {} --identity-issuer-certificate-file {}",
@@ -219,6 +221,10 @@ fn next_steps(dir: &Path, admin: SocketAddr) -> Vec<String> {
         format!("  $ weft identity backend -n demo --admin-addr {admin}"),
         "  # every hop the proxies saw, and whether it was mTLS (they report every 15 s)".into(),
         format!("  $ weft edges -n demo --admin-addr {admin}"),
+        format!(
+            "  # backend's requests as they happen, for 5 s (longer: --seconds); meanwhile `curl 127.0.0.1:{frontend}/hello` goes through frontend's proxy"
+        ),
+        format!("  $ weft tap backend -n demo --seconds 5 --admin-addr {admin}"),
         "  # rotate the issuer with zero failed requests: make one from the anchor, then install it"
             .into(),
         format!(
@@ -521,5 +527,6 @@ async fn demo(dir: &Path, keep_anchor_key: bool) -> Result<Running, Failure> {
     }
     Ok(Running {
         cp_admin: cp.admin_addr,
+        frontend: fe_out,
     })
 }
