@@ -15,7 +15,6 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Run;
 use common::certify::{FakeProxy, id};
 use common::netmesh::{NetMesh, app_in, get_in};
 use common::proc::{metric_sum, poll};
@@ -68,17 +67,6 @@ impl Drop for Tapping {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn weft(m: &NetMesh, args: &[&str]) -> Run {
-    Run::from(
-        m.bed
-            .by_name("cp")
-            .cmd(env!("CARGO_BIN_EXE_weft"))
-            .args(args)
-            .output()
-            .unwrap(),
-    )
 }
 
 /// `n` GETs on one connection from inside `ns`; requests a second.
@@ -330,7 +318,7 @@ fn tap_shows_tls_identities_and_why_not_and_never_slows_traffic() {
         ),
         (vec!["tap", "nosuch", "-n", "demo"], "demo/backend"),
     ] {
-        let r = weft(&m, &args).refused(2);
+        let r = m.weft(&args).refused(2);
         println!("{}", r.stderr.trim());
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
         assert!(r.stderr.contains(says), "{}", r.stderr);
