@@ -82,6 +82,8 @@ pub struct AdminState {
     pub kube: Option<watch::Receiver<crate::k8s::resources::KubeHealth>>,
     /// Kubernetes mode: the other replicas, merged into /fleet.
     pub peers: Option<crate::fleet_peers::Peers>,
+    /// Taps open through this control plane (GET /tap), capped.
+    pub tap_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminState {
@@ -217,7 +219,7 @@ async fn handle(
             text(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no such endpoint {other}; try /live, /ready, /metrics, /fleet, /edges, /ui or POST /renew-now\n"
+                    "no such endpoint {other}; try /live, /ready, /metrics, /fleet, /edges, /tap, /ui or POST /renew-now\n"
                 ),
             )
         }),
@@ -290,6 +292,75 @@ async fn edges(st: &AdminState, query: &str) -> Response<Full<Bytes>> {
     json(StatusCode::OK, &merged)
 }
 
+type AdminBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// GET /tap streams (NDJSON); every other endpoint answers at once.
+async fn route(
+    req: Request<Incoming>,
+    st: AdminState,
+    local: std::net::IpAddr,
+) -> Result<Response<AdminBody>, Infallible> {
+    use http_body_util::BodyExt;
+    if req.method() == Method::GET && req.uri().path() == "/tap" {
+        let answer = match guard(&req, local) {
+            Err(e) => {
+                tracing::info!("admin request refused: {e}");
+                text(StatusCode::FORBIDDEN, format!("{e}\n")).map(BodyExt::boxed)
+            }
+            Ok(()) => tap(&st, req.uri().query().unwrap_or("")),
+        };
+        return Ok(answer);
+    }
+    let r = handle(req, st, local).await;
+    Ok(r.map(|r| r.map(BodyExt::boxed))
+        .unwrap_or_else(|e| match e {}))
+}
+
+/// GET /tap: the workload's proxies tapped, one JSON object per line.
+fn tap(st: &AdminState, query: &str) -> Response<AdminBody> {
+    use crate::tap::TapRefused;
+    use http_body_util::BodyExt;
+    let refused = |status, e: TapRefused| text(status, format!("{e}\n")).map(BodyExt::boxed);
+    let q = match crate::tap::tap_query(query) {
+        Ok(q) => q,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, TapRefused::Query(e)),
+    };
+    let (targets, known) = st.fleet.tap_targets(&q.workload);
+    if targets.is_empty() {
+        let known = if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        };
+        let e = TapRefused::NoProxy {
+            workload: q.workload,
+            known,
+        };
+        return refused(StatusCode::NOT_FOUND, e);
+    }
+    let own = st.own.borrow().clone();
+    let anchors = st
+        .issuer
+        .borrow()
+        .current
+        .as_ref()
+        .map(|s| s.anchors.clone())
+        .unwrap_or_default();
+    match crate::tap::start(&q, targets, own, anchors, &st.tap_slots) {
+        Err(e) => refused(StatusCode::SERVICE_UNAVAILABLE, e),
+        Ok(rx) => {
+            let frames = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                |b| Ok::<_, Infallible>(hyper::body::Frame::data(b)),
+            );
+            Response::builder()
+                .header("content-type", "application/x-ndjson")
+                .body(http_body_util::StreamBody::new(frames).boxed())
+                .unwrap_or_default()
+        }
+    }
+}
+
 pub async fn serve(listener: TcpListener, st: AdminState) {
     loop {
         let (stream, slot) = st.gate.accept(&listener).await;
@@ -301,7 +372,7 @@ pub async fn serve(listener: TcpListener, st: AdminState) {
             let _slot = slot;
             let gate = st.gate.clone();
             let (stream, activity) = bounds::Tracked::new(stream);
-            let svc = hyper::service::service_fn(move |req| handle(req, st.clone(), local.ip()));
+            let svc = hyper::service::service_fn(move |req| route(req, st.clone(), local.ip()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
             gate.serve_until_idle(&activity, conn).await;

@@ -140,7 +140,7 @@ pub fn addresses(slices: &[EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
 
 /// Presents the control plane's current certificate as a client.
 #[derive(Debug)]
-struct OwnClientCert(Arc<CertifiedKey>);
+pub(crate) struct OwnClientCert(pub(crate) Arc<CertifiedKey>);
 
 impl ResolvesClientCert for OwnClientCert {
     fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {

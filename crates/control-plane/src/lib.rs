@@ -25,6 +25,7 @@ pub mod refusals;
 pub mod services;
 pub mod shutdown;
 pub mod source;
+pub mod tap;
 pub mod tls;
 pub mod ui;
 pub mod workloads;
@@ -296,6 +297,7 @@ pub async fn start(
         gate: bounds::Gate::new("admin", cfg.admin_limits, &limits),
         kube: kube.is_some().then_some(kube_health_rx),
         peers,
+        tap_slots: Arc::new(tokio::sync::Semaphore::new(tap::MAX_TAPS)),
     };
     let cp_ns = cfg.controller_namespace.clone();
     let trust_domain = cfg.trust_domain.clone();

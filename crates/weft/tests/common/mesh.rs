@@ -139,6 +139,8 @@ pub fn start_proxy(
         &inbound,
         "--admin-addr",
         "127.0.0.1:0",
+        "--tap-addr",
+        "127.0.0.1:0",
         "--discovery-timeout",
         "2s",
         "--outbound-addr",
