@@ -134,6 +134,58 @@ fn observe_as_intruder(m: &NetMesh, backend_tap: SocketAddr) -> tonic::Status {
     .unwrap()
 }
 
+/// The web view's tap pane (`/ui?tap=…`) in headless Chromium, inside the
+/// control plane's namespace, while frontend and the unmeshed client call
+/// backend: the same events as `weft tap`, TLS and identity per request.
+fn tap_pane(m: &NetMesh, backend: SocketAddr, client_ip: &str) {
+    if !common::browser::have_chromium("tap pane") {
+        return;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (fe, cl, halt) = (m.ns("frontend"), m.ns("client"), stop.clone());
+    let calls = std::thread::spawn(move || {
+        while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = get_in(&fe, backend, "/hello");
+            let _ = get_in(&cl, backend, "/plain");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // The DOM is taken when the page's virtual time runs out, which a
+    // streaming fetch does not hold back: taken again until both callers'
+    // events are in it.
+    let url = "http://127.0.0.1:9990/ui?tap=demo/backend&seconds=2";
+    let t = Instant::now();
+    let both = |rows: &[std::collections::BTreeMap<String, String>]| {
+        rows.iter().any(|r| r["data-tls"] == "true") && rows.iter().any(|r| r["data-tls"] != "true")
+    };
+    let (dom, rows) = poll("the tap pane shows both callers", LONG, || {
+        let dom = common::browser::dump_dom(|p| m.bed.by_name("cp").cmd(p), url);
+        let rows = common::browser::rows(&dom, "data-tap");
+        both(&rows).then_some((dom, rows))
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    calls.join().unwrap();
+    println!("tap pane: {} events in {:?}", rows.len(), t.elapsed());
+    assert!(
+        !dom.contains(r#"data-state="failed""#),
+        "the tap did not fail: {dom}"
+    );
+    let fe_id = id("frontend", "demo");
+    assert!(
+        rows.iter().any(|r| r["data-tap"] == "req"
+            && r["data-tls"] == "true"
+            && r["data-client-id"] == fe_id),
+        "frontend's requests over mTLS with its identity: {rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["data-tls"] == "not_provided_by_remote"
+                && r["data-src"].starts_with(client_ip)
+                && r["data-client-id"].is_empty()),
+        "the client's without TLS, and why: {rows:?}"
+    );
+}
+
 #[test]
 fn tap_shows_tls_identities_and_why_not_and_never_slows_traffic() {
     if !have_root("tap_shows_tls_identities_and_why_not_and_never_slows_traffic") {
@@ -229,6 +281,8 @@ fn tap_shows_tls_identities_and_why_not_and_never_slows_traffic() {
             .iter()
             .any(|l| l.contains(" tls=not_provided_by_remote "))
     );
+
+    tap_pane(&m, backend, &client_ip);
 
     // Any identity but the control plane's is refused, named.
     let backend_tap = SocketAddr::new(backend.ip(), 4190);
