@@ -264,7 +264,7 @@ fn web_view(m: &NetMesh) {
     let attr = |r: &std::collections::BTreeMap<String, String>, k: &str| r[k].clone();
 
     // The same proxies: workload, identity, leaf expiry.
-    let mut shown: Vec<_> = rows("data-state")
+    let mut shown: Vec<_> = rows("data-generation")
         .iter()
         .map(|r| {
             (
