@@ -82,6 +82,8 @@ pub struct AdminState {
     pub kube: Option<watch::Receiver<crate::k8s::resources::KubeHealth>>,
     /// Kubernetes mode: the other replicas, merged into /fleet.
     pub peers: Option<crate::fleet_peers::Peers>,
+    /// Refused handshakes and requests, counted by listener and reason.
+    pub refusals: crate::operator_tls::Refusals,
 }
 
 impl AdminState {
@@ -159,13 +161,33 @@ fn guard(req: &Request<Incoming>, local: std::net::IpAddr) -> Result<(), crate::
     )
 }
 
+/// A request on the operator (TLS) listener: refused with 403 naming the
+/// identity unless its client certificate's identity is allowed, then
+/// served as on the admin listener.
+pub(crate) async fn handle_operator(
+    req: Request<Incoming>,
+    st: AdminState,
+    local: std::net::IpAddr,
+    verdict: Result<pki::Identity, crate::operator_tls::NotAllowed>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    match verdict {
+        Ok(_) => handle(req, st, local, "operator").await,
+        Err(e) => {
+            st.refusals.count("operator", e.label());
+            Ok(text(StatusCode::FORBIDDEN, format!("{e}\n")))
+        }
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     st: AdminState,
     local: std::net::IpAddr,
+    listener: &'static str,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if let Err(e) = guard(&req, local) {
-        tracing::info!(path = %req.uri().path(), "admin request refused: {e}");
+        tracing::info!(path = %req.uri().path(), listener, "admin request refused: {e}");
+        st.refusals.count(listener, e.label());
         return Ok(text(StatusCode::FORBIDDEN, format!("{e}\n")));
     }
     if req.method() == Method::POST && req.uri().path() == "/renew-now" {
@@ -293,7 +315,8 @@ pub async fn serve(listener: TcpListener, st: AdminState) {
             let _slot = slot;
             let gate = st.gate.clone();
             let (stream, activity) = bounds::Tracked::new(stream);
-            let svc = hyper::service::service_fn(move |req| handle(req, st.clone(), local.ip()));
+            let svc =
+                hyper::service::service_fn(move |req| handle(req, st.clone(), local.ip(), "admin"));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
             gate.serve_until_idle(&activity, conn).await;
