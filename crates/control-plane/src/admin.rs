@@ -3,6 +3,8 @@
 //! /renew-now, behind the
 //! operator guard (`operator`: this listener's own host, no foreign origin,
 //! a header on every mutation).
+//! The same endpoints are served off loopback, over TLS to allowed operator
+//! certificates, by [`crate::operator_tls`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

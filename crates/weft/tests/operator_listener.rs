@@ -216,6 +216,13 @@ fn the_operator_listener_serves_allowed_operators_and_refuses_everyone_else() {
         "weft without an operator certificate: {}",
         by_weft.stderr.trim()
     );
+    assert!(
+        by_weft.stderr.trim().lines().count() == 1
+            && by_weft.stderr.contains("speaks TLS")
+            && by_weft.stderr.contains("--operator-cert"),
+        "{}",
+        by_weft.stderr
+    );
 
     // Trusted, but not on the allow list: 403 naming the identity.
     let (code, body) = tls_request(&s, op, Some("bob"), &get).unwrap();

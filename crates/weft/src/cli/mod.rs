@@ -361,9 +361,14 @@ fn request_over(
         Some(tls) => operator_tls::exchange(tls, s, request.as_bytes())?,
         None => {
             s.write_all(request.as_bytes()).ok()?;
-            let mut buf = String::new();
-            s.read_to_string(&mut buf).ok()?;
-            buf
+            let mut buf = Vec::new();
+            // A TLS listener answers plain HTTP with an alert, then closes.
+            let read = s.read_to_end(&mut buf);
+            if matches!(buf.first(), Some(0x15 | 0x16)) {
+                operator_tls::speaks_tls(addr);
+            }
+            read.ok()?;
+            String::from_utf8(buf).ok()?
         }
     };
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;

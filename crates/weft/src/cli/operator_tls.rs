@@ -135,3 +135,13 @@ pub fn exchange(tls: &OperatorTls, tcp: std::net::TcpStream, request: &[u8]) -> 
     }
     String::from_utf8(buf).ok()
 }
+
+/// `addr` answered plain HTTP with TLS: it is an operator listener, which
+/// no request without the operator's certificate can use; the command ends
+/// saying so rather than "nothing answers".
+pub fn speaks_tls(addr: &str) -> ! {
+    eprintln!(
+        "error: {addr} speaks TLS: it is a control plane's operator listener (--operator-addr); pass --operator-cert F --operator-key F --operator-ca F (or WEFT_OPERATOR_CERT, WEFT_OPERATOR_KEY, WEFT_OPERATOR_CA), or use the loopback admin listener"
+    );
+    std::process::exit(2)
+}
