@@ -104,7 +104,7 @@ EOF
   done
   launch inbound env $(weft_env) "$WEFT_BIN" proxy --workload bench/backend --token-file "$d/backend.token" \
     --trust-anchors-file "$d/ca.crt" --identity-addr "$WEFT_IA" --destination-addr "$WEFT_DA" --policy-addr "$WEFT_PA" \
-    --inbound-addr "$IN_LISTEN" --admin-addr "$HOST:0" --outbound-addr off --shutdown-grace-period 1s
+    --inbound-addr "$IN_LISTEN" --admin-addr "$HOST:0" --tap-addr "$HOST:0" --outbound-addr off --shutdown-grace-period 1s
   weft_wait_line "$MODEDIR/inbound.log" "admin listening on" || return 1
   WEFT_IN_ADMIN=$(awk '/admin listening on/{print $NF; exit}' "$MODEDIR/inbound.log")
   weft_wait_ready "$WEFT_IN_ADMIN"
@@ -114,7 +114,7 @@ mode_weft_outbound() {
   local d=$MODEDIR/weft fe_in=${WEFT_FE_IN_PORT:-14153}
   launch outbound env $(weft_env) "$WEFT_BIN" proxy --workload bench/frontend --token-file "$d/frontend.token" \
     --trust-anchors-file "$d/ca.crt" --identity-addr "$WEFT_IA" --destination-addr "$WEFT_DA" --policy-addr "$WEFT_PA" \
-    --inbound-addr "$HOST:$fe_in" --admin-addr "$HOST:0" --outbound-addr off --shutdown-grace-period 1s \
+    --inbound-addr "$HOST:$fe_in" --admin-addr "$HOST:0" --tap-addr "$HOST:0" --outbound-addr off --shutdown-grace-period 1s \
     --outbound "$OUT_LISTEN=bench/backend:$BACKEND_PORT"
   weft_wait_line "$MODEDIR/outbound.log" "admin listening on" || return 1
   WEFT_OUT_ADMIN=$(awk '/admin listening on/{print $NF; exit}' "$MODEDIR/outbound.log")

@@ -86,6 +86,8 @@ pub struct AdminState {
     pub peers: Option<crate::fleet_peers::Peers>,
     /// Refused handshakes and requests, counted by listener and reason.
     pub refusals: crate::operator_tls::Refusals,
+    /// Taps open through this control plane (GET /tap), capped.
+    pub tap_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminState {
@@ -171,12 +173,13 @@ pub(crate) async fn handle_operator(
     st: AdminState,
     local: std::net::IpAddr,
     verdict: Result<pki::Identity, crate::operator_tls::NotAllowed>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<AdminBody>, Infallible> {
+    use http_body_util::BodyExt;
     match verdict {
-        Ok(_) => handle(req, st, local, "operator").await,
+        Ok(_) => route(req, st, local, "operator").await,
         Err(e) => {
             st.refusals.count("operator", e.label());
-            Ok(text(StatusCode::FORBIDDEN, format!("{e}\n")))
+            Ok(text(StatusCode::FORBIDDEN, format!("{e}\n")).map(BodyExt::boxed))
         }
     }
 }
@@ -213,7 +216,7 @@ async fn handle(
             }
             json(StatusCode::OK, &view)
         }
-        "/edges" => edges(&st, req.uri().query().unwrap_or("")),
+        "/edges" => edges(&st, req.uri().query().unwrap_or("")).await,
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" => {
             let issuer = st.issuer.borrow().clone();
@@ -241,7 +244,7 @@ async fn handle(
             text(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no such endpoint {other}; try /live, /ready, /metrics, /fleet, /edges, /ui or POST /renew-now\n"
+                    "no such endpoint {other}; try /live, /ready, /metrics, /fleet, /edges, /tap, /ui or POST /renew-now\n"
                 ),
             )
         }),
@@ -279,14 +282,19 @@ pub fn edges_query(query: &str) -> Result<(i64, Option<String>), String> {
 }
 
 /// GET /edges: the edges active in the window, and the declared workloads
-/// in scope without a connected proxy.
-fn edges(st: &AdminState, query: &str) -> Response<Full<Bytes>> {
+/// in scope without a connected proxy; in Kubernetes mode merged over every
+/// replica (a proxy reports to the replica holding its stream).
+async fn edges(st: &AdminState, query: &str) -> Response<Full<Bytes>> {
     let (since, namespace) = match edges_query(query) {
         Ok(q) => q,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let view = st.fleet.view(now, None, &[]);
+    let local = st.fleet.view(now, None, &[]);
+    let (view, peer_edges) = match &st.peers {
+        Some(p) => p.merged_with_edges(local, since, namespace.clone()).await,
+        None => (local, Vec::new()),
+    };
     let scope = crate::fleet_edges::Scope {
         namespace,
         declared: st
@@ -303,7 +311,81 @@ fn edges(st: &AdminState, query: &str) -> Response<Full<Bytes>> {
             .map(|p| p.workload.clone())
             .collect(),
     };
-    json(StatusCode::OK, &st.fleet.edges.window(now, since, &scope))
+    let mut merged =
+        crate::fleet_edges::merge_views(st.fleet.edges.window(now, since, &scope), peer_edges);
+    merged.peers = view.peers;
+    json(StatusCode::OK, &merged)
+}
+
+type AdminBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// GET /tap streams (NDJSON); every other endpoint answers at once.
+async fn route(
+    req: Request<Incoming>,
+    st: AdminState,
+    local: std::net::IpAddr,
+    listener: &'static str,
+) -> Result<Response<AdminBody>, Infallible> {
+    use http_body_util::BodyExt;
+    if req.method() == Method::GET && req.uri().path() == "/tap" {
+        let answer = match guard(&req, local) {
+            Err(e) => {
+                tracing::info!(listener, "admin request refused: {e}");
+                st.refusals.count(listener, e.label());
+                text(StatusCode::FORBIDDEN, format!("{e}\n")).map(BodyExt::boxed)
+            }
+            Ok(()) => tap(&st, req.uri().query().unwrap_or("")),
+        };
+        return Ok(answer);
+    }
+    let r = handle(req, st, local, listener).await;
+    Ok(r.map(|r| r.map(BodyExt::boxed))
+        .unwrap_or_else(|e| match e {}))
+}
+
+/// GET /tap: the workload's proxies tapped, one JSON object per line.
+fn tap(st: &AdminState, query: &str) -> Response<AdminBody> {
+    use crate::tap::TapRefused;
+    use http_body_util::BodyExt;
+    let refused = |status, e: TapRefused| text(status, format!("{e}\n")).map(BodyExt::boxed);
+    let q = match crate::tap::tap_query(query) {
+        Ok(q) => q,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, TapRefused::Query(e)),
+    };
+    let (targets, known) = st.fleet.tap_targets(&q.workload);
+    if targets.is_empty() {
+        let known = if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        };
+        let e = TapRefused::NoProxy {
+            workload: q.workload,
+            known,
+        };
+        return refused(StatusCode::NOT_FOUND, e);
+    }
+    let own = st.own.borrow().clone();
+    let anchors = st
+        .issuer
+        .borrow()
+        .current
+        .as_ref()
+        .map(|s| s.anchors.clone())
+        .unwrap_or_default();
+    match crate::tap::start(&q, targets, own, anchors, &st.tap_slots) {
+        Err(e) => refused(StatusCode::SERVICE_UNAVAILABLE, e),
+        Ok(rx) => {
+            let frames = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                |b| Ok::<_, Infallible>(hyper::body::Frame::data(b)),
+            );
+            Response::builder()
+                .header("content-type", "application/x-ndjson")
+                .body(http_body_util::StreamBody::new(frames).boxed())
+                .unwrap_or_default()
+        }
+    }
 }
 
 pub async fn serve(listener: TcpListener, st: AdminState) {
@@ -318,7 +400,7 @@ pub async fn serve(listener: TcpListener, st: AdminState) {
             let gate = st.gate.clone();
             let (stream, activity) = bounds::Tracked::new(stream);
             let svc =
-                hyper::service::service_fn(move |req| handle(req, st.clone(), local.ip(), "admin"));
+                hyper::service::service_fn(move |req| route(req, st.clone(), local.ip(), "admin"));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
             gate.serve_until_idle(&activity, conn).await;

@@ -79,6 +79,9 @@ pub struct Report {
     /// Where its admin endpoint answers (see `admin_endpoint`).
     #[serde(default)]
     pub admin_addr: String,
+    /// Where its tap listener answers (as `admin_addr`).
+    #[serde(default)]
+    pub tap_addr: String,
 }
 
 /// Where a proxy's admin endpoint answers: the address it reported, with
@@ -111,6 +114,7 @@ impl Report {
     ) -> Self {
         Self {
             admin_addr: admin_endpoint(&r.admin_addr, stream_from),
+            tap_addr: admin_endpoint(&r.tap_addr, stream_from),
             identity,
             workload: r.workload,
             bundle: version(r.bundle),
@@ -394,6 +398,28 @@ impl Fleet {
             }
         }
         sent
+    }
+
+    /// The connected proxies of `workload` that report a tap address, and
+    /// every workload with a proxy (for a refusal naming them).
+    pub fn tap_targets(&self, workload: &str) -> (Vec<crate::tap::Target>, Vec<String>) {
+        let g = self.lock();
+        let reports = g
+            .entries
+            .values()
+            .filter_map(|e| Some((e, e.report.as_ref()?)));
+        let mut known: Vec<String> = reports.clone().map(|(_, r)| r.workload.clone()).collect();
+        known.sort();
+        known.dedup();
+        let targets = reports
+            .filter(|(e, r)| e.sender.is_some() && r.workload == workload && !r.tap_addr.is_empty())
+            .map(|(e, r)| crate::tap::Target {
+                identity: e.identity.clone(),
+                workload: r.workload.clone(),
+                tap_addr: r.tap_addr.clone(),
+            })
+            .collect();
+        (targets, known)
     }
 
     /// The fleet as the admin endpoint shows it.

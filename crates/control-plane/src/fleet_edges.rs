@@ -306,6 +306,60 @@ pub struct EdgesView {
     pub control_plane_drops: u64,
     /// Declared workloads in scope with no connected proxy.
     pub unmeshed_workloads: Vec<String>,
+    /// Kubernetes mode: the other replicas whose edges are merged in; one
+    /// that could not be asked says why (its proxies' hops are missing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<crate::fleet_peers::PeerStatus>,
+}
+
+/// `local` with other replicas' views of the same window added: an edge
+/// seen through several replicas (its proxy failed over) sums its counts.
+pub fn merge_views(mut local: EdgesView, peers: Vec<EdgesView>) -> EdgesView {
+    type Key = (Peer, Peer, String, String, bool, String);
+    let key = |e: &EdgeView| -> Key {
+        (
+            e.client.clone(),
+            e.server.clone(),
+            e.workload.clone(),
+            e.direction.clone(),
+            e.mtls,
+            e.no_tls_reason.clone(),
+        )
+    };
+    let mut all: BTreeMap<Key, EdgeView> = BTreeMap::new();
+    let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+    let views = std::iter::once(std::mem::take(&mut local.edges))
+        .chain(peers.iter().map(|p| p.edges.clone()));
+    for e in views.flatten() {
+        match all.get_mut(&key(&e)) {
+            Some(have) => {
+                have.connections += e.connections;
+                have.requests += e.requests;
+                have.failures += e.failures;
+                have.last_seen_s = have.last_seen_s.min(e.last_seen_s);
+                have.success_rate = (have.requests > 0).then(|| {
+                    (have.requests - have.failures.min(have.requests)) as f64 / have.requests as f64
+                });
+            }
+            None => {
+                all.insert(key(&e), e);
+            }
+        }
+    }
+    for d in local
+        .proxy_drops
+        .drain(..)
+        .chain(peers.iter().flat_map(|p| p.proxy_drops.clone()))
+    {
+        *drops.entry(d.workload).or_default() += d.edges;
+    }
+    local.control_plane_drops += peers.iter().map(|p| p.control_plane_drops).sum::<u64>();
+    local.edges = all.into_values().collect();
+    local.proxy_drops = drops
+        .into_iter()
+        .map(|(workload, edges)| DropView { workload, edges })
+        .collect();
+    local
 }
 
 fn sum_since(b: &Buckets, from: i64) -> (Counts, Option<i64>) {
@@ -380,6 +434,7 @@ pub fn window(
         proxy_drops: drops,
         control_plane_drops: sum_since(own_drops, from).0.connections,
         unmeshed_workloads: unmeshed,
+        peers: Vec::new(),
     }
 }
 
@@ -416,6 +471,14 @@ pub fn plaintext_violations(v: &EdgesView) -> Vec<String> {
             "unknown: the proxy of {} could not keep {} edges (its edge table was full), so they cannot be proven mTLS",
             d.workload, d.edges
         )
+    }));
+    out.extend(v.peers.iter().filter_map(|p| {
+        p.error.as_ref().map(|e| {
+            format!(
+                "unknown: the control-plane replica at {} could not be asked ({e}), so the hops of the proxies attached to it cannot be shown",
+                p.address
+            )
+        })
     }));
     if v.control_plane_drops > 0 {
         out.push(format!(

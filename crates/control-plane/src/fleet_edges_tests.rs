@@ -152,3 +152,45 @@ fn memory_is_bounded_and_old_buckets_go() {
     record(&b, report("p2", vec![], 0), 1000 + 2 * MAX_WINDOW);
     assert!(b.lock().edges.is_empty());
 }
+
+#[test]
+fn replicas_views_merge_summing_an_edge_seen_through_both() {
+    // A proxy reported to replica A, then failed over to B.
+    let (a, b) = (EdgeBook::default(), EdgeBook::default());
+    record(&a, report("p1", vec![meshed(2, 20, 1)], 0), 1000);
+    record(&b, report("p1", vec![meshed(1, 10, 0), plain(1)], 3), 1100);
+    let merged = merge_views(
+        a.window(1110, 600, &all()),
+        vec![b.window(1110, 600, &all())],
+    );
+    assert_eq!(merged.edges.len(), 2, "{merged:?}");
+    let m = merged.edges.iter().find(|e| e.mtls).unwrap();
+    assert_eq!((m.connections, m.requests, m.failures), (3, 30, 1));
+    assert_eq!(m.success_rate, Some(29.0 / 30.0));
+    assert_eq!(merged.proxy_drops.len(), 1);
+    assert_eq!(merged.proxy_drops[0].edges, 3);
+    // The plaintext edge held by the other replica fails the gate here.
+    let v = plaintext_violations(&merged);
+    assert!(
+        v.iter().any(|l| l.starts_with("plaintext: 10.0.0.9")),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn a_replica_that_cannot_be_asked_fails_the_gate() {
+    let mut v = EdgeBook::default().window(1000, 600, &all());
+    assert!(plaintext_violations(&v).is_empty());
+    v.peers.push(crate::fleet_peers::PeerStatus {
+        address: "10.0.0.2:8086".into(),
+        replica_id: None,
+        connected: 0,
+        error: Some("10.0.0.2:8086 did not answer within 2s".into()),
+    });
+    let gate = plaintext_violations(&v);
+    assert_eq!(gate.len(), 1, "{gate:?}");
+    assert!(
+        gate[0].contains("10.0.0.2:8086 could not be asked"),
+        "{gate:?}"
+    );
+}

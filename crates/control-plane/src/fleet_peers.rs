@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::fleet::{FleetView, ProxyView};
+use crate::fleet_edges::EdgesView;
 use crate::own_cert::OwnCert;
 
 /// How long one peer may take to answer.
@@ -70,6 +71,10 @@ pub enum PeerError {
         code: tonic::Code,
         message: String,
     },
+    #[error(
+        "{addr} sent no edges (a replica older than this one?): its proxies' hops cannot be shown; upgrade every replica"
+    )]
+    NoEdges { addr: SocketAddr },
     #[error("{addr} did not answer within 2s; is it overloaded or partitioned?")]
     Timeout { addr: SocketAddr },
     #[error("{addr} sent a fleet that does not parse: {source}")]
@@ -135,7 +140,7 @@ pub fn addresses(slices: &[EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
 
 /// Presents the control plane's current certificate as a client.
 #[derive(Debug)]
-struct OwnClientCert(Arc<CertifiedKey>);
+pub(crate) struct OwnClientCert(pub(crate) Arc<CertifiedKey>);
 
 impl ResolvesClientCert for OwnClientCert {
     fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
@@ -186,6 +191,16 @@ impl Peers {
 
     /// Asks one replica for its own fleet.
     pub async fn ask(&self, addr: SocketAddr) -> PeerAnswer {
+        self.ask_with(addr, None).await.map(|(answer, _)| answer)
+    }
+
+    /// Asks one replica for its own fleet and, with `edges` (window
+    /// seconds, namespace), its own edges.
+    async fn ask_with(
+        &self,
+        addr: SocketAddr,
+        edges: Option<(i64, Option<String>)>,
+    ) -> Result<((String, i64, Vec<ProxyView>), Option<EdgesView>), PeerError> {
         let cfg = self.tls()?;
         let name = ServerName::try_from(self.control_plane.to_string())
             .map_err(|e| PeerError::Tls(rustls::Error::General(e.to_string())))?;
@@ -211,8 +226,12 @@ impl Peers {
                     addr,
                     detail: describe(&e),
                 })?;
+            let (edges_since_s, edges_namespace) = edges.clone().unwrap_or_default();
             MeshClient::new(channel)
-                .local_fleet(LocalFleetRequest {})
+                .local_fleet(LocalFleetRequest {
+                    edges_since_s,
+                    edges_namespace: edges_namespace.unwrap_or_default(),
+                })
                 .await
                 .map_err(|s| PeerError::Refused {
                     addr,
@@ -226,7 +245,50 @@ impl Peers {
             .into_inner();
         let proxies = serde_json::from_str(&reply.proxies_json)
             .map_err(|source| PeerError::Decode { addr, source })?;
-        Ok((reply.replica_id, reply.now, proxies))
+        let edges = match edges {
+            // A replica too old to send edges cannot prove its proxies' hops.
+            Some(_) if reply.edges_json.is_empty() => {
+                return Err(PeerError::NoEdges { addr });
+            }
+            Some(_) => Some(
+                serde_json::from_str(&reply.edges_json)
+                    .map_err(|source| PeerError::Decode { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(((reply.replica_id, reply.now, proxies), edges))
+    }
+
+    /// `local` merged with every peer's view, and the peers' own edges for
+    /// the window (`since_s`, `namespace`): for /edges, whose unmeshed
+    /// workloads are judged over the merged fleet. A peer that could not be
+    /// asked is named in the view's `peers`.
+    pub async fn merged_with_edges(
+        &self,
+        local: FleetView,
+        since_s: i64,
+        namespace: Option<String>,
+    ) -> (FleetView, Vec<EdgesView>) {
+        let addrs = match self.list().await {
+            Ok(a) => a,
+            Err(_) => return (self.merged(local).await, Vec::new()),
+        };
+        let ask = |a: SocketAddr| self.ask_with(a, Some((since_s, namespace.clone())));
+        let answers = futures::future::join_all(addrs.iter().map(|a| ask(*a))).await;
+        let mut edges = Vec::new();
+        let mut fleet = Vec::new();
+        for (addr, answer) in addrs.into_iter().zip(answers) {
+            fleet.push((
+                addr,
+                answer.map(|(f, e)| {
+                    if f.0 != self.replica_id {
+                        edges.extend(e);
+                    }
+                    f
+                }),
+            ));
+        }
+        (merge(local, &self.replica_id, fleet), edges)
     }
 
     /// `local` merged with every peer's view (this replica skipped).

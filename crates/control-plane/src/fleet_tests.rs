@@ -40,6 +40,7 @@ fn report(identity: &str, generation: u64, issuer: &str, anchor: &str) -> Report
         last_refresh_at: 900,
         renew_request_id: String::new(),
         admin_addr: String::new(),
+        tap_addr: String::new(),
     }
 }
 

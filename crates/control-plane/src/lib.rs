@@ -26,6 +26,7 @@ pub mod refusals;
 pub mod services;
 pub mod shutdown;
 pub mod source;
+pub mod tap;
 pub mod tls;
 pub mod ui;
 pub mod workloads;
@@ -314,6 +315,7 @@ pub async fn start(
         kube: kube.is_some().then_some(kube_health_rx),
         peers,
         refusals: admin_refusals,
+        tap_slots: Arc::new(tokio::sync::Semaphore::new(tap::MAX_TAPS)),
     };
     // Its own gate: the operator listener is bounded apart from loopback's.
     let operator_task = operator_listener.zip(cfg.operator.clone()).map(|(l, op)| {

@@ -74,10 +74,24 @@ impl Mesh for MeshService {
         let view = self.fleet.view(now, bundle.as_deref(), &[]);
         let proxies_json = serde_json::to_string(&view.proxies)
             .map_err(|e| Status::internal(format!("cannot encode the fleet: {e}")))?;
+        let asked = req.get_ref();
+        let edges_json = if asked.edges_since_s > 0 {
+            // The asker judges which workloads are unmeshed, over the merged fleet.
+            let scope = crate::fleet_edges::Scope {
+                namespace: Some(asked.edges_namespace.clone()).filter(|n| !n.is_empty()),
+                ..Default::default()
+            };
+            let edges = self.fleet.edges.window(now, asked.edges_since_s, &scope);
+            serde_json::to_string(&edges)
+                .map_err(|e| Status::internal(format!("cannot encode the edges: {e}")))?
+        } else {
+            String::new()
+        };
         Ok(Response::new(LocalFleetReply {
             replica_id: self.replica_id.clone(),
             proxies_json,
             now,
+            edges_json,
         }))
     }
 

@@ -140,6 +140,8 @@ pub struct ProxyConfig {
     pub anchors_file: PathBuf,
     pub inbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Tap listener: `Tap.Observe` over mTLS, for the control plane only.
+    pub tap_addr: SocketAddr,
     /// Transparent outbound listener (connections redirected by `weft init`).
     pub outbound_addr: Option<SocketAddr>,
     pub outbound: Vec<OutboundMapping>,
@@ -182,6 +184,7 @@ impl fmt::Display for ProxyConfig {
             ),
             ("inbound-addr", self.inbound_addr.to_string()),
             ("admin-addr", self.admin_addr.to_string()),
+            ("tap-addr", self.tap_addr.to_string()),
             ("admin-limits", self.admin_limits.to_string()),
             ("inbound-limits", self.inbound_limits.to_string()),
             ("outbound-limits", self.outbound_limits.to_string()),

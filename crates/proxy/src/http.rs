@@ -19,10 +19,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+use linkerd2_proxy_api::tap::tap_event::ProxyDirection;
+
 use crate::authz::Scene;
 use crate::detect::Protocol;
 use crate::metrics::ProxyMetrics;
 use crate::policies::PolicyRx;
+use crate::tap::body::TapBody;
+use crate::tap::{ConnMeta, Tapped, Taps};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -40,6 +44,11 @@ pub struct HttpConn {
     pub peer: SocketAddr,
     pub port: u16,
     pub metrics: ProxyMetrics,
+    /// The taps open, and this connection as tap events name it.
+    pub taps: Taps,
+    pub local: Arc<crate::tap::Local>,
+    pub dst: SocketAddr,
+    pub no_tls_reason: String,
 }
 
 impl HttpConn {
@@ -48,6 +57,18 @@ impl HttpConn {
             .borrow()
             .clone()
             .unwrap_or_else(|| self.initial.clone())
+    }
+
+    fn tap_meta(&self) -> ConnMeta<'_> {
+        ConnMeta {
+            direction: ProxyDirection::Inbound,
+            src: self.peer,
+            dst: self.dst,
+            tls: crate::tap::filter::tls_label(self.client.tls, &self.no_tls_reason),
+            client_id: self.client.identity.as_ref(),
+            server_id: self.client.tls.then_some(&self.local.identity),
+            workload: &self.local.workload,
+        }
     }
 
     fn scene(&self) -> Scene<'_> {
@@ -146,7 +167,12 @@ where
         Protocol::Http2 => {
             let up = Arc::new(Mutex::new(None));
             let svc = hyper::service::service_fn(move |req| {
-                counted(conn.clone(), h2_request(conn.clone(), up.clone(), req))
+                let tapped = conn.taps.request(&conn.tap_meta(), &req);
+                counted(
+                    conn.clone(),
+                    tapped,
+                    h2_request(conn.clone(), up.clone(), req),
+                )
             });
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(io), svc)
@@ -155,7 +181,12 @@ where
         _ => {
             let up = Arc::new(Mutex::new(None));
             let svc = hyper::service::service_fn(move |req| {
-                counted(conn.clone(), h1_request(conn.clone(), up.clone(), req))
+                let tapped = conn.taps.request(&conn.tap_meta(), &req);
+                counted(
+                    conn.clone(),
+                    tapped,
+                    h1_request(conn.clone(), up.clone(), req),
+                )
             });
             // A client that half-closes after its request still gets the
             // response (as through an L4 hop).
@@ -171,9 +202,10 @@ where
     }
 }
 
-/// A request's answer, counted on its edge.
+/// A request's answer, counted on its edge (and tapped, when a tap took it).
 async fn counted(
     conn: Arc<HttpConn>,
+    tapped: Option<Tapped>,
     answer: impl std::future::Future<Output = Result<Response<Body>, Infallible>>,
 ) -> Result<Response<Body>, Infallible> {
     let r = answer.await;
@@ -182,7 +214,14 @@ async fn counted(
             .edges
             .request(&conn.client, resp.status().as_u16());
     }
-    r
+    match (r, tapped) {
+        (Ok(resp), Some(t)) => {
+            let grpc = crate::tap::body::grpc_status(resp.headers());
+            let end = t.response(resp.status().as_u16(), grpc);
+            Ok(resp.map(|b| TapBody::new(b, end).boxed()))
+        }
+        (r, _) => r,
+    }
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {

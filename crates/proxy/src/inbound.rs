@@ -36,6 +36,8 @@ pub struct Inbound {
     pub metrics: ProxyMetrics,
     /// Connection cap, handshake deadline, idle timeout.
     pub gate: bounds::Gate,
+    pub taps: crate::tap::Taps,
+    pub tap_local: Arc<crate::tap::Local>,
 }
 
 /// What the handshake phase of an inbound connection ends with.
@@ -91,6 +93,7 @@ impl Inbound {
         let redirected = crate::original_dst(&sock)
             .filter(|d| Some(*d) != local)
             .map(|d| d.port());
+        let local_ip = local.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
         let (sock, activity) = Tracked::new(sock);
         let limits = self.gate.limits;
         let opened = match self.gate.handshake(self.open(sock, redirected)).await {
@@ -116,11 +119,13 @@ impl Inbound {
                 port,
                 declared,
             } => {
-                let conn = self.mesh(tls, peer, client_id, port, declared);
+                let ends = (peer, SocketAddr::new(local_ip, port));
+                let conn = self.mesh(tls, ends, client_id, port, declared);
                 self.gate.serve_until_idle(&activity, conn).await
             }
             Opened::Passthrough { sock, port, start } => {
-                let conn = self.passthrough(sock, peer, port, &start);
+                let ends = (peer, SocketAddr::new(local_ip, port));
+                let conn = self.passthrough(sock, ends, port, &start);
                 self.gate.serve_until_idle(&activity, conn).await
             }
         };
@@ -206,7 +211,7 @@ impl Inbound {
     async fn mesh(
         &self,
         tls: Box<TlsStream<Tracked<TcpStream>>>,
-        peer: SocketAddr,
+        (peer, dst): (SocketAddr, SocketAddr),
         client_id: pki::Identity,
         port: u16,
         declared: Option<Protocol>,
@@ -264,7 +269,7 @@ impl Inbound {
             tls: true,
             ip: peer.ip(),
         };
-        self.serve_port(tls, peer, port, client, (opaque, declared), labels)
+        self.serve_port(tls, (peer, dst), port, client, (opaque, declared), labels)
             .await;
     }
 
@@ -273,7 +278,7 @@ impl Inbound {
     async fn passthrough(
         &self,
         sock: Tracked<TcpStream>,
-        peer: SocketAddr,
+        (peer, dst): (SocketAddr, SocketAddr),
         port: u16,
         start: &Start,
     ) {
@@ -303,7 +308,7 @@ impl Inbound {
         };
         // TLS for another name is never HTTP we could read: opaque.
         let opaque = matches!(start, Start::Tls { .. });
-        self.serve_port(sock, peer, port, client, (opaque, None), labels)
+        self.serve_port(sock, (peer, dst), port, client, (opaque, None), labels)
             .await;
     }
 
@@ -313,7 +318,7 @@ impl Inbound {
     async fn serve_port<S>(
         &self,
         mut io: S,
-        peer: SocketAddr,
+        (peer, dst): (SocketAddr, SocketAddr),
         port: u16,
         client: Client,
         (opaque_hint, declared): (bool, Option<Protocol>),
@@ -364,6 +369,10 @@ impl Inbound {
                 peer,
                 port,
                 metrics: self.metrics.clone(),
+                taps: self.taps.clone(),
+                local: self.tap_local.clone(),
+                dst,
+                no_tls_reason: labels.no_tls_reason.clone(),
             };
             crate::http::serve(io, protocol, conn).await;
             self.metrics.tcp_close.get_or_create(&labels).inc();

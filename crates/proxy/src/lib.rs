@@ -25,6 +25,7 @@ pub mod policies;
 pub mod prefixed;
 pub mod probe;
 pub mod replicas;
+pub mod tap;
 pub mod tls;
 pub mod transport_header;
 pub mod trust;
@@ -70,6 +71,7 @@ pub enum StartError {
 pub struct Started {
     pub inbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub tap_addr: SocketAddr,
     pub outbound_addrs: Vec<(SocketAddr, String)>,
     pub outbound_addr: Option<SocketAddr>,
     /// The certificate in force, as it changes.
@@ -103,11 +105,15 @@ pub async fn start(
     metrics.register(&mut registry);
     let limits = bounds::Metrics::default();
     limits.register(&mut registry);
+    let tap_metrics = tap::TapMetrics::default();
+    tap_metrics.register(&mut registry);
+    let taps = tap::Taps::new(tap_metrics);
     let registry = Arc::new(registry);
 
     let (cert_tx, cert_rx) = watch::channel(None);
     let inbound_listener = bind(cfg.inbound_addr).await?;
     let admin_listener = bind(cfg.admin_addr).await?;
+    let tap_listener = bind(cfg.tap_addr).await?;
     let transparent_listener = match cfg.outbound_addr {
         Some(a) => Some(bind(a).await?),
         None => None,
@@ -119,6 +125,7 @@ pub async fn start(
     let started = Started {
         inbound_addr: inbound_listener.local_addr().unwrap_or(cfg.inbound_addr),
         admin_addr: admin_listener.local_addr().unwrap_or(cfg.admin_addr),
+        tap_addr: tap_listener.local_addr().unwrap_or(cfg.tap_addr),
         outbound_addrs: outbound_listeners
             .iter()
             .map(|(l, m)| (l.local_addr().unwrap_or(m.listen), m.target.clone()))
@@ -162,6 +169,7 @@ pub async fn start(
         workload: cfg.workload.to_string(),
         metrics: metrics.clone(),
         admin_addr: started.admin_addr,
+        tap_addr: started.tap_addr,
         instance: instance_id(),
     };
     let discovery = discovery::Discovery::new(
@@ -190,15 +198,34 @@ pub async fn start(
         discovery: discovery.clone(),
         policies,
         detect_timeout: cfg.detect_timeout,
-        own_ports: [started.inbound_addr.port(), started.admin_addr.port()]
-            .into_iter()
-            .chain(started.outbound_addr.map(|a| a.port()))
-            .chain(started.outbound_addrs.iter().map(|(a, _)| a.port()))
-            .collect(),
+        own_ports: [
+            started.inbound_addr.port(),
+            started.admin_addr.port(),
+            started.tap_addr.port(),
+        ]
+        .into_iter()
+        .chain(started.outbound_addr.map(|a| a.port()))
+        .chain(started.outbound_addrs.iter().map(|(a, _)| a.port()))
+        .collect(),
         transparent: cfg.outbound_addr.is_some(),
         metrics: metrics.clone(),
         gate: bounds::Gate::new("inbound", cfg.inbound_limits, &limits),
+        taps: taps.clone(),
+        tap_local: Arc::new(tap::Local {
+            identity: cfg.identity.clone(),
+            workload: cfg.workload.to_string(),
+        }),
     });
+    let tap_service = tap::server::TapService {
+        taps,
+        control_plane: cfg.control_plane_identity.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(tap::server::MAX_TAPS)),
+    };
+    let tap_gate = bounds::Gate::new("tap", cfg.admin_limits, &limits);
+    let tap_tls = tokio_rustls::TlsAcceptor::from(
+        tls::tap_config(trust_rx.clone(), cert_rx.clone(), &cfg.identity.to_string())
+            .map_err(StartError::Tls)?,
+    );
     let outbound = Arc::new(outbound::Outbound {
         connector: tokio_rustls::TlsConnector::from(outbound_cfg),
         connector_plain: tokio_rustls::TlsConnector::from(outbound_plain),
@@ -234,6 +261,12 @@ pub async fn start(
             admin_listener,
             admin_state,
             Some((admin_tls, identity_name)),
+        ));
+        background.spawn(tap::server::serve(
+            tap_listener,
+            tap_tls,
+            tap_service,
+            tap_gate,
         ));
         let mut listeners = tokio::task::JoinSet::new();
         listeners.spawn(inbound.serve(inbound_listener));

@@ -47,6 +47,7 @@ pub struct MeshLink {
     /// Where the admin endpoint listens (reported, so `weft identity` can
     /// read the chain it serves).
     pub admin_addr: std::net::SocketAddr,
+    pub tap_addr: std::net::SocketAddr,
     /// Random per process: the control plane tells a restart (counters
     /// from zero) from a reconnect.
     pub instance: String,
@@ -112,6 +113,7 @@ impl MeshLink {
             last_refresh_unix: status.at,
             renew_request_id: status.renew_request_id,
             admin_addr: self.admin_addr.to_string(),
+            tap_addr: self.tap_addr.to_string(),
             instance: self.instance.clone(),
             edges,
             edges_dropped,

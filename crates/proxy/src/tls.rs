@@ -104,6 +104,24 @@ pub fn control_config(
     Ok(Arc::new(cfg))
 }
 
+/// The tap port's TLS: our certificate for our name, HTTP/2; a client
+/// certificate is asked for and judged by the anchors in force (the tap
+/// service then admits only the control plane's identity).
+pub fn tap_config(
+    trust: TrustRx,
+    own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    name: &str,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    pki::tls::server_config(
+        Arc::new(Live(TrustNow(trust))),
+        Arc::new(OwnServerCert {
+            own,
+            name: name.to_string(),
+        }),
+        b"h2",
+    )
+}
+
 /// The admin port's TLS: our certificate for our name, no client certificate.
 pub fn admin_config(
     own: watch::Receiver<Option<Arc<ProxyCert>>>,

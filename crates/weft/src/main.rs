@@ -73,6 +73,8 @@ enum Cmd {
     Upgrade(cli::install::UpgradeArgs),
     /// Remove what `weft inject` added (the annotation or the proxy) from Kubernetes manifests
     Uninject(cli::inject::UninjectArgs),
+    /// Live requests through a workload's proxies, one line per event like `linkerd viz tap` (tls=true, or why not)
+    Tap(cli::tap::TapArgs),
     /// Create and revoke join tokens for workloads' first certificates
     #[command(subcommand)]
     Token(cli::token::TokenCmd),
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
         Cmd::Edges(c) => cli::edges::run(c),
         Cmd::Diagnostics(c) => cli::diagnostics::run(c),
         Cmd::Identity(c) => cli::identity::run(c),
+        Cmd::Tap(c) => cli::tap::run(c),
         Cmd::Inject(c) => cli::inject::run_inject(c),
         Cmd::Install(c) => cli::install::run_install(c),
         Cmd::Uninstall(c) => cli::install::run_uninstall(c),

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::Scratch;
-use common::mesh::{free_port, spawn_app, start_proxy, workload};
+use common::mesh::{free_port, start_proxy};
 use common::proc::{Proc, http_get, metric, poll};
 use common::rotation;
 use control_plane::fleet::FleetView;
@@ -58,17 +58,7 @@ fn until(admin: SocketAddr, what: &str, ok: impl Fn(&FleetView) -> bool) -> (Fle
 fn anchor_rotation_without_restart_or_failed_requests() {
     let s = Scratch::new();
     s.guide_material();
-    let app = spawn_app();
-    let (be_in, fe_in) = (free_port(), free_port());
-    std::fs::create_dir(s.path("resources")).unwrap();
-    s.write(
-        "resources/workloads.yaml",
-        [
-            workload("backend", app, be_in, ""),
-            workload("frontend", free_port(), fe_in, ""),
-        ]
-        .concat(),
-    );
+    let (app, be_in, fe_in) = common::mesh::backend_and(&s, "frontend");
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let admin = SocketAddr::from(([127, 0, 0, 1], ports[3]));
     let mut cp = Some(start_cp(&s, &ports));
@@ -426,17 +416,7 @@ fn post(addr: SocketAddr, path: &str) -> String {
 fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
     let s = Scratch::new();
     s.guide_material();
-    let app = spawn_app();
-    let (be_in, st_in) = (free_port(), free_port());
-    std::fs::create_dir(s.path("resources")).unwrap();
-    s.write(
-        "resources/workloads.yaml",
-        [
-            workload("backend", app, be_in, ""),
-            workload("stuck", free_port(), st_in, ""),
-        ]
-        .concat(),
-    );
+    let (_app, be_in, st_in) = common::mesh::backend_and(&s, "stuck");
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let admin = SocketAddr::from(([127, 0, 0, 1], ports[3]));
     let cp = start_cp(&s, &ports);

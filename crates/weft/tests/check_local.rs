@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::Scratch;
-use common::mesh::{free_port, spawn_app, start_proxy, workload};
+use common::mesh::{free_port, start_proxy};
 use common::proc::{http_get, poll};
 use common::rotation;
 
@@ -25,17 +25,7 @@ fn a_refused_issuer_is_named_by_ready_fleet_and_check_while_traffic_flows() {
     let s = Scratch::new();
     s.guide_material();
     rotation::new_anchor_and_issuer(&s);
-    let app = spawn_app();
-    let (be_in, fe_in) = (free_port(), free_port());
-    std::fs::create_dir(s.path("resources")).unwrap();
-    s.write(
-        "resources/workloads.yaml",
-        [
-            workload("backend", app, be_in, ""),
-            workload("frontend", free_port(), fe_in, ""),
-        ]
-        .concat(),
-    );
+    let (app, be_in, fe_in) = common::mesh::backend_and(&s, "frontend");
     let cp = s.control_plane(&["--resources", "resources", "--reread-interval", "1s"]);
     let admin = cp.addr("admin listening on");
     let out = SocketAddr::from(([127, 0, 0, 1], free_port()));

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::Scratch;
-use common::mesh::{free_port, spawn_app, start_proxy, workload};
+use common::mesh::{free_port, start_proxy};
 use common::proc::{http_get, poll};
 use testbed::http_app::{self, Req};
 
@@ -24,17 +24,7 @@ const GUIDE: &str = include_str!("fixtures/guide/policy.yaml");
 async fn diagnostics_show_what_proxies_hold_beside_the_resources() {
     let s = Scratch::new();
     s.guide_material();
-    let app = spawn_app();
-    let (be_in, fe_in) = (free_port(), free_port());
-    std::fs::create_dir(s.path("resources")).unwrap();
-    s.write(
-        "resources/workloads.yaml",
-        [
-            workload("backend", app, be_in, ""),
-            workload("frontend", free_port(), fe_in, ""),
-        ]
-        .concat(),
-    );
+    let (app, be_in, fe_in) = common::mesh::backend_and(&s, "frontend");
     let policy = GUIDE.replace("port: 8080", &format!("port: {app}"));
     s.write("resources/policy.yaml", &policy);
     let cp = s.control_plane(&["--resources", "resources"]);
@@ -202,88 +192,38 @@ async fn diagnostics_show_what_proxies_hold_beside_the_resources() {
     );
 
     // Bad input: one line each, exit 2.
+    let cmd = |what: &str, target: &str, admin: &str, dir: Option<&str>| -> Vec<String> {
+        let mut a = vec![
+            "diagnostics",
+            what,
+            target,
+            "-n",
+            "demo",
+            "--admin-addr",
+            admin,
+        ];
+        a.extend(dir.map(|d| ["--resources", d]).into_iter().flatten());
+        a.into_iter().map(String::from).collect()
+    };
+    let policy_in = |target: &str, dir: &str| cmd("policy", target, &admin, Some(dir));
     for (args, says) in [
+        (policy_in("backend", "resources"), "expected WORKLOAD:PORT"),
+        (policy_in("backend:0", "resources"), "PORT 1-65535"),
         (
-            vec![
-                "diagnostics",
-                "policy",
-                "backend",
-                "-n",
-                "demo",
-                "--admin-addr",
-                &admin,
-                "--resources",
-                "resources",
-            ],
-            "expected WORKLOAD:PORT",
-        ),
-        (
-            vec![
-                "diagnostics",
-                "policy",
-                "backend:0",
-                "-n",
-                "demo",
-                "--admin-addr",
-                &admin,
-                "--resources",
-                "resources",
-            ],
-            "PORT 1-65535",
-        ),
-        (
-            vec![
-                "diagnostics",
-                "policy",
-                "nobody:80",
-                "-n",
-                "demo",
-                "--admin-addr",
-                &admin,
-                "--resources",
-                "resources",
-            ],
+            policy_in("nobody:80", "resources"),
             "no ExternalWorkload or meshed Pod demo/nobody",
         ),
+        (policy_in(&target, "missing"), "missing: cannot read"),
         (
-            vec![
-                "diagnostics",
-                "policy",
-                &target,
-                "-n",
-                "demo",
-                "--admin-addr",
-                &admin,
-                "--resources",
-                "missing",
-            ],
-            "missing: cannot read",
-        ),
-        (
-            vec![
-                "diagnostics",
-                "proxy-metrics",
-                "nobody",
-                "-n",
-                "demo",
-                "--admin-addr",
-                &admin,
-            ],
+            cmd("proxy-metrics", "nobody", &admin, None),
             "no proxy of workload demo/nobody",
         ),
         (
-            vec![
-                "diagnostics",
-                "proxy-metrics",
-                "backend",
-                "-n",
-                "demo",
-                "--admin-addr",
-                "127.0.0.1:1",
-            ],
+            cmd("proxy-metrics", "backend", "127.0.0.1:1", None),
             "no answer from 127.0.0.1:1",
         ),
     ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let r = s.weft(&args).refused(2);
         assert!(
             r.stderr.starts_with("error: ") && r.stderr.contains(says),

@@ -168,6 +168,8 @@ fn proxy(env: &K8sEnv, t: &Tenant, cp: &Proc, pod: &str) -> Result<Proc> {
         "127.0.0.1:0",
         "--admin-addr",
         "127.0.0.1:0",
+        "--tap-addr",
+        "127.0.0.1:0",
         "--outbound-addr",
         "off",
     ]);

@@ -25,6 +25,7 @@ use common::stand_in_app::workloads;
 use common::stand_ins::Mesh;
 use common::traffic;
 use control_plane::fleet::FleetView;
+use control_plane::fleet_edges::EdgesView;
 use testbed::k8s::K8sEnv;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -36,6 +37,13 @@ const PROXY_ADMIN: SocketAddr =
 fn fleet(mesh: &Mesh, cp_netns: &str, i: usize) -> Option<FleetView> {
     let admin = mesh.replica_addr(i, "admin listening on");
     let (code, body) = get_in(cp_netns, admin, "/fleet")?;
+    (code == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// Replica `i`'s edges of the last 10 minutes (merged over the replicas).
+fn edges(mesh: &Mesh, cp_netns: &str, i: usize) -> Option<EdgesView> {
+    let admin = mesh.replica_addr(i, "admin listening on");
+    let (code, body) = get_in(cp_netns, admin, "/edges?since=600")?;
     (code == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
@@ -299,6 +307,43 @@ fn proxies_spread_over_two_replicas_and_survive_one_killed_under_traffic() -> Re
     let frontend = frontends.iter().next().context("no frontend")?.clone();
     let running = traffic::start(&mesh, &frontend, svc)?;
     traffic::until_spread(&mut mesh, &running.traffic, &backends)?;
+    // Merged edges: each backend pod's proxy reports its inbound mTLS edges
+    // to the replica holding its stream; either replica's /edges shows
+    // every backend pod's (proxies report every 15 s).
+    let want: BTreeSet<String> = backends.iter().map(|p| format!("{ns}/{p}")).collect();
+    let mtls_into = |v: &EdgesView| -> BTreeSet<String> {
+        v.edges
+            .iter()
+            .filter(|e| e.mtls && want.contains(&e.workload))
+            .map(|e| e.workload.clone())
+            .collect()
+    };
+    let t = Instant::now();
+    let mut views = (None, None);
+    while Instant::now() < t + DEADLINE {
+        views = (edges(&mesh, &cp_netns, 0), edges(&mesh, &cp_netns, 1));
+        if [&views.0, &views.1]
+            .iter()
+            .all(|v| v.as_ref().is_some_and(|v| mtls_into(v) == want))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (name, v) in [("A", &views.0), ("B", &views.1)] {
+        let v = v.as_ref().context("no edges")?;
+        ensure!(
+            mtls_into(v) == want && v.peers.iter().all(|p| p.error.is_none()),
+            "replica {name}'s /edges misses backend pods: has {:?}, want {want:?} (peers {:?})",
+            mtls_into(v),
+            v.peers
+        );
+    }
+    println!(
+        "/edges of A and of B both show mTLS edges into all {} backend pods after {:.1?}",
+        want.len(),
+        t.elapsed()
+    );
     let stand_ins = mesh.stand_in_namespaces();
     let n = stand_ins.len();
     let generations = sample_generations(stand_ins);

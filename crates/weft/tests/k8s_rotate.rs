@@ -74,29 +74,6 @@ fn rotate_cmd(
     cmd
 }
 
-/// A new issuer `name`.crt/.key under the guide's anchor (ca.crt).
-fn issuer_under_guide_anchor(s: &common::Scratch, name: &str) {
-    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
-    s.weft(&[
-        "certs",
-        "create",
-        "identity.linkerd.cluster.local",
-        &crt,
-        &key,
-        "--profile",
-        "intermediate-ca",
-        "--not-after",
-        "8760h",
-        "--no-password",
-        "--insecure",
-        "--ca",
-        "ca.crt",
-        "--ca-key",
-        "ca.key",
-    ])
-    .ok();
-}
-
 /// The Secret's resourceVersion and certificate.
 fn secret(t: &Tenant) -> Result<(String, Vec<u8>)> {
     let s =
@@ -212,7 +189,7 @@ fn rotations(env: &K8sEnv, t: &Tenant, mesh: &Mesh) -> Result<()> {
         "the refused rotation changed the Secret"
     );
 
-    issuer_under_guide_anchor(s, "issuer-b");
+    s.issuer("issuer-b", "8760h", "ca");
     let (code, out, took) = rotate(
         env,
         &t.cp_ns,
@@ -233,7 +210,7 @@ fn rotations(env: &K8sEnv, t: &Tenant, mesh: &Mesh) -> Result<()> {
     println!("timing: issuer-b in force and on every proxy: weft rotate issuer took {took:.1?}");
 
     // Killed once it wrote the Secret, then re-run: it resumes.
-    issuer_under_guide_anchor(s, "issuer-c");
+    s.issuer("issuer-c", "8760h", "ca");
     let c_args = ["issuer", "--cert", "issuer-c.crt", "--key", "issuer-c.key"];
     let mut child = rotate_cmd(env, &t.cp_ns, s, &c_args)
         .stdout(Stdio::piped())
@@ -282,7 +259,7 @@ fn rotations(env: &K8sEnv, t: &Tenant, mesh: &Mesh) -> Result<()> {
 /// refused the same way. The Secret unchanged both times.
 fn rbac(env: &K8sEnv, t: &Tenant) -> Result<()> {
     let (s, cp_ns) = (&t.s, t.cp_ns.as_str());
-    issuer_under_guide_anchor(s, "issuer-d");
+    s.issuer("issuer-d", "8760h", "ca");
     let before = secret(t)?;
     let run = || -> Result<(i32, String)> {
         let out = env

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Run;
 use common::netmesh::{NetMesh, app_in, get_in};
 use common::proc::poll;
 use control_plane::fleet_edges::{EdgesView, Peer};
@@ -27,18 +26,6 @@ const LONG: Duration = Duration::from_secs(120);
 
 fn id(name: &str) -> String {
     format!("{name}.demo.serviceaccount.identity.weft.cluster.local")
-}
-
-/// `weft ARGS` in the control plane's pod (where its admin listens).
-fn weft(m: &NetMesh, args: &[&str]) -> Run {
-    Run::from(
-        m.bed
-            .by_name("cp")
-            .cmd(env!("CARGO_BIN_EXE_weft"))
-            .args(args)
-            .output()
-            .unwrap(),
-    )
 }
 
 /// Records the server's leaf; checks only the handshake signature (this
@@ -116,7 +103,9 @@ fn presented_serial(ns: &str, to: SocketAddr, name: String) -> String {
 }
 
 fn edges(m: &NetMesh, since: &str) -> EdgesView {
-    let r = weft(m, &["edges", "-n", "demo", "--since", since, "-o", "json"]).ok();
+    let r = m
+        .weft(&["edges", "-n", "demo", "--since", since, "-o", "json"])
+        .ok();
     serde_json::from_str(&r.stdout).unwrap()
 }
 
@@ -148,7 +137,7 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
         SocketAddr::new(m.addr("backend", APP).ip(), 4143),
         id("backend"),
     );
-    let text = weft(&m, &["identity", "backend", "-n", "demo"]).ok();
+    let text = m.weft(&["identity", "backend", "-n", "demo"]).ok();
     println!("{}", text.stdout);
     assert!(
         text.stdout.contains(&format!("Serial:   {serial}")),
@@ -156,13 +145,15 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
         text.stdout
     );
     assert!(text.stdout.contains(&id("backend")) && text.stdout.contains(" left)"));
-    let json = weft(&m, &["identity", "demo/backend", "-o", "json"]).ok();
+    let json = m.weft(&["identity", "demo/backend", "-o", "json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     let proxies = v.as_array().unwrap();
     assert_eq!(proxies.len(), 1, "one proxy fronts backend");
     assert_eq!(proxies[0]["certificates"][0]["serial"], serial.as_str());
     assert_eq!(proxies[0]["identity"], id("backend").as_str());
-    let pem = weft(&m, &["identity", "backend", "-n", "demo", "--chain"]).ok();
+    let pem = m
+        .weft(&["identity", "backend", "-n", "demo", "--chain"])
+        .ok();
     let chain = pki::parse_certs(std::path::Path::new("chain"), pem.stdout.as_bytes()).unwrap();
     assert_eq!(chain.len(), 2, "leaf and issuer");
     assert_eq!(
@@ -201,12 +192,14 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
     let plain = v.edges.iter().find(|e| !e.mtls).unwrap();
     assert!(plain.unmeshed && plain.no_tls_reason == "not_provided_by_remote");
     assert!(v.unmeshed_workloads.is_empty(), "{v:?}");
-    let table = weft(&m, &["edges", "-n", "demo"]).ok();
+    let table = m.weft(&["edges", "-n", "demo"]).ok();
     println!("{}", table.stdout);
     assert!(table.stdout.contains(&format!("{client_ip}  ")) && table.stdout.contains("PLAINTEXT"));
     web_view(&m);
 
-    let gate = weft(&m, &["edges", "--plaintext", "--since", "10m"]).refused(1);
+    let gate = m
+        .weft(&["edges", "--plaintext", "--since", "10m"])
+        .refused(1);
     println!("{}{}", gate.stdout, gate.stderr);
     assert!(gate.stderr.contains(&client_ip), "{}", gate.stderr);
     assert!(
@@ -219,7 +212,7 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
     let stopped = Instant::now();
     let passed = poll("a window without the plaintext edge", LONG, || {
         let _ = get_in(&m.ns("frontend"), backend, "/");
-        let r = weft(&m, &["edges", "--plaintext", "--since", "20s"]);
+        let r = m.weft(&["edges", "--plaintext", "--since", "20s"]);
         (r.code == 0).then_some(r)
     });
     println!("{}", passed.stdout);
@@ -231,7 +224,7 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
     assert!(v.edges.iter().all(|e| e.mtls), "{v:?}");
 
     // Bad input: one line, exit 2.
-    let r = weft(&m, &["identity", "nosuch", "-n", "demo"]).refused(2);
+    let r = m.weft(&["identity", "nosuch", "-n", "demo"]).refused(2);
     println!("{}", r.stderr.trim());
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("demo/nosuch") && r.stderr.contains("demo/backend"));
@@ -376,6 +369,10 @@ fn bad_input_is_one_line_with_exit_code_2() {
         vec!["edges", "--since", "10x"],
         vec!["edges", "--since", "3h"],
         vec!["edges", "-n", "Bad&ns"],
+        vec!["tap", "backend", "--admin-addr", nothing.as_str()],
+        vec!["tap", "backend", "--max-rps", "many"],
+        vec!["tap", "backend", "--seconds", "0"],
+        vec!["tap", "backend", "-n", "Bad&ns"],
     ] {
         let r = s.weft(&args).refused(2);
         assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);

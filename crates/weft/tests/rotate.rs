@@ -16,36 +16,14 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 use common::rotation::fleet;
 
-/// An issuer under the guide's anchor (ca.crt), with `not_after`.
-fn issuer_under_ca(s: &Scratch, name: &str, not_after: &str) {
-    s.weft(&[
-        "certs",
-        "create",
-        "identity.linkerd.cluster.local",
-        &format!("{name}.crt"),
-        &format!("{name}.key"),
-        "--profile",
-        "intermediate-ca",
-        "--not-after",
-        not_after,
-        "--no-password",
-        "--insecure",
-        "--ca",
-        "ca.crt",
-        "--ca-key",
-        "ca.key",
-    ])
-    .ok();
-}
-
 #[test]
 fn rotate_issuer_renews_the_fleet_with_no_failed_request() {
     let s = Scratch::new();
     s.guide_material();
     rotation::new_anchor_and_issuer(&s);
-    issuer_under_ca(&s, "next", "8760h");
-    issuer_under_ca(&s, "short", "240h");
-    issuer_under_ca(&s, "third", "8760h");
+    s.issuer("next", "8760h", "ca");
+    s.issuer("short", "240h", "ca");
+    s.issuer("third", "8760h", "ca");
     let app = spawn_app();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     std::fs::create_dir(s.path("resources")).unwrap();

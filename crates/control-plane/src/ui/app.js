@@ -198,5 +198,72 @@ async function refresh() {
   }
 }
 
+// The tap pane: GET /tap streams one JSON event a line; the newest
+// TAP_ROWS are kept. `?tap=NS/NAME&seconds=N` in the page's URL starts one.
+const TAP_ROWS = 200;
+
+function tapRow(t) {
+  const what = t.kind === "req" ? `${t.method || ""} ${t.authority || ""}${t.path || ""}`
+    : t.kind === "rsp" ? `:status=${t.status} latency=${t.latency_us}µs`
+    : `duration=${t.latency_us}µs response-length=${t.response_bytes || 0}B`
+      + (t.grpc_status !== undefined ? ` grpc-status=${t.grpc_status}` : "");
+  const tr = el("tr", {
+    "data-tap": t.kind, "data-src": t.src, "data-dst": t.dst, "data-tls": t.tls,
+    "data-client-id": t.client_id || "", class: t.tls === "true" ? "" : "plaintext",
+  });
+  tr.append(
+    el("td", {}, `${t.kind} ${t.id}`), el("td", {}, t.src), el("td", {}, t.dst),
+    el("td", { class: t.tls === "true" ? "mtls" : "plain" }, t.tls === "true" ? "mTLS" : t.tls),
+    el("td", {}, t.client_id ? short(t.client_id) : ""), el("td", {}, what),
+  );
+  return tr;
+}
+
+async function tap(workload, seconds) {
+  const status = document.getElementById("tap-status");
+  const body = document.querySelector("#tap tbody");
+  body.replaceChildren();
+  status.textContent = `tapping ${workload} for ${seconds} s…`;
+  status.setAttribute("data-state", "running");
+  let events = 0;
+  try {
+    const q = new URLSearchParams({ workload, seconds: String(seconds) });
+    const r = await fetch(`/tap?${q}`);
+    if (!r.ok) throw new Error(`${r.status} ${(await r.text()).trim()}`);
+    const reader = r.body.getReader(), text = new TextDecoder();
+    let rest = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      rest += text.decode(value, { stream: true });
+      const lines = rest.split("\n");
+      rest = lines.pop();
+      for (const line of lines.filter((l) => l.trim())) {
+        const t = JSON.parse(line);
+        if (t.error) { status.textContent = t.error; continue; }
+        events += 1;
+        body.prepend(tapRow(t));
+        while (body.children.length > TAP_ROWS) body.lastChild.remove();
+      }
+    }
+    status.textContent = `tap of ${workload} ended: ${events} events`;
+    status.setAttribute("data-state", "ended");
+  } catch (e) {
+    status.textContent = `tap failed: ${e.message}`;
+    status.setAttribute("data-state", "failed");
+    status.className = "bad";
+  }
+}
+
+document.getElementById("tap-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  tap(document.getElementById("tap-workload").value, +document.getElementById("tap-seconds").value);
+});
+
 refresh();
 setInterval(refresh, REFRESH_MS);
+const asked = new URLSearchParams(location.search);
+if (asked.get("tap")) {
+  document.getElementById("tap-workload").value = asked.get("tap");
+  tap(asked.get("tap"), Math.min(Math.max(+asked.get("seconds") || 30, 1), 600));
+}

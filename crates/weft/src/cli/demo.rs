@@ -31,6 +31,8 @@ struct Running {
     cp_admin: SocketAddr,
     /// Backend's application port (its Server's).
     backend_app: u16,
+    /// Frontend's proxy (its outbound listener to backend).
+    frontend: u16,
 }
 
 /// A free port below the kernel's ephemeral range (32768 and up), so no
@@ -170,7 +172,12 @@ pub fn run(args: DemoArgs) -> CmdResult {
     let result = rt.block_on(async {
         let running = demo(&dir, args.stay).await?;
         if args.stay {
-            for line in next_steps(&dir, running.cp_admin, running.backend_app) {
+            for line in next_steps(
+                &dir,
+                running.cp_admin,
+                running.backend_app,
+                running.frontend,
+            ) {
                 outln!("{line}");
             }
             stop_signal().await;
@@ -205,7 +212,7 @@ async fn stop_signal() {
 
 /// The commands a staying demo offers, each runnable as printed (lines that
 /// start with "  $ ").
-fn next_steps(dir: &Path, admin: SocketAddr, backend_app: u16) -> Vec<String> {
+fn next_steps(dir: &Path, admin: SocketAddr, backend_app: u16, frontend: u16) -> Vec<String> {
     let p = |n: &str| shell_word(&dir.join(n).to_string_lossy());
     let files = format!(
         "--identity-trust-anchors-file {} --identity-issuer-certificate-file {}",
@@ -228,6 +235,10 @@ fn next_steps(dir: &Path, admin: SocketAddr, backend_app: u16) -> Vec<String> {
             p("resources")
         ),
         format!("  # the web view (proxies, edges, expiry), live: open http://{admin}/ui in a browser"),
+        format!(
+            "  # backend's requests as they happen, for 5 s (longer: --seconds); meanwhile `curl 127.0.0.1:{frontend}/hello` goes through frontend's proxy"
+        ),
+        format!("  $ weft tap backend -n demo --seconds 5 --admin-addr {admin}"),
         "  # rotate the issuer with zero failed requests: make one from the anchor, then install it"
             .into(),
         format!(
@@ -416,6 +427,7 @@ async fn demo(dir: &Path, keep_anchor_key: bool) -> Result<Running, Failure> {
             anchors_file: p("ca.crt"),
             inbound_addr: local(inbound),
             admin_addr: local(0),
+            tap_addr: local(0),
             outbound_addr: None,
             outbound,
             detect_timeout: Duration::from_secs(1),
@@ -531,5 +543,6 @@ async fn demo(dir: &Path, keep_anchor_key: bool) -> Result<Running, Failure> {
     Ok(Running {
         cp_admin: cp.admin_addr,
         backend_app: be_app,
+        frontend: fe_out,
     })
 }

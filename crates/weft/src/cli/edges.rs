@@ -140,6 +140,14 @@ pub fn render(v: &EdgesView) -> String {
             v.control_plane_drops
         ));
     }
+    for p in &v.peers {
+        if let Some(e) = &p.error {
+            out.push_str(&format!(
+                "‼ the control-plane replica at {} could not be asked, so its proxies' edges are missing: {e}\n",
+                p.address
+            ));
+        }
+    }
     out
 }
 
@@ -252,6 +260,7 @@ mod tests {
             proxy_drops: vec![],
             control_plane_drops: 0,
             unmeshed_workloads: vec!["demo/db".into()],
+            peers: vec![],
         };
         let t = render(&v);
         assert!(t.contains("PLAINTEXT (not_provided_by_remote)"), "{t}");

@@ -19,6 +19,9 @@ pub struct InitArgs {
     /// The proxy's admin port: never redirected, so probes reach it
     #[arg(long, default_value_t = 4191)]
     pub proxy_admin_port: u16,
+    /// The proxy's tap port: never redirected, so the control plane reaches it
+    #[arg(long, default_value_t = 4190)]
+    pub proxy_tap_port: u16,
     /// Inbound ports not redirected (comma-separated; ranges 9000-9010): NOT protected by the mesh
     #[arg(long, value_delimiter = ',')]
     pub skip_inbound_ports: Vec<String>,
@@ -90,7 +93,7 @@ pub fn run(a: InitArgs) -> CmdResult {
     let cfg = InitConfig {
         inbound_port: a.inbound_port,
         outbound_port: a.outbound_port,
-        proxy_ports: vec![a.inbound_port, a.proxy_admin_port],
+        proxy_ports: vec![a.inbound_port, a.proxy_admin_port, a.proxy_tap_port],
         proxy_uid: a.proxy_uid,
         skip_inbound_ports: a
             .skip_inbound_ports

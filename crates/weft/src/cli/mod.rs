@@ -25,6 +25,7 @@ pub mod probes;
 pub mod proxy;
 pub mod request;
 pub mod rotate;
+pub mod tap;
 pub mod token;
 pub mod webhook;
 

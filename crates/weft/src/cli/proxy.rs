@@ -51,6 +51,9 @@ pub struct ProxyArgs {
     /// Admin listener: /live /ready /metrics, and TLS with the live chain
     #[arg(long, env = "WEFT_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
     pub admin_addr: SocketAddr,
+    /// Tap listener: Tap.Observe over mTLS, for the control plane's identity only (`weft tap`)
+    #[arg(long, env = "WEFT_PROXY_TAP_ADDR", default_value = "0.0.0.0:4190")]
+    pub tap_addr: SocketAddr,
     /// Transparent outbound listener for connections redirected by `weft init`; "off" to disable
     #[arg(
         long,
@@ -159,6 +162,7 @@ impl ProxyArgs {
             anchors_file: self.trust_anchors_file,
             inbound_addr: self.inbound_addr,
             admin_addr: self.admin_addr,
+            tap_addr: self.tap_addr,
             outbound_addr: match self.outbound_addr.as_str() {
                 "off" | "none" | "" => None,
                 a => Some(a.parse().map_err(|_| {
@@ -211,6 +215,7 @@ pub fn run(args: ProxyArgs) -> CmdResult {
             .map_err(Failure::fatal)?;
         eprintln!("  inbound listening on     {}", started.inbound_addr);
         eprintln!("  admin listening on       {}", started.admin_addr);
+        eprintln!("  tap listening on         {}", started.tap_addr);
         if let Some(a) = started.outbound_addr {
             eprintln!("  outbound listening on    {a} (transparent)");
         }

@@ -87,6 +87,24 @@ metadata:
     )
 }
 
+/// resources/workloads.yaml declaring backend (its app, the HTTP test app,
+/// started here) and `client`; (backend's app port, backend's inbound
+/// port, the client's inbound port).
+pub fn backend_and(s: &Scratch, client: &str) -> (u16, u16, u16) {
+    let app = spawn_app();
+    let (be_in, client_in) = (free_port(), free_port());
+    std::fs::create_dir_all(s.path("resources")).unwrap();
+    s.write(
+        "resources/workloads.yaml",
+        [
+            workload("backend", app, be_in, ""),
+            workload(client, free_port(), client_in, ""),
+        ]
+        .concat(),
+    );
+    (app, be_in, client_in)
+}
+
 /// `weft proxy` for `demo/<name>` with a fresh join token, inbound on
 /// `inbound`, ports mode (`outbound` mappings), talking to `cp`.
 pub fn start_proxy(
@@ -120,6 +138,8 @@ pub fn start_proxy(
         "--inbound-addr",
         &inbound,
         "--admin-addr",
+        "127.0.0.1:0",
+        "--tap-addr",
         "127.0.0.1:0",
         "--discovery-timeout",
         "2s",

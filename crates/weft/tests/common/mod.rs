@@ -213,22 +213,30 @@ impl Scratch {
             "87600h",
         ])
         .ok();
+        self.issuer("issuer", "8760h", "ca");
+    }
+
+    /// The guide's issuer command: `name`.crt/.key (intermediate-ca, valid
+    /// for `not_after`) signed by `ca`.crt/`ca`.key.
+    pub fn issuer(&self, name: &str, not_after: &str, ca: &str) {
+        let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+        let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
         self.weft(&[
             "certs",
             "create",
             "identity.linkerd.cluster.local",
-            "issuer.crt",
-            "issuer.key",
+            &crt,
+            &key,
             "--profile",
             "intermediate-ca",
             "--not-after",
-            "8760h",
+            not_after,
             "--no-password",
             "--insecure",
             "--ca",
-            "ca.crt",
+            &ca_crt,
             "--ca-key",
-            "ca.key",
+            &ca_key,
         ])
         .ok();
     }

@@ -261,6 +261,18 @@ impl NetMesh {
         &mut self.proxies.iter_mut().find(|(n, _)| n == name).unwrap().1
     }
 
+    /// `weft ARGS` in the control plane's pod (where its admin listens).
+    pub fn weft(&self, args: &[&str]) -> super::Run {
+        super::Run::from(
+            self.bed
+                .by_name("cp")
+                .cmd(env!("CARGO_BIN_EXE_weft"))
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    }
+
     pub fn metrics(&self, name: &str) -> String {
         get_in(
             &self.ns(name),

@@ -27,24 +27,7 @@ pub fn new_anchor_and_issuer(s: &Scratch) {
         "87600h",
     ])
     .ok();
-    s.weft(&[
-        "certs",
-        "create",
-        "identity.linkerd.cluster.local",
-        "issuer2.crt",
-        "issuer2.key",
-        "--profile",
-        "intermediate-ca",
-        "--not-after",
-        "8760h",
-        "--no-password",
-        "--insecure",
-        "--ca",
-        "ca2.crt",
-        "--ca-key",
-        "ca2.key",
-    ])
-    .ok();
+    s.issuer("issuer2", "8760h", "ca2");
 }
 
 /// The control plane's fleet view at `admin`, if it answers.
