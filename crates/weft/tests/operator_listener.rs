@@ -176,6 +176,9 @@ fn the_operator_listener_serves_allowed_operators_and_refuses_everyone_else() {
     );
     let edges = s.weft(&[&["edges"][..], &tls_flags].concat()).ok();
     println!("{}", edges.stdout);
+    // A tap streams over the same TLS: it runs its second and ends cleanly.
+    let tap = ["tap", "backend", "-n", "demo", "--seconds", "1"];
+    s.weft(&[&tap[..], &tls_flags].concat()).ok();
     // The same command by environment variables.
     let by_env = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["edges", "-o", "json", "--admin-addr", &op_s])
