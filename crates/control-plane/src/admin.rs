@@ -3,6 +3,8 @@
 //! /renew-now, behind the
 //! operator guard (`operator`: this listener's own host, no foreign origin,
 //! a header on every mutation).
+//! The same endpoints are served off loopback, over TLS to allowed operator
+//! certificates, by [`crate::operator_tls`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -82,6 +84,8 @@ pub struct AdminState {
     pub kube: Option<watch::Receiver<crate::k8s::resources::KubeHealth>>,
     /// Kubernetes mode: the other replicas, merged into /fleet.
     pub peers: Option<crate::fleet_peers::Peers>,
+    /// Refused handshakes and requests, counted by listener and reason.
+    pub refusals: crate::operator_tls::Refusals,
     /// Taps open through this control plane (GET /tap), capped.
     pub tap_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -161,13 +165,34 @@ fn guard(req: &Request<Incoming>, local: std::net::IpAddr) -> Result<(), crate::
     )
 }
 
+/// A request on the operator (TLS) listener: refused with 403 naming the
+/// identity unless its client certificate's identity is allowed, then
+/// served as on the admin listener.
+pub(crate) async fn handle_operator(
+    req: Request<Incoming>,
+    st: AdminState,
+    local: std::net::IpAddr,
+    verdict: Result<pki::Identity, crate::operator_tls::NotAllowed>,
+) -> Result<Response<AdminBody>, Infallible> {
+    use http_body_util::BodyExt;
+    match verdict {
+        Ok(_) => route(req, st, local, "operator").await,
+        Err(e) => {
+            st.refusals.count("operator", e.label());
+            Ok(text(StatusCode::FORBIDDEN, format!("{e}\n")).map(BodyExt::boxed))
+        }
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     st: AdminState,
     local: std::net::IpAddr,
+    listener: &'static str,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if let Err(e) = guard(&req, local) {
-        tracing::info!(path = %req.uri().path(), "admin request refused: {e}");
+        tracing::info!(path = %req.uri().path(), listener, "admin request refused: {e}");
+        st.refusals.count(listener, e.label());
         return Ok(text(StatusCode::FORBIDDEN, format!("{e}\n")));
     }
     if req.method() == Method::POST && req.uri().path() == "/renew-now" {
@@ -299,19 +324,21 @@ async fn route(
     req: Request<Incoming>,
     st: AdminState,
     local: std::net::IpAddr,
+    listener: &'static str,
 ) -> Result<Response<AdminBody>, Infallible> {
     use http_body_util::BodyExt;
     if req.method() == Method::GET && req.uri().path() == "/tap" {
         let answer = match guard(&req, local) {
             Err(e) => {
-                tracing::info!("admin request refused: {e}");
+                tracing::info!(listener, "admin request refused: {e}");
+                st.refusals.count(listener, e.label());
                 text(StatusCode::FORBIDDEN, format!("{e}\n")).map(BodyExt::boxed)
             }
             Ok(()) => tap(&st, req.uri().query().unwrap_or("")),
         };
         return Ok(answer);
     }
-    let r = handle(req, st, local).await;
+    let r = handle(req, st, local, listener).await;
     Ok(r.map(|r| r.map(BodyExt::boxed))
         .unwrap_or_else(|e| match e {}))
 }
@@ -372,7 +399,8 @@ pub async fn serve(listener: TcpListener, st: AdminState) {
             let _slot = slot;
             let gate = st.gate.clone();
             let (stream, activity) = bounds::Tracked::new(stream);
-            let svc = hyper::service::service_fn(move |req| route(req, st.clone(), local.ip()));
+            let svc =
+                hyper::service::service_fn(move |req| route(req, st.clone(), local.ip(), "admin"));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
             gate.serve_until_idle(&activity, conn).await;

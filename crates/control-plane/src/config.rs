@@ -35,8 +35,12 @@ pub struct ControlPlaneConfig {
     /// Default inbound policy, cluster networks and the like.
     pub policy: policy::translate::PolicyDefaults,
     pub admin_addr: SocketAddr,
-    /// Connection cap and timeouts of the admin listener.
+    /// Connection cap and timeouts of the admin listener (and, each its
+    /// own, of the operator listener).
     pub admin_limits: bounds::Limits,
+    /// The operator listener off loopback (TLS, client certificate on an
+    /// allow list), when asked for.
+    pub operator: Option<crate::operator_tls::OperatorListener>,
     /// Connection caps, timeouts and stream caps of the gRPC listeners.
     pub grpc_limits: crate::grpc_bounds::GrpcLimits,
     /// On shutdown, how long streams may go on after GOAWAY before their
@@ -121,6 +125,9 @@ impl fmt::Display for ControlPlaneConfig {
         )?;
         row(f, "admin-addr", &self.admin_addr)?;
         row(f, "admin-limits", &self.admin_limits)?;
+        if let Some(op) = &self.operator {
+            row(f, "operator-addr", op)?;
+        }
         row(f, "grpc-limits", &self.grpc_limits)?;
         row(
             f,

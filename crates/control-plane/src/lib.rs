@@ -16,6 +16,7 @@ pub mod k8s;
 pub mod k8s_manifests;
 pub mod mesh_service;
 pub mod operator;
+pub mod operator_tls;
 pub mod outbound;
 pub mod own_cert;
 pub mod peer;
@@ -84,6 +85,8 @@ pub struct Started {
     pub policy_addr: SocketAddr,
     pub destination_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The operator (TLS) listener, when asked for.
+    pub operator_addr: Option<SocketAddr>,
     /// The plaintext loopback listener, when asked for.
     pub plaintext_addr: Option<SocketAddr>,
     pub token_key_id: String,
@@ -127,6 +130,8 @@ pub async fn start(
     let webhook_metrics = k8s::webhook::server::WebhookMetrics::default();
     webhook_metrics.register(&mut registry);
     let refusals = refusals::ApiRefusals::new(&mut registry);
+    let admin_refusals = operator_tls::Refusals::default();
+    admin_refusals.register(&mut registry);
     let registry = Arc::new(registry);
 
     let (issuer_tx, issuer_rx) = watch::channel(IssuerStatus::default());
@@ -160,6 +165,17 @@ pub async fn start(
                 addr: cfg.admin_addr,
                 source,
             })?;
+    let operator_listener = match &cfg.operator {
+        Some(op) => Some(
+            TcpListener::bind(op.addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: op.addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let webhook = cfg.kubernetes.as_ref().and_then(|k| k.webhook.as_ref());
     let injector = match (webhook, &kube) {
         (Some(w), Some(client)) => Some(
@@ -182,6 +198,7 @@ pub async fn start(
             .local_addr()
             .unwrap_or(cfg.destination_addr),
         admin_addr: admin_listener.local_addr().unwrap_or(cfg.admin_addr),
+        operator_addr: operator_listener.as_ref().and_then(|l| l.local_addr().ok()),
         plaintext_addr: plaintext_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok()),
@@ -297,8 +314,17 @@ pub async fn start(
         gate: bounds::Gate::new("admin", cfg.admin_limits, &limits),
         kube: kube.is_some().then_some(kube_health_rx),
         peers,
+        refusals: admin_refusals,
         tap_slots: Arc::new(tokio::sync::Semaphore::new(tap::MAX_TAPS)),
     };
+    // Its own gate: the operator listener is bounded apart from loopback's.
+    let operator_task = operator_listener.zip(cfg.operator.clone()).map(|(l, op)| {
+        let st = admin::AdminState {
+            gate: bounds::Gate::new("operator", cfg.admin_limits, &limits),
+            ..admin_state.clone()
+        };
+        operator_tls::serve(l, st, op, cfg.controller_namespace.clone())
+    });
     let cp_ns = cfg.controller_namespace.clone();
     let trust_domain = cfg.trust_domain.clone();
     // Kubernetes mode knows every address in the cluster; standalone does not.
@@ -319,6 +345,9 @@ pub async fn start(
         tasks.spawn(issuer_source.run(issuer_tx));
         tasks.spawn(own_cert::run(own_cfg, issuer_rx.clone(), own_tx));
         tasks.spawn(admin::serve(admin_listener, admin_state));
+        if let Some(task) = operator_task {
+            tasks.spawn(task);
+        }
         tasks.spawn(track_own_expiry(own_rx, own_expiry));
         tasks.spawn(compact_record(record));
         if let Some(task) = record_task {

@@ -27,6 +27,17 @@ pub enum Refusal {
     NoOperatorHeader { method: String },
 }
 
+impl Refusal {
+    /// The reason label of `admin_refusals_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::ForeignHost(_) => "foreign_host",
+            Self::ForeignOrigin(_) => "foreign_origin",
+            Self::NoOperatorHeader { .. } => "no_operator_header",
+        }
+    }
+}
+
 /// What a request says about where it comes from.
 #[derive(Debug, Clone, Default)]
 pub struct Request<'a> {

@@ -34,6 +34,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    operator: cli::operator_tls::OperatorArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,7 +87,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // One crypto provider for every TLS user in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let result = match cli.cmd {
+    let result = cli::operator_tls::install(&cli.operator).and_then(|()| match cli.cmd {
         Cmd::Certs(c) => cli::certs::run(c),
         Cmd::Check(c) => cli::check::run(c),
         Cmd::ControlPlane(c) => cli::control_plane::run(*c),
@@ -104,7 +106,7 @@ fn main() -> ExitCode {
         Cmd::Upgrade(c) => cli::install::run_upgrade(c),
         Cmd::Uninject(c) => cli::inject::run_uninject(c),
         Cmd::Policy(c) => cli::policy::run(c),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

@@ -96,6 +96,12 @@ pub struct ControlPlaneArgs {
     /// Admin (operator) listener: /live /ready /metrics /fleet POST /renew-now; loopback only (reach it with ssh or a port-forward; kubelet probes use --probe-addr)
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:9990")]
     pub admin_addr: SocketAddr,
+    /// Operator listener off loopback (TLS): the admin endpoints for callers with a client certificate from this mesh's trust anchors whose identity is on --operator-allow (weft --operator-cert/--operator-key/--operator-ca); e.g. 0.0.0.0:9443
+    #[arg(long, env = "WEFT_OPERATOR_ADDR")]
+    pub operator_addr: Option<SocketAddr>,
+    /// Identities allowed on the operator listener, comma-separated, e.g. alice.operators.serviceaccount.identity.weft.cluster.local (a leaf from `weft certs create NAME … --profile leaf --ca issuer.crt --ca-key issuer.key`)
+    #[arg(long, env = "WEFT_OPERATOR_ALLOW", value_delimiter = ',')]
+    pub operator_allow: Vec<String>,
     /// Probe-only listener for kubelet (/live /ready /metrics and nothing else), e.g. 0.0.0.0:9995 on the pod IP; the admin listener stays on loopback
     #[arg(long, env = "WEFT_PROBE_ADDR")]
     pub probe_addr: Option<SocketAddr>,
@@ -231,6 +237,12 @@ impl ControlPlaneArgs {
             },
             admin_addr: operator_addr(self.admin_addr)?,
             admin_limits: self.admin_limits.limits()?,
+            operator: operator_listener(
+                self.operator_addr,
+                &self.operator_allow,
+                &self.controller_namespace,
+                &self.identity_trust_domain,
+            )?,
             grpc_limits: self.grpc_limits.limits()?,
             shutdown_grace: self.shutdown_grace_period,
             reread_interval: self.reread_interval,
@@ -250,6 +262,51 @@ fn operator_addr(addr: SocketAddr) -> Result<SocketAddr, Failure> {
         "--admin-addr {addr}: the admin listener serves operator endpoints (/fleet, POST /renew-now) without authentication, so it binds a loopback address only (e.g. 127.0.0.1:9990); reach it with ssh or kubectl port-forward, and give kubelet --probe-addr {} for /live, /ready and /metrics",
         SocketAddr::new(addr.ip(), 9995)
     )))
+}
+
+/// The operator listener, when `--operator-addr` is given: never without an
+/// allow list (no one would be served, or worse, anyone), each entry an
+/// identity of this mesh.
+fn operator_listener(
+    addr: Option<SocketAddr>,
+    allow: &[String],
+    control_plane_ns: &str,
+    trust_domain: &str,
+) -> Result<Option<control_plane::operator_tls::OperatorListener>, Failure> {
+    let example = pki::Identity::new("alice", "operators", control_plane_ns, trust_domain)
+        .map(|i| i.to_string())
+        .unwrap_or_else(|_| "alice.operators.serviceaccount.identity.weft.cluster.local".into());
+    let Some(addr) = addr else {
+        if allow.is_empty() {
+            return Ok(None);
+        }
+        return Err(Failure::input(
+            "--operator-allow without --operator-addr: the allow list is for the operator listener; add --operator-addr HOST:PORT (e.g. 0.0.0.0:9443)",
+        ));
+    };
+    if allow.iter().all(|a| a.trim().is_empty()) {
+        return Err(Failure::input(format!(
+            "--operator-addr {addr} without --operator-allow: the operator listener serves only client certificates whose identity is on the allow list; pass --operator-allow {example} (a leaf made with `weft certs create {example} op.crt op.key --profile leaf --ca issuer.crt --ca-key issuer.key --no-password --insecure`)"
+        )));
+    }
+    let mut identities = Vec::new();
+    for entry in allow.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+        let id: pki::Identity = entry.parse().map_err(|e| {
+            Failure::input(format!(
+                "--operator-allow {entry:?}: not an identity ({e}); expected SA.NS.serviceaccount.identity.{control_plane_ns}.{trust_domain}, e.g. {example}"
+            ))
+        })?;
+        if id.control_plane_ns() != control_plane_ns || id.trust_domain() != trust_domain {
+            return Err(Failure::input(format!(
+                "--operator-allow {entry:?}: an identity of another mesh (this one's end in identity.{control_plane_ns}.{trust_domain}), so no certificate from this mesh's issuer could name it; e.g. {example}"
+            )));
+        }
+        identities.push(id);
+    }
+    Ok(Some(control_plane::operator_tls::OperatorListener {
+        addr,
+        allow: identities,
+    }))
 }
 
 /// How often Certify may be asked (RATE is COUNT/UNIT:BURST, UNIT s, m or h).
@@ -330,6 +387,9 @@ pub fn run(args: ControlPlaneArgs) -> CmdResult {
         );
         eprintln!("  policy listening on           {}", started.policy_addr);
         eprintln!("  admin listening on            {}", started.admin_addr);
+        if let Some(addr) = started.operator_addr {
+            eprintln!("  operator listening on         {addr}");
+        }
         if let Some(addr) = started.plaintext_addr {
             eprintln!("  plaintext listening on        {addr}");
         }

@@ -13,7 +13,7 @@ use pki::files::{KEY_MODE, PUBLIC_MODE, write_atomic};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{CmdResult, Failure, http_get};
+use super::{CmdResult, Failure, plain_http_get as http_get};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -373,6 +373,7 @@ async fn demo(dir: &Path, keep_anchor_key: bool) -> Result<Running, Failure> {
         },
         admin_addr: local(0),
         admin_limits: super::AdminLimitArgs::defaults(),
+        operator: None,
         grpc_limits: super::GrpcLimitArgs::defaults()?,
         shutdown_grace: Duration::from_secs(1),
         reread_interval: Duration::from_secs(5),

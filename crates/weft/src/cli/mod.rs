@@ -19,6 +19,7 @@ pub mod install;
 pub mod install_cluster;
 pub mod install_manifests;
 pub mod manifests;
+pub mod operator_tls;
 pub mod policy;
 pub mod probes;
 pub mod proxy;
@@ -315,16 +316,33 @@ impl Failure {
 
 pub type CmdResult = Result<(), Failure>;
 
-/// A GET over plain HTTP/1.0 to an admin endpoint at `addr` (`host:port`,
-/// resolved now; each address tried in turn): (status, body).
+/// A GET to an admin endpoint at `addr` (`host:port`, resolved now; each
+/// address tried in turn): (status, body). Over TLS with the operator's
+/// certificate when one was given (see [`operator_tls`]).
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     http_request(addr, "GET", path)
 }
 
-/// One plain HTTP/1.0 request (GET, or a POST with no body, which carries a
+/// A GET over plain HTTP whatever the operator flags say: for an admin
+/// listener this process started itself on loopback (the demo).
+pub fn plain_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    request_over(None, addr, "GET", path)
+}
+
+/// One HTTP/1.0 request (GET, or a POST with no body, which carries a
 /// header no browser form can send); the status and body, None when
-/// nothing answered.
+/// nothing answered. The one client of every operator command: TLS to the
+/// operator listener when `--operator-cert` is set, else plain HTTP.
 pub fn http_request(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
+    request_over(operator_tls::installed(), addr, method, path)
+}
+
+fn request_over(
+    tls: Option<&operator_tls::OperatorTls>,
+    addr: &str,
+    method: &str,
+    path: &str,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = resolve(addr).ok()?.into_iter().find_map(|a| {
         std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).ok()
@@ -339,9 +357,21 @@ pub fn http_request(addr: &str, method: &str, path: &str) -> Option<(u16, String
     // The address reached, not the name given: the admin listener answers
     // only requests addressed to it (no DNS-rebound names).
     let host = s.peer_addr().ok()?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{extra}\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{extra}\r\n");
+    let buf = match tls {
+        Some(tls) => operator_tls::exchange(tls, s, request.as_bytes())?,
+        None => {
+            s.write_all(request.as_bytes()).ok()?;
+            let mut buf = Vec::new();
+            // A TLS listener answers plain HTTP with an alert, then closes.
+            let read = s.read_to_end(&mut buf);
+            if matches!(buf.first(), Some(0x15 | 0x16)) {
+                operator_tls::speaks_tls(addr);
+            }
+            read.ok()?;
+            String::from_utf8(buf).ok()?
+        }
+    };
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
     Some((
         code,

@@ -134,7 +134,12 @@ pub fn render(l: &TapLine) -> String {
 }
 
 /// A status line and headers read; the body follows on `r`.
-fn open(a: &TapArgs, q: &str) -> Result<BufReader<std::net::TcpStream>, Failure> {
+/// The control plane's stream: plain on the loopback admin listener, TLS
+/// with the operator's certificate on the operator listener.
+trait Stream: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> Stream for T {}
+
+fn open(a: &TapArgs, q: &str) -> Result<BufReader<Box<dyn Stream>>, Failure> {
     let nothing = || {
         Failure::input(format!(
             "no control plane answered at {}; start one (`weft control-plane`) or pass --admin-addr",
@@ -142,7 +147,7 @@ fn open(a: &TapArgs, q: &str) -> Result<BufReader<std::net::TcpStream>, Failure>
         ))
     };
     let addrs = resolve(&a.admin_addr).map_err(Failure::input)?;
-    let mut s = addrs
+    let s = addrs
         .iter()
         .find_map(|x| std::net::TcpStream::connect_timeout(x, Duration::from_secs(2)).ok())
         .ok_or_else(nothing)?;
@@ -150,7 +155,16 @@ fn open(a: &TapArgs, q: &str) -> Result<BufReader<std::net::TcpStream>, Failure>
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(Failure::fatal)?;
     let host = s.peer_addr().map_err(|_| nothing())?;
+    let mut s: Box<dyn Stream> = match super::operator_tls::installed() {
+        None => Box::new(s),
+        Some(tls) => {
+            let conn = rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+                .map_err(Failure::fatal)?;
+            Box::new(rustls::StreamOwned::new(conn, s))
+        }
+    };
     write!(s, "GET /tap?{q} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|_| nothing())?;
+    s.flush().map_err(|_| nothing())?;
     let mut r = BufReader::new(s);
     let mut status = String::new();
     r.read_line(&mut status).map_err(|_| nothing())?;
