@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use identity::IssuerStatus;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
@@ -204,27 +203,12 @@ impl Peers {
         let cfg = self.tls()?;
         let name = ServerName::try_from(self.control_plane.to_string())
             .map_err(|e| PeerError::Tls(rustls::Error::General(e.to_string())))?;
-        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
-            let (cfg, name) = (cfg.clone(), name.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let tls = tokio_rustls::TlsConnector::from(cfg)
-                    .connect(name, tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        });
         let call = async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| PeerError::Connect {
-                    addr,
-                    detail: e.to_string(),
-                })?
-                .connect_with_connector(connector)
+            let channel = crate::tls::mtls_channel(addr, cfg, name, PEER_TIMEOUT)
                 .await
                 .map_err(|e| PeerError::Connect {
                     addr,
-                    detail: describe(&e),
+                    detail: crate::tls::error_chain(&e),
                 })?;
             let (edges_since_s, edges_namespace) = edges.clone().unwrap_or_default();
             MeshClient::new(channel)
@@ -314,17 +298,6 @@ impl Peers {
             addrs.into_iter().zip(answers).collect(),
         )
     }
-}
-
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// Which of two views of one proxy to keep: connected beats stale, then the

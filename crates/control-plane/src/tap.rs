@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper_util::rt::TokioIo;
 use linkerd2_proxy_api::tap::observe_request::{Match, r#match};
 use linkerd2_proxy_api::tap::tap_client::TapClient;
 use linkerd2_proxy_api::tap::tap_event::{self, http as ev};
@@ -454,22 +453,9 @@ async fn observe(
         .parse()
         .map_err(|e| format!("bad tap address: {e}"))?;
     let name = ServerName::try_from(t.identity.to_string()).map_err(|e| e.to_string())?;
-    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
-        let (tls, name) = (tls.clone(), name.clone());
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let s = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(s))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_with_connector(connector)
+    let channel = crate::tls::mtls_channel(addr, tls, name, CONNECT_TIMEOUT)
         .await
-        .map_err(|e| format!("cannot connect: {}", chain(&e)))?;
+        .map_err(|e| format!("cannot connect: {}", crate::tls::error_chain(&e)))?;
     let mut request = tonic::Request::new(req);
     for (k, v) in meta {
         if let Ok(v) = v.parse() {
@@ -494,17 +480,6 @@ async fn observe(
             Err(s) => return Err(format!("stream ended: {:?}: {}", s.code(), s.message())),
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

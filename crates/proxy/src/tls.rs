@@ -58,13 +58,24 @@ pub fn inbound_config(
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     name: &str,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
+    live_server(trust, own, name, ALPN)
+}
+
+/// Our certificate for our name; a client certificate asked for and, when
+/// given, judged by the anchors in force; `alpn` offered.
+fn live_server(
+    trust: TrustRx,
+    own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    name: &str,
+    alpn: &[u8],
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     pki::tls::server_config(
         Arc::new(Live(TrustNow(trust))),
         Arc::new(OwnServerCert {
             own,
             name: name.to_string(),
         }),
-        ALPN,
+        alpn,
     )
 }
 
@@ -75,14 +86,22 @@ pub fn outbound_config(
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     with_header: bool,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
+    live_client(trust, own, with_header.then_some(ALPN))
+}
+
+/// The peer judged by the anchors in force at each handshake, our current
+/// leaf presented, `alpn` offered, no resumption (every handshake is judged).
+fn live_client(
+    trust: TrustRx,
+    own: watch::Receiver<Option<Arc<ProxyCert>>>,
+    alpn: Option<&[u8]>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Live(TrustNow(trust))))
         .with_client_cert_resolver(Arc::new(OwnClientCert { own }));
-    if with_header {
-        cfg.alpn_protocols = vec![ALPN.to_vec()];
-    }
+    cfg.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }
@@ -94,14 +113,7 @@ pub fn control_config(
     trust: TrustRx,
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let mut cfg = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Live(TrustNow(trust))))
-        .with_client_cert_resolver(Arc::new(OwnClientCert { own }));
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    cfg.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(cfg))
+    live_client(trust, own, Some(b"h2"))
 }
 
 /// The tap port's TLS: our certificate for our name, HTTP/2; a client
@@ -112,14 +124,7 @@ pub fn tap_config(
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     name: &str,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    pki::tls::server_config(
-        Arc::new(Live(TrustNow(trust))),
-        Arc::new(OwnServerCert {
-            own,
-            name: name.to_string(),
-        }),
-        b"h2",
-    )
+    live_server(trust, own, name, b"h2")
 }
 
 /// The admin port's TLS: our certificate for our name, no client certificate.
