@@ -321,6 +321,21 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .map_err(|_| anyhow::anyhow!("the thread in {ns} panicked"))?
 }
 
+/// The future `f` makes, run to completion on a current-thread runtime of
+/// its own inside network namespace `ns`.
+pub fn block_on_in<T: Send + 'static, F: std::future::Future<Output = T>>(
+    ns: &str,
+    f: impl FnOnce() -> F + Send + 'static,
+) -> Result<T> {
+    in_ns(ns, move || -> Result<T> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("a runtime for the namespace's thread")?;
+        Ok(rt.block_on(f()))
+    })?
+}
+
 /// Raises this process's open-file soft limit to the hard limit (tests that
 /// hold many sockets at once).
 pub fn raise_nofile() -> u64 {

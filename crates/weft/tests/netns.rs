@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::netmesh::{DEADLINE, NetMesh, PROXY_UID, echo_in, roundtrip_in};
 use common::proc::{Proc, poll};
-use testbed::{have_root, in_ns};
+use testbed::{block_on_in, have_root, in_ns};
 
 /// A server in `ns` on `port` that greets first, then echoes.
 fn greeter_in(ns: &str, port: u16) {
@@ -69,36 +69,30 @@ fn big_transfers_many_connections_servers_that_speak_first() {
 
     // 1,000 concurrent connections.
     let to = m.addr("b", 8080);
-    let ok = in_ns(&m.ns("a"), move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut conns = Vec::new();
-            for _ in 0..1000 {
-                conns.push(tokio::net::TcpStream::connect(to).await.expect("connect"));
+    let ok = block_on_in(&m.ns("a"), move || async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conns = Vec::new();
+        for _ in 0..1000 {
+            conns.push(tokio::net::TcpStream::connect(to).await.expect("connect"));
+        }
+        let mut tasks = Vec::new();
+        for (i, mut c) in conns.into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                let msg = format!("connection {i}");
+                c.write_all(msg.as_bytes()).await?;
+                c.shutdown().await?;
+                let mut back = String::new();
+                c.read_to_string(&mut back).await?;
+                Ok::<bool, std::io::Error>(back == msg)
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if let Ok(Ok(true)) = t.await {
+                ok += 1;
             }
-            let mut tasks = Vec::new();
-            for (i, mut c) in conns.into_iter().enumerate() {
-                tasks.push(tokio::spawn(async move {
-                    let msg = format!("connection {i}");
-                    c.write_all(msg.as_bytes()).await?;
-                    c.shutdown().await?;
-                    let mut back = String::new();
-                    c.read_to_string(&mut back).await?;
-                    Ok::<bool, std::io::Error>(back == msg)
-                }));
-            }
-            let mut ok = 0;
-            for t in tasks {
-                if let Ok(Ok(true)) = t.await {
-                    ok += 1;
-                }
-            }
-            ok
-        })
+        }
+        ok
     })
     .unwrap();
     assert_eq!(

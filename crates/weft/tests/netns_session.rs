@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::netmesh::{DEADLINE, NetMesh, app_in};
 use common::proc::{metric_sum, poll};
 use testbed::http_app::{self, Proto, Req};
-use testbed::{have_root, in_ns};
+use testbed::{block_on_in, have_root, in_ns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PORT: u16 = 8080;
@@ -108,22 +108,16 @@ fn direct(ns: &str, to: SocketAddr, m: &NetMesh, bytes: Vec<u8>) -> Vec<u8> {
         m.s.path("liar.key"),
         m.s.path("ca.crt"),
     );
-    in_ns(ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let connector = common::direct::connector(&crt, &key, &[&ca]);
-            let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
-            let name = rustls::pki_types::ServerName::try_from(format!("server.{TD}")).unwrap();
-            let mut tls = connector.connect(name, tcp).await.expect("mTLS to server");
-            tls.write_all(&bytes).await.unwrap();
-            let mut back = Vec::new();
-            let read = tls.read_to_end(&mut back);
-            let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
-            back
-        })
+    block_on_in(ns, move || async move {
+        let connector = common::direct::connector(&crt, &key, &[&ca]);
+        let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(format!("server.{TD}")).unwrap();
+        let mut tls = connector.connect(name, tcp).await.expect("mTLS to server");
+        tls.write_all(&bytes).await.unwrap();
+        let mut back = Vec::new();
+        let read = tls.read_to_end(&mut back);
+        let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+        back
     })
     .unwrap()
 }
@@ -177,15 +171,9 @@ fn http_is_declared_judged_per_request_and_lies_are_refused() {
 
     // HTTP/2 (prior knowledge) is declared as such and served per request.
     let h2 = m.addr("server", H2_PORT);
-    let replies = in_ns(&client_ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let tcp = tokio::net::TcpStream::connect(h2).await.unwrap();
-            http_app::requests(tcp, Proto::H2, vec![Req::get("/h2"), Req::get("/h2-again")]).await
-        })
+    let replies = block_on_in(&client_ns, move || async move {
+        let tcp = tokio::net::TcpStream::connect(h2).await.unwrap();
+        http_app::requests(tcp, Proto::H2, vec![Req::get("/h2"), Req::get("/h2-again")]).await
     })
     .unwrap()
     .unwrap();

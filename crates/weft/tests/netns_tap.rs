@@ -22,7 +22,7 @@ use control_plane::tap::TapLine;
 use linkerd2_proxy_api::tap::ObserveRequest;
 use linkerd2_proxy_api::tap::tap_client::TapClient;
 use testbed::http_app::{Req, h1_keepalive};
-use testbed::{have_root, in_ns};
+use testbed::{block_on_in, have_root, in_ns};
 
 const APP: u16 = 8080;
 const LONG: Duration = Duration::from_secs(60);
@@ -71,19 +71,13 @@ impl Drop for Tapping {
 
 /// `n` GETs on one connection from inside `ns`; requests a second.
 fn burst(ns: &str, to: SocketAddr, n: usize) -> f64 {
-    in_ns(ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let s = tokio::net::TcpStream::connect(to).await.unwrap();
-            let reqs = (0..n).map(|_| Req::get("/")).collect();
-            let start = Instant::now();
-            let replies = h1_keepalive(s, reqs).await.unwrap();
-            assert!(replies.iter().all(|r| r.status == 200));
-            n as f64 / start.elapsed().as_secs_f64()
-        })
+    block_on_in(ns, move || async move {
+        let s = tokio::net::TcpStream::connect(to).await.unwrap();
+        let reqs = (0..n).map(|_| Req::get("/")).collect();
+        let start = Instant::now();
+        let replies = h1_keepalive(s, reqs).await.unwrap();
+        assert!(replies.iter().all(|r| r.status == 200));
+        n as f64 / start.elapsed().as_secs_f64()
     })
     .unwrap()
 }
