@@ -166,18 +166,42 @@ fn guard(req: &Request<Incoming>, local: std::net::IpAddr) -> Result<(), crate::
 }
 
 /// A request on the operator (TLS) listener: refused with 403 naming the
-/// identity unless its client certificate's identity is allowed, then
-/// served as on the admin listener.
+/// identity unless its client certificate's identity is allowed (or, in
+/// Kubernetes mode without a certificate, its bearer token's user has the
+/// permission the request needs), then served as on the admin listener.
 pub(crate) async fn handle_operator(
     req: Request<Incoming>,
     st: AdminState,
     local: std::net::IpAddr,
     verdict: Result<pki::Identity, crate::operator_tls::NotAllowed>,
+    tokens: Option<std::sync::Arc<crate::k8s::operator_auth::OperatorTokens>>,
 ) -> Result<Response<AdminBody>, Infallible> {
+    use crate::operator_tls::NotAllowed;
     use http_body_util::BodyExt;
-    match verdict {
-        Ok(_) => route(req, st, local, "operator").await,
-        Err(e) => {
+    match (verdict, tokens) {
+        (Ok(_), _) => route(req, st, local, "operator").await,
+        (Err(NotAllowed::NoCertificate), Some(tokens)) => {
+            match crate::k8s::operator_auth::authorize(&req, &tokens).await {
+                Ok(user) => {
+                    tracing::debug!(%user, path = %req.uri().path(), "operator by bearer token");
+                    route(req, st, local, "operator").await
+                }
+                Err(e) => {
+                    tracing::info!(path = %req.uri().path(), "operator token refused: {e}");
+                    st.refusals.count("operator", e.label());
+                    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
+                    let mut r = text(status, format!("{e}\n"));
+                    if status == StatusCode::UNAUTHORIZED {
+                        r.headers_mut().insert(
+                            http::header::WWW_AUTHENTICATE,
+                            http::HeaderValue::from_static("Bearer"),
+                        );
+                    }
+                    Ok(r.map(BodyExt::boxed))
+                }
+            }
+        }
+        (Err(e), _) => {
             st.refusals.count("operator", e.label());
             Ok(text(StatusCode::FORBIDDEN, format!("{e}\n")).map(BodyExt::boxed))
         }

@@ -348,6 +348,10 @@ mod tests {
                 Some("Role") => false,
                 _ => continue,
             };
+            // The operator Roles are for people; see operator_roles_grant_only_operator_permissions.
+            if str_at(&doc, "/metadata/name") != CP_ROLE {
+                continue;
+            }
             for r in doc["rules"].as_array().expect("rules") {
                 out.push(Rule {
                     cluster,
@@ -372,7 +376,9 @@ mod tests {
                 "ClusterRole",
                 "ClusterRoleBinding",
                 "Role",
-                "RoleBinding"
+                "RoleBinding",
+                "Role",
+                "Role"
             ]
         );
         for d in &docs {
@@ -389,6 +395,47 @@ mod tests {
                 assert_eq!(str_at(&subjects[0], "/name"), CP_SA);
                 assert_eq!(str_at(&subjects[0], "/namespace"), CP_NS);
             }
+        }
+    }
+
+    #[test]
+    fn operator_roles_grant_only_operator_permissions() {
+        let group = crate::k8s::operator_auth::GROUP;
+        let roles: Vec<Value> = documents(RBAC)
+            .into_iter()
+            .filter(|d| str_at(d, "/metadata/name").starts_with("weft-operator"))
+            .collect();
+        let names: Vec<&str> = roles.iter().map(|d| str_at(d, "/metadata/name")).collect();
+        assert_eq!(names, ["weft-operator", "weft-operator-view"]);
+        let mut full = BTreeSet::new();
+        for d in &roles {
+            assert_eq!(str_at(d, "/kind"), "Role");
+            for r in d["rules"].as_array().expect("rules") {
+                assert_eq!(strings(r.get("apiGroups")), [group]);
+                for res in strings(r.get("resources")) {
+                    for v in strings(r.get("verbs")) {
+                        if str_at(d, "/metadata/name") == "weft-operator" {
+                            full.insert(format!("{v} {res}.{group}"));
+                        } else {
+                            assert_eq!(
+                                format!("{v} {res}"),
+                                "get fleet",
+                                "the view role reads only"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Every permission an endpoint can need is in the full role.
+        use http::Method;
+        for (m, path) in [
+            (Method::GET, "/fleet"),
+            (Method::GET, "/tap"),
+            (Method::POST, "/renew-now"),
+        ] {
+            let p = crate::k8s::operator_auth::permission(&m, path).to_string();
+            assert!(full.contains(&p), "{p} not in {full:?}");
         }
     }
 

@@ -323,7 +323,15 @@ pub async fn start(
             gate: bounds::Gate::new("operator", cfg.admin_limits, &limits),
             ..admin_state.clone()
         };
-        operator_tls::serve(l, st, op, cfg.controller_namespace.clone())
+        // Kubernetes mode: bearer tokens too, reviewed by the API server.
+        let tokens = kube.clone().filter(|_| op.tokens).map(|client| {
+            Arc::new(k8s::operator_auth::OperatorTokens::new(
+                client,
+                cfg.controller_namespace.clone(),
+                Duration::from_secs(5),
+            ))
+        });
+        operator_tls::serve(l, st, op, cfg.controller_namespace.clone(), tokens)
     });
     let cp_ns = cfg.controller_namespace.clone();
     let trust_domain = cfg.trust_domain.clone();

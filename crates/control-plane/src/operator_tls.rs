@@ -4,7 +4,10 @@
 //! (clientAuth, as Certify judges a renewal) and whose identity is on the
 //! allow list (`--operator-allow`). A missing or untrusted certificate
 //! fails the handshake; a trusted one naming someone else gets 403 with
-//! the identity it names. The operator guard still applies behind it.
+//! the identity it names. In Kubernetes mode a client certificate is
+//! optional: a caller without one is judged by its bearer token
+//! ([`crate::k8s::operator_auth`]). The operator guard still applies
+//! behind it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,12 +30,24 @@ pub struct OperatorListener {
     pub addr: SocketAddr,
     /// Identities whose client certificates may use the endpoints.
     pub allow: Vec<Identity>,
+    /// Kubernetes mode: callers may instead send a bearer token, judged by
+    /// TokenReview and SubjectAccessReview.
+    pub tokens: bool,
 }
 
 impl std::fmt::Display for OperatorListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let allow: Vec<String> = self.allow.iter().map(Identity::to_string).collect();
-        write!(f, "{} allow {}", self.addr, allow.join(","))
+        let allow = if allow.is_empty() {
+            "(no certificates)".to_string()
+        } else {
+            allow.join(",")
+        };
+        write!(f, "{} allow {allow}", self.addr)?;
+        if self.tokens {
+            f.write_str(" and Kubernetes bearer tokens (RBAC on operator.weft.dev)")?;
+        }
+        Ok(())
     }
 }
 
@@ -119,13 +134,16 @@ pub fn admit(
 pub struct AnchorsInForce {
     pub issuer: watch::Receiver<IssuerStatus>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// False where a bearer token may stand in for a certificate.
+    mandatory: bool,
 }
 
 impl AnchorsInForce {
-    pub fn new(issuer: watch::Receiver<IssuerStatus>) -> Self {
+    pub fn new(issuer: watch::Receiver<IssuerStatus>, mandatory: bool) -> Self {
         Self {
             issuer,
             provider: pki::tls::provider(),
+            mandatory,
         }
     }
 }
@@ -145,7 +163,7 @@ impl ClientCertVerifier for AnchorsInForce {
         true
     }
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
@@ -216,9 +234,10 @@ pub async fn serve(
     st: crate::admin::AdminState,
     cfg: OperatorListener,
     control_plane_ns: String,
+    tokens: Option<Arc<crate::k8s::operator_auth::OperatorTokens>>,
 ) {
     let server = match pki::tls::server_config(
-        Arc::new(AnchorsInForce::new(st.issuer.clone())),
+        Arc::new(AnchorsInForce::new(st.issuer.clone(), tokens.is_none())),
         Arc::new(crate::tls::OwnCertResolver {
             own: st.own.clone(),
         }),
@@ -237,11 +256,12 @@ pub async fn serve(
         let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
             continue;
         };
-        let (st, acceptor, allow, ns) = (
+        let (st, acceptor, allow, ns, tokens) = (
             st.clone(),
             acceptor.clone(),
             allow.clone(),
             control_plane_ns.clone(),
+            tokens.clone(),
         );
         tokio::spawn(async move {
             let _slot = slot;
@@ -257,12 +277,19 @@ pub async fn serve(
             let verdict = admit(tls.get_ref().1.peer_certificates(), &allow, &ns);
             match &verdict {
                 Ok(id) => tracing::debug!(%peer, operator = %id, "operator connected"),
+                Err(NotAllowed::NoCertificate) if tokens.is_some() => {}
                 Err(e) => tracing::info!(%peer, "operator refused: {e}"),
             }
             let gate = st.gate.clone();
             let (stream, activity) = bounds::Tracked::new(tls);
             let svc = hyper::service::service_fn(move |req| {
-                crate::admin::handle_operator(req, st.clone(), local.ip(), verdict.clone())
+                crate::admin::handle_operator(
+                    req,
+                    st.clone(),
+                    local.ip(),
+                    verdict.clone(),
+                    tokens.clone(),
+                )
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);

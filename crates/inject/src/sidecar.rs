@@ -18,6 +18,8 @@ pub const CONTAINERS: &[&str] = &[INIT_CONTAINER, PROXY_CONTAINER];
 pub const PROXY_UID: u32 = 2102;
 pub const INBOUND_PORT: u16 = 4143;
 pub const ADMIN_PORT: u16 = 4191;
+/// Tap.Observe for the control plane (`weft tap`); `weft init` skips it.
+pub const TAP_PORT: u16 = 4190;
 /// The audience the identity service's TokenReview asks for.
 pub const TOKEN_AUDIENCE: &str = "identity.l5d.io";
 pub const TOKEN_DIR: &str = "/var/run/secrets/weft/tokens";
@@ -113,6 +115,7 @@ fn proxy_env(s: &Settings) -> Vec<Value> {
         env("WEFT_PROXY_POLICY_ADDR", svc("weft-policy", 8090)),
         env("WEFT_PROXY_INBOUND_ADDR", format!("0.0.0.0:{INBOUND_PORT}")),
         env("WEFT_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
+        env("WEFT_PROXY_TAP_ADDR", format!("0.0.0.0:{TAP_PORT}")),
     ]
 }
 
@@ -140,6 +143,7 @@ pub(crate) fn proxy_container(s: &Settings, o: &Options) -> Value {
         "ports": [
             {"name": "weft-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
             {"name": "weft-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+            {"name": "weft-tap", "containerPort": TAP_PORT, "protocol": "TCP"},
         ],
         "startupProbe": http_probe("/ready", 1, 120),
         "readinessProbe": http_probe("/ready", 10, 3),

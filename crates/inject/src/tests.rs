@@ -104,6 +104,7 @@ fn an_enabled_pod_gets_the_init_container_the_native_sidecar_and_its_volumes() {
         json!([
             {"name": "weft-inbound", "containerPort": 4143, "protocol": "TCP"},
             {"name": "weft-admin", "containerPort": 4191, "protocol": "TCP"},
+            {"name": "weft-tap", "containerPort": 4190, "protocol": "TCP"},
         ])
     );
     assert_eq!(proxy["livenessProbe"]["httpGet"]["path"], "/live");
@@ -185,6 +186,7 @@ fn the_proxy_environment_is_the_contract_and_never_holds_the_anchors() {
         ),
         ("WEFT_PROXY_INBOUND_ADDR", "0.0.0.0:4143"),
         ("WEFT_PROXY_ADMIN_ADDR", "0.0.0.0:4191"),
+        ("WEFT_PROXY_TAP_ADDR", "0.0.0.0:4190"),
     ];
     let want: Vec<(String, String)> = want
         .iter()

@@ -62,6 +62,8 @@ fn install_prints_every_object_deterministically() {
             "ClusterRoleBinding/weft-control-plane",
             "Role/weft-control-plane",
             "RoleBinding/weft-control-plane",
+            "Role/weft-operator",
+            "Role/weft-operator-view",
             "ConfigMap/weft-config",
             "ConfigMap/linkerd-identity-trust-roots",
             "Secret/linkerd-identity-issuer",

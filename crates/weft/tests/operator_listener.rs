@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Scratch;
@@ -44,56 +42,23 @@ fn operator_leaf(s: &Scratch, name: &str, file: &str, ca: &str, ca_key: &str) {
     .ok();
 }
 
-/// One HTTP/1.1 request over TLS 1.3, presenting `client` (`name.crt`,
-/// `name.key`) if given and verifying the control plane against ca.crt:
-/// (status, body), or the TLS error that ended it.
+/// One HTTP/1.1 request to the operator listener, presenting `client`
+/// (`name.crt`, `name.key`) if given, verifying the control plane against
+/// ca.crt: (status, body), or the TLS error that ended it.
 fn tls_request(
     s: &Scratch,
     addr: SocketAddr,
     client: Option<&str>,
     request: &str,
 ) -> Result<(u16, String), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for a in pki::load_certs(&s.path("ca.crt")).unwrap() {
-        roots.add(a).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(pki::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client {
-        Some(name) => {
-            let chain = pki::load_certs(&s.path(&format!("{name}.crt"))).unwrap();
-            let key = pki::load_key(&s.path(&format!("{name}.key"))).unwrap();
-            let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let name = rustls::pki_types::ServerName::try_from(
+    let files = client.map(|n| (s.path(&format!("{n}.crt")), s.path(&format!("{n}.key"))));
+    common::operator::tls_request(
+        &s.path("ca.crt"),
         "weft-identity.weft.serviceaccount.identity.weft.cluster.local",
+        addr,
+        files.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        request,
     )
-    .unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    match tls.read_to_end(&mut buf) {
-        Ok(_) => {}
-        Err(e) if !buf.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-        Err(e) => return Err(e.to_string()),
-    }
-    let buf = String::from_utf8(buf).unwrap();
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-    Ok((status, body.unwrap_or_default()))
 }
 
 fn refusals(admin: SocketAddr, reason: &str) -> f64 {

@@ -7,6 +7,7 @@ pub mod generation;
 pub mod issuer;
 pub mod issuer_source;
 pub mod lease;
+pub mod operator_auth;
 pub mod proofs;
 pub mod record;
 pub mod record_parts;

@@ -96,7 +96,7 @@ pub struct ControlPlaneArgs {
     /// Admin (operator) listener: /live /ready /metrics /fleet POST /renew-now; loopback only (reach it with ssh or a port-forward; kubelet probes use --probe-addr)
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "127.0.0.1:9990")]
     pub admin_addr: SocketAddr,
-    /// Operator listener off loopback (TLS): the admin endpoints for callers with a client certificate from this mesh's trust anchors whose identity is on --operator-allow (weft --operator-cert/--operator-key/--operator-ca); e.g. 0.0.0.0:9443
+    /// Operator listener off loopback (TLS): the admin endpoints for callers with a client certificate from this mesh's trust anchors whose identity is on --operator-allow (weft --operator-cert/--operator-key/--operator-ca), and with --kubernetes for bearer tokens whose user RBAC allows (Roles weft-operator, weft-operator-view; weft --operator-token-file); e.g. 0.0.0.0:9443
     #[arg(long, env = "WEFT_OPERATOR_ADDR")]
     pub operator_addr: Option<SocketAddr>,
     /// Identities allowed on the operator listener, comma-separated, e.g. alice.operators.serviceaccount.identity.weft.cluster.local (a leaf from `weft certs create NAME … --profile leaf --ca issuer.crt --ca-key issuer.key`)
@@ -242,6 +242,7 @@ impl ControlPlaneArgs {
                 &self.operator_allow,
                 &self.controller_namespace,
                 &self.identity_trust_domain,
+                self.kubernetes,
             )?,
             grpc_limits: self.grpc_limits.limits()?,
             shutdown_grace: self.shutdown_grace_period,
@@ -264,14 +265,16 @@ fn operator_addr(addr: SocketAddr) -> Result<SocketAddr, Failure> {
     )))
 }
 
-/// The operator listener, when `--operator-addr` is given: never without an
-/// allow list (no one would be served, or worse, anyone), each entry an
-/// identity of this mesh.
+/// The operator listener, when `--operator-addr` is given: standalone never
+/// without an allow list (no one would be served, or worse, anyone), each
+/// entry an identity of this mesh; in Kubernetes mode bearer tokens are
+/// judged by RBAC, so the list may be empty.
 fn operator_listener(
     addr: Option<SocketAddr>,
     allow: &[String],
     control_plane_ns: &str,
     trust_domain: &str,
+    kubernetes: bool,
 ) -> Result<Option<control_plane::operator_tls::OperatorListener>, Failure> {
     let example = pki::Identity::new("alice", "operators", control_plane_ns, trust_domain)
         .map(|i| i.to_string())
@@ -284,7 +287,7 @@ fn operator_listener(
             "--operator-allow without --operator-addr: the allow list is for the operator listener; add --operator-addr HOST:PORT (e.g. 0.0.0.0:9443)",
         ));
     };
-    if allow.iter().all(|a| a.trim().is_empty()) {
+    if allow.iter().all(|a| a.trim().is_empty()) && !kubernetes {
         return Err(Failure::input(format!(
             "--operator-addr {addr} without --operator-allow: the operator listener serves only client certificates whose identity is on the allow list; pass --operator-allow {example} (a leaf made with `weft certs create {example} op.crt op.key --profile leaf --ca issuer.crt --ca-key issuer.key --no-password --insecure`)"
         )));
@@ -306,6 +309,7 @@ fn operator_listener(
     Ok(Some(control_plane::operator_tls::OperatorListener {
         addr,
         allow: identities,
+        tokens: kubernetes,
     }))
 }
 

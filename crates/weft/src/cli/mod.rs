@@ -357,7 +357,10 @@ fn request_over(
     // The address reached, not the name given: the admin listener answers
     // only requests addressed to it (no DNS-rebound names).
     let host = s.peer_addr().ok()?;
-    let request = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{extra}\r\n");
+    let auth = tls
+        .map(operator_tls::OperatorTls::auth_header)
+        .unwrap_or_default();
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n{auth}{extra}\r\n");
     let buf = match tls {
         Some(tls) => operator_tls::exchange(tls, s, request.as_bytes())?,
         None => {

@@ -3,8 +3,11 @@
 //! environment variables), [`super::http_request`] speaks TLS 1.3 to the
 //! control plane's operator listener (`weft control-plane --operator-addr`),
 //! presenting the operator's leaf and verifying the control plane's own
-//! certificate against the anchors file. Without them it speaks plain HTTP
-//! to the loopback admin listener, as before.
+//! certificate against the anchors file. In Kubernetes mode a bearer token
+//! (`--operator-token-file`, e.g. from `kubectl create token`) may stand in
+//! for the certificate: it is sent as `Authorization: Bearer`, over TLS
+//! only. Without any of them it speaks plain HTTP to the loopback admin
+//! listener, as before.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -27,6 +30,12 @@ pub struct OperatorArgs {
     /// Trust anchors (PEM) that verify the control plane's certificate on the operator listener, e.g. ca.crt
     #[arg(long, global = true, env = "WEFT_OPERATOR_CA")]
     pub operator_ca: Option<PathBuf>,
+    /// A Kubernetes bearer token (file) for a control plane's operator listener in --kubernetes mode, instead of a certificate: its user needs the weft-operator (or weft-operator-view) Role; needs --operator-ca
+    #[arg(long, global = true, env = "WEFT_OPERATOR_TOKEN_FILE")]
+    pub operator_token_file: Option<PathBuf>,
+    /// The identity the control plane's certificate must name when no --operator-cert tells it (default: weft-identity.weft.serviceaccount.identity.weft.cluster.local)
+    #[arg(long, global = true, env = "WEFT_OPERATOR_SERVER_NAME")]
+    pub operator_server_name: Option<String>,
 }
 
 /// What a TLS admin request needs: the client config and the name the
@@ -34,6 +43,18 @@ pub struct OperatorArgs {
 pub struct OperatorTls {
     pub config: Arc<rustls::ClientConfig>,
     pub server_name: ServerName<'static>,
+    /// Sent as `Authorization: Bearer` when given.
+    token: Option<String>,
+}
+
+impl OperatorTls {
+    /// The request header lines that authenticate the caller beyond TLS.
+    pub fn auth_header(&self) -> String {
+        self.token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default()
+    }
 }
 
 static OPERATOR: OnceLock<OperatorTls> = OnceLock::new();
@@ -46,22 +67,125 @@ pub fn installed() -> Option<&'static OperatorTls> {
 /// Reads the operator's files once, at start: unreadable or mismatched
 /// files are bad input (exit 2), never a silent fall-back to plain HTTP.
 pub fn install(a: &OperatorArgs) -> Result<(), Failure> {
-    let (cert, key, ca) = match (&a.operator_cert, &a.operator_key, &a.operator_ca) {
-        (None, None, None) => return Ok(()),
-        (Some(c), Some(k), Some(ca)) => (c, k, ca),
+    let client = match (&a.operator_cert, &a.operator_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
         _ => {
             return Err(Failure::input(
-                "--operator-cert, --operator-key and --operator-ca go together: the operator's leaf, its key, and the trust anchors that verify the control plane (e.g. ca.crt)",
+                "--operator-cert and --operator-key go together: the operator's leaf and its key (with --operator-ca, the trust anchors that verify the control plane, e.g. ca.crt)",
             ));
         }
     };
-    let tls = load(cert, key, ca)?;
+    let token = a.operator_token_file.as_deref();
+    let ca = match (&a.operator_ca, client.is_some() || token.is_some()) {
+        (None, false) if a.operator_server_name.is_none() => return Ok(()),
+        (Some(ca), true) => ca,
+        (Some(_), false) | (None, false) => {
+            return Err(Failure::input(
+                "--operator-ca and --operator-server-name go with --operator-cert/--operator-key or --operator-token-file: say how to authenticate to the operator listener",
+            ));
+        }
+        (None, true) => {
+            return Err(Failure::input(
+                "--operator-cert/--operator-key and --operator-token-file need --operator-ca: the trust anchors that verify the control plane's certificate (e.g. ca.crt, or the linkerd-identity-trust-roots ConfigMap's ca-bundle.crt)",
+            ));
+        }
+    };
+    let token = token.map(read_token).transpose()?;
+    let tls = load(client, ca, token, a.operator_server_name.as_deref())?;
     let _ = OPERATOR.set(tls);
     Ok(())
 }
 
-fn load(cert: &Path, key: &Path, ca: &Path) -> Result<OperatorTls, Failure> {
+/// A bearer token from its file: one line of visible ASCII (a header value
+/// that cannot smuggle another header).
+fn read_token(path: &Path) -> Result<String, Failure> {
+    let bad = |why: &str| {
+        Failure::input(format!(
+            "--operator-token-file {}: {why}; expected one token, e.g. from `kubectl create token NAME -n NAMESPACE > token`",
+            path.display()
+        ))
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(&e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(bad("the file is empty"));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "not one token: it holds spaces, line breaks or non-ASCII",
+        ));
+    }
+    Ok(token.to_string())
+}
+
+fn load(
+    client: Option<(&Path, &Path)>,
+    ca: &Path,
+    token: Option<String>,
+    server_name: Option<&str>,
+) -> Result<OperatorTls, Failure> {
     // File errors already name the path; the others are given it.
+    let bad = |flag: &str, e: &dyn std::fmt::Display| Failure::input(format!("{flag}: {e}"));
+    let anchors = pki::load_certs(ca).map_err(|e| bad("--operator-ca", &e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for a in anchors {
+        roots.add(a).map_err(|e| {
+            bad(
+                "--operator-ca",
+                &format!("{}: not a usable trust anchor: {e}", ca.display()),
+            )
+        })?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(pki::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Failure::fatal(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots);
+    let (config, mut name) = match client {
+        Some((cert, key)) => {
+            let (chain, key_der, own) = client_cert(cert, key)?;
+            let control_plane =
+                pki::Identity::control_plane(own.control_plane_ns(), own.trust_domain())
+                    .map_err(|e| bad("--operator-cert", &e))?;
+            let config = builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| bad("--operator-cert", &e))?;
+            (config, control_plane.to_string())
+        }
+        None => {
+            let control_plane = pki::Identity::control_plane(
+                pki::identity::DEFAULT_CONTROL_PLANE_NS,
+                pki::identity::DEFAULT_TRUST_DOMAIN,
+            )
+            .map_err(|e| bad("--operator-token-file", &e))?;
+            (builder.with_no_client_auth(), control_plane.to_string())
+        }
+    };
+    if let Some(n) = server_name {
+        let id: pki::Identity = n.parse().map_err(|e| {
+            bad(
+                "--operator-server-name",
+                &format!("{n:?}: {e}; expected the control plane's identity, e.g. {name}"),
+            )
+        })?;
+        name = id.to_string();
+    }
+    let server_name = ServerName::try_from(name).map_err(|e| bad("--operator-server-name", &e))?;
+    Ok(OperatorTls {
+        config: Arc::new(config),
+        server_name,
+        token,
+    })
+}
+
+type ClientCert = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    pki::Identity,
+);
+
+/// The operator's leaf, its key and the identity the leaf names.
+fn client_cert(cert: &Path, key: &Path) -> Result<ClientCert, Failure> {
     let bad = |flag: &str, e: &dyn std::fmt::Display| Failure::input(format!("{flag}: {e}"));
     let chain = pki::load_certs(cert).map_err(|e| bad("--operator-cert", &e))?;
     let key_pair = pki::load_key(key).map_err(|e| bad("--operator-key", &e))?;
@@ -81,32 +205,8 @@ fn load(cert: &Path, key: &Path, ca: &Path) -> Result<OperatorTls, Failure> {
             ),
         )
     })?;
-    let anchors = pki::load_certs(ca).map_err(|e| bad("--operator-ca", &e))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for a in anchors {
-        roots.add(a).map_err(|e| {
-            bad(
-                "--operator-ca",
-                &format!("{}: not a usable trust anchor: {e}", ca.display()),
-            )
-        })?;
-    }
-    let control_plane =
-        pki::Identity::control_plane(own.identity.control_plane_ns(), own.identity.trust_domain())
-            .map_err(|e| bad("--operator-cert", &e))?;
-    let server_name =
-        ServerName::try_from(control_plane.to_string()).map_err(|e| bad("--operator-cert", &e))?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der()));
-    let config = rustls::ClientConfig::builder_with_provider(pki::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Failure::fatal(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key_der)
-        .map_err(|e| bad("--operator-cert", &e))?;
-    Ok(OperatorTls {
-        config: Arc::new(config),
-        server_name,
-    })
+    Ok((chain, key_der, own.identity))
 }
 
 /// One request over TLS on `tcp`: the raw response. A refused handshake is
@@ -141,7 +241,7 @@ pub fn exchange(tls: &OperatorTls, tcp: std::net::TcpStream, request: &[u8]) -> 
 /// saying so rather than "nothing answers".
 pub fn speaks_tls(addr: &str) -> ! {
     eprintln!(
-        "error: {addr} speaks TLS: it is a control plane's operator listener (--operator-addr); pass --operator-cert F --operator-key F --operator-ca F (or WEFT_OPERATOR_CERT, WEFT_OPERATOR_KEY, WEFT_OPERATOR_CA), or use the loopback admin listener"
+        "error: {addr} speaks TLS: it is a control plane's operator listener (--operator-addr); pass --operator-cert F --operator-key F --operator-ca F (or WEFT_OPERATOR_CERT, WEFT_OPERATOR_KEY, WEFT_OPERATOR_CA), in Kubernetes mode --operator-token-file F --operator-ca F, or use the loopback admin listener"
     );
     std::process::exit(2)
 }

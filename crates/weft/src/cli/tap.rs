@@ -155,7 +155,11 @@ fn open(a: &TapArgs, q: &str) -> Result<BufReader<Box<dyn Stream>>, Failure> {
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(Failure::fatal)?;
     let host = s.peer_addr().map_err(|_| nothing())?;
-    let mut s: Box<dyn Stream> = match super::operator_tls::installed() {
+    let tls = super::operator_tls::installed();
+    let auth = tls
+        .map(super::operator_tls::OperatorTls::auth_header)
+        .unwrap_or_default();
+    let mut s: Box<dyn Stream> = match tls {
         None => Box::new(s),
         Some(tls) => {
             let conn = rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
@@ -163,7 +167,7 @@ fn open(a: &TapArgs, q: &str) -> Result<BufReader<Box<dyn Stream>>, Failure> {
             Box::new(rustls::StreamOwned::new(conn, s))
         }
     };
-    write!(s, "GET /tap?{q} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|_| nothing())?;
+    write!(s, "GET /tap?{q} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").map_err(|_| nothing())?;
     s.flush().map_err(|_| nothing())?;
     let mut r = BufReader::new(s);
     let mut status = String::new();
@@ -184,7 +188,7 @@ fn open(a: &TapArgs, q: &str) -> Result<BufReader<Box<dyn Stream>>, Failure> {
     let _ = std::io::Read::read_to_string(&mut r, &mut body);
     let msg = body.lines().next().unwrap_or("").to_string();
     Err(match code {
-        400 | 404 | 403 => Failure::input(msg),
+        400 | 401 | 403 | 404 => Failure::input(msg),
         _ => Failure::fatal(format!(
             "the control plane at {} answered {code}: {msg}",
             a.admin_addr

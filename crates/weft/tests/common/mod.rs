@@ -14,6 +14,7 @@ pub mod kube;
 pub mod kubelet;
 pub mod mesh;
 pub mod netmesh;
+pub mod operator;
 pub mod pipe;
 pub mod pod_spec;
 pub mod proc;
