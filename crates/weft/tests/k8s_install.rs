@@ -36,7 +36,7 @@ fn install_applies_cleanly_and_a_second_apply_changes_nothing() -> Result<()> {
     println!("first apply:\n{out}");
     ensure!(!err.to_lowercase().contains("warning"), "warnings: {err}");
     let objects = out.lines().count();
-    ensure!(objects == 16, "16 objects applied:\n{out}");
+    ensure!(objects == 18, "18 objects applied:\n{out}");
 
     let (dry, err) = kubectl_stdin(
         &env,
