@@ -376,7 +376,12 @@ fn tap(st: &AdminState, query: &str) -> Response<AdminBody> {
         Ok(q) => q,
         Err(e) => return refused(StatusCode::BAD_REQUEST, TapRefused::Query(e)),
     };
-    let (targets, known) = st.fleet.tap_targets(&q.workload);
+    let (mut targets, mut known) = (Vec::new(), Vec::new());
+    for w in &q.workloads {
+        let (t, k) = st.fleet.tap_targets(w);
+        targets.extend(t);
+        known = k;
+    }
     if targets.is_empty() {
         let known = if known.is_empty() {
             "none".into()
@@ -384,7 +389,7 @@ fn tap(st: &AdminState, query: &str) -> Response<AdminBody> {
             known.join(", ")
         };
         let e = TapRefused::NoProxy {
-            workload: q.workload,
+            workload: q.workloads.join(", "),
             known,
         };
         return refused(StatusCode::NOT_FOUND, e);

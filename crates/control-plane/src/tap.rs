@@ -35,11 +35,15 @@ const SHOW_QUERY: &str = "weft-tap-show-query";
 const MAX_RPS: &str = "weft-tap-max-rps";
 const DROPPED_LABEL: &str = "weft_dropped_before";
 
+/// Workloads one tap may name.
+pub const MAX_WORKLOADS: usize = 64;
+
 /// What GET /tap asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapQuery {
-    /// `namespace/name`.
-    pub workload: String,
+    /// `namespace/name` each (a Deployment's pods, say), at most
+    /// [`MAX_WORKLOADS`].
+    pub workloads: Vec<String>,
     /// Only requests to this workload (`namespace/name`).
     pub to: Option<String>,
     pub method: Option<String>,
@@ -92,9 +96,8 @@ pub fn percent_decode(s: &str) -> Option<String> {
 
 /// The query of GET /tap, read strictly: pure.
 pub fn tap_query(query: &str) -> Result<TapQuery, String> {
-    let mut workload = None;
     let mut q = TapQuery {
-        workload: String::new(),
+        workloads: Vec::new(),
         to: None,
         method: None,
         path: None,
@@ -107,7 +110,12 @@ pub fn tap_query(query: &str) -> Result<TapQuery, String> {
         let v =
             percent_decode(raw).ok_or_else(|| format!("{pair:?} is not percent-encoded UTF-8"))?;
         match k {
-            "workload" => workload = Some(workload_ref(k, &v)?),
+            "workload" if q.workloads.len() >= MAX_WORKLOADS => {
+                return Err(format!(
+                    "more than {MAX_WORKLOADS} workloads: tap fewer at once"
+                ));
+            }
+            "workload" => q.workloads.push(workload_ref(k, &v)?),
             "to" => q.to = Some(workload_ref(k, &v)?),
             "method" => {
                 let ok =
@@ -157,8 +165,9 @@ pub fn tap_query(query: &str) -> Result<TapQuery, String> {
             }
         }
     }
-    q.workload =
-        workload.ok_or("workload=NS/NAME is required: the workload whose proxies to tap")?;
+    if q.workloads.is_empty() {
+        return Err("workload=NS/NAME is required: the workload whose proxies to tap".into());
+    }
     Ok(q)
 }
 

@@ -10,7 +10,17 @@ fn queries_are_read_strictly() {
         "workload=demo/backend&method=GET&path=%2Fhello&max_rps=5&show_query=true&seconds=30",
     )
     .unwrap();
-    assert_eq!(q.workload, "demo/backend");
+    assert_eq!(q.workloads, ["demo/backend"]);
+    let two = tap_query("workload=demo/a&workload=demo/b").unwrap();
+    assert_eq!(two.workloads, ["demo/a", "demo/b"]);
+    let many: Vec<String> = (0..=MAX_WORKLOADS)
+        .map(|i| format!("workload=d/w{i}"))
+        .collect();
+    assert!(
+        tap_query(&many.join("&"))
+            .unwrap_err()
+            .contains("more than")
+    );
     assert_eq!(q.method.as_deref(), Some("GET"));
     assert_eq!(q.path.as_deref(), Some("/hello"));
     assert_eq!((q.max_rps, q.show_query, q.seconds), (Some(5), true, 30));

@@ -170,6 +170,13 @@ mod tests {
         }
     }
 
+    /// Every command's flags are consistent (unique names, valid
+    /// defaults): clap checks this only when a command is first used.
+    #[test]
+    fn every_command_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+
     /// `weft … --help` explains every flag and command.
     #[test]
     fn every_flag_has_help_text() {

@@ -10,7 +10,9 @@
 //! private mount namespace; see `common::kubelet` for what stands in for
 //! cluster DNS). The frontend reaches the backend over mTLS under the
 //! guide's policy (steps 11–12) applied through the API; the intruder is
-//! denied. Then the anchors rotate through the ConfigMap (old+new, the
+//! denied. `weft tap deploy/backend` and `weft identity deploy/backend`
+//! work through the API server (steps 8–10, see k8s_injected/look.rs).
+//! Then the anchors rotate through the ConfigMap (old+new, the
 //! issuer Secret switched, the old anchor retired), the mounted file
 //! follows the ConfigMap as the kubelet's does, and the backend's sidecar,
 //! SIGKILLed and started again with the same spec, becomes ready (its
@@ -21,6 +23,8 @@
 //! missing); skips loudly without them unless WEFT_REQUIRE_K8S=1.
 
 mod common;
+#[path = "k8s_injected/look.rs"]
+mod look;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -202,6 +206,15 @@ fn injected_pods_run_their_spec_under_the_policy_and_restart_after_an_anchor_rot
     let denied = mesh.poll_get("intruder", svc, |r| r.status != 0)?;
     println!("intruder -> {svc}: {denied:?}");
     ensure!(denied.status == 403, "intruder got {denied:?}, want 403");
+
+    // Steps 8-10: tap, identity and the chain, through the API server.
+    let serial = v
+        .proxies
+        .iter()
+        .find(|p| p.workload.contains("/backend-"))
+        .map(|p| p.leaf_serial.clone())
+        .context("no backend proxy in the fleet view")?;
+    look::look(&env, &mesh, &s, (&ns, &cp_ns), svc, &frontend, &serial)?;
 
     rotate_then_restart(&env, &rt, &client, &mut mesh, &s, &cp_ns, svc, &frontend)?;
     println!("timing: whole test {:.1?}", t0.elapsed());

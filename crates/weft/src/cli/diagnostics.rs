@@ -14,11 +14,12 @@
 //! the client is denied; 2 bad input.
 
 use clap::{Args, Subcommand};
-use control_plane::fleet::{FleetView, ProxyView};
+use control_plane::fleet::ProxyView;
 use policy::describe::{Difference, ServerView, describe, differences, render};
 use serde::{Deserialize, Serialize};
 
-use super::identity::{select, workload_name};
+use super::admin_target::{Reached, WorkloadArg, workload_arg};
+use super::identity::{proxies_of, workload_name};
 use super::policy::{ClientArgs, Explained, ResourceArgs, client_of, translated, verdict};
 use super::{CmdResult, Failure, Output, http_get};
 
@@ -36,17 +37,19 @@ pub struct Fleet {
     /// The workload's namespace
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
-    /// The control plane's admin address, host:port: its fleet view says where each proxy is
-    #[arg(long, default_value = "127.0.0.1:9990", value_parser = super::host_port)]
-    pub admin_addr: String,
+    /// Where the control plane is (its fleet view says where each proxy is)
+    #[command(flatten)]
+    pub target: super::admin_target::AdminTarget,
 }
 
 #[derive(Debug, Args)]
 pub struct MetricsArgs {
-    /// The workload: NAME (in -n's namespace) or NAMESPACE/NAME
+    /// The workload: NAME (in -n's namespace), NAMESPACE/NAME, or on a cluster deploy/NAME, sts/NAME, ds/NAME, pod/NAME
     pub workload: String,
     #[command(flatten)]
     pub fleet: Fleet,
+    #[command(flatten)]
+    pub cp: super::admin_target::ControllerNamespace,
 }
 
 #[derive(Debug, Args)]
@@ -74,20 +77,17 @@ pub fn run(cmd: DiagnosticsCmd) -> CmdResult {
     }
 }
 
-/// The connected proxies of `workload`, from the fleet view.
-fn proxies(fleet: &Fleet, workload: &str) -> Result<Vec<ProxyView>, Failure> {
-    let view: FleetView =
-        super::check::parse_fleet(&fleet.admin_addr, http_get(&fleet.admin_addr, "/fleet"))
-            .map_err(|e| {
-                Failure::input(format!(
-                    "{e}; pass --admin-addr HOST:PORT of the control plane's admin listener"
-                ))
-            })?;
-    Ok(select(&view, workload, &fleet.admin_addr)
-        .map_err(Failure::input)?
-        .into_iter()
-        .cloned()
-        .collect())
+/// The connected proxies of `w`, from the fleet view of the control plane
+/// in `cp_ns` (on a cluster), reachable from here for as long as the
+/// returned [`Reached`] lives (its port-forwards).
+fn proxies(
+    fleet: &Fleet,
+    cp_ns: &str,
+    w: &WorkloadArg,
+) -> Result<(Reached, Vec<ProxyView>, String), Failure> {
+    let reached = fleet.target.reach(cp_ns)?;
+    let (proxies, workload) = proxies_of(&reached, w)?;
+    Ok((reached, proxies, workload))
 }
 
 /// GET `path` from a proxy's admin endpoint: the body of a 200, or why not.
@@ -110,8 +110,8 @@ fn fetch(p: &ProxyView, path: &str) -> Result<String, String> {
 }
 
 fn proxy_metrics(a: MetricsArgs) -> CmdResult {
-    let workload = workload_name(&a.workload, &a.fleet.namespace);
-    let proxies = proxies(&a.fleet, &workload)?;
+    let w = workload_arg(&a.workload, &a.fleet.namespace);
+    let (_reached, proxies, workload) = proxies(&a.fleet, &a.cp.controller_namespace, &w)?;
     let mut failed = 0;
     for (n, p) in proxies.iter().enumerate() {
         let header = format!(
@@ -221,7 +221,8 @@ fn policy(a: PolicyArgs) -> CmdResult {
     let want = describe(&t.server);
     let (problems, conflicts) = (t.problems.clone(), t.conflicts.clone());
     let target = format!("{workload}:{port}");
-    let proxies = proxies(&a.fleet, &workload)?;
+    let named = WorkloadArg::Named(workload.clone());
+    let (_reached, proxies, _) = proxies(&a.fleet, &a.files.controller_namespace, &named)?;
     let held: Vec<ProxyPolicy> = proxies
         .iter()
         .map(|p| {

@@ -29,9 +29,11 @@ pub struct EdgesArgs {
     /// A compliance gate: exit 1 if any edge in the window carried plaintext, a declared workload in scope has no proxy, or an edge could not be kept
     #[arg(long)]
     pub plaintext: bool,
-    /// The control plane's admin address, host:port
-    #[arg(long, default_value = "127.0.0.1:9990", value_parser = super::host_port)]
-    pub admin_addr: String,
+    /// Where the control plane is
+    #[command(flatten)]
+    pub target: super::admin_target::AdminTarget,
+    #[command(flatten)]
+    pub cp: super::admin_target::ControllerNamespace,
 }
 
 /// The window in whole seconds, 1s to an hour.
@@ -152,24 +154,27 @@ pub fn render(v: &EdgesView) -> String {
 }
 
 fn fetch(a: &EdgesArgs, since: i64) -> Result<EdgesView, Failure> {
+    // On a cluster, the port-forward lives until the answer is read.
+    let reached = a.target.reach(&a.cp.controller_namespace)?;
+    let admin = reached.addr.as_str();
     let mut path = format!("/edges?since={since}");
     if let Some(ns) = &a.namespace {
         path.push_str(&format!("&namespace={ns}"));
     }
-    match http_get(&a.admin_addr, &path) {
+    match http_get(admin, &path) {
         None => Err(Failure::input(format!(
             "no control plane answers at {} (GET /edges); pass --admin-addr HOST:PORT of the control plane's admin listener",
-            a.admin_addr
+            admin
         ))),
         Some((200, body)) => serde_json::from_str(&body).map_err(|e| {
             Failure::fatal(format!(
                 "GET /edges from {}: not an edges view ({e}); is it a weft control plane of this release?",
-                a.admin_addr
+                admin
             ))
         }),
         Some((code, body)) => Err(Failure::fatal(format!(
             "GET /edges from {} answered {code}: {}",
-            a.admin_addr,
+            admin,
             body.trim()
         ))),
     }

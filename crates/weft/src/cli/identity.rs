@@ -14,11 +14,12 @@ use pki::info::CertInfo;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::admin_target::{Reached, WorkloadArg, workload_arg};
 use super::{CmdResult, Failure, Output, http_get};
 
 #[derive(Debug, Args)]
 pub struct IdentityArgs {
-    /// The workload: NAME (in -n's namespace) or NAMESPACE/NAME
+    /// The workload: NAME (in -n's namespace), NAMESPACE/NAME, or on a cluster deploy/NAME, sts/NAME, ds/NAME, pod/NAME
     pub workload: String,
     /// The workload's namespace
     #[arg(short = 'n', long, default_value = "default")]
@@ -29,9 +30,11 @@ pub struct IdentityArgs {
     /// Output format
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
-    /// The control plane's admin address, host:port: its fleet view says where each proxy is
-    #[arg(long, default_value = "127.0.0.1:9990", value_parser = super::host_port)]
-    pub admin_addr: String,
+    /// Where the control plane is (its fleet view says where each proxy is)
+    #[command(flatten)]
+    pub target: super::admin_target::AdminTarget,
+    #[command(flatten)]
+    pub cp: super::admin_target::ControllerNamespace,
 }
 
 /// `NAME` in `namespace`, or `NAMESPACE/NAME` as given.
@@ -43,17 +46,18 @@ pub fn workload_name(arg: &str, namespace: &str) -> String {
     }
 }
 
-/// The proxies of `workload` that hold a stream now; refused with what to
+/// The proxies of `workloads` that hold a stream now; refused with what to
 /// do when there are none.
 pub fn select<'a>(
     view: &'a FleetView,
-    workload: &str,
+    workloads: &[String],
     admin: &str,
 ) -> Result<Vec<&'a ProxyView>, String> {
+    let workload = workloads.join(", ");
     let all: Vec<&ProxyView> = view
         .proxies
         .iter()
-        .filter(|p| p.workload == workload)
+        .filter(|p| workloads.contains(&p.workload))
         .collect();
     if all.is_empty() {
         let mut known: Vec<&str> = view.proxies.iter().map(|p| p.workload.as_str()).collect();
@@ -223,20 +227,38 @@ fn fetch_chain(admin: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     }
 }
 
+/// The connected proxies of `w`, from the fleet view of the control plane
+/// `reached`, each with its admin address as this machine reaches it (on
+/// a cluster, a port-forward to its pod); and the workloads `w` means.
+pub fn proxies_of(reached: &Reached, w: &WorkloadArg) -> Result<(Vec<ProxyView>, String), Failure> {
+    let workloads = reached.workloads(w)?;
+    let admin = &reached.addr;
+    let view = super::check::parse_fleet(admin, http_get(admin, "/fleet")).map_err(|e| {
+        Failure::input(format!(
+            "{e}; pass --admin-addr HOST:PORT of the control plane's admin listener"
+        ))
+    })?;
+    let mut proxies: Vec<ProxyView> = select(&view, &workloads, admin)
+        .map_err(Failure::input)?
+        .into_iter()
+        .cloned()
+        .collect();
+    for p in &mut proxies {
+        if let Ok(addr) = reached.proxy_admin(&p.workload, &p.admin_addr) {
+            p.admin_addr = addr;
+        }
+    }
+    Ok((proxies, workloads.join(", ")))
+}
+
 pub fn run(a: IdentityArgs) -> CmdResult {
-    let workload = workload_name(&a.workload, &a.namespace);
-    let view = super::check::parse_fleet(&a.admin_addr, http_get(&a.admin_addr, "/fleet"))
-        .map_err(|e| {
-            Failure::input(format!(
-                "{e}; pass --admin-addr HOST:PORT of the control plane's admin listener"
-            ))
-        })?;
-    let proxies = select(&view, &workload, &a.admin_addr).map_err(Failure::input)?;
+    let reached = a.target.reach(&a.cp.controller_namespace)?;
+    let (proxies, workload) = proxies_of(&reached, &workload_arg(&a.workload, &a.namespace))?;
     let served: Vec<Served> = proxies
         .into_iter()
         .map(|p| Served {
-            proxy: p.clone(),
             chain: fetch_chain(&p.admin_addr),
+            proxy: p,
         })
         .collect();
     let now = OffsetDateTime::now_utc();

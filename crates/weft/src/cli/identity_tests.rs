@@ -23,8 +23,13 @@ fn names_and_selection() {
         proxy("demo/frontend", 2, "connected"),
         proxy("demo/gone", 2, "stale"),
     ]);
-    assert_eq!(select(&v, "demo/backend", "x:1").unwrap().len(), 1);
-    let e = select(&v, "demo/nope", "127.0.0.1:9990").unwrap_err();
+    assert_eq!(
+        select(&v, &["demo/backend".to_string()], "x:1")
+            .unwrap()
+            .len(),
+        1
+    );
+    let e = select(&v, &["demo/nope".to_string()], "127.0.0.1:9990").unwrap_err();
     assert!(
         e.contains("demo/nope") && e.contains("127.0.0.1:9990"),
         "{e}"
@@ -34,7 +39,7 @@ fn names_and_selection() {
         "lists known workloads once each: {e}"
     );
     assert!(!e.contains('\n'));
-    let e = select(&v, "demo/gone", "x:1").unwrap_err();
+    let e = select(&v, &["demo/gone".to_string()], "x:1").unwrap_err();
     assert!(e.contains("lost its stream"), "{e}");
 }
 

@@ -1,5 +1,6 @@
 //! The `weft` command line: one module per command.
 
+pub mod admin_target;
 pub mod certs;
 pub mod check;
 mod check_cluster;
@@ -365,14 +366,24 @@ fn request_over(
         Some(tls) => operator_tls::exchange(tls, s, request.as_bytes())?,
         None => {
             s.write_all(request.as_bytes()).ok()?;
-            let mut buf = Vec::new();
-            // A TLS listener answers plain HTTP with an alert, then closes.
-            let read = s.read_to_end(&mut buf);
-            if matches!(buf.first(), Some(0x15 | 0x16)) {
-                operator_tls::speaks_tls(addr);
-            }
-            read.ok()?;
-            String::from_utf8(buf).ok()?
+            let (mut buf, mut chunk) = (Vec::new(), [0u8; 16 << 10]);
+            // Complete at its Content-Length: a port-forward may keep the
+            // stream open after the answer.
+            let answered = loop {
+                let n = s.read(&mut chunk).ok()?;
+                buf.extend_from_slice(&chunk[..n]);
+                // A TLS listener answers plain HTTP with an alert, then closes.
+                if matches!(buf.first(), Some(0x15 | 0x16)) {
+                    operator_tls::speaks_tls(addr);
+                }
+                if let Some(a) = check_tunnel::answer(&buf, n == 0) {
+                    break a;
+                }
+                if n == 0 {
+                    return None;
+                }
+            };
+            return Some(answered);
         }
     };
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;

@@ -18,7 +18,7 @@ use super::{CmdResult, Failure, Output, resolve};
 
 #[derive(Debug, Args)]
 pub struct TapArgs {
-    /// The workload whose proxies to tap: NAME (in -n's namespace) or NAMESPACE/NAME
+    /// The workload whose proxies to tap: NAME (in -n's namespace), NAMESPACE/NAME, or on a cluster deploy/NAME, sts/NAME, ds/NAME, pod/NAME
     pub workload: String,
     /// Only requests to this workload: NAME (in -n's namespace) or NAMESPACE/NAME
     #[arg(long)]
@@ -44,9 +44,11 @@ pub struct TapArgs {
     /// Output format: text (like linkerd viz tap) or json (one object per line)
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
-    /// The control plane's admin address, host:port
-    #[arg(long, default_value = "127.0.0.1:9990", value_parser = super::host_port)]
-    pub admin_addr: String,
+    /// Where the control plane is
+    #[command(flatten)]
+    pub target: super::admin_target::AdminTarget,
+    #[command(flatten)]
+    pub cp: super::admin_target::ControllerNamespace,
 }
 
 /// `%XX` for everything but unreserved characters and '/'.
@@ -61,11 +63,13 @@ pub fn encode(s: &str) -> String {
         .collect()
 }
 
-/// The GET /tap query for the flags, checked here first (the control
-/// plane's own reading): a bad filter is one line naming the flag.
-pub fn query(a: &TapArgs) -> Result<String, String> {
+/// The GET /tap query for the flags and the `workloads` WORKLOAD means,
+/// checked here first (the control plane's own reading): a bad filter is
+/// one line naming the flag.
+pub fn query(a: &TapArgs, workloads: &[String]) -> Result<String, String> {
     let name = |w: &str| super::identity::workload_name(w, &a.namespace);
-    let mut pairs = vec![("workload", name(&a.workload))];
+    let mut pairs: Vec<(&str, String)> =
+        workloads.iter().map(|w| ("workload", w.clone())).collect();
     let optional = [
         ("to", a.to.as_deref().map(name)),
         ("method", a.method.clone()),
@@ -139,14 +143,14 @@ pub fn render(l: &TapLine) -> String {
 trait Stream: std::io::Read + std::io::Write {}
 impl<T: std::io::Read + std::io::Write> Stream for T {}
 
-fn open(a: &TapArgs, q: &str) -> Result<BufReader<Box<dyn Stream>>, Failure> {
+fn open(admin: &str, q: &str) -> Result<BufReader<Box<dyn Stream>>, Failure> {
     let nothing = || {
         Failure::input(format!(
             "no control plane answered at {}; start one (`weft control-plane`) or pass --admin-addr",
-            a.admin_addr
+            admin
         ))
     };
-    let addrs = resolve(&a.admin_addr).map_err(Failure::input)?;
+    let addrs = resolve(admin).map_err(Failure::input)?;
     let s = addrs
         .iter()
         .find_map(|x| std::net::TcpStream::connect_timeout(x, Duration::from_secs(2)).ok())
@@ -191,14 +195,21 @@ fn open(a: &TapArgs, q: &str) -> Result<BufReader<Box<dyn Stream>>, Failure> {
         400 | 401 | 403 | 404 => Failure::input(msg),
         _ => Failure::fatal(format!(
             "the control plane at {} answered {code}: {msg}",
-            a.admin_addr
+            admin
         )),
     })
 }
 
 pub fn run(a: TapArgs) -> CmdResult {
-    let q = query(&a).map_err(Failure::input)?;
-    let mut r = open(&a, &q)?;
+    // Lives as long as the tap: on a cluster it moves the forwarded bytes.
+    let reached = a.target.reach(&a.cp.controller_namespace)?;
+    let workloads = reached.workloads(&super::admin_target::workload_arg(
+        &a.workload,
+        &a.namespace,
+    ))?;
+    let q = query(&a, &workloads).map_err(Failure::input)?;
+    let admin = reached.addr.as_str();
+    let mut r = open(admin, &q)?;
     let mut line = String::new();
     loop {
         line.clear();
@@ -208,7 +219,7 @@ pub fn run(a: TapArgs) -> CmdResult {
             Err(e) => {
                 return Err(Failure::fatal(format!(
                     "the control plane at {} stopped answering: {e}",
-                    a.admin_addr
+                    admin
                 )));
             }
         }
@@ -239,6 +250,16 @@ pub fn run(a: TapArgs) -> CmdResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn query(a: &TapArgs) -> Result<String, String> {
+        super::query(
+            a,
+            &[super::super::identity::workload_name(
+                &a.workload,
+                &a.namespace,
+            )],
+        )
+    }
 
     fn args(extra: &[&str]) -> TapArgs {
         #[derive(clap::Parser)]

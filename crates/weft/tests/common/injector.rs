@@ -112,11 +112,18 @@ pub fn forward_admin(env: &K8sEnv, cp_ns: &str, target: SocketAddr) -> Result<St
         ],
     )?;
     ensure!(!pod.is_empty(), "no control-plane pod in {cp_ns}");
+    forward_pod(env, cp_ns, &pod, 9990, target)?;
+    Ok(pod)
+}
+
+/// kwok forwards `port` of pod `ns/pod` to `target`, as a kubelet would
+/// to the pod's own port (a PortForward object named after the pod).
+pub fn forward_pod(env: &K8sEnv, ns: &str, pod: &str, port: u16, target: SocketAddr) -> Result<()> {
     let yaml = format!(
-        "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: PortForward\nmetadata: {{name: {pod}, namespace: {cp_ns}}}\nspec:\n  forwards:\n  - ports: [9990]\n    target: {{address: \"{}\", port: {}}}\n",
+        "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: PortForward\nmetadata: {{name: {pod}, namespace: {ns}}}\nspec:\n  forwards:\n  - ports: [{port}]\n    target: {{address: \"{}\", port: {}}}\n",
         target.ip(),
         target.port()
     );
     kubectl_stdin(env, &["apply"], &yaml)?;
-    Ok(pod)
+    Ok(())
 }
