@@ -3,7 +3,10 @@
 //! client calling backend in plaintext. `weft identity backend` names the
 //! serial backend presents in a TLS handshake; `weft edges --plaintext`
 //! fails while the unmeshed client's edge is in the window and passes once
-//! a window passed without it. Bad input: one-line errors, exit code 2.
+//! a window passed without it. The operator listener on the control plane
+//! pod's address, called from the client's pod: no certificate, a foreign
+//! Host or Origin and a simple cross-site POST are refused; an allowed
+//! operator reads /fleet. Bad input: one-line errors, exit code 2.
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
@@ -117,7 +120,12 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
     let m = NetMesh::build(
         &[("frontend", &[APP]), ("backend", &[APP]), ("db", &[APP])],
         &["client"],
-        &[],
+        &[
+            "--operator-addr",
+            "0.0.0.0:9443",
+            "--operator-allow",
+            &id("alice"),
+        ],
         &[],
     );
     for w in ["backend", "db"] {
@@ -196,6 +204,7 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
     println!("{}", table.stdout);
     assert!(table.stdout.contains(&format!("{client_ip}  ")) && table.stdout.contains("PLAINTEXT"));
     web_view(&m);
+    operator_off_loopback(&m);
 
     let gate = m
         .weft(&["edges", "--plaintext", "--since", "10m"])
@@ -228,6 +237,69 @@ fn identity_and_edges_with_three_meshed_workloads_and_an_unmeshed_client() {
     println!("{}", r.stderr.trim());
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("demo/nosuch") && r.stderr.contains("demo/backend"));
+}
+
+/// The operator listener on the control plane pod's address, from the
+/// client's pod (another host): only an allowed operator's certificate,
+/// and only requests no browser page of another site could make.
+fn operator_off_loopback(m: &NetMesh) {
+    m.s.weft(&[
+        "certs",
+        "create",
+        &id("alice"),
+        "alice.crt",
+        "alice.key",
+        "--profile",
+        "leaf",
+        "--not-after",
+        "1h",
+        "--ca",
+        "issuer.crt",
+        "--ca-key",
+        "issuer.key",
+        "--no-password",
+        "--insecure",
+    ])
+    .ok();
+    let op = SocketAddr::new(m.cp_ip.into(), 9443);
+    let ask = |alice: bool, request: String| {
+        let (ca, crt, key) = (
+            m.s.path("ca.crt"),
+            m.s.path("alice.crt"),
+            m.s.path("alice.key"),
+        );
+        in_ns(&m.ns("client"), move || {
+            let client = alice.then_some((crt.as_path(), key.as_path()));
+            let name = "weft-identity.weft.serviceaccount.identity.weft.cluster.local";
+            common::operator::tls_request(&ca, name, op, client, &request)
+        })
+        .unwrap()
+    };
+    let get = |host: &str, extra: &str| {
+        format!("GET /fleet HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+    };
+    let refused = ask(false, get(&op.to_string(), "")).unwrap_err();
+    println!("operator listener at {op}, no certificate: {refused}");
+    let (code, body) = ask(true, get(&op.to_string(), "")).unwrap();
+    assert!(code == 200 && body.contains("\"proxies\""), "{code} {body}");
+    let cases = [
+        (get("rebound.example:9443", ""), "is not this listener's"),
+        (
+            get(&op.to_string(), "Origin: https://evil.example\r\n"),
+            "another site's",
+        ),
+        (
+            format!(
+                "POST /renew-now HTTP/1.1\r\nHost: {op}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+            "x-weft-operator",
+        ),
+    ];
+    for (request, says) in cases {
+        let (code, body) = ask(true, request).unwrap();
+        println!("alice from the client's pod -> {code} {}", body.trim());
+        assert!(code == 403 && body.contains(says), "{code} {body}");
+    }
 }
 
 /// The control plane's admin endpoint, read inside its namespace.
