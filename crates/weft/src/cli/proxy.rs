@@ -84,6 +84,9 @@ pub struct ProxyArgs {
         default_value = "allow"
     )]
     pub outbound_plaintext: PlaintextArg,
+    /// Threads that run the proxy (1: one core, as a sidecar runs, like Linkerd's proxy cores); at most 64
+    #[arg(long, env = "WEFT_PROXY_WORKERS", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
     #[command(flatten)]
     pub admin_limits: super::AdminLimitArgs,
     #[command(flatten)]
@@ -202,14 +205,31 @@ fn host_ports(s: &str) -> Result<String, String> {
     Ok(entries.join(","))
 }
 
+/// The runtime for `workers` threads: one runs everything on the calling
+/// thread (no cross-thread wake-ups, the least memory); more share the
+/// connections across that many workers.
+fn runtime(workers: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+    }
+}
+
 pub fn run(args: ProxyArgs) -> CmdResult {
+    let workers = args.workers;
     let cfg = args.into_config()?;
     super::init_logging();
     bounds::raise_nofile();
-    let rt = tokio::runtime::Runtime::new()
+    let rt = runtime(workers)
         .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
         eprintln!("weft proxy starting with:\n{cfg}");
+        eprintln!("  workers                  {workers}");
         let (started, serve) = proxy::start(cfg, super::shutdown_signal())
             .await
             .map_err(Failure::fatal)?;
