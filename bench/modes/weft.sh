@@ -15,7 +15,7 @@
 #     discovery with one request.
 # Knobs (env, read at call time):
 #   WEFT_BIN      the weft binary (default: the repo's target/release/weft, built by peer-bench.sh)
-#   WEFT_WORKERS  tokio worker threads per proxy (TOKIO_WORKER_THREADS); default $PROXY_THREADS;
+#   WEFT_WORKERS  worker threads per proxy (WEFT_PROXY_WORKERS, and TOKIO_WORKER_THREADS for the control plane); default $PROXY_THREADS;
 #                 "default" = tokio's default (one per CPU). weft has no flag of its own for this.
 #   WEFT_OPAQUE   1 (default): BACKEND_PORT is in config.linkerd.io/opaque-ports, so the inbound
 #                 forwards bytes (L4, like the haproxy/nginx/stunnel peers); 0: weft's default for
@@ -41,7 +41,8 @@ weft_wait_ready() { # admin-addr
 weft_env() { # prints env assignments for a proxy/control plane
   local w=${WEFT_WORKERS:-$PROXY_THREADS}
   echo "WEFT_LOG=${WEFT_LOG:-warn}"
-  [[ $w != default ]] && echo "TOKIO_WORKER_THREADS=$w"
+  # the proxy's threads (weft proxy --workers); the control plane's tokio runtime
+  if [[ $w == default ]]; then echo "WEFT_PROXY_WORKERS=$(nproc)"; else echo "WEFT_PROXY_WORKERS=$w"; echo "TOKIO_WORKER_THREADS=$w"; fi
 }
 
 mode_weft_inbound() {
