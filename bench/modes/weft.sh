@@ -16,7 +16,7 @@
 # Knobs (env, read at call time):
 #   WEFT_BIN      the weft binary (default: the repo's target/release/weft, built by peer-bench.sh)
 #   WEFT_WORKERS  worker threads per proxy (WEFT_PROXY_WORKERS, and TOKIO_WORKER_THREADS for the control plane); default $PROXY_THREADS;
-#                 "default" = tokio's default (one per CPU). weft has no flag of its own for this.
+#                 "default" = one per CPU (nproc).
 #   WEFT_OPAQUE   1 (default): BACKEND_PORT is in config.linkerd.io/opaque-ports, so the inbound
 #                 forwards bytes (L4, like the haproxy/nginx/stunnel peers); 0: weft's default for
 #                 a non-opaque port: the inbound detects HTTP/1 and judges every request (hyper).
