@@ -24,6 +24,8 @@ mod anchor;
 mod cluster;
 #[path = "rotate_cluster_issuer.rs"]
 mod cluster_issuer;
+#[path = "rotate_emergency.rs"]
+mod emergency;
 #[path = "rotate_plan.rs"]
 mod plan;
 #[path = "rotate_progress.rs"]
@@ -39,9 +41,8 @@ use progress::{Events, Source, Target};
 pub enum RotateCmd {
     /// Put a new issuer (signed by an anchor in force) in force and renew the fleet under it
     Issuer(IssuerArgs),
-    /// Replace the trust anchor in three verified phases: prepare, activate, retire (also status, abort)
-    #[command(subcommand)]
-    TrustAnchor(anchor::AnchorCmd),
+    /// Replace the trust anchor in three verified phases: prepare, activate, retire (also status, abort); or, once it has expired, at once with --emergency
+    TrustAnchor(anchor::TrustAnchorArgs),
 }
 
 /// The control plane's identity files (standalone mode) and where it answers.
