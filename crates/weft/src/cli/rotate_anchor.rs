@@ -24,8 +24,12 @@ use crate::cli::{CmdResult, Failure};
 pub struct TrustAnchorArgs {
     #[command(subcommand)]
     pub phase: Option<AnchorCmd>,
+    /// Flattened apart from the plane's flags: clap does not fill an
+    /// optional group that nests another.
     #[command(flatten)]
     pub emergency: Option<super::emergency::EmergencyArgs>,
+    #[command(flatten)]
+    pub plane: Option<PlaneArgs>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,8 +76,8 @@ pub struct PhaseArgs {
 pub fn run(a: TrustAnchorArgs) -> CmdResult {
     let c = match (a.phase, a.emergency) {
         (Some(c), _) => c,
-        (None, Some(e)) => return super::emergency::run(e),
-        (None, None) => {
+        (None, Some(e)) if let Some(plane) = a.plane => return super::emergency::run(e, plane),
+        (None, _) => {
             return Err(Failure::input(
                 "name a phase (prepare, activate, retire, status, abort) or --emergency; see `weft rotate trust-anchor --help`",
             ));

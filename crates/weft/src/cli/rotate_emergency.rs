@@ -41,8 +41,6 @@ pub struct EmergencyArgs {
     /// The control plane's state directory, for the `weft token create` commands printed
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "weft-state")]
     pub state_dir: PathBuf,
-    #[command(flatten)]
-    pub plane: PlaneArgs,
 }
 
 /// Whether the anchor and issuer in force can still serve at `now`:
@@ -115,9 +113,12 @@ fn files(a: &EmergencyArgs) -> (&Path, &Path, &Path) {
 /// The anchor and issuer files in force, judged: refused while they still
 /// serve (unless --force). Ok(false): they already hold the new pair (a
 /// re-run resumes, nothing to install).
-fn justify(a: &EmergencyArgs, anchor_pem: &str, ev: &Events) -> Result<bool, Failure> {
+fn justify(
+    (a, p): (&EmergencyArgs, &PlaneArgs),
+    anchor_pem: &str,
+    ev: &Events,
+) -> Result<bool, Failure> {
     let (_, cert, _) = files(a);
-    let p = &a.plane;
     let (anchors_now, issuer_now) = (
         read(&p.identity_trust_anchors_file)?,
         read(&p.identity_issuer_certificate_file)?,
@@ -165,8 +166,11 @@ fn justify(a: &EmergencyArgs, anchor_pem: &str, ev: &Events) -> Result<bool, Fai
 
 /// The anchors file, then the issuer key and certificate, replaced at once;
 /// any trust-anchor rotation in progress (state and issuer backups) dropped.
-fn install(a: &EmergencyArgs, anchor_pem: &str, ev: &Events) -> Result<(), Failure> {
-    let p = &a.plane;
+fn install(
+    (a, p): (&EmergencyArgs, &PlaneArgs),
+    anchor_pem: &str,
+    ev: &Events,
+) -> Result<(), Failure> {
     let (_, cert, key) = files(a);
     let (cert, key) = (read(cert)?, read(key)?);
     pki::files::write_atomic(
@@ -208,8 +212,8 @@ fn install(a: &EmergencyArgs, anchor_pem: &str, ev: &Events) -> Result<(), Failu
     Ok(())
 }
 
-pub fn run(a: EmergencyArgs) -> CmdResult {
-    let p = &a.plane;
+pub fn run(a: EmergencyArgs, plane: PlaneArgs) -> CmdResult {
+    let p = &plane;
     let (_lock, taken_over) =
         state::lock(&p.identity_trust_anchors_file).map_err(super::anchor::state_failure)?;
     let ev = Events::new(&p.output, Instant::now());
@@ -227,8 +231,8 @@ pub fn run(a: EmergencyArgs) -> CmdResult {
     let create = format!("`{}`", p.certs_create_issuer(anchor_file));
     let issuer = super::judge((anchor_file, anchor_pem.as_bytes()), cert, key, &create)?;
     let before = progress::fleet(&p.admin_addr).ok();
-    if justify(&a, &anchor_pem, &ev)? {
-        install(&a, &anchor_pem, &ev)?;
+    if justify((&a, p), &anchor_pem, &ev)? {
+        install((&a, p), &anchor_pem, &ev)?;
     }
     let refused_before = before.as_ref().and_then(|v| v.issuer_refused.clone());
     let judge = |v: &FleetView| served(v, &anchor_fp, &issuer, refused_before.as_deref());
@@ -253,13 +257,18 @@ pub fn run(a: EmergencyArgs) -> CmdResult {
         ),
     );
     let known = progress::fleet(&p.admin_addr).ok().or(before);
-    steps(&a, anchor_file, known.as_ref(), &ev);
+    steps((&a, p), anchor_file, known.as_ref(), &ev);
     Ok(())
 }
 
 /// The out-of-band steps, exact: a fresh token per workload the fleet view
 /// knows, the new anchor onto each proxy's anchors file, how to follow.
-fn steps(a: &EmergencyArgs, anchor: &Path, v: Option<&FleetView>, ev: &Events) {
+fn steps(
+    (a, p): (&EmergencyArgs, &PlaneArgs),
+    anchor: &Path,
+    v: Option<&FleetView>,
+    ev: &Events,
+) {
     let known = v.map(workloads).unwrap_or_default();
     let tokens: Vec<String> = known
         .iter()
@@ -285,8 +294,8 @@ fn steps(a: &EmergencyArgs, anchor: &Path, v: Option<&FleetView>, ev: &Events) {
         })
         .collect();
     let follow = [
-        format!("weft check --proxy --admin-addr {}", a.plane.admin_addr),
-        format!("weft rotate trust-anchor status {}", a.plane.flags()),
+        format!("weft check --proxy --admin-addr {}", p.admin_addr),
+        format!("weft rotate trust-anchor status {}", p.flags()),
     ];
     let mut text = String::from(
         "next, out of band (a proxy never takes an anchor from a control plane it cannot verify):\n  1. a fresh join token for each workload, put where its proxy's --token-file points (read again on every try):\n",
