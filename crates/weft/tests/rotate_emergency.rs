@@ -276,6 +276,23 @@ fn emergency_re_root_brings_every_proxy_back_and_no_proxy_trusts_on_first_use() 
     let check = s.weft(&["check", "--proxy", "--admin-addr", &admin_s]);
     println!("$ weft check --proxy\n{}", check.stdout);
 
+    // Re-run (as after an interrupted run): the files already hold the new
+    // pair, so it resumes; -o json gives one event a line.
+    let r = emergency(&s, &admin_s, pair, &["-o", "json"]).ok();
+    let events: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let event = |name: &str| events.iter().find(|e| e["event"] == name).cloned();
+    assert!(
+        event("resume").is_some() && event("installed").is_none(),
+        "{}",
+        r.stdout
+    );
+    let next = event("next").unwrap();
+    assert_eq!(next["tokens"].as_array().map(Vec::len), Some(4), "{next}");
+
     // The orphan was not given the anchor: it refuses the control plane,
     // naming the anchor it lacks, holds no certificate and passes nothing.
     let orphan = &proxies[3];

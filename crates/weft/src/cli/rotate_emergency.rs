@@ -263,12 +263,7 @@ pub fn run(a: EmergencyArgs, plane: PlaneArgs) -> CmdResult {
 
 /// The out-of-band steps, exact: a fresh token per workload the fleet view
 /// knows, the new anchor onto each proxy's anchors file, how to follow.
-fn steps(
-    (a, p): (&EmergencyArgs, &PlaneArgs),
-    anchor: &Path,
-    v: Option<&FleetView>,
-    ev: &Events,
-) {
+fn steps((a, p): (&EmergencyArgs, &PlaneArgs), anchor: &Path, v: Option<&FleetView>, ev: &Events) {
     let known = v.map(workloads).unwrap_or_default();
     let tokens: Vec<String> = known
         .iter()
