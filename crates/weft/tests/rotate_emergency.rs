@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::Scratch;
-use common::mesh::{echo_server, free_port, spawn_app, start_proxy, workload};
+use common::mesh::{echo_server, free_port, spawn_app, start_proxy};
 use common::proc::{http_get, metric_sum, poll};
 use common::rotation::{self, fleet};
 
@@ -45,26 +45,6 @@ fn emergency(s: &Scratch, admin: &str, pair: [&str; 3], extra: &[&str]) -> commo
     a.extend(common::GUIDE_FILES);
     a.extend(extra);
     s.weft(&a)
-}
-
-/// The anchor and issuer in force, made to expire: the guide's commands
-/// with short lifetimes.
-fn short_lived_material(s: &Scratch) {
-    s.weft(&[
-        "certs",
-        "create",
-        "root.linkerd.cluster.local",
-        "ca.crt",
-        "ca.key",
-        "--profile",
-        "root-ca",
-        "--no-password",
-        "--insecure",
-        "--not-after",
-        ANCHOR_LIFE,
-    ])
-    .ok();
-    s.issuer("issuer", ISSUER_LIFE, "ca");
 }
 
 /// New pairs that must be refused: (cert, key, what the refusal names).
@@ -120,7 +100,8 @@ fn in_force(s: &Scratch) -> [String; 3] {
 #[test]
 fn emergency_re_root_brings_every_proxy_back_and_no_proxy_trusts_on_first_use() {
     let s = Scratch::new();
-    short_lived_material(&s);
+    // The anchor and issuer in force, made to expire.
+    s.guide_material_for(ANCHOR_LIFE, ISSUER_LIFE);
     let not_after = |f: &str| {
         let der = &pki::load_certs(&s.path(f)).unwrap()[0];
         pki::info::CertInfo::from_der(der).unwrap().not_after
@@ -132,16 +113,7 @@ fn emergency_re_root_brings_every_proxy_back_and_no_proxy_trusts_on_first_use() 
     let (app, echo, orphan_app) = (spawn_app(), echo_server(), echo_server());
     let names = ["backend", "frontend", "echo", "orphan"];
     let apps = [app, free_port(), echo, orphan_app];
-    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
-    std::fs::create_dir(s.path("resources")).unwrap();
-    let yaml: String = names
-        .iter()
-        .zip(&ports)
-        .zip(apps)
-        .map(|((n, p), a)| workload(n, a, *p, ""))
-        .collect();
-    s.write("resources/workloads.yaml", yaml);
-    let cp = s.control_plane(&["--resources", "resources", "--reread-interval", "1s"]);
+    let (ports, cp) = rotation::mesh_of(&s, &names, &apps);
     let admin = cp.addr("admin listening on");
     let admin_s = admin.to_string();
     let out = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
