@@ -178,7 +178,11 @@ fn emergency_re_root_brings_every_proxy_back_and_no_proxy_trusts_on_first_use() 
     poll("the anchor to expire too", Duration::from_secs(30), || {
         (time::OffsetDateTime::now_utc() > anchor_ends).then_some(())
     });
-    print_state("after expiry", &s, &cp, &proxies, admin);
+    let check = print_state("after expiry", &s, &cp, &proxies, admin);
+    assert!(
+        check.contains("no issuer is in force") && check.contains("--emergency"),
+        "{check}"
+    );
 
     // Bad new pairs: refused before anything changes.
     for (cert, key, why) in bad {
@@ -339,7 +343,7 @@ fn print_state(
     cp: &common::proc::Proc,
     proxies: &[common::proc::Proc],
     admin: SocketAddr,
-) {
+) -> String {
     let ready = http_get(admin, "/ready").map(|(c, b)| format!("{c} {}", b.trim()));
     println!("{when}: control plane /ready: {ready:?}");
     println!("{when}: control plane: {}", last_line(cp, "expired"));
@@ -351,4 +355,5 @@ fn print_state(
         "{when}: weft check --proxy (exit {}):\n{}",
         check.code, check.stdout
     );
+    check.stdout
 }
