@@ -3,8 +3,11 @@
 //! longer be verified (an emergency re-root). A changed file is applied
 //! once (edge-triggered, so a stale bootstrap copy never undoes a retired
 //! anchor): before any bundle it replaces the anchors; with a bundle in
-//! force its anchors are added to the bundle's, which the next verified
-//! bundle replaces. A bad file is refused, logged and counted; the trust in
+//! force its new anchors are added to the bundle's, which the next verified
+//! bundle replaces. An anchor given out of band means a re-root, so the
+//! bundle count starts afresh (a re-rooted control plane whose state
+//! directory was lost counts from 1 again, and must not look like a stale
+//! replica). A bad file is refused, logged and counted; the trust in
 //! force stays. Nothing learned from the control plane alone ever enters
 //! the trust this way: a control plane the proxy cannot verify is never
 //! even connected to.
@@ -89,7 +92,7 @@ pub fn judge(pem: &str, current: &Trust, now: OffsetDateTime) -> Decision {
         union.push('\n');
     }
     union.push_str(&pki::cert::to_pem(&added));
-    match Trust::new(current.version.clone(), &union) {
+    match Trust::new(None, &union) {
         Ok(t) => Decision::Apply(t),
         Err(e) => Decision::Refuse(FileRefused::Bad(e)),
     }
@@ -123,13 +126,13 @@ impl Watch {
             match decision {
                 Decision::Keep => {}
                 Decision::Apply(t) => {
+                    let old = self.trust.send_replace(Arc::new(t));
                     tracing::info!(
                         file = %self.path.display(),
-                        anchors = t.anchors.len(),
-                        added_to_bundle = t.version.is_some(),
+                        anchors = self.trust.borrow().anchors.len(),
+                        added_to_bundle_generation = old.version.as_ref().map(|v| v.generation),
                         "trust anchors file changed and applied; new handshakes use it"
                     );
-                    self.trust.send_replace(Arc::new(t));
                 }
                 Decision::Refuse(e) => {
                     // Logged and counted once per new reason, not every second.
