@@ -166,6 +166,39 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| Failure::input(format!("cannot read {}: {e}", path.display())))
 }
 
+/// Why `anchor` is refused, with the command that makes a good one.
+fn anchor_refused(anchor: &Path, why: &str) -> Failure {
+    Failure::input(format!(
+        "the new anchor {} is refused, nothing was changed: {why}; create one with `weft certs create root.linkerd.cluster.local {} {} --profile root-ca`",
+        anchor.display(),
+        anchor.display(),
+        key_beside(anchor).display()
+    ))
+}
+
+/// A new anchor judged before anything changes: one self-signed CA
+/// certificate, valid now.
+fn read_anchor(path: &Path) -> Result<pki::CertificateDer<'static>, Failure> {
+    let refuse = |why: String| anchor_refused(path, &why);
+    let pem = String::from_utf8(read(path)?).map_err(|_| refuse("not PEM text".into()))?;
+    let certs = pki::parse_certs(path, pem.as_bytes()).map_err(|e| refuse(e.to_string()))?;
+    let [cert] = certs.as_slice() else {
+        return Err(refuse(format!(
+            "it holds {} certificates, expected exactly one",
+            certs.len()
+        )));
+    };
+    pki::verify(
+        cert,
+        &[],
+        std::slice::from_ref(cert),
+        time::OffsetDateTime::now_utc(),
+        pki::Purpose::Ca,
+    )
+    .map_err(|e| refuse(format!("not a valid self-signed CA certificate: {e}")))?;
+    Ok(cert.clone())
+}
+
 /// Every identity check on the new pair against `anchors` (a label and
 /// PEM bytes); a warning (e.g. less than 60 days left) refuses too: a
 /// rotation should not install an issuer that is already due for the next

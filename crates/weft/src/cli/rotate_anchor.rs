@@ -211,43 +211,10 @@ pub(super) fn put_bundle(
     .map_err(Err)
 }
 
-/// Why `anchor` is refused, with the command that makes a good one.
-fn anchor_refused(anchor: &Path, why: &str) -> Failure {
-    Failure::input(format!(
-        "the new anchor {} is refused, nothing was changed: {why}; create one with `weft certs create root.linkerd.cluster.local {} {} --profile root-ca`",
-        anchor.display(),
-        anchor.display(),
-        super::key_beside(anchor).display()
-    ))
-}
-
-/// A new anchor judged before anything changes: one self-signed CA
-/// certificate, valid now.
-pub(super) fn read_anchor(path: &Path) -> Result<pki::CertificateDer<'static>, Failure> {
-    let refuse = |why: String| anchor_refused(path, &why);
-    let pem = String::from_utf8(read(path)?).map_err(|_| refuse("not PEM text".into()))?;
-    let certs = pki::parse_certs(path, pem.as_bytes()).map_err(|e| refuse(e.to_string()))?;
-    let [cert] = certs.as_slice() else {
-        return Err(refuse(format!(
-            "it holds {} certificates, expected exactly one",
-            certs.len()
-        )));
-    };
-    pki::verify(
-        cert,
-        &[],
-        std::slice::from_ref(cert),
-        time::OffsetDateTime::now_utc(),
-        pki::Purpose::Ca,
-    )
-    .map_err(|e| refuse(format!("not a valid self-signed CA certificate: {e}")))?;
-    Ok(cert.clone())
-}
-
-/// The new anchor judged before anything changes: [`read_anchor`], and not
+/// The new anchor judged before anything changes: [`super::read_anchor`], and not
 /// already in the bundle.
 fn new_rotation(a: &PrepareArgs) -> Result<Rotation, Failure> {
-    let cert = &read_anchor(&a.new_anchor)?;
+    let cert = &super::read_anchor(&a.new_anchor)?;
     let old_pem = String::from_utf8(read(&a.plane.identity_trust_anchors_file)?)
         .map_err(|_| Failure::input("the anchors file is not PEM text"))?;
     let old = pki::parse_certs(&a.plane.identity_trust_anchors_file, old_pem.as_bytes())
@@ -259,7 +226,7 @@ fn new_rotation(a: &PrepareArgs) -> Result<Rotation, Failure> {
             "it is already in {} (a rotation needs a new anchor)",
             a.plane.identity_trust_anchors_file.display()
         );
-        return Err(anchor_refused(&a.new_anchor, &why));
+        return Err(super::anchor_refused(&a.new_anchor, &why));
     }
     let v = progress::fleet_or_refuse(&a.plane.admin_addr)?;
     let old_issuer = v.bundle.map(|b| b.issuer_sha256).unwrap_or_default();

@@ -225,7 +225,7 @@ pub fn run(a: EmergencyArgs, plane: PlaneArgs) -> CmdResult {
         );
     }
     let (anchor_file, cert, key) = files(&a);
-    let anchor = super::anchor::read_anchor(anchor_file)?;
+    let anchor = super::read_anchor(anchor_file)?;
     let anchor_fp = pki::fingerprint(&anchor);
     let anchor_pem = pki::cert::to_pem(std::slice::from_ref(&anchor));
     let create = format!("`{}`", p.certs_create_issuer(anchor_file));
