@@ -178,6 +178,19 @@ fn emergency_re_root_brings_every_proxy_back_and_no_proxy_trusts_on_first_use() 
     poll("the anchor to expire too", Duration::from_secs(30), || {
         (time::OffsetDateTime::now_utc() > anchor_ends).then_some(())
     });
+    poll(
+        "a proxy told the control plane has no certificate",
+        DEADLINE,
+        || {
+            proxies
+                .iter()
+                .any(|p| {
+                    p.output()
+                        .contains("the control plane presented no certificate")
+                })
+                .then_some(())
+        },
+    );
     let check = print_state("after expiry", &s, &cp, &proxies, admin);
     assert!(
         check.contains("no issuer is in force") && check.contains("--emergency"),
