@@ -62,11 +62,27 @@ pub fn summary(v: &FleetView) -> String {
 /// A refused replacement keeps the mesh working on the previous issuer, so
 /// nothing else shows it; it is a failure because what the operator put in
 /// place is not what serves.
+/// Once the issuer served has expired nothing serves: proxies stop as
+/// their leaves end, and only an emergency re-root brings them back.
 fn refused_check(v: &FleetView) -> CheckResult {
     let what = "the control plane accepted its newest issuer and trust anchors";
-    match &v.issuer_refused {
-        None => CheckResult::ok(what),
-        Some(why) => CheckResult::fail(
+    let lapsed = v
+        .bundle
+        .as_ref()
+        .map(|b| b.issuer_not_after)
+        .filter(|t| (1..=v.now).contains(t));
+    match (&v.issuer_refused, lapsed) {
+        (None, None) => CheckResult::ok(what),
+        (why, Some(at)) => CheckResult::fail(
+            what,
+            format!(
+                "no issuer is in force: the last one expired {}s ago{}; proxies cannot renew and stop as their leaves end",
+                v.now - at,
+                why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+            ),
+            "put a valid issuer in place with `weft rotate issuer`; if the trust anchor has expired too (or the issuer and anchor are lost), re-root with `weft rotate trust-anchor --emergency --new-anchor ... --issuer-cert ... --issuer-key ...` (README \"Emergency re-root\")",
+        ),
+        (Some(why), None) => CheckResult::fail(
             what,
             format!("refused, the previous issuer keeps serving: {why}"),
             "check the new files with `weft check --identity-trust-anchors-file ... --identity-issuer-certificate-file ... --identity-issuer-key-file ...`, fix what it names and put them in place again",
@@ -383,6 +399,22 @@ mod tests {
         let silent = by("every connected proxy reported within 60s");
         assert_eq!(silent.result, Status::Warning);
         assert!(silent.error.contains("demo/c last reported 90s ago"));
+        // The issuer served has expired: the check says nothing serves.
+        let mut lapsed = fleet(vec![]);
+        lapsed.bundle.as_mut().unwrap().issuer_not_after = 990;
+        lapsed.issuer_refused = Some("expired".into());
+        let r = fleet_checks(&lapsed, std::time::Duration::from_secs(3600));
+        let c = r
+            .iter()
+            .find(|c| c.description.starts_with("the control plane accepted"))
+            .unwrap();
+        assert_eq!(c.result, Status::Error);
+        assert!(
+            c.error
+                .contains("no issuer is in force: the last one expired 10s ago (expired)")
+                && c.hint.contains("--emergency"),
+            "{c:?}"
+        );
         let mut orphan = proxy("demo/e", 2, "connected");
         orphan.anchor_in_bundle = false;
         let v = fleet(vec![orphan]);

@@ -16,7 +16,7 @@ use prometheus_client::metrics::family::Family;
 
 use crate::certify::{Certified, CertifyError};
 use crate::metrics::ResultLabel;
-use crate::trust::{Trust, TrustRx};
+use crate::trust::TrustRx;
 
 /// The certificate in force: the same type the control plane holds its own in.
 pub type ProxyCert = pki::CertInForce;
@@ -71,10 +71,8 @@ pub struct CertLoop {
     pub control_plane: Identity,
     /// How long one Certify may take, connection included.
     pub timeout: Duration,
-    /// Until the control plane pushes a bundle, this file is re-read before
-    /// every try, so a corrected anchors file is picked up.
-    pub anchors_file: Option<PathBuf>,
-    /// The anchors in force once a bundle was pushed.
+    /// The anchors in force: the bundle pushed, or the anchors file (watched
+    /// by `anchors_file`); a change wakes a proxy with no valid certificate.
     pub trust: TrustRx,
     pub identity: Identity,
     pub token_file: Option<PathBuf>,
@@ -88,21 +86,6 @@ pub struct CertLoop {
 }
 
 impl CertLoop {
-    /// The anchors to judge the control plane and its answer by: the bundle
-    /// pushed, else the bootstrap file as it is now.
-    fn anchors(&self) -> Arc<Trust> {
-        let trust = self.trust.borrow().clone();
-        if trust.version.is_some() {
-            return trust;
-        }
-        self.anchors_file
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|pem| Trust::new(None, &pem).ok())
-            .map(Arc::new)
-            .unwrap_or(trust)
-    }
-
     /// The token, read afresh each time: it may have been replaced.
     fn token(&self) -> Option<Vec<u8>> {
         let p = self.token_file.as_ref()?;
@@ -118,7 +101,7 @@ impl CertLoop {
     /// One Certify: a renewal on the shared connection (it presents the
     /// current leaf); the first, with the token, on a connection of its own.
     async fn attempt(&self, current: Option<Arc<ProxyCert>>) -> Result<Certified, CertifyError> {
-        let trust = self.anchors();
+        let trust = self.trust.borrow().clone();
         let anchors = trust.anchors.clone();
         let token = self.token();
         if current.is_some() {
@@ -172,7 +155,9 @@ impl CertLoop {
     pub async fn run(mut self, tx: watch::Sender<Option<Arc<ProxyCert>>>) {
         let mut failures: u32 = 0;
         let mut request_id = String::new();
+        let mut trust = self.trust.clone();
         loop {
+            trust.mark_unchanged();
             let now = OffsetDateTime::now_utc();
             let current = tx.borrow().clone().filter(|c| c.is_valid(now));
             let result = self.attempt(current.clone()).await;
@@ -227,8 +212,15 @@ impl CertLoop {
                 at: OffsetDateTime::now_utc().unix_timestamp(),
                 renew_request_id: std::mem::take(&mut request_id),
             });
+            // Stopped (no valid certificate): new anchors, from the watched
+            // file after a re-root, are worth a try at once.
+            let stopped = tx.borrow().is_none();
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                Ok(()) = trust.changed(), if stopped => {
+                    tracing::info!("the anchors in force changed; trying again now");
+                    failures = 0;
+                }
                 Some(id) = self.renew.recv() => {
                     tracing::info!(request = %id, "renewing now, as the control plane asked");
                     request_id = id;
@@ -272,6 +264,7 @@ impl CertLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trust::Trust;
 
     /// A renewal that cannot reach the identity service is counted as an
     /// error, and reported as such.
@@ -315,7 +308,6 @@ mod tests {
                 .parse()
                 .unwrap(),
             timeout: Duration::from_secs(2),
-            anchors_file: None,
             trust,
             identity: "web.demo.serviceaccount.identity.weft.cluster.local"
                 .parse()

@@ -76,6 +76,10 @@ pub async fn connect(
         Ok(c) => Ok(c),
         Err(e) => {
             let mut detail = crate::connect::describe(&e);
+            // rustls's answer when the server has no certificate to present.
+            if detail.contains("AccessDenied") {
+                detail.push_str("; the control plane presented no certificate: its issuer has probably expired (see its /ready and `weft check --proxy`)");
+            }
             if (detail.contains("UnknownIssuer") || detail.contains("invalid peer certificate"))
                 && let Some(first) = crate::replicas::entries(addr).first().copied()
                 && let Some(chain) = crate::probe::server_chain(first, &name).await

@@ -2,6 +2,7 @@
 //! originates mutual TLS, resolves destinations fail-closed.
 
 pub mod admin;
+pub mod anchors_file;
 pub mod authz;
 pub mod cert;
 pub mod certify;
@@ -149,7 +150,6 @@ pub async fn start(
         control: control.clone(),
         control_plane: cfg.control_plane_identity.clone(),
         timeout: Duration::from_secs(10),
-        anchors_file: Some(cfg.anchors_file.clone()),
         trust: trust_rx.clone(),
         identity: cfg.identity.clone(),
         token_file: cfg.token_file.clone(),
@@ -157,6 +157,12 @@ pub async fn start(
         renew: renew_rx,
         status: status_tx,
         refreshes: metrics.refreshes.clone(),
+    };
+    let anchors_watch = anchors_file::Watch {
+        path: cfg.anchors_file.clone(),
+        trust: trust_tx.clone(),
+        applied: anchors_pem,
+        metrics: metrics.clone(),
     };
     let mesh_link = mesh::MeshLink {
         addr: cfg.destination_addr.clone(),
@@ -255,6 +261,7 @@ pub async fn start(
         let mut background = tokio::task::JoinSet::new();
         background.spawn(cert_loop.run(cert_tx));
         background.spawn(mesh_link.run());
+        background.spawn(anchors_watch.run());
         background.spawn(track_trust(trust_rx, metrics.clone()));
         background.spawn(track_cert(cert_rx, metrics));
         background.spawn(admin::serve(

@@ -135,6 +135,8 @@ pub struct ProxyMetrics {
     /// 0 until the control plane pushed a bundle (the bootstrap file).
     pub bundle_generation: Gauge,
     pub bundle_refusals: Family<ReasonLabel, Counter>,
+    /// Rewrites of the anchors file refused (the trust in force kept).
+    pub anchors_file_refusals: Family<ReasonLabel, Counter>,
     /// Control-plane replicas left because they offered an older bundle.
     pub stale_control_planes: Counter,
     pub active: std::sync::Arc<Active>,
@@ -208,6 +210,11 @@ impl ProxyMetrics {
             self.bundle_refusals.clone(),
         );
         r.register(
+            "trust_anchors_file_refusals",
+            "Rewrites of the trust anchors file refused (the anchors in force kept), by reason",
+            self.anchors_file_refusals.clone(),
+        );
+        r.register(
             "control_plane_stale",
             "Control-plane replicas left because they offered an older trust bundle than the one in force",
             self.stale_control_planes.clone(),
@@ -226,6 +233,12 @@ impl ProxyMetrics {
 
     pub fn bundle_refused(&self, reason: &'static str) {
         self.bundle_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn anchors_file_refused(&self, reason: &'static str) {
+        self.anchors_file_refusals
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }

@@ -53,7 +53,7 @@ pub fn explain(chain: &[CertificateDer<'_>], anchors: &[CertificateDer<'_>]) -> 
         })
         .collect();
     format!(
-        "the control plane's chain needs the anchor {} (key id {}), but the anchors file holds {}; add that anchor to the file (it is re-read on the next try)",
+        "the control plane's chain needs the anchor {} (key id {}), but the anchors file holds {}; a control plane is never trusted on its word: if it was re-rooted, write its new anchor to the anchors file (a proxy applies it within a second, without a restart)",
         top.issuer,
         top.authority_key_id.unwrap_or_else(|| "unknown".into()),
         if have.is_empty() {

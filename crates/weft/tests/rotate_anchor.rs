@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::Scratch;
-use common::mesh::{echo_server, free_port, spawn_app, start_proxy, workload};
+use common::mesh::{echo_server, free_port, spawn_app, start_proxy};
 use common::proc::poll;
 use common::rotation::{self, fleet};
 
@@ -95,17 +95,8 @@ fn trust_anchor_rotation_by_the_commands_alone() {
 
     let (app, echo) = (spawn_app(), echo_server());
     let names = ["backend", "frontend", "echo", "batch", "stuck"];
-    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
-    std::fs::create_dir(s.path("resources")).unwrap();
     let apps = [app, free_port(), echo, free_port(), free_port()];
-    let yaml: String = names
-        .iter()
-        .zip(&ports)
-        .zip(apps)
-        .map(|((n, p), a)| workload(n, a, *p, ""))
-        .collect();
-    s.write("resources/workloads.yaml", yaml);
-    let cp = s.control_plane(&["--resources", "resources", "--reread-interval", "1s"]);
+    let (ports, cp) = rotation::mesh_of(&s, &names, &apps);
     let admin = cp.addr("admin listening on");
     let admin_s = admin.to_string();
     let gate = rotation::gate(cp.addr("identity listening on"));

@@ -24,6 +24,8 @@ mod anchor;
 mod cluster;
 #[path = "rotate_cluster_issuer.rs"]
 mod cluster_issuer;
+#[path = "rotate_emergency.rs"]
+mod emergency;
 #[path = "rotate_plan.rs"]
 mod plan;
 #[path = "rotate_progress.rs"]
@@ -39,9 +41,8 @@ use progress::{Events, Source, Target};
 pub enum RotateCmd {
     /// Put a new issuer (signed by an anchor in force) in force and renew the fleet under it
     Issuer(IssuerArgs),
-    /// Replace the trust anchor in three verified phases: prepare, activate, retire (also status, abort)
-    #[command(subcommand)]
-    TrustAnchor(anchor::AnchorCmd),
+    /// Replace the trust anchor in three verified phases: prepare, activate, retire (also status, abort); or, once it has expired, at once with --emergency
+    TrustAnchor(anchor::TrustAnchorArgs),
 }
 
 /// The control plane's identity files (standalone mode) and where it answers.
@@ -163,6 +164,39 @@ pub fn run(c: RotateCmd) -> CmdResult {
 
 fn read(path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| Failure::input(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Why `anchor` is refused, with the command that makes a good one.
+fn anchor_refused(anchor: &Path, why: &str) -> Failure {
+    Failure::input(format!(
+        "the new anchor {} is refused, nothing was changed: {why}; create one with `weft certs create root.linkerd.cluster.local {} {} --profile root-ca`",
+        anchor.display(),
+        anchor.display(),
+        key_beside(anchor).display()
+    ))
+}
+
+/// A new anchor judged before anything changes: one self-signed CA
+/// certificate, valid now.
+fn read_anchor(path: &Path) -> Result<pki::CertificateDer<'static>, Failure> {
+    let refuse = |why: String| anchor_refused(path, &why);
+    let pem = String::from_utf8(read(path)?).map_err(|_| refuse("not PEM text".into()))?;
+    let certs = pki::parse_certs(path, pem.as_bytes()).map_err(|e| refuse(e.to_string()))?;
+    let [cert] = certs.as_slice() else {
+        return Err(refuse(format!(
+            "it holds {} certificates, expected exactly one",
+            certs.len()
+        )));
+    };
+    pki::verify(
+        cert,
+        &[],
+        std::slice::from_ref(cert),
+        time::OffsetDateTime::now_utc(),
+        pki::Purpose::Ca,
+    )
+    .map_err(|e| refuse(format!("not a valid self-signed CA certificate: {e}")))?;
+    Ok(cert.clone())
 }
 
 /// Every identity check on the new pair against `anchors` (a label and

@@ -18,6 +18,20 @@ use super::state::{self, Phase, Rotation};
 use super::{InForce, PlaneArgs, put_in_force, read};
 use crate::cli::{CmdResult, Failure};
 
+/// `weft rotate trust-anchor`: a phase of the rotation, or `--emergency`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct TrustAnchorArgs {
+    #[command(subcommand)]
+    pub phase: Option<AnchorCmd>,
+    /// Flattened apart from the plane's flags: clap does not fill an
+    /// optional group that nests another.
+    #[command(flatten)]
+    pub emergency: Option<super::emergency::EmergencyArgs>,
+    #[command(flatten)]
+    pub plane: Option<PlaneArgs>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AnchorCmd {
     /// Phase 1: the bundle becomes old + new anchor; waits until every connected proxy applied it
@@ -59,7 +73,16 @@ pub struct PhaseArgs {
     pub plane: PlaneArgs,
 }
 
-pub fn run(c: AnchorCmd) -> CmdResult {
+pub fn run(a: TrustAnchorArgs) -> CmdResult {
+    let c = match (a.phase, a.emergency) {
+        (Some(c), _) => c,
+        (None, Some(e)) if let Some(plane) = a.plane => return super::emergency::run(e, plane),
+        (None, _) => {
+            return Err(Failure::input(
+                "name a phase (prepare, activate, retire, status, abort) or --emergency; see `weft rotate trust-anchor --help`",
+            ));
+        }
+    };
     match c {
         AnchorCmd::Prepare(a) => prepare(a),
         AnchorCmd::Activate(a) => activate(a),
@@ -188,34 +211,10 @@ pub(super) fn put_bundle(
     .map_err(Err)
 }
 
-/// The new anchor judged before anything changes: one self-signed CA
-/// certificate, valid now, not already in the bundle.
+/// The new anchor judged before anything changes: [`super::read_anchor`], and not
+/// already in the bundle.
 fn new_rotation(a: &PrepareArgs) -> Result<Rotation, Failure> {
-    let refuse = |why: String| {
-        Failure::input(format!(
-            "the new anchor {} is refused, nothing was changed: {why}; create one with `weft certs create root.linkerd.cluster.local {} {} --profile root-ca`",
-            a.new_anchor.display(),
-            a.new_anchor.display(),
-            super::key_beside(&a.new_anchor).display()
-        ))
-    };
-    let pem = String::from_utf8(read(&a.new_anchor)?).map_err(|_| refuse("not PEM text".into()))?;
-    let certs =
-        pki::parse_certs(&a.new_anchor, pem.as_bytes()).map_err(|e| refuse(e.to_string()))?;
-    let [cert] = certs.as_slice() else {
-        return Err(refuse(format!(
-            "it holds {} certificates, expected exactly one",
-            certs.len()
-        )));
-    };
-    pki::verify(
-        cert,
-        &[],
-        std::slice::from_ref(cert),
-        time::OffsetDateTime::now_utc(),
-        pki::Purpose::Ca,
-    )
-    .map_err(|e| refuse(format!("not a valid self-signed CA certificate: {e}")))?;
+    let cert = &super::read_anchor(&a.new_anchor)?;
     let old_pem = String::from_utf8(read(&a.plane.identity_trust_anchors_file)?)
         .map_err(|_| Failure::input("the anchors file is not PEM text"))?;
     let old = pki::parse_certs(&a.plane.identity_trust_anchors_file, old_pem.as_bytes())
@@ -223,10 +222,11 @@ fn new_rotation(a: &PrepareArgs) -> Result<Rotation, Failure> {
     let old_anchors: Vec<String> = old.iter().map(|c| pki::fingerprint(c)).collect();
     let new_anchor = pki::fingerprint(cert);
     if old_anchors.contains(&new_anchor) {
-        return Err(refuse(format!(
+        let why = format!(
             "it is already in {} (a rotation needs a new anchor)",
             a.plane.identity_trust_anchors_file.display()
-        )));
+        );
+        return Err(super::anchor_refused(&a.new_anchor, &why));
     }
     let v = progress::fleet_or_refuse(&a.plane.admin_addr)?;
     let old_issuer = v.bundle.map(|b| b.issuer_sha256).unwrap_or_default();

@@ -200,6 +200,11 @@ impl Scratch {
 
     /// The guide's two commands, with `weft certs create` for `step certificate create`.
     pub fn guide_material(&self) {
+        self.guide_material_for("87600h", "8760h");
+    }
+
+    /// The guide's material with these lifetimes (anchor, issuer).
+    pub fn guide_material_for(&self, anchor: &str, issuer: &str) {
         self.weft(&[
             "certs",
             "create",
@@ -211,10 +216,10 @@ impl Scratch {
             "--no-password",
             "--insecure",
             "--not-after",
-            "87600h",
+            anchor,
         ])
         .ok();
-        self.issuer("issuer", "8760h", "ca");
+        self.issuer("issuer", issuer, "ca");
     }
 
     /// The guide's issuer command: `name`.crt/.key (intermediate-ca, valid

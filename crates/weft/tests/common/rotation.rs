@@ -30,6 +30,23 @@ pub fn new_anchor_and_issuer(s: &Scratch) {
     s.issuer("issuer2", "8760h", "ca2");
 }
 
+/// resources/workloads.yaml declaring `names` in demo (app ports `apps`, an
+/// inbound port each), and a control plane on it re-reading its files every
+/// second: (the inbound ports, the control plane).
+pub fn mesh_of(s: &Scratch, names: &[&str], apps: &[u16]) -> (Vec<u16>, super::proc::Proc) {
+    let ports: Vec<u16> = names.iter().map(|_| super::mesh::free_port()).collect();
+    std::fs::create_dir(s.path("resources")).unwrap();
+    let yaml: String = names
+        .iter()
+        .zip(&ports)
+        .zip(apps)
+        .map(|((n, p), a)| super::mesh::workload(n, *a, *p, ""))
+        .collect();
+    s.write("resources/workloads.yaml", yaml);
+    let cp = s.control_plane(&["--resources", "resources", "--reread-interval", "1s"]);
+    (ports, cp)
+}
+
 /// The control plane's fleet view at `admin`, if it answers.
 /// An unmanaged client, as a linkerd2-proxy looks to the fleet: a fresh
 /// join token and a certificate for `demo/legacy` by hand, no stream.
