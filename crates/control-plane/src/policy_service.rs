@@ -38,6 +38,10 @@ pub struct PolicyService {
 }
 
 pub type InForce = Arc<Mutex<HashMap<(WorkloadKind, String, String, u16), String>>>;
+
+/// How long a watch for a pod not yet known waits for it (its proxy falls
+/// back to its last default, or denies, after its own discovery timeout).
+const UNKNOWN_POD_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 pub type UnsettledCache = Arc<Mutex<Option<(Arc<Snapshot>, Arc<Unsettled>)>>>;
 
 /// A proxy's workload string, Linkerd's form:
@@ -124,6 +128,32 @@ impl PolicyService {
         Ok(t.server)
     }
 
+    /// The first answer of a watch. A pod's proxy can ask before the pod
+    /// watch has brought its pod here (it starts as soon as the pod runs):
+    /// an unknown pod is waited for a moment rather than refused at once,
+    /// which would make its proxy deny its first requests.
+    async fn first(
+        &self,
+        rx: &mut watch::Receiver<Arc<Snapshot>>,
+        workload: (WorkloadKind, &str, &str),
+        port: u16,
+        caller: Option<&pki::Identity>,
+    ) -> Result<Server, Status> {
+        let deadline = tokio::time::Instant::now() + UNKNOWN_POD_GRACE;
+        loop {
+            let snap = rx.borrow_and_update().clone();
+            match self.resolve(&snap, workload, port, caller) {
+                Err(e)
+                    if e.code() == tonic::Code::NotFound
+                        && workload.0 == WorkloadKind::Pod
+                        && tokio::time::timeout_at(deadline, rx.changed())
+                            .await
+                            .is_ok_and(|r| r.is_ok()) => {}
+                answer => return answer,
+            }
+        }
+    }
+
     fn spec(
         &self,
         req: &Request<PortSpec>,
@@ -170,12 +200,8 @@ impl InboundServerPolicies for PolicyService {
         let (kind, ns, name, port, caller) = self.spec(&req).map_err(refused)?;
         let mut rx = self.snapshot.clone();
         let first = self
-            .resolve(
-                &rx.borrow_and_update().clone(),
-                (kind, &ns, &name),
-                port,
-                caller.as_ref(),
-            )
+            .first(&mut rx, (kind, &ns, &name), port, caller.as_ref())
+            .await
             .map_err(refused)?;
         let this = self.clone();
         let stream = crate::changes::changes(rx, first, move |snap| {

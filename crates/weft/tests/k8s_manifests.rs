@@ -108,7 +108,8 @@ fn per_name(resource: String, names: BTreeSet<String>, verbs: BTreeSet<String>) 
         .collect()
 }
 
-/// The grants rbac.yaml ships (ClusterRole and Role rules).
+/// The grants rbac.yaml ships to the control plane (its ClusterRole and
+/// Role rules; the operator Roles are for people).
 fn shipped() -> Result<BTreeSet<Grant>> {
     let docs: Vec<serde_json::Value> =
         serde_saphyr::from_multiple(control_plane::k8s_manifests::RBAC).context("rbac.yaml")?;
@@ -125,7 +126,7 @@ fn shipped() -> Result<BTreeSet<Grant>> {
         matches!(
             d.get("kind").and_then(|k| k.as_str()),
             Some("ClusterRole" | "Role")
-        )
+        ) && d.pointer("/metadata/name").and_then(|n| n.as_str()) == Some("weft-control-plane")
     }) {
         for rule in doc
             .get("rules")

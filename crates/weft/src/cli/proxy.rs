@@ -225,8 +225,8 @@ pub fn run(args: ProxyArgs) -> CmdResult {
     let cfg = args.into_config()?;
     super::init_logging();
     bounds::raise_nofile();
-    let rt = runtime(workers)
-        .map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
+    let rt =
+        runtime(workers).map_err(|e| Failure::fatal(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async move {
         eprintln!("weft proxy starting with:\n{cfg}");
         eprintln!("  workers                  {workers}");

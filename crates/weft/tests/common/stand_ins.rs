@@ -21,7 +21,7 @@ use testbed::k8s::api::{self, BoundTo};
 use testbed::k8s::k8s_openapi::api::core::v1::{Pod, Service};
 use testbed::k8s::k8s_openapi::api::discovery::v1::EndpointSlice;
 use testbed::k8s::kube::Client;
-use testbed::k8s::kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use testbed::k8s::kube::api::{Api, ListParams, Patch, PatchParams};
 
 use crate::common::Scratch;
 use crate::common::kube::{
@@ -372,9 +372,12 @@ impl<'a> Mesh<'a> {
                 up.insert(name.clone());
                 continue;
             }
-            // kwok gave a live pod's address out again: a pod its controller
-            // replaces goes (the replacement gets another address); a bare
-            // pod cannot, and is an error as before.
+            // kwok gave a live pod's address out again (an address it
+            // released twice is in its pool twice). Deleting the pod would
+            // put the address back for the replacement to get again, so the
+            // pod is taken out of its app instead (its ReplicaSet lets it go
+            // and makes another) and keeps holding the spare address. A bare
+            // pod has no controller to replace it, and is an error as before.
             if let Some(holder) = self.env.holder_of(*ip).filter(|h| h != name)
                 && pod
                     .metadata
@@ -383,13 +386,14 @@ impl<'a> Mesh<'a> {
                     .is_some_and(|o| !o.is_empty())
             {
                 println!(
-                    "kwok gave {name} the address {ip} of live pod {holder}; deleting {name} so its controller makes another"
+                    "kwok gave {name} the address {ip} of live pod {holder}; {name} leaves app {app} (and keeps the spare address) so its controller makes another"
                 );
-                let dp = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..DeleteParams::default()
-                };
-                let _ = self.rt.block_on(pods.delete(name, &dp))?;
+                let patch = json!({"metadata": {"labels": {"app": "kwok-spare-address"}}});
+                self.rt.block_on(pods.patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                ))?;
                 continue;
             }
             self.stand_in(name, *ip, pod)?;
