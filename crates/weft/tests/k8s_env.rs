@@ -281,6 +281,17 @@ async fn deployment_pods_get_bed_addresses_endpoint_slices_and_pod_bound_tokens(
         DEADLINE,
         || async {
             let r = running(&store);
+            // kwok can hand out an address a live pod holds (one it
+            // released twice is in its pool twice): that pod leaves the app,
+            // keeping the spare address, and its ReplicaSet makes another.
+            if let Some((name, _, ip)) = r.iter().skip(1).find(|p| r[0].2 == p.2) {
+                println!("kwok gave {name} the address {ip} another pod holds; it leaves app web");
+                let patch = json!({"metadata": {"labels": {"app": "kwok-spare-address"}}});
+                pods_api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                return Ok(None);
+            }
             Ok((r.len() == 2).then_some(r))
         },
     )
