@@ -24,6 +24,8 @@ mod anchor;
 mod cluster;
 #[path = "rotate_cluster_issuer.rs"]
 mod cluster_issuer;
+#[path = "rotate_cluster_store.rs"]
+mod cluster_store;
 #[path = "rotate_emergency.rs"]
 mod emergency;
 #[path = "rotate_plan.rs"]
@@ -34,15 +36,17 @@ mod progress;
 mod state;
 #[path = "rotate_status.rs"]
 mod status;
+#[path = "rotate_store.rs"]
+mod store;
 
 use progress::{Events, Source, Target};
 
 #[derive(Debug, Subcommand)]
 pub enum RotateCmd {
     /// Put a new issuer (signed by an anchor in force) in force and renew the fleet under it
-    Issuer(IssuerArgs),
+    Issuer(Box<IssuerArgs>),
     /// Replace the trust anchor in three verified phases: prepare, activate, retire (also status, abort); or, once it has expired, at once with --emergency
-    TrustAnchor(anchor::TrustAnchorArgs),
+    TrustAnchor(Box<anchor::TrustAnchorArgs>),
 }
 
 /// The control plane's identity files (standalone mode) and where it answers.
@@ -69,7 +73,7 @@ pub struct PlaneArgs {
 }
 
 impl PlaneArgs {
-    fn target(&self) -> Target<'static> {
+    pub(super) fn target(&self) -> Target<'static> {
         Target {
             source: Source::Admin(self.admin_addr.clone()),
             timeout: self.timeout,
@@ -118,6 +122,17 @@ pub struct IssuerArgs {
     /// The new issuer's private key (PEM)
     #[arg(long)]
     pub key: PathBuf,
+    #[command(flatten)]
+    pub at: AtArgs,
+    /// Only judge the new pair; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Where a rotation works: the control plane's three files (standalone),
+/// or, without them and with a kubeconfig, the cluster.
+#[derive(Debug, Clone, Args)]
+pub struct AtArgs {
     /// Standalone: the trust anchors in force (the control plane's --identity-trust-anchors-file). Without the three files and with a kubeconfig, the cluster's ConfigMap and Secret
     #[arg(long)]
     pub identity_trust_anchors_file: Option<PathBuf>,
@@ -130,7 +145,7 @@ pub struct IssuerArgs {
     /// Standalone: the control plane's admin address (default 127.0.0.1:9990)
     #[arg(long, value_parser = super::host_port)]
     pub admin_addr: Option<String>,
-    /// Kubernetes mode: the kubeconfig (default: KUBECONFIG, then ~/.kube/config); the issuer Secret is replaced and the control plane reached through the API server (needs get/update on the Secret, get on the ConfigMap, get and create on pods/portforward)
+    /// Kubernetes mode: the kubeconfig (default: KUBECONFIG, then ~/.kube/config); the issuer Secret and trust-roots ConfigMap are replaced and the control plane reached through the API server (needs get/update on both, get and create on pods/portforward; a trust-anchor rotation also keeps its state in ConfigMap weft-rotation, its lock in Lease weft-rotation and the previous issuer in Secret weft-rotation-issuer: get/create/update/delete on those)
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Kubernetes mode: the control plane's namespace
@@ -142,9 +157,6 @@ pub struct IssuerArgs {
     /// Output: text (a live progress line on a terminal, plain lines when piped) or json (one event object a line)
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: super::Output,
-    /// Only judge the new pair; change nothing
-    #[arg(long)]
-    pub dry_run: bool,
 }
 
 /// `ca2.crt` → `ca2.key`: where `weft certs create` put a CA's key.
@@ -154,11 +166,11 @@ fn key_beside(cert: &Path) -> PathBuf {
 
 pub fn run(c: RotateCmd) -> CmdResult {
     match c {
-        RotateCmd::Issuer(a) => match cluster_issuer::mode(&a)? {
+        RotateCmd::Issuer(a) => match cluster_issuer::mode(&a.at)? {
             cluster_issuer::Mode::Files(plane) => issuer(&a, &plane),
             cluster_issuer::Mode::Cluster(kubeconfig) => cluster_issuer::run(&a, kubeconfig),
         },
-        RotateCmd::TrustAnchor(c) => anchor::run(c),
+        RotateCmd::TrustAnchor(c) => anchor::run(*c),
     }
 }
 
@@ -275,7 +287,7 @@ fn issuer_in_force<P: Plane>(
 ) -> CmdResult {
     let start = Instant::now();
     let expected = progress::connected(before);
-    let ev = Events::new(&a.output, start);
+    let ev = Events::new(&a.at.output, start);
     let in_force = before
         .bundle
         .as_ref()

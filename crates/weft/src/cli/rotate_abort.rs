@@ -6,14 +6,15 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use super::anchor::{backup_of, begin, expect, put_bundle, save, state_failure};
+use super::anchor::{begin, expect, put_bundle};
 use super::plan::{self, Admit, Command};
 use super::progress::Events;
-use super::state::{self, Phase};
-use super::{InForce, PlaneArgs, put_in_force, read};
+use super::state::Phase;
+use super::store::Store;
+use super::{InForce, put_in_force};
 use crate::cli::{CmdResult, Failure};
 
-pub fn abort(a: &PlaneArgs) -> CmdResult {
+pub fn abort<S: Store>(a: &S) -> CmdResult {
     let (_lock, r, _, ev) = begin(a, Command::Abort)?;
     let Some(mut r) = r else {
         return Err(Failure::input(plan::PlanError::NoRotation("abort")));
@@ -24,15 +25,12 @@ pub fn abort(a: &PlaneArgs) -> CmdResult {
         Phase::Preparing | Phase::Prepared => {
             let old = (r.old_anchors_pem.as_str(), r.old_anchors.as_slice());
             bundle_back(a, &ev, old, &expected, "the old bundle")?;
-            state::clear(&a.identity_trust_anchors_file).map_err(state_failure)?;
+            a.clear()?;
         }
         Phase::Activating | Phase::Activated => {
-            let (cf, kf) = (
-                backup_of(&a.identity_issuer_certificate_file),
-                backup_of(&a.identity_issuer_key_file),
-            );
-            let old = (read(&cf)?, read(&kf)?);
-            let certs = pki::parse_certs(&cf, &old.0).map_err(Failure::fatal)?;
+            let old = a.kept_issuer()?;
+            let label = std::path::PathBuf::from("the issuer kept by activate");
+            let certs = pki::parse_certs(&label, &old.0).map_err(Failure::fatal)?;
             let fp = certs
                 .first()
                 .map(|c| pki::fingerprint(c))
@@ -42,14 +40,14 @@ pub fn abort(a: &PlaneArgs) -> CmdResult {
             })?;
             r.phase = Phase::Prepared;
             r.new_issuer = None;
-            save(a, &r)?;
+            a.save(&r)?;
         }
         Phase::Retiring | Phase::Retired => {
             let both = plan::anchors_for(Some(Phase::Activated), &r);
             let what = "the bundle holding both anchors";
             bundle_back(a, &ev, (&r.both_pem(), &both), &expected, what)?;
             r.phase = Phase::Activated;
-            save(a, &r)?;
+            a.save(&r)?;
         }
     }
     let now = plan::back_to(from);
@@ -70,7 +68,7 @@ pub fn abort(a: &PlaneArgs) -> CmdResult {
 
 /// Abort's bundle change: a refusal leaves everything as it was.
 fn bundle_back(
-    a: &PlaneArgs,
+    a: &impl Store,
     ev: &Events,
     bundle: (&str, &[String]),
     expected: &BTreeSet<String>,

@@ -1,21 +1,24 @@
 //! `weft rotate trust-anchor prepare|activate|retire|status|abort`: the
 //! three verified phases of an anchor rotation, each gated on the fleet
-//! view, each resumable (the state is kept beside the anchors file, see
-//! `rotate_state`), one rotation at a time. The decisions live in
-//! `rotate_plan`; this module reads and writes the files and the fleet.
+//! view, each resumable (the state is kept where the anchors live, see
+//! `rotate_store`), one rotation at a time. The decisions live in
+//! `rotate_plan`; this module moves the anchors, the issuer and the state.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use control_plane::fleet::FleetView;
 use serde_json::json;
 
+use super::cluster_issuer::{Mode, mode};
+use super::cluster_store::ClusterStore;
 use super::plan::{self, Admit, Command};
 use super::progress::{self, Events};
-use super::state::{self, Phase, Rotation};
-use super::{InForce, PlaneArgs, put_in_force, read};
+use super::state::{Phase, Rotation};
+use super::store::{Store, certs_create_issuer};
+use super::{AtArgs, InForce, PlaneArgs, put_in_force, read};
 use crate::cli::{CmdResult, Failure};
 
 /// `weft rotate trust-anchor`: a phase of the rotation, or `--emergency`.
@@ -52,7 +55,7 @@ pub struct PrepareArgs {
     #[arg(long)]
     pub new_anchor: PathBuf,
     #[command(flatten)]
-    pub plane: PlaneArgs,
+    pub at: AtArgs,
 }
 
 #[derive(Debug, Args)]
@@ -64,60 +67,69 @@ pub struct ActivateArgs {
     #[arg(long)]
     pub issuer_key: PathBuf,
     #[command(flatten)]
-    pub plane: PlaneArgs,
+    pub at: AtArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct PhaseArgs {
     #[command(flatten)]
-    pub plane: PlaneArgs,
+    pub at: AtArgs,
 }
 
 pub fn run(a: TrustAnchorArgs) -> CmdResult {
-    let c = match (a.phase, a.emergency) {
+    let TrustAnchorArgs {
+        phase,
+        emergency,
+        plane,
+    } = a;
+    let c = match (phase, emergency) {
         (Some(c), _) => c,
-        (None, Some(e)) if let Some(plane) = a.plane => return super::emergency::run(e, plane),
+        (None, Some(e)) if let Some(plane) = plane => return super::emergency::run(e, plane),
         (None, _) => {
             return Err(Failure::input(
                 "name a phase (prepare, activate, retire, status, abort) or --emergency; see `weft rotate trust-anchor --help`",
             ));
         }
     };
-    match c {
-        AnchorCmd::Prepare(a) => prepare(a),
-        AnchorCmd::Activate(a) => activate(a),
-        AnchorCmd::Retire(a) => retire(&a.plane),
-        AnchorCmd::Status(a) => super::status::status(&a.plane),
-        AnchorCmd::Abort(a) => super::abort::abort(&a.plane),
+    let at = match &c {
+        AnchorCmd::Prepare(a) => &a.at,
+        AnchorCmd::Activate(a) => &a.at,
+        AnchorCmd::Retire(a) | AnchorCmd::Status(a) | AnchorCmd::Abort(a) => &a.at,
+    };
+    match mode(at)? {
+        Mode::Files(plane) => run_phase(&plane, c),
+        Mode::Cluster(kubeconfig) => run_phase(&ClusterStore::connect(at, kubeconfig)?, c),
     }
 }
 
-pub(super) fn state_failure(e: state::StateError) -> Failure {
-    match e {
-        state::StateError::Locked { .. } => Failure::fatal(e),
-        _ => Failure::input(e),
+fn run_phase<S: Store>(s: &S, c: AnchorCmd) -> CmdResult {
+    match c {
+        AnchorCmd::Prepare(a) => prepare(s, &a.new_anchor),
+        AnchorCmd::Activate(a) => activate(s, (&a.issuer_cert, &a.issuer_key)),
+        AnchorCmd::Retire(_) => retire(s),
+        AnchorCmd::Status(_) => super::status::status(s),
+        AnchorCmd::Abort(_) => super::abort::abort(s),
     }
 }
 
 /// The lock taken (saying so when a dead holder's was taken over), the
 /// state loaded, `cmd` admitted in its phase.
-pub(super) fn begin(
-    a: &PlaneArgs,
+pub(super) fn begin<S: Store>(
+    s: &S,
     cmd: Command,
-) -> Result<(state::Lock, Option<Rotation>, Admit, Events), Failure> {
-    let anchors = &a.identity_trust_anchors_file;
-    let (lock, taken_over) = state::lock(anchors).map_err(state_failure)?;
-    let ev = Events::new(&a.output, Instant::now());
-    if let Some(pid) = taken_over {
+) -> Result<(super::store::Guard, Option<Rotation>, Admit, Events), Failure> {
+    let (lock, taken_over) = s.lock()?;
+    let ev = Events::new(&s.output(), Instant::now());
+    if let Some(holder) = taken_over {
         ev.say(
             "lock_taken_over",
-            json!({"pid": pid}),
+            json!({"holder": holder}),
             &format!(
-                "took over the rotation lock of pid {pid}, which is no longer running (an interrupted run)"
+                "took over the rotation lock of {holder}, which is no longer running (an interrupted run)"
             ),
         );
     }
-    let r = state::load(anchors).map_err(state_failure)?;
+    let r = s.load()?;
     let admit = plan::admit(r.as_ref().map(|r| r.phase), cmd).map_err(Failure::input)?;
     if admit == Admit::Resume {
         ev.say(
@@ -133,35 +145,36 @@ pub(super) fn begin(
     Ok((lock, r, admit, ev))
 }
 
-pub(super) fn save(a: &PlaneArgs, r: &Rotation) -> Result<(), Failure> {
-    state::save(&a.identity_trust_anchors_file, r).map_err(Failure::fatal)
-}
-
-/// The anchors file replaced at once (unless it already holds `pem`).
-fn write_anchors(a: &PlaneArgs, pem: &str) -> Result<bool, Failure> {
-    let path = &a.identity_trust_anchors_file;
-    if std::fs::read_to_string(path).is_ok_and(|s| s == pem) {
-        return Ok(false);
-    }
-    pki::files::write_atomic(path, pem.as_bytes(), pki::files::PUBLIC_MODE, true)
-        .map_err(Failure::fatal)?;
-    Ok(true)
+/// The fleet view, or a refusal that says nothing was changed.
+pub(super) fn fleet_or_refuse(s: &impl Store) -> Result<FleetView, Failure> {
+    let t = s.target();
+    t.source.fleet().map_err(|e| {
+        Failure::input(format!(
+            "{e}; nothing was changed; {}",
+            match t.source {
+                progress::Source::Admin(_) =>
+                    "pass the control plane's admin address with --admin-addr HOST:PORT",
+                progress::Source::Cluster(_) =>
+                    "check that a control-plane pod is Ready (`weft check`)",
+            }
+        ))
+    })
 }
 
 /// The proxies a phase waits for: those connected now, and on a resumed
 /// phase also those connected when it began (saved in the state).
 pub(super) fn expect(
-    a: &PlaneArgs,
+    s: &impl Store,
     r: &mut Rotation,
     admit: Admit,
 ) -> Result<BTreeSet<String>, Failure> {
-    let now = progress::connected(&progress::fleet_or_refuse(&a.admin_addr)?);
+    let now = progress::connected(&fleet_or_refuse(s)?);
     if admit == Admit::Start {
         r.expected = now;
     } else {
         r.expected.extend(now);
     }
-    save(a, r)?;
+    s.save(r)?;
     Ok(r.expected.clone())
 }
 
@@ -170,27 +183,30 @@ pub(super) fn expect(
 /// it. Err(Ok(why)): the control plane refused it (the caller puts the
 /// previous one back).
 pub(super) fn put_bundle(
-    a: &PlaneArgs,
+    s: &impl Store,
     ev: &Events,
     (pem, want): (&str, &[String]),
     expected: &BTreeSet<String>,
     what: &str,
 ) -> Result<(), Result<String, Failure>> {
-    if write_anchors(a, pem).map_err(Err)? {
+    if s.write_anchors(pem).map_err(Err)? {
         ev.say(
             "bundle_written",
             json!({"anchors": want}),
             &format!(
                 "wrote {} ({} anchor{})",
-                a.identity_trust_anchors_file.display(),
+                s.anchors_label(),
                 want.len(),
                 if want.len() == 1 { "" } else { "s" }
             ),
         );
     }
     let judge = |v: &FleetView| progress::bundle_progress(v, want, expected);
-    progress::wait_in_force(&a.target(), ev.start, judge).map_err(Ok)?;
-    let generation = progress::fleet(&a.admin_addr)
+    let t = s.target();
+    progress::wait_in_force(&t, ev.start, judge).map_err(Ok)?;
+    let generation = t
+        .source
+        .fleet()
         .ok()
         .and_then(|v| v.bundle)
         .map(|b| b.generation);
@@ -202,7 +218,7 @@ pub(super) fn put_bundle(
             generation.unwrap_or_default()
         ),
     );
-    progress::wait_converged(&a.target(), ev, what, judge, |n| {
+    progress::wait_converged(&t, ev, what, judge, |n| {
         format!(
             "every connected proxy acknowledged {what} ({n} of {n}, {:.1?})",
             ev.start.elapsed()
@@ -213,30 +229,30 @@ pub(super) fn put_bundle(
 
 /// The new anchor judged before anything changes: [`super::read_anchor`], and not
 /// already in the bundle.
-fn new_rotation(a: &PrepareArgs) -> Result<Rotation, Failure> {
-    let cert = &super::read_anchor(&a.new_anchor)?;
-    let old_pem = String::from_utf8(read(&a.plane.identity_trust_anchors_file)?)
-        .map_err(|_| Failure::input("the anchors file is not PEM text"))?;
-    let old = pki::parse_certs(&a.plane.identity_trust_anchors_file, old_pem.as_bytes())
-        .map_err(|e| Failure::input(e.to_string()))?;
+fn new_rotation(s: &impl Store, new_anchor: &std::path::Path) -> Result<Rotation, Failure> {
+    let cert = &super::read_anchor(new_anchor)?;
+    let old_pem = s.anchors()?;
+    let label = PathBuf::from(s.anchors_label());
+    let old =
+        pki::parse_certs(&label, old_pem.as_bytes()).map_err(|e| Failure::input(e.to_string()))?;
     let old_anchors: Vec<String> = old.iter().map(|c| pki::fingerprint(c)).collect();
-    let new_anchor = pki::fingerprint(cert);
-    if old_anchors.contains(&new_anchor) {
+    let new = pki::fingerprint(cert);
+    if old_anchors.contains(&new) {
         let why = format!(
             "it is already in {} (a rotation needs a new anchor)",
-            a.plane.identity_trust_anchors_file.display()
+            s.anchors_label()
         );
-        return Err(super::anchor_refused(&a.new_anchor, &why));
+        return Err(super::anchor_refused(new_anchor, &why));
     }
-    let v = progress::fleet_or_refuse(&a.plane.admin_addr)?;
+    let v = fleet_or_refuse(s)?;
     let old_issuer = v.bundle.map(|b| b.issuer_sha256).unwrap_or_default();
     Ok(Rotation {
         phase: Phase::Preparing,
         old_anchors_pem: old_pem,
         old_anchors,
         new_anchor_pem: pki::cert::to_pem(std::slice::from_ref(cert)),
-        new_anchor,
-        new_anchor_file: a.new_anchor.clone(),
+        new_anchor: new,
+        new_anchor_file: new_anchor.to_path_buf(),
         old_issuer,
         new_issuer: None,
         started_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
@@ -246,10 +262,10 @@ fn new_rotation(a: &PrepareArgs) -> Result<Rotation, Failure> {
 
 /// A re-run prepare resumes only the anchor in progress: naming another
 /// would otherwise be taken silently for it.
-fn same_anchor(a: &PrepareArgs, r: &Rotation) -> Result<(), Failure> {
-    let asked = read(&a.new_anchor)
+fn same_anchor(new_anchor: &std::path::Path, r: &Rotation) -> Result<(), Failure> {
+    let asked = read(new_anchor)
         .ok()
-        .and_then(|pem| pki::parse_certs(&a.new_anchor, &pem).ok())
+        .and_then(|pem| pki::parse_certs(new_anchor, &pem).ok())
         .and_then(|certs| match certs.as_slice() {
             [cert] => Some(pki::fingerprint(cert)),
             _ => None,
@@ -262,58 +278,54 @@ fn same_anchor(a: &PrepareArgs, r: &Rotation) -> Result<(), Failure> {
         &r.new_anchor[..12.min(r.new_anchor.len())],
         r.new_anchor_file.display(),
         r.phase.name(),
-        a.new_anchor.display()
+        new_anchor.display()
     )))
 }
 
-/// The exact command that makes an issuer under the new anchor.
-pub(super) fn certs_create_issuer(a: &PlaneArgs, r: &Rotation) -> String {
-    a.certs_create_issuer(&r.new_anchor_file)
-}
-
 /// The exact command that activates the issuer the hint made.
-pub(super) fn activate_command(a: &PlaneArgs) -> String {
-    let (crt, key) = a.new_issuer_files();
+pub(super) fn activate_command(s: &impl Store) -> String {
+    let (crt, key) = s.new_issuer_files();
     format!(
         "weft rotate trust-anchor activate --issuer-cert {} --issuer-key {} {}",
         crt.display(),
         key.display(),
-        a.flags()
+        s.flags()
     )
 }
 
-fn prepare(a: PrepareArgs) -> CmdResult {
-    let (_lock, r, admit, ev) = begin(&a.plane, Command::Prepare)?;
+fn prepare<S: Store>(s: &S, new_anchor: &std::path::Path) -> CmdResult {
+    let (_lock, r, admit, ev) = begin(s, Command::Prepare)?;
     let mut r = match (admit, r) {
         (Admit::Resume | Admit::AlreadyDone, Some(r)) => {
-            same_anchor(&a, &r)?;
+            same_anchor(new_anchor, &r)?;
             r
         }
         _ => {
-            let r = new_rotation(&a)?;
-            save(&a.plane, &r)?;
+            let r = new_rotation(s, new_anchor)?;
+            s.save(&r)?;
             r
         }
     };
     if admit != Admit::AlreadyDone {
-        let expected = expect(&a.plane, &mut r, admit)?;
+        let expected = expect(s, &mut r, admit)?;
         let both = plan::anchors_for(Some(Phase::Preparing), &r);
         let what = "the bundle holding the new anchor";
-        match put_bundle(&a.plane, &ev, (&r.both_pem(), &both), &expected, what) {
+        match put_bundle(s, &ev, (&r.both_pem(), &both), &expected, what) {
             Ok(()) => {}
             Err(Ok(why)) => {
-                write_anchors(&a.plane, &r.old_anchors_pem)?;
-                state::clear(&a.plane.identity_trust_anchors_file).map_err(state_failure)?;
+                s.write_anchors(&r.old_anchors_pem)?;
+                s.clear()?;
                 return Err(Failure::fatal(format!(
-                    "{why}; the previous anchors file was put back and no rotation is in progress"
+                    "{why}; the previous anchors were put back into {} and no rotation is in progress",
+                    s.anchors_label()
                 )));
             }
             Err(Err(f)) => return Err(f),
         }
         r.phase = Phase::Prepared;
-        save(&a.plane, &r)?;
+        s.save(&r)?;
     }
-    let v = progress::fleet(&a.plane.admin_addr).ok();
+    let v = s.target().source.fleet().ok();
     ev.say(
         "prepared",
         json!({"new_anchor": r.new_anchor}),
@@ -327,87 +339,58 @@ fn prepare(a: PrepareArgs) -> CmdResult {
             "unmanaged",
             json!({"identity": u.identity.to_string(), "serial": u.serial}),
             &format!(
-                "  needs a restart: {} (serial {}, no weft.mesh.v1 stream) learns the new anchor only when restarted with {} as its trust anchors: a linkerd2-proxy with LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS=\"$(cat {})\"; a certificate made with `weft certs request` by re-running it with --roots {}",
+                "  needs a restart: {} (serial {}, no weft.mesh.v1 stream) learns the new anchor only when {}",
                 u.identity,
                 u.serial,
-                a.plane.identity_trust_anchors_file.display(),
-                a.plane.identity_trust_anchors_file.display(),
-                a.plane.identity_trust_anchors_file.display()
+                s.restart_hint()
             ),
         );
     }
-    let activate = activate_command(&a.plane);
+    let activate = activate_command(s);
+    let create = certs_create_issuer(s, &r.new_anchor_file);
     ev.say(
         "next",
-        json!({"commands": [certs_create_issuer(&a.plane, &r), activate]}),
+        json!({"commands": [create, activate]}),
         &format!(
-            "next: make an issuer under the new anchor and activate it:\n  {}\n  {activate}",
-            certs_create_issuer(&a.plane, &r)
+            "next: make an issuer under the new anchor and activate it:\n  {create}\n  {activate}"
         ),
     );
     Ok(())
 }
 
-/// Copies of the issuer files before activate, for abort to put back.
-pub(super) fn backup_of(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!("{name}.pre-rotation"))
-}
-
-fn backup_issuer(a: &PlaneArgs) -> Result<(), Failure> {
-    for (path, mode) in [
-        (&a.identity_issuer_key_file, pki::files::KEY_MODE),
-        (&a.identity_issuer_certificate_file, pki::files::PUBLIC_MODE),
-    ] {
-        let bytes = read(path)?;
-        pki::files::write_atomic(&backup_of(path), &bytes, mode, true).map_err(Failure::fatal)?;
-    }
-    Ok(())
-}
-
-fn activate(a: ActivateArgs) -> CmdResult {
-    let (_lock, r, admit, ev) = begin(&a.plane, Command::Activate)?;
+fn activate<S: Store>(s: &S, (issuer_cert, issuer_key): (&PathBuf, &PathBuf)) -> CmdResult {
+    let (_lock, r, admit, ev) = begin(s, Command::Activate)?;
     let Some(mut r) = r else {
         return Err(Failure::input(plan::PlanError::NoRotation("activate")));
     };
-    let create = format!("`{}`", certs_create_issuer(&a.plane, &r));
+    let create = format!("`{}`", certs_create_issuer(s, &r.new_anchor_file));
     let new_issuer = super::judge(
         (&r.new_anchor_file, r.new_anchor_pem.as_bytes()),
-        &a.issuer_cert,
-        &a.issuer_key,
+        issuer_cert,
+        issuer_key,
         &create,
     )?;
     if admit == Admit::Start {
-        backup_issuer(&a.plane)?;
+        s.keep_issuer()?;
     }
     if admit != Admit::AlreadyDone {
         r.phase = Phase::Activating;
         r.new_issuer = Some(new_issuer.clone());
-        let expected = expect(&a.plane, &mut r, admit)?;
-        let new = (read(&a.issuer_cert)?, read(&a.issuer_key)?);
-        match put_in_force(
-            &a.plane,
-            &new_issuer,
-            &new,
-            &expected,
-            &ev,
-            "the new issuer",
-        ) {
+        let expected = expect(s, &mut r, admit)?;
+        let new = (read(issuer_cert)?, read(issuer_key)?);
+        match put_in_force(s, &new_issuer, &new, &expected, &ev, "the new issuer") {
             Ok(()) => {}
             Err(InForce::PutBack(f)) => {
                 r.phase = Phase::Prepared;
                 r.new_issuer = None;
-                save(&a.plane, &r)?;
+                s.save(&r)?;
                 return Err(f);
             }
             Err(InForce::After(f)) => return Err(f),
         }
         let anchor = r.new_anchor.clone();
         progress::wait_converged(
-            &a.plane.target(),
+            &s.target(),
             &ev,
             "the new anchor",
             |v| {
@@ -418,14 +401,14 @@ fn activate(a: ActivateArgs) -> CmdResult {
             |n| format!("every connected proxy's leaf chains to the new anchor ({n} of {n})"),
         )?;
         r.phase = Phase::Activated;
-        save(&a.plane, &r)?;
+        s.save(&r)?;
     }
     ev.say(
         "activated",
         json!({"issuer": r.new_issuer}),
         "activated: the issuer in force and every connected proxy's leaf chain to the new anchor",
     );
-    let retire = format!("weft rotate trust-anchor retire {}", a.plane.flags());
+    let retire = format!("weft rotate trust-anchor retire {}", s.flags());
     ev.say(
         "next",
         json!({"commands": [retire]}),
@@ -436,14 +419,14 @@ fn activate(a: ActivateArgs) -> CmdResult {
     Ok(())
 }
 
-fn retire(a: &PlaneArgs) -> CmdResult {
-    let (_lock, r, admit, ev) = begin(a, Command::Retire)?;
+fn retire<S: Store>(s: &S) -> CmdResult {
+    let (_lock, r, admit, ev) = begin(s, Command::Retire)?;
     let Some(mut r) = r else {
         return Err(Failure::input(plan::PlanError::NoRotation("retire")));
     };
     if admit == Admit::Start {
-        let v = progress::fleet_or_refuse(&a.admin_addr)?;
-        let deps = plan::dependents(&v, &r, &a.admin_addr);
+        let v = fleet_or_refuse(s)?;
+        let deps = plan::dependents(&v, &r, &s.renew_hint());
         if !deps.is_empty() {
             let list: Vec<String> = deps
                 .iter()
@@ -454,37 +437,32 @@ fn retire(a: &PlaneArgs) -> CmdResult {
                 deps.len(),
                 if deps.len() == 1 { "s" } else { "" },
                 list.join("\n"),
-                a.flags()
+                s.flags()
             )));
         }
         r.phase = Phase::Retiring;
-        save(a, &r)?;
+        s.save(&r)?;
     }
     if admit != Admit::AlreadyDone {
-        let expected = expect(a, &mut r, admit)?;
+        let expected = expect(s, &mut r, admit)?;
         let want = plan::anchors_for(Some(Phase::Retiring), &r);
         let what = "the bundle without the old anchor";
-        match put_bundle(a, &ev, (&r.new_anchor_pem, &want), &expected, what) {
+        match put_bundle(s, &ev, (&r.new_anchor_pem, &want), &expected, what) {
             Ok(()) => {}
             Err(Ok(why)) => {
-                write_anchors(a, &r.both_pem())?;
+                s.write_anchors(&r.both_pem())?;
                 r.phase = Phase::Activated;
-                save(a, &r)?;
+                s.save(&r)?;
                 return Err(Failure::fatal(format!(
-                    "{why}; both anchors were put back in {}",
-                    a.identity_trust_anchors_file.display()
+                    "{why}; both anchors were put back into {}",
+                    s.anchors_label()
                 )));
             }
             Err(Err(f)) => return Err(f),
         }
         r.phase = Phase::Retired;
-        save(a, &r)?;
-        for f in [
-            &a.identity_issuer_certificate_file,
-            &a.identity_issuer_key_file,
-        ] {
-            let _ = std::fs::remove_file(backup_of(f));
-        }
+        s.save(&r)?;
+        s.drop_kept_issuer();
     }
     ev.say(
         "retired",

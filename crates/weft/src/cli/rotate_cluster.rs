@@ -79,6 +79,7 @@ impl Call<'_> {
         let kind = match self.resource {
             "secrets" => "Secret",
             "configmaps" => "ConfigMap",
+            "leases" => "Lease",
             other => other,
         };
         format!("{kind} {}/{}", self.namespace, self.name)
@@ -132,8 +133,8 @@ pub fn pair_of(s: &Secret) -> Option<(Vec<u8>, Vec<u8>)> {
 /// The cluster a rotation works on: the client, the two objects' names and
 /// a runtime for the commands' synchronous steps.
 pub struct Cluster {
-    rt: tokio::runtime::Runtime,
-    client: Client,
+    pub(super) rt: tokio::runtime::Runtime,
+    pub(super) client: Client,
     pub names: Names,
 }
 

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use super::cluster::{Cluster, pair_of, with_pair};
 use super::progress::{Source, Target};
-use super::{IssuerArgs, Plane, PlaneArgs, issuer_in_force, judge};
+use super::{AtArgs, IssuerArgs, Plane, PlaneArgs, issuer_in_force, judge};
 use crate::cli::{CmdResult, Failure};
 
 /// Where `weft rotate issuer` works.
@@ -25,12 +25,12 @@ pub enum Mode {
 /// The three files given → standalone; none, and a kubeconfig found (and
 /// no `--admin-addr` without `--kubeconfig`, as `weft check` decides) →
 /// the cluster. Pure but for where the kubeconfig is looked for.
-pub fn mode(a: &IssuerArgs) -> Result<Mode, Failure> {
+pub fn mode(a: &AtArgs) -> Result<Mode, Failure> {
     let found = crate::cli::check::find_kubeconfig(a.kubeconfig.as_deref());
     decide(a, found).map_err(Failure::input)
 }
 
-fn decide(a: &IssuerArgs, kubeconfig: Option<PathBuf>) -> Result<Mode, String> {
+fn decide(a: &AtArgs, kubeconfig: Option<PathBuf>) -> Result<Mode, String> {
     let files = [
         (
             "--identity-trust-anchors-file",
@@ -64,7 +64,7 @@ fn decide(a: &IssuerArgs, kubeconfig: Option<PathBuf>) -> Result<Mode, String> {
         })),
         (3, Some(k)) if a.admin_addr.is_none() || a.kubeconfig.is_some() => Ok(Mode::Cluster(k)),
         (3, _) => Err(
-            "nothing to rotate: pass the control plane's files (--identity-trust-anchors-file, --identity-issuer-certificate-file, --identity-issuer-key-file; standalone), or a kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config) to rotate the cluster's issuer Secret; nothing was changed"
+            "nothing to rotate: pass the control plane's files (--identity-trust-anchors-file, --identity-issuer-certificate-file, --identity-issuer-key-file; standalone), or a kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config) to rotate the cluster's (its issuer Secret and trust-roots ConfigMap); nothing was changed"
                 .into(),
         ),
         _ => Err(format!(
@@ -176,7 +176,7 @@ impl Plane for ClusterPlane<'_> {
 /// The new pair judged against the ConfigMap's anchors before anything
 /// changes, then put in force through the Secret.
 pub fn run(a: &IssuerArgs, kubeconfig: PathBuf) -> CmdResult {
-    let cluster = Cluster::connect(Some(&kubeconfig), &a.namespace).map_err(Failure::fatal)?;
+    let cluster = Cluster::connect(Some(&kubeconfig), &a.at.namespace).map_err(Failure::fatal)?;
     let ((label, anchors), secret) = cluster.read().map_err(Failure::fatal)?;
     let create = format!(
         "`weft certs create identity.linkerd.cluster.local issuer-new.crt issuer-new.key --profile intermediate-ca --ca ANCHOR.crt --ca-key ANCHOR.key` with the trust anchor of {} and its key",
@@ -202,7 +202,7 @@ pub fn run(a: &IssuerArgs, kubeconfig: PathBuf) -> CmdResult {
         cluster: &cluster,
         read: RefCell::new(secret),
         anchors: label.display().to_string(),
-        timeout: a.timeout,
+        timeout: a.at.timeout,
         keep,
     };
     issuer_in_force(a, &plane, &new_issuer, &before)
@@ -219,10 +219,10 @@ mod tests {
         a: IssuerArgs,
     }
 
-    fn args(extra: &[&str]) -> IssuerArgs {
+    fn args(extra: &[&str]) -> AtArgs {
         let mut argv = vec!["x", "--cert", "n.crt", "--key", "n.key"];
         argv.extend(extra);
-        Cli::parse_from(argv).a
+        Cli::parse_from(argv).a.at
     }
 
     #[test]

@@ -202,12 +202,12 @@ fn install(
             ),
         );
     }
-    state::clear(anchors).map_err(super::anchor::state_failure)?;
+    state::clear(anchors).map_err(super::store::state_failure)?;
     for f in [
         &p.identity_issuer_certificate_file,
         &p.identity_issuer_key_file,
     ] {
-        let _ = std::fs::remove_file(super::anchor::backup_of(f));
+        let _ = std::fs::remove_file(super::store::backup_of(f));
     }
     Ok(())
 }
@@ -215,7 +215,7 @@ fn install(
 pub fn run(a: EmergencyArgs, plane: PlaneArgs) -> CmdResult {
     let p = &plane;
     let (_lock, taken_over) =
-        state::lock(&p.identity_trust_anchors_file).map_err(super::anchor::state_failure)?;
+        state::lock(&p.identity_trust_anchors_file).map_err(super::store::state_failure)?;
     let ev = Events::new(&p.output, Instant::now());
     if let Some(pid) = taken_over {
         ev.say(

@@ -143,9 +143,9 @@ fn short(fp: &str) -> &str {
 /// What still depends on the anchors retire would remove: the issuer in
 /// force if it chains to one of them, every live leaf (connected or stale
 /// proxy) chaining to one, every live unmanaged certificate not from the
-/// new issuer. Empty: retire may go ahead. `admin` (the control plane's
-/// admin address) goes into the hints.
-pub fn dependents(v: &FleetView, r: &Rotation, admin: &str) -> Vec<Dependent> {
+/// new issuer. Empty: retire may go ahead. `renew` (how to ask for a
+/// renewal where the rotation works) goes into the hints.
+pub fn dependents(v: &FleetView, r: &Rotation, renew: &str) -> Vec<Dependent> {
     let old = r.retiring();
     let mut out = Vec::new();
     match &v.bundle {
@@ -170,7 +170,7 @@ pub fn dependents(v: &FleetView, r: &Rotation, admin: &str) -> Vec<Dependent> {
             out.push(Dependent {
                 name: format!("{} ({})", p.workload, p.identity),
                 why: format!(
-                    "its leaf (serial {}, {} proxy, expires in {}s) chains to the old anchor; last refresh: {}; once it can reach the identity service, renew it with `curl -X POST http://{admin}/renew-now` (or re-run `weft rotate trust-anchor activate`)",
+                    "its leaf (serial {}, {} proxy, expires in {}s) chains to the old anchor; last refresh: {}; once it can reach the identity service, renew it with {renew} (or re-run `weft rotate trust-anchor activate`)",
                     p.leaf_serial,
                     p.state,
                     p.expires_in_s,
@@ -205,7 +205,7 @@ pub fn blockers(
     phase: Option<Phase>,
     r: Option<&Rotation>,
     v: &FleetView,
-    admin: &str,
+    renew: &str,
 ) -> Vec<String> {
     let (Some(phase), Some(r)) = (phase, r) else {
         return Vec::new();
@@ -234,7 +234,7 @@ pub fn blockers(
             ),
             None => vec!["no new issuer was installed yet".into()],
         },
-        Phase::Activated => dependents(v, r, admin)
+        Phase::Activated => dependents(v, r, renew)
             .into_iter()
             .map(|d| format!("{}: {}", d.name, d.why))
             .collect(),

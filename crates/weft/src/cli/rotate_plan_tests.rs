@@ -93,16 +93,24 @@ fn the_old_anchor_is_needed_while_a_leaf_an_unmanaged_cert_or_the_issuer_chains_
         b.issuer_sha256 = "j".into();
         b.issuer_anchor = "n".into();
     }
-    assert_eq!(dependents(&v, &r, "127.0.0.1:9990"), vec![]);
     assert_eq!(
-        blockers(Some(Phase::Activated), Some(&r), &v, "127.0.0.1:9990"),
+        dependents(&v, &r, "`curl -X POST http://127.0.0.1:9990/renew-now`"),
+        vec![]
+    );
+    assert_eq!(
+        blockers(
+            Some(Phase::Activated),
+            Some(&r),
+            &v,
+            "`curl -X POST http://127.0.0.1:9990/renew-now`"
+        ),
         Vec::<String>::new()
     );
 
     // A proxy that could not renew, by name, with why.
     v.proxies[1] = on("web/b", "i", "a");
     v.proxies[1].last_refresh = LastRefresh::Failed("identity service unreachable".into());
-    let d = dependents(&v, &r, "127.0.0.1:9990");
+    let d = dependents(&v, &r, "`curl -X POST http://127.0.0.1:9990/renew-now`");
     assert_eq!(d.len(), 1, "{d:?}");
     assert!(
         d[0].name.starts_with("web/b (b.web.serviceaccount"),
@@ -116,9 +124,15 @@ fn the_old_anchor_is_needed_while_a_leaf_an_unmanaged_cert_or_the_issuer_chains_
     );
     // A stale one's live leaf counts too; an expired one does not.
     v.proxies[1].state = "stale".into();
-    assert_eq!(dependents(&v, &r, "127.0.0.1:9990").len(), 1);
+    assert_eq!(
+        dependents(&v, &r, "`curl -X POST http://127.0.0.1:9990/renew-now`").len(),
+        1
+    );
     v.proxies[1].expires_in_s = 0;
-    assert_eq!(dependents(&v, &r, "127.0.0.1:9990"), vec![]);
+    assert_eq!(
+        dependents(&v, &r, "`curl -X POST http://127.0.0.1:9990/renew-now`"),
+        vec![]
+    );
 
     // An unmanaged certificate from the old issuer; not one from the new.
     let identity: pki::Identity = "legacy.web.serviceaccount.identity.weft.cluster.local"
@@ -134,17 +148,25 @@ fn the_old_anchor_is_needed_while_a_leaf_an_unmanaged_cert_or_the_issuer_chains_
         note: String::new(),
     };
     v.unmanaged = vec![unmanaged("i")];
-    let d = dependents(&v, &r, "127.0.0.1:9990");
+    let d = dependents(&v, &r, "`curl -X POST http://127.0.0.1:9990/renew-now`");
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].name, identity.to_string());
     v.unmanaged = vec![unmanaged("j")];
-    assert_eq!(dependents(&v, &r, "127.0.0.1:9990"), vec![]);
+    assert_eq!(
+        dependents(&v, &r, "`curl -X POST http://127.0.0.1:9990/renew-now`"),
+        vec![]
+    );
 
     // The issuer in force still chaining to the old anchor.
     v.bundle.as_mut().unwrap().issuer_anchor = "a".into();
-    let d = dependents(&v, &r, "127.0.0.1:9990");
+    let d = dependents(&v, &r, "`curl -X POST http://127.0.0.1:9990/renew-now`");
     assert!(d[0].name.starts_with("the issuer in force"), "{d:?}");
-    let b = blockers(Some(Phase::Activated), Some(&r), &v, "127.0.0.1:9990");
+    let b = blockers(
+        Some(Phase::Activated),
+        Some(&r),
+        &v,
+        "`curl -X POST http://127.0.0.1:9990/renew-now`",
+    );
     assert!(b[0].contains("chains only to the old anchor"), "{b:?}");
 }
 
@@ -153,25 +175,53 @@ fn status_names_what_blocks_each_phase() {
     let r = rotation(Phase::Preparing);
     let mut v = fleet(vec![on("web/a", "i", "a"), on("web/b", "i", "a")]);
     // The control plane still serves the old bundle alone.
-    let b = blockers(Some(Phase::Preparing), Some(&r), &v, "127.0.0.1:9990");
+    let b = blockers(
+        Some(Phase::Preparing),
+        Some(&r),
+        &v,
+        "`curl -X POST http://127.0.0.1:9990/renew-now`",
+    );
     assert_eq!(
         b,
         vec!["the control plane does not serve the bundle holding the new anchor yet"]
     );
     v.bundle.as_mut().unwrap().anchors = vec!["a".into(), "n".into()];
     v.proxies[0].bundle_current = false;
-    let b = blockers(Some(Phase::Prepared), Some(&r), &v, "127.0.0.1:9990");
+    let b = blockers(
+        Some(Phase::Prepared),
+        Some(&r),
+        &v,
+        "`curl -X POST http://127.0.0.1:9990/renew-now`",
+    );
     assert_eq!(
         b,
         vec!["web/a has not acknowledged the bundle holding the new anchor"]
     );
-    let b = blockers(Some(Phase::Activating), Some(&r), &v, "127.0.0.1:9990");
+    let b = blockers(
+        Some(Phase::Activating),
+        Some(&r),
+        &v,
+        "`curl -X POST http://127.0.0.1:9990/renew-now`",
+    );
     assert!(b[0].contains("does not serve the new issuer"), "{b:?}");
     v.bundle.as_mut().unwrap().issuer_sha256 = "j".into();
     v.proxies[1].issuer_sha256 = "j".into();
-    let b = blockers(Some(Phase::Activating), Some(&r), &v, "127.0.0.1:9990");
+    let b = blockers(
+        Some(Phase::Activating),
+        Some(&r),
+        &v,
+        "`curl -X POST http://127.0.0.1:9990/renew-now`",
+    );
     assert_eq!(b, vec!["web/a has no leaf yet from the new issuer"]);
-    assert!(blockers(None, None, &v, "127.0.0.1:9990").is_empty());
+    assert!(
+        blockers(
+            None,
+            None,
+            &v,
+            "`curl -X POST http://127.0.0.1:9990/renew-now`"
+        )
+        .is_empty()
+    );
     assert_eq!(label("n", &r.old_anchors, "n"), "new (n)");
     assert_eq!(label("a", &r.old_anchors, "n"), "old (a)");
     assert_eq!(label("", &r.old_anchors, "n"), "none");

@@ -4,10 +4,9 @@
 
 use serde_json::json;
 
-use super::PlaneArgs;
 use super::plan;
-use super::progress;
-use super::state::{self, Phase};
+use super::state::Phase;
+use super::store::Store;
 use crate::cli::{CmdResult, Failure, Output};
 
 /// The command that moves the rotation on from `phase`.
@@ -22,13 +21,19 @@ fn next(phase: Option<Phase>) -> Option<&'static str> {
     }
 }
 
-pub fn status(a: &PlaneArgs) -> CmdResult {
-    let r = state::load(&a.identity_trust_anchors_file).map_err(Failure::input)?;
+pub fn status(a: &impl Store) -> CmdResult {
+    let r = a.load()?;
     let phase = r.as_ref().map(|r| r.phase);
-    let v = progress::fleet(&a.admin_addr).map_err(|e| {
+    let v = a.target().source.fleet().map_err(|e| {
         Failure::fatal(format!(
-            "{e}; phase: {}; pass the control plane's admin address with --admin-addr HOST:PORT",
-            phase.map(Phase::name).unwrap_or("no rotation in progress")
+            "{e}; phase: {}; {}",
+            phase.map(Phase::name).unwrap_or("no rotation in progress"),
+            match a.target().source {
+                super::progress::Source::Admin(_) =>
+                    "pass the control plane's admin address with --admin-addr HOST:PORT",
+                super::progress::Source::Cluster(_) =>
+                    "check that a control-plane pod is Ready (`weft check`)",
+            }
         ))
     })?;
     let (old, new) = match &r {
@@ -41,7 +46,7 @@ pub fn status(a: &PlaneArgs) -> CmdResult {
             String::new(),
         ),
     };
-    let blockers = plan::blockers(phase, r.as_ref(), &v, &a.admin_addr);
+    let blockers = plan::blockers(phase, r.as_ref(), &v, &a.renew_hint());
     let proxies: Vec<serde_json::Value> = v
         .proxies
         .iter()
@@ -59,7 +64,7 @@ pub fn status(a: &PlaneArgs) -> CmdResult {
             })
         })
         .collect();
-    if a.output == Output::Json {
+    if a.output() == Output::Json {
         let doc = json!({
             "phase": phase.map(Phase::name),
             "old_anchors": old,
@@ -119,7 +124,7 @@ pub fn status(a: &PlaneArgs) -> CmdResult {
         // The exact commands: an issuer under the new anchor, then activate.
         (Some(r), Some(Phase::Prepared)) => outln!(
             "next: {}\n      {}",
-            super::anchor::certs_create_issuer(a, r),
+            super::store::certs_create_issuer(a, &r.new_anchor_file),
             super::anchor::activate_command(a)
         ),
         _ => {
