@@ -7,12 +7,16 @@
 //! serves a leaf from it; a rotation killed after it wrote the Secret is
 //! re-run and completes; 0 failed requests, no proxy restarted, and
 //! `weft check --proxy` green after. A caller without the RBAC the command
-//! needs is refused in one line naming what to grant.
+//! needs is refused in one line naming what to grant. Then the trust
+//! anchor rotates through the ConfigMap under the same traffic
+//! (k8s_rotate/anchor.rs).
 //!
 //! Its own test binary: the webhook configuration is cluster-wide.
 //! Needs root (network namespaces) and the testenv/k8s binaries (built if
 //! missing); skips loudly without them unless WEFT_REQUIRE_K8S=1.
 
+#[path = "k8s_rotate/anchor.rs"]
+mod anchor;
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -250,7 +254,8 @@ fn rotations(env: &K8sEnv, t: &Tenant, mesh: &Mesh) -> Result<()> {
         v.proxies.iter().all(|p| p.issuer_sha256 == c)
     })?;
     ensure!(v.proxies.len() == APPS.len(), "{v:?}");
-    rbac(env, t)
+    rbac(env, t)?;
+    anchor::rotation(env, t, mesh)
 }
 
 /// As the control plane's own ServiceAccount (it may read the two objects,
