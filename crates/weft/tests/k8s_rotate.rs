@@ -216,16 +216,7 @@ fn rotations(env: &K8sEnv, t: &Tenant, mesh: &Mesh) -> Result<()> {
     // Killed once it wrote the Secret, then re-run: it resumes.
     s.issuer("issuer-c", "8760h", "ca");
     let c_args = ["issuer", "--cert", "issuer-c.crt", "--key", "issuer-c.key"];
-    let mut child = rotate_cmd(env, &t.cp_ns, s, &c_args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let installed = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("installed issuer")));
-    child.kill()?;
-    child.wait()?;
-    println!("killed weft rotate issuer after: {installed:?}");
-    ensure!(installed.is_some(), "the killed rotation never installed");
+    killed_once_installed(rotate_cmd(env, &t.cp_ns, s, &c_args))?;
     ensure!(secret(t)?.1 == s.read("issuer-c.crt").into_bytes());
     let json_args = [&c_args[..], &["-o", "json"]].concat();
     let (code, out, took) = rotate(env, &t.cp_ns, s, &json_args);
@@ -317,6 +308,18 @@ fn rbac(env: &K8sEnv, t: &Tenant) -> Result<()> {
         secret(t)? == before,
         "a refused rotation changed the Secret"
     );
+    Ok(())
+}
+
+/// Runs `cmd` until it prints that it installed an issuer, then kills it.
+fn killed_once_installed(mut cmd: std::process::Command) -> Result<()> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let installed = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("installed issuer")));
+    child.kill()?;
+    child.wait()?;
+    println!("killed {cmd:?} after: {installed:?}");
+    ensure!(installed.is_some(), "the killed rotation never installed");
     Ok(())
 }
 

@@ -119,6 +119,25 @@ fn lease_spec(me: &str, now: Timestamp) -> LeaseSpec {
     }
 }
 
+/// An object of the control plane's namespace these calls read and write.
+trait Object:
+    kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> Object for K where
+    K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+{
+}
+
 impl ClusterStore {
     pub fn connect(at: &AtArgs, kubeconfig: PathBuf) -> Result<Self, Failure> {
         let cluster = Cluster::connect(Some(&kubeconfig), &at.namespace).map_err(Failure::fatal)?;
@@ -143,22 +162,11 @@ impl ClusterStore {
         }
     }
 
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
+    fn api<K: Object>(&self) -> Api<K> {
         Api::namespaced(self.cluster.client.clone(), self.ns())
     }
 
-    fn get<K>(&self, resource: &'static str, name: &str) -> Result<Option<K>, Failure>
-    where
-        K: kube::Resource<Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
-        <K as kube::Resource>::DynamicType: Default,
-    {
+    fn get<K: Object>(&self, resource: &'static str, name: &str) -> Result<Option<K>, Failure> {
         self.cluster
             .rt
             .block_on(self.api::<K>().get_opt(name))
@@ -167,15 +175,7 @@ impl ClusterStore {
 
     /// Replaces `obj` (a compare-and-swap on its resourceVersion) or, when
     /// it has none, creates it.
-    fn put<K>(&self, resource: &'static str, name: &str, obj: &K) -> Result<K, Failure>
-    where
-        K: kube::Resource<Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + std::fmt::Debug,
-        <K as kube::Resource>::DynamicType: Default,
-    {
+    fn put<K: Object>(&self, resource: &'static str, name: &str, obj: &K) -> Result<K, Failure> {
         let api = self.api::<K>();
         let pp = PostParams::default();
         let (verb, r) = match obj.meta().resource_version {
@@ -188,14 +188,7 @@ impl ClusterStore {
         r.map_err(|e| Failure::fatal(self.call(verb, resource, name).refused(e)))
     }
 
-    fn delete<K>(&self, resource: &'static str, name: &str) -> Result<(), Failure>
-    where
-        K: kube::Resource<Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
-        <K as kube::Resource>::DynamicType: Default,
-    {
+    fn delete<K: Object>(&self, resource: &'static str, name: &str) -> Result<(), Failure> {
         match self
             .cluster
             .rt

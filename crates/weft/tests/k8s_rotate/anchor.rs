@@ -5,8 +5,6 @@
 //! resumes; abort puts the previous issuer back from the Secret activate
 //! kept; activate again, then retire leaves only the new anchor.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
@@ -16,7 +14,7 @@ use testbed::k8s::kube::api::Api;
 
 use super::common::kube::{Tenant, kubectl, kubectl_stdin};
 use super::common::stand_ins::Mesh;
-use super::{fingerprint, rotate, rotate_cmd, secret, until};
+use super::{fingerprint, killed_once_installed, rotate, rotate_cmd, secret, until};
 
 const TRUST_ROOTS: &str = "linkerd-identity-trust-roots";
 
@@ -109,16 +107,7 @@ pub fn rotation(env: &K8sEnv, t: &Tenant, mesh: &Mesh) -> Result<()> {
         "--issuer-key",
         "issuer2.key",
     ];
-    let mut child = rotate_cmd(env, ns, s, &activate)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let installed = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("installed issuer")));
-    child.kill()?;
-    child.wait()?;
-    println!("killed weft rotate trust-anchor activate after: {installed:?}");
-    ensure!(installed.is_some(), "the killed activate never installed");
+    killed_once_installed(rotate_cmd(env, ns, s, &activate))?;
     ensure!(
         kept_issuer(t)?,
         "activate kept no copy of the issuer in force"
