@@ -39,14 +39,20 @@ pub fn spawn_app() -> u16 {
 
 /// A free port below the kernel's ephemeral range (32768 and up), so a
 /// process binding port 0 meanwhile (a control plane, another test) cannot
-/// take it before the proxy it is meant for binds it.
+/// take it before the proxy it is meant for binds it. Never the same port
+/// twice in one test process: ports picked together are bound only later
+/// (a control plane given two equal ports fails to start).
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     for _ in 0..200 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u8(0);
         let port = 20_000 + (h.finish() % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
