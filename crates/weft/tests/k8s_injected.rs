@@ -16,13 +16,17 @@
 //! issuer Secret switched, the old anchor retired), the mounted file
 //! follows the ConfigMap as the kubelet's does, and the backend's sidecar,
 //! SIGKILLed and started again with the same spec, becomes ready (its
-//! probes as the spec gives them) and serves the frontend.
+//! probes as the spec gives them) and serves the frontend. Last, an
+//! emergency re-root through the ConfigMap and the Secret brings every
+//! proxy back (k8s_injected/emergency.rs).
 //!
 //! Its own test binary: the webhook configuration is cluster-wide.
 //! Needs root (network namespaces) and the testenv/k8s binaries (built if
 //! missing); skips loudly without them unless WEFT_REQUIRE_K8S=1.
 
 mod common;
+#[path = "k8s_injected/emergency.rs"]
+mod emergency;
 #[path = "k8s_injected/look.rs"]
 mod look;
 
@@ -217,6 +221,7 @@ fn injected_pods_run_their_spec_under_the_policy_and_restart_after_an_anchor_rot
     look::look(&env, &mesh, &s, (&ns, &cp_ns), svc, &frontend, &serial)?;
 
     rotate_then_restart(&env, &rt, &client, &mut mesh, &s, &cp_ns, svc, &frontend)?;
+    emergency::re_root(&env, &mut mesh, &s, &cp_ns, (svc, &frontend))?;
     println!("timing: whole test {:.1?}", t0.elapsed());
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! `weft rotate issuer` in Kubernetes mode against a real API server: weft
-//! installed, two injected stand-in pods (frontend → backend over mTLS)
+//! installed, five injected stand-in pods (frontend and web → backend over mTLS)
 //! under continuous HTTP traffic, the control plane reached only through
 //! the API server (kwok forwards the control-plane pod's admin port to the
 //! local control plane). A foreign issuer is refused with the Secret
@@ -36,7 +36,9 @@ use testbed::k8s::K8sEnv;
 use testbed::k8s::k8s_openapi::api::core::v1::Secret;
 use testbed::k8s::kube::api::Api;
 
-const APPS: [&str; 2] = ["backend", "frontend"];
+/// Five meshed workloads; frontend and web call backend throughout.
+const APPS: [&str; 5] = ["backend", "frontend", "web", "api", "batch"];
+const CALLERS: [&str; 2] = ["frontend", "web"];
 const DEADLINE: Duration = Duration::from_secs(60);
 const SECRET: &str = "linkerd-identity-issuer";
 
@@ -128,30 +130,39 @@ fn the_issuer_rotates_through_the_secret_under_traffic() -> Result<()> {
         mesh.until_running(app, 1)?;
     }
     let pod = forward_admin(&env, &t.cp_ns, mesh.cp_addr("admin listening on"))?;
-    until(&env, &mesh, "both proxies connected", |v| {
+    until(&env, &mesh, "every proxy connected", |v| {
         v.proxies.len() == APPS.len() && v.proxies.iter().all(|p| p.state == "connected")
     })?;
     println!(
-        "timing: installed, 2 injected pods meshed, admin forwarded from {pod} after {:.1?}",
+        "timing: installed, 5 injected pods meshed, admin forwarded from {pod} after {:.1?}",
         t0.elapsed()
     );
 
     let svc = SocketAddr::new(mesh.cluster_ip("backend")?, 80);
     mesh.poll_get("frontend", svc, |r| r.status == 200)?;
     let pids = mesh.proxy_pids()?;
-    let running = traffic::start(&mesh, "frontend", svc)?;
+    let running: Vec<_> = CALLERS
+        .iter()
+        .map(|c| traffic::start(&mesh, c, svc))
+        .collect::<Result<_>>()?;
 
     let result = rotations(&env, &t, &mesh);
-    let load = running.stop()?;
-    println!(
-        "traffic frontend -> backend during the rotations: {}",
-        load.summary()
-    );
+    let mut failed = Vec::new();
+    for (caller, r) in CALLERS.iter().zip(running) {
+        let load = r.stop()?;
+        println!(
+            "traffic {caller} -> backend during the rotations (a new connection each): {}",
+            load.summary()
+        );
+        if load.total() == 0 {
+            failed.push(format!("{caller}: no request succeeded"));
+        }
+        failed.extend(load.failed.iter().map(|f| format!("{caller}: {f}")));
+    }
     result?;
     ensure!(
-        load.failed.is_empty() && load.total() > 0,
-        "requests failed during the rotations: {:?}",
-        load.failed
+        failed.is_empty(),
+        "requests failed during the rotations: {failed:?}"
     );
     ensure!(
         mesh.proxy_pids()? == pids,
@@ -203,7 +214,7 @@ fn rotations(env: &K8sEnv, t: &Tenant, mesh: &Mesh) -> Result<()> {
     println!("weft rotate issuer (exit {code}, {took:.1?}):\n{out}");
     ensure!(
         code == 0
-            && out.contains("every connected proxy serves a leaf from the new issuer (2 of 2"),
+            && out.contains("every connected proxy serves a leaf from the new issuer (5 of 5"),
         "{out}"
     );
     let b = fingerprint(s, "issuer-b.crt")?;
@@ -232,7 +243,7 @@ fn rotations(env: &K8sEnv, t: &Tenant, mesh: &Mesh) -> Result<()> {
         kinds.contains(&"in_force")
             && kinds.contains(&"renew_now")
             && kinds.last() == Some(&"done")
-            && events.last().is_some_and(|e| e["proxies"] == 2)
+            && events.last().is_some_and(|e| e["proxies"] == APPS.len())
             && events.iter().any(|e| e["event"] == "renew_now"
                 && e["status"] == 202
                 && e["replica"]

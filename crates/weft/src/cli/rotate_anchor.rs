@@ -18,7 +18,7 @@ use super::plan::{self, Admit, Command};
 use super::progress::{self, Events};
 use super::state::{Phase, Rotation};
 use super::store::{Store, certs_create_issuer};
-use super::{AtArgs, InForce, PlaneArgs, put_in_force, read};
+use super::{AtArgs, InForce, put_in_force, read};
 use crate::cli::{CmdResult, Failure};
 
 /// `weft rotate trust-anchor`: a phase of the rotation, or `--emergency`.
@@ -27,12 +27,13 @@ use crate::cli::{CmdResult, Failure};
 pub struct TrustAnchorArgs {
     #[command(subcommand)]
     pub phase: Option<AnchorCmd>,
-    /// Flattened apart from the plane's flags: clap does not fill an
+    /// Flattened apart from where it works: clap does not fill an
     /// optional group that nests another.
     #[command(flatten)]
     pub emergency: Option<super::emergency::EmergencyArgs>,
+    /// Where --emergency works (the phases take their own).
     #[command(flatten)]
-    pub plane: Option<PlaneArgs>,
+    pub at: AtArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,11 +81,11 @@ pub fn run(a: TrustAnchorArgs) -> CmdResult {
     let TrustAnchorArgs {
         phase,
         emergency,
-        plane,
+        at,
     } = a;
     let c = match (phase, emergency) {
         (Some(c), _) => c,
-        (None, Some(e)) if let Some(plane) = plane => return super::emergency::run(e, plane),
+        (None, Some(e)) => return super::emergency::run(e, &at),
         (None, _) => {
             return Err(Failure::input(
                 "name a phase (prepare, activate, retire, status, abort) or --emergency; see `weft rotate trust-anchor --help`",

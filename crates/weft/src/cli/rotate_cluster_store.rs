@@ -380,6 +380,12 @@ impl Store for ClusterStore {
             })
     }
 
+    fn issuer_cert(&self) -> Result<Vec<u8>, Failure> {
+        pair_of(&self.issuer_secret()?)
+            .map(|(crt, _)| crt)
+            .ok_or_else(|| Failure::input(format!("{} holds no issuer pair", self.holder())))
+    }
+
     fn write_anchors(&self, pem: &str) -> Result<bool, Failure> {
         let mut cm = self.trust_roots()?;
         let data = cm.data.get_or_insert_with(Default::default);

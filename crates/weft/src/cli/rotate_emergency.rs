@@ -5,7 +5,10 @@
 //! serves (the phased rotation applies then) unless --force. Proxies never
 //! learn the new anchor from the control plane: the command prints the
 //! out-of-band steps (the anchor copied to every proxy's anchors file, a
-//! fresh join token per workload) and how to follow the recovery.
+//! fresh join token per workload) and how to follow the recovery. On
+//! Kubernetes the trust-roots ConfigMap is that channel (every injected
+//! proxy watches its mounted copy and certifies with its ServiceAccount
+//! token), so the command waits until the proxies are back.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,8 +20,11 @@ use pki::CertificateDer;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::progress::{self, Events, Progress};
-use super::{PlaneArgs, read, state};
+use super::cluster_issuer::{Mode, mode};
+use super::cluster_store::ClusterStore;
+use super::progress::{self, Events, Progress, Source};
+use super::store::Store;
+use super::{AtArgs, read};
 use crate::cli::{CmdResult, Failure};
 
 #[derive(Debug, Args)]
@@ -110,32 +116,35 @@ fn files(a: &EmergencyArgs) -> (&Path, &Path, &Path) {
     (p(&a.new_anchor), p(&a.issuer_cert), p(&a.issuer_key))
 }
 
-/// The anchor and issuer files in force, judged: refused while they still
-/// serve (unless --force). Ok(false): they already hold the new pair (a
-/// re-run resumes, nothing to install).
-fn justify(
-    (a, p): (&EmergencyArgs, &PlaneArgs),
+/// The anchor and issuer in force, judged: refused while they still serve
+/// (unless --force). Ok(false): they already are the new pair (a re-run
+/// resumes, nothing to install).
+fn justify<S: Store>(
+    a: &EmergencyArgs,
+    s: &S,
     anchor_pem: &str,
     ev: &Events,
 ) -> Result<bool, Failure> {
     let (_, cert, _) = files(a);
-    let (anchors_now, issuer_now) = (
-        read(&p.identity_trust_anchors_file)?,
-        read(&p.identity_issuer_certificate_file)?,
-    );
+    let (anchors_now, issuer_now) = (s.anchors()?.into_bytes(), s.issuer_cert()?);
     if anchors_now == anchor_pem.as_bytes() && issuer_now == read(cert)? {
         ev.say(
             "resume",
             json!({}),
-            "the files already hold the new anchor and issuer: resuming",
+            &format!(
+                "{} and {} already hold the new anchor and issuer: resuming",
+                s.anchors_label(),
+                s.holder()
+            ),
         );
         return Ok(false);
     }
-    let parse = |path: &Path, b: &[u8]| pki::parse_certs(path, b).unwrap_or_default();
+    let parse =
+        |label: String, b: &[u8]| pki::parse_certs(Path::new(&label), b).unwrap_or_default();
     let now = OffsetDateTime::now_utc();
     match in_force(
-        &parse(&p.identity_trust_anchors_file, &anchors_now),
-        &parse(&p.identity_issuer_certificate_file, &issuer_now),
+        &parse(s.anchors_label(), &anchors_now),
+        &parse(s.holder(), &issuer_now),
         now,
     ) {
         Err(why) => ev.say(
@@ -157,91 +166,87 @@ fn justify(
                 pki::info::rfc3339(until),
                 pki::info::time_left(now, until),
                 files(a).0.display(),
-                p.flags()
+                s.flags()
             )));
         }
     }
     Ok(true)
 }
 
-/// The anchors file, then the issuer key and certificate, replaced at once;
-/// any trust-anchor rotation in progress (state and issuer backups) dropped.
-fn install(
-    (a, p): (&EmergencyArgs, &PlaneArgs),
+/// The anchors, then the issuer, replaced at once; any trust-anchor
+/// rotation in progress (its state and kept issuer) dropped.
+fn install<S: Store>(
+    a: &EmergencyArgs,
+    s: &S,
     anchor_pem: &str,
     ev: &Events,
 ) -> Result<(), Failure> {
     let (_, cert, key) = files(a);
-    let (cert, key) = (read(cert)?, read(key)?);
-    pki::files::write_atomic(
-        &p.identity_trust_anchors_file,
-        anchor_pem.as_bytes(),
-        pki::files::PUBLIC_MODE,
-        true,
-    )
-    .map_err(Failure::fatal)?;
-    super::install(p, &cert, &key)?;
+    let new = (read(cert)?, read(key)?);
+    s.write_anchors(anchor_pem)?;
+    s.install(&new)?;
     ev.say(
         "installed",
         json!({}),
         &format!(
-            "installed the new anchor in {} and the new issuer in {} and {}",
-            p.identity_trust_anchors_file.display(),
-            p.identity_issuer_certificate_file.display(),
-            p.identity_issuer_key_file.display()
+            "installed the new anchor in {} and the new issuer in {}",
+            s.anchors_label(),
+            s.holder()
         ),
     );
-    let anchors = &p.identity_trust_anchors_file;
-    if let Some(r) = state::load(anchors).ok().flatten() {
+    if let Some(r) = s.load().ok().flatten() {
         ev.say(
             "rotation_dropped",
             json!({"phase": r.phase.name()}),
             &format!(
-                "dropped the trust-anchor rotation that was in phase {} (its state and issuer backups)",
+                "dropped the trust-anchor rotation that was in phase {} (its state and kept issuer)",
                 r.phase.name()
             ),
         );
     }
-    state::clear(anchors).map_err(super::store::state_failure)?;
-    for f in [
-        &p.identity_issuer_certificate_file,
-        &p.identity_issuer_key_file,
-    ] {
-        let _ = std::fs::remove_file(super::store::backup_of(f));
-    }
+    s.clear()?;
+    s.drop_kept_issuer();
     Ok(())
 }
 
-pub fn run(a: EmergencyArgs, plane: PlaneArgs) -> CmdResult {
-    let p = &plane;
-    let (_lock, taken_over) =
-        state::lock(&p.identity_trust_anchors_file).map_err(super::store::state_failure)?;
-    let ev = Events::new(&p.output, Instant::now());
-    if let Some(pid) = taken_over {
+pub fn run(a: EmergencyArgs, at: &AtArgs) -> CmdResult {
+    match mode(at)? {
+        Mode::Files(p) => re_root(&a, &p),
+        Mode::Cluster(kubeconfig) => re_root(&a, &ClusterStore::connect(at, kubeconfig)?),
+    }
+}
+
+fn re_root<S: Store>(a: &EmergencyArgs, s: &S) -> CmdResult {
+    let (_lock, taken_over) = s.lock()?;
+    let ev = Events::new(&s.output(), Instant::now());
+    if let Some(holder) = taken_over {
         ev.say(
             "lock_taken_over",
-            json!({"pid": pid}),
-            &format!("took over the rotation lock of pid {pid}, which is no longer running"),
+            json!({"holder": holder}),
+            &format!("took over the rotation lock of {holder}, which is no longer running"),
         );
     }
-    let (anchor_file, cert, key) = files(&a);
+    let (anchor_file, cert, key) = files(a);
     let anchor = super::read_anchor(anchor_file)?;
     let anchor_fp = pki::fingerprint(&anchor);
     let anchor_pem = pki::cert::to_pem(std::slice::from_ref(&anchor));
-    let create = format!("`{}`", p.certs_create_issuer(anchor_file));
+    let create = format!("`{}`", super::store::certs_create_issuer(s, anchor_file));
     let issuer = super::judge((anchor_file, anchor_pem.as_bytes()), cert, key, &create)?;
-    let before = progress::fleet(&p.admin_addr).ok();
-    if justify((&a, p), &anchor_pem, &ev)? {
-        install((&a, p), &anchor_pem, &ev)?;
+    let t = s.target();
+    let before = t.source.fleet().ok();
+    if justify(a, s, &anchor_pem, &ev)? {
+        install(a, s, &anchor_pem, &ev)?;
     }
     let refused_before = before.as_ref().and_then(|v| v.issuer_refused.clone());
     let judge = |v: &FleetView| served(v, &anchor_fp, &issuer, refused_before.as_deref());
-    progress::wait_in_force(&p.target(), ev.start, judge).map_err(|why| {
+    progress::wait_in_force(&t, ev.start, judge).map_err(|why| {
         Failure::fatal(format!(
-            "{why}; the new files stay installed (the old ones could not serve anyway): see the control plane's log, fix what it names, and re-run this command to resume"
+            "{why}; the new anchor and issuer stay installed (the old ones could not serve anyway): see the control plane's log, fix what it names, and re-run this command to resume"
         ))
     })?;
-    let generation = progress::fleet(&p.admin_addr)
+    let generation = t
+        .source
+        .fleet()
         .ok()
         .and_then(|v| v.bundle)
         .map(|b| b.generation);
@@ -256,14 +261,59 @@ pub fn run(a: EmergencyArgs, plane: PlaneArgs) -> CmdResult {
             ev.start.elapsed()
         ),
     );
-    let known = progress::fleet(&p.admin_addr).ok().or(before);
-    steps((&a, p), anchor_file, known.as_ref(), &ev);
-    Ok(())
+    let known = t.source.fleet().ok().or(before);
+    match &t.source {
+        Source::Admin(admin) => {
+            steps((a, s, admin), anchor_file, known.as_ref(), &ev);
+            Ok(())
+        }
+        Source::Cluster(_) => recover(s, &issuer, known.as_ref(), &ev),
+    }
+}
+
+/// On Kubernetes the out-of-band step is the ConfigMap just written: the
+/// proxies the control plane knew are waited for, each back on a leaf
+/// from the new issuer.
+fn recover<S: Store>(s: &S, issuer: &str, known: Option<&FleetView>, ev: &Events) -> CmdResult {
+    let expected: BTreeSet<String> = known
+        .iter()
+        .flat_map(|v| &v.proxies)
+        .map(|p| p.workload.clone())
+        .collect();
+    let follow = s.target().source.check_command();
+    ev.say(
+        "next",
+        json!({"waiting_for": expected, "follow": follow}),
+        &format!(
+            "out of band: every injected proxy reads the new anchor from its mounted copy of {} (the kubelet refreshes it, within about a minute) and certifies again with its ServiceAccount token; a pod with no weft.mesh.v1 stream (a linkerd2-proxy sidecar) needs {}. Waiting for the {} prox{} the control plane knew; follow with `{follow}`",
+            s.anchors_label(),
+            s.renew_hint(),
+            expected.len(),
+            if expected.len() == 1 { "y" } else { "ies" }
+        ),
+    );
+    progress::wait_converged(
+        &s.target(),
+        ev,
+        "the new issuer",
+        |v| progress::progress(v, issuer, &expected),
+        |n| {
+            format!(
+                "every proxy is back, on a leaf from the new issuer ({n} of {n}, {:.1?})",
+                ev.start.elapsed()
+            )
+        },
+    )
 }
 
 /// The out-of-band steps, exact: a fresh token per workload the fleet view
 /// knows, the new anchor onto each proxy's anchors file, how to follow.
-fn steps((a, p): (&EmergencyArgs, &PlaneArgs), anchor: &Path, v: Option<&FleetView>, ev: &Events) {
+fn steps(
+    (a, s, admin): (&EmergencyArgs, &impl Store, &str),
+    anchor: &Path,
+    v: Option<&FleetView>,
+    ev: &Events,
+) {
     let known = v.map(workloads).unwrap_or_default();
     let tokens: Vec<String> = known
         .iter()
@@ -289,8 +339,8 @@ fn steps((a, p): (&EmergencyArgs, &PlaneArgs), anchor: &Path, v: Option<&FleetVi
         })
         .collect();
     let follow = [
-        format!("weft check --proxy --admin-addr {}", p.admin_addr),
-        format!("weft rotate trust-anchor status {}", p.flags()),
+        format!("weft check --proxy --admin-addr {admin}"),
+        format!("weft rotate trust-anchor status {}", s.flags()),
     ];
     let mut text = String::from(
         "next, out of band (a proxy never takes an anchor from a control plane it cannot verify):\n  1. a fresh join token for each workload, put where its proxy's --token-file points (read again on every try):\n",

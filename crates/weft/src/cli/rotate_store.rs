@@ -24,6 +24,8 @@ pub(crate) trait Store: Plane {
     fn clear(&self) -> Result<(), Failure>;
     /// The trust anchors in force, as PEM text.
     fn anchors(&self) -> Result<String, Failure>;
+    /// The issuer certificate in force, as stored.
+    fn issuer_cert(&self) -> Result<Vec<u8>, Failure>;
     /// Replaces the anchors at once; false: they already were `pem`.
     fn write_anchors(&self, pem: &str) -> Result<bool, Failure>;
     /// Keeps a copy of the issuer in force, for abort to put back.
@@ -98,6 +100,10 @@ impl Store for PlaneArgs {
                 self.identity_trust_anchors_file.display()
             ))
         })
+    }
+
+    fn issuer_cert(&self) -> Result<Vec<u8>, Failure> {
+        read(&self.identity_issuer_certificate_file)
     }
 
     fn write_anchors(&self, pem: &str) -> Result<bool, Failure> {
