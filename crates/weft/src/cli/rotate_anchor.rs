@@ -23,7 +23,11 @@ use crate::cli::{CmdResult, Failure};
 
 /// `weft rotate trust-anchor`: a phase of the rotation, or `--emergency`.
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    arg_required_else_help = true
+)]
 pub struct TrustAnchorArgs {
     #[command(subcommand)]
     pub phase: Option<AnchorCmd>,
