@@ -62,6 +62,13 @@ pub struct RefreshStatus {
     pub renew_request_id: String,
 }
 
+/// Why the certificate loop woke.
+enum Wake {
+    Due,
+    Anchors { out_of_band: bool },
+    Renew(String),
+}
+
 pub struct CertLoop {
     /// The identity service, `host:port`.
     pub addr: String,
@@ -100,39 +107,66 @@ impl CertLoop {
 
     /// One Certify: a renewal on the shared connection (it presents the
     /// current leaf); the first, with the token, on a connection of its own.
-    async fn attempt(&self, current: Option<Arc<ProxyCert>>) -> Result<Certified, CertifyError> {
+    /// After an out-of-band anchor change (`reroot`) the token goes first,
+    /// presenting no leaf: a re-rooted control plane no longer trusts the
+    /// one held. The renewal is the fallback (no token, or a benign change).
+    async fn attempt(
+        &self,
+        held: bool,
+        reroot: bool,
+    ) -> (Result<Certified, CertifyError>, &'static str) {
+        if !held {
+            return (self.with_token().await, "token");
+        }
+        if reroot {
+            match self.with_token().await {
+                Ok(done) => return (Ok(done), "token"),
+                Err(e) => tracing::info!(
+                    error = %e,
+                    "certifying with the token after new anchors failed; renewing with the certificate held"
+                ),
+            }
+        }
+        (self.renewal().await, "renewal")
+    }
+
+    async fn renewal(&self) -> Result<Certified, CertifyError> {
+        let anchors = self.trust.borrow().anchors.clone();
+        let token = self.token();
+        let lease = self
+            .control
+            .channel(&self.addr)
+            .await
+            .map_err(|e| CertifyError::Connect {
+                addr: self.addr.clone(),
+                detail: e.to_string(),
+            })?;
+        let r = crate::certify::certify(
+            lease.channel.clone(),
+            &self.identity,
+            token.as_deref(),
+            &anchors,
+            self.timeout,
+        )
+        .await;
+        // The call failed on the way: the next goes to another replica.
+        if let Err(e) = &r
+            && e.is_transport()
+        {
+            self.control
+                .failed(&self.addr, &lease, &e.to_string())
+                .await;
+        }
+        r
+    }
+
+    /// Certify with the token on a connection of its own, presenting no leaf.
+    async fn with_token(&self) -> Result<Certified, CertifyError> {
         let trust = self.trust.borrow().clone();
         let anchors = trust.anchors.clone();
         let token = self.token();
-        if current.is_some() {
-            let lease =
-                self.control
-                    .channel(&self.addr)
-                    .await
-                    .map_err(|e| CertifyError::Connect {
-                        addr: self.addr.clone(),
-                        detail: e.to_string(),
-                    })?;
-            let r = crate::certify::certify(
-                lease.channel.clone(),
-                &self.identity,
-                token.as_deref(),
-                &anchors,
-                self.timeout,
-            )
-            .await;
-            // The call failed on the way: the next goes to another replica.
-            if let Err(e) = &r
-                && e.is_transport()
-            {
-                self.control
-                    .failed(&self.addr, &lease, &e.to_string())
-                    .await;
-            }
-            return r;
-        }
         let (_keep_trust, trust_rx) = watch::channel(trust);
-        let (_keep_own, own_rx) = watch::channel(current);
+        let (_keep_own, own_rx) = watch::channel(None);
         let config = crate::tls::control_config(trust_rx, own_rx).map_err(CertifyError::Tls)?;
         let channel = crate::certify::connect(
             &self.addr,
@@ -156,14 +190,17 @@ impl CertLoop {
         let mut failures: u32 = 0;
         let mut request_id = String::new();
         let mut trust = self.trust.clone();
+        // Anchors arrived out of band: certify with the token until it works.
+        let mut reroot = false;
         loop {
             trust.mark_unchanged();
             let now = OffsetDateTime::now_utc();
             let current = tx.borrow().clone().filter(|c| c.is_valid(now));
-            let result = self.attempt(current.clone()).await;
+            let (result, proof) = self.attempt(current.is_some(), reroot).await;
             let wait = match &result {
                 Ok(Certified { cert, .. }) => {
                     failures = 0;
+                    reroot = false;
                     // Jittered: a fleet started together renews apart.
                     let wait = jitter(refresh_in(
                         OffsetDateTime::now_utc(),
@@ -176,7 +213,7 @@ impl CertLoop {
                         spki = %cert.spki,
                         not_after = %pki::info::rfc3339(cert.not_after),
                         renew_in_s = wait.as_secs(),
-                        proof = if current.is_some() { "renewal" } else { "token" },
+                        proof,
                         "certificate obtained"
                     );
                     wait
@@ -212,19 +249,42 @@ impl CertLoop {
                 at: OffsetDateTime::now_utc().unix_timestamp(),
                 renew_request_id: std::mem::take(&mut request_id),
             });
-            // Stopped (no valid certificate): new anchors, from the watched
-            // file after a re-root, are worth a try at once.
             let stopped = tx.borrow().is_none();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                Ok(()) = trust.changed(), if stopped => {
-                    tracing::info!("the anchors in force changed; trying again now");
+            match self.next(&mut trust, wait, stopped).await {
+                Wake::Due => {}
+                Wake::Anchors { out_of_band } => {
+                    tracing::info!(
+                        out_of_band,
+                        "the anchors in force changed; certifying again now"
+                    );
                     failures = 0;
+                    reroot |= out_of_band;
                 }
-                Some(id) = self.renew.recv() => {
+                Wake::Renew(id) => {
                     tracing::info!(request = %id, "renewing now, as the control plane asked");
                     request_id = id;
                 }
+            }
+        }
+    }
+
+    /// Waits `wait`, or less: a renew-now request, or anchors that change
+    /// while the proxy is stopped (no valid certificate) or that came out
+    /// of band (the watched file, which carries no bundle version: a
+    /// re-root, after which the control plane may not trust the leaf held).
+    async fn next(&mut self, trust: &mut TrustRx, wait: Duration, stopped: bool) -> Wake {
+        let due = tokio::time::sleep(wait);
+        tokio::pin!(due);
+        loop {
+            tokio::select! {
+                () = &mut due => return Wake::Due,
+                Ok(()) = trust.changed() => {
+                    let out_of_band = trust.borrow_and_update().version.is_none();
+                    if stopped || out_of_band {
+                        return Wake::Anchors { out_of_band };
+                    }
+                }
+                Some(id) = self.renew.recv() => return Wake::Renew(id),
             }
         }
     }
@@ -266,14 +326,11 @@ mod tests {
     use super::*;
     use crate::trust::Trust;
 
-    /// A renewal that cannot reach the identity service is counted as an
-    /// error, and reported as such.
-    #[tokio::test]
-    async fn failed_refreshes_are_counted() {
+    fn root_pem(subject: &str) -> String {
         let now = OffsetDateTime::now_utc();
         let root = pki::create::create(
             &pki::create::NewCert {
-                subject: "root".into(),
+                subject: subject.into(),
                 profile: pki::create::Profile::RootCa,
                 sans: vec![],
                 not_before: now,
@@ -283,30 +340,31 @@ mod tests {
             None,
         )
         .unwrap();
-        let pem = pki::cert::to_pem(std::slice::from_ref(&root.cert));
-        let (_trust_tx, trust) = watch::channel(Arc::new(Trust::new(None, &pem).unwrap()));
-        // A port nothing listens on: every try fails at once.
+        pki::cert::to_pem(std::slice::from_ref(&root.cert))
+    }
+
+    /// A loop towards a port nothing listens on: every try fails at once.
+    fn cert_loop(
+        trust: TrustRx,
+    ) -> (
+        CertLoop,
+        watch::Receiver<RefreshStatus>,
+        mpsc::Sender<String>,
+    ) {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = closed.local_addr().unwrap().to_string();
         drop(closed);
-        let (_renew_tx, renew) = mpsc::channel(1);
-        let (status_tx, mut status) = watch::channel(RefreshStatus::default());
-        let refreshes = Family::<ResultLabel, Counter>::default();
+        let (renew_tx, renew) = mpsc::channel(1);
+        let (status_tx, status) = watch::channel(RefreshStatus::default());
         let (_own_tx, own) = watch::channel(None);
-        let control = crate::control::ControlPlane::new(
-            "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
-                .parse()
-                .unwrap(),
-            trust.clone(),
-            own,
-        )
-        .unwrap();
+        let cp: Identity = "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
+            .parse()
+            .unwrap();
+        let control = crate::control::ControlPlane::new(cp.clone(), trust.clone(), own).unwrap();
         let cert_loop = CertLoop {
             addr,
             control,
-            control_plane: "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
-                .parse()
-                .unwrap(),
+            control_plane: cp,
             timeout: Duration::from_secs(2),
             trust,
             identity: "web.demo.serviceaccount.identity.weft.cluster.local"
@@ -316,8 +374,60 @@ mod tests {
             min_refresh: Duration::from_secs(10),
             renew,
             status: status_tx,
-            refreshes: refreshes.clone(),
+            refreshes: Family::default(),
         };
+        (cert_loop, status, renew_tx)
+    }
+
+    /// Holding a valid leaf, a pushed bundle does not wake the loop (the
+    /// renewal stays due when it was); anchors from the watched file do,
+    /// as a re-root; so does a renew-now request.
+    #[tokio::test]
+    async fn out_of_band_anchors_wake_a_proxy_that_holds_a_leaf() {
+        let pem = root_pem("root");
+        let (trust_tx, trust) = watch::channel(Arc::new(Trust::new(None, &pem).unwrap()));
+        let (mut cl, _status, renew) = cert_loop(trust.clone());
+        let mut rx = trust;
+        let pushed = Trust::new(
+            Some(crate::trust::Version {
+                generation: 2,
+                sha256: "b".into(),
+            }),
+            &pem,
+        )
+        .unwrap();
+        trust_tx.send_replace(Arc::new(pushed));
+        let woke = cl.next(&mut rx, Duration::from_millis(300), false).await;
+        assert!(matches!(woke, Wake::Due), "a pushed bundle woke the loop");
+
+        let file = format!("{pem}{}", root_pem("root-2"));
+        trust_tx.send_replace(Arc::new(Trust::new(None, &file).unwrap()));
+        let woke = tokio::time::timeout(
+            Duration::from_secs(10),
+            cl.next(&mut rx, Duration::from_secs(3600), false),
+        )
+        .await
+        .expect("woken by the anchors file within 10 s");
+        assert!(matches!(woke, Wake::Anchors { out_of_band: true }));
+
+        renew.send("r1".into()).await.unwrap();
+        let woke = tokio::time::timeout(
+            Duration::from_secs(10),
+            cl.next(&mut rx, Duration::from_secs(3600), false),
+        )
+        .await
+        .expect("woken by renew-now within 10 s");
+        assert!(matches!(woke, Wake::Renew(id) if id == "r1"));
+    }
+
+    /// A renewal that cannot reach the identity service is counted as an
+    /// error, and reported as such.
+    #[tokio::test]
+    async fn failed_refreshes_are_counted() {
+        let pem = root_pem("root");
+        let (_trust_tx, trust) = watch::channel(Arc::new(Trust::new(None, &pem).unwrap()));
+        let (cert_loop, mut status, _renew) = cert_loop(trust);
+        let refreshes = cert_loop.refreshes.clone();
         let (tx, _rx) = watch::channel(None);
         let task = tokio::spawn(cert_loop.run(tx));
         let got = tokio::time::timeout(
