@@ -50,18 +50,7 @@ fn emergency(s: &Scratch, admin: &str, pair: [&str; 3], extra: &[&str]) -> commo
 /// New pairs that must be refused: (cert, key, what the refusal names).
 fn bad_pairs(s: &Scratch) -> [(&'static str, &'static str, &'static str); 3] {
     // An issuer under yet another anchor, and an RSA one under the new one.
-    s.weft(&[
-        "certs",
-        "create",
-        "root-3.linkerd.cluster.local",
-        "ca3.crt",
-        "ca3.key",
-        "--profile",
-        "root-ca",
-        "--no-password",
-        "--insecure",
-    ])
-    .ok();
+    s.anchor("ca3", "root-3.linkerd.cluster.local", "87600h");
     s.issuer("foreign", "8760h", "ca3");
     s.weft(&[
         "certs",

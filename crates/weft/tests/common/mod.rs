@@ -205,21 +205,28 @@ impl Scratch {
 
     /// The guide's material with these lifetimes (anchor, issuer).
     pub fn guide_material_for(&self, anchor: &str, issuer: &str) {
+        self.anchor("ca", "root.linkerd.cluster.local", anchor);
+        self.issuer("issuer", issuer, "ca");
+    }
+
+    /// The guide's anchor command: `name`.crt/.key (root-ca, `subject`,
+    /// valid for `not_after`).
+    pub fn anchor(&self, name: &str, subject: &str, not_after: &str) {
+        let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
         self.weft(&[
             "certs",
             "create",
-            "root.linkerd.cluster.local",
-            "ca.crt",
-            "ca.key",
+            subject,
+            &crt,
+            &key,
             "--profile",
             "root-ca",
             "--no-password",
             "--insecure",
             "--not-after",
-            anchor,
+            not_after,
         ])
         .ok();
-        self.issuer("issuer", issuer, "ca");
     }
 
     /// The guide's issuer command: `name`.crt/.key (intermediate-ca, valid

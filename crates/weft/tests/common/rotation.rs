@@ -13,20 +13,7 @@ use super::proc::poll;
 
 /// ca2.crt/ca2.key (a new anchor) and issuer2.crt/issuer2.key signed by it.
 pub fn new_anchor_and_issuer(s: &Scratch) {
-    s.weft(&[
-        "certs",
-        "create",
-        "root-2.linkerd.cluster.local",
-        "ca2.crt",
-        "ca2.key",
-        "--profile",
-        "root-ca",
-        "--no-password",
-        "--insecure",
-        "--not-after",
-        "87600h",
-    ])
-    .ok();
+    s.anchor("ca2", "root-2.linkerd.cluster.local", "87600h");
     s.issuer("issuer2", "8760h", "ca2");
 }
 

@@ -38,6 +38,11 @@ fn command(env: &K8sEnv, s: &Scratch, cp_ns: &str) -> std::process::Command {
     cmd
 }
 
+/// What the command printed, stdout then stderr.
+fn printed(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
 pub fn re_root(
     env: &K8sEnv,
     mesh: &mut Mesh,
@@ -45,25 +50,11 @@ pub fn re_root(
     cp_ns: &str,
     (svc, frontend): (SocketAddr, &str),
 ) -> Result<()> {
-    s.weft(&[
-        "certs",
-        "create",
-        "root-3.linkerd.cluster.local",
-        "ca3.crt",
-        "ca3.key",
-        "--profile",
-        "root-ca",
-        "--no-password",
-        "--insecure",
-        "--not-after",
-        "87600h",
-    ])
-    .ok();
+    s.anchor("ca3", "root-3.linkerd.cluster.local", "87600h");
     s.issuer("issuer3", "8760h", "ca3");
 
     let out = command(env, s, cp_ns).output()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = printed(&out);
     println!(
         "weft rotate trust-anchor --emergency while the anchor in force is valid (exit {:?}):\n{text}",
         out.status.code()
@@ -99,8 +90,7 @@ pub fn re_root(
         .join()
         .map_err(|_| anyhow::anyhow!("the waiter panicked"))??;
     let took = t0.elapsed();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = printed(&out);
     println!(
         "weft rotate trust-anchor --emergency --force (exit {:?}, {took:.1?}):\n{text}",
         out.status.code()
