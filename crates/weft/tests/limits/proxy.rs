@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::common::Scratch;
 use super::common::mesh::{echo_server, free_port, start_proxy, workload};
 use super::common::proc::{Proc, http_get, metric_sum, poll};
-use super::{DEADLINE, HELD, closed_by_server, exchange, open_fds, ready, rss_kb};
+use super::{DEADLINE, HELD, closed_by_server, exchange, first_exchange, open_fds, ready, rss_kb};
 
 const HANDSHAKE: Duration = Duration::from_secs(30);
 /// Room for the held connections and a few mesh requests beside them.
@@ -116,12 +116,14 @@ fn mesh(s: &Scratch) -> Mesh {
     let frontend = start_proxy(s, "frontend", fe_in, &cp, &[mapping], &fe_limits);
     ready(backend.addr("admin listening on"));
     ready(frontend.addr("admin listening on"));
+    let via = SocketAddr::from(([127, 0, 0, 1], out));
+    first_exchange(via);
     Mesh {
         _cp: cp,
         backend,
         frontend,
         inbound: SocketAddr::from(([127, 0, 0, 1], be_in)),
-        via: SocketAddr::from(([127, 0, 0, 1], out)),
+        via,
     }
 }
 
@@ -136,7 +138,6 @@ fn idle_and_half_handshaken_connections_cannot_starve_the_inbound_listener() {
     let s = Scratch::new();
     let m = mesh(&s);
     let be_admin = m.backend.addr("admin listening on");
-    exchange(m.via);
     let fds_before = open_fds(&m.backend);
 
     let hello = client_hello(BACKEND);
@@ -151,7 +152,7 @@ fn idle_and_half_handshaken_connections_cannot_starve_the_inbound_listener() {
     }
     let opened = t.elapsed();
     // Give or take a few descriptors the proxy closed meanwhile (e.g. the
-    // mesh connection of the exchange above).
+    // mesh connection of the first exchange, in `mesh`).
     let fds_during = poll("the proxy to accept them all", DEADLINE, || {
         let n = open_fds(&m.backend);
         (n + FDS_SLACK >= fds_before + 2 * HELD).then_some(n)
