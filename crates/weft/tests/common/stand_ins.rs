@@ -378,6 +378,9 @@ impl<'a> Mesh<'a> {
             // pod is taken out of its app instead (its ReplicaSet lets it go
             // and makes another) and keeps holding the spare address. A bare
             // pod has no controller to replace it, and is an error as before.
+            // It leaves the mesh too: two meshed pods on one address are a
+            // conflict the control plane answers by leaving the address out
+            // (fail closed), which would take the live pod out of its Service.
             if let Some(holder) = self.env.holder_of(*ip).filter(|h| h != name)
                 && pod
                     .metadata
@@ -386,9 +389,12 @@ impl<'a> Mesh<'a> {
                     .is_some_and(|o| !o.is_empty())
             {
                 println!(
-                    "kwok gave {name} the address {ip} of live pod {holder}; {name} leaves app {app} (and keeps the spare address) so its controller makes another"
+                    "kwok gave {name} the address {ip} of live pod {holder}; {name} leaves app {app} and the mesh (and keeps the spare address) so its controller makes another"
                 );
-                let patch = json!({"metadata": {"labels": {"app": "kwok-spare-address"}}});
+                let patch = json!({"metadata": {"labels": {
+                    "app": "kwok-spare-address",
+                    "linkerd.io/control-plane-ns": null,
+                }}});
                 self.rt.block_on(pods.patch(
                     name,
                     &PatchParams::default(),
