@@ -5,6 +5,7 @@
 
 mod admin;
 mod idle;
+mod listen;
 pub mod retry;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use admin::{metrics, ready, text};
 pub use idle::{Activity, Tracked, idle_for};
+pub use listen::{BACKLOG, listen};
 
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,12 +12,13 @@ use linkerd2_proxy_api::destination::{
     WeightedAddr, WeightedAddrSet, protocol_hint, tls_identity, update,
 };
 use std::net::SocketAddr;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
+
 use tonic::{Request, Response, Status};
 
 use identity::IssuerStatus;
 
+use crate::changes::{self, Changes};
 use crate::refusals::ApiRefusals;
 use crate::workloads::{Answer, Index, Refusal, parse_target};
 
@@ -144,44 +145,32 @@ fn follow<T: Send + 'static>(
     path: String,
     make: impl Fn(Option<&[Answer]>, &[Answer]) -> Vec<T> + Send + 'static,
     ended: impl FnOnce(Status) -> Status + Send + 'static,
-) -> Result<ReceiverStream<Result<T, Status>>, Status> {
+) -> Result<Changes<T>, Status> {
     let target = parse_target(&path).map_err(Status::invalid_argument)?;
     let first = index
         .borrow_and_update()
         .resolve_set(&target)
         .map_err(status_of)?;
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        for m in make(None, &first) {
-            if tx.send(Ok(m)).await.is_err() {
-                return;
+    let messages = make(None, &first);
+    let mut last = first;
+    let mut ended = Some(ended);
+    Ok(changes::follow(index, messages, move |index| {
+        match index.resolve_set(&target) {
+            Ok(set) if set == last => Ok(Vec::new()),
+            Ok(set) => {
+                let ms = make(Some(&last), &set);
+                last = set;
+                Ok(ms)
+            }
+            Err(r) => {
+                let s = status_of(r);
+                Err(match ended.take() {
+                    Some(f) => f(s),
+                    None => s,
+                })
             }
         }
-        let mut last = first;
-        loop {
-            tokio::select! {
-                changed = index.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
-            }
-            let next = index.borrow_and_update().resolve_set(&target);
-            match next {
-                Ok(set) if set == last => {}
-                Ok(set) => {
-                    for m in make(Some(&last), &set) {
-                        if tx.send(Ok(m)).await.is_err() {
-                            return;
-                        }
-                    }
-                    last = set;
-                }
-                Err(r) => {
-                    let _ = tx.send(Err(ended(status_of(r)))).await;
-                    return;
-                }
-            }
-        }
-    });
-    Ok(ReceiverStream::new(rx))
+    }))
 }
 
 impl DestinationService {
@@ -198,8 +187,8 @@ impl DestinationService {
 
 #[tonic::async_trait]
 impl Destination for DestinationService {
-    type GetStream = ReceiverStream<Result<Update, Status>>;
-    type GetProfileStream = ReceiverStream<Result<DestinationProfile, Status>>;
+    type GetStream = Changes<Update>;
+    type GetProfileStream = Changes<DestinationProfile>;
 
     async fn get(&self, req: Request<GetDestination>) -> Result<Response<Self::GetStream>, Status> {
         let peer = req.remote_addr();

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use identity::state::Issuance;
-use mesh_api::v1::{ControlMessage, ProxyReport, RenewNow, control_message};
+use mesh_api::v1::{ProxyReport, RenewNow};
 use pki::Identity;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -137,7 +137,7 @@ impl Report {
 struct Entry {
     identity: Identity,
     report: Option<Report>,
-    sender: Option<mpsc::Sender<ControlMessage>>,
+    sender: Option<mpsc::Sender<RenewNow>>,
     connected_at: i64,
     last_report_at: Option<i64>,
     disconnected_at: Option<i64>,
@@ -221,12 +221,7 @@ impl Fleet {
             .insert(b.version.sha256.clone(), b.anchors.clone());
     }
 
-    pub fn attach(
-        &self,
-        identity: &Identity,
-        sender: mpsc::Sender<ControlMessage>,
-        now: i64,
-    ) -> u64 {
+    pub fn attach(&self, identity: &Identity, sender: mpsc::Sender<RenewNow>, now: i64) -> u64 {
         let mut g = self.lock();
         g.next += 1;
         let id = g.next;
@@ -378,15 +373,13 @@ impl Fleet {
             }
             let trigger = if e.forced { "manual" } else { "issuer_change" };
             let request_id = format!("{trigger}-{:016x}", rand_u64());
-            let msg = ControlMessage {
-                kind: Some(control_message::Kind::RenewNow(RenewNow {
-                    request_id: request_id.clone(),
-                    reason: if e.forced {
-                        "renewal requested by hand (POST /renew-now)".into()
-                    } else {
-                        format!("the issuer changed to {}", bundle.issuer_sha256)
-                    },
-                })),
+            let msg = RenewNow {
+                request_id: request_id.clone(),
+                reason: if e.forced {
+                    "renewal requested by hand (POST /renew-now)".into()
+                } else {
+                    format!("the issuer changed to {}", bundle.issuer_sha256)
+                },
             };
             if tx.try_send(msg).is_ok() {
                 tracing::info!(identity = %e.identity, %request_id, trigger, "asked a proxy to renew now");

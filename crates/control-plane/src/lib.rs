@@ -14,6 +14,7 @@ pub mod grpc_bounds;
 pub mod index;
 pub mod k8s;
 pub mod k8s_manifests;
+pub mod lean;
 pub mod mesh_service;
 pub mod operator;
 pub mod operator_tls;
@@ -35,17 +36,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lean::Lean;
 use identity::proof::StandaloneProofs;
 use identity::record::Record;
 use identity::{CertifyConfig, IdentityService, IssuerStatus};
-use linkerd2_proxy_api::destination::destination_server::DestinationServer;
 use linkerd2_proxy_api::identity::identity_server::IdentityServer;
-use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer;
-use linkerd2_proxy_api::outbound::outbound_policies_server::OutboundPoliciesServer;
 use pki::Identity;
 use policy::resources::Snapshot;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -138,42 +136,15 @@ pub async fn start(
     let (bundle_tx, bundle_rx) = watch::channel(None);
     let (own_tx, own_rx) = watch::channel(None);
 
-    let identity_listener = TcpListener::bind(cfg.identity_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: cfg.identity_addr,
-            source,
-        })?;
-    let policy_listener =
-        TcpListener::bind(cfg.policy_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: cfg.policy_addr,
-                source,
-            })?;
-    let plaintext_listener = plaintext::bind(cfg.plaintext_loopback).await?;
-    let destination_listener = TcpListener::bind(cfg.destination_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: cfg.destination_addr,
-            source,
-        })?;
-    let admin_listener =
-        TcpListener::bind(cfg.admin_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: cfg.admin_addr,
-                source,
-            })?;
+    let bind =
+        |addr: SocketAddr| bounds::listen(addr).map_err(|source| StartError::Bind { addr, source });
+    let identity_listener = bind(cfg.identity_addr)?;
+    let policy_listener = bind(cfg.policy_addr)?;
+    let plaintext_listener = plaintext::bind(cfg.plaintext_loopback)?;
+    let destination_listener = bind(cfg.destination_addr)?;
+    let admin_listener = bind(cfg.admin_addr)?;
     let operator_listener = match &cfg.operator {
-        Some(op) => Some(
-            TcpListener::bind(op.addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: op.addr,
-                    source,
-                })?,
-        ),
+        Some(op) => Some(bind(op.addr)?),
         None => None,
     };
     let webhook = cfg.kubernetes.as_ref().and_then(|k| k.webhook.as_ref());
@@ -417,9 +388,9 @@ pub async fn start(
             grpc_bounds::server(streams)
                 .layer(gate.layer())
                 .add_service(IdentityServer::from_arc(svc.clone()))
-                .add_service(DestinationServer::new(destination.clone()))
-                .add_service(InboundServerPoliciesServer::new(policy.clone()))
-                .add_service(OutboundPoliciesServer::new(outbound.clone()))
+                .add_service(Lean::new(destination.clone()))
+                .add_service(Lean::new(policy.clone()))
+                .add_service(Lean::new(outbound.clone()))
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::ReceiverStream::new(rx),
                     stopped(stop_rx.clone()),
@@ -443,7 +414,7 @@ pub async fn start(
         ));
         let destination_server = grpc_bounds::server(streams)
             .layer(destination_gate.layer())
-            .add_service(DestinationServer::new(destination))
+            .add_service(Lean::new(destination))
             .add_service(mesh_api::v1::mesh_server::MeshServer::new(mesh))
             .serve_with_incoming_shutdown(incoming(dconn_rx), stopped(stop_rx.clone()));
         let policy_gate = grpc_bounds::Listener::new("policy", limit, listeners, close_rx.clone());
@@ -457,8 +428,8 @@ pub async fn start(
         ));
         let policy_server = grpc_bounds::server(streams)
             .layer(policy_gate.layer())
-            .add_service(InboundServerPoliciesServer::new(policy))
-            .add_service(OutboundPoliciesServer::new(outbound))
+            .add_service(Lean::new(policy))
+            .add_service(Lean::new(outbound))
             .serve_with_incoming_shutdown(incoming(pconn_rx), stopped(stop_rx.clone()));
         let servers = async {
             tokio::join!(

@@ -2,16 +2,17 @@
 //! sends each proxy the trust bundle (again whenever it changes) and
 //! renew-now requests; takes its reports, bound to the stream's identity.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use identity::IssuerStatus;
 use mesh_api::v1::mesh_server::Mesh;
 use mesh_api::v1::{
     Bundle, BundleVersion, ControlMessage, LocalFleetReply, LocalFleetRequest, ProxyReport,
-    control_message,
+    RenewNow, control_message,
 };
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::bundle::LiveBundle;
@@ -54,7 +55,7 @@ pub fn bundle_message(b: &LiveBundle, own: Option<&OwnCert>) -> ControlMessage {
 
 #[tonic::async_trait]
 impl Mesh for MeshService {
-    type AttachStream = ReceiverStream<Result<ControlMessage, Status>>;
+    type AttachStream = futures::stream::BoxStream<'static, Result<ControlMessage, Status>>;
 
     /// This replica's own proxies, for a peer replica's merged view: only
     /// the control plane's identity may ask (proxies' reports stay private).
@@ -111,65 +112,108 @@ impl Mesh for MeshService {
             .map(|i| i.serial)
             .unwrap_or_default();
         let from = req.remote_addr().map(|a| a.ip());
-        let mut reports = req.into_inner();
-        let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMessage>(16);
-        let (out_tx, out) = mpsc::channel(16);
+        let reports = req.into_inner();
+        let (ctl_tx, ctl) = mpsc::channel::<RenewNow>(4);
         let id = self.fleet.attach(&caller, ctl_tx, now());
-        let fleet = self.fleet.clone();
-        let mut bundle = self.bundle.clone();
-        let mut own = self.own.clone();
         tracing::info!(identity = %caller, %leaf_serial, "proxy attached");
-        // The bundle in force, with our chain as it stands now.
-        let current = |bundle: &Bundles, own: &Own| {
-            let b = bundle.borrow().clone()?;
-            Some(bundle_message(&b, own.borrow().as_deref()))
+        let mut a = Attachment {
+            fleet: self.fleet.clone(),
+            id,
+            caller,
+            from,
+            bundle: self.bundle.clone(),
+            own: self.own.clone(),
+            ctl,
+            reports,
+            first: None,
         };
-        // It goes first, before anything the proxy says.
-        bundle.borrow_and_update();
-        own.borrow_and_update();
-        if let Some(m) = current(&bundle, &own) {
-            let _ = out_tx.try_send(Ok(m));
-        }
-        tokio::spawn(async move {
-            loop {
-                // Some(message) to send; None: the stream is over.
-                let next = tokio::select! {
-                    // A new bundle, or a new certificate of ours (a proxy that
-                    // refused the bundle for our old chain judges it again).
-                    r = bundle.changed() => r.ok().map(|()| current(&bundle, &own)),
-                    r = own.changed() => r.ok().map(|()| current(&bundle, &own)),
-                    msg = ctl_rx.recv() => msg.map(Some),
-                    report = reports.message() => match report {
-                        Ok(Some(r)) if r.identity.parse::<pki::Identity>().ok().as_ref() != Some(&caller) => {
-                            tracing::warn!(
-                                stream_identity = %caller,
-                                claimed = %r.identity,
-                                "ignored a report claiming another identity than the stream's mTLS identity"
-                            );
-                            Some(None)
-                        }
-                        Ok(Some(r)) => {
-                            let edges = crate::fleet_edges::Reported::from_proto(&r, &caller);
-                            fleet.edges.record(edges, now());
-                            fleet.report(id, Report::from_proto(r, caller.clone(), from), now());
-                            Some(None)
-                        }
-                        Ok(None) | Err(_) => None,
-                    },
-                };
-                match next {
-                    None => break,
-                    Some(Some(m)) => {
-                        if out_tx.send(Ok(m)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(None) => {}
-                }
-            }
-            tracing::info!(identity = %caller, "proxy detached");
-            fleet.detach(id, now());
+        // The bundle in force goes first, before anything the proxy says.
+        a.bundle.borrow_and_update();
+        a.own.borrow_and_update();
+        a.first = a.current();
+        let stream = futures::stream::unfold(a, |mut a| async move {
+            let m = a.next().await?;
+            Some((Ok(m), a))
         });
-        Ok(Response::new(ReceiverStream::new(out)))
+        Ok(Response::new(stream.boxed()))
+    }
+}
+
+/// One proxy's mesh stream. It has no task of its own: the connection
+/// polls it for the next message to send, and it reads the proxy's reports
+/// meanwhile. Dropped (the stream ended or the connection closed), it
+/// detaches the proxy from the fleet.
+struct Attachment {
+    fleet: Arc<Fleet>,
+    id: u64,
+    caller: pki::Identity,
+    from: Option<IpAddr>,
+    bundle: Bundles,
+    own: Own,
+    ctl: mpsc::Receiver<RenewNow>,
+    reports: Streaming<ProxyReport>,
+    first: Option<ControlMessage>,
+}
+
+impl Attachment {
+    /// The bundle in force, with our chain as it stands now.
+    fn current(&self) -> Option<ControlMessage> {
+        let b = self.bundle.borrow().clone()?;
+        Some(bundle_message(&b, self.own.borrow().as_deref()))
+    }
+
+    /// The next message for the proxy, taking its reports until there is
+    /// one; None once either side has ended.
+    async fn next(&mut self) -> Option<ControlMessage> {
+        if let Some(m) = self.first.take() {
+            return Some(m);
+        }
+        loop {
+            let next = tokio::select! {
+                // A new bundle, or a new certificate of ours (a proxy that
+                // refused the bundle for our old chain judges it again).
+                r = self.bundle.changed() => r.ok().map(|()| self.current()),
+                r = self.own.changed() => r.ok().map(|()| self.current()),
+                renew = self.ctl.recv() => renew.map(|r| Some(ControlMessage {
+                    kind: Some(control_message::Kind::RenewNow(r)),
+                })),
+                report = self.reports.message() => match report {
+                    Ok(Some(r)) => {
+                        self.take(r);
+                        Some(None)
+                    }
+                    Ok(None) | Err(_) => None,
+                },
+            };
+            match next? {
+                Some(m) => return Some(m),
+                None => continue,
+            }
+        }
+    }
+
+    fn take(&self, r: ProxyReport) {
+        if r.identity.parse::<pki::Identity>().ok().as_ref() != Some(&self.caller) {
+            tracing::warn!(
+                stream_identity = %self.caller,
+                claimed = %r.identity,
+                "ignored a report claiming another identity than the stream's mTLS identity"
+            );
+            return;
+        }
+        let edges = crate::fleet_edges::Reported::from_proto(&r, &self.caller);
+        self.fleet.edges.record(edges, now());
+        self.fleet.report(
+            self.id,
+            Report::from_proto(r, self.caller.clone(), self.from),
+            now(),
+        );
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        tracing::info!(identity = %self.caller, "proxy detached");
+        self.fleet.detach(self.id, now());
     }
 }

@@ -27,7 +27,7 @@ use linkerd2_proxy_api::outbound::{
     http_route, opaque_route, proxy_protocol, traffic_spec,
 };
 use tokio::sync::watch;
-use tokio_stream::wrappers::ReceiverStream;
+
 use tonic::{Request, Response, Status};
 
 use identity::IssuerStatus;
@@ -265,7 +265,7 @@ impl OutboundPolicies for OutboundService {
             .map_err(|s| self.refusals.refused("outbound.Get", peer, s))
     }
 
-    type WatchStream = ReceiverStream<Result<OutboundPolicy, Status>>;
+    type WatchStream = crate::changes::Changes<OutboundPolicy>;
 
     async fn watch(
         &self,

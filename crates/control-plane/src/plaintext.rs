@@ -23,11 +23,10 @@ pub fn check(addr: SocketAddr) -> Result<SocketAddr, StartError> {
 }
 
 /// Binds the listener when asked for, refusing any address off loopback.
-pub async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, StartError> {
+pub fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, StartError> {
     let Some(addr) = addr else { return Ok(None) };
     let addr = check(addr)?;
-    TcpListener::bind(addr)
-        .await
+    bounds::listen(addr)
         .map(Some)
         .map_err(|source| StartError::Bind { addr, source })
 }

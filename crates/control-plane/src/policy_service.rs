@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPolicies;
 use linkerd2_proxy_api::inbound::{PortSpec, Server};
 use tokio::sync::watch;
-use tokio_stream::wrappers::ReceiverStream;
+
 use tonic::{Request, Response, Status};
 
 use identity::IssuerStatus;
@@ -189,7 +189,7 @@ impl InboundServerPolicies for PolicyService {
             .map_err(refused)
     }
 
-    type WatchPortStream = ReceiverStream<Result<Server, Status>>;
+    type WatchPortStream = crate::changes::Changes<Server>;
 
     async fn watch_port(
         &self,

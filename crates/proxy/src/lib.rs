@@ -79,10 +79,8 @@ pub struct Started {
     pub cert: watch::Receiver<Option<Arc<cert::ProxyCert>>>,
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    bounds::listen(addr).map_err(|source| StartError::Bind { addr, source })
 }
 
 pub async fn start(
@@ -112,16 +110,16 @@ pub async fn start(
     let registry = Arc::new(registry);
 
     let (cert_tx, cert_rx) = watch::channel(None);
-    let inbound_listener = bind(cfg.inbound_addr).await?;
-    let admin_listener = bind(cfg.admin_addr).await?;
-    let tap_listener = bind(cfg.tap_addr).await?;
+    let inbound_listener = bind(cfg.inbound_addr)?;
+    let admin_listener = bind(cfg.admin_addr)?;
+    let tap_listener = bind(cfg.tap_addr)?;
     let transparent_listener = match cfg.outbound_addr {
-        Some(a) => Some(bind(a).await?),
+        Some(a) => Some(bind(a)?),
         None => None,
     };
     let mut outbound_listeners = Vec::new();
     for m in &cfg.outbound {
-        outbound_listeners.push((bind(m.listen).await?, m.clone()));
+        outbound_listeners.push((bind(m.listen)?, m.clone()));
     }
     let started = Started {
         inbound_addr: inbound_listener.local_addr().unwrap_or(cfg.inbound_addr),

@@ -102,12 +102,10 @@ impl Injector {
         limits: &bounds::Metrics,
         metrics: server::WebhookMetrics,
     ) -> Result<Self, WebhookError> {
-        let listener = TcpListener::bind(s.addr)
-            .await
-            .map_err(|source| WebhookError::Bind {
-                addr: s.addr,
-                source,
-            })?;
+        let listener = bounds::listen(s.addr).map_err(|source| WebhookError::Bind {
+            addr: s.addr,
+            source,
+        })?;
         let (tx, rx) = watch::channel(None);
         let copies = trust_copies::TrustCopies {
             client: client.clone(),
