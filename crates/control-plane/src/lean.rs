@@ -139,86 +139,81 @@ where
     })
 }
 
-impl LeanRoutes for crate::destination::DestinationService {
-    type Generated = DestinationServer<Self>;
+/// `LeanRoutes` for a service: its generated server, and each streaming
+/// method's path with the trait method that answers it.
+macro_rules! lean_routes {
+    ($svc:ty, $server:ident, { $($path:literal => $method:ident),+ $(,)? }) => {
+        impl LeanRoutes for $svc {
+            type Generated = $server<Self>;
 
-    fn generated(svc: Arc<Self>) -> Self::Generated {
-        DestinationServer::from_arc(svc)
-    }
-
-    fn route<B>(
-        svc: &Arc<Self>,
-        req: http::Request<B>,
-    ) -> Result<BoxFuture<http::Response<Body>, Infallible>, Box<http::Request<B>>>
-    where
-        B: HttpBody + Send + 'static,
-        B::Error: Into<StdError> + Send + 'static,
-    {
-        let svc = svc.clone();
-        match req.uri().path() {
-            "/io.linkerd.proxy.destination.Destination/Get" => Ok(stream(req, move |r| {
-                let svc = svc.clone();
-                async move { svc.get(r).await }
-            })),
-            "/io.linkerd.proxy.destination.Destination/GetProfile" => Ok(stream(req, move |r| {
-                let svc = svc.clone();
-                async move { svc.get_profile(r).await }
-            })),
-            _ => Err(Box::new(req)),
-        }
-    }
-}
-
-impl LeanRoutes for crate::policy_service::PolicyService {
-    type Generated = InboundServerPoliciesServer<Self>;
-
-    fn generated(svc: Arc<Self>) -> Self::Generated {
-        InboundServerPoliciesServer::from_arc(svc)
-    }
-
-    fn route<B>(
-        svc: &Arc<Self>,
-        req: http::Request<B>,
-    ) -> Result<BoxFuture<http::Response<Body>, Infallible>, Box<http::Request<B>>>
-    where
-        B: HttpBody + Send + 'static,
-        B::Error: Into<StdError> + Send + 'static,
-    {
-        let svc = svc.clone();
-        match req.uri().path() {
-            "/io.linkerd.proxy.inbound.InboundServerPolicies/WatchPort" => {
-                Ok(stream(req, move |r| {
-                    let svc = svc.clone();
-                    async move { svc.watch_port(r).await }
-                }))
+            fn generated(svc: Arc<Self>) -> Self::Generated {
+                $server::from_arc(svc)
             }
-            _ => Err(Box::new(req)),
+
+            fn route<B>(
+                svc: &Arc<Self>,
+                req: http::Request<B>,
+            ) -> Result<BoxFuture<http::Response<Body>, Infallible>, Box<http::Request<B>>>
+            where
+                B: HttpBody + Send + 'static,
+                B::Error: Into<StdError> + Send + 'static,
+            {
+                match req.uri().path() {
+                    $($path => {
+                        let svc = svc.clone();
+                        Ok(stream(req, move |r| {
+                            let svc = svc.clone();
+                            async move { svc.$method(r).await }
+                        }))
+                    })+
+                    _ => Err(Box::new(req)),
+                }
+            }
         }
-    }
+    };
 }
 
-impl LeanRoutes for crate::outbound::OutboundService {
-    type Generated = OutboundPoliciesServer<Self>;
+lean_routes!(crate::destination::DestinationService, DestinationServer, {
+    "/io.linkerd.proxy.destination.Destination/Get" => get,
+    "/io.linkerd.proxy.destination.Destination/GetProfile" => get_profile,
+});
+lean_routes!(crate::policy_service::PolicyService, InboundServerPoliciesServer, {
+    "/io.linkerd.proxy.inbound.InboundServerPolicies/WatchPort" => watch_port,
+});
+lean_routes!(crate::outbound::OutboundService, OutboundPoliciesServer, {
+    "/io.linkerd.proxy.outbound.OutboundPolicies/Watch" => watch,
+});
 
-    fn generated(svc: Arc<Self>) -> Self::Generated {
-        OutboundPoliciesServer::from_arc(svc)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::DestinationService;
+
+    fn request(path: &str) -> http::Request<Body> {
+        http::Request::post(path)
+            .header("content-type", "application/grpc")
+            .body(Body::empty())
+            .unwrap()
     }
 
-    fn route<B>(
-        svc: &Arc<Self>,
-        req: http::Request<B>,
-    ) -> Result<BoxFuture<http::Response<Body>, Infallible>, Box<http::Request<B>>>
-    where
-        B: HttpBody + Send + 'static,
-        B::Error: Into<StdError> + Send + 'static,
-    {
-        let svc = svc.clone();
-        match req.uri().path() {
-            "/io.linkerd.proxy.outbound.OutboundPolicies/Watch" => Ok(stream(req, move |r| {
-                let svc = svc.clone();
-                async move { svc.watch(r).await }
-            })),
-            _ => Err(Box::new(req)),
+    /// The watches are answered leanly under the generated server's own
+    /// paths; other methods go to the generated server.
+    #[tokio::test]
+    async fn watches_are_served_leanly_under_the_generated_paths() {
+        let svc = Arc::new(DestinationService {
+            index: tokio::sync::watch::channel(Arc::default()).1,
+            issuer: tokio::sync::watch::channel(Default::default()).1,
+            refusals: Arc::default(),
+        });
+        let name = <DestinationServer<DestinationService> as NamedService>::NAME;
+        for m in ["Get", "GetProfile"] {
+            let answer = DestinationService::route(&svc, request(&format!("/{name}/{m}")))
+                .unwrap_or_else(|_| panic!("{m} is not served leanly"));
+            // An empty request body: a gRPC refusal, not a transport error.
+            let rsp = answer.await.unwrap();
+            assert_eq!(rsp.status(), http::StatusCode::OK);
+            assert!(rsp.headers().contains_key("grpc-status"), "{m}: {rsp:?}");
         }
+        assert!(DestinationService::route(&svc, request(&format!("/{name}/Other"))).is_err());
     }
 }
