@@ -13,7 +13,6 @@ use linkerd2_proxy_api::destination::{
 };
 use std::net::SocketAddr;
 use tokio::sync::watch;
-
 use tonic::{Request, Response, Status};
 
 use identity::IssuerStatus;
@@ -144,7 +143,7 @@ fn follow<T: Send + 'static>(
     mut index: watch::Receiver<Arc<Index>>,
     path: String,
     make: impl Fn(Option<&[Answer]>, &[Answer]) -> Vec<T> + Send + 'static,
-    ended: impl FnOnce(Status) -> Status + Send + 'static,
+    ended: impl Fn(Status) -> Status + Send + 'static,
 ) -> Result<Changes<T>, Status> {
     let target = parse_target(&path).map_err(Status::invalid_argument)?;
     let first = index
@@ -153,7 +152,6 @@ fn follow<T: Send + 'static>(
         .map_err(status_of)?;
     let messages = make(None, &first);
     let mut last = first;
-    let mut ended = Some(ended);
     Ok(changes::follow(index, messages, move |index| {
         match index.resolve_set(&target) {
             Ok(set) if set == last => Ok(Vec::new()),
@@ -162,13 +160,7 @@ fn follow<T: Send + 'static>(
                 last = set;
                 Ok(ms)
             }
-            Err(r) => {
-                let s = status_of(r);
-                Err(match ended.take() {
-                    Some(f) => f(s),
-                    None => s,
-                })
-            }
+            Err(r) => Err(ended(status_of(r))),
         }
     }))
 }
@@ -179,7 +171,7 @@ impl DestinationService {
         &self,
         api: &'static str,
         peer: Option<SocketAddr>,
-    ) -> impl FnOnce(Status) -> Status + Send + 'static {
+    ) -> impl Fn(Status) -> Status + Send + 'static {
         let refusals = self.refusals.clone();
         move |s| refusals.refused(api, peer, s)
     }

@@ -185,9 +185,8 @@ impl Attachment {
                     Ok(None) | Err(_) => None,
                 },
             };
-            match next? {
-                Some(m) => return Some(m),
-                None => continue,
+            if let Some(m) = next? {
+                return Some(m);
             }
         }
     }

@@ -27,7 +27,6 @@ use linkerd2_proxy_api::outbound::{
     http_route, opaque_route, proxy_protocol, traffic_spec,
 };
 use tokio::sync::watch;
-
 use tonic::{Request, Response, Status};
 
 use identity::IssuerStatus;

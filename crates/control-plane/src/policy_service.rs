@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPolicies;
 use linkerd2_proxy_api::inbound::{PortSpec, Server};
 use tokio::sync::watch;
-
 use tonic::{Request, Response, Status};
 
 use identity::IssuerStatus;
