@@ -102,6 +102,33 @@ pub async fn detect_protocol<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// The largest request head read before a connection is served per request.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Reads on into `buf` until it holds a whole HTTP/1 request head (its
+/// blank line), at most `MAX_HEAD` bytes, within `timeout`; whether it does.
+pub async fn read_head<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return true;
+        }
+        if buf.len() >= MAX_HEAD {
+            return false;
+        }
+        match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+    }
+}
+
 /// What the first bytes of a stream whose transport header declared a
 /// session protocol turned out to be, when they are not that protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

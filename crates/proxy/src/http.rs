@@ -28,7 +28,7 @@ use crate::policies::PolicyRx;
 use crate::tap::body::TapBody;
 use crate::tap::{ConnMeta, Tapped, Taps};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("l5d-proxy-error");
@@ -166,12 +166,17 @@ where
     let result = match protocol {
         Protocol::Http2 => {
             let up = Arc::new(Mutex::new(None));
+            let h1 = crate::app_pool::AppPool::new(conn.port);
             let svc = hyper::service::service_fn(move |req| {
                 let tapped = conn.taps.request(&conn.tap_meta(), &req);
+                let upstream = Upstream {
+                    h2: up.clone(),
+                    h1: h1.clone(),
+                };
                 counted(
                     conn.clone(),
                     tapped,
-                    h2_request(conn.clone(), up.clone(), req),
+                    h2_request(conn.clone(), upstream, req),
                 )
             });
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -253,7 +258,7 @@ fn full(
 
 /// An error the proxy answers itself, naming the reason in
 /// `l5d-proxy-error`; for gRPC a trailers-only response with `grpc_status`.
-fn error_response(
+pub(crate) fn error_response(
     grpc: bool,
     status: StatusCode,
     grpc_status: &'static str,
@@ -365,7 +370,7 @@ fn strip_h2c_upgrade<B>(req: &mut Request<B>) {
 }
 
 /// A new HTTP/1 connection to the application (upgrades allowed).
-async fn connect_h1(port: u16) -> Result<H1Sender, String> {
+pub(crate) async fn connect_h1(port: u16) -> Result<H1Sender, String> {
     let io = app(port).await.map_err(|e| e.to_string())?;
     let (sender, c) = hyper::client::conn::http1::Builder::new()
         .handshake(io)
@@ -392,7 +397,7 @@ async fn app(port: u16) -> std::io::Result<TokioIo<TcpStream>> {
     Ok(TokioIo::new(s))
 }
 
-type H1Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+pub(crate) type H1Sender = hyper::client::conn::http1::SendRequest<Incoming>;
 type H2Sender = hyper::client::conn::http2::SendRequest<Incoming>;
 
 async fn h1_request(
@@ -448,16 +453,43 @@ async fn h1_request(
     }
 }
 
+/// Where an inbound HTTP/2 connection's requests go: HTTP/2 requests over
+/// one multiplexed connection, HTTP/1 a client proxy carried as HTTP/2 over
+/// HTTP/1 connections, as many as run at once.
+struct Upstream {
+    h2: Arc<Mutex<Option<H2Sender>>>,
+    h1: Arc<crate::app_pool::AppPool>,
+}
+
 async fn h2_request(
     conn: Arc<HttpConn>,
-    upstream: Arc<Mutex<Option<H2Sender>>>,
+    upstream: Upstream,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let grpc = is_grpc(&req);
+    let orig = match crate::orig_proto::downgrade(&mut req) {
+        Ok(orig) => orig,
+        Err(e) => {
+            let why = e.to_string();
+            tracing::info!(port = conn.port, peer = %conn.peer, "inbound request refused: {why}");
+            return Ok(error_response(grpc, StatusCode::BAD_REQUEST, "3", &why));
+        }
+    };
     set_client_id(&mut req, &conn.client);
-    if let Err(answer) = conn.admit(&mut req, true) {
+    // Judged as the HTTP version the application will read.
+    if let Err(answer) = conn.admit(&mut req, orig.is_none()) {
         return Ok(*answer);
     }
-    let grpc = is_grpc(&req);
+    if orig.is_some() {
+        return Ok(match upstream.h1.send(req).await {
+            Ok(mut resp) => {
+                crate::orig_proto::response_to_h2(&mut resp);
+                resp.map(BodyExt::boxed)
+            }
+            Err(e) => unavailable(grpc, conn.port, e),
+        });
+    }
+    let upstream = upstream.h2;
     // HTTP/2 multiplexes: one upstream connection, shared by every stream.
     let mut sender = {
         let mut slot = upstream.lock().await;
@@ -484,7 +516,7 @@ async fn h2_request(
 /// After an upgrade or CONNECT: bytes both ways until either side is done,
 /// or until `stop` (a policy change that no longer allows the request that
 /// opened it) closes both.
-async fn splice(
+pub(crate) async fn splice(
     down: hyper::upgrade::OnUpgrade,
     up: hyper::upgrade::OnUpgrade,
     stop: impl std::future::Future<Output = ()>,

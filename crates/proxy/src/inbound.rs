@@ -344,8 +344,19 @@ impl Inbound {
         };
         let facts = Facts { opaque_hint };
         let (protocol, prefix) = match (policy::handling(&server, opaque_hint), declared) {
-            // The Server (or the destination) says opaque: a header's
-            // session protocol does not override that.
+            // HTTP/2 between proxies (a client proxy's pool carrying HTTP/1,
+            // or an HTTP/2 app) is served per request even where the Server
+            // says opaque: its frames are nothing the application could read
+            // raw, and on an opaque Server each request gets the verdict the
+            // connection would.
+            (Handling::Opaque, Some(Protocol::Http2)) => {
+                match self.confirm(&mut io, Protocol::Http2, peer, port).await {
+                    Some(prefix) => (Protocol::Http2, prefix),
+                    None => return,
+                }
+            }
+            // Otherwise the Server (or the destination) saying opaque wins
+            // over a header's session protocol.
             (Handling::Opaque, _) => (Protocol::Opaque, Vec::new()),
             (Handling::Detect, Some(p)) => match self.confirm(&mut io, p, peer, port).await {
                 Some(prefix) => (p, prefix),

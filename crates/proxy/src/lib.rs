@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod anchors_file;
+mod app_pool;
 pub mod authz;
 pub mod cert;
 pub mod certify;
@@ -21,8 +22,11 @@ pub mod inbound;
 pub mod init;
 pub mod mesh;
 pub mod metrics;
+pub mod orig_proto;
 pub mod outbound;
+mod outbound_http;
 pub mod policies;
+pub mod pool;
 pub mod prefixed;
 pub mod probe;
 pub mod replicas;
@@ -230,8 +234,19 @@ pub async fn start(
         tls::tap_config(trust_rx.clone(), cert_rx.clone(), &cfg.identity.to_string())
             .map_err(StartError::Tls)?,
     );
+    let outbound_gate = bounds::Gate::new("outbound", cfg.outbound_limits, &limits);
+    let connector = tokio_rustls::TlsConnector::from(outbound_cfg);
+    let pool = Arc::new(pool::Pool::new(
+        connector.clone(),
+        Duration::from_secs(5),
+        cfg.outbound_limits.idle_timeout,
+        metrics.clone(),
+    ));
+    let retire_pool = pool
+        .clone()
+        .retire_on_change(trust_rx.clone(), cert_rx.clone());
     let outbound = Arc::new(outbound::Outbound {
-        connector: tokio_rustls::TlsConnector::from(outbound_cfg),
+        connector,
         connector_plain: tokio_rustls::TlsConnector::from(outbound_plain),
         discovery,
         plaintext: cfg.plaintext,
@@ -239,7 +254,8 @@ pub async fn start(
         detect_timeout: cfg.detect_timeout,
         metrics: metrics.clone(),
         // The transparent and ports-mode listeners share one cap.
-        gate: bounds::Gate::new("outbound", cfg.outbound_limits, &limits),
+        gate: outbound_gate,
+        pool,
     });
     let admin_state = admin::AdminState {
         registry,
@@ -260,6 +276,7 @@ pub async fn start(
         background.spawn(cert_loop.run(cert_tx));
         background.spawn(mesh_link.run());
         background.spawn(anchors_watch.run());
+        background.spawn(retire_pool);
         background.spawn(track_trust(trust_rx, metrics.clone()));
         background.spawn(track_cert(cert_rx, metrics));
         background.spawn(admin::serve(

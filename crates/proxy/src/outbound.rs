@@ -1,14 +1,14 @@
 //! Outbound (ports mode): a local listener per mapping, resolved through the
 //! destination service. Meshed: mTLS to the peer proxy with the expected
-//! identity and a transport header naming the port. Not meshed: plaintext,
-//! unless denied. Unknown: refused. A failed handshake is never retried in
-//! plaintext.
+//! identity and a transport header naming the port; HTTP/1 detected on a
+//! port that is not opaque is served per request over pooled HTTP/2
+//! (`outbound_http`). Not meshed: plaintext, unless denied. Unknown:
+//! refused. A failed handshake is never retried in plaintext.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bounds::Tracked;
-use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -21,7 +21,7 @@ use crate::prefixed::Prefixed;
 use crate::transport_header;
 
 /// Endpoints tried for one connection before it is refused.
-const CONNECT_ATTEMPTS: usize = 3;
+pub(crate) const CONNECT_ATTEMPTS: usize = 3;
 
 pub struct Outbound {
     /// Offers ALPN transport.l5d.io/v1: used when a transport header follows.
@@ -37,17 +37,18 @@ pub struct Outbound {
     pub metrics: ProxyMetrics,
     /// Connection cap, deadline to reach the destination, idle timeout.
     pub gate: bounds::Gate,
+    /// HTTP/2 connections to peer proxies, shared by HTTP/1 app connections.
+    pub pool: Arc<crate::pool::Pool>,
 }
 
 /// A destination reached, ready to be piped to the application.
-enum Upstream {
+pub(crate) enum Upstream {
     /// Boxed: a TLS session is large beside a socket.
     Mesh(Box<TlsStream<TcpStream>>, ConnLabels),
     Plain(TcpStream, ConnLabels),
 }
 
-/// A refusal: the reason label and what happened.
-type Refusal = (&'static str, String);
+use crate::pool::Refusal;
 
 impl Outbound {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, mapping: OutboundMapping) {
@@ -116,7 +117,17 @@ impl Outbound {
             .discovery
             .resolve_candidates(target, CONNECT_ATTEMPTS)
             .await;
-        let (protocol, prefix) = self.sniff(&mut app, &candidates).await;
+        let (protocol, mut prefix) = self.sniff(&mut app, &candidates).await;
+        if protocol == Protocol::Http1 && self.per_request(&mut app, &mut prefix).await {
+            // Requests, not bytes: each goes to the peer over a pooled
+            // connection (upgrades and CONNECT over one of their own).
+            let (app, activity) = Tracked::new(Prefixed::new(prefix, app));
+            let conn = self.clone().serve_http1(app, target.clone());
+            if self.gate.serve_until_idle(&activity, conn).await.is_none() {
+                tracing::info!(%target, "closed an outbound HTTP connection that moved no bytes either way for {:?} (--stream-idle-timeout)", limits.idle_timeout);
+            }
+            return;
+        }
         let up = match self
             .gate
             .handshake(self.reach(target, candidates, protocol))
@@ -168,13 +179,23 @@ impl Outbound {
         }
     }
 
+    /// Whether detected HTTP/1 is served per request over the pool: once its
+    /// first request head is read whole and keeps no connection of its own.
+    /// Otherwise (a head still incomplete after the detection timeout, too
+    /// large, or an upgrade, CONNECT or `Expect: 100-continue` first) the
+    /// connection is forwarded as bytes, declared HTTP/1, as before pooling.
+    async fn per_request(&self, app: &mut TcpStream, prefix: &mut Vec<u8>) -> bool {
+        crate::detect::read_head(app, prefix, self.detect_timeout).await
+            && !crate::orig_proto::head_wants_own_connection(prefix)
+    }
+
     /// Connects to one of `candidates` (a target's endpoints): mTLS with a
     /// transport header declaring `protocol` to a meshed peer, plaintext to
     /// an unmeshed one if allowed. Nothing was sent yet when a connect or
     /// handshake fails, so an endpoint that cannot be reached (gone before
     /// its Remove arrived) is left for the next one; the TCP connects share
     /// one budget.
-    async fn reach(
+    pub(crate) async fn reach(
         &self,
         target: &str,
         candidates: Vec<Resolution>,
@@ -236,7 +257,6 @@ impl Outbound {
         tcp: TcpStream,
         protocol: Protocol,
     ) -> Result<Upstream, Refusal> {
-        let dial = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         // The endpoint's own port (a Service's targetPort), not the port the
         // app dialled (the Service port): the peer's proxy serves that one.
         let (identity, proxy_port, port) = match to {
@@ -265,25 +285,13 @@ impl Outbound {
             }
             Resolution::Unknown(why) => return Err(("unknown_destination", why)),
         };
-        let name = ServerName::try_from(identity.to_string())
-            .map_err(|e| ("bad_identity", format!("{identity}: {e}")))?;
         let connector = if proxy_port.is_some() {
             &self.connector
         } else {
             &self.connector_plain
         };
         // Fail closed: never fall back to plaintext for a meshed peer.
-        let mut tls =
-            match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    return Err((
-                        "tls_handshake",
-                        format!("mTLS with {dial} failed, expecting {identity}: {e}"),
-                    ));
-                }
-                Err(_) => return Err(("tls_timeout", format!("mTLS with {dial} timed out"))),
-            };
+        let mut tls = crate::pool::mtls(connector, tcp, &identity, self.connect_timeout).await?;
         if proxy_port.is_some() {
             transport_header::write(&mut tls, port, "", protocol)
                 .await

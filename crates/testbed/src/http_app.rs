@@ -2,7 +2,7 @@
 //! that a proxy enforcing per-request authorization does not break
 //! applications. The app speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (prior
 //! knowledge) on one port and echoes back what it saw (`x-client-id`,
-//! `x-app-version`) so tests can check what the proxy forwarded.
+//! `x-app-version`, `x-app-host`) so tests can check what the proxy forwarded.
 //!
 //! The clients take an already-connected stream (usually to a proxy), put a
 //! deadline on every wait and return errors with context instead of
@@ -180,8 +180,14 @@ async fn handle(req: Request<Incoming>) -> Result<Response<AppBody>, Infallible>
         Version::HTTP_2 => "HTTP/2",
         _ => "other",
     };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("-"));
     let mut resp = route(req).await;
     resp.headers_mut().insert("x-client-id", client);
+    resp.headers_mut().insert("x-app-host", host);
     resp.headers_mut()
         .insert("x-app-version", HeaderValue::from_static(version));
     Ok(resp)
