@@ -122,7 +122,7 @@ impl Outbound {
             // Requests, not bytes: each goes to the peer over a pooled
             // connection (upgrades and CONNECT over one of their own).
             let (app, activity) = Tracked::new(Prefixed::new(prefix, app));
-            let conn = self.clone().serve_http1(app, target.clone());
+            let conn = self.clone().serve_http1(app, target.clone(), candidates);
             if self.gate.serve_until_idle(&activity, conn).await.is_none() {
                 tracing::info!(%target, "closed an outbound HTTP connection that moved no bytes either way for {:?} (--stream-idle-timeout)", limits.idle_timeout);
             }

@@ -24,12 +24,22 @@ use crate::pool::Peer;
 
 impl Outbound {
     /// Serves the application's HTTP/1 connection until it is done.
-    pub(crate) async fn serve_http1<S>(self: Arc<Self>, app: S, target: String)
-    where
+    /// `first`: the endpoints resolved for the connection, used by its
+    /// first request, so each request takes one turn of the rotation.
+    pub(crate) async fn serve_http1<S>(
+        self: Arc<Self>,
+        app: S,
+        target: String,
+        first: Vec<Resolution>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let target: Arc<str> = target.into();
-        let svc = hyper::service::service_fn(move |req| self.clone().request(target.clone(), req));
+        let first = Arc::new(std::sync::Mutex::new(Some(first)));
+        let svc = hyper::service::service_fn(move |req| {
+            let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.clone().request(target.clone(), req, first)
+        });
         // A client that half-closes after its request still gets the
         // response (as through an L4 hop).
         let served = hyper::server::conn::http1::Builder::new()
@@ -46,18 +56,16 @@ impl Outbound {
         self: Arc<Self>,
         target: Arc<str>,
         req: Request<Incoming>,
+        resolved: Option<Vec<Resolution>>,
     ) -> Result<Response<Body>, Infallible> {
         if orig_proto::needs_own_connection(&req) {
-            return Ok(self.own_connection(&target, req).await);
+            return Ok(self.own_connection(&target, req, resolved).await);
         }
         let mut req = req;
         if let Err(e) = orig_proto::upgrade(&mut req, &target) {
             return Ok(refused(&target, StatusCode::BAD_REQUEST, &e.to_string()));
         }
-        let candidates = self
-            .discovery
-            .resolve_candidates(&target, CONNECT_ATTEMPTS)
-            .await;
+        let candidates = self.candidates(&target, resolved).await;
         let mut failure = None;
         for c in candidates {
             let peer = match c {
@@ -79,7 +87,18 @@ impl Outbound {
                 // longer behind a proxy that takes a header): not this one.
                 _ => continue,
             };
-            let mut sender = match self.pool.sender(&peer).await {
+            // Bounded as a connect is: waiting behind another request that
+            // opens the connection counts too.
+            let opened = tokio::time::timeout(self.connect_timeout, self.pool.sender(&peer)).await;
+            let mut sender = match opened.unwrap_or_else(|_| {
+                Err((
+                    "connect_timeout",
+                    format!(
+                        "no connection to {} within {:?}",
+                        peer.dial, self.connect_timeout
+                    ),
+                ))
+            }) {
                 Ok(s) => s,
                 Err((reason, detail)) => {
                     tracing::info!(%target, dial = %peer.dial, reason, "endpoint failed before the request was sent; trying the next one: {detail}");
@@ -113,14 +132,29 @@ impl Outbound {
         Ok(refused(&target, StatusCode::BAD_GATEWAY, &detail))
     }
 
+    /// The endpoints to try for one request: those already resolved, or the
+    /// target's next turn.
+    async fn candidates(&self, target: &str, resolved: Option<Vec<Resolution>>) -> Vec<Resolution> {
+        match resolved {
+            Some(c) => c,
+            None => {
+                self.discovery
+                    .resolve_candidates(target, CONNECT_ATTEMPTS)
+                    .await
+            }
+        }
+    }
+
     /// An upgrade or CONNECT: a connection of its own to the peer, declared
     /// HTTP/1, the request sent as it came; on 101 (or CONNECT's 2xx) both
     /// sides become one tunnel.
-    async fn own_connection(&self, target: &str, mut req: Request<Incoming>) -> Response<Body> {
-        let candidates = self
-            .discovery
-            .resolve_candidates(target, CONNECT_ATTEMPTS)
-            .await;
+    async fn own_connection(
+        &self,
+        target: &str,
+        mut req: Request<Incoming>,
+        resolved: Option<Vec<Resolution>>,
+    ) -> Response<Body> {
+        let candidates = self.candidates(target, resolved).await;
         let up = match self
             .gate
             .handshake(self.reach(target, candidates, Protocol::Http1))

@@ -47,7 +47,7 @@ fn demo_runs_and_shows_the_evidence() {
         "hello frontend.demo.serviceaccount.identity.weft.cluster.local",
         "intruder GET /hello  HTTP/1.1 403 Forbidden  l5d-proxy-error: unauthorized request",
         "intruder.demo.serviceaccount.identity.weft.cluster.local is not among its identities",
-        "tls=true client_id=frontend.demo.serviceaccount.identity.weft.cluster.local protocol=http/1",
+        "tls=true client_id=frontend.demo.serviceaccount.identity.weft.cluster.local protocol=h2",
         "inbound_http_authz_allow_total{srv_kind=\"server\",srv_name=\"backend-server\",authz_kind=\"authorizationpolicy\",authz_name=\"backend-allow-frontend\"",
         "inbound_http_authz_deny_total{srv_kind=\"server\",srv_name=\"backend-server\"",
     ] {

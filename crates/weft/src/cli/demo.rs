@@ -534,6 +534,11 @@ async fn demo(dir: &Path, keep_anchor_key: bool) -> Result<Running, Failure> {
         label("protocol"),
         label("target_port")
     );
+    if label("protocol") == "h2" {
+        outln!(
+            "  (the frontend proxy carries HTTP/1 requests to the backend proxy over one pooled HTTP/2 connection)"
+        );
+    }
     for l in metrics
         .lines()
         .filter(|l| l.starts_with("inbound_http_authz_"))
