@@ -25,6 +25,23 @@ pub struct ConnLabels {
     pub dst: String,
 }
 
+impl ConnLabels {
+    /// An outbound mTLS connection to `server` for its port `target_port`.
+    pub fn outbound_mesh(server: pki::Identity, target_port: u16, protocol: &'static str) -> Self {
+        Self {
+            direction: "outbound",
+            peer: "dst",
+            tls: "true",
+            no_tls_reason: String::new(),
+            client_id: None,
+            server_id: Some(IdLabel(server)),
+            target_port,
+            protocol,
+            dst: String::new(),
+        }
+    }
+}
+
 /// An identity as a label value: typed up to the moment it is written out.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct IdLabel(pub pki::Identity);

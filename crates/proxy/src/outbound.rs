@@ -16,9 +16,8 @@ use tokio_rustls::client::TlsStream;
 use crate::config::{OutboundMapping, Plaintext};
 use crate::detect::Protocol;
 use crate::discovery::{Discovery, Resolution};
-use crate::metrics::{ConnLabels, IdLabel, ProxyMetrics};
+use crate::metrics::{ConnLabels, ProxyMetrics};
 use crate::prefixed::Prefixed;
-use crate::transport_header;
 
 /// Endpoints tried for one connection before it is refused.
 pub(crate) const CONNECT_ATTEMPTS: usize = 3;
@@ -293,31 +292,15 @@ impl Outbound {
         // Fail closed: never fall back to plaintext for a meshed peer.
         let mut tls = crate::pool::mtls(connector, tcp, &identity, self.connect_timeout).await?;
         if proxy_port.is_some() {
-            transport_header::write(&mut tls, port, "", protocol)
-                .await
-                .map_err(|e| {
-                    (
-                        "transport_header",
-                        format!("cannot send the transport header: {e}"),
-                    )
-                })?;
+            crate::pool::send_header(&mut tls, port, protocol).await?;
         }
-        let labels = ConnLabels {
-            direction: "outbound",
-            peer: "dst",
-            tls: "true",
-            no_tls_reason: String::new(),
-            client_id: None,
-            server_id: Some(IdLabel(identity)),
-            target_port: port,
-            // Declared only where a header carries it.
-            protocol: if proxy_port.is_some() {
-                protocol.label()
-            } else {
-                "opaque"
-            },
-            dst: String::new(),
+        // The protocol is declared only where a header carries it.
+        let declared = if proxy_port.is_some() {
+            protocol.label()
+        } else {
+            "opaque"
         };
+        let labels = ConnLabels::outbound_mesh(identity, port, declared);
         Ok(Upstream::Mesh(Box::new(tls), labels))
     }
 }

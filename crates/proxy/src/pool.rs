@@ -21,7 +21,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::cert::ProxyCert;
 use crate::detect::Protocol;
-use crate::metrics::{ConnLabels, IdLabel, ProxyMetrics};
+use crate::metrics::{ConnLabels, ProxyMetrics};
 use crate::transport_header;
 use crate::trust::TrustRx;
 
@@ -87,15 +87,6 @@ impl Pool {
         self.slots().clear();
     }
 
-    /// Connections pooled now (live or being opened).
-    pub fn len(&self) -> usize {
-        self.slots().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Retires the pool whenever the anchors or our certificate change, until
     /// either channel closes (the proxy is stopping).
     pub async fn retire_on_change(
@@ -153,30 +144,14 @@ impl Pool {
         };
         let _ = tcp.set_nodelay(true);
         let mut tls = mtls(&self.connector, tcp, &peer.identity, self.connect_timeout).await?;
-        transport_header::write(&mut tls, peer.port, "", Protocol::Http2)
-            .await
-            .map_err(|e| {
-                (
-                    "transport_header",
-                    format!("cannot send the transport header: {e}"),
-                )
-            })?;
+        send_header(&mut tls, peer.port, Protocol::Http2).await?;
         let (io, activity) = Tracked::new(tls);
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ("h2_handshake", format!("HTTP/2 with {}: {e}", peer.dial)))?;
-        let labels = ConnLabels {
-            direction: "outbound",
-            peer: "dst",
-            tls: "true",
-            no_tls_reason: String::new(),
-            client_id: None,
-            server_id: Some(IdLabel(peer.identity.clone())),
-            target_port: peer.port,
-            protocol: Protocol::Http2.label(),
-            dst: String::new(),
-        };
+        let labels =
+            ConnLabels::outbound_mesh(peer.identity.clone(), peer.port, Protocol::Http2.label());
         let m = self.metrics.clone();
         m.tcp_open.get_or_create(&labels).inc();
         let idle = self.idle;
@@ -215,4 +190,20 @@ pub async fn mtls(
         )),
         Err(_) => Err(("tls_timeout", format!("mTLS with {dial} timed out"))),
     }
+}
+
+/// The transport header naming `port` and declaring `protocol`.
+pub async fn send_header(
+    tls: &mut TlsStream<TcpStream>,
+    port: u16,
+    protocol: Protocol,
+) -> Result<(), Refusal> {
+    transport_header::write(tls, port, "", protocol)
+        .await
+        .map_err(|e| {
+            (
+                "transport_header",
+                format!("cannot send the transport header: {e}"),
+            )
+        })
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::Scratch;
 use common::mesh::{free_port, start_proxy};
-use common::proc::{Proc, http_get, metric, poll};
+use common::proc::{Proc, admin_post, http_get, metric, poll};
 use common::rotation;
 use control_plane::fleet::FleetView;
 
@@ -235,7 +235,7 @@ fn anchor_rotation_without_restart_or_failed_requests() {
 
     // By hand: POST /renew-now renews everyone once more, with fresh keys.
     let spkis: Vec<String> = v.proxies.iter().map(|p| p.spki_sha256.clone()).collect();
-    let answer = post(admin, "/renew-now");
+    let answer = admin_post(admin, "/renew-now");
     assert!(answer.contains("\"asked\": 2"), "{answer}");
     let (v, _) = until(admin, "manual renewals done", |v| {
         v.proxies
@@ -398,20 +398,6 @@ fn direct_get(s: &Scratch, proxy_port: u16, app: u16) -> Result<u16, String> {
     })
 }
 
-/// POST with an empty body; returns the body of the answer.
-fn post(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nX-Weft-Operator: 1\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    buf
-}
-
 #[test]
 fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
     let s = Scratch::new();
@@ -498,7 +484,7 @@ fn a_proxy_that_cannot_renew_refuses_the_retiring_bundle_until_it_has() {
     // Once it can renew (by hand: POST /renew-now), it applies the bundle it
     // refused, with no restart.
     identity.open.store(true, Ordering::Relaxed);
-    let answer = post(admin, "/renew-now");
+    let answer = admin_post(admin, "/renew-now");
     assert!(answer.contains("\"asked\": 2"), "{answer}");
     until(admin, "stuck renewed and on generation 3", |v| {
         v.proxies

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::Scratch;
 use common::mesh::{free_port, spawn_app, start_proxy, workload_ports};
-use common::proc::{Proc, http_get, metric_sum, poll};
+use common::proc::{Proc, admin_post, http_get, metric_sum, poll};
 use testbed::http_app::{self, Req};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -351,7 +351,7 @@ fn short_connections_share_a_pooled_connection_judged_per_request() {
     // A new certificate retires the pooled connections: closed, and the
     // next request handshakes again.
     let (opened, closed, _) = pooled(&b);
-    let answer = post(b.cp.addr("admin listening on"), "/renew-now");
+    let answer = admin_post(b.cp.addr("admin listening on"), "/renew-now");
     assert!(answer.contains("\"asked\""), "{answer}");
     poll("the pooled connections closed", DEADLINE, || {
         (pooled(&b).1 >= opened.max(closed + 1.0)).then_some(())
@@ -367,16 +367,4 @@ fn short_connections_share_a_pooled_connection_judged_per_request() {
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Runtime::new().unwrap().block_on(f)
-}
-
-fn post(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nX-Weft-Operator: 1\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    buf
 }
