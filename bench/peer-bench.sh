@@ -7,7 +7,8 @@
 #   built-in modes: direct haproxy-plain stunnel haproxy nginx-stream
 #   plug-in modes : custom (OUTBOUND_CMD / INBOUND_CMD env), or any NAME for which
 #                   $BENCH_DIR/modes/NAME.sh exists: weft (L4, opaque port), weft-http
-#                   (HTTP detected on both sides, per-request policy), weft-mt (tokio default workers)
+#                   (HTTP detected on both sides, per-request policy), weft-mt (tokio default workers),
+#                   weft-classic (L4 with the peers' handshake: AES-128-GCM, X25519)
 #   "all"         : direct haproxy-plain stunnel haproxy nginx-stream
 #   e.g.  bench/peer-bench.sh direct haproxy nginx-stream weft weft-http
 #         PRESET=full  bench/peer-bench.sh ...   (5 interleaved rounds: the run BENCHMARKS.md reports)

@@ -22,8 +22,9 @@
 #                 a non-opaque port: the inbound detects HTTP/1 and judges every request (hyper).
 #   WEFT_LOG      proxy/control-plane log level (default warn)
 #   WEFT_FE_IN_PORT  the frontend proxy's own inbound port (default 14153)
-# TLS: weft is TLS 1.3 with rustls/aws-lc-rs defaults (X25519MLKEM768 first, AES-256-GCM first);
-# it has no knob for TLS13_CIPHERS, so the peers' pinned AES-128-GCM does not apply to it.
+#   WEFT_TLS_ARGS  extra TLS flags for both proxies (mode weft-classic: the peers' suite and X25519)
+# TLS: weft is TLS 1.3 with rustls/aws-lc-rs defaults (X25519MLKEM768 first, AES-256-GCM first)
+# unless WEFT_TLS_ARGS says otherwise; the peers' pinned TLS13_CIPHERS applies only through it.
 : "${WEFT_BIN:?set WEFT_BIN to the weft binary (peer-bench.sh sets it to target/release/weft of this repository)}"
 
 weft_wait_line() { # file pattern [tries of 0.05s]; the line must be complete (weft's stderr is
@@ -105,7 +106,7 @@ EOF
   done
   launch inbound env $(weft_env) "$WEFT_BIN" proxy --workload bench/backend --token-file "$d/backend.token" \
     --trust-anchors-file "$d/ca.crt" --identity-addr "$WEFT_IA" --destination-addr "$WEFT_DA" --policy-addr "$WEFT_PA" \
-    --inbound-addr "$IN_LISTEN" --admin-addr "$HOST:0" --tap-addr "$HOST:0" --outbound-addr off --shutdown-grace-period 1s
+    --inbound-addr "$IN_LISTEN" --admin-addr "$HOST:0" --tap-addr "$HOST:0" --outbound-addr off --shutdown-grace-period 1s ${WEFT_TLS_ARGS:-}
   weft_wait_line "$MODEDIR/inbound.log" "admin listening on" || return 1
   WEFT_IN_ADMIN=$(awk '/admin listening on/{print $NF; exit}' "$MODEDIR/inbound.log")
   weft_wait_ready "$WEFT_IN_ADMIN"
@@ -116,7 +117,7 @@ mode_weft_outbound() {
   launch outbound env $(weft_env) "$WEFT_BIN" proxy --workload bench/frontend --token-file "$d/frontend.token" \
     --trust-anchors-file "$d/ca.crt" --identity-addr "$WEFT_IA" --destination-addr "$WEFT_DA" --policy-addr "$WEFT_PA" \
     --inbound-addr "$HOST:$fe_in" --admin-addr "$HOST:0" --tap-addr "$HOST:0" --outbound-addr off --shutdown-grace-period 1s \
-    --outbound "$OUT_LISTEN=bench/backend:$BACKEND_PORT"
+    --outbound "$OUT_LISTEN=bench/backend:$BACKEND_PORT" ${WEFT_TLS_ARGS:-}
   weft_wait_line "$MODEDIR/outbound.log" "admin listening on" || return 1
   WEFT_OUT_ADMIN=$(awk '/admin listening on/{print $NF; exit}' "$MODEDIR/outbound.log")
   weft_wait_ready "$WEFT_OUT_ADMIN" || return 1

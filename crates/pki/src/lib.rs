@@ -11,6 +11,7 @@ pub mod identity;
 pub mod in_force;
 pub mod info;
 pub mod key;
+pub mod mesh_tls;
 pub mod peer;
 pub mod refresh;
 pub mod tls;

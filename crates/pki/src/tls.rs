@@ -25,7 +25,18 @@ pub fn server_config(
     certs: Arc<dyn ResolvesServerCert>,
     alpn: &[u8],
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    server_config_with(provider(), clients, certs, alpn)
+}
+
+/// [`server_config`] with the suites and groups of `provider` (the mesh's
+/// own, [`crate::mesh_tls::MeshTls`]).
+pub fn server_config_with(
+    provider: Arc<CryptoProvider>,
+    clients: Arc<dyn ClientCertVerifier>,
+    certs: Arc<dyn ResolvesServerCert>,
+    alpn: &[u8],
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(clients)
         .with_cert_resolver(certs);

@@ -160,6 +160,8 @@ pub struct ProxyConfig {
     /// The outbound listeners: connection cap, the deadline for reaching the
     /// destination (discovery, connect, mTLS, transport header), idle timeout.
     pub outbound_limits: bounds::Limits,
+    /// The TLS 1.3 suites and groups offered and accepted between proxies.
+    pub mesh_tls: pki::mesh_tls::MeshTls,
 }
 
 /// One `key value` row per setting, as `weft proxy` prints them at start.
@@ -188,6 +190,7 @@ impl fmt::Display for ProxyConfig {
             ("admin-limits", self.admin_limits.to_string()),
             ("inbound-limits", self.inbound_limits.to_string()),
             ("outbound-limits", self.outbound_limits.to_string()),
+            ("mesh-tls", self.mesh_tls.to_string()),
             (
                 "outbound-addr",
                 outbound_addr.unwrap_or_else(|| "(off)".into()),

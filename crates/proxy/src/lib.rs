@@ -191,13 +191,18 @@ pub async fn start(
         &cfg.workload,
         cfg.discovery_timeout,
     );
-    let inbound_cfg =
-        tls::inbound_config(trust_rx.clone(), cert_rx.clone(), &cfg.identity.to_string())
-            .map_err(StartError::Tls)?;
-    let outbound_cfg =
-        tls::outbound_config(trust_rx.clone(), cert_rx.clone(), true).map_err(StartError::Tls)?;
+    let inbound_cfg = tls::inbound_config(
+        trust_rx.clone(),
+        cert_rx.clone(),
+        &cfg.identity.to_string(),
+        &cfg.mesh_tls,
+    )
+    .map_err(StartError::Tls)?;
+    let outbound_cfg = tls::outbound_config(trust_rx.clone(), cert_rx.clone(), true, &cfg.mesh_tls)
+        .map_err(StartError::Tls)?;
     let outbound_plain =
-        tls::outbound_config(trust_rx.clone(), cert_rx.clone(), false).map_err(StartError::Tls)?;
+        tls::outbound_config(trust_rx.clone(), cert_rx.clone(), false, &cfg.mesh_tls)
+            .map_err(StartError::Tls)?;
     let held_policies = policies.clone();
     let inbound = Arc::new(inbound::Inbound {
         acceptor: tokio_rustls::TlsAcceptor::from(inbound_cfg),

@@ -1,11 +1,12 @@
-//! TLS between proxies: TLS 1.3 only, hybrid post-quantum key exchange first
-//! (the provider's default order), no session resumption, the proxy's own
+//! TLS between proxies: TLS 1.3 only, the mesh's suites and groups (hybrid
+//! post-quantum key exchange first unless configured), no session resumption, the proxy's own
 //! current certificate on both sides, peers verified against the anchors in
 //! force at each handshake (the bundle is live).
 
 use std::sync::Arc;
 
 use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use crate::cert::ProxyCert;
 use crate::transport_header::ALPN;
 use crate::trust::{TrustNow, TrustRx};
+use pki::mesh_tls::MeshTls;
 use pki::tls::Live;
 
 pub use pki::tls::provider;
@@ -57,19 +59,22 @@ pub fn inbound_config(
     trust: TrustRx,
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     name: &str,
+    mesh: &MeshTls,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    live_server(trust, own, name, ALPN)
+    live_server(mesh.provider(), trust, own, name, ALPN)
 }
 
 /// Our certificate for our name; a client certificate asked for and, when
 /// given, judged by the anchors in force; `alpn` offered.
 fn live_server(
+    provider: Arc<CryptoProvider>,
     trust: TrustRx,
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     name: &str,
     alpn: &[u8],
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    pki::tls::server_config(
+    pki::tls::server_config_with(
+        provider,
         Arc::new(Live(TrustNow(trust))),
         Arc::new(OwnServerCert {
             own,
@@ -85,18 +90,20 @@ pub fn outbound_config(
     trust: TrustRx,
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     with_header: bool,
+    mesh: &MeshTls,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    live_client(trust, own, with_header.then_some(ALPN))
+    live_client(mesh.provider(), trust, own, with_header.then_some(ALPN))
 }
 
 /// The peer judged by the anchors in force at each handshake, our current
 /// leaf presented, `alpn` offered, no resumption (every handshake is judged).
 fn live_client(
+    provider: Arc<CryptoProvider>,
     trust: TrustRx,
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     alpn: Option<&[u8]>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let mut cfg = ClientConfig::builder_with_provider(provider())
+    let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Live(TrustNow(trust))))
@@ -113,7 +120,7 @@ pub fn control_config(
     trust: TrustRx,
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    live_client(trust, own, Some(b"h2"))
+    live_client(provider(), trust, own, Some(b"h2"))
 }
 
 /// The tap port's TLS: our certificate for our name, HTTP/2; a client
@@ -124,7 +131,7 @@ pub fn tap_config(
     own: watch::Receiver<Option<Arc<ProxyCert>>>,
     name: &str,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    live_server(trust, own, name, b"h2")
+    live_server(provider(), trust, own, name, b"h2")
 }
 
 /// The admin port's TLS: our certificate for our name, no client certificate.

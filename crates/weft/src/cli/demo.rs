@@ -438,6 +438,7 @@ async fn demo(dir: &Path, keep_anchor_key: bool) -> Result<Running, Failure> {
             admin_limits: super::AdminLimitArgs::defaults(),
             inbound_limits,
             outbound_limits,
+            mesh_tls: pki::mesh_tls::MeshTls::default(),
         })
     };
     let (backend, be_run) =

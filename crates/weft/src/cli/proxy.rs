@@ -87,6 +87,12 @@ pub struct ProxyArgs {
     /// Threads that run the proxy (1: one core, as a sidecar runs, like Linkerd's proxy cores); at most 64
     #[arg(long, env = "WEFT_PROXY_WORKERS", default_value = "1", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
+    /// TLS 1.3 cipher suites between proxies, most preferred first, e.g. TLS_AES_128_GCM_SHA256 (default: TLS_AES_256_GCM_SHA384,TLS_AES_128_GCM_SHA256,TLS_CHACHA20_POLY1305_SHA256). Only these are offered and accepted: every proxy that talks to this one must share one
+    #[arg(long, env = "WEFT_PROXY_TLS_CIPHER_SUITES")]
+    pub tls_cipher_suites: Option<String>,
+    /// Key exchange groups between proxies, most preferred first, e.g. X25519 (default: X25519MLKEM768,X25519,secp256r1,secp384r1: hybrid post-quantum first). Only these are offered and accepted: every proxy that talks to this one must share one
+    #[arg(long, env = "WEFT_PROXY_TLS_KEY_EXCHANGE")]
+    pub tls_key_exchange: Option<String>,
     #[command(flatten)]
     pub admin_limits: super::AdminLimitArgs,
     #[command(flatten)]
@@ -140,6 +146,11 @@ impl ProxyArgs {
             }
         };
         let (inbound_limits, outbound_limits) = self.limits.limits()?;
+        let mesh_tls = pki::mesh_tls::MeshTls::parse(
+            self.tls_cipher_suites.as_deref(),
+            self.tls_key_exchange.as_deref(),
+        )
+        .map_err(|e| Failure::input(format!("--tls-*: {e}")))?;
         let on_control_plane = |port| {
             let each: Vec<String> = self
                 .control_plane
@@ -182,6 +193,7 @@ impl ProxyArgs {
             admin_limits: self.admin_limits.limits()?,
             inbound_limits,
             outbound_limits,
+            mesh_tls,
             plaintext: match self.outbound_plaintext {
                 PlaintextArg::Allow => Plaintext::Allow,
                 PlaintextArg::Deny => Plaintext::Deny,
