@@ -63,7 +63,7 @@
 #   Optional: launch further roles (e.g. a control plane: `launch controlplane CMD...`, unpinned);
 #   stop_all stops them too.  Optional mode_<name>_mtls_check: echo "ok" or "FAIL(...)" to replace
 #   the generic curl/openssl probe (for proxies whose inbound needs more than a client cert).
-#   $MODEDIR/rss.txt gets idle VmRSS (after the smoke test) and end-of-run VmRSS/VmHWM of both proxies.
+#   $MODEDIR/rss.txt gets idle VmRSS and RssAnon (after the smoke test) and end-of-run VmRSS/VmHWM of both proxies.
 #   Quick version without a file:
 #     OUTBOUND_CMD='./target/release/px outbound --listen $OUT_LISTEN --connect $IN_ADDR ...' \
 #     INBOUND_CMD='./target/release/px inbound --listen $IN_LISTEN --forward $BACKEND_ADDR ...' \
@@ -173,16 +173,17 @@ cpu_ticks() { # role -> utime+stime ticks of the process tree
   done
   echo "$s"
 }
-rss_kb() { local p=${PID_OF[$1]:-} q s=0 v   # current VmRSS of the process tree
+status_kb() { local p=${PID_OF[$1]:-} q s=0 v   # a /proc/PID/status field (kB) summed over the process tree
   [[ -z $p ]] && { echo 0; return; }
   for q in $(tree_pids "$p"); do
-    v=$(awk '/^VmRSS/{print $2}' "/proc/$q/status" 2>/dev/null); s=$(( s + ${v:-0} ))
+    v=$(awk -v f="$2:" '$1==f{print $2}' "/proc/$q/status" 2>/dev/null); s=$(( s + ${v:-0} ))
   done; echo "$s"; }
-hwm_kb() { local p=${PID_OF[$1]:-} q s=0 v
-  [[ -z $p ]] && { echo 0; return; }
-  for q in $(tree_pids "$p"); do
-    v=$(awk '/^VmHWM/{print $2}' "/proc/$q/status" 2>/dev/null); s=$(( s + ${v:-0} ))
-  done; echo "$s"; }
+rss_kb() { status_kb "$1" VmRSS; }    # resident now
+hwm_kb() { status_kb "$1" VmHWM; }    # peak resident
+# resident private memory (heap, stacks): RSS less the mapped pages of the binary and libraries,
+# which are shared with every process running the same files
+anon_kb() { status_kb "$1" RssAnon; }
+mb() { awk -v k="$1" 'BEGIN{printf "%.1f",k/1024}'; }
 sysstat() { awk '/^cpu /{t=0; for(i=2;i<=NF;i++) t+=$i; print t, $5+$6, $9}' /proc/stat; }
 
 # phase accounting: snap_begin; ...; snap_end  => sets P_OUT P_IN P_BE (cpu seconds), P_BUSY P_STEAL (% of all cpus)
@@ -448,7 +449,12 @@ run_mode() { # mode round
   if [[ $mode != direct && $mode != haproxy-plain && $MTLS_CHECK == 1 ]]; then
     if declare -F "mode_${fn}_mtls_check" >/dev/null; then mtls=$("mode_${fn}_mtls_check"); else mtls=$(mtls_check); fi
   fi
-  [[ $mode != direct ]] && echo "idle_rss_kb out=$(rss_kb outbound) in=$(rss_kb inbound)" >> "$MODEDIR/rss.txt"
+  IDLE_MB=-; IDLE_ANON_MB=-
+  if [[ $mode != direct ]]; then
+    echo "idle_rss_kb out=$(rss_kb outbound) in=$(rss_kb inbound) anon_kb out=$(anon_kb outbound) in=$(anon_kb inbound)" >> "$MODEDIR/rss.txt"
+    IDLE_MB="$(mb "$(rss_kb outbound)")/$(mb "$(rss_kb inbound)")"
+    IDLE_ANON_MB="$(mb "$(anon_kb outbound)")/$(mb "$(anon_kb inbound)")"
+  fi
   [[ $mode == haproxy-plain ]] && mtls=plain
 
   # warm-up (unrecorded)
@@ -527,14 +533,13 @@ print(round(p["p50"]*1e6), round(p["p99"]*1e6), round(s["requestsPerSec"]))' "$M
   local RSS_OUT=- RSS_IN=-
   if [[ $mode != direct ]]; then
     echo "end_rss_kb out=$(rss_kb outbound) in=$(rss_kb inbound) hwm_kb out=$(hwm_kb outbound) in=$(hwm_kb inbound)" >> "$MODEDIR/rss.txt"
-    RSS_OUT=$(awk -v k="$(hwm_kb outbound)" 'BEGIN{printf "%.1f",k/1024}')
-    RSS_IN=$(awk -v k="$(hwm_kb inbound)" 'BEGIN{printf "%.1f",k/1024}')
+    RSS_OUT=$(mb "$(hwm_kb outbound)"); RSS_IN=$(mb "$(hwm_kb inbound)")
   fi
   stop_all
 
-  [[ -s $RESULTS ]] || printf '%s\n' "ts layout mode round ka_p50_us ka_p90_us ka_p99_us ka_rps ka_errs c1_p50_us c1_p99_us c1_rps fr_p50_us fr_p99_us fr_rps bulk_MBps bulk_min bulk_max conn_cps conn_p50_us conn_p99_us conn_errs rss_out_MB rss_in_MB px_us_per_req px_ms_per_MB px_us_per_conn ka_cpu_client ka_cpu_out ka_cpu_in ka_cpu_be ka_busy_pct ka_steal_pct bu_wall bu_cpu_client bu_cpu_out bu_cpu_in bu_cpu_be bu_busy_pct co_cpu_client co_cpu_out co_cpu_in co_cpu_be co_busy_pct co_steal_pct mtls bg_pct hn_rps hn_p50_us hn_p99_us hn_errs hn_mtls_per_req px_us_per_hn" | tr ' ' '\t' > "$RESULTS"
-  printf '%s\n' "$(date +%s) $LAYOUT $mode $round $KA_P50 $KA_P90 $KA_P99 $KA_RPS $KA_ERRS $C1_P50 $C1_P99 $C1_RPS $FR_P50 $FR_P99 $FR_RPS $BULK_MBS $BULK_MIN $BULK_MAX $CO_CPS $CO_P50 $CO_P99 $CO_ERRS $RSS_OUT $RSS_IN $PX_US_REQ $PX_MS_MB $PX_US_CONN $KA_CL $KA_OUT $KA_IN $KA_BE $KA_BUSY $KA_STEAL $BU_WALL $BU_CL $BU_OUT $BU_IN $BU_BE $BU_BUSY $CO_CL $CO_OUT $CO_IN $CO_BE $CO_BUSY $CO_STEAL $mtls $BG $HN_RPS $HN_P50 $HN_P99 $HN_ERRS $HN_MTLS $HN_US" | tr ' ' '\t' >> "$RESULTS"
-  log "$mode r$round: p50=${KA_P50}us p99=${KA_P99}us rps=$KA_RPS c1_p50=${C1_P50}us MB/s=$BULK_MBS conn/s=$CO_CPS http-newconn/s=$HN_RPS (mTLS/req=$HN_MTLS) rss=$RSS_OUT/$RSS_IN MB mtls=$mtls errs=$KA_ERRS/$CO_ERRS"
+  [[ -s $RESULTS ]] || printf '%s\n' "ts layout mode round ka_p50_us ka_p90_us ka_p99_us ka_rps ka_errs c1_p50_us c1_p99_us c1_rps fr_p50_us fr_p99_us fr_rps bulk_MBps bulk_min bulk_max conn_cps conn_p50_us conn_p99_us conn_errs rss_out_MB rss_in_MB px_us_per_req px_ms_per_MB px_us_per_conn ka_cpu_client ka_cpu_out ka_cpu_in ka_cpu_be ka_busy_pct ka_steal_pct bu_wall bu_cpu_client bu_cpu_out bu_cpu_in bu_cpu_be bu_busy_pct co_cpu_client co_cpu_out co_cpu_in co_cpu_be co_busy_pct co_steal_pct mtls bg_pct hn_rps hn_p50_us hn_p99_us hn_errs hn_mtls_per_req px_us_per_hn idle_MB idle_anon_MB" | tr ' ' '\t' > "$RESULTS"
+  printf '%s\n' "$(date +%s) $LAYOUT $mode $round $KA_P50 $KA_P90 $KA_P99 $KA_RPS $KA_ERRS $C1_P50 $C1_P99 $C1_RPS $FR_P50 $FR_P99 $FR_RPS $BULK_MBS $BULK_MIN $BULK_MAX $CO_CPS $CO_P50 $CO_P99 $CO_ERRS $RSS_OUT $RSS_IN $PX_US_REQ $PX_MS_MB $PX_US_CONN $KA_CL $KA_OUT $KA_IN $KA_BE $KA_BUSY $KA_STEAL $BU_WALL $BU_CL $BU_OUT $BU_IN $BU_BE $BU_BUSY $CO_CL $CO_OUT $CO_IN $CO_BE $CO_BUSY $CO_STEAL $mtls $BG $HN_RPS $HN_P50 $HN_P99 $HN_ERRS $HN_MTLS $HN_US $IDLE_MB $IDLE_ANON_MB" | tr ' ' '\t' >> "$RESULTS"
+  log "$mode r$round: p50=${KA_P50}us p99=${KA_P99}us rps=$KA_RPS c1_p50=${C1_P50}us MB/s=$BULK_MBS conn/s=$CO_CPS http-newconn/s=$HN_RPS (mTLS/req=$HN_MTLS) rss=$RSS_OUT/$RSS_IN MB (idle $IDLE_MB, private $IDLE_ANON_MB) mtls=$mtls errs=$KA_ERRS/$CO_ERRS"
 }
 
 # ------------------------------------------------------------------ report
@@ -548,12 +553,12 @@ report() { # prints per-run table + per-mode median summary for rows of this inv
   $1 < since { next }
   { rows[++R]=$0 }
   END {
-    fmt="%-14s %2s %7s %7s %7s %8s %5s | %6s %6s | %6s | %7s %7s | %7s %6s | %6s %6s | %6s %6s %6s | %4s %5s %4s | %s\n"
-    printf fmt, "mode","r","p50us","p90us","p99us","req/s","errs","c1p50","c1p99","MB/s","conn/s","hsp50us","hnew/s","mTLS/r","RSSout","RSSin","us/req","ms/MB","us/con","busy","steal","bg%","mtls"
+    fmt="%-14s %2s %7s %7s %7s %8s %5s | %6s %6s | %6s | %7s %7s | %7s %6s | %6s %6s %11s %9s | %6s %6s %6s | %4s %5s %4s | %s\n"
+    printf fmt, "mode","r","p50us","p90us","p99us","req/s","errs","c1p50","c1p99","MB/s","conn/s","hsp50us","hnew/s","mTLS/r","RSSout","RSSin","idleMB","privMB","us/req","ms/MB","us/con","busy","steal","bg%","mtls"
     for(r=1;r<=R;r++){ split(rows[r],f,"\t"); m=f[H["mode"]]
       printf fmt, m, f[H["round"]], f[H["ka_p50_us"]], f[H["ka_p90_us"]], f[H["ka_p99_us"]], f[H["ka_rps"]], f[H["ka_errs"]]+f[H["conn_errs"]],
         f[H["c1_p50_us"]], f[H["c1_p99_us"]], f[H["bulk_MBps"]], f[H["conn_cps"]], f[H["conn_p50_us"]], f[H["hn_rps"]], f[H["hn_mtls_per_req"]], f[H["rss_out_MB"]], f[H["rss_in_MB"]],
-        f[H["px_us_per_req"]], f[H["px_ms_per_MB"]], f[H["px_us_per_conn"]], f[H["ka_busy_pct"]], f[H["ka_steal_pct"]], f[H["bg_pct"]], f[H["mtls"]]
+        f[H["idle_MB"]], f[H["idle_anon_MB"]], f[H["px_us_per_req"]], f[H["px_ms_per_MB"]], f[H["px_us_per_conn"]], f[H["ka_busy_pct"]], f[H["ka_steal_pct"]], f[H["bg_pct"]], f[H["mtls"]]
       if(!(m in seen)){seen[m]=1; order[++M]=m}
       n=++cnt[m]
       split("ka_p50_us ka_p99_us ka_rps c1_p50_us bulk_MBps conn_cps fr_p50_us fr_p99_us rss_out_MB rss_in_MB px_us_per_req px_ms_per_MB px_us_per_conn hn_rps", K, " ")
@@ -594,5 +599,6 @@ echo "# results ($LAYOUT, $(nproc) cpus, $(date -u +%FT%TZ)); raw rows: $RESULTS
 echo "# latencies in microseconds; p50/p90/p99 = wrk -t$WRK_THREADS -c$WRK_CONNS keep-alive (closed loop); c1 = wrk -t1 -c1;"
 echo "# hsp50 = latency of a request on a fresh connection (incl. TCP+mTLS setup); us/req, ms/MB, us/con = CPU of outbound+inbound proxies per unit"
 echo "# hnew/s = HTTP requests/s with a new app connection each (Connection: close); mTLS/r = mTLS connections the inbound accepted per such request (- where the mode cannot tell)"
+echo "# RSSout/RSSin = peak RSS per proxy (MB); idleMB = RSS after the smoke test (out/in); privMB = its private part (RssAnon: heap and stacks; the rest is the mapped binary and libraries, shared with every process running the same files)"
 echo "# load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 report "$START_TS"
