@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::Scratch;
 use common::mesh::{echo_server, free_port, spawn_app, start_proxy, workload_ports};
-use common::proc::{Proc, http_get, poll};
+use common::proc::{Proc, poll, until_ready};
 use testbed::http_app::{Sha, pattern_chunks, pattern_sha};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -74,10 +74,7 @@ fn up() -> Bed {
     .concat();
     s.write("resources/demo.yaml", yaml);
     let cp = s.control_plane(&["--resources", "resources"]);
-    let admin = cp.addr("admin listening on");
-    poll("control plane ready", DEADLINE, || {
-        matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())
-    });
+    until_ready(&cp);
     let backend = start_proxy(&s, "backend", be_in, &cp, &[], &[]);
     let (l4, http, src) = (free_port(), free_port(), free_port());
     let maps = [
@@ -87,10 +84,7 @@ fn up() -> Bed {
     ];
     let frontend = start_proxy(&s, "frontend", fe_in, &cp, &maps, &[]);
     for p in [&backend, &frontend] {
-        let a = p.addr("admin listening on");
-        poll("proxy ready", DEADLINE, || {
-            matches!(http_get(a, "/ready"), Ok((200, _))).then_some(())
-        });
+        until_ready(p);
     }
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     Bed {

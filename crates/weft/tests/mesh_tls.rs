@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use common::Scratch;
 use common::mesh::{free_port, spawn_app, start_proxy, workload};
-use common::proc::{Proc, http_get, poll};
+use common::proc::until_ready;
 
-const DEADLINE: Duration = Duration::from_secs(30);
 const BACKEND: &str = "backend.demo.serviceaccount.identity.weft.cluster.local";
 
 /// Status line and body of one `GET /` on a new connection.
@@ -32,13 +31,6 @@ fn get(to: SocketAddr) -> (String, String) {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.lines().next().unwrap_or("").to_string();
     (status, body.to_string())
-}
-
-fn ready(p: &Proc) {
-    let a = p.addr("admin listening on");
-    poll("proxy ready", DEADLINE, || {
-        matches!(http_get(a, "/ready"), Ok((200, _))).then_some(())
-    });
 }
 
 /// `openssl s_client` to the backend's inbound with these TLS 1.3 options:
@@ -75,10 +67,7 @@ fn proxies_offer_and_accept_only_the_configured_suites_and_groups() {
     .concat();
     s.write("resources/demo.yaml", yaml);
     let cp = s.control_plane(&["--resources", "resources"]);
-    let admin = cp.addr("admin listening on");
-    poll("control plane ready", DEADLINE, || {
-        matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())
-    });
+    until_ready(&cp);
 
     let narrow = [
         "--tls-cipher-suites",
@@ -105,7 +94,7 @@ fn proxies_offer_and_accept_only_the_configured_suites_and_groups() {
         &["--tls-key-exchange", "secp384r1"],
     );
     for p in [&backend, &frontend, &legacy] {
-        ready(p);
+        until_ready(p);
     }
     // Each proxy prints what it offers.
     assert!(
@@ -170,33 +159,33 @@ fn proxies_offer_and_accept_only_the_configured_suites_and_groups() {
     assert!(body.contains("mTLS with"), "{body}");
 
     // A name this build does not have is refused at start, naming the known ones.
-    let r = s
-        .weft(&[
-            "proxy",
-            "--workload",
-            "demo/frontend",
-            "--identity",
-            "frontend.demo.serviceaccount.identity.weft.cluster.local",
-            "--trust-anchors-file",
-            "ca.crt",
+    for (flag, value, named) in [
+        (
             "--tls-key-exchange",
             "X25519,ffdhe2048",
-        ])
-        .refused(2);
-    assert!(r.stderr.contains("\"ffdhe2048\""), "{}", r.stderr);
-    assert!(r.stderr.contains("X25519MLKEM768"), "{}", r.stderr);
-    let r = s
-        .weft(&[
-            "proxy",
-            "--workload",
-            "demo/frontend",
-            "--identity",
-            "frontend.demo.serviceaccount.identity.weft.cluster.local",
-            "--trust-anchors-file",
-            "ca.crt",
+            ["\"ffdhe2048\"", "X25519MLKEM768"],
+        ),
+        (
             "--tls-cipher-suites",
             "TLS_AES_128_CCM_SHA256",
-        ])
-        .refused(2);
-    assert!(r.stderr.contains("TLS_AES_256_GCM_SHA384"), "{}", r.stderr);
+            ["\"TLS_AES_128_CCM_SHA256\"", "TLS_AES_256_GCM_SHA384"],
+        ),
+    ] {
+        let r = s
+            .weft(&[
+                "proxy",
+                "--workload",
+                "demo/frontend",
+                "--identity",
+                "frontend.demo.serviceaccount.identity.weft.cluster.local",
+                "--trust-anchors-file",
+                "ca.crt",
+                flag,
+                value,
+            ])
+            .refused(2);
+        for n in named {
+            assert!(r.stderr.contains(n), "{flag} {value}: {}", r.stderr);
+        }
+    }
 }

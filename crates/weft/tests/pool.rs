@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::Scratch;
 use common::mesh::{free_port, spawn_app, start_proxy, workload_ports};
-use common::proc::{Proc, admin_post, http_get, metric_sum, poll};
+use common::proc::{Proc, admin_post, http_get, metric_sum, poll, until_ready};
 use testbed::http_app::{self, Req};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -109,10 +109,7 @@ fn up() -> Bed {
     .concat();
     s.write("resources/demo.yaml", yaml);
     let cp = s.control_plane(&["--resources", "resources"]);
-    let admin = cp.addr("admin listening on");
-    poll("control plane ready", DEADLINE, || {
-        matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())
-    });
+    until_ready(&cp);
     let backend = start_proxy(&s, "backend", be_in, &cp, &[], &[]);
     let local = [free_port(), free_port(), free_port()];
     let maps: Vec<String> = local
@@ -122,10 +119,7 @@ fn up() -> Bed {
         .collect();
     let frontend = start_proxy(&s, "frontend", fe_in, &cp, &maps, &[]);
     for p in [&backend, &frontend] {
-        let a = p.addr("admin listening on");
-        poll("proxy ready", DEADLINE, || {
-            matches!(http_get(a, "/ready"), Ok((200, _))).then_some(())
-        });
+        until_ready(p);
     }
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     Bed {

@@ -131,6 +131,16 @@ pub fn admin_post(addr: SocketAddr, path: &str) -> String {
     buf
 }
 
+/// Waits (30 s at most) until the admin listener `p` printed answers
+/// `/ready` with 200: a control plane serving, or a proxy certified.
+#[track_caller]
+pub fn until_ready(p: &Proc) {
+    let admin = p.addr("admin listening on");
+    poll("admin /ready", Duration::from_secs(30), || {
+        matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())
+    });
+}
+
 /// Polls `f` until it returns Some, or panics at the deadline with `what`.
 #[track_caller]
 pub fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
