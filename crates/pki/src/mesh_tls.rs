@@ -61,27 +61,38 @@ impl Default for MeshTls {
 }
 
 impl MeshTls {
-    /// The defaults with either list replaced by a comma-separated one
-    /// (`None`: keep the default).
-    pub fn parse(suites: Option<&str>, groups: Option<&str>) -> Result<Self, MeshTlsError> {
-        let mut tls = Self::default();
-        if let Some(s) = suites {
-            let unknown = |name, known| MeshTlsError::UnknownCipherSuite {
-                what: SUITES,
-                name,
-                known,
-            };
-            tls.cipher_suites = pick(s, SUITES, &suite_names(), unknown, "TLS_AES_128_GCM_SHA256")?;
-        }
-        if let Some(g) = groups {
-            let unknown = |name, known| MeshTlsError::UnknownGroup {
-                what: GROUPS,
-                name,
-                known,
-            };
-            tls.key_exchange = pick(g, GROUPS, &group_names(), unknown, "X25519MLKEM768,X25519")?;
-        }
-        Ok(tls)
+    /// These, with the cipher suites replaced by a comma-separated list.
+    pub fn with_cipher_suites(mut self, list: &str) -> Result<Self, MeshTlsError> {
+        let unknown = |name, known| MeshTlsError::UnknownCipherSuite {
+            what: SUITES,
+            name,
+            known,
+        };
+        self.cipher_suites = pick(
+            list,
+            SUITES,
+            &suite_names(),
+            unknown,
+            "TLS_AES_128_GCM_SHA256",
+        )?;
+        Ok(self)
+    }
+
+    /// These, with the key exchange groups replaced by a comma-separated list.
+    pub fn with_key_exchange(mut self, list: &str) -> Result<Self, MeshTlsError> {
+        let unknown = |name, known| MeshTlsError::UnknownGroup {
+            what: GROUPS,
+            name,
+            known,
+        };
+        self.key_exchange = pick(
+            list,
+            GROUPS,
+            &group_names(),
+            unknown,
+            "X25519MLKEM768,X25519",
+        )?;
+        Ok(self)
     }
 
     /// The provider that offers and accepts exactly these, in this order.
@@ -190,7 +201,6 @@ mod tests {
             "cipher-suites=TLS_AES_256_GCM_SHA384,TLS_AES_128_GCM_SHA256,TLS_CHACHA20_POLY1305_SHA256 \
              key-exchange=X25519MLKEM768,X25519,secp256r1,secp384r1"
         );
-        assert_eq!(MeshTls::parse(None, None).unwrap(), d);
         let p = d.provider();
         assert_eq!(p.cipher_suites.len(), 3);
         assert_eq!(p.kx_groups[0].name(), NamedGroup::X25519MLKEM768);
@@ -198,11 +208,11 @@ mod tests {
 
     #[test]
     fn lists_narrow_and_order_what_is_offered() {
-        let t = MeshTls::parse(
-            Some(" tls13_aes_128_gcm_sha256 ,TLS_AES_256_GCM_SHA384"),
-            Some("x25519,X25519MLKEM768"),
-        )
-        .unwrap();
+        let t = MeshTls::default()
+            .with_cipher_suites(" tls13_aes_128_gcm_sha256 ,TLS_AES_256_GCM_SHA384")
+            .unwrap()
+            .with_key_exchange("x25519,X25519MLKEM768")
+            .unwrap();
         assert_eq!(
             t.to_string(),
             "cipher-suites=TLS_AES_128_GCM_SHA256,TLS_AES_256_GCM_SHA384 key-exchange=X25519,X25519MLKEM768"
@@ -222,20 +232,26 @@ mod tests {
 
     #[test]
     fn bad_lists_are_refused_naming_what_is_known() {
-        let e = MeshTls::parse(Some("TLS_AES_128_CCM_SHA256"), None).unwrap_err();
+        let e = MeshTls::default()
+            .with_cipher_suites("TLS_AES_128_CCM_SHA256")
+            .unwrap_err();
         assert!(matches!(e, MeshTlsError::UnknownCipherSuite { .. }), "{e}");
         assert!(
             e.to_string().contains("TLS_CHACHA20_POLY1305_SHA256"),
             "{e}"
         );
         // A TLS 1.2 suite is not offered between proxies.
-        let e = MeshTls::parse(Some("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"), None);
+        let e = MeshTls::default().with_cipher_suites("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256");
         assert!(matches!(e, Err(MeshTlsError::UnknownCipherSuite { .. })));
-        let e = MeshTls::parse(None, Some("X25519,ffdhe2048")).unwrap_err();
+        let e = MeshTls::default()
+            .with_key_exchange("X25519,ffdhe2048")
+            .unwrap_err();
         assert!(matches!(e, MeshTlsError::UnknownGroup { .. }), "{e}");
         assert!(e.to_string().contains("\"ffdhe2048\""), "{e}");
         assert!(e.to_string().contains("secp384r1"), "{e}");
-        let e = MeshTls::parse(None, Some("x25519,X25519")).unwrap_err();
+        let e = MeshTls::default()
+            .with_key_exchange("x25519,X25519")
+            .unwrap_err();
         assert_eq!(
             e,
             MeshTlsError::Duplicate {
@@ -243,7 +259,7 @@ mod tests {
                 name: "X25519".into()
             }
         );
-        let e = MeshTls::parse(Some(" , "), None).unwrap_err();
+        let e = MeshTls::default().with_cipher_suites(" , ").unwrap_err();
         assert!(matches!(e, MeshTlsError::Empty { what: SUITES, .. }), "{e}");
     }
 }

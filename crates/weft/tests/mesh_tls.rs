@@ -184,6 +184,11 @@ fn proxies_offer_and_accept_only_the_configured_suites_and_groups() {
                 value,
             ])
             .refused(2);
+        assert!(
+            r.stderr.contains(&format!("error: {flag}: ")),
+            "{}",
+            r.stderr
+        );
         for n in named {
             assert!(r.stderr.contains(n), "{flag} {value}: {}", r.stderr);
         }

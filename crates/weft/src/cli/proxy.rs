@@ -146,11 +146,17 @@ impl ProxyArgs {
             }
         };
         let (inbound_limits, outbound_limits) = self.limits.limits()?;
-        let mesh_tls = pki::mesh_tls::MeshTls::parse(
-            self.tls_cipher_suites.as_deref(),
-            self.tls_key_exchange.as_deref(),
-        )
-        .map_err(|e| Failure::input(format!("--tls-*: {e}")))?;
+        let mut mesh_tls = pki::mesh_tls::MeshTls::default();
+        if let Some(list) = &self.tls_cipher_suites {
+            mesh_tls = mesh_tls
+                .with_cipher_suites(list)
+                .map_err(|e| Failure::input(format!("--tls-cipher-suites: {e}")))?;
+        }
+        if let Some(list) = &self.tls_key_exchange {
+            mesh_tls = mesh_tls
+                .with_key_exchange(list)
+                .map_err(|e| Failure::input(format!("--tls-key-exchange: {e}")))?;
+        }
         let on_control_plane = |port| {
             let each: Vec<String> = self
                 .control_plane
