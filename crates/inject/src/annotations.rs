@@ -3,6 +3,7 @@
 //! checked before anything is added: a malformed value is refused, never
 //! guessed at.
 
+use pki::mesh_tls::{MeshTls, MeshTlsError};
 use serde_json::{Map, Value};
 
 use crate::InjectError;
@@ -19,6 +20,10 @@ pub const PROXY_CPU_REQUEST: &str = "config.linkerd.io/proxy-cpu-request";
 pub const PROXY_CPU_LIMIT: &str = "config.linkerd.io/proxy-cpu-limit";
 pub const PROXY_MEMORY_REQUEST: &str = "config.linkerd.io/proxy-memory-request";
 pub const PROXY_MEMORY_LIMIT: &str = "config.linkerd.io/proxy-memory-limit";
+/// weft's own: the TLS 1.3 suites and groups between proxies (the proxy's
+/// `--tls-cipher-suites` and `--tls-key-exchange`); Linkerd has no such knob.
+pub const TLS_CIPHER_SUITES: &str = "config.weft.dev/tls-cipher-suites";
+pub const TLS_KEY_EXCHANGE: &str = "config.weft.dev/tls-key-exchange";
 
 /// Linkerd's default inbound policies (the control plane's `DefaultPolicy`).
 pub const DEFAULT_POLICIES: &[&str] = &[
@@ -44,6 +49,22 @@ impl std::fmt::Display for Scope {
             Scope::Namespace => "its namespace",
         })
     }
+}
+
+/// What `check` says of a TLS list annotation, as the proxy will read it:
+/// the trimmed value, or the refusal naming the known names.
+pub(crate) fn tls_list(
+    key: &'static str,
+    (value, scope): (&str, Scope),
+    check: fn(MeshTls, &str) -> Result<MeshTls, MeshTlsError>,
+) -> Result<String, InjectError> {
+    check(MeshTls::default(), value).map_err(|source| InjectError::Tls {
+        key,
+        value: value.to_string(),
+        scope,
+        source,
+    })?;
+    Ok(value.trim().to_string())
 }
 
 /// The value of `key` on the pod, else on the namespace.

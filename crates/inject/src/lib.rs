@@ -15,8 +15,10 @@ use serde_json::{Map, Value};
 pub use annotations::Scope;
 use annotations::{
     DEFAULT_INBOUND_POLICY, INJECT, PROXY_CPU_LIMIT, PROXY_CPU_REQUEST, PROXY_MEMORY_LIMIT,
-    PROXY_MEMORY_REQUEST, SKIP_INBOUND_PORTS, SKIP_OUTBOUND_PORTS, effective,
+    PROXY_MEMORY_REQUEST, SKIP_INBOUND_PORTS, SKIP_OUTBOUND_PORTS, TLS_CIPHER_SUITES,
+    TLS_KEY_EXCHANGE, effective,
 };
+use pki::mesh_tls::MeshTls;
 pub use sidecar::{INIT_CONTAINER, PROXY_CONTAINER};
 
 /// The label that marks a pod as meshed by a control plane (the control
@@ -115,6 +117,14 @@ pub enum InjectError {
         scope: Scope,
         expected: &'static str,
     },
+    #[error("annotation {key}: {value} on {scope} is not valid: {source}")]
+    Tls {
+        key: &'static str,
+        value: String,
+        scope: Scope,
+        #[source]
+        source: pki::mesh_tls::MeshTlsError,
+    },
     #[error(
         "the pod already has a {kind} named {name} that weft did not add; rename it (weft's own {kind}s are named weft-*)"
     )]
@@ -202,10 +212,28 @@ fn options(pod: &Value, ns: &NamespaceMeta) -> Result<sidecar::Options, InjectEr
             entry[res] = Value::String(q);
         }
     }
+    let mut env = Vec::new();
+    for (key, var, check) in [
+        (
+            TLS_CIPHER_SUITES,
+            "WEFT_PROXY_TLS_CIPHER_SUITES",
+            MeshTls::with_cipher_suites as fn(MeshTls, &str) -> _,
+        ),
+        (
+            TLS_KEY_EXCHANGE,
+            "WEFT_PROXY_TLS_KEY_EXCHANGE",
+            MeshTls::with_key_exchange,
+        ),
+    ] {
+        if let Some(v) = get(key)? {
+            env.push((var, annotations::tls_list(key, v, check)?));
+        }
+    }
     Ok(sidecar::Options {
         skip_inbound: ports(SKIP_INBOUND_PORTS)?,
         skip_outbound: ports(SKIP_OUTBOUND_PORTS)?,
         resources,
+        env,
     })
 }
 

@@ -34,6 +34,8 @@ pub(crate) struct Options {
     pub skip_inbound: Vec<String>,
     pub skip_outbound: Vec<String>,
     pub resources: Map<String, Value>,
+    /// More of the proxy's environment, from annotations.
+    pub env: Vec<(&'static str, String)>,
 }
 
 fn field_env(name: &str, path: &str) -> Value {
@@ -86,7 +88,7 @@ pub(crate) fn init_container(s: &Settings, o: &Options) -> Value {
 /// The proxy's environment: the pod's own facts from the downward API, the
 /// control plane's addresses, files for the token and the anchors (never
 /// the anchors themselves).
-fn proxy_env(s: &Settings) -> Vec<Value> {
+fn proxy_env(s: &Settings, o: &Options) -> Vec<Value> {
     let svc = |name: &str, port: u16| {
         format!(
             "{name}.{}.svc.{}:{port}",
@@ -117,6 +119,9 @@ fn proxy_env(s: &Settings) -> Vec<Value> {
         env("WEFT_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
         env("WEFT_PROXY_TAP_ADDR", format!("0.0.0.0:{TAP_PORT}")),
     ]
+    .into_iter()
+    .chain(o.env.iter().map(|(k, v)| env(k, v.clone())))
+    .collect()
 }
 
 fn http_probe(path: &str, period: u32, failures: u32) -> Value {
@@ -139,7 +144,7 @@ pub(crate) fn proxy_container(s: &Settings, o: &Options) -> Value {
         "imagePullPolicy": "IfNotPresent",
         "args": ["proxy"],
         "restartPolicy": "Always",
-        "env": proxy_env(s),
+        "env": proxy_env(s, o),
         "ports": [
             {"name": "weft-inbound", "containerPort": INBOUND_PORT, "protocol": "TCP"},
             {"name": "weft-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},

@@ -340,6 +340,60 @@ fn a_malformed_annotation_is_refused_naming_it_and_what_was_expected() {
 }
 
 #[test]
+fn tls_lists_reach_the_proxy_environment_checked() {
+    let ns = NamespaceMeta::from_namespace(&json!({"metadata": {"annotations": {
+        "linkerd.io/inject": "enabled",
+        "config.weft.dev/tls-key-exchange": "X25519MLKEM768, X25519",
+    }}}));
+    let p = pod(json!({"config.weft.dev/tls-cipher-suites": "TLS_AES_256_GCM_SHA384"}));
+    let out = injected(&p, &ns);
+    let env = env_of(container(&out, "initContainers", "weft-proxy"));
+    let tls: Vec<_> = env.iter().filter(|(k, _)| k.contains("_TLS_")).collect();
+    assert_eq!(
+        tls,
+        [
+            &(
+                "WEFT_PROXY_TLS_CIPHER_SUITES".to_string(),
+                "TLS_AES_256_GCM_SHA384".to_string()
+            ),
+            &(
+                "WEFT_PROXY_TLS_KEY_EXCHANGE".to_string(),
+                "X25519MLKEM768, X25519".to_string()
+            ),
+        ]
+    );
+    // Without the annotations the proxy keeps its default.
+    let plain = injected(&enabled(), &NamespaceMeta::default());
+    let env = env_of(container(&plain, "initContainers", "weft-proxy"));
+    assert!(env.iter().all(|(k, _)| !k.contains("_TLS_")), "{env:?}");
+
+    for (key, value, named) in [
+        (
+            "config.weft.dev/tls-key-exchange",
+            "X25519,P-256",
+            "\"P-256\"",
+        ),
+        ("config.weft.dev/tls-cipher-suites", "", "is empty"),
+    ] {
+        let mut p = enabled();
+        p["metadata"]["annotations"][key] = json!(value);
+        let e = inject(&p, &NamespaceMeta::default(), &settings()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(
+                e,
+                InjectError::Tls {
+                    scope: Scope::Pod,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(msg.contains(key) && msg.contains(named), "{msg}");
+    }
+}
+
+#[test]
 fn names_weft_needs_that_the_pod_already_uses_are_refused() {
     let mut p = enabled();
     p["spec"]["volumes"] = json!([{"name": "weft-trust-roots", "emptyDir": {}}]);

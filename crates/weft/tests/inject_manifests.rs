@@ -266,6 +266,27 @@ fn refusals_name_the_document_and_line_and_print_nothing() {
         "{}",
         r.stderr
     );
+    // weft's own TLS lists are checked as the proxy reads them.
+    let bad_tls = bad_annotation.replace(
+        "config.linkerd.io/skip-outbound-ports: \"5432,db\"",
+        "config.weft.dev/tls-key-exchange: \"X25519,ffdhe2048\"",
+    );
+    let r = weft_stdin(&["inject", "--manual", "-"], &bad_tls).refused(2);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("config.weft.dev/tls-key-exchange")
+            && r.stderr.contains("\"ffdhe2048\"")
+            && r.stderr.contains("X25519MLKEM768"),
+        "{}",
+        r.stderr
+    );
+    let good_tls = bad_tls.replace("X25519,ffdhe2048", "X25519");
+    let r = weft_stdin(&["inject", "--manual", "-"], &good_tls).ok();
+    assert!(
+        r.stdout.contains("WEFT_PROXY_TLS_KEY_EXCHANGE"),
+        "{}",
+        r.stdout
+    );
     let r = common::Scratch::new()
         .weft(&["inject", "missing.yaml"])
         .refused(2);
