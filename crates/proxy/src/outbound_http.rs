@@ -59,7 +59,8 @@ impl Outbound {
         resolved: Option<Vec<Resolution>>,
     ) -> Result<Response<Body>, Infallible> {
         if orig_proto::needs_own_connection(&req) {
-            return Ok(self.own_connection(&target, req, resolved).await);
+            // Boxed: the rare path's state stays out of every request's future.
+            return Ok(Box::pin(self.own_connection(&target, req, resolved)).await);
         }
         let mut req = req;
         if let Err(e) = orig_proto::upgrade(&mut req, &target) {
