@@ -14,18 +14,10 @@ use rustls::{CipherSuite, NamedGroup, SupportedCipherSuite};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MeshTlsError {
-    #[error("{what}: {name:?} is not a TLS 1.3 cipher suite; expected one or more of {known}")]
-    UnknownCipherSuite {
-        what: &'static str,
-        name: String,
-        known: String,
-    },
-    #[error("{what}: {name:?} is not a key exchange group; expected one or more of {known}")]
-    UnknownGroup {
-        what: &'static str,
-        name: String,
-        known: String,
-    },
+    #[error("{name:?} is not a TLS 1.3 cipher suite; expected one or more of {known}")]
+    UnknownCipherSuite { name: String, known: String },
+    #[error("{name:?} is not a key exchange group; expected one or more of {known}")]
+    UnknownGroup { name: String, known: String },
     #[error("{what}: {name} is listed twice; list each once, most preferred first")]
     Duplicate { what: &'static str, name: String },
     #[error("{what} is empty; list at least one, e.g. {example}")]
@@ -63,11 +55,7 @@ impl Default for MeshTls {
 impl MeshTls {
     /// These, with the cipher suites replaced by a comma-separated list.
     pub fn with_cipher_suites(mut self, list: &str) -> Result<Self, MeshTlsError> {
-        let unknown = |name, known| MeshTlsError::UnknownCipherSuite {
-            what: SUITES,
-            name,
-            known,
-        };
+        let unknown = |name, known| MeshTlsError::UnknownCipherSuite { name, known };
         self.cipher_suites = pick(
             list,
             SUITES,
@@ -80,11 +68,7 @@ impl MeshTls {
 
     /// These, with the key exchange groups replaced by a comma-separated list.
     pub fn with_key_exchange(mut self, list: &str) -> Result<Self, MeshTlsError> {
-        let unknown = |name, known| MeshTlsError::UnknownGroup {
-            what: GROUPS,
-            name,
-            known,
-        };
+        let unknown = |name, known| MeshTlsError::UnknownGroup { name, known };
         self.key_exchange = pick(
             list,
             GROUPS,
