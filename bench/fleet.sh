@@ -5,6 +5,11 @@
 # control plane's RSS per attached proxy, how long a new trust bundle and a
 # policy change take to reach all N, and the pace of a fleet-wide renew-now.
 #   bash bench/fleet.sh [proxies ...]      (default: 1000 10000)
+# CONNS=1 (default): each proxy holds one connection, policy on the
+# destination address (a weft proxy's default); CONNS=2: a second connection
+# to the policy address (Linkerd's layout). The control plane's connection cap
+# per listener is raised to N + 64 (--grpc-max-connections), as an operator
+# of such a fleet would.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 sizes=("${@:-1000 10000}")
@@ -12,7 +17,7 @@ sizes=("${@:-1000 10000}")
 sizes=(${sizes[*]})
 cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p weft -p bench
 bin="$repo/target/release"
-# Two sockets per simulated proxy on each side.
+# One or two sockets per simulated proxy on each side.
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 
@@ -59,7 +64,7 @@ YAML
     --identity-issuer-certificate-file issuer.crt --identity-issuer-key-file issuer.key \
     --state-dir state --resources resources --reread-interval 1s \
     --identity-addr 127.0.0.1:0 --destination-addr 127.0.0.1:0 --policy-addr 127.0.0.1:0 \
-    --admin-addr 127.0.0.1:0 2>cp.log &
+    --admin-addr 127.0.0.1:0 --grpc-max-connections $((n + 64)) 2>cp.log &
   cp=$!
   for _ in $(seq 100); do grep -q "admin listening on" cp.log 2>/dev/null && break; sleep 0.1; done
   addr() { grep "$1 listening on" cp.log | awk '{print $NF}'; }
@@ -68,10 +73,13 @@ YAML
   "$bin/weft" token create -n demo --service-account backend --ttl 1h --state-dir state --out token
   local t0 t1 hz
   hz=$(getconf CLK_TCK)
+  local policy
+  policy=$(addr destination)
+  [[ ${CONNS:-1} == 2 ]] && policy=$(addr policy)
   t0=$(awk '{print $14 + $15}' "/proc/$cp/stat")
   taskset -c 1 "$bin/fleet_load" --proxies "$n" --port 8080 \
     --identity-addr "$(addr identity)" --destination-addr "$(addr destination)" \
-    --policy-addr "$(addr policy)" --admin-addr "$(addr admin)" \
+    --policy-addr "$policy" --admin-addr "$(addr admin)" \
     --anchors ca.crt --token-file token --policy-file resources/policy.yaml --cp-pid "$cp" > load.out
   t1=$(awk '{print $14 + $15}' "/proc/$cp/stat")
   echo "cp_cpu_s=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN{printf "%.1f", (b-a)/hz}')" >> load.out
@@ -80,6 +88,6 @@ YAML
 }
 
 for n in "${sizes[@]}"; do
-  echo "== $n simulated proxies (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  echo "== $n simulated proxies, ${CONNS:-1} connection(s) each (load $(cut -d' ' -f1-3 /proc/loadavg))"
   run "$n"
 done

@@ -58,7 +58,9 @@ pub fn build_index(
                 .map_err(|e| format!("annotation {ANN_SKIP_INBOUND}: {e}")),
             None => Ok(None),
         };
-        let opaque = policy::ports::opaque_ports(ann, snap.namespace_annotations(&ns));
+        // The annotation's ports, and those a Server declares opaque.
+        let opaque = policy::ports::opaque_ports(ann, snap.namespace_annotations(&ns))
+            .map(|a| &a | &policy::servers::opaque_by_server(snap, &w));
         let proxy_port = match (w.proxy_port.clone(), ann.get(ANN_INBOUND_PORT)) {
             (Some(from_spec), _) => from_spec,
             (None, None) => Ok(DEFAULT_PROXY_INBOUND_PORT),
@@ -243,5 +245,71 @@ spec:
             r("10.10.0.132:8080"),
             Err(Refusal::Unknown { .. })
         ));
+    }
+
+    fn server(name: &str, ns: &str, port: &str, protocol: &str) -> String {
+        format!(
+            "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  podSelector:\n    matchLabels:\n      app: backend\n  port: {port}\n  proxyProtocol: {protocol}\n"
+        )
+    }
+
+    /// A port is opaque in discovery when the annotation says so or the
+    /// Server in force on it (first by name) declares `opaque`.
+    #[test]
+    fn a_server_declaring_opaque_makes_its_port_opaque_in_discovery() {
+        let workload = "apiVersion: workload.linkerd.io/v1beta1
+kind: ExternalWorkload
+metadata:
+  name: backend
+  namespace: demo
+  labels:
+    app: backend
+spec:
+  meshTLS:
+    identity: backend.demo.serviceaccount.identity.weft.cluster.local
+    serverName: backend.demo.serviceaccount.identity.weft.cluster.local
+  workloadIPs:
+  - ip: 10.0.0.7
+  ports:
+  - port: 8080
+    name: http
+  - port: 5000
+    name: raw
+  - port: 7000
+"
+        .to_string();
+        let docs = [
+            workload,
+            server("by-name", "demo", "raw", "opaque"),
+            server("by-number", "demo", "6000", "opaque"),
+            // Two Servers on 7000: the first by name (HTTP/1) is in force.
+            server("a-http", "demo", "7000", "HTTP/1"),
+            server("b-opaque", "demo", "7000", "opaque"),
+            server("elsewhere", "other", "8080", "opaque"),
+        ];
+        let read = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let p = std::path::PathBuf::from(format!("d{i}"));
+                let o = policy::resources::read_document(&p, d, "weft", "cluster.local");
+                (p, o)
+            })
+            .collect();
+        let snap = policy::resources::merge(&Snapshot::default(), Ok(read));
+        let errors: Vec<_> = snap.errors().collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let (index, problems) = build_index(&snap, &[], "weft", "cluster.local", None);
+        assert!(problems.is_empty(), "{problems:?}");
+        let opaque =
+            |port: u16| match index.resolve(&parse_target(&format!("10.0.0.7:{port}")).unwrap()) {
+                Ok(crate::workloads::Answer::Meshed { opaque, .. }) => opaque,
+                other => panic!("port {port}: {other:?}"),
+            };
+        assert!(opaque(5000), "a Server naming the port");
+        assert!(opaque(6000), "a Server numbering the port");
+        assert!(!opaque(7000), "the Server in force says HTTP/1");
+        assert!(!opaque(8080), "a Server in another namespace");
+        assert!(opaque(3306), "Linkerd's default opaque ports stay");
     }
 }

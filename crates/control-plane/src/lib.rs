@@ -412,10 +412,14 @@ pub async fn start(
             None,
             issuer_rx.clone(),
         ));
+        // Policy too: a proxy given one address for both holds one
+        // connection to the control plane, not two (half the memory here).
         let destination_server = grpc_bounds::server(streams)
             .layer(destination_gate.layer())
             .add_service(Lean::new(destination))
             .add_service(mesh_api::v1::mesh_server::MeshServer::new(mesh))
+            .add_service(Lean::new(policy.clone()))
+            .add_service(Lean::new(outbound.clone()))
             .serve_with_incoming_shutdown(incoming(dconn_rx), stopped(stop_rx.clone()));
         let policy_gate = grpc_bounds::Listener::new("policy", limit, listeners, close_rx.clone());
         let (pconn_tx, pconn_rx) = mpsc::channel(256);

@@ -114,7 +114,8 @@ fn proxy_env(s: &Settings, o: &Options) -> Vec<Value> {
         env("WEFT_PROXY_TRUST_ANCHORS_FILE", TRUST_ANCHORS_FILE.into()),
         env("WEFT_PROXY_IDENTITY_ADDR", svc("weft-identity", 8080)),
         env("WEFT_PROXY_DESTINATION_ADDR", svc("weft-destination", 8086)),
-        env("WEFT_PROXY_POLICY_ADDR", svc("weft-policy", 8090)),
+        // Policy on the destination address: one connection per pod.
+        env("WEFT_PROXY_POLICY_ADDR", svc("weft-destination", 8086)),
         env("WEFT_PROXY_INBOUND_ADDR", format!("0.0.0.0:{INBOUND_PORT}")),
         env("WEFT_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
         env("WEFT_PROXY_TAP_ADDR", format!("0.0.0.0:{TAP_PORT}")),

@@ -182,7 +182,7 @@ fn the_proxy_environment_is_the_contract_and_never_holds_the_anchors() {
         ),
         (
             "WEFT_PROXY_POLICY_ADDR",
-            "weft-policy.mesh.svc.k8s.internal:8090",
+            "weft-destination.mesh.svc.k8s.internal:8086",
         ),
         ("WEFT_PROXY_INBOUND_ADDR", "0.0.0.0:4143"),
         ("WEFT_PROXY_ADMIN_ADDR", "0.0.0.0:4191"),

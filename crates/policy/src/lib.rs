@@ -15,6 +15,7 @@ pub mod path;
 pub mod ports;
 pub mod resources;
 pub mod routes;
+pub mod servers;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod translate;

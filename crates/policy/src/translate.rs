@@ -17,8 +17,8 @@ use linkerd2_proxy_api::meta::{Metadata, metadata};
 
 use crate::resources::{
     AuthenticationKind, AuthorizationPolicy, Cidr, DefaultPolicy, IdentityRefKind, Kind, Object,
-    PathMatchType, ProbeRoute, ProxyProtocol as ResProtocol, Server as ResServer, ServerPort,
-    Snapshot, TargetKind, Workload,
+    PathMatchType, ProbeRoute, ProxyProtocol as ResProtocol, Server as ResServer, Snapshot,
+    TargetKind, Workload,
 };
 
 pub use crate::defaults::{
@@ -387,20 +387,7 @@ fn translate_servers(
     let mut problems = Vec::new();
     let ns = w.namespace().to_string();
     let port_name = w.port_name(port).map(str::to_string);
-    let mut servers: Vec<&crate::resources::Server> = snap
-        .of_kind(Kind::Server)
-        .filter_map(|s| match &s.object {
-            Object::Server(s) => Some(s),
-            _ => None,
-        })
-        .filter(|s| s.meta.namespace.as_deref() == Some(ns.as_str()))
-        .filter(|s| w.selected_by(s))
-        .filter(|s| match &s.spec.port {
-            ServerPort::Number(n) => *n == port,
-            ServerPort::Name(n) => port_name.as_deref() == Some(n.as_str()),
-        })
-        .collect();
-    servers.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    let servers = crate::servers::servers_for(snap, w, port);
     let kept = in_force.and_then(|n| servers.iter().copied().find(|s| s.meta.name == n));
     let Some(server) = kept.or(servers.first().copied()) else {
         if unsettled.covers(w, port, port_name.as_deref()) {

@@ -106,7 +106,9 @@ impl PolicyMesh {
         poll("control plane ready", DEADLINE, || {
             matches!(http_get(admin, "/ready"), Ok((200, _))).then_some(())
         });
-        let backend = start_proxy(&s, "backend", be_in, &cp, &[], &[]);
+        // No --policy-addr: policy comes over the destination connection.
+        let one = ["--policy-addr", ""];
+        let backend = start_proxy(&s, "backend", be_in, &cp, &[], &one);
         let mut out = Vec::new();
         let mut clients = Vec::new();
         for (client, inbound) in [("frontend", fe_in), ("intruder", in_in)] {
@@ -116,7 +118,7 @@ impl PolicyMesh {
                 mappings.push(format!("{local}=demo/backend:{port}"));
                 out.push((format!("{client}/{name}"), local));
             }
-            clients.push(start_proxy(&s, client, inbound, &cp, &mappings, &[]));
+            clients.push(start_proxy(&s, client, inbound, &cp, &mappings, &one));
         }
         for p in clients.iter().chain([&backend]) {
             let a = p.addr("admin listening on");
@@ -383,6 +385,35 @@ async fn policy_edits_apply_live_and_close_denied_connections() {
     let mut m = PolicyMesh::up();
     assert_eq!(m.get("frontend/http", "/").await.status, 200);
     assert_eq!(m.get("intruder/http", "/").await.status, 403);
+    // Each proxy holds one control-plane connection (identity's are done):
+    // discovery, the mesh stream and policy share it.
+    let cp_admin = m.cp.as_ref().unwrap().addr("admin listening on");
+    let gauge = |l: &str| format!("listener_connections_open{{listener=\"{l}\"}}");
+    let one_each = || {
+        let metrics = http_get(cp_admin, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        let lines = |l: &str| {
+            let g = gauge(l);
+            metrics
+                .lines()
+                .filter(|m| m.starts_with(&g))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let none_to_policy = lines("policy").iter().all(|l| l.ends_with(" 0"));
+        (lines("destination") == [format!("{} 3", gauge("destination"))] && none_to_policy)
+            .then_some(())
+            .ok_or(metrics)
+    };
+    let end = std::time::Instant::now() + DEADLINE;
+    while let Err(metrics) = one_each() {
+        assert!(
+            std::time::Instant::now() < end,
+            "three proxies, one connection each, none to the policy address:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // An open opaque connection from frontend, carrying bytes.
     let mut open = m.conn("frontend/tcp").await;
@@ -557,4 +588,60 @@ async fn policy_edits_apply_live_and_close_denied_connections() {
         assert_eq!(m.get("frontend/http", "/").await.status, 200);
         assert_eq!(m.get("intruder/http", "/").await.status, 403);
     }
+}
+
+/// A port whose Server declares `proxyProtocol: opaque` (no opaque-ports
+/// annotation) is opaque in discovery too: the client proxy forwards at
+/// once, so a server that speaks first is heard without waiting out the
+/// client's protocol detection (set far beyond the deadline here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_declared_opaque_is_not_detected_by_the_client() {
+    let s = Scratch::new();
+    s.guide_material();
+    let greet = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let greet_port = greet.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in greet.incoming() {
+            let Ok(mut c) = c else { continue };
+            let _ = std::io::Write::write_all(&mut c, b"HELLO FROM THE SERVER\n");
+        }
+    });
+    let (be_in, fe_in) = (free_port(), free_port());
+    std::fs::create_dir(s.path("resources")).unwrap();
+    s.write(
+        "resources/workloads.yaml",
+        [
+            workload("backend", greet_port, be_in, ""),
+            workload("frontend", free_port(), fe_in, ""),
+        ]
+        .concat(),
+    );
+    s.write("resources/tcp.yaml", tcp_policy(greet_port));
+    s.write("resources/meshtls.yaml", guide_files(greet_port).1);
+    let cp = s.control_plane(&["--resources", "resources"]);
+    let backend = start_proxy(&s, "backend", be_in, &cp, &[], &[]);
+    let local = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mapping = [format!("{local}=demo/backend:{greet_port}")];
+    let slow = ["--detect-timeout", "600s"];
+    let frontend = start_proxy(&s, "frontend", fe_in, &cp, &mapping, &slow);
+    for p in [&backend, &frontend] {
+        let a = p.addr("admin listening on");
+        poll("proxy ready", DEADLINE, || {
+            matches!(http_get(a, "/ready"), Ok((200, _))).then_some(())
+        });
+    }
+    let started = std::time::Instant::now();
+    let mut c = TcpStream::connect(local).await.unwrap();
+    let mut greeting = vec![0u8; 22];
+    let read = tokio::time::timeout(DEADLINE, c.read_exact(&mut greeting)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the greeting did not arrive within {DEADLINE:?} (the client proxy waited to detect a protocol?): {read:?}\nfrontend proxy:\n{}",
+        frontend.output()
+    );
+    assert_eq!(greeting, b"HELLO FROM THE SERVER\n");
+    println!(
+        "greeting through both proxies after {:?}",
+        started.elapsed()
+    );
 }

@@ -1,7 +1,8 @@
 //! Attaches N simulated proxies to a control plane, each as a weft proxy
-//! holds it: one mTLS connection to the destination address (the
-//! `weft.mesh.v1` stream and one `Destination.Get` watch on it) and one to
-//! the policy address (one `WatchPort`). Then measures what the operator
+//! holds it: one mTLS connection to the destination address carrying the
+//! `weft.mesh.v1` stream, one `Destination.Get` watch and one `WatchPort`
+//! (or, given a different policy address, a second connection for the
+//! `WatchPort`, as Linkerd's proxy holds them). Then measures what the operator
 //! waits for: the control plane's memory per attached proxy, how long a
 //! new trust bundle and a policy change take to reach all of them, and how
 //! fast a fleet-wide renew-now is paced. Used by bench/fleet.sh, which
@@ -117,7 +118,7 @@ async fn certify(a: &Args, anchors: &str) -> anyhow::Result<(String, String)> {
     Ok((pki::cert::to_pem(&chain), key.serialize_pem()))
 }
 
-/// One simulated proxy: two connections, three streams, forever.
+/// One simulated proxy: one or two connections, three streams, forever.
 async fn proxy(
     i: usize,
     a: Arc<Args>,
@@ -138,7 +139,12 @@ async fn proxy(
         }
     };
     let dst: Channel = connect(&a.destination_addr).await?;
-    let pol: Channel = connect(&a.policy_addr).await?;
+    // One address for both: one connection, as a weft proxy holds it.
+    let pol: Channel = if a.policy_addr == a.destination_addr {
+        dst.clone()
+    } else {
+        connect(&a.policy_addr).await?
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(ProxyReport {
         identity: IDENTITY.into(),

@@ -30,7 +30,7 @@ pub struct ProxyArgs {
     /// Trust anchors (bootstrap bundle), also used to verify the control plane
     #[arg(long, env = "WEFT_PROXY_TRUST_ANCHORS_FILE")]
     pub trust_anchors_file: PathBuf,
-    /// Control plane host, or several replicas' hosts comma-separated (each a DNS name, resolved at each connect and maybe to several addresses, or an IP); identity on :8080, destination on :8086 and policy on :8090 unless given below. Each connection goes to one replica at random, another when it fails or serves an older bundle. TLS still expects --control-plane-identity, not this name
+    /// Control plane host, or several replicas' hosts comma-separated (each a DNS name, resolved at each connect and maybe to several addresses, or an IP); identity on :8080, destination and policy on :8086 (one connection) unless given below. Each connection goes to one replica at random, another when it fails or serves an older bundle. TLS still expects --control-plane-identity, not this name
     #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE", default_value = "127.0.0.1")]
     pub control_plane: String,
     /// Identity service address, host:port[,host:port...] for replicas (default: --control-plane:8080)
@@ -39,7 +39,7 @@ pub struct ProxyArgs {
     /// Destination service address, host:port[,host:port...] for replicas (default: --control-plane:8086)
     #[arg(long, env = "WEFT_PROXY_DESTINATION_ADDR", value_parser = host_ports)]
     pub destination_addr: Option<String>,
-    /// Inbound policy service address, host:port[,host:port...] for replicas (default: --control-plane:8090)
+    /// Inbound policy service address, host:port[,host:port...] for replicas (default: the destination address, so one connection carries both; weft's control plane serves policy on both its destination and policy ports)
     #[arg(long, env = "WEFT_PROXY_POLICY_ADDR", value_parser = host_ports)]
     pub policy_addr: Option<String>,
     /// The control plane's identity; default: weft-identity in this workload's mesh
@@ -165,6 +165,9 @@ impl ProxyArgs {
                 .collect();
             host_ports(&each.join(",")).map_err(|e| Failure::input(format!("--control-plane: {e}")))
         };
+        let destination_addr = self
+            .destination_addr
+            .map_or_else(|| on_control_plane(8086), Ok)?;
         Ok(ProxyConfig {
             workload,
             identity,
@@ -172,12 +175,11 @@ impl ProxyArgs {
             identity_addr: self
                 .identity_addr
                 .map_or_else(|| on_control_plane(8080), Ok)?,
-            destination_addr: self
-                .destination_addr
-                .map_or_else(|| on_control_plane(8086), Ok)?,
-            policy_addr: self
-                .policy_addr
-                .map_or_else(|| on_control_plane(8090), Ok)?,
+            policy_addr: match self.policy_addr {
+                Some(a) => a,
+                None => destination_addr.clone(),
+            },
+            destination_addr,
             control_plane_identity,
             anchors_file: self.trust_anchors_file,
             inbound_addr: self.inbound_addr,

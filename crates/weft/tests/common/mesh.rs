@@ -112,7 +112,8 @@ pub fn backend_and(s: &Scratch, client: &str) -> (u16, u16, u16) {
 }
 
 /// `weft proxy` for `demo/<name>` with a fresh join token, inbound on
-/// `inbound`, ports mode (`outbound` mappings), talking to `cp`.
+/// `inbound`, ports mode (`outbound` mappings), talking to `cp`. A flag in
+/// `extra` with an empty value is left out (the proxy's default applies).
 pub fn start_proxy(
     s: &Scratch,
     name: &str,
@@ -161,6 +162,9 @@ pub fn start_proxy(
     }
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     super::replace_defaults(&mut args, &extra);
+    while let Some(i) = (1..args.len()).find(|&i| args[i].is_empty()) {
+        args.drain(i - 1..=i);
+    }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::spawn(s.dir.path(), &refs)
 }
