@@ -1,8 +1,8 @@
 //! Outbound (ports mode): a local listener per mapping, resolved through the
 //! destination service. Meshed: mTLS to the peer proxy with the expected
-//! identity and a transport header naming the port; HTTP/1 detected on a
-//! port that is not opaque is served per request over pooled HTTP/2
-//! (`outbound_http`). Not meshed: plaintext, unless denied. Unknown:
+//! identity and a transport header naming the port; HTTP/1 or HTTP/2
+//! detected on a port that is not opaque is served per request over pooled
+//! HTTP/2 (`outbound_http`). Not meshed: plaintext, unless denied. Unknown:
 //! refused. A failed handshake is never retried in plaintext.
 
 use std::sync::Arc;
@@ -36,7 +36,7 @@ pub struct Outbound {
     pub metrics: ProxyMetrics,
     /// Connection cap, deadline to reach the destination, idle timeout.
     pub gate: bounds::Gate,
-    /// HTTP/2 connections to peer proxies, shared by HTTP/1 app connections.
+    /// HTTP/2 connections to peer proxies, shared by HTTP app connections.
     pub pool: Arc<crate::pool::Pool>,
 }
 
@@ -117,12 +117,19 @@ impl Outbound {
             .resolve_candidates(target, CONNECT_ATTEMPTS)
             .await;
         let (protocol, mut prefix) = self.sniff(&mut app, &candidates).await;
-        if protocol == Protocol::Http1 && self.per_request(&mut app, &mut prefix).await {
+        let h1 = protocol == Protocol::Http1 && self.per_request(&mut app, &mut prefix).await;
+        if h1 || protocol == Protocol::Http2 {
             // Requests, not bytes: each goes to the peer over a pooled
-            // connection (upgrades and CONNECT over one of their own).
+            // connection (HTTP/1 upgrades and CONNECT over one of their own).
             let (app, activity) = Tracked::new(Prefixed::new(prefix, app));
-            let conn = self.clone().serve_http1(app, target.clone(), candidates);
-            if self.gate.serve_until_idle(&activity, conn).await.is_none() {
+            let served = if h1 {
+                let conn = self.clone().serve_http1(app, target.clone(), candidates);
+                self.gate.serve_until_idle(&activity, conn).await
+            } else {
+                let conn = self.clone().serve_http2(app, target.clone(), candidates);
+                self.gate.serve_until_idle(&activity, conn).await
+            };
+            if served.is_none() {
                 tracing::info!(%target, "closed an outbound HTTP connection that moved no bytes either way for {:?} (--stream-idle-timeout)", limits.idle_timeout);
             }
             return;

@@ -1,8 +1,9 @@
-//! HTTP/1 from the application to a meshed peer, served per request: each
-//! request is upgraded to HTTP/2 (`orig_proto`) and sent over the pooled
-//! connection to one of the target's endpoints, so application connections
-//! cost no handshake of their own; the peer's inbound judges every request
-//! by its policy with this proxy's identity, as before. Upgrades and
+//! HTTP from the application to a meshed peer, served per request: each
+//! request (HTTP/1 upgraded to HTTP/2 by `orig_proto`, HTTP/2 as it came)
+//! is sent over the pooled connection to one of the target's endpoints, so
+//! application connections cost no handshake of their own and each request
+//! takes its turn of the endpoints; the peer's inbound judges every request
+//! by its policy with this proxy's identity, as before. HTTP/1 upgrades and
 //! CONNECT change their connection, so they get a connection of their own
 //! declaring HTTP/1, and become a tunnel when the peer accepts.
 
@@ -10,8 +11,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::detect::Protocol;
@@ -52,19 +53,46 @@ impl Outbound {
         }
     }
 
+    /// Serves the application's HTTP/2 connection until it is done, each
+    /// request (gRPC calls included) sent on as it came.
+    pub(crate) async fn serve_http2<S>(
+        self: Arc<Self>,
+        app: S,
+        target: String,
+        first: Vec<Resolution>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let target: Arc<str> = target.into();
+        let first = Arc::new(std::sync::Mutex::new(Some(first)));
+        let svc = hyper::service::service_fn(move |req| {
+            let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.clone().request(target.clone(), req, first)
+        });
+        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(app), svc)
+            .await;
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "outbound HTTP/2 connection ended with an error");
+        }
+    }
+
     async fn request(
         self: Arc<Self>,
         target: Arc<str>,
         req: Request<Incoming>,
         resolved: Option<Vec<Resolution>>,
     ) -> Result<Response<Body>, Infallible> {
-        if orig_proto::needs_own_connection(&req) {
+        let h2 = req.version() == Version::HTTP_2;
+        let grpc = h2 && crate::http::is_grpc(&req);
+        let refused = |status, detail: &str| refused(grpc, &target, status, detail);
+        if !h2 && orig_proto::needs_own_connection(&req) {
             // Boxed: the rare path's state stays out of every request's future.
             return Ok(Box::pin(self.own_connection(&target, req, resolved)).await);
         }
         let mut req = req;
-        if let Err(e) = orig_proto::upgrade(&mut req, &target) {
-            return Ok(refused(&target, StatusCode::BAD_REQUEST, &e.to_string()));
+        if !h2 && let Err(e) = orig_proto::upgrade(&mut req, &target) {
+            return Ok(refused(StatusCode::BAD_REQUEST, &e.to_string()));
         }
         let candidates = self.candidates(&target, resolved).await;
         let mut failure = None;
@@ -82,7 +110,7 @@ impl Outbound {
                 },
                 Resolution::Unknown(why) => {
                     self.metrics.refuse("outbound", "unknown_destination");
-                    return Ok(refused(&target, StatusCode::SERVICE_UNAVAILABLE, &why));
+                    return Ok(refused(StatusCode::SERVICE_UNAVAILABLE, &why));
                 }
                 // The target's endpoints changed under the connection (no
                 // longer behind a proxy that takes a header): not this one.
@@ -109,7 +137,9 @@ impl Outbound {
             };
             match sender.try_send_request(req).await {
                 Ok(mut resp) => {
-                    orig_proto::response_to_h1(&mut resp);
+                    if !h2 {
+                        orig_proto::response_to_h1(&mut resp);
+                    }
                     return Ok(resp.map(http_body_util::BodyExt::boxed));
                 }
                 Err(mut e) => match e.take_message() {
@@ -122,7 +152,7 @@ impl Outbound {
                         let e = e.into_error();
                         self.metrics.refuse("outbound", "peer_reset");
                         let detail = format!("{} failed the request: {e}", peer.dial);
-                        return Ok(refused(&target, StatusCode::BAD_GATEWAY, &detail));
+                        return Ok(refused(StatusCode::BAD_GATEWAY, &detail));
                     }
                 },
             }
@@ -130,7 +160,7 @@ impl Outbound {
         let (reason, detail) =
             failure.unwrap_or(("unknown_destination", "no meshed endpoint".into()));
         self.metrics.refuse("outbound", reason);
-        Ok(refused(&target, StatusCode::BAD_GATEWAY, &detail))
+        Ok(refused(StatusCode::BAD_GATEWAY, &detail))
     }
 
     /// The endpoints to try for one request: those already resolved, or the
@@ -164,11 +194,16 @@ impl Outbound {
             Some(Ok(up)) => up,
             Some(Err((reason, detail))) => {
                 self.metrics.refuse("outbound", reason);
-                return refused(target, StatusCode::BAD_GATEWAY, &detail);
+                return refused(false, target, StatusCode::BAD_GATEWAY, &detail);
             }
             None => {
                 self.metrics.refuse("outbound", "handshake_timeout");
-                return refused(target, StatusCode::GATEWAY_TIMEOUT, "not reached in time");
+                return refused(
+                    false,
+                    target,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "not reached in time",
+                );
             }
         };
         let down = hyper::upgrade::on(&mut req);
@@ -188,7 +223,7 @@ impl Outbound {
                 }
                 resp.map(http_body_util::BodyExt::boxed)
             }
-            Err(e) => refused(target, StatusCode::BAD_GATEWAY, &e),
+            Err(e) => refused(false, target, StatusCode::BAD_GATEWAY, &e),
         }
     }
 }
@@ -223,8 +258,9 @@ where
     Ok(resp)
 }
 
-/// The proxy's own answer for a request it could not send, naming why.
-fn refused(target: &str, status: StatusCode, detail: &str) -> Response<Body> {
+/// The proxy's own answer for a request it could not send, naming why
+/// (for gRPC, UNAVAILABLE in a trailers-only response).
+fn refused(grpc: bool, target: &str, status: StatusCode, detail: &str) -> Response<Body> {
     tracing::info!(%target, "outbound request refused: {detail}");
-    error_response(false, status, "14", &format!("{target}: {detail}"))
+    error_response(grpc, status, "14", &format!("{target}: {detail}"))
 }

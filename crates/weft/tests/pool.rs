@@ -3,8 +3,8 @@
 //! proxy (counted on both proxies' metrics), every request is still judged
 //! by the peer's policy with the client's identity, the application reads
 //! the HTTP/1 it was sent (version, Host, body), upgrades and CONNECT get a
-//! connection of their own, a Server that says opaque still serves the
-//! pooled requests, and a new certificate retires the pooled connection.
+//! connection of their own, a port whose Server says opaque is forwarded
+//! as bytes, and a new certificate retires the pooled connection.
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
@@ -336,11 +336,22 @@ fn short_connections_share_a_pooled_connection_judged_per_request() {
     assert_eq!(tunnel.status, 200, "{}", tunnel.text());
     assert_eq!(tunnel.body, b"tunnelled bytes");
 
-    // A Server that says opaque still serves what the pool carries, with
-    // the connection's verdict for each request.
+    // A Server that says opaque makes its port opaque in discovery: the
+    // client forwards the bytes (no pool) and the app reads them as sent.
+    let opaque = |b: &Bed| {
+        let out = [
+            "direction=\"outbound\"",
+            "protocol=\"opaque\"",
+            "tls=\"true\"",
+        ];
+        metric_sum(&metrics(&b.frontend), "tcp_open_total", &out)
+    };
+    let (before, pooled_before) = (opaque(&b), pooled(&b).0);
     let (head, _) = get(b.opaque, "/raw").unwrap();
     assert_eq!(status(&head), 200, "{head}");
     assert_eq!(header(&head, "x-app-version"), Some("HTTP/1.1"), "{head}");
+    assert_eq!(opaque(&b), before + 1.0, "one opaque mTLS connection");
+    assert_eq!(pooled(&b).0, pooled_before, "no new pooled connection");
 
     // A new certificate retires the pooled connections: closed, and the
     // next request handshakes again.
@@ -361,4 +372,56 @@ fn short_connections_share_a_pooled_connection_judged_per_request() {
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Runtime::new().unwrap().block_on(f)
+}
+
+/// HTTP/2 from the application (gRPC included) is pooled as HTTP/1 is: many
+/// short app connections share few mTLS connections, each request still
+/// reaches the app as HTTP/2 with the client's identity, and a gRPC stream
+/// keeps its messages and trailers.
+#[test]
+fn http2_app_connections_share_the_pool() {
+    let b = up();
+    let id = format!("frontend.{TD}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let h2 = |path: String| {
+        rt.block_on(async {
+            let s = tokio::net::TcpStream::connect(b.open).await.unwrap();
+            tokio::time::timeout(DEADLINE, http_app::h2(s, Req::get(&path))).await
+        })
+    };
+    let first = poll("HTTP/2 through both proxies", DEADLINE, || {
+        h2("/h2".into()).ok()?.ok().filter(|r| r.status == 200)
+    });
+    assert_eq!(first.header("x-client-id"), Some(id.as_str()));
+    assert_eq!(first.header("x-app-version"), Some("HTTP/2"));
+    let n = 100;
+    let t = Instant::now();
+    for i in 0..n {
+        let r = h2(format!("/h2/{i}")).unwrap().unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.header("x-client-id"), Some(id.as_str()));
+    }
+    let seq = t.elapsed();
+    let (opened, _, accepted) = pooled(&b);
+    println!(
+        "{n} HTTP/2 app connections in {seq:?} ({:.0}/s); pooled mTLS connections: frontend opened {opened}, backend accepted {accepted}",
+        f64::from(n) / seq.as_secs_f64()
+    );
+    assert!(
+        (1.0..=3.0).contains(&opened) && (1.0..=3.0).contains(&accepted),
+        "{} HTTP/2 app connections shared the pool: opened {opened}, accepted {accepted}",
+        n + 1
+    );
+    let (grpc_status, _) = rt
+        .block_on(async {
+            let s = tokio::net::TcpStream::connect(b.open).await.unwrap();
+            tokio::time::timeout(DEADLINE, http_app::grpc_bidi(s, 20, 4096)).await
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(grpc_status, 0, "20 gRPC messages each way, status OK");
+    assert!(pooled(&b).0 <= 3.0, "the gRPC stream used the pool too");
 }
