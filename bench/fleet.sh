@@ -9,7 +9,8 @@
 # destination address (a weft proxy's default); CONNS=2: a second connection
 # to the policy address (Linkerd's layout). The control plane's connection cap
 # per listener is raised to N + 64 (--grpc-max-connections), as an operator
-# of such a fleet would.
+# of such a fleet would. RENEW_SECONDS (default 20): how long the renew-now
+# phase waits for every proxy to be asked.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 sizes=("${@:-1000 10000}")
@@ -80,7 +81,8 @@ YAML
   taskset -c 1 "$bin/fleet_load" --proxies "$n" --port 8080 \
     --identity-addr "$(addr identity)" --destination-addr "$(addr destination)" \
     --policy-addr "$policy" --admin-addr "$(addr admin)" \
-    --anchors ca.crt --token-file token --policy-file resources/policy.yaml --cp-pid "$cp" > load.out
+    --anchors ca.crt --token-file token --policy-file resources/policy.yaml --cp-pid "$cp" \
+    --renew-seconds "${RENEW_SECONDS:-20}" > load.out
   t1=$(awk '{print $14 + $15}' "/proc/$cp/stat")
   echo "cp_cpu_s=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN{printf "%.1f", (b-a)/hz}')" >> load.out
   cat load.out

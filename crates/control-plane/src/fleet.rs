@@ -337,7 +337,9 @@ impl Fleet {
     }
 
     /// One pass: asks at most `limit` proxies to renew, those on an older
-    /// issuer (after an issuer change) or marked by hand.
+    /// issuer (after an issuer change) or marked by hand. Those never asked
+    /// go first, then those asked longest ago, so proxies that do not renew
+    /// (asked again every 30 s) cannot keep the rest of the fleet waiting.
     pub fn renew_pass(&self, bundle: &LiveBundle, limit: usize) -> usize {
         let mut g = self.lock();
         let Inner {
@@ -348,29 +350,38 @@ impl Fleet {
         } = &mut *g;
         // A request never answered (the proxy went away) is forgotten.
         pending.retain(|_, (_, at)| at.elapsed() < PENDING_FOR);
+        let mut due: Vec<(Option<Instant>, u64)> = entries
+            .iter()
+            .filter(|(_, e)| e.sender.is_some())
+            .filter(|(_, e)| {
+                let acked = e
+                    .report
+                    .as_ref()
+                    .and_then(|r| r.bundle.as_ref())
+                    .and_then(|v| bundles.get(&v.sha256));
+                let asked_ago = e.asked.map(|a| a.elapsed());
+                let d = renewal_decision(
+                    e.report.as_ref(),
+                    acked.map(Vec::as_slice),
+                    bundle,
+                    asked_ago,
+                    e.forced,
+                );
+                d.is_ok()
+            })
+            .map(|(k, e)| (e.asked, *k))
+            .collect();
+        // None (never asked) sorts first.
+        due.sort_unstable();
         let mut sent = 0;
-        for e in entries.values_mut() {
+        for (_, k) in due {
             if sent >= limit {
                 break;
             }
-            let Some(tx) = e.sender.clone() else { continue };
-            let acked = e
-                .report
-                .as_ref()
-                .and_then(|r| r.bundle.as_ref())
-                .and_then(|v| bundles.get(&v.sha256));
-            let asked_ago = e.asked.map(|a| a.elapsed());
-            if renewal_decision(
-                e.report.as_ref(),
-                acked.map(Vec::as_slice),
-                bundle,
-                asked_ago,
-                e.forced,
-            )
-            .is_err()
-            {
+            let Some(e) = entries.get_mut(&k) else {
                 continue;
-            }
+            };
+            let Some(tx) = e.sender.clone() else { continue };
             let trigger = if e.forced { "manual" } else { "issuer_change" };
             let request_id = format!("{trigger}-{:016x}", rand_u64());
             let msg = RenewNow {

@@ -206,6 +206,47 @@ async fn passes_ask_within_the_limit_and_count_results() {
     assert_eq!((marked, skipped.len()), (3, 0));
 }
 
+/// Proxies that never renew are asked again every 30 s; the ones never
+/// asked still get their turn first.
+#[tokio::test]
+async fn proxies_that_do_not_renew_do_not_starve_the_rest() {
+    let f = Fleet::default();
+    let b = bundle(&["A", "B"], "issuer-b", "B", 2);
+    f.served(&b);
+    let mut rxs = Vec::new();
+    for i in 0..6 {
+        let (tx, rx) = mpsc::channel(4);
+        let id = f.attach(&id(&format!("p{i}.demo")), tx, 0);
+        f.report(id, report(&format!("p{i}.demo"), 2, "issuer-a", "A"), 1);
+        rxs.push((id, rx));
+    }
+    assert_eq!(f.renew_pass(&b, 2), 2);
+    // The first two did not renew and were asked more than 30 s ago.
+    let long_ago = Instant::now() - RENEW_AGAIN_AFTER - Duration::from_secs(1);
+    for e in f.lock().entries.values_mut().filter(|e| e.asked.is_some()) {
+        e.asked = Some(long_ago);
+    }
+    assert_eq!(f.renew_pass(&b, 2), 2);
+    let asked = |rx: &mut mpsc::Receiver<RenewNow>| {
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    };
+    let counts: Vec<usize> = rxs.iter_mut().map(|(_, rx)| asked(rx)).collect();
+    assert_eq!(
+        counts,
+        [1, 1, 1, 1, 0, 0],
+        "the second pass asked two never asked, not the first two again"
+    );
+    // Once everyone was asked, those asked longest ago come first.
+    assert_eq!(f.renew_pass(&b, 2), 2);
+    assert_eq!(f.renew_pass(&b, 2), 2, "the first two, due again");
+    let counts: Vec<usize> = rxs.iter_mut().map(|(_, rx)| asked(rx)).collect();
+    assert_eq!(counts, [1, 1, 0, 0, 1, 1]);
+}
+
 #[test]
 fn an_admin_listening_everywhere_is_found_where_its_stream_comes_from() {
     let from = Some("10.10.0.4".parse().unwrap());

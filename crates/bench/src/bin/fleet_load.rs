@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -54,7 +54,8 @@ struct Args {
     /// The backend workload's app port (the watched port and destination)
     #[arg(long)]
     port: u16,
-    /// How long the renew-now phase counts arrivals
+    /// How long the renew-now phase counts proxies asked (it ends sooner
+    /// once every proxy was asked)
     #[arg(long, default_value_t = 20)]
     renew_seconds: u64,
 }
@@ -67,6 +68,8 @@ struct Seen {
     bundle_generation: Vec<AtomicU64>,
     policy_updates: Vec<AtomicU64>,
     dst_updates: Vec<AtomicU64>,
+    /// Whether each proxy got a `RenewNow`; `renews` counts them.
+    renew_asked: Vec<AtomicBool>,
     renews: AtomicU64,
     attached: AtomicUsize,
     failed: AtomicUsize,
@@ -186,8 +189,12 @@ async fn proxy(
                         ..Default::default()
                     });
                 }
+                // Counted once per proxy: a simulated proxy never renews,
+                // so the control plane asks it again after a while.
                 Some(control_message::Kind::RenewNow(_)) => {
-                    seen.renews.fetch_add(1, Ordering::Relaxed);
+                    if !seen.renew_asked[i].swap(true, Ordering::Relaxed) {
+                        seen.renews.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 None => {}
             },
@@ -266,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
         bundle_generation: (0..n).map(|_| AtomicU64::new(0)).collect(),
         policy_updates: (0..n).map(|_| AtomicU64::new(0)).collect(),
         dst_updates: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        renew_asked: (0..n).map(|_| AtomicBool::new(false)).collect(),
         renews: AtomicU64::new(0),
         attached: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
