@@ -191,11 +191,12 @@ async fn proxy(
                 }
                 // Counted once per proxy: a simulated proxy never renews,
                 // so the control plane asks it again after a while.
-                Some(control_message::Kind::RenewNow(_)) => {
-                    if !seen.renew_asked[i].swap(true, Ordering::Relaxed) {
-                        seen.renews.fetch_add(1, Ordering::Relaxed);
-                    }
+                Some(control_message::Kind::RenewNow(_))
+                    if !seen.renew_asked[i].swap(true, Ordering::Relaxed) =>
+                {
+                    seen.renews.fetch_add(1, Ordering::Relaxed);
                 }
+                Some(control_message::Kind::RenewNow(_)) => {}
                 None => {}
             },
             u = get.message() => {
