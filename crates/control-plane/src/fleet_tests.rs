@@ -168,18 +168,26 @@ fn reconnects_replace_stale_entries_and_silent_streams_vanish() {
     assert_eq!(f.view(70, Some(&b), &[]).proxies.len(), 1);
 }
 
-#[tokio::test]
-async fn passes_ask_within_the_limit_and_count_results() {
+/// A fleet of `n` attached proxies (p0.demo…) whose leaves are from the
+/// old issuer, and the bundle of the new one.
+fn on_old_issuer(n: usize) -> (Fleet, LiveBundle, Vec<(u64, mpsc::Receiver<RenewNow>)>) {
     let f = Fleet::default();
     let b = bundle(&["A", "B"], "issuer-b", "B", 2);
     f.served(&b);
-    let mut rxs = Vec::new();
-    for i in 0..3 {
-        let (tx, rx) = mpsc::channel(4);
-        let id = f.attach(&id(&format!("p{i}.demo")), tx, 0);
-        f.report(id, report(&format!("p{i}.demo"), 2, "issuer-a", "A"), 1);
-        rxs.push((id, rx));
-    }
+    let rxs = (0..n)
+        .map(|i| {
+            let (tx, rx) = mpsc::channel(4);
+            let id = f.attach(&id(&format!("p{i}.demo")), tx, 0);
+            f.report(id, report(&format!("p{i}.demo"), 2, "issuer-a", "A"), 1);
+            (id, rx)
+        })
+        .collect();
+    (f, b, rxs)
+}
+
+#[tokio::test]
+async fn passes_ask_within_the_limit_and_count_results() {
+    let (f, b, mut rxs) = on_old_issuer(3);
     assert_eq!(f.renew_pass(&b, 2), 2);
     assert_eq!(
         f.renew_pass(&b, 2),
@@ -210,16 +218,7 @@ async fn passes_ask_within_the_limit_and_count_results() {
 /// asked still get their turn first.
 #[tokio::test]
 async fn proxies_that_do_not_renew_do_not_starve_the_rest() {
-    let f = Fleet::default();
-    let b = bundle(&["A", "B"], "issuer-b", "B", 2);
-    f.served(&b);
-    let mut rxs = Vec::new();
-    for i in 0..6 {
-        let (tx, rx) = mpsc::channel(4);
-        let id = f.attach(&id(&format!("p{i}.demo")), tx, 0);
-        f.report(id, report(&format!("p{i}.demo"), 2, "issuer-a", "A"), 1);
-        rxs.push((id, rx));
-    }
+    let (f, b, mut rxs) = on_old_issuer(6);
     assert_eq!(f.renew_pass(&b, 2), 2);
     // The first two did not renew and were asked more than 30 s ago.
     let long_ago = Instant::now() - RENEW_AGAIN_AFTER - Duration::from_secs(1);

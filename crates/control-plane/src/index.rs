@@ -195,6 +195,20 @@ spec:
         assert!(matches!(r, Err(Refusal::Degraded { .. })), "{r:?}");
     }
 
+    /// The snapshot of these documents, one file each.
+    fn snapshot(docs: &[String]) -> Snapshot {
+        let read = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let p = std::path::PathBuf::from(format!("d{i}"));
+                let o = policy::resources::read_document(&p, d, "weft", "cluster.local");
+                (p, o)
+            })
+            .collect();
+        policy::resources::merge(&Snapshot::default(), Ok(read))
+    }
+
     fn pod(name: &str, ip: &str, phase: &str, meshed: bool) -> String {
         let marker = if meshed {
             "    linkerd.io/control-plane-ns: weft\n"
@@ -216,16 +230,7 @@ spec:
             pod("done-meshed", "10.10.0.131", "Failed", true),
             pod("plain", "10.10.0.131", "Running", false),
         ];
-        let read = docs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let p = std::path::PathBuf::from(format!("p{i}"));
-                let o = policy::resources::read_document(&p, d, "weft", "cluster.local");
-                (p, o)
-            })
-            .collect();
-        let snap = policy::resources::merge(&Snapshot::default(), Ok(read));
+        let snap = snapshot(&docs);
         let networks = [policy::resources::Cidr::new("10.10.0.0".parse().unwrap(), 16).unwrap()];
         let (index, problems) = build_index(&snap, &[], "weft", "cluster.local", Some(&networks));
         assert!(problems.is_empty(), "{problems:?}");
@@ -287,16 +292,7 @@ spec:
             server("b-opaque", "demo", "7000", "opaque"),
             server("elsewhere", "other", "8080", "opaque"),
         ];
-        let read = docs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let p = std::path::PathBuf::from(format!("d{i}"));
-                let o = policy::resources::read_document(&p, d, "weft", "cluster.local");
-                (p, o)
-            })
-            .collect();
-        let snap = policy::resources::merge(&Snapshot::default(), Ok(read));
+        let snap = snapshot(&docs);
         let errors: Vec<_> = snap.errors().collect();
         assert!(errors.is_empty(), "{errors:?}");
         let (index, problems) = build_index(&snap, &[], "weft", "cluster.local", None);

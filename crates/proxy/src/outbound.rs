@@ -122,14 +122,10 @@ impl Outbound {
             // Requests, not bytes: each goes to the peer over a pooled
             // connection (HTTP/1 upgrades and CONNECT over one of their own).
             let (app, activity) = Tracked::new(Prefixed::new(prefix, app));
-            let served = if h1 {
-                let conn = self.clone().serve_http1(app, target.clone(), candidates);
-                self.gate.serve_until_idle(&activity, conn).await
-            } else {
-                let conn = self.clone().serve_http2(app, target.clone(), candidates);
-                self.gate.serve_until_idle(&activity, conn).await
-            };
-            if served.is_none() {
+            let conn = self
+                .clone()
+                .serve_http(app, protocol, target.clone(), candidates);
+            if self.gate.serve_until_idle(&activity, conn).await.is_none() {
                 tracing::info!(%target, "closed an outbound HTTP connection that moved no bytes either way for {:?} (--stream-idle-timeout)", limits.idle_timeout);
             }
             return;

@@ -24,12 +24,13 @@ use crate::outbound::{CONNECT_ATTEMPTS, Outbound, Upstream};
 use crate::pool::Peer;
 
 impl Outbound {
-    /// Serves the application's HTTP/1 connection until it is done.
-    /// `first`: the endpoints resolved for the connection, used by its
+    /// Serves the application's HTTP/1 or HTTP/2 connection until it is
+    /// done. `first`: the endpoints resolved for the connection, used by its
     /// first request, so each request takes one turn of the rotation.
-    pub(crate) async fn serve_http1<S>(
+    pub(crate) async fn serve_http<S>(
         self: Arc<Self>,
         app: S,
+        protocol: Protocol,
         target: String,
         first: Vec<Resolution>,
     ) where
@@ -41,39 +42,25 @@ impl Outbound {
             let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
             self.clone().request(target.clone(), req, first)
         });
-        // A client that half-closes after its request still gets the
-        // response (as through an L4 hop).
-        let served = hyper::server::conn::http1::Builder::new()
-            .half_close(true)
-            .serve_connection(TokioIo::new(app), svc)
-            .with_upgrades()
-            .await;
+        let io = TokioIo::new(app);
+        let served = match protocol {
+            Protocol::Http2 => {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await
+            }
+            // A client that half-closes after its request still gets the
+            // response (as through an L4 hop).
+            _ => {
+                hyper::server::conn::http1::Builder::new()
+                    .half_close(true)
+                    .serve_connection(io, svc)
+                    .with_upgrades()
+                    .await
+            }
+        };
         if let Err(e) = served {
-            tracing::debug!(error = %e, "outbound HTTP connection ended with an error");
-        }
-    }
-
-    /// Serves the application's HTTP/2 connection until it is done, each
-    /// request (gRPC calls included) sent on as it came.
-    pub(crate) async fn serve_http2<S>(
-        self: Arc<Self>,
-        app: S,
-        target: String,
-        first: Vec<Resolution>,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let target: Arc<str> = target.into();
-        let first = Arc::new(std::sync::Mutex::new(Some(first)));
-        let svc = hyper::service::service_fn(move |req| {
-            let first = first.lock().unwrap_or_else(|e| e.into_inner()).take();
-            self.clone().request(target.clone(), req, first)
-        });
-        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(app), svc)
-            .await;
-        if let Err(e) = served {
-            tracing::debug!(error = %e, "outbound HTTP/2 connection ended with an error");
+            tracing::debug!(error = %e, protocol = protocol.label(), "outbound HTTP connection ended with an error");
         }
     }
 
