@@ -168,6 +168,36 @@ pub async fn serve(listener: TcpListener) {
     }
 }
 
+/// Serves the test app on one accepted connection from the calling thread
+/// (with a runtime of its own), every response also naming the app in
+/// `x-app-name`, so a test with several replicas sees which one answered.
+pub fn serve_one_named(stream: std::net::TcpStream, name: &str) {
+    let name = HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async move {
+        let _ = stream.set_nonblocking(true);
+        let Ok(stream) = TcpStream::from_std(stream) else {
+            return;
+        };
+        let svc = service_fn(move |req| {
+            let name = name.clone();
+            async move {
+                let mut resp = handle(req).await?;
+                resp.headers_mut().insert("x-app-name", name);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let _ = auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .await;
+    });
+}
+
 async fn handle(req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
     let client = req
         .headers()

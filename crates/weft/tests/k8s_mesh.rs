@@ -4,12 +4,15 @@
 //! and identity the injector would give them. A client calls a Service's
 //! cluster IP (there is no kube-proxy: only the proxy routes it) while its
 //! Deployment scales 3 → 1 → 3, under the guide's policy (steps 11–12).
+//! One kept-alive app connection (HTTP/1.1 or HTTP/2) reaches every
+//! replica: the client proxy balances per request.
 //!
 //! Needs root (network namespaces) and the testenv/k8s binaries (built if
 //! missing); skips loudly without them unless WEFT_REQUIRE_K8S=1.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
@@ -17,6 +20,7 @@ use common::kube::{Tenant, apply, guide_policy, identity, install_crds, kubectl,
 use common::stand_in_app::workloads;
 use common::stand_ins::Mesh;
 use common::traffic;
+use testbed::http_app::Proto;
 use testbed::k8s::K8sEnv;
 
 /// The guide's policy through the API, a client calling a Service's cluster
@@ -83,6 +87,17 @@ fn proxies_in_stand_ins_follow_scaling_and_policy() -> Result<()> {
     let running = traffic::start(&mesh, "frontend", svc)?;
     traffic::until_spread(&mut mesh, &running.traffic, &ready)?;
     println!("3 replicas: requests reached {ready:?}");
+    // Balanced per request, not per connection: one kept-alive app
+    // connection (HTTP/1.1, and HTTP/2 as gRPC uses) reaches every replica.
+    for proto in [Proto::H1, Proto::H2] {
+        let pods = traffic::one_connection(&mesh, "frontend", svc, proto, 30)?;
+        let reached: BTreeSet<String> = pods.iter().cloned().collect();
+        println!("one {proto:?} connection, 30 requests: answered by {reached:?}");
+        ensure!(
+            reached == ready,
+            "30 requests on one {proto:?} connection were answered by {reached:?}, want every replica {ready:?}: {pods:?}"
+        );
+    }
     for replicas in [1usize, 3] {
         let t = Instant::now();
         kubectl(

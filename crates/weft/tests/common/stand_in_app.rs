@@ -26,7 +26,8 @@ pub fn get(to: SocketAddr) -> std::io::Result<Reply> {
 }
 
 /// An app answering each request with its pod's name and the caller's
-/// identity as the proxy forwarded it.
+/// identity as the proxy forwarded it. HTTP/2 (prior knowledge) is served
+/// by the test app, which names the pod in `x-app-name`.
 pub fn whoami(listener: TcpListener, pod: String) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
@@ -34,6 +35,11 @@ pub fn whoami(listener: TcpListener, pod: String) {
             let pod = pod.clone();
             std::thread::spawn(move || {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut preface = [0u8; 3];
+                if conn.peek(&mut preface).is_ok_and(|n| n == 3) && &preface == b"PRI" {
+                    let _ = conn.set_read_timeout(None);
+                    return testbed::http_app::serve_one_named(conn, &pod);
+                }
                 let mut client_id = String::new();
                 let mut reader = BufReader::new(match conn.try_clone() {
                     Ok(c) => c,

@@ -130,3 +130,39 @@ impl Traffic {
         )
     }
 }
+
+/// `n` GETs on one kept-alive connection from inside pod `from` (HTTP/1.1,
+/// or HTTP/2 with prior knowledge): the pod that answered each, in order.
+pub fn one_connection(
+    mesh: &Mesh,
+    from: &str,
+    to: std::net::SocketAddr,
+    proto: testbed::http_app::Proto,
+    n: usize,
+) -> Result<Vec<String>> {
+    use testbed::http_app::{Proto, Req, requests};
+    let ns = mesh.netns(from)?;
+    let replies = testbed::in_ns(&ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let s = tokio::net::TcpStream::connect(to).await?;
+            let reqs = (0..n).map(|_| Req::get("/")).collect();
+            requests(s, proto, reqs).await.map_err(anyhow::Error::msg)
+        })
+    })??;
+    let mut pods = Vec::with_capacity(n);
+    for (i, r) in replies.iter().enumerate() {
+        ensure!(
+            r.status == 200,
+            "request #{i} on one {proto:?} connection: {}",
+            r.status
+        );
+        pods.push(match proto {
+            Proto::H2 => r.header("x-app-name").unwrap_or("-").to_string(),
+            Proto::H1 => r.text().lines().next().unwrap_or("-").to_string(),
+        });
+    }
+    Ok(pods)
+}
