@@ -82,6 +82,18 @@ pub struct Report {
     /// Where its tap listener answers (as `admin_addr`).
     #[serde(default)]
     pub tap_addr: String,
+    /// What its mesh connections offer and accept; None from a proxy that
+    /// does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MeshTlsView>,
+}
+
+/// A proxy's TLS 1.3 cipher suites and key exchange groups, by name, most
+/// preferred first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MeshTlsView {
+    pub cipher_suites: Vec<String>,
+    pub key_exchange: Vec<String>,
 }
 
 /// Where a proxy's admin endpoint answers: the address it reported, with
@@ -130,6 +142,12 @@ impl Report {
             last_refresh: r.last_refresh.into(),
             last_refresh_at: r.last_refresh_unix,
             renew_request_id: r.renew_request_id,
+            tls: (!r.tls_cipher_suites.is_empty() || !r.tls_key_exchange.is_empty()).then(|| {
+                MeshTlsView {
+                    cipher_suites: r.tls_cipher_suites,
+                    key_exchange: r.tls_key_exchange,
+                }
+            }),
         }
     }
 }
@@ -503,6 +521,8 @@ pub struct ProxyView {
     /// that does not say.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub admin_addr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MeshTlsView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -573,6 +593,7 @@ pub fn view(
                 last_refresh: r.last_refresh.clone(),
                 renew_request_id: r.renew_request_id.clone(),
                 admin_addr: r.admin_addr.clone(),
+                tls: r.tls.clone(),
             })
         })
         .collect();

@@ -226,6 +226,8 @@ pub fn fleet_checks(v: &FleetView, expiry_warning: std::time::Duration) -> Vec<C
         )
     });
 
+    out.push(crate::fleet_tls_check::tls_check(&connected));
+
     let stale: Vec<String> = v
         .proxies
         .iter()
@@ -285,13 +287,13 @@ pub fn fleet_checks(v: &FleetView, expiry_warning: std::time::Duration) -> Vec<C
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::bundle::Version;
     use crate::fleet::{BundleView, ProxyView};
     use pki::check::Status;
 
-    fn proxy(workload: &str, generation: u64, state: &str) -> ProxyView {
+    pub(crate) fn proxy(workload: &str, generation: u64, state: &str) -> ProxyView {
         ProxyView {
             workload: workload.into(),
             identity: format!(
@@ -320,6 +322,7 @@ mod tests {
             last_refresh: crate::fleet::LastRefresh::Ok,
             renew_request_id: String::new(),
             admin_addr: String::new(),
+            tls: None,
         }
     }
 

@@ -28,6 +28,7 @@ fn proxy(workload: &str, state: &str, age: i64, serial: &str) -> ProxyView {
         last_refresh: LastRefresh::Ok,
         renew_request_id: String::new(),
         admin_addr: String::new(),
+        tls: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn report(identity: &str, generation: u64, issuer: &str, anchor: &str) -> Report
         renew_request_id: String::new(),
         admin_addr: String::new(),
         tap_addr: String::new(),
+        tls: None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod fleet_check;
 pub mod fleet_edges;
 pub mod fleet_metrics;
 pub mod fleet_peers;
+pub mod fleet_tls_check;
 pub mod grpc_bounds;
 pub mod index;
 pub mod k8s;

@@ -79,6 +79,16 @@ impl MeshTls {
         Ok(self)
     }
 
+    /// The cipher suites by IANA name, most preferred first.
+    pub fn cipher_suite_names(&self) -> Vec<String> {
+        self.cipher_suites.iter().map(suite_name).collect()
+    }
+
+    /// The key exchange groups by name, most preferred first.
+    pub fn key_exchange_names(&self) -> Vec<String> {
+        self.key_exchange.iter().map(group_name).collect()
+    }
+
     /// The provider that offers and accepts exactly these, in this order.
     pub fn provider(&self) -> Arc<CryptoProvider> {
         let cipher_suites = self
@@ -102,13 +112,11 @@ impl MeshTls {
 /// `cipher-suites=A,B key-exchange=C,D`, as the proxy prints its settings.
 impl fmt::Display for MeshTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let suites: Vec<String> = self.cipher_suites.iter().map(suite_name).collect();
-        let groups: Vec<String> = self.key_exchange.iter().map(group_name).collect();
         write!(
             f,
             "cipher-suites={} key-exchange={}",
-            suites.join(","),
-            groups.join(",")
+            self.cipher_suite_names().join(","),
+            self.key_exchange_names().join(",")
         )
     }
 }

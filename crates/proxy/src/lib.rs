@@ -179,6 +179,7 @@ pub async fn start(
         admin_addr: started.admin_addr,
         tap_addr: started.tap_addr,
         instance: instance_id(),
+        mesh_tls: cfg.mesh_tls.clone(),
     };
     let discovery = discovery::Discovery::new(
         cfg.destination_addr.clone(),

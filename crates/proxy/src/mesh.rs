@@ -51,6 +51,9 @@ pub struct MeshLink {
     /// Random per process: the control plane tells a restart (counters
     /// from zero) from a reconnect.
     pub instance: String,
+    /// What the mesh connections offer and accept (reported, so `weft
+    /// check` can find proxies that could not complete a handshake).
+    pub mesh_tls: pki::mesh_tls::MeshTls,
 }
 
 /// The last refused bundle and why: reported, and tried again whenever the
@@ -117,6 +120,8 @@ impl MeshLink {
             instance: self.instance.clone(),
             edges,
             edges_dropped,
+            tls_cipher_suites: self.mesh_tls.cipher_suite_names(),
+            tls_key_exchange: self.mesh_tls.key_exchange_names(),
         }
     }
 

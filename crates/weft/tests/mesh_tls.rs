@@ -3,8 +3,8 @@
 //! AES-128-GCM and X25519 still serves a default client proxy (which offers
 //! the hybrid post-quantum group first), offers nothing else to a TLS
 //! client, refuses a proxy with no group in common (a 502 naming the mTLS
-//! failure, never plaintext), and a name the build does not have is refused
-//! at start, naming the known ones.
+//! failure, never plaintext; `weft check --proxy` names the two), and a
+//! name the build does not have is refused at start, naming the known ones.
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use common::Scratch;
 use common::mesh::{free_port, spawn_app, start_proxy, workload};
-use common::proc::until_ready;
+use common::proc::{poll, until_ready};
 
+const DEADLINE: Duration = Duration::from_secs(30);
 const BACKEND: &str = "backend.demo.serviceaccount.identity.weft.cluster.local";
 
 /// Status line and body of one `GET /` on a new connection.
@@ -157,6 +158,28 @@ fn proxies_offer_and_accept_only_the_configured_suites_and_groups() {
     let (status, body) = get(SocketAddr::from(([127, 0, 0, 1], legacy_out)));
     assert!(status.contains(" 502 "), "{status}\n{body}");
     assert!(body.contains("mTLS with"), "{body}");
+
+    // `weft check --proxy` names the two settings that cannot meet, with
+    // their proxies; the default frontend shares with both.
+    let admin = cp.addr("admin listening on").to_string();
+    let check = poll("check names the disjoint TLS settings", DEADLINE, || {
+        let r = s.weft(&["check", "--proxy", "--admin-addr", &admin]);
+        r.stdout
+            .contains("share no key exchange group")
+            .then_some(r)
+    });
+    println!("{}", check.stdout);
+    assert_eq!(check.code, 1, "{}{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains(
+            "demo/backend (cipher-suites=TLS_AES_128_GCM_SHA256 key-exchange=X25519) and \
+             demo/legacy (cipher-suites=TLS_AES_256_GCM_SHA384,TLS_AES_128_GCM_SHA256,TLS_CHACHA20_POLY1305_SHA256 \
+             key-exchange=secp384r1) share no key exchange group"
+        ) && check.stdout.contains("3 settings among 3 proxies")
+            && !check.stdout.contains("demo/frontend ("),
+        "{}",
+        check.stdout
+    );
 
     // A name this build does not have is refused at start, naming the known ones.
     for (flag, value, named) in [

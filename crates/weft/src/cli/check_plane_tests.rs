@@ -33,6 +33,7 @@ pub(crate) fn proxy(workload: &str, generation: u64, state: &str) -> ProxyView {
         last_refresh: LastRefresh::Ok,
         renew_request_id: String::new(),
         admin_addr: String::new(),
+        tls: None,
     }
 }
 
