@@ -179,7 +179,9 @@ where
                     h2_request(conn.clone(), upstream, req),
                 )
             });
+            // Extended CONNECT (RFC 8441, WebSockets over HTTP/2) allowed.
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .enable_connect_protocol()
                 .serve_connection(TokioIo::new(io), svc)
                 .await
         }
@@ -477,9 +479,10 @@ async fn h2_request(
     };
     set_client_id(&mut req, &conn.client);
     // Judged as the HTTP version the application will read.
-    if let Err(answer) = conn.admit(&mut req, orig.is_none()) {
-        return Ok(*answer);
-    }
+    let judged = match conn.admit(&mut req, orig.is_none()) {
+        Ok(judged) => judged,
+        Err(answer) => return Ok(*answer),
+    };
     if orig.is_some() {
         return Ok(match upstream.h1.send(req).await {
             Ok(mut resp) => {
@@ -507,8 +510,20 @@ async fn h2_request(
     if let Err(e) = sender.ready().await {
         return Ok(unavailable(grpc, conn.port, e));
     }
+    // CONNECT is a stream of its own; on 200 it becomes a tunnel to the
+    // application, closed if the policy stops allowing it.
+    let down = (req.method() == Method::CONNECT).then(|| hyper::upgrade::on(&mut req));
     match sender.send_request(req).await {
-        Ok(resp) => Ok(resp.map(BodyExt::boxed)),
+        Ok(mut resp) => {
+            if let Some(down) = down
+                && resp.status() == StatusCode::OK
+            {
+                let up = hyper::upgrade::on(&mut resp);
+                let stop = conn.clone().revoked(judged);
+                tokio::spawn(splice(down, up, stop, conn.port));
+            }
+            Ok(resp.map(BodyExt::boxed))
+        }
         Err(e) => Ok(unavailable(grpc, conn.port, e)),
     }
 }

@@ -46,6 +46,7 @@ impl Outbound {
         let served = match protocol {
             Protocol::Http2 => {
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .enable_connect_protocol()
                     .serve_connection(io, svc)
                     .await
             }
@@ -81,6 +82,9 @@ impl Outbound {
         if !h2 && let Err(e) = orig_proto::upgrade(&mut req, &target) {
             return Ok(refused(StatusCode::BAD_REQUEST, &e.to_string()));
         }
+        // HTTP/2 CONNECT (extended CONNECT too) is a stream of the pooled
+        // connection; on 200 both sides become one tunnel.
+        let down = (h2 && req.method() == Method::CONNECT).then(|| hyper::upgrade::on(&mut req));
         let candidates = self.candidates(&target, resolved).await;
         let mut failure = None;
         for c in candidates {
@@ -126,6 +130,12 @@ impl Outbound {
                 Ok(mut resp) => {
                     if !h2 {
                         orig_proto::response_to_h1(&mut resp);
+                    }
+                    if let Some(down) = down
+                        && resp.status() == StatusCode::OK
+                    {
+                        let up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(crate::http::splice(down, up, std::future::pending(), 0));
                     }
                     return Ok(resp.map(http_body_util::BodyExt::boxed));
                 }

@@ -161,7 +161,9 @@ pub async fn serve(listener: TcpListener) {
             }
         };
         tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
+            let mut server = auto::Builder::new(TokioExecutor::new());
+            server.http2().enable_connect_protocol();
+            let _ = server
                 .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(handle))
                 .await;
         });
@@ -192,7 +194,9 @@ pub fn serve_one_named(stream: std::net::TcpStream, name: &str) {
                 Ok::<_, Infallible>(resp)
             }
         });
-        let _ = auto::Builder::new(TokioExecutor::new())
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server.http2().enable_connect_protocol();
+        let _ = server
             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
             .await;
     });
@@ -669,14 +673,26 @@ pub async fn h1_streaming_echo(
 /// body is what came back (or the response body when not upgraded).
 async fn upgrade_echo(
     stream: TcpStream,
+    proto: Proto,
     method: Method,
     target: &str,
     headers: &[(&str, &str)],
     expect: StatusCode,
     payload: &[u8],
 ) -> Result<Reply, String> {
-    let mut conn = Conn::open(stream, Proto::H1).await?;
+    let conn = Conn::open(stream, proto).await?;
     let req = conn.build(method, target, headers, full(Bytes::new()))?;
+    echo_through(conn, req, expect, payload).await
+}
+
+/// Sends `req`; on `expect`, writes `payload` on the upgraded connection,
+/// half-closes it and reads until EOF.
+async fn echo_through(
+    mut conn: Conn,
+    req: Request<ReqBody>,
+    expect: StatusCode,
+    payload: &[u8],
+) -> Result<Reply, String> {
     let resp = conn.send(req, STEP).await?;
     if resp.status() != expect {
         return collect(resp).await;
@@ -712,7 +728,16 @@ pub async fn websocket_echo(stream: TcpStream, payload: &[u8]) -> Result<Reply, 
         ("sec-websocket-version", "13"),
     ];
     let switching = StatusCode::SWITCHING_PROTOCOLS;
-    upgrade_echo(stream, Method::GET, "/ws", &headers, switching, payload).await
+    upgrade_echo(
+        stream,
+        Proto::H1,
+        Method::GET,
+        "/ws",
+        &headers,
+        switching,
+        payload,
+    )
+    .await
 }
 
 /// `CONNECT authority`; on 200, echoes `payload` through the tunnel.
@@ -724,6 +749,7 @@ pub async fn connect_echo(
     let headers = [("host", authority)];
     upgrade_echo(
         stream,
+        Proto::H1,
         Method::CONNECT,
         authority,
         &headers,
@@ -731,6 +757,44 @@ pub async fn connect_echo(
         payload,
     )
     .await
+}
+
+/// `CONNECT authority` as a stream of an HTTP/2 connection (prior
+/// knowledge); on 200, echoes `payload` through the tunnel.
+pub async fn connect_echo_h2(
+    stream: TcpStream,
+    authority: &str,
+    payload: &[u8],
+) -> Result<Reply, String> {
+    let ok = StatusCode::OK;
+    upgrade_echo(
+        stream,
+        Proto::H2,
+        Method::CONNECT,
+        authority,
+        &[],
+        ok,
+        payload,
+    )
+    .await
+}
+
+/// Extended CONNECT (RFC 8441) to `path` with `:protocol: websocket`, as a
+/// browser opens a WebSocket over HTTP/2; on 200, echoes `payload` (raw
+/// bytes, no WebSocket framing).
+pub async fn websocket_echo_h2(
+    stream: TcpStream,
+    path: &str,
+    payload: &[u8],
+) -> Result<Reply, String> {
+    let mut conn = Conn::open(stream, Proto::H2).await?;
+    let mut req = conn.build(Method::CONNECT, path, &[], full(Bytes::new()))?;
+    *req.uri_mut() = format!("http://{AUTHORITY}{path}")
+        .parse()
+        .map_err(|e| format!("{path}: {e}"))?;
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    echo_through(conn, req, StatusCode::OK, payload).await
 }
 
 /// A gRPC-style bidirectional stream over HTTP/2: sends `messages`

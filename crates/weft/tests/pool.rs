@@ -2,8 +2,8 @@
 //! short application connections share one mTLS connection to the peer
 //! proxy (counted on both proxies' metrics), every request is still judged
 //! by the peer's policy with the client's identity, the application reads
-//! the HTTP/1 it was sent (version, Host, body), upgrades and CONNECT get a
-//! connection of their own, a port whose Server says opaque is forwarded
+//! the HTTP/1 it was sent (version, Host, body), HTTP/1 upgrades and
+//! CONNECT get a connection of their own (HTTP/2 CONNECT a pooled stream), a port whose Server says opaque is forwarded
 //! as bytes, and a new certificate retires the pooled connection.
 // Test helpers may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -376,8 +376,8 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 
 /// HTTP/2 from the application (gRPC included) is pooled as HTTP/1 is: many
 /// short app connections share few mTLS connections, each request still
-/// reaches the app as HTTP/2 with the client's identity, and a gRPC stream
-/// keeps its messages and trailers.
+/// reaches the app as HTTP/2 with the client's identity, a gRPC stream
+/// keeps its messages and trailers, and CONNECT becomes a tunnel.
 #[test]
 fn http2_app_connections_share_the_pool() {
     let b = up();
@@ -424,4 +424,30 @@ fn http2_app_connections_share_the_pool() {
         .unwrap();
     assert_eq!(grpc_status, 0, "20 gRPC messages each way, status OK");
     assert!(pooled(&b).0 <= 3.0, "the gRPC stream used the pool too");
+
+    // CONNECT is a stream of the pooled connection, then a tunnel through
+    // both proxies to the app (which echoes), half-close carried.
+    let payload = testbed::http_app::pattern(256 * 1024);
+    let tunnel = rt
+        .block_on(async {
+            let s = tokio::net::TcpStream::connect(b.open).await.unwrap();
+            http_app::connect_echo_h2(s, "db.demo:5432", &payload).await
+        })
+        .unwrap();
+    assert_eq!(tunnel.status, 200, "{}", tunnel.text());
+    assert!(
+        tunnel.body == payload,
+        "{} bytes came back altered",
+        tunnel.body.len()
+    );
+    // Extended CONNECT (a WebSocket over HTTP/2) likewise.
+    let ws = rt
+        .block_on(async {
+            let s = tokio::net::TcpStream::connect(b.open).await.unwrap();
+            http_app::websocket_echo_h2(s, "/ws", b"hello over HTTP/2").await
+        })
+        .unwrap();
+    assert_eq!(ws.status, 200, "{}", ws.text());
+    assert_eq!(ws.body, b"hello over HTTP/2");
+    assert!(pooled(&b).0 <= 3.0, "the CONNECT streams used the pool too");
 }
