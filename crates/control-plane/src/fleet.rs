@@ -142,12 +142,12 @@ impl Report {
             last_refresh: r.last_refresh.into(),
             last_refresh_at: r.last_refresh_unix,
             renew_request_id: r.renew_request_id,
-            tls: (!r.tls_cipher_suites.is_empty() || !r.tls_key_exchange.is_empty()).then(|| {
+            tls: (!r.tls_cipher_suites.is_empty() || !r.tls_key_exchange.is_empty()).then_some(
                 MeshTlsView {
                     cipher_suites: r.tls_cipher_suites,
                     key_exchange: r.tls_key_exchange,
-                }
-            }),
+                },
+            ),
         }
     }
 }

@@ -787,7 +787,7 @@ pub async fn websocket_echo_h2(
     path: &str,
     payload: &[u8],
 ) -> Result<Reply, String> {
-    let mut conn = Conn::open(stream, Proto::H2).await?;
+    let conn = Conn::open(stream, Proto::H2).await?;
     let mut req = conn.build(Method::CONNECT, path, &[], full(Bytes::new()))?;
     *req.uri_mut() = format!("http://{AUTHORITY}{path}")
         .parse()
