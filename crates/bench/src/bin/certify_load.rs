@@ -42,6 +42,12 @@ struct Args {
     seconds: u64,
     #[arg(long, value_enum)]
     mode: Mode,
+    /// TLS 1.3 cipher suites offered, most preferred first (default: the provider's)
+    #[arg(long)]
+    tls_cipher_suites: Option<String>,
+    /// Key exchange groups offered, most preferred first (default: the provider's, hybrid post-quantum first)
+    #[arg(long)]
+    tls_key_exchange: Option<String>,
 }
 
 async fn connect(a: &Args, anchors: &str) -> anyhow::Result<IdentityClient<Channel>> {
@@ -57,8 +63,16 @@ async fn connect(a: &Args, anchors: &str) -> anyhow::Result<IdentityClient<Chann
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Arc::new(Args::parse());
+    let mut tls = pki::mesh_tls::MeshTls::default();
+    if let Some(list) = &args.tls_cipher_suites {
+        tls = tls.with_cipher_suites(list)?;
+    }
+    if let Some(list) = &args.tls_key_exchange {
+        tls = tls.with_key_exchange(list)?;
+    }
+    // tonic's client takes the process's provider.
+    let _ = Arc::unwrap_or_clone(tls.provider()).install_default();
     let anchors = Arc::new(std::fs::read_to_string(&args.anchors)?);
     let token = std::fs::read_to_string(&args.token_file)?
         .trim()
@@ -83,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
+            let mut first_error = None;
             let mut reused = None;
             while Instant::now() < end {
                 let t = Instant::now();
@@ -90,32 +105,43 @@ async fn main() -> anyhow::Result<()> {
                     (Mode::Reuse, Some(c)) => Ok(IdentityClient::clone(c)),
                     _ => connect(&args, &anchors).await,
                 };
-                let ok = match client {
+                let done = match client {
                     Ok(mut c) => {
-                        let r = c.certify(req.clone()).await.is_ok();
+                        let r = c.certify(req.clone()).await.map_err(|s| {
+                            format!("Certify answered {:?}: {}", s.code(), s.message())
+                        });
                         if matches!(args.mode, Mode::Reuse) {
                             reused = Some(c);
                         }
-                        r
+                        r.map(drop)
                     }
-                    Err(_) => false,
+                    Err(e) => Err(format!("connect: {e:#}")),
                 };
-                if ok {
-                    lat.push(t.elapsed());
-                } else {
-                    errors += 1;
+                match done {
+                    Ok(()) => lat.push(t.elapsed()),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
-            (lat, errors)
+            (lat, errors, first_error)
         }));
     }
     let start = Instant::now();
     let mut lat = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for t in tasks {
-        let (l, e) = t.await?;
+        let (l, e, first) = t.await?;
         lat.extend(l);
         errors += e;
+        if let Some(first) = first {
+            first_error.get_or_insert(first);
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!("certify_load: {errors} requests failed; the first: {e}");
     }
     let secs = start.elapsed().as_secs_f64().max(args.seconds as f64);
     lat.sort();
