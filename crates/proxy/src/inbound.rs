@@ -96,7 +96,14 @@ impl Inbound {
         let local_ip = local.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
         let (sock, activity) = Tracked::new(sock);
         let limits = self.gate.limits;
-        let opened = match self.gate.handshake(self.open(sock, redirected)).await {
+        // Boxed here and below: a task holds its future's largest state for
+        // its whole life, so the handshake's and the detection's buffers
+        // would stay with every long-lived connection (20 KB a task before).
+        let opened = match self
+            .gate
+            .handshake(Box::pin(self.open(sock, redirected)))
+            .await
+        {
             Some(Ok(o)) => o,
             Some(Err(refusal)) => return self.refuse(peer, refusal),
             None => {
@@ -120,12 +127,12 @@ impl Inbound {
                 declared,
             } => {
                 let ends = (peer, SocketAddr::new(local_ip, port));
-                let conn = self.mesh(tls, ends, client_id, port, declared);
+                let conn = Box::pin(self.mesh(tls, ends, client_id, port, declared));
                 self.gate.serve_until_idle(&activity, conn).await
             }
             Opened::Passthrough { sock, port, start } => {
                 let ends = (peer, SocketAddr::new(local_ip, port));
-                let conn = self.passthrough(sock, ends, port, &start);
+                let conn = Box::pin(self.passthrough(sock, ends, port, &start));
                 self.gate.serve_until_idle(&activity, conn).await
             }
         };
@@ -350,7 +357,7 @@ impl Inbound {
             // raw, and on an opaque Server each request gets the verdict the
             // connection would.
             (Handling::Opaque, Some(Protocol::Http2)) => {
-                match self.confirm(&mut io, Protocol::Http2, peer, port).await {
+                match Box::pin(self.confirm(&mut io, Protocol::Http2, peer, port)).await {
                     Some(prefix) => (Protocol::Http2, prefix),
                     None => return,
                 }
@@ -358,13 +365,15 @@ impl Inbound {
             // Otherwise the Server (or the destination) saying opaque wins
             // over a header's session protocol.
             (Handling::Opaque, _) => (Protocol::Opaque, Vec::new()),
-            (Handling::Detect, Some(p)) => match self.confirm(&mut io, p, peer, port).await {
-                Some(prefix) => (p, prefix),
-                None => return,
-            },
+            (Handling::Detect, Some(p)) => {
+                match Box::pin(self.confirm(&mut io, p, peer, port)).await {
+                    Some(prefix) => (p, prefix),
+                    None => return,
+                }
+            }
             // A client that says nothing (server speaks first) is opaque.
             (Handling::Detect, None) => {
-                crate::detect::detect_protocol(&mut io, self.detect_timeout).await
+                Box::pin(crate::detect::detect_protocol(&mut io, self.detect_timeout)).await
             }
         };
         let io = crate::prefixed::Prefixed::new(prefix, io);
@@ -385,7 +394,7 @@ impl Inbound {
                 dst,
                 no_tls_reason: labels.no_tls_reason.clone(),
             };
-            crate::http::serve(io, protocol, conn).await;
+            Box::pin(crate::http::serve(io, protocol, conn)).await;
             self.metrics.tcp_close.get_or_create(&labels).inc();
             return;
         }

@@ -116,15 +116,20 @@ impl Outbound {
             .discovery
             .resolve_candidates(target, CONNECT_ATTEMPTS)
             .await;
-        let (protocol, mut prefix) = self.sniff(&mut app, &candidates).await;
-        let h1 = protocol == Protocol::Http1 && self.per_request(&mut app, &mut prefix).await;
+        // Boxed here and below: a task holds its future's largest state for
+        // its whole life, so detection's and the handshake's buffers would
+        // stay with every long-lived connection.
+        let (protocol, mut prefix) = Box::pin(self.sniff(&mut app, &candidates)).await;
+        let h1 =
+            protocol == Protocol::Http1 && Box::pin(self.per_request(&mut app, &mut prefix)).await;
         if h1 || protocol == Protocol::Http2 {
             // Requests, not bytes: each goes to the peer over a pooled
             // connection (HTTP/1 upgrades and CONNECT over one of their own).
             let (app, activity) = Tracked::new(Prefixed::new(prefix, app));
-            let conn = self
-                .clone()
-                .serve_http(app, protocol, target.clone(), candidates);
+            let conn = Box::pin(
+                self.clone()
+                    .serve_http(app, protocol, target.clone(), candidates),
+            );
             if self.gate.serve_until_idle(&activity, conn).await.is_none() {
                 tracing::info!(%target, "closed an outbound HTTP connection that moved no bytes either way for {:?} (--stream-idle-timeout)", limits.idle_timeout);
             }
@@ -132,7 +137,7 @@ impl Outbound {
         }
         let up = match self
             .gate
-            .handshake(self.reach(target, candidates, protocol))
+            .handshake(Box::pin(self.reach(target, candidates, protocol)))
             .await
         {
             Some(Ok(up)) => up,

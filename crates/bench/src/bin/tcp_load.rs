@@ -53,6 +53,16 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// N connections, each through after one 64-byte exchange, then held
+    /// idle for `seconds`; prints when all are open
+    Idle {
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// A new connection per 64-byte exchange, N at a time
     Connect {
         #[arg(long)]
@@ -158,6 +168,44 @@ async fn keepalive(
     Ok(())
 }
 
+/// Opens `connections` connections, 64 at a time, each proven through with
+/// one echoed exchange; prints how many are open, holds them `seconds`.
+async fn idle(addr: String, connections: usize, seconds: u64) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let addr = Arc::new(addr);
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (addr, gate) = (addr.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _slot = gate.acquire_owned().await.ok()?;
+            let mut s = TcpStream::connect(addr.as_str()).await.ok()?;
+            s.write_all(&[5u8; 64]).await.ok()?;
+            let mut b = [0u8; 64];
+            tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut b))
+                .await
+                .ok()?
+                .ok()?;
+            Some(s)
+        }));
+    }
+    let mut open = Vec::with_capacity(connections);
+    for task in tasks {
+        if let Some(s) = task.await? {
+            open.push(s);
+        }
+    }
+    println!(
+        "open={} failed={} took_s={:.1}",
+        open.len(),
+        connections - open.len(),
+        t.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    drop(open);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
@@ -200,6 +248,11 @@ async fn main() -> anyhow::Result<()> {
             connections,
             seconds,
         } => keepalive(Exchange::Echo64, addr, connections, seconds).await?,
+        Cmd::Idle {
+            addr,
+            connections,
+            seconds,
+        } => idle(addr, connections, seconds).await?,
         Cmd::Bulk { addr, megabytes } => {
             let s = TcpStream::connect(&addr).await?;
             let (mut r, mut w) = s.into_split();
