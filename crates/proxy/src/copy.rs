@@ -60,7 +60,7 @@ fn give(buf: Box<[u8]>) {
 
 /// One direction's state: bytes read and not yet written are `buf[pos..end]`.
 struct Half {
-    /// Held only while `pos < end`.
+    /// Held from a read that brought bytes until the next read finds none.
     buf: Option<Box<[u8]>>,
     /// What the next read gets: `START`, or `MAX` once a read filled it.
     size: usize,
@@ -86,15 +86,22 @@ impl Half {
         }
     }
 
-    /// Reads into a lent buffer, kept only if the read brought bytes; a
-    /// read that fills it makes the next one `MAX`; marks the end of the
-    /// stream.
+    /// Reads into the buffer held or a lent one, kept only if the read
+    /// brought bytes; a read that fills it makes the next one `MAX`; marks
+    /// the end of the stream.
     fn poll_fill<R: AsyncRead + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         r: Pin<&mut R>,
     ) -> Poll<io::Result<()>> {
-        let mut buf = take(self.size);
+        let mut buf = match self.buf.take() {
+            Some(b) if b.len() == self.size => b,
+            Some(small) => {
+                give(small);
+                take(self.size)
+            }
+            None => take(self.size),
+        };
         let mut rb = ReadBuf::new(&mut buf);
         let read = r.poll_read(cx, &mut rb);
         let n = rb.filled().len();
@@ -156,9 +163,7 @@ impl Half {
                     self.need_flush = true;
                 }
             }
-            if let Some(buf) = self.buf.take() {
-                give(buf);
-            }
+
             if self.read_done {
                 ready!(w.as_mut().poll_flush(cx))?;
                 ready!(w.as_mut().poll_shutdown(cx))?;
@@ -233,8 +238,9 @@ mod tests {
     }
 
     /// Idle connections hold no buffer: after an exchange each way on two
-    /// connections, every direction gave its buffer back, and one buffer
-    /// served all four (the test runs on one thread, as a sidecar does).
+    /// connections, every direction gave its buffer back when its next read
+    /// found nothing, and one buffer served all four (the test runs on one
+    /// thread, as a sidecar does).
     #[tokio::test]
     async fn idle_connections_hold_no_buffer() {
         let mut ends = Vec::new();
