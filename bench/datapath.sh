@@ -5,14 +5,6 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 secs="${1:-5}"
-cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p weft -p bench
-bin="$repo/target/release"
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-cd "$work"
-
 source "$repo/bench/ports-mesh.sh"
 # Warm the destination and policy caches.
 "$bin/tcp_load" rr --addr "127.0.0.1:$fe_out" --connections 1 --seconds 1 >/dev/null

@@ -18,13 +18,6 @@ if (( $(ulimit -Hn) < want )) && ! ulimit -Hn "$want" 2>/dev/null; then
   exit 1
 fi
 ulimit -n "$want"
-cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p weft -p bench
-bin="$repo/target/release"
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-cd "$work"
 PROXY_FLAGS="--inbound-max-connections $(( max + 64 )) --outbound-max-connections $(( max + 64 ))"
 source "$repo/bench/ports-mesh.sh"
 "$bin/tcp_load" rr --addr "127.0.0.1:$fe_out" --connections 1 --seconds 1 >/dev/null

@@ -1,9 +1,17 @@
 # Sourced by datapath.sh and idle.sh: a control plane and two weft proxies on
 # 127.0.0.1 (ports mode, no root). The frontend's outbound listener $fe_out
 # leads over mTLS to the backend's inbound and an echo server ($fe_http to an
-# HTTP server). Needs $bin, $work (the current directory) and the pids array;
-# PROXY_FLAGS are added to both proxies. Sets fe, be (PIDs), fe_out, fe_http,
-# echo_port, http_port.
+# HTTP server). Builds weft and the load tools in release mode, works in a
+# scratch directory removed on exit with every process it started. Needs
+# $repo; PROXY_FLAGS are added to both proxies. Sets bin, work, fe, be
+# (PIDs), fe_out, fe_http, echo_port, http_port.
+cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p weft -p bench
+bin="$repo/target/release"
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+cd "$work"
 free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_line() { for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "timeout waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1; }
 

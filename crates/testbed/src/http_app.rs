@@ -766,14 +766,13 @@ pub async fn connect_echo_h2(
     authority: &str,
     payload: &[u8],
 ) -> Result<Reply, String> {
-    let ok = StatusCode::OK;
     upgrade_echo(
         stream,
         Proto::H2,
         Method::CONNECT,
         authority,
         &[],
-        ok,
+        StatusCode::OK,
         payload,
     )
     .await
