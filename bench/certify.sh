@@ -8,6 +8,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 secs="${1:-10}"
 conc="${2:-64}"
+source "$repo/bench/args.sh"
+need_count "seconds" "$secs" "bash bench/certify.sh [seconds] [concurrency]"
+need_count "concurrency" "$conc" "bash bench/certify.sh [seconds] [concurrency]"
 cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p weft -p bench
 bin="$repo/target/release"
 work="$(mktemp -d)"

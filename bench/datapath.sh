@@ -5,6 +5,8 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 secs="${1:-5}"
+source "$repo/bench/args.sh"
+need_count "seconds" "$secs" "bash bench/datapath.sh [seconds]"
 source "$repo/bench/ports-mesh.sh"
 # Warm the destination and policy caches.
 "$bin/tcp_load" rr --addr "127.0.0.1:$fe_out" --connections 1 --seconds 1 >/dev/null

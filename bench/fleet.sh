@@ -16,16 +16,24 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 sizes=("${@:-1000 10000}")
 # shellcheck disable=SC2206
 sizes=(${sizes[*]})
+source "$repo/bench/args.sh"
+for n in "${sizes[@]}"; do need_count "a proxy count" "$n" "bash bench/fleet.sh [proxies ...]"; done
 cargo build --quiet --release --manifest-path "$repo/Cargo.toml" -p weft -p bench
 bin="$repo/target/release"
 # One or two sockets per simulated proxy on each side.
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 
+# The control plane and scratch directory of the size being run: stopped and
+# removed when it ends, and on exit if a step fails on the way.
+cp=; work=
+cleanup() { [[ -n $cp ]] && kill "$cp" 2>/dev/null; [[ -n $work ]] && rm -rf "$work"; cp=; work=; }
+trap cleanup EXIT
+
 run() {
-  local n=$1 work cp
+  local n=$1
   work="$(mktemp -d)"
-  trap 'kill "${cp:-}" 2>/dev/null || true; rm -rf "$work"' RETURN
+  trap cleanup RETURN
   cd "$work"
   "$bin/weft" certs create root.linkerd.cluster.local ca.crt ca.key --profile root-ca >/dev/null
   "$bin/weft" certs create identity.linkerd.cluster.local issuer.crt issuer.key --profile intermediate-ca --ca ca.crt --ca-key ca.key >/dev/null

@@ -10,6 +10,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 counts=("${@:-1000 10000}")
 read -r -a counts <<< "${counts[*]}"
+source "$repo/bench/args.sh"
+for n in "${counts[@]}"; do need_count "a connection count" "$n" "bash bench/idle.sh [N ...]"; done
 max=0; for n in "${counts[@]}"; do (( n > max )) && max=$n; done
 # Each forwarded connection holds two descriptors in a proxy; the load tool one.
 want=$(( 2 * max + 4096 ))

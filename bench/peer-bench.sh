@@ -586,6 +586,23 @@ report() { # prints per-run table + per-mode median summary for rows of this inv
 # ------------------------------------------------------------------ main
 [[ -n ${NICE:-} ]] && renice -n "$NICE" -p $$ >/dev/null   # children inherit; e.g. NICE=-10 to out-prioritise foreign load
 MODES=("$@"); [[ ${#MODES[@]} -eq 0 || ${MODES[0]} == all ]] && MODES=(direct haproxy-plain stunnel haproxy nginx-stream)
+# A misspelt mode is refused before anything is installed, built or run, not rounds later.
+known_modes() {
+  local m
+  for m in $(declare -F | awk '{print $3}' | sed -n 's/^mode_\(.*\)_inbound$/\1/p' | tr _ -) "$BENCH_DIR"/modes/*.sh; do
+    m=${m##*/}; echo "${m%.sh}"
+  done | sort -u | tr '\n' ' '
+}
+for m in "${MODES[@]}"; do
+  if [[ $m == *-alt && ! -x ${WEFT_ALT_BIN:-} ]]; then
+    echo "mode $m runs the weft build WEFT_ALT_BIN names; set it to an executable weft binary (now: '${WEFT_ALT_BIN:-unset}')" >&2
+    exit 2
+  fi
+  [[ $m == direct || -f $BENCH_DIR/modes/$m.sh ]] && continue
+  declare -F "mode_${m//-/_}_inbound" >/dev/null && continue
+  echo "unknown mode '$m': expected direct or one of: $(known_modes)(a file bench/modes/NAME.sh adds a mode)" >&2
+  exit 2
+done
 ensure_tools
 ensure_weft
 prepare

@@ -367,8 +367,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let renews = seen.renews.load(Ordering::Relaxed);
     let secs = t.elapsed().as_secs_f64();
+    // A small fleet is asked within the first burst: no pace to state.
+    let rate = if secs < 0.1 {
+        "all-at-once".to_string()
+    } else {
+        format!("{:.1}", renews as f64 / secs)
+    };
     println!(
-        "renew_asked={} renew_received={renews} renew_s={secs:.1} renew_rate={:.1}",
+        "renew_asked={} renew_received={renews} renew_s={secs:.1} renew_rate={rate}",
         answer
             .split("\"asked\":")
             .nth(1)
@@ -378,7 +384,6 @@ async fn main() -> anyhow::Result<()> {
                 .next()
                 .unwrap_or(""))
             .unwrap_or("?"),
-        renews as f64 / secs
     );
     println!("cp_rss_end_mib={:.1}", rss_kib(a.cp_pid) as f64 / 1024.0);
     Ok(())
