@@ -173,11 +173,13 @@ where
                     h2: up.clone(),
                     h1: h1.clone(),
                 };
-                counted(
+                // Boxed once here: hyper spawns a task per HTTP/2 stream and
+                // would otherwise move the whole request future on the way.
+                Box::pin(counted(
                     conn.clone(),
                     tapped,
                     h2_request(conn.clone(), upstream, req),
-                )
+                ))
             });
             // Extended CONNECT (RFC 8441, WebSockets over HTTP/2) allowed.
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -423,7 +425,7 @@ async fn h1_request(
     // it is opened when needed and again after the application closed it.
     let mut slot = upstream.lock().await;
     if slot.as_ref().is_none_or(|s| s.is_closed()) {
-        match connect_h1(conn.port).await {
+        match Box::pin(connect_h1(conn.port)).await {
             Ok(sender) => *slot = Some(sender),
             Err(e) => return Ok(unavailable(grpc, conn.port, e)),
         }
@@ -497,7 +499,7 @@ async fn h2_request(
     let mut sender = {
         let mut slot = upstream.lock().await;
         if slot.as_ref().is_none_or(|s| s.is_closed()) {
-            match connect_h2(conn.port).await {
+            match Box::pin(connect_h2(conn.port)).await {
                 Ok(sender) => *slot = Some(sender),
                 Err(e) => return Ok(unavailable(grpc, conn.port, e)),
             }

@@ -124,7 +124,9 @@ impl Pool {
             return Ok(s.clone());
         }
         *conn = None;
-        let s = self.open(peer).await?;
+        // Boxed: a handshake is rare, and inline its state (a TLS client
+        // connection) would be moved with every request's future.
+        let s = Box::pin(self.open(peer)).await?;
         *conn = Some(s.clone());
         Ok(s)
     }
