@@ -73,9 +73,7 @@ impl AppPool {
                     let Some(r) = req.take() else {
                         return Err("the request was taken without being sent".into());
                     };
-                    // Boxed: opening is rare, and inline its state would be
-                    // moved with every request's future.
-                    let mut s = Box::pin(connect_h1(self.port)).await?;
+                    let mut s = connect_h1(self.port).await?;
                     let sent: Sent = Box::pin(s.try_send_request(r));
                     self.keep(s);
                     (sent, false)

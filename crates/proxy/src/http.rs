@@ -4,7 +4,9 @@
 //! (never buffered); HTTP/1 upgrades and CONNECT become tunnels.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -373,26 +375,34 @@ fn strip_h2c_upgrade<B>(req: &mut Request<B>) {
     }
 }
 
+/// Opening a connection, boxed: it is rare, and inline its state would be
+/// moved with every request's future that might open one.
+type Opening<S> = Pin<Box<dyn Future<Output = Result<S, String>> + Send>>;
+
 /// A new HTTP/1 connection to the application (upgrades allowed).
-pub(crate) async fn connect_h1(port: u16) -> Result<H1Sender, String> {
-    let io = app(port).await.map_err(|e| e.to_string())?;
-    let (sender, c) = hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(c.with_upgrades());
-    Ok(sender)
+pub(crate) fn connect_h1(port: u16) -> Opening<H1Sender> {
+    Box::pin(async move {
+        let io = app(port).await.map_err(|e| e.to_string())?;
+        let (sender, c) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(c.with_upgrades());
+        Ok(sender)
+    })
 }
 
 /// A new HTTP/2 connection to the application.
-async fn connect_h2(port: u16) -> Result<H2Sender, String> {
-    let io = app(port).await.map_err(|e| e.to_string())?;
-    let (sender, c) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(c);
-    Ok(sender)
+fn connect_h2(port: u16) -> Opening<H2Sender> {
+    Box::pin(async move {
+        let io = app(port).await.map_err(|e| e.to_string())?;
+        let (sender, c) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(c);
+        Ok(sender)
+    })
 }
 
 async fn app(port: u16) -> std::io::Result<TokioIo<TcpStream>> {
@@ -425,7 +435,7 @@ async fn h1_request(
     // it is opened when needed and again after the application closed it.
     let mut slot = upstream.lock().await;
     if slot.as_ref().is_none_or(|s| s.is_closed()) {
-        match Box::pin(connect_h1(conn.port)).await {
+        match connect_h1(conn.port).await {
             Ok(sender) => *slot = Some(sender),
             Err(e) => return Ok(unavailable(grpc, conn.port, e)),
         }
@@ -499,7 +509,7 @@ async fn h2_request(
     let mut sender = {
         let mut slot = upstream.lock().await;
         if slot.as_ref().is_none_or(|s| s.is_closed()) {
-            match Box::pin(connect_h2(conn.port)).await {
+            match connect_h2(conn.port).await {
                 Ok(sender) => *slot = Some(sender),
                 Err(e) => return Ok(unavailable(grpc, conn.port, e)),
             }
