@@ -4,12 +4,16 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Proc {
     pub child: Child,
     pub lines: Arc<Mutex<Vec<String>>>,
+    /// Set when stderr reached its end: only then does `lines` hold all of
+    /// what an exited process printed.
+    drained: Arc<AtomicBool>,
 }
 
 impl Proc {
@@ -30,6 +34,8 @@ impl Proc {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let err = child.stderr.take().unwrap();
         let sink = lines.clone();
+        let drained = Arc::new(AtomicBool::new(false));
+        let done = drained.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
@@ -38,8 +44,13 @@ impl Proc {
                 }
                 sink.lock().unwrap().push(line);
             }
+            done.store(true, Ordering::Release);
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            drained,
+        }
     }
 
     pub fn output(&self) -> String {
@@ -76,11 +87,14 @@ impl Proc {
         line.rsplit(' ').next().unwrap().parse().expect("address")
     }
 
-    /// Waits for the process to exit; returns its code.
+    /// Waits for the process to exit and for its stderr to be read to the
+    /// end (the reader can lag the exit); returns its code.
     pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
         let end = Instant::now() + deadline;
         loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
+            if let Some(s) = self.child.try_wait().unwrap()
+                && (self.drained.load(Ordering::Acquire) || Instant::now() > end)
+            {
                 return s.code();
             }
             if Instant::now() > end {
